@@ -1,0 +1,302 @@
+"""A competition as the config describes it: which images exist, where each mask comes from, what the test set and
+the sample submission look like.
+
+Ids are the image ids the competition's csv files use (TGS: ``a266a2a9df``; Severstal: ``0002cc93b.jpg``); an id
+names the file ``<folder>/<id>`` or ``<folder>/<id>.<ext>``. Masks come from a folder of mask images or from an RLE
+csv; in the csv an image may have one row, one row per class (class column or ``<id><sep><class>`` compound ids),
+or no row at all (= empty mask, as in Severstal).
+
+With ``data.holdout_fraction`` > 0 a deterministic share of the labelled images plays the hidden test set: it is
+excluded from training and folds, predicted and submitted like test images, and scored with ``segkit score``.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from segkit.config.schema import DataConfig
+from segkit.data import imageio
+from segkit.errors import ConfigError, DataError
+
+
+@dataclass(frozen=True)
+class SampleRow:
+    """One row of the sample submission: its id as written, and which image and class it stands for."""
+
+    row_id: str
+    image_id: str
+    class_index: int  # 0-based index into data.classes
+
+
+def read_csv(path: Path, columns: list[str] | tuple[str, ...] = ()) -> pd.DataFrame:
+    """A csv as strings (ids stay ids: no '007' -> 7), with a clear error for encoding or missing columns."""
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text (byte {err.start})") from None
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: empty csv") from None
+    except (pd.errors.ParserError, csv.Error) as err:
+        raise DataError(f"{path}: malformed csv: {str(err).splitlines()[0]}") from None
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {missing}; has {list(frame.columns)}")
+    return frame
+
+
+class ImageFolder:
+    """Resolves ids to files of one folder, indexing it once."""
+
+    def __init__(self, folder: Path, key: str):
+        if not folder.is_dir():
+            raise ConfigError(f"{key}: not a folder: {folder}")
+        self.folder = folder
+        self.by_name: dict[str, Path] = {}
+        self.by_stem: dict[str, Path] = {}
+        for p in sorted(folder.iterdir()):
+            if p.suffix.lower() in imageio.IMAGE_EXTENSIONS and not p.name.startswith("."):
+                self.by_name[p.name] = p
+                if p.stem in self.by_stem:
+                    raise DataError(f"{folder}: two images share the id {p.stem!r} ({self.by_stem[p.stem].name}, {p.name})")
+                self.by_stem[p.stem] = p
+
+    def ids(self) -> list[str]:
+        return list(self.by_stem)
+
+    def find(self, image_id: str) -> Path | None:
+        return self.by_name.get(image_id) or self.by_stem.get(image_id)
+
+
+class Competition:
+    def __init__(self, cfg: DataConfig, seed: int = 42):
+        self.cfg = cfg
+        self.seed = seed
+        self.mode = cfg.mode
+        self.classes = list(cfg.classes)
+        self.num_classes = len(self.classes)
+        if not cfg.root.is_dir():
+            raise ConfigError(f"data.root: not a folder: {cfg.root}")
+
+    # ------------------------------------------------------------------------------------------------ train set
+    @cached_property
+    def train_folder(self) -> ImageFolder:
+        return ImageFolder(self.cfg.path("train_images"), "data.train_images")
+
+    @cached_property
+    def _rle_rows(self) -> dict[str, dict[int, tuple[str, str]]]:
+        """id -> {class index: (rle, where)} from the train csv."""
+        spec = self.cfg.rle
+        path = self.cfg.path("train_csv")
+        cols = [spec.id_column, spec.rle_column] + ([spec.class_column] if spec.class_column else [])
+        frame = read_csv(path, cols)
+        rows: dict[str, dict[int, tuple[str, str]]] = {}
+        for i, rec in enumerate(frame.itertuples(index=False)):
+            rec = rec._asdict() if hasattr(rec, "_asdict") else dict(zip(frame.columns, rec))
+            where = f"{path.name} row {i + 2}"  # +1 header, +1 one-based: the line number an editor shows
+            image_id, cls = self._split_id(rec[spec.id_column], rec.get(spec.class_column) if spec.class_column else None, where)
+            if self.train_folder.find(image_id) is None:
+                raise DataError(f"{where}: id {image_id!r} has no image in {self.train_folder.folder}")
+            per_image = rows.setdefault(image_id, {})
+            if cls in per_image:
+                raise DataError(f"{where}: duplicate row for id {image_id!r} class {self.classes[cls]!r}")
+            per_image[cls] = (rec[spec.rle_column], f"{where} (id {image_id})")
+        return rows
+
+    def _split_id(self, raw_id: str, raw_class: str | None, where: str) -> tuple[str, int]:
+        sep = self.cfg.rle.id_class_sep
+        if sep:
+            image_id, found, raw_class = raw_id.rpartition(sep)
+            if not found:
+                raise DataError(f"{where}: id {raw_id!r} lacks the class suffix '{sep}<class>'")
+        else:
+            image_id = raw_id
+        if raw_class is None:
+            if self.num_classes != 1:
+                raise DataError(f"{where}: no class given for a {self.num_classes}-class competition")
+            return image_id, 0
+        return image_id, self.class_index(raw_class, where)
+
+    def class_index(self, raw: str, where: str) -> int:
+        """A class named by its name or by its 1-based number (Severstal's ClassId)."""
+        if raw in self.classes:
+            return self.classes.index(raw)
+        if raw.strip().isdigit() and 1 <= int(raw) <= self.num_classes:
+            return int(raw) - 1
+        raise DataError(f"{where}: unknown class {raw!r}; classes are {self.classes} (or 1..{self.num_classes})")
+
+    @cached_property
+    def mask_folder(self) -> ImageFolder | None:
+        return ImageFolder(self.cfg.path("train_masks"), "data.train_masks") if self.cfg.train_masks else None
+
+    @cached_property
+    def labelled_ids(self) -> list[str]:
+        """Every image with a mask (train + holdout), in folder order."""
+        if not self.cfg.train_masks and not self.cfg.train_csv:
+            raise ConfigError("data: neither train_masks nor train_csv is set")
+        ids = self.train_folder.ids()
+        if not ids:
+            raise DataError(f"{self.train_folder.folder}: no images")
+        if self.mask_folder is not None:
+            for image_id in ids:
+                if self.mask_folder.find(image_id) is None:
+                    image = self.train_folder.find(image_id)
+                    raise DataError(f"{image}: no mask for this image in {self.mask_folder.folder}")
+        else:
+            self._rle_rows  # parse and check the csv up front: errors surface before any training
+        return ids
+
+    @cached_property
+    def holdout_ids(self) -> list[str]:
+        frac = self.cfg.holdout_fraction
+        if frac <= 0:
+            return []
+        rng = np.random.default_rng(self.seed)
+        ids = self.labelled_ids
+        n = max(1, int(round(frac * len(ids))))
+        chosen = set(rng.choice(len(ids), size=n, replace=False).tolist())
+        return [i for k, i in enumerate(ids) if k in chosen]
+
+    @cached_property
+    def train_ids(self) -> list[str]:
+        held = set(self.holdout_ids)
+        return [i for i in self.labelled_ids if i not in held]
+
+    def read_image(self, image_id: str, split: str = "train") -> np.ndarray:
+        """float32 (H, W, C) in [0, 1]."""
+        return imageio.read_image(self.image_path(image_id, split), self.cfg.channels)
+
+    def image_path(self, image_id: str, split: str = "train") -> Path:
+        folder = self.test_folder if split == "test" and not self.holdout_ids else self.train_folder
+        path = folder.find(image_id)
+        if path is None:
+            raise DataError(f"id {image_id!r}: no image in {folder.folder}")
+        return path
+
+    def image_size(self, image_id: str, split: str = "train") -> tuple[int, int]:
+        return imageio.image_size(self.image_path(image_id, split))
+
+    def read_mask(self, image_id: str) -> np.ndarray:
+        """uint8 (K, H, W) of 0/1 at the image's size."""
+        h, w = self.image_size(image_id)
+        if self.mask_folder is not None:
+            path = self.mask_folder.find(image_id)
+            if path is None:
+                raise DataError(f"id {image_id!r}: no mask in {self.mask_folder.folder}")
+            mask = imageio.read_mask(path, self.mode, self.num_classes)
+            if mask.shape[1:] != (h, w):
+                raise DataError(f"{path}: mask is {mask.shape[1]}x{mask.shape[2]}, image is {h}x{w}")
+            return mask
+        from segkit import rle
+
+        mask = np.zeros((self.num_classes, h, w), dtype=np.uint8)
+        for cls, (text, where) in self._rle_rows.get(image_id, {}).items():
+            mask[cls] = rle.decode(text, (h, w), order=self.cfg.rle.order, relative=self.cfg.rle.relative, where=where)
+        if self.mode == "multiclass" and (mask.sum(0) > 1).any():
+            raise DataError(f"id {image_id!r}: classes overlap, which multiclass mode does not allow")
+        return mask
+
+    def mask_stats(self, image_id: str) -> tuple[np.ndarray, int]:
+        """(foreground pixels per class, pixels in the image) — from RLE run lengths where possible, so fold
+        stratification of a big csv competition needs no mask decoding."""
+        if self.mask_folder is not None:
+            mask = self.read_mask(image_id)
+            return mask.reshape(self.num_classes, -1).sum(1), mask.shape[1] * mask.shape[2]
+        h, w = self.image_size(image_id)
+        areas = np.zeros(self.num_classes, dtype=np.int64)
+        for cls, (text, where) in self._rle_rows.get(image_id, {}).items():
+            if isinstance(text, str) and text.strip():
+                tokens = text.split()
+                try:
+                    areas[cls] = sum(int(t) for t in tokens[1::2])
+                except ValueError:
+                    raise DataError(f"{where}: RLE has a non-integer token") from None
+        return areas, h * w
+
+    # ------------------------------------------------------------------------------------------------- test set
+    @cached_property
+    def test_folder(self) -> ImageFolder:
+        return ImageFolder(self.cfg.path("test_images"), "data.test_images")
+
+    @cached_property
+    def sample_rows(self) -> list[SampleRow]:
+        """The rows a submission must have, in order. A holdout gets a sample in the train csv's id format."""
+        if self.holdout_ids:
+            return self._rows_for(self.holdout_ids)
+        if not self.cfg.sample_submission:
+            return self._rows_for(self.test_folder.ids())
+        path = self.cfg.path("sample_submission")
+        frame = read_csv(path)
+        id_col = frame.columns[0]
+        class_col = self.cfg.rle.class_column if self.cfg.rle.class_column in frame.columns else None
+        rows, seen = [], set()
+        for i, rec in enumerate(frame.to_dict("records")):
+            where = f"{path.name} row {i + 2}"
+            raw_class = rec[class_col] if class_col else None
+            if (rec[id_col], raw_class) in seen:
+                raise DataError(f"{where}: duplicate id {rec[id_col]!r}")
+            seen.add((rec[id_col], raw_class))
+            image_id, cls = self._split_id(rec[id_col], raw_class, where)
+            rows.append(SampleRow(rec[id_col], image_id, cls))
+        return rows
+
+    def _rows_for(self, ids: list[str]) -> list[SampleRow]:
+        sep = self.cfg.rle.id_class_sep
+        if self.num_classes == 1 and not sep:
+            return [SampleRow(i, i, 0) for i in ids]
+        return [SampleRow(f"{i}{sep}{name}" if sep else i, i, c) for i in ids for c, name in enumerate(self.classes)]
+
+    @cached_property
+    def test_ids(self) -> list[str]:
+        if self.holdout_ids:
+            return list(self.holdout_ids)
+        ids = list(dict.fromkeys(r.image_id for r in self.sample_rows))
+        if not ids:
+            raise DataError(f"{self.cfg.root}: the test set is empty")
+        for image_id in ids:
+            if self.test_folder.find(image_id) is None:
+                raise DataError(
+                    f"{self.cfg.sample_submission}: id {image_id!r} has no image in {self.test_folder.folder}"
+                )
+        return ids
+
+    @property
+    def sample_columns(self) -> list[str]:
+        if self.holdout_ids or not self.cfg.sample_submission:
+            return [self.cfg.rle.id_column, self.cfg.rle.rle_column]
+        return list(read_csv(self.cfg.path("sample_submission")).columns)
+
+    # ----------------------------------------------------------------------------------------- extra columns
+    @cached_property
+    def extra(self) -> pd.DataFrame | None:
+        """Per-image columns (e.g. depth), indexed by id; numeric where they parse as numbers."""
+        if not self.cfg.extra_csv:
+            return None
+        path = self.cfg.path("extra_csv")
+        frame = read_csv(path)
+        key = frame.columns[0]
+        if frame[key].duplicated().any():
+            dup = frame[key][frame[key].duplicated()].iloc[0]
+            raise DataError(f"{path}: duplicate id {dup!r}")
+        frame = frame.set_index(key)
+        for col in frame.columns:
+            converted = pd.to_numeric(frame[col], errors="coerce")
+            if converted.notna().all():
+                frame[col] = converted
+        return frame
+
+    def groups(self, ids: list[str]) -> list[str] | None:
+        col = self.cfg.group_column
+        if not col:
+            return None
+        if self.extra is None or col not in self.extra.columns:
+            raise ConfigError(f"data.group_column: column {col!r} not in data.extra_csv")
+        missing = [i for i in ids if i not in self.extra.index]
+        if missing:
+            raise DataError(f"{self.cfg.extra_csv}: no row for id {missing[0]!r} (needed for its group)")
+        return [str(v) for v in self.extra.loc[ids, col]]

@@ -1,0 +1,120 @@
+"""Torch Dataset over a competition: reads one image (and mask) per item from disk, never the whole set.
+
+Items are dicts: ``image`` float32 (C, H, W) normalised; ``mask`` float32 (K, H, W) when masks exist; ``has_mask``
+(1 if any foreground: the target of the auxiliary classification head); ``id``; ``size`` (H, W) before padding.
+Inputs are padded bottom/right to a multiple of the network stride by reflection (what TGS winners did for 101 px
+tiles); ``unpad`` crops predictions back to ``size``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from segkit.data.augment import build_augment
+from segkit.data.competition import Competition
+
+# ImageNet statistics: what pretrained encoders expect; harmless for random init.
+MEAN = {3: (0.485, 0.456, 0.406), 1: (0.449,)}
+STD = {3: (0.229, 0.224, 0.225), 1: (0.226,)}
+
+
+def pad_to_multiple(arr: np.ndarray, multiple: int) -> np.ndarray:
+    """Pad an (H, W[, C]) array at the bottom/right to multiples of ``multiple`` by reflection."""
+    h, w = arr.shape[:2]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph == 0 and pw == 0:
+        return arr
+    if ph >= h or pw >= w:  # reflection needs padding smaller than the image
+        mode = cv2.BORDER_REPLICATE
+    else:
+        mode = cv2.BORDER_REFLECT_101
+    out = cv2.copyMakeBorder(arr, 0, ph, 0, pw, mode)
+    return out.reshape(h + ph, w + pw, *arr.shape[2:])
+
+
+def unpad(pred: torch.Tensor | np.ndarray, size: tuple[int, int]):
+    """Crop a (..., H', W') prediction back to the original (H, W)."""
+    h, w = int(size[0]), int(size[1])
+    return pred[..., :h, :w]
+
+
+def normalize(image: np.ndarray) -> np.ndarray:
+    c = image.shape[2]
+    return (image - np.asarray(MEAN[c], np.float32)) / np.asarray(STD[c], np.float32)
+
+
+class SegDataset(Dataset):
+    def __init__(
+        self,
+        comp: Competition,
+        ids: list[str],
+        split: str = "train",
+        augment: str | None = None,
+        crop_size: int | None = None,
+        pad_to: int = 32,
+        with_mask: bool | None = None,
+        mask_reader: Callable[[str], np.ndarray] | None = None,
+    ):
+        """``split`` picks the image folder (train / test). Masks come from the competition unless ``mask_reader``
+        (e.g. pseudo labels for test images) is given; ``with_mask`` defaults to "train split or a reader"."""
+        self.comp = comp
+        self.ids = list(ids)
+        self.split = split
+        self.transform = build_augment(augment, crop_size)
+        self.pad_to = pad_to
+        self.mask_reader = mask_reader or (comp.read_mask if split == "train" else None)
+        self.with_mask = (self.mask_reader is not None) if with_mask is None else with_mask
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> dict:
+        image_id = self.ids[index]
+        image = self.comp.read_image(image_id, self.split)
+        mask = None
+        if self.with_mask:
+            mask = self.mask_reader(image_id)
+            if mask.shape[1:] != image.shape[:2]:
+                raise ValueError(f"id {image_id!r}: mask {mask.shape[1:]} vs image {image.shape[:2]}")
+            mask = np.ascontiguousarray(mask.transpose(1, 2, 0))
+        if self.transform is not None:
+            out = self.transform(image=image, mask=mask) if mask is not None else self.transform(image=image)
+            image, mask = out["image"], out.get("mask")
+            if image.ndim == 2:
+                image = image[:, :, None]
+        size = image.shape[:2]
+        image = pad_to_multiple(normalize(image.astype(np.float32)), self.pad_to)
+        item = {
+            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
+            "id": image_id,
+            "size": torch.tensor(size),
+        }
+        if mask is not None:
+            if mask.ndim == 2:
+                mask = mask[:, :, None]
+            item["has_mask"] = torch.from_numpy(mask.reshape(-1, mask.shape[2]).max(0) > 0).float()
+            mask = pad_to_multiple(mask, self.pad_to).reshape(*image.shape[:2], -1)
+            item["mask"] = torch.from_numpy(np.ascontiguousarray(mask.transpose(2, 0, 1))).float()
+        return item
+
+
+def pad_collate(batch: list[dict]) -> dict:
+    """Stack items, zero-padding images and masks to the largest size in the batch (validation and test batches
+    may mix image sizes; training crops or fixed-size sets never need it)."""
+    h = max(b["image"].shape[1] for b in batch)
+    w = max(b["image"].shape[2] for b in batch)
+    out: dict = {"id": [b["id"] for b in batch], "size": torch.stack([b["size"] for b in batch])}
+    for key in ("image", "mask"):
+        if key in batch[0]:
+            tensors = [b[key] for b in batch]
+            if any(t.shape[1:] != (h, w) for t in tensors):
+                tensors = [torch.nn.functional.pad(t, (0, w - t.shape[2], 0, h - t.shape[1])) for t in tensors]
+            out[key] = torch.stack(tensors)
+    if "has_mask" in batch[0]:
+        out["has_mask"] = torch.stack([b["has_mask"] for b in batch])
+    return out

@@ -1,0 +1,140 @@
+"""Reading images and mask images from disk into the layouts the pipeline uses.
+
+Images become float32 (H, W, C) in [0, 1] with C = 1 or 3, whatever the file holds (grayscale, RGB, RGBA, 8- or
+16-bit, float TIFF). Masks become uint8 (K, H, W) of 0/1. Every failure names the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from segkit.errors import DataError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+LOSSY_EXTENSIONS = (".jpg", ".jpeg")
+
+# Decoding threads fight the DataLoader workers for the same cores.
+cv2.setNumThreads(1)
+# A broken file is reported once, by us, with its name; OpenCV's own warnings would only repeat it without one.
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+
+
+def read_raw(path: str | Path) -> np.ndarray:
+    """The file's pixels as stored (any dtype, 2-D or H x W x C in RGB(A) order)."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: empty file (0 bytes)")
+    data = np.fromfile(path, dtype=np.uint8)
+    arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if arr is None:
+        raise DataError(f"{path}: not a readable image (corrupt, truncated or unsupported format)")
+    if arr.ndim == 3:
+        if arr.shape[2] == 1:
+            arr = arr[:, :, 0]
+        elif arr.shape[2] == 3:
+            arr = cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
+        elif arr.shape[2] == 4:
+            arr = cv2.cvtColor(arr, cv2.COLOR_BGRA2RGBA)
+    return arr
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(H, W) from the file header only: cheap enough to call for every image of a big set."""
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except Exception as err:  # PIL raises many types for broken headers
+        raise DataError(f"{path}: not a readable image ({type(err).__name__})") from None
+    return h, w
+
+
+def to_float(arr: np.ndarray, path: str | Path) -> np.ndarray:
+    """Scale any pixel type to float32 in [0, 1]."""
+    if arr.dtype == np.uint8:
+        return arr.astype(np.float32) * np.float32(1 / 255)
+    if arr.dtype == np.uint16:
+        return arr.astype(np.float32) * np.float32(1 / 65535)
+    if np.issubdtype(arr.dtype, np.floating):
+        out = arr.astype(np.float32)
+        if not np.isfinite(out).all():
+            raise DataError(f"{path}: image contains NaN or infinite values")
+        lo, hi = float(out.min()), float(out.max())
+        # Float images already in [0, 1] keep their values; others (e.g. raw intensities) are min-max scaled.
+        if lo < 0 or hi > 1:
+            out = (out - lo) / max(hi - lo, 1e-12)
+        return out
+    if np.issubdtype(arr.dtype, np.integer):
+        info = np.iinfo(arr.dtype)
+        return (arr.astype(np.float32) - info.min) / float(info.max - info.min)
+    raise DataError(f"{path}: unsupported pixel type {arr.dtype}")
+
+
+def read_image(path: str | Path, channels: int) -> np.ndarray:
+    """float32 (H, W, channels) in [0, 1]."""
+    arr = read_raw(path)
+    if arr.ndim == 3 and arr.shape[2] == 4:
+        arr = arr[:, :, :3]  # alpha carries no signal for segmentation inputs here
+    if arr.ndim == 3 and arr.shape[2] not in (3,):
+        raise DataError(f"{path}: {arr.shape[2]}-channel image; expected gray, RGB or RGBA")
+    img = to_float(arr, path)
+    if channels == 3 and img.ndim == 2:
+        img = np.repeat(img[:, :, None], 3, axis=2)
+    elif channels == 1 and img.ndim == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+    if img.ndim == 2:
+        img = img[:, :, None]
+    return np.ascontiguousarray(img)
+
+
+def _binarize(arr: np.ndarray, path: Path) -> np.ndarray:
+    """Binary mask from a single-channel mask image.
+
+    Lossless files must hold exactly two values (0 and one foreground value: 1, 255, 65535, ...): anything else is
+    probably a label map or a wrong file, so it is an error rather than a silent guess. JPEG masks carry compression
+    noise around 0 and the maximum, so they are thresholded at half the type's range instead.
+    """
+    if path.suffix.lower() in LOSSY_EXTENSIONS:
+        top = 255 if arr.dtype == np.uint8 else (np.iinfo(arr.dtype).max if arr.dtype.kind in "ui" else 1.0)
+        return (arr > top / 2).astype(np.uint8)
+    values = np.unique(arr)
+    if len(values) > 2 or (len(values) == 2 and values[0] != 0) or (len(values) == 1 and values[0] != 0):
+        shown = ", ".join(str(v) for v in values[:6]) + (" ..." if len(values) > 6 else "")
+        raise DataError(f"{path}: binary mask expected (0 and one foreground value), found values {shown}")
+    return (arr > 0).astype(np.uint8)
+
+
+def read_mask(path: str | Path, mode: str, num_classes: int) -> np.ndarray:
+    """uint8 (K, H, W) of 0/1.
+
+    binary: one channel; multilabel: a K-channel image (each channel binary) or a label map is refused;
+    multiclass: a label map with values 0 (background) .. K.
+    """
+    path = Path(path)
+    arr = read_raw(path)
+    if mode == "multiclass":
+        if arr.ndim == 3:
+            arr = arr[:, :, 0]
+        if np.issubdtype(arr.dtype, np.floating) or arr.max() > num_classes:
+            raise DataError(
+                f"{path}: multiclass label map must hold integers 0..{num_classes}, max is {arr.max()}"
+            )
+        labels = arr.astype(np.int64)
+        return np.stack([(labels == k + 1) for k in range(num_classes)]).astype(np.uint8)
+    if mode == "multilabel" and num_classes > 1:
+        if arr.ndim != 3 or arr.shape[2] < num_classes:
+            raise DataError(f"{path}: multilabel mask needs {num_classes} channels, has shape {arr.shape}")
+        return np.stack([_binarize(arr[:, :, k], path) for k in range(num_classes)])
+    if arr.ndim == 3:
+        # An RGB(A) mask where all channels agree is a gray mask saved in colour.
+        if not (arr[:, :, :3] == arr[:, :, :1]).all():
+            raise DataError(f"{path}: colour mask with differing channels; expected one channel")
+        arr = arr[:, :, 0]
+    return _binarize(arr, path)[None]

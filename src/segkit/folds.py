@@ -1,0 +1,147 @@
+"""``segkit folds``: assign every labelled image to one of k folds, balanced on what drives the score.
+
+- binary masks: stratified by coverage (empty masks are a bin of their own, non-empty ones binned by coverage
+  quantile), so each fold has the same share of empty images and the same spread of object sizes;
+- several classes: by the class-presence vector, with iterative stratification (multilabel);
+- with ``data.group_column``: grouped (no patient / video / mosaic in two folds) and stratified as far as groups
+  allow (StratifiedGroupKFold).
+
+Output ``folds/<competition>.csv``: id, fold, stratum[, group]. The file is part of the experiment's
+reproducibility (commit it); an existing file is reused, and one that no longer matches the data is an error
+rather than silently rebuilt.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import KFold, StratifiedGroupKFold, StratifiedKFold
+
+from segkit import atomic
+from segkit.config import Config
+from segkit.data import Competition, read_csv
+from segkit.errors import DataError
+
+
+def coverage_strata(coverage: np.ndarray, bins: int) -> np.ndarray:
+    """0 for empty masks, 1..bins for quantile bins of the non-empty coverages."""
+    strata = np.zeros(len(coverage), dtype=np.int64)
+    nonempty = coverage > 0
+    if nonempty.any() and bins > 1:
+        edges = np.quantile(coverage[nonempty], np.linspace(0, 1, bins + 1)[1:-1])
+        strata[nonempty] = 1 + np.searchsorted(edges, coverage[nonempty], side="right")
+    elif nonempty.any():
+        strata[nonempty] = 1
+    return strata
+
+
+def _split(strata: np.ndarray, groups: list[str] | None, presence: np.ndarray | None, n_splits: int, seed: int):
+    n = len(strata)
+    if groups is not None:
+        return StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed).split(np.zeros(n), strata, groups)
+    if presence is not None:
+        from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+
+        return MultilabelStratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed).split(np.zeros(n), presence)
+    counts = np.bincount(strata)
+    if counts[counts > 0].min() < n_splits:
+        # A stratum smaller than k cannot be spread over every fold; merge the rare strata into the nearest.
+        strata = _merge_rare(strata, n_splits)
+    if len(np.unique(strata)) < 2:
+        return KFold(n_splits=n_splits, shuffle=True, random_state=seed).split(np.zeros(n))
+    return StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed).split(np.zeros(n), strata)
+
+
+def _merge_rare(strata: np.ndarray, minimum: int) -> np.ndarray:
+    strata = strata.copy()
+    for s in np.unique(strata)[::-1]:
+        members = strata == s
+        if members.sum() < minimum and s > 0:
+            strata[members] = s - 1
+    return strata
+
+
+def build_folds(comp: Competition, cfg: Config) -> pd.DataFrame:
+    ids = comp.train_ids
+    n_splits = cfg.folds.n_splits
+    if len(ids) < n_splits:
+        raise DataError(f"folds.n_splits: {n_splits} folds need at least as many images; have {len(ids)}")
+    stats = [comp.mask_stats(i) for i in ids]
+    areas = np.stack([a for a, _ in stats]).astype(np.float64)
+    pixels = np.array([p for _, p in stats], dtype=np.float64)
+    coverage = areas.sum(1) / pixels
+
+    how = cfg.folds.stratify
+    if how == "auto":
+        how = "coverage" if comp.num_classes == 1 else "classes"
+    presence = None
+    if how == "coverage":
+        strata = coverage_strata(coverage, cfg.folds.coverage_bins)
+        labels = strata.astype(str)
+    elif how == "classes":
+        presence = (areas > 0).astype(int)
+        labels = np.array(["".join(map(str, row)) for row in presence])
+        strata = np.unique(labels, return_inverse=True)[1]
+    else:
+        strata = np.zeros(len(ids), dtype=np.int64)
+        labels = strata.astype(str)
+
+    groups = comp.groups(ids)
+    fold = np.full(len(ids), -1, dtype=np.int64)
+    for k, (_, val) in enumerate(_split(strata, groups, presence, n_splits, cfg.folds.seed)):
+        fold[val] = k
+    frame = pd.DataFrame({"id": ids, "fold": fold, "stratum": labels, "coverage": coverage.round(6)})
+    if groups is not None:
+        frame["group"] = groups
+    return frame
+
+
+def summary(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per-fold count, empty share and mean coverage, with the whole set as the last row."""
+    rows = []
+    for name, part in list(frame.groupby("fold")) + [("all", frame)]:
+        rows.append({
+            "fold": name,
+            "images": len(part),
+            "empty %": round(100 * float((part["coverage"] == 0).mean()), 2),
+            "mean coverage %": round(100 * float(part["coverage"].mean()), 2),
+        })
+    return pd.DataFrame(rows)
+
+
+def load_folds(cfg: Config, comp: Competition | None = None) -> pd.DataFrame:
+    """The fold file (id as str, fold as int); checked against the competition's train ids when given."""
+    path = cfg.folds_file
+    if not path.exists():
+        raise DataError(f"{path}: fold file missing; run `segkit folds --config {cfg.source or 'CFG'}` first")
+    frame = read_csv(path, ["id", "fold"])
+    try:
+        frame["fold"] = frame["fold"].astype(int)
+    except ValueError:
+        raise DataError(f"{path}: column 'fold' must hold integers") from None
+    if frame["id"].duplicated().any():
+        raise DataError(f"{path}: duplicate id {frame['id'][frame['id'].duplicated()].iloc[0]!r}")
+    if comp is not None:
+        want, have = set(comp.train_ids), set(frame["id"])
+        if want != have:
+            extra, missing = sorted(have - want), sorted(want - have)
+            detail = f"{len(missing)} train ids missing (e.g. {missing[:1]})" if missing else ""
+            detail += ("; " if detail and extra else "") + (f"{len(extra)} unknown ids (e.g. {extra[:1]})" if extra else "")
+            raise DataError(f"{path}: does not match the train set: {detail}. Delete it to rebuild the folds")
+    return frame
+
+
+def run(cfg: Config) -> int:
+    comp = Competition(cfg.data, seed=cfg.seed)
+    path = cfg.folds_file
+    if path.exists():
+        frame = load_folds(cfg, comp)
+        print(f"folds: {path} exists ({frame['fold'].nunique()} folds, {len(frame)} ids); keeping it")
+    else:
+        frame = build_folds(comp, cfg)
+        atomic.write_csv(path, frame)
+        print(f"folds: wrote {path}")
+    if "coverage" in frame.columns:
+        frame["coverage"] = frame["coverage"].astype(float)
+        print(summary(frame).to_string(index=False))
+    return 0
