@@ -17,6 +17,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from segkit.errors import SegkitError
+
 TMP_SUFFIX = ".tmp"
 
 
@@ -24,8 +26,7 @@ TMP_SUFFIX = ".tmp"
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path to write to; it is renamed to ``path`` only if the block finishes."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    fd, tmp = _guard(path, lambda: tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent))
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -40,8 +41,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary folder; it replaces ``path`` only if the block finishes."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent))
+    tmp = Path(_guard(path, lambda: tempfile.mkdtemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)))
     try:
         yield tmp
         if path.exists():
@@ -50,6 +50,15 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def _guard(path: Path, make):
+    """Create the target's folder and a temporary entry in it, or fail with one line naming the path."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return make()
+    except OSError as err:
+        raise SegkitError(f"cannot write {path}: {err.strerror or err}") from None
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

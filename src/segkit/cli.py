@@ -15,6 +15,7 @@ from segkit.errors import SegkitError
 
 # command -> (module, function, help). Config stages take (cfg, **options).
 STAGES: dict[str, tuple[str, str, str]] = {
+    "check": ("segkit.check", "run", "read every image and mask once; stop at the first bad file"),
     "folds": ("segkit.folds", "run", "build folds/<competition>.csv"),
     "train": ("segkit.train", "run", "train models x folds (all unless narrowed)"),
     "predict": ("segkit.predict", "run", "predict test images with TTA, per model"),
@@ -58,11 +59,16 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--metric", required=True)
     score.add_argument("--sample", default=None, help="sample_submission.csv (image sizes / id format)")
     score.add_argument("--shape", default=None, help="HxW of every image when no sample gives it, e.g. 101x101")
+    score.add_argument("--images", default=None, help="folder of the images (their sizes), instead of --shape")
+    score.add_argument("--order", choices=["F", "C"], default="F", help="RLE pixel order (F: Kaggle column-major)")
+    score.add_argument("--relative", action="store_true", help="SIIM-style relative RLE starts")
 
     val = sub.add_parser("validate-submission", help="check a submission against the sample submission")
     val.add_argument("submission")
     val.add_argument("--sample", required=True)
     val.add_argument("--shape", default=None, help="HxW to check RLE runs against, e.g. 101x101")
+    val.add_argument("--images", default=None, help="folder of the images (their sizes), instead of --shape")
+    val.add_argument("--relative", action="store_true", help="SIIM-style relative RLE starts")
     return parser
 
 

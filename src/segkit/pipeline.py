@@ -9,7 +9,7 @@ import time
 from segkit.config import Config
 
 # (stage, module); a stage whose module is absent ends the run with a note instead of failing.
-ORDER = ["folds", "train", "predict", "ensemble", "pseudo", "tune", "submit", "report"]
+ORDER = ["check", "folds", "train", "predict", "ensemble", "pseudo", "tune", "submit", "report"]
 
 
 def _stage(name: str):

@@ -257,7 +257,8 @@ class Competition:
             return list(self.holdout_ids)
         ids = list(dict.fromkeys(r.image_id for r in self.sample_rows))
         if not ids:
-            raise DataError(f"{self.cfg.root}: the test set is empty")
+            source = self.cfg.sample_submission or self.test_folder.folder
+            raise DataError(f"{source}: the test set is empty")
         for image_id in ids:
             if self.test_folder.find(image_id) is None:
                 raise DataError(
