@@ -1,0 +1,367 @@
+"""``segkit report``: ``runs/<experiment>/report/`` — a markdown summary of the run and its plots.
+
+Sections, each written from whatever artifact exists (a missing one leaves a note, never an error):
+
+- training: per model x fold, from ``<model>/fold<k>/metrics.csv`` (best epoch by the competition metric, or by
+  validation loss where the metric is not logged), and the training curves of every fold;
+- ensemble: ``ensemble/cv.csv`` and the method chosen (``ensemble/choice.json``);
+- tuning: each step of ``tune.json`` with its CV and whether it was kept, the chosen parameters, and the
+  threshold / min-area curves;
+- final CV: tuned, raw ensemble, plain pipeline, and the submission file;
+- examples: OOF predictions against the truth on the best, median and worst images by the tuned per-image score.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from segkit import atomic
+from segkit.config import Config
+
+EXAMPLES = ("best", "median", "worst")
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _fmt(value) -> str:
+    if isinstance(value, (float, np.floating)):
+        return "" if math.isnan(value) else f"{value:.4f}"
+    return str(value)
+
+
+def md_table(frame: pd.DataFrame) -> str:
+    """A pipe table (pandas' to_markdown needs an extra package)."""
+    cols = [str(c) for c in frame.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for row in frame.itertuples(index=False):
+        lines.append("| " + " | ".join(_fmt(v).replace("|", "\\|") for v in row) + " |")
+    return "\n".join(lines)
+
+
+def _save(fig, path: Path) -> Path:
+    plt = _plt()
+    fig.tight_layout()
+    with atomic.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path
+
+
+# -------------------------------------------------------------------------------------------------------- training
+
+
+def _monitor(frame: pd.DataFrame, cfg: Config) -> tuple[str, bool] | None:
+    """The column that ranks epochs and whether higher is better."""
+    for col in ("score", cfg.metric, "dice", "iou"):  # training logs the competition metric as "score"
+        if col in frame.columns and pd.to_numeric(frame[col], errors="coerce").notna().any():
+            return col, True
+    if "val_loss" in frame.columns:
+        return "val_loss", False
+    return None
+
+
+def _fold_dirs(cfg: Config, model: str) -> list[tuple[int, Path]]:
+    out = []
+    for p in sorted((cfg.run_dir / model).glob("fold*")):
+        suffix = p.name[4:]
+        if p.is_dir() and suffix.isdigit():
+            out.append((int(suffix), p))
+    return sorted(out)
+
+
+def training_section(cfg: Config, out_dir: Path) -> tuple[list[str], list[Path]]:
+    lines = ["## Training", ""]
+    rows, plots = [], []
+    for model in cfg.models:
+        curves = {}
+        for fold, folder in _fold_dirs(cfg, model.name):
+            path = folder / "metrics.csv"
+            if not path.exists():
+                continue
+            try:
+                frame = pd.read_csv(path)
+            except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+                lines.append(f"- {path}: unreadable, skipped")
+                continue
+            if frame.empty:
+                continue
+            curves[fold] = frame
+            mon = _monitor(frame, cfg)
+            row = {"model": model.name, "fold": fold, "epochs": len(frame)}
+            if mon:
+                col, higher = mon
+                values = pd.to_numeric(frame[col], errors="coerce")
+                best = values.idxmax() if higher else values.idxmin()
+                row["best epoch"] = frame["epoch"].iloc[best] if "epoch" in frame.columns else best + 1
+                shown = f"{col} ({cfg.metric})" if col == "score" else col
+                row[f"best {shown}"] = float(values.iloc[best])
+                if "val_loss" in frame.columns and col != "val_loss":
+                    row["val_loss at best"] = float(frame["val_loss"].iloc[best])
+            rows.append(row)
+        if curves:
+            plots.append(_plot_training(model.name, curves, cfg, out_dir))
+    if not rows:
+        lines.append("_No training metrics found (`<model>/fold<k>/metrics.csv`)._")
+        return lines + [""], plots
+    table = pd.DataFrame(rows)
+    parts = []
+    for model, part in table.groupby("model", sort=False):  # each model's folds, then their mean
+        parts.append(part)
+        if len(part) > 1:
+            mean = {c: part[c].mean() if c.startswith(("best ", "val_loss")) and c != "best epoch" else ""
+                    for c in table.columns}
+            mean.update(model=model, fold="mean", epochs="")
+            parts.append(pd.DataFrame([mean]))
+    table = pd.concat(parts, ignore_index=True).astype(object).where(lambda f: f.notna(), "")
+    lines += [md_table(table), ""]
+    lines += [f"![training curves of {p.stem[9:]}]({p.name})" for p in plots] + [""]
+    return lines, plots
+
+
+def _plot_training(model: str, curves: dict[int, pd.DataFrame], cfg: Config, out_dir: Path) -> Path:
+    plt = _plt()
+    metric_cols = [c for c in (cfg.metric, "dice", "iou") if any(c in f.columns for f in curves.values())]
+    metric_cols = list(dict.fromkeys(metric_cols))[:1]
+    n = 1 + len(metric_cols)
+    fig, axes = plt.subplots(1, n, figsize=(5 * n, 3.4), dpi=100, squeeze=False)
+    for n_fold, (fold, frame) in enumerate(curves.items()):
+        color = f"C{n_fold % 10}"  # one colour per fold; dashed = train, solid = validation
+        x = frame["epoch"] if "epoch" in frame.columns else np.arange(1, len(frame) + 1)
+        for col, style in (("train_loss", "--"), ("val_loss", "-")):
+            if col in frame.columns:
+                axes[0, 0].plot(x, frame[col], style, color=color, label=f"fold {fold} {col.split('_')[0]}")
+        for ax, col in zip(axes[0, 1:], metric_cols):
+            if col in frame.columns:
+                ax.plot(x, frame[col], marker="o", ms=3, color=color, label=f"fold {fold}")
+                ax.set(title=col, xlabel="epoch")
+    axes[0, 0].set(title=f"{model}: loss", xlabel="epoch")
+    for ax in axes[0]:
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=7)
+    return _save(fig, out_dir / f"training_{model}.png")
+
+
+# -------------------------------------------------------------------------------------------------------- ensemble
+
+
+def ensemble_section(cfg: Config) -> list[str]:
+    lines = ["## Ensemble", ""]
+    cv_path = cfg.run_dir / "ensemble" / "cv.csv"
+    if cv_path.exists():
+        try:
+            lines += [md_table(pd.read_csv(cv_path).fillna("")), ""]
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+            lines.append(f"_{cv_path} is unreadable._")
+    else:
+        lines.append("_No ensemble CV table (`ensemble/cv.csv`)._")
+    choice_path = cfg.run_dir / "ensemble" / "choice.json"
+    if choice_path.exists():
+        try:
+            choice = json.loads(choice_path.read_text())
+            shown = ", ".join(f"{k}: {_fmt(v)}" for k, v in choice.items() if not isinstance(v, (dict, list)))
+            lines.append(f"Chosen: {shown}")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            lines.append(f"_{choice_path} is unreadable._")
+    return lines + [""]
+
+
+# ---------------------------------------------------------------------------------------------------------- tuning
+
+
+def _read_tune(cfg: Config) -> dict | None:
+    path = cfg.run_dir / "tune.json"
+    if not path.exists():
+        return None
+    try:
+        result = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return result if isinstance(result, dict) else None
+
+
+def tuning_section(tuned: dict | None, out_dir: Path) -> tuple[list[str], list[Path]]:
+    lines = ["## Post-processing (tuned on the ensemble OOF)", ""]
+    if tuned is None:
+        return lines + ["_No tune.json (run `segkit tune`)._", ""], []
+    rows = []
+    for step in tuned.get("steps", []):
+        if step.get("step") == "baseline":
+            rows.append({"step": "baseline", "choice": step.get("params", "p>0.50"), "CV": step.get("cv"),
+                         "kept": ""})
+            continue
+        choices = "; ".join(f"{c}: {v['choice']}" if len(step["classes"]) > 1 else v["choice"]
+                            for c, v in step.get("classes", {}).items())
+        kept = ", ".join(c for c, v in step.get("classes", {}).items() if v.get("kept"))
+        rows.append({"step": step.get("step"), "choice": choices, "CV": step.get("cv"),
+                     "kept": ("yes" if len(step["classes"]) == 1 else kept) if kept else "no"})
+    if rows:
+        lines += [md_table(pd.DataFrame(rows)), ""]
+    for cls, text in tuned.get("summary", {}).items():
+        lines.append(f"- **{cls}**: {text}")
+    plots = []
+    if tuned.get("curves"):
+        from segkit.tune import plot_curves
+
+        plots = plot_curves(tuned["curves"], out_dir, tuned.get("metric", "score"))
+        lines += [""] + [f"![{p.stem}]({p.name})" for p in plots]
+    return lines + [""], plots
+
+
+def final_section(cfg: Config, tuned: dict | None) -> list[str]:
+    lines = ["## Final CV", ""]
+    rows = []
+    if tuned:
+        base = tuned.get("baseline", {})
+        if base.get("plain_pipeline") is not None:
+            rows.append({"pipeline": f"plain: {base.get('plain_model')}, raw OOF, p>0.5", "CV": base["plain_pipeline"]})
+        rows.append({"pipeline": "ensemble OOF, p>0.5", "CV": tuned.get("cv_baseline")})
+        rows.append({"pipeline": "ensemble OOF + tuned post-processing", "CV": tuned.get("cv")})
+        lines += [f"Metric: `{tuned.get('metric', cfg.metric)}` over {tuned.get('n_images', '?')} OOF images.", "",
+                  md_table(pd.DataFrame(rows)), ""]
+    else:
+        lines.append("_No tuned CV yet._")
+    sub = Path(cfg.submission_file)
+    if sub.exists():
+        with open(sub, "rb") as f:
+            n_rows = max(sum(1 for _ in f) - 1, 0)
+        lines.append(f"Submission: `{sub}` ({n_rows} rows).")
+    else:
+        lines.append(f"_No submission at `{sub}` yet._")
+    return lines + [""]
+
+
+# -------------------------------------------------------------------------------------------------------- examples
+
+
+def _oof_scores(cfg: Config, tuned: dict | None) -> pd.DataFrame | None:
+    """Per-image tuned scores: tune's oof_scores.csv, or computed now from the ensemble OOF."""
+    path = cfg.run_dir / "tune" / "oof_scores.csv"
+    if path.exists():
+        try:
+            frame = pd.read_csv(path, dtype={"id": str})
+            if {"id", "score"} <= set(frame.columns):
+                return frame
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+            pass
+    from segkit.data import Competition
+    from segkit.postprocess import params_list
+    from segkit.probs import ProbStore
+    from segkit.tune import OOFSource, final_scores, resolve_metric
+
+    folder = cfg.run_dir / "ensemble" / "oof"
+    if not ProbStore.is_complete(folder):
+        return None
+    classes = list(cfg.data.classes)
+    params = params_list(tuned["classes"], classes) if tuned else params_list([{}] * len(classes))
+    comp = Competition(cfg.data, seed=cfg.seed)
+    source = OOFSource(ProbStore(folder), comp.read_mask, cfg.data.mode == "multiclass", budget=0)
+    per = final_scores(source, resolve_metric(cfg.metric), params, source.exclusive)
+    return pd.DataFrame({"id": per["ids"], "score": per["score"], "truth_px": per["truth_px"],
+                         "pred_px": per["pred_px"]})
+
+
+def pick_examples(scores: pd.DataFrame, higher_is_better: bool = True) -> list[tuple[str, str, float]]:
+    """(label, id, score) for the best, median and worst image. Images where truth and prediction are both empty
+    are skipped when others exist: a correct empty prediction says little about the model."""
+    frame = scores
+    if {"truth_px", "pred_px"} <= set(frame.columns):
+        busy = frame[(frame["truth_px"] > 0) | (frame["pred_px"] > 0)]
+        if len(busy):
+            frame = busy
+    ranked = frame.sort_values("score", ascending=not higher_is_better, kind="stable").reset_index(drop=True)
+    picks = {"best": 0, "median": len(ranked) // 2, "worst": len(ranked) - 1}
+    return [(label, str(ranked["id"].iloc[i]), float(ranked["score"].iloc[i])) for label, i in picks.items()]
+
+
+def examples_section(cfg: Config, tuned: dict | None, out_dir: Path) -> tuple[list[str], list[Path]]:
+    lines = ["## OOF examples", ""]
+    from segkit.probs import ProbStore
+
+    folder = cfg.run_dir / "ensemble" / "oof"
+    if not ProbStore.is_complete(folder):
+        return lines + ["_No ensemble OOF store: no examples._", ""], []
+    scores = _oof_scores(cfg, tuned)
+    if scores is None or scores.empty:
+        return lines + ["_No per-image OOF scores._", ""], []
+    higher = tuned.get("higher_is_better", True) if tuned else True
+    picks = pick_examples(scores, higher)
+    path = _plot_examples(cfg, tuned, ProbStore(folder), picks, out_dir)
+    lines.append("Rows: " + "; ".join(f"{label} `{i}` ({s:.3f})" for label, i, s in picks) +
+                 ". Green: truth outline; red: prediction outline; error map: white TP, red FP, green FN.")
+    return lines + ["", f"![OOF examples]({path.name})", ""], [path]
+
+
+def _outline(mask: np.ndarray) -> np.ndarray:
+    import cv2
+
+    m = mask.astype(np.uint8)
+    return (m - cv2.erode(m, np.ones((3, 3), np.uint8), borderType=cv2.BORDER_CONSTANT, borderValue=0)) > 0
+
+
+def _plot_examples(cfg: Config, tuned: dict | None, store, picks, out_dir: Path) -> Path:
+    from segkit.data import Competition
+    from segkit.postprocess import params_list, postprocess
+
+    plt = _plt()
+    comp = Competition(cfg.data, seed=cfg.seed)
+    classes = list(cfg.data.classes)
+    params = params_list(tuned["classes"], classes) if tuned else params_list([{}] * len(classes))
+    fig, axes = plt.subplots(len(picks), 3, figsize=(9, 3.1 * len(picks)), dpi=100, squeeze=False)
+    for row, (label, image_id, score) in enumerate(picks):
+        probs = np.asarray(store[image_id])
+        truth = comp.read_mask(image_id).astype(bool).any(0)
+        pred = postprocess(probs, params, exclusive=cfg.data.mode == "multiclass").astype(bool).any(0)
+        image = comp.read_image(image_id)
+        image = image[:, :, 0] if image.shape[2] == 1 else image
+        overlay = np.dstack([image] * 3) if image.ndim == 2 else image.copy()
+        overlay[_outline(truth)] = (0.1, 0.9, 0.1)
+        overlay[_outline(pred)] = (0.95, 0.1, 0.1)
+        errors = np.zeros(truth.shape + (3,), np.float32)
+        errors[truth & pred] = 1.0
+        errors[pred & ~truth] = (0.95, 0.1, 0.1)
+        errors[truth & ~pred] = (0.1, 0.9, 0.1)
+        axes[row, 0].imshow(np.clip(overlay, 0, 1))
+        axes[row, 0].set_title(f"{label}: {image_id} ({score:.3f})", fontsize=9)
+        axes[row, 1].imshow(probs.max(0), cmap="magma", vmin=0, vmax=255)
+        axes[row, 1].set_title("probability", fontsize=9)
+        axes[row, 2].imshow(errors)
+        axes[row, 2].set_title("errors", fontsize=9)
+        for ax in axes[row]:
+            ax.axis("off")
+    return _save(fig, out_dir / "examples.png")
+
+
+# ------------------------------------------------------------------------------------------------------- the stage
+
+
+def run(cfg: Config) -> int:
+    out_dir = cfg.run_dir / "report"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tuned = _read_tune(cfg)
+    lines = [f"# Report: {cfg.experiment}", "",
+             f"Competition `{cfg.competition}`, metric `{cfg.metric}`, models: "
+             f"{', '.join(m.name for m in cfg.models) or 'none'}.", ""]
+    plots: list[Path] = []
+    for section in (lambda: training_section(cfg, out_dir), lambda: (ensemble_section(cfg), []),
+                    lambda: tuning_section(tuned, out_dir), lambda: (final_section(cfg, tuned), []),
+                    lambda: examples_section(cfg, tuned, out_dir)):
+        part, made = section()
+        lines += part
+        plots += made
+    path = out_dir / "report.md"
+    atomic.write_text(path, "\n".join(lines).rstrip() + "\n")
+    print(f"report: {path} ({len(plots)} plots)")
+    return 0

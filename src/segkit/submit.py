@@ -1,0 +1,134 @@
+"""``segkit submit``: the tuned post-processing applied to the ensemble's test probabilities, written in exactly the
+rows, order, id format and columns of the competition's sample submission, and validated before it replaces any
+earlier submission.
+
+The csv is written to a temporary file beside the target and checked there (every sample id once, no extra id,
+every RLE well-formed and inside its image); only a valid file is renamed into place, so a failed or interrupted
+run never leaves a broken submission where a good one was. RLEs follow ``data.rle`` (pixel order, SIIM-style
+relative starts; in relative form an empty mask is written ``-1``, as SIIM's sample does).
+
+With ``data.holdout_fraction`` the "test" images are labelled train images: the holdout's truth is written in the
+same format to ``runs/<experiment>/holdout_truth.csv`` so ``segkit score`` can score the submission.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from segkit import atomic, rle
+from segkit.config import Config
+from segkit.data import Competition, read_csv
+from segkit.errors import DataError, SegkitError
+from segkit.postprocess import params_list, postprocess
+from segkit.probs import ProbStore
+from segkit.tune import ensemble_dir, load_tune
+from segkit.validate import rle_column, validate_frame
+
+SIIM_EMPTY = "-1"
+
+
+def sample_frame(cfg: Config, comp: Competition) -> pd.DataFrame:
+    """The rows a submission must have, as a frame of strings in the sample's columns and order."""
+    rows = comp.sample_rows
+    if comp.holdout_ids or not cfg.data.sample_submission:
+        columns = comp.sample_columns
+        return pd.DataFrame({columns[0]: [r.row_id for r in rows], columns[1]: [""] * len(rows)}, dtype=str)
+    frame = read_csv(cfg.data.path("sample_submission"))
+    if len(frame) != len(rows):
+        raise DataError(f"{cfg.data.sample_submission}: {len(frame)} rows but {len(rows)} parsed sample rows")
+    return frame
+
+
+def _encode(mask: np.ndarray, order: str, relative: bool) -> str:
+    text = rle.encode(mask, order=order, relative=relative)
+    return SIIM_EMPTY if relative and not text else text
+
+
+def build_submission(cfg: Config, comp: Competition, store: ProbStore, params, metric=None
+                     ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, tuple[int, int]], list[float]]:
+    """(submission frame, sample frame, shape per row id, per-image holdout scores when ``metric`` is given)."""
+    sample = sample_frame(cfg, comp)
+    rle_name = rle_column(list(sample.columns), cfg.data.rle.rle_column)
+    rows = comp.sample_rows
+    by_image: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        by_image.setdefault(row.image_id, []).append(i)
+    missing = [i for i in by_image if i not in store]
+    if missing:
+        raise SegkitError(f"{store.folder}: no probabilities for {len(missing)} of {len(by_image)} test images, "
+                          f"e.g. {missing[0]!r}; run `segkit ensemble` (and predict) again")
+    exclusive = cfg.data.mode == "multiclass"
+    order, relative = cfg.data.rle.order, cfg.data.rle.relative
+    encoded = [""] * len(rows)
+    shapes: dict[str, tuple[int, int]] = {}
+    scores: list[float] = []
+    for image_id, indices in by_image.items():
+        probs = np.asarray(store[image_id])
+        if probs.ndim != 3 or probs.shape[0] != len(params):
+            raise DataError(f"{store.folder}: {image_id!r} has probabilities of shape {probs.shape}; expected "
+                            f"({len(params)}, H, W)")
+        masks = postprocess(probs, params, exclusive=exclusive)
+        for i in indices:
+            encoded[i] = _encode(masks[rows[i].class_index], order, relative)
+            shapes[rows[i].row_id] = masks.shape[1:]
+        shapes[image_id] = masks.shape[1:]
+        if metric is not None:
+            scores.append(float(metric.per_image(masks.view(bool), comp.read_mask(image_id).astype(bool))))
+    sub = sample.copy()
+    sub[rle_name] = encoded
+    return sub, sample, shapes, scores
+
+
+def holdout_truth(cfg: Config, comp: Competition) -> pd.DataFrame:
+    """The holdout's masks as a csv in the submission's format (what a competition's hidden solution file is)."""
+    rows = comp.sample_rows
+    columns = comp.sample_columns
+    masks: dict[str, np.ndarray] = {}
+    texts = []
+    for row in rows:
+        if row.image_id not in masks:
+            masks = {row.image_id: comp.read_mask(row.image_id)}  # rows of one image are adjacent
+        texts.append(_encode(masks[row.image_id][row.class_index], cfg.data.rle.order, cfg.data.rle.relative))
+    return pd.DataFrame({columns[0]: [r.row_id for r in rows], columns[1]: texts})
+
+
+def run(cfg: Config) -> int:
+    tune_path = cfg.run_dir / "tune.json"
+    tuned = load_tune(cfg)
+    params = params_list(tuned["classes"], list(cfg.data.classes), where=str(tune_path))
+    store_dir = ensemble_dir(cfg) / "test"
+    if not ProbStore.is_complete(store_dir):
+        raise SegkitError(f"{store_dir}: no complete ensemble test store; run `segkit ensemble` first")
+    store = ProbStore(store_dir)
+    comp = Competition(cfg.data, seed=cfg.seed)
+
+    metric = None
+    if comp.holdout_ids:
+        from segkit.tune import resolve_metric
+
+        metric = resolve_metric(cfg.metric)
+    sub, sample, shapes, holdout_scores = build_submission(cfg, comp, store, params, metric)
+    rle_name = rle_column(list(sample.columns), cfg.data.rle.rle_column)
+
+    target = Path(cfg.submission_file)
+    with atomic.atomic_path(target) as tmp:
+        sub.to_csv(tmp, index=False)
+        # Check the file as written (what the competition will read), before it may replace an earlier one.
+        report = validate_frame(read_csv(tmp), sample, target, shapes=shapes, relative=cfg.data.rle.relative,
+                                rle_col=rle_name)
+        if not report.ok:
+            raise DataError(f"the new submission is invalid, {target} left as it was:\n{report.summary()}")
+
+    n_images = len({r.image_id for r in comp.sample_rows})
+    print(f"submit: wrote {target} ({len(sub)} rows, {n_images} images; validated against the sample)")
+    print(f"submit: tuned OOF {tuned.get('metric', cfg.metric)} CV {tuned.get('cv', float('nan')):.4f} "
+          f"(raw ensemble OOF p>0.5: {tuned.get('cv_baseline', float('nan')):.4f})")
+    if comp.holdout_ids:
+        truth_path = cfg.run_dir / "holdout_truth.csv"
+        atomic.write_csv(truth_path, holdout_truth(cfg, comp))
+        print(f"submit: holdout {cfg.metric} {np.mean(holdout_scores):.4f} on {len(holdout_scores)} images "
+              f"(truth in {truth_path})")
+    return 0
