@@ -1,0 +1,284 @@
+"""The competitions' own scores, by name, plus fast paths for scoring many images and thresholds at once.
+
+Every metric is a per-image function ``f(pred, truth) -> float`` on (K, H, W) bool masks (K classes of one
+image); a data set scores the mean over its images. Registered in ``COMPETITION_METRICS``:
+
+* ``tgs`` (alias ``map_iou``; TGS Salt 2018): mean over IoU thresholds t = 0.50, 0.55, ..., 0.95 of a hit:
+  both masks empty -> 1, exactly one empty -> 0, else 1 if IoU > t. One object per image and class; K > 1
+  averages the classes. IoU > t is compared exactly in integers (20 * intersection > 20t * union), so an IoU
+  of exactly 0.6 does not pass t = 0.6 whatever floating-point rounding would say.
+* ``dice`` (Severstal 2019, SIIM-ACR 2019, Understanding Clouds 2019): Dice per class, both empty -> 1,
+  averaged over the K classes (so a data set scores the mean over all (image, class) pairs).
+* ``iou``: the same with IoU (Jaccard).
+* ``object_ap`` (Data Science Bowl 2018): objects are the connected components of each class's mask (full
+  connectivity, 8-neighbour in 2-D, as ``skimage.measure.label``); per threshold t in 0.50:0.05:0.95 a true
+  object matched by a predicted one with IoU > t is a TP (IoU > 0.5 makes matches unique), unmatched
+  predictions are FP, unmatched truths FN, and precision(t) = TP / (TP + FP + FN); the mean over t is the
+  image's score. Both empty -> 1. ``object_ap_labels`` takes instance label maps instead.
+* ``pixel_accuracy``: share of pixels labelled right, averaged over classes.
+
+Each entry is a :class:`CompetitionMetric` that knows whether higher is better. Tuning scores thousands of
+images at dozens of thresholds: ``score_many`` scores a batch from per-image intersection and areas counted
+once in numpy, and ``counts_at_thresholds`` gets those counts for every threshold from one histogram pass over
+the probabilities (a pixel is predicted at threshold t when p >= t; uint8 values q count as
+``segkit.probs.dequantize(q) >= np.float32(t)``), after which ``OverlapCounts.with_min_area`` applies a
+min-area rule for free and ``score_counts`` turns counts into per-image scores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from segkit.errors import ConfigError, DataError
+from segkit.metrics.counts import OverlapCounts, as_batch, counts_at_thresholds, overlap_counts
+from segkit.metrics.inputs import as_mask, check_same_shape
+from segkit.probs import dequantize
+from segkit.registry import Registry
+
+# IoU thresholds 0.50, 0.55, ..., 0.95 as k / 20, so "IoU > t" is the exact integer test 20 * I > k * U.
+AP_TWENTIETHS = np.arange(10, 20)
+AP_THRESHOLDS = AP_TWENTIETHS / 20
+
+
+# ----------------------------------------------------------------------------------------- scores from counts
+
+
+def _per_class_ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """num / den, and 1 where den is 0 (both masks empty: the competitions' rule)."""
+    num = num.astype(np.float64)
+    den = den.astype(np.float64)
+    return np.divide(num, den, out=np.ones(np.broadcast(num, den).shape), where=den != 0)
+
+
+def _dice_counts(c: OverlapCounts) -> np.ndarray:
+    return _per_class_ratio(2 * c.inter, c.pred_area + c.truth_area).mean(axis=-1)
+
+
+def _iou_counts(c: OverlapCounts) -> np.ndarray:
+    return _per_class_ratio(c.inter, c.pred_area + c.truth_area - c.inter).mean(axis=-1)
+
+
+def _tgs_counts(c: OverlapCounts) -> np.ndarray:
+    union = c.pred_area + c.truth_area - c.inter
+    # One mask empty: intersection 0, so no threshold is passed; both empty: union 0, scored 1 below.
+    hits = (20 * c.inter[..., None] > AP_TWENTIETHS * union[..., None]).mean(axis=-1)
+    return np.where(union == 0, 1.0, hits).mean(axis=-1)
+
+
+def _pixel_accuracy_counts(c: OverlapCounts) -> np.ndarray:
+    wrong = c.pred_area + c.truth_area - 2 * c.inter
+    return (1.0 - wrong / c.pixels[:, None]).mean(axis=-1)
+
+
+# ----------------------------------------------------------------------------------------------- object AP
+
+
+def _consecutive(labels: np.ndarray) -> tuple[np.ndarray, int]:
+    """Relabel 1..n in order of the original ids (0 stays background)."""
+    ids, inverse = np.unique(labels, return_inverse=True)
+    if ids[0] != 0:
+        return inverse.reshape(labels.shape) + 1, len(ids)
+    return inverse.reshape(labels.shape), len(ids) - 1
+
+
+def object_ap_labels(pred_labels: np.ndarray, truth_labels: np.ndarray) -> float:
+    """DSB 2018 object AP of two instance label maps (0 = background, other ids = one object each)."""
+    pred_labels = np.asarray(pred_labels)
+    truth_labels = np.asarray(truth_labels)
+    check_same_shape(pred_labels, truth_labels)
+    if (
+        pred_labels.dtype == np.bool_
+        or truth_labels.dtype == np.bool_
+        or not (
+            np.issubdtype(pred_labels.dtype, np.integer) and np.issubdtype(truth_labels.dtype, np.integer)
+        )
+    ):
+        raise DataError("object_ap_labels takes integer instance label maps; use object_ap for binary masks")
+    p, n_pred = _consecutive(pred_labels)
+    t, n_true = _consecutive(truth_labels)
+    if n_pred == 0 and n_true == 0:
+        return 1.0
+    if n_pred == 0 or n_true == 0:
+        return 0.0
+    joint = np.bincount((t.ravel() * (n_pred + 1) + p.ravel()), minlength=(n_true + 1) * (n_pred + 1))
+    joint = joint.reshape(n_true + 1, n_pred + 1)
+    inter = joint[1:, 1:]
+    true_area = joint[1:, :].sum(axis=1)
+    pred_area = joint[:, 1:].sum(axis=0)
+    union = true_area[:, None] + pred_area[None, :] - inter
+    # (T, n_true, n_pred) matches; above IoU 0.5 each object has at most one partner, so counting is matching.
+    match = 20 * inter[None] > AP_TWENTIETHS[:, None, None] * union[None]
+    tp = match.any(axis=2).sum(axis=1)
+    fp = n_pred - match.any(axis=1).sum(axis=1)
+    fn = n_true - tp
+    return float((tp / (tp + fp + fn)).mean())
+
+
+def object_ap(pred, truth, *, connectivity: int | None = None) -> float:
+    """DSB 2018 object AP of binary masks (K, *spatial): objects are connected components, classes averaged.
+
+    connectivity: 1 .. ndim of one mask (default ndim: 8-neighbour in 2-D).
+    """
+    pred = as_mask(pred, "pred")
+    truth = as_mask(truth, "truth")
+    check_same_shape(pred, truth)
+    if pred.ndim < 3:
+        raise DataError(f"object_ap takes one image's masks shaped (K, H, W), got {pred.shape}")
+    spatial = pred.ndim - 1
+    structure = ndi.generate_binary_structure(spatial, connectivity or spatial)
+    scores = [
+        object_ap_labels(ndi.label(p, structure=structure)[0], ndi.label(t, structure=structure)[0])
+        for p, t in zip(pred, truth)
+    ]
+    return float(np.mean(scores))
+
+
+# ------------------------------------------------------------------------------------------------- registry
+
+
+@dataclass(frozen=True)
+class CompetitionMetric:
+    """A competition's per-image score; a data set scores the mean over its images."""
+
+    name: str
+    per_image: Callable[[np.ndarray, np.ndarray], float]
+    higher_is_better: bool
+    description: str
+    from_counts: Callable[[OverlapCounts], np.ndarray] | None = None
+
+    def __call__(self, pred, truth) -> float:
+        return self.per_image(pred, truth)
+
+    def score_many(self, preds, truths) -> np.ndarray:
+        """Per-image scores (N,) of an array (N, K, *spatial) or sequences of (K, *spatial) masks."""
+        if self.from_counts is not None:
+            return self.from_counts(overlap_counts(preds, truths))
+        preds, truths = as_batch(preds, truths, "predictions")
+        return np.array([self.per_image(p, t) for p, t in zip(preds, truths)], dtype=np.float64)
+
+    def score(self, preds, truths) -> float:
+        """The data set's score: mean of the per-image scores."""
+        return float(np.mean(self.score_many(preds, truths)))
+
+    def score_thresholds(self, probs, truths, thresholds: Sequence[float], min_area=0) -> np.ndarray:
+        """Per-image scores (T, N) of ``probs >= t`` per threshold t, predictions under min_area emptied."""
+        if self.from_counts is not None:
+            return self.from_counts(counts_at_thresholds(probs, truths, thresholds).with_min_area(min_area))
+        probs, truths = as_batch(probs, truths, "probability maps")
+        rows = []
+        for thr in thresholds:
+            masks = [_threshold_one(np.asarray(p), thr, min_area) for p in probs]
+            rows.append(self.score_many(masks, list(truths)))
+        return np.stack(rows)
+
+
+def _threshold_one(probs: np.ndarray, threshold: float, min_area) -> np.ndarray:
+    levels = dequantize(probs) if probs.dtype == np.uint8 else probs
+    mask = levels >= levels.dtype.type(threshold)
+    area = mask.reshape(mask.shape[0], -1).sum(axis=1)
+    small = area < np.broadcast_to(np.asarray(min_area), area.shape)
+    mask[small] = False
+    return mask
+
+
+def _per_image_from_counts(from_counts: Callable[[OverlapCounts], np.ndarray]):
+    def per_image(pred, truth) -> float:
+        pred = as_mask(pred, "pred")
+        truth = as_mask(truth, "truth")
+        check_same_shape(pred, truth)
+        if pred.ndim < 3:
+            raise DataError(f"expected one image's masks shaped (K, H, W), got {pred.shape}")
+        return float(from_counts(overlap_counts(pred[None], truth[None]))[0])
+
+    return per_image
+
+
+COMPETITION_METRICS: Registry[CompetitionMetric] = Registry("metric")
+
+
+def _add(metric: CompetitionMetric, *aliases: str) -> None:
+    for name in (metric.name, *aliases):
+        COMPETITION_METRICS.register(name)(metric)
+
+
+_add(
+    CompetitionMetric(
+        "tgs",
+        _per_image_from_counts(_tgs_counts),
+        True,
+        "TGS Salt: mean over IoU thresholds 0.50:0.05:0.95 of [IoU > t]; both empty 1, one empty 0",
+        _tgs_counts,
+    ),
+    "map_iou",
+)
+_add(
+    CompetitionMetric(
+        "dice",
+        _per_image_from_counts(_dice_counts),
+        True,
+        "mean over classes of Dice, both empty 1 (Severstal, SIIM-ACR, Clouds)",
+        _dice_counts,
+    )
+)
+_add(
+    CompetitionMetric(
+        "iou",
+        _per_image_from_counts(_iou_counts),
+        True,
+        "mean over classes of IoU, both empty 1",
+        _iou_counts,
+    )
+)
+_add(
+    CompetitionMetric(
+        "object_ap",
+        object_ap,
+        True,
+        "DSB 2018: object-level TP/(TP+FP+FN) averaged over IoU thresholds 0.50:0.05:0.95; both empty 1",
+    )
+)
+_add(
+    CompetitionMetric(
+        "pixel_accuracy",
+        _per_image_from_counts(_pixel_accuracy_counts),
+        True,
+        "share of pixels labelled right, mean over classes",
+        _pixel_accuracy_counts,
+    )
+)
+
+
+def get_metric(name: str, key: str | None = None) -> CompetitionMetric:
+    """The competition metric called ``name``; ``key``: the config key that named it, for error messages."""
+    return COMPETITION_METRICS.get(name, key=key)
+
+
+def score_many(name: str, preds, truths) -> np.ndarray:
+    """Per-image scores (N,) of metric ``name``; see CompetitionMetric.score_many."""
+    return get_metric(name).score_many(preds, truths)
+
+
+def score_dataset(name: str, preds, truths) -> float:
+    """Mean per-image score of metric ``name`` over a data set."""
+    return get_metric(name).score(preds, truths)
+
+
+def score_thresholds(name: str, probs, truths, thresholds: Sequence[float], min_area=0) -> np.ndarray:
+    """Per-image scores (T, N) of metric ``name`` at each threshold (CompetitionMetric.score_thresholds)."""
+    return get_metric(name).score_thresholds(probs, truths, thresholds, min_area=min_area)
+
+
+def score_counts(name: str, counts: OverlapCounts) -> np.ndarray:
+    """Per-image scores (..., N) from overlap counts, for the metrics that have a counts path."""
+    metric = get_metric(name)
+    if metric.from_counts is None:
+        raise ConfigError(f"metric {name!r} needs the masks themselves, not overlap counts")
+    return metric.from_counts(counts)
+
+
+def metric_names() -> list[str]:
+    return COMPETITION_METRICS.names()
