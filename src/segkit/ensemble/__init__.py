@@ -1,0 +1,288 @@
+"""``segkit ensemble``: combine the models' probabilities, comparing every method on OOF first.
+
+Inputs per model: its OOF probabilities over every train id (``sources.OOFSource``) and its test store. Steps:
+
+1. fit: one streaming pass over the OOF (random order); each method observes every image, and a bounded sample of
+   whole images (``ensemble.fit_pixels``) is kept in RAM for the methods that fit weights or thresholds; then each
+   method fits, fold-aware;
+2. CV: a second pass scores every method's OOF output, as it would be stored (uint8), with the competition metric
+   at threshold 0.5 (the common yardstick; tuning comes later), per fold and overall, next to each single model;
+3. the chosen method (``ensemble.choose`` or the best CV) writes ``<run_dir>/ensemble/oof/`` and ``test/``.
+
+Outputs: ``ensemble/{oof,test}/`` (probability stores), ``cv.csv`` (one row per method and per single model),
+``choice.json`` (method, CV, learnt parameters, and a fingerprint of the inputs: the stage is skipped when the
+outputs are complete and the fingerprint still matches, and redone when a model's stores were rewritten).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+
+from segkit import atomic
+from segkit.config import Config
+from segkit.ensemble import averaging, stacking, voting  # noqa: F401  (register the methods)
+from segkit.ensemble.base import METHODS, FitSample, Method, Scorer, Setup, binarize, sample_stride
+from segkit.ensemble.sources import OOFSource, TestSource, fingerprint, read_all
+from segkit.errors import ConfigError, DataError
+from segkit.probs import ProbStore, ProbWriter, quantize
+
+__all__ = ["METHODS", "Method", "run", "method_names", "ensemble_dir", "MODEL_PREFIX"]
+
+MODEL_PREFIX = "model:"
+
+
+def ensemble_dir(cfg: Config) -> Path:
+    return cfg.run_dir / "ensemble"
+
+
+def method_names(cfg: Config) -> list[str]:
+    names: list[str] = []
+    for name in cfg.ensemble.methods:
+        for n in METHODS.names() if name.lower() == "all" else [name.lower()]:
+            METHODS.get(n, key="ensemble.methods")
+            if n not in names:
+                names.append(n)
+    if not names:
+        raise ConfigError("ensemble.methods: empty")
+    return names
+
+
+def get_metric(name: str):
+    from segkit.metrics import get_metric as lookup
+
+    return lookup(name, key="metric")
+
+
+def _signature(cfg: Config, models: list[str], names: list[str], sources) -> dict:
+    folds = cfg.folds_file.stat()
+    sig = {
+        "models": models, "methods": names, "metric": cfg.metric, "seed": cfg.seed,
+        "options": cfg.ensemble.model_dump(), "folds": [str(cfg.folds_file), folds.st_mtime_ns, folds.st_size],
+        "inputs": fingerprint(sources),
+    }
+    return json.loads(json.dumps(sig, default=str))
+
+
+def _is_done(out: Path, signature: dict) -> bool:
+    choice = out / "choice.json"
+    if not (choice.exists() and (out / "cv.csv").exists()):
+        return False
+    if not (ProbStore.is_complete(out / "oof") and ProbStore.is_complete(out / "test")):
+        return False
+    try:
+        return json.loads(choice.read_text()).get("inputs") == signature
+    except json.JSONDecodeError:
+        return False
+
+
+def build_methods(names: list[str], setup: Setup) -> list[Method]:
+    methods = []
+    for n in names:
+        m = METHODS.get(n, key="ensemble.methods")(setup)
+        m.name = n
+        methods.append(m)
+    return methods
+
+
+# --------------------------------------------------------------------------------------------------- passes
+
+
+def fit_methods(methods: list[Method], oof: list[OOFSource], folds: pd.DataFrame, read_truth, budget: int,
+                seed: int) -> dict[str, float]:
+    """Pass 1: every method observes every OOF image; the sample keeps whole images (on a grid subsampled for big
+    sets) up to ``budget`` pixel values per model; then each method fits. Returns seconds spent per method."""
+    seconds = {m.name: 0.0 for m in methods}
+    order = np.random.default_rng(seed).permutation(len(folds))
+    ids, fold_of = folds["id"].to_numpy(), folds["fold"].to_numpy()
+    first = oof[0][ids[order[0]]].size if len(ids) else 1
+    sample = FitSample(budget if any(m.uses_sample for m in methods) else 0,
+                       stride=sample_stride(len(ids), first, budget))
+    for i in order:
+        image_id, fold = ids[i], int(fold_of[i])
+        probs = read_all(oof, image_id)
+        truth = read_truth(image_id)
+        _check_truth(image_id, probs[0], truth)
+        sample.offer(image_id, fold, probs, truth)
+        for m in methods:
+            t0 = time.perf_counter()
+            m.observe(image_id, fold, probs, truth)
+            seconds[m.name] += time.perf_counter() - t0
+    if sample.budget:
+        grid = f", every {sample.stride}th row and column" if sample.stride > 1 else ""
+        print(f"ensemble: fitting on {len(sample.images)} of {len(ids)} OOF images held in RAM{grid} "
+              f"({sample.used:,} of ensemble.fit_pixels={budget:,} pixel values per model)")
+    for m in methods:
+        t0 = time.perf_counter()
+        m.fit(sample)
+        seconds[m.name] += time.perf_counter() - t0
+    return seconds
+
+
+def _check_truth(image_id: str, probs: np.ndarray, truth: np.ndarray) -> None:
+    if probs.shape != truth.shape:
+        raise DataError(f"id {image_id!r}: OOF probabilities are {probs.shape}, the mask is {truth.shape}")
+
+
+def _as_uint8(p: np.ndarray) -> np.ndarray:
+    return p if p.dtype == np.uint8 else quantize(p)
+
+
+# Thresholds of the informative "best single threshold" columns of the CV table.
+SWEEP = np.round(np.arange(0.1, 0.91, 0.05), 2)
+
+
+def cross_validate(methods: list[Method], models: list[str], oof: list[OOFSource], folds: pd.DataFrame, read_truth,
+                   metric: Scorer, seconds: dict[str, float]) -> pd.DataFrame:
+    """Pass 2: per-image scores of every method's stored-as-uint8 OOF output (and of every single model) at 0.5,
+    reduced to the overall mean and one mean per fold.
+
+    When the metric has a fast threshold sweep, two informative columns follow: the CV at the single threshold that
+    is best on the whole OOF (``best_t``, ``cv_best_t``). That threshold is picked on the data it scores, so it is
+    optimistic; it shows which methods only lose at 0.5 through calibration. The choice uses ``cv``."""
+    rows = [m.name for m in methods] + [MODEL_PREFIX + n for n in models]
+    scores = {r: [] for r in rows}
+    sweep = metric.has_fast_sweep
+    swept = {r: [] for r in rows}
+    for image_id, fold in zip(folds["id"], folds["fold"]):
+        fold = int(fold)
+        probs = read_all(oof, image_id)
+        truth = np.asarray(read_truth(image_id)).astype(bool)
+        outputs = []
+        for m in methods:
+            t0 = time.perf_counter()
+            outputs.append(_as_uint8(m.combine(probs, image_id, fold)))
+            seconds[m.name] += time.perf_counter() - t0
+        outputs += [np.asarray(q) for q in probs]
+        for r, q in zip(rows, outputs):
+            scores[r].append(metric(binarize(q), truth))
+            if sweep:
+                swept[r].append(metric.at_thresholds([q], [truth], SWEEP)[:, 0])
+    fold_ids = folds["fold"].to_numpy()
+    uniq = sorted(set(int(f) for f in fold_ids))
+    table = []
+    for r in rows:
+        s = np.asarray(scores[r], dtype=np.float64)
+        rec = {"method": r, "cv": float(s.mean())}
+        for f in uniq:
+            rec[f"fold{f}"] = float(s[fold_ids == f].mean())
+        rec["fold_std"] = float(np.std([rec[f"fold{f}"] for f in uniq]))
+        if sweep:
+            curve = np.stack(swept[r]).mean(0)  # (T,)
+            best = int(np.argmax(metric.sign * curve))
+            rec["best_t"] = float(SWEEP[best])
+            rec["cv_best_t"] = float(curve[best])
+        rec["seconds"] = round(seconds.get(r, 0.0), 2)
+        table.append(rec)
+    return pd.DataFrame(table)
+
+
+def _picked(cfg: Config) -> Optional[str]:
+    pick = cfg.ensemble.choose
+    if pick is None:
+        return None
+    return pick if pick.startswith(MODEL_PREFIX) else pick.lower()
+
+
+def _check_choice(cfg: Config, names: list[str], models: list[str]) -> None:
+    """Fail before any work when ``ensemble.choose`` names nothing this run will score."""
+    pick = _picked(cfg)
+    allowed = names + [MODEL_PREFIX + m for m in models]
+    if pick is not None and pick not in allowed:
+        raise ConfigError(f"ensemble.choose: {cfg.ensemble.choose!r} is neither in ensemble.methods nor a model; "
+                          f"choose one of {', '.join(allowed)}")
+
+
+def choose(cfg: Config, table: pd.DataFrame, names: list[str], higher_is_better: bool = True) -> str:
+    pick = _picked(cfg)
+    if pick is not None:
+        return pick
+    ranked = table[table["method"].isin(names)].sort_values("cv", ascending=not higher_is_better, kind="stable")
+    return str(ranked.iloc[0]["method"])
+
+
+class _SingleModel:
+    """A 'method' that passes one model's probabilities through (``ensemble.choose: model:<name>``)."""
+
+    def __init__(self, index: int):
+        self.index = index
+
+    def combine(self, probs, image_id, fold):
+        return np.asarray(probs[self.index])
+
+    def params(self):
+        return {}
+
+
+def write_store(folder: Path, classes: list[str], ids: list[str], folds: Optional[dict], sources, method) -> None:
+    """Write one output store into a temporary folder and move it into place when complete."""
+    with atomic.atomic_dir(folder) as tmp:
+        writer = ProbWriter(tmp, classes)
+        for image_id in ids:
+            fold = folds[image_id] if folds is not None else None
+            writer.write(image_id, _as_uint8(method.combine(read_all(sources, image_id), image_id, fold)))
+        writer.finish(ids)
+
+
+# ------------------------------------------------------------------------------------------------------ run
+
+
+def run(cfg: Config) -> int:
+    from segkit.data import Competition
+    from segkit.folds import load_folds
+
+    if not cfg.models:
+        raise ConfigError("models: no models to ensemble")
+    comp = Competition(cfg.data, seed=cfg.seed)
+    folds = load_folds(cfg, comp)
+    models = [m.name for m in cfg.models]
+    names = method_names(cfg)
+    _check_choice(cfg, names, models)
+    oof = [OOFSource(cfg, m, folds) for m in models]
+    test_ids = comp.test_ids
+    test = [TestSource(cfg, m, test_ids) for m in models]
+    out = ensemble_dir(cfg)
+    signature = _signature(cfg, models, names, oof + test)
+    if _is_done(out, signature):
+        choice = json.loads((out / "choice.json").read_text())
+        print(f"ensemble: {out} is complete (method {choice['method']}, CV {choice['cv']:.5f}); keeping it")
+        return 0
+    atomic.clean_tmp(out)
+    (out / "choice.json").unlink(missing_ok=True)  # written last again: until then the outputs are not done
+
+    metric = Scorer(get_metric(cfg.metric))
+    setup = Setup(
+        models=models, classes=list(cfg.data.classes), mode=cfg.data.mode,
+        folds=sorted(int(f) for f in folds["fold"].unique()), metric=metric, seed=cfg.seed,
+        options=cfg.ensemble, extra=comp.extra, n_oof=len(folds),
+    )
+    methods = build_methods(names, setup)
+    print(f"ensemble: {len(models)} model(s) ({', '.join(f'{s.model} [{s.kind}]' for s in oof)}), "
+          f"methods {', '.join(names)}, {len(folds)} OOF images, {len(test_ids)} test images")
+    seconds = fit_methods(methods, oof, folds, comp.read_mask, cfg.ensemble.fit_pixels, cfg.seed)
+    table = cross_validate(methods, models, oof, folds, comp.read_mask, metric, seconds)
+    picked = choose(cfg, table, names, metric.sign > 0)
+    print(f"ensemble CV ({cfg.metric} at threshold 0.5):")
+    with pd.option_context("display.float_format", "{:.5f}".format, "display.width", 200):
+        print(table.to_string(index=False))
+
+    method = (_SingleModel(models.index(picked[len(MODEL_PREFIX):])) if picked.startswith(MODEL_PREFIX)
+              else methods[names.index(picked)])
+    classes = list(cfg.data.classes)
+    fold_of = {i: int(f) for i, f in zip(folds["id"], folds["fold"])}
+    write_store(out / "oof", classes, list(folds["id"]), fold_of, oof, method)
+    write_store(out / "test", classes, test_ids, None, test, method)
+    atomic.write_csv(out / "cv.csv", table)
+    cv = float(table.loc[table["method"] == picked, "cv"].iloc[0])
+    atomic.write_json(out / "choice.json", {
+        "method": picked, "cv": cv, "metric": cfg.metric, "threshold": 0.5, "models": models,
+        "chosen_by": "ensemble.choose" if cfg.ensemble.choose else "best CV",
+        "params": method.params(), "inputs": signature,
+    })
+    print(f"ensemble: chose {picked} (CV {cv:.5f}); wrote {out}/oof, {out}/test, cv.csv, choice.json")
+    return 0

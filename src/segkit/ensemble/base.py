@@ -1,0 +1,169 @@
+"""What every ensembling method shares: the registry, the method interface, the in-memory fit sample and scoring.
+
+A method sees the models' probabilities of one image at a time, as the uint8 (K, H, W) arrays the stores hold, and
+returns the ensemble's probabilities for it. Methods that learn something (weights, thresholds, a stacker) do it
+*fold-aware*: for an OOF image of fold k, ``combine(..., fold=k)`` uses only what was learnt on the other folds,
+and ``fold=None`` (test images) uses what was learnt on all of them. So every method's OOF CV is honest and the
+methods can be compared on it.
+
+Life of a method: ``observe`` is called for every OOF image (streaming, in a random order), then ``fit`` once with
+a bounded in-memory sample of whole OOF images, then ``combine`` per image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+
+from segkit.probs import dequantize
+from segkit.registry import Registry
+
+METHODS: Registry[type["Method"]] = Registry("ensemble method")
+
+# With probabilities stored as round(p * 255), "p > 0.5" on the stored value is exactly "q >= 128":
+# 127/255 < 0.5 < 128/255, so the yardstick threshold is unambiguous on every store.
+HALF = 128
+
+
+def binarize(q: np.ndarray) -> np.ndarray:
+    """Masks at the common yardstick threshold 0.5 of a uint8 probability array."""
+    return np.asarray(q) >= HALF
+
+
+class Scorer:
+    """The competition metric as the ensemble uses it: per image, for many images at once, and for many thresholds
+    at once (the metric's own batched paths when it has them), plus ``gain`` — the mean score signed so that
+    higher is better, which is what every fit maximises."""
+
+    def __init__(self, metric: Callable[[np.ndarray, np.ndarray], float]):
+        self.metric = metric
+        self.sign = 1.0 if getattr(metric, "higher_is_better", True) else -1.0
+
+    def __call__(self, pred: np.ndarray, truth: np.ndarray) -> float:
+        return float(self.metric(pred, truth))
+
+    @property
+    def has_fast_sweep(self) -> bool:
+        """Whether scoring many thresholds costs about one pass (the metric is a function of overlap counts)."""
+        return getattr(self.metric, "from_counts", None) is not None
+
+    def many(self, preds: list[np.ndarray], truths: list[np.ndarray]) -> np.ndarray:
+        truths = [np.asarray(t).astype(bool) for t in truths]
+        if hasattr(self.metric, "score_many"):
+            return np.asarray(self.metric.score_many(preds, truths), dtype=np.float64)
+        return np.array([self.metric(p, t) for p, t in zip(preds, truths)], dtype=np.float64)
+
+    def at_thresholds(self, probs: list[np.ndarray], truths: list[np.ndarray], thresholds) -> np.ndarray:
+        """(T, N) scores of ``dequantize(q) >= t`` for uint8 maps q, every class at the same t."""
+        truths = [np.asarray(t).astype(bool) for t in truths]
+        if hasattr(self.metric, "score_thresholds"):
+            return np.asarray(self.metric.score_thresholds(probs, truths, list(thresholds)), dtype=np.float64)
+        return np.stack([self.many([at_least(q, t) for q in probs], truths) for t in thresholds])
+
+    def gain(self, preds: list[np.ndarray], truths: list[np.ndarray]) -> float:
+        if not preds:
+            return float("nan")
+        return self.sign * float(self.many(preds, truths).mean())
+
+
+def cut_level(threshold: float) -> int:
+    """Smallest stored uint8 level whose probability is >= ``threshold`` (the metrics' rule for uint8 maps)."""
+    return int(np.searchsorted(dequantize(np.arange(256, dtype=np.uint8)), np.float32(threshold), side="left"))
+
+
+def at_least(q: np.ndarray, threshold) -> np.ndarray:
+    """Mask ``p >= threshold`` of a uint8 map; ``threshold`` a number or one per class."""
+    cuts = np.array([cut_level(t) for t in np.atleast_1d(threshold)], dtype=np.int32)
+    q = np.asarray(q)
+    return q >= (cuts[:, None, None] if cuts.size > 1 else cuts[0])
+
+
+@dataclass
+class Setup:
+    """What a method may know about the experiment when it is built."""
+
+    models: list[str]
+    classes: list[str]
+    mode: str  # binary | multilabel | multiclass
+    folds: list[int]
+    metric: Scorer
+    seed: int = 42
+    options: object = None  # the EnsembleConfig
+    extra: object = None  # per-image columns (pandas DataFrame indexed by id) or None
+    n_oof: int = 0  # OOF images that observe() will see
+
+
+@dataclass
+class SampleImage:
+    image_id: str
+    fold: int
+    probs: list[np.ndarray]  # per model uint8 (K, H, W), copied into RAM
+    truth: np.ndarray  # uint8 (K, H, W)
+
+
+MAX_STRIDE = 4
+
+
+def sample_stride(n_images: int, image_pixels: int, budget: int) -> int:
+    """Subsampling step (1..MAX_STRIDE per axis) that lets every OOF image fit in the budget, if a step of at most
+    MAX_STRIDE can: fitting weights on many images at reduced resolution beats a few at full resolution (a
+    12k-image 256x1600x4 set at 20M values would otherwise fit on 12 images), but a coarser grid would erase
+    the small objects the metric cares about."""
+    need = n_images * image_pixels / max(budget, 1)
+    return int(min(MAX_STRIDE, max(1, np.ceil(np.sqrt(need)))))
+
+
+@dataclass
+class FitSample:
+    """Whole OOF images held in RAM for fitting, within a budget of pixel values per model, every ``stride``-th
+    row and column of each."""
+
+    budget: int
+    stride: int = 1
+    images: list[SampleImage] = field(default_factory=list)
+    used: int = 0
+
+    def offer(self, image_id: str, fold: int, probs: list[np.ndarray], truth: np.ndarray) -> bool:
+        s = self.stride
+        truth = np.asarray(truth)[:, ::s, ::s]
+        size = int(np.prod(truth.shape))
+        if self.used + size > self.budget:
+            return False
+        self.images.append(SampleImage(image_id, fold, [np.array(p[:, ::s, ::s]) for p in probs], np.array(truth)))
+        self.used += size
+        return True
+
+    def without(self, fold: Optional[int]) -> list[SampleImage]:
+        """The images a fit for ``fold`` may use: all but that fold's (all of them for fold=None, i.e. test)."""
+        return [s for s in self.images if s.fold != fold]
+
+
+class Method:
+    """Base class: a registered method overrides ``combine`` and, if it learns anything, ``observe``/``fit``."""
+
+    name = ""
+    uses_sample = False  # fit() reads the in-memory sample of whole OOF images
+
+    def __init__(self, setup: Setup):
+        self.setup = setup
+
+    def observe(self, image_id: str, fold: int, probs: list[np.ndarray], truth: np.ndarray) -> None:
+        """Called once per OOF image before ``fit`` (streaming; nothing is kept unless the method samples it)."""
+
+    def fit(self, sample: FitSample) -> None:
+        """Learn parameters, one set per fold (fitted without it) and one on everything (``None``, for test)."""
+
+    def combine(self, probs: list[np.ndarray], image_id: str, fold: Optional[int]) -> np.ndarray:
+        """Ensemble probabilities of one image: float (K, H, W) in [0, 1], or uint8 already quantised."""
+        raise NotImplementedError
+
+    def params(self) -> dict:
+        """What was learnt, JSON-serialisable, for choice.json."""
+        return {}
+
+
+def as_float(probs: list[np.ndarray]) -> np.ndarray:
+    """(M, K, H, W) float32 probabilities from M uint8 arrays."""
+    return dequantize(np.stack(probs))

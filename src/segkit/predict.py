@@ -1,0 +1,286 @@
+"""``segkit predict``: test probabilities per model, averaged over its folds (and cycle snapshots), with TTA.
+
+For each model of the config:
+
+- ``<run_dir>/<model>/test/``: every test image predicted by every fold's checkpoint — ``best.pt`` (or ``last.pt``,
+  ``predict.checkpoint``) plus the fold's ``snapshot<c>.pt`` files when ``predict.snapshots`` — each with the TTA
+  named by ``predict.tta``, merged by ``predict.tta_merge``. A fold's checkpoints are averaged first and the folds
+  then weigh equally, so a fold with more snapshots does not count more.
+- ``<run_dir>/<model>/oof_tta/`` (``predict.repredict_oof``): each fold's validation images re-predicted by that
+  fold's own checkpoints with the same TTA, so the OOF the ensemble and tuning see is made like the test
+  predictions (the ensemble prefers this store over the fold OOF that training wrote without TTA).
+
+Stores are uint8 at each image's original size (the stride padding is cropped off). Images larger than
+``predict.tile_size`` are predicted in overlapping blended tiles (``segkit.tiling``). All checkpoints of a model are
+held on the device together, so each image is read and predicted in one go; memory is one network per checkpoint.
+
+Resumable: images already in a store are skipped, and a store gets its manifest (its completion marker) only when
+every id is in. A ``source.json`` beside the images records the checkpoints and TTA settings the store was made
+with; if they change (a fold retrained, another TTA), the store is predicted afresh. Under ``torchrun`` each rank
+predicts its share of the ids and rank 0 finishes the store.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from segkit import atomic
+from segkit.config import Config
+from segkit.config.schema import ModelConfig
+from segkit.errors import ConfigError, DataError
+from segkit.probs import ProbStore, ProbWriter
+
+SNAPSHOT = re.compile(r"^snapshot(\d+)\.pt$")
+SOURCE = "source.json"
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+
+
+def fold_checkpoints(cfg: Config, model: str, fold: int) -> list[Path]:
+    """The checkpoints one fold predicts with: its best (or last) and, if asked, its cycle snapshots in order."""
+    folder = cfg.run_dir / model / f"fold{fold}"
+    if not ProbStore.is_complete(folder / "oof"):
+        raise DataError(f"{folder}: fold {fold} of model {model!r} has not finished training (no complete oof/); "
+                        f"run `segkit train` first")
+    main = folder / f"{cfg.predict.checkpoint}.pt"
+    if not main.exists():
+        raise DataError(f"{main}: missing; set predict.checkpoint to a kept checkpoint (train.keep) or retrain")
+    paths = [main]
+    if cfg.predict.snapshots:
+        snaps = [(int(m.group(1)), p) for p in folder.iterdir() if (m := SNAPSHOT.match(p.name))]
+        paths += [p for _, p in sorted(snaps)]
+    return paths
+
+
+def _stamp(path: Path) -> list:
+    st = path.stat()
+    return [str(path), st.st_mtime_ns, st.st_size]
+
+
+def _source(cfg: Config, checkpoints: dict[int, list[Path]], kind: str) -> dict:
+    p = cfg.predict
+    return json.loads(json.dumps({
+        "kind": kind, "tta": p.tta, "tta_merge": p.tta_merge, "amp": p.amp, "tile_size": p.tile_size,
+        "tile_overlap": p.tile_overlap, "tile_blend": p.tile_blend,
+        "checkpoints": {str(k): [_stamp(c) for c in v] for k, v in checkpoints.items()},
+    }))
+
+
+def _open_store(folder: Path, source: dict, classes: list[str], is_main: bool) -> Optional[ProbWriter]:
+    """A writer for ``folder``, wiping a store that was made from other checkpoints or settings; None if the store
+    is already complete for this source."""
+    marker = folder / SOURCE
+    same = marker.exists() and json.loads(marker.read_text()) == source
+    if same and ProbStore.is_complete(folder):
+        return None
+    if is_main:
+        if folder.exists() and not same:
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic.clean_tmp(folder)
+        if not same:
+            atomic.write_json(marker, source)
+    return ProbWriter(folder, classes)
+
+
+class CheckpointAverage:
+    """The networks of one model's checkpoints, each wrapped in TTA, averaged with per-checkpoint weights."""
+
+    def __init__(self, cfg: Config, paths: list[Path], weights: list[float], device: torch.device):
+        from segkit.train.checkpoint import load_model
+        from segkit.tta import TTAPredictor
+
+        self.device = device
+        self.weights = weights
+        self.predictors = []
+        self.meta: dict = {}
+        for path in paths:
+            model, meta = load_model(path, device)
+            self._check(cfg, path, meta)
+            self.meta = meta
+            activation = "softmax" if meta["mode"] == "multiclass" else "sigmoid"
+            self.predictors.append(TTAPredictor(
+                model, tta=cfg.predict.tta, merge=cfg.predict.tta_merge, chunk=cfg.predict.tta_chunk,
+                activation=activation, amp=cfg.predict.amp, channels_last=cfg.predict.channels_last,
+            ))
+        self.multiclass = self.meta.get("mode") == "multiclass"
+
+    @staticmethod
+    def _check(cfg: Config, path: Path, meta: dict) -> None:
+        if list(meta["classes"]) != list(cfg.data.classes) or meta["mode"] != cfg.data.mode:
+            raise ConfigError(f"{path}: trained for {meta['mode']} {meta['classes']}, the config has "
+                              f"data.mode {cfg.data.mode} with classes {cfg.data.classes}")
+        if meta["channels"] != cfg.data.channels:
+            raise ConfigError(f"{path}: trained on {meta['channels']}-channel images, data.channels is "
+                              f"{cfg.data.channels}")
+
+    @property
+    def pad_to(self) -> int:
+        return int(self.meta.get("pad_to", 32))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, K, H, W) foreground probabilities of a batch, float32."""
+        from segkit.tta import average_predictions
+
+        p = average_predictions(self.predictors, x, self.weights)
+        return p[:, 1:] if self.multiclass else p
+
+
+def _weights(per_fold: dict[int, list[Path]]) -> tuple[list[Path], list[float]]:
+    """Flatten fold -> checkpoints, weighting so every fold counts the same."""
+    paths, weights = [], []
+    for ckpts in per_fold.values():
+        paths += ckpts
+        weights += [1.0 / len(ckpts)] * len(ckpts)
+    return paths, weights
+
+
+# ------------------------------------------------------------------------------------------------ prediction
+
+
+def _to_uint8(p: torch.Tensor) -> np.ndarray:
+    """Quantise on the device (a quarter of the bytes to copy back); same rounding as segkit.probs.quantize."""
+    p = torch.nan_to_num(p, nan=0.0)
+    return torch.round(p * 255.0).clamp_(0, 255).to(torch.uint8).cpu().numpy()
+
+
+def predict_ids(cfg: Config, comp, ids: list[str], split: str, predict: CheckpointAverage, writer: ProbWriter,
+                device: torch.device, world=None, desc: str = "") -> int:
+    """Predict the ids not yet in ``writer``'s store and write them; returns how many were predicted."""
+    from segkit.data import SegDataset, pad_collate
+
+    todo = [i for i in ids if not writer.has(i)]
+    if world is not None and world.size > 1:
+        todo = todo[world.rank::world.size]
+    if not todo:
+        return 0
+    p = cfg.predict
+    tile = p.tile_size
+    if tile is not None and tile % predict.pad_to:
+        raise ConfigError(f"predict.tile_size: {tile} is not a multiple of the network stride pad_to={predict.pad_to}")
+    ds = SegDataset(comp, todo, split=split, augment=None, pad_to=predict.pad_to, with_mask=False)
+    loader = DataLoader(ds, batch_size=p.batch_size, shuffle=False, num_workers=p.workers, collate_fn=pad_collate,
+                        pin_memory=device.type == "cuda")
+    began = time.perf_counter()
+    with torch.inference_mode():
+        done = _predict_batches(loader, predict, writer, tile, p, device)
+    if desc:
+        rate = done / max(time.perf_counter() - began, 1e-9)
+        print(f"predict: {desc}: {done} images ({rate:.1f} images/s)", flush=True)
+    return done
+
+
+def _predict_batches(loader, predict: CheckpointAverage, writer: ProbWriter, tile: Optional[int], p,
+                     device: torch.device) -> int:
+    from segkit.data import unpad
+
+    done = 0
+    for batch in loader:
+        sizes = batch["size"].tolist()
+        images = batch["image"]
+        big = [i for i, (h, w) in enumerate(sizes) if tile is not None and (h > tile or w > tile)]
+        small = [i for i in range(len(sizes)) if i not in big]
+        if small:
+            x = images[small].to(device, non_blocking=True)
+            q = _to_uint8(predict(x))  # one copy back per batch
+            for j, i in enumerate(small):
+                writer.write(batch["id"][i], np.ascontiguousarray(unpad(q[j], sizes[i])))
+        for i in big:
+            writer.write(batch["id"][i], _to_uint8(_tiled(predict, images[i], sizes[i], p, device)))
+        done += len(sizes)
+    return done
+
+
+def _tiled(predict: Callable, image: torch.Tensor, size, p, device: torch.device) -> torch.Tensor:
+    from segkit.data import unpad
+    from segkit.tiling import predict_tiled
+
+    image = unpad(image, size).contiguous()
+    return predict_tiled(predict, image, p.tile_size, overlap=p.tile_overlap, blend=p.tile_blend,
+                         batch_size=p.batch_size, device=device)
+
+
+def predict_test(cfg: Config, comp, model_cfg: ModelConfig, fold_list: list[int], device, world) -> None:
+    per_fold = {k: fold_checkpoints(cfg, model_cfg.name, k) for k in fold_list}
+    folder = cfg.run_dir / model_cfg.name / "test"
+    writer = _open_store(folder, _source(cfg, per_fold, "test"), list(cfg.data.classes), world.is_main)
+    ids = comp.test_ids
+    if writer is None:
+        print(f"predict: {folder} is complete; keeping it")
+        return
+    _barrier(world)
+    paths, weights = _weights(per_fold)
+    n_done = sum(writer.has(i) for i in ids)
+    print(f"predict: models[{model_cfg.name}]: {len(paths)} checkpoint(s) over {len(per_fold)} fold(s), "
+          f"TTA {cfg.predict.tta}; {len(ids) - n_done} of {len(ids)} test images to do", flush=True)
+    predict = CheckpointAverage(cfg, paths, weights, device)
+    predict_ids(cfg, comp, ids, "test", predict, writer, device, world, desc=f"{model_cfg.name} test")
+    del predict
+    _barrier(world)
+    if world.is_main:
+        writer.finish(ids)
+
+
+def predict_oof(cfg: Config, comp, model_cfg: ModelConfig, folds, device, world) -> None:
+    fold_list = sorted(int(f) for f in folds["fold"].unique())
+    per_fold = {k: fold_checkpoints(cfg, model_cfg.name, k) for k in fold_list}
+    folder = cfg.run_dir / model_cfg.name / "oof_tta"
+    writer = _open_store(folder, _source(cfg, per_fold, "oof_tta"), list(cfg.data.classes), world.is_main)
+    if writer is None:
+        print(f"predict: {folder} is complete; keeping it")
+        return
+    _barrier(world)
+    for k in fold_list:
+        ids = folds.loc[folds["fold"] == k, "id"].tolist()
+        if all(writer.has(i) for i in ids):
+            continue
+        predict = CheckpointAverage(cfg, per_fold[k], [1.0 / len(per_fold[k])] * len(per_fold[k]), device)
+        predict_ids(cfg, comp, ids, "train", predict, writer, device, world,
+                    desc=f"{model_cfg.name} fold {k} OOF re-prediction")
+        del predict
+    _barrier(world)
+    if world.is_main:
+        writer.finish(folds["id"].tolist())
+
+
+def _barrier(world) -> None:
+    if world.size > 1:
+        from segkit.train.distributed import barrier
+
+        barrier(world)
+
+
+def run(cfg: Config, model: Optional[str] = None) -> int:
+    from segkit.data import Competition
+    from segkit.device import resolve_device
+    from segkit.folds import load_folds
+    from segkit.train.distributed import setup
+
+    models = [cfg.model(model)] if model else list(cfg.models)
+    if not models:
+        raise ConfigError("models: no model configured")
+    comp = Competition(cfg.data, seed=cfg.seed)
+    folds = load_folds(cfg, comp)
+    fold_list = sorted(int(f) for f in folds["fold"].unique())
+    device = resolve_device(cfg.device)
+    world = setup(device)
+    began = time.perf_counter()
+    for m in models:
+        predict_test(cfg, comp, m, fold_list, device, world)
+        if cfg.predict.repredict_oof:
+            predict_oof(cfg, comp, m, folds, device, world)
+    print(f"predict: done in {time.perf_counter() - began:.1f}s on {device}")
+    return 0
+
+
+__all__ = ["CheckpointAverage", "fold_checkpoints", "predict_ids", "predict_oof", "predict_test", "run"]
