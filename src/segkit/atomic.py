@@ -95,7 +95,8 @@ def clean_tmp(folder: str | os.PathLike) -> int:
     folder = Path(folder)
     if not folder.exists():
         return 0
-    for p in folder.rglob(f"*{TMP_SUFFIX}"):
+    # Only names this module makes (".<target>.<random>.tmp"), so a user's own *.tmp files are left alone.
+    for p in folder.rglob(f".*{TMP_SUFFIX}"):
         if p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
         else:

@@ -24,7 +24,9 @@ def _stage(name: str):
 def run(cfg: Config, model: str | None = None, fold: int | None = None) -> int:
     from segkit.atomic import clean_tmp
 
-    clean_tmp(cfg.run_dir)  # leftovers of a killed write are never mistaken for results
+    # Leftovers of a killed write are never mistaken for results, but they would pile up: sweep them.
+    for folder in (cfg.run_dir, cfg.folds_file.parent, cfg.paths.submissions):
+        clean_tmp(folder)
     for name in ORDER:
         if name == "pseudo" and cfg.pseudo.rounds == 0:
             continue
