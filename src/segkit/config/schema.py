@@ -79,30 +79,40 @@ class FoldsConfig(Section):
 
 
 class ScheduleConfig(Section):
-    name: str = "cosine"  # registry name: cosine, cosine_restarts, onecycle, cyclic, plateau, constant
-    warmup_epochs: float = 0.0
-    min_lr: float = 1e-6
-    cycles: int = 1  # cosine_restarts: number of cycles in the run
-    params: dict[str, Any] = Field(default_factory=dict)
+    """Learning-rate schedule: a multiplier of each group's base lr, stepped once per optimizer step."""
+
+    name: str = "cosine"  # registry: constant, cosine, cosine_restarts, onecycle, cyclic, plateau
+    warmup_epochs: float = Field(0.0, ge=0)  # linear warm-up from ~0, multiplied into any schedule
+    min_lr: float = Field(1e-6, ge=0)  # floor of the (decoder) lr; the encoder's floor scales with it
+    cycles: int = Field(1, ge=1)  # cosine_restarts / cyclic: cycles in the run (epochs must divide evenly)
+    pct_start: float = Field(0.3, gt=0, lt=1)  # onecycle: share of the run spent rising
+    div_factor: float = Field(25.0, gt=0)  # onecycle: start lr = lr / div_factor
+    final_div_factor: float = Field(1e4, gt=0)  # onecycle: end lr = start lr / final_div_factor
+    patience: int = Field(2, ge=0)  # plateau: validations without improvement before cutting
+    factor: float = Field(0.5, gt=0, lt=1)  # plateau: lr multiplier per cut
 
 
 class LossStage(Section):
-    until_epoch: Optional[int] = None  # None = to the end
-    terms: dict[str, float]
+    """Loss terms for the epochs up to ``until_epoch`` (1-based, inclusive); the last stage runs to the end."""
+
+    until_epoch: Optional[int] = Field(None, ge=1)
+    terms: dict[str, float] = Field(min_length=1)
 
 
 class TrainConfig(Section):
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(8, ge=1)
-    optimizer: str = "adamw"
-    lr: float = Field(1e-3, gt=0)
-    encoder_lr: Optional[float] = None  # default: same as lr
-    weight_decay: float = 1e-4
-    momentum: float = 0.9
+    val_batch_size: Optional[int] = Field(None, ge=1)  # default: batch_size
+    optimizer: str = "adamw"  # registry: adamw, sgd, radam
+    lr: float = Field(1e-3, gt=0)  # decoder and heads
+    encoder_lr: Optional[float] = Field(None, gt=0)  # default: same as lr
+    weight_decay: float = Field(1e-4, ge=0)  # never applied to biases and norm weights
+    momentum: float = 0.9  # sgd
+    nesterov: bool = False  # sgd
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
-    loss: dict[str, float] = Field(default_factory=lambda: {"bce": 1.0, "dice": 1.0})
-    loss_stages: list[LossStage] = Field(default_factory=list)  # overrides `loss` epoch by epoch
-    class_weights: Optional[list[float]] = None
+    loss: dict[str, float] = Field(default_factory=lambda: {"bce": 1.0, "dice": 1.0}, min_length=1)
+    loss_stages: list[LossStage] = Field(default_factory=list)  # replaces `loss` epoch by epoch
+    class_weights: Optional[list[float]] = None  # one per class in data.classes
     loss_params: dict[str, dict[str, Any]] = Field(default_factory=dict)  # e.g. {focal: {gamma: 2}}
     augment: str = "light"
     crop_size: Optional[int] = None  # random crops of this size for training (big images)
@@ -110,28 +120,46 @@ class TrainConfig(Section):
     amp: Literal["none", "bf16", "fp16"] = "none"
     channels_last: bool = False
     compile: bool = False
-    workers: int = 0
+    workers: int = Field(0, ge=0)
     pin_memory: bool = False
+    threads: Optional[int] = Field(None, ge=1)  # torch CPU threads (default: torch's choice, one per core)
     deterministic: bool = False
-    ema: Optional[float] = None  # decay, e.g. 0.999
+    ema: Optional[float] = Field(None, gt=0, lt=1)  # decay, e.g. 0.999; validation and checkpoints use the EMA
     accumulate: int = Field(1, ge=1)
-    clip_grad: Optional[float] = None
-    positive_share: Optional[float] = Field(None, ge=0, le=1)
-    sync_bn: bool = False
-    monitor: Optional[str] = None  # metric that picks the best checkpoint; default: the competition metric
-    keep_snapshots: bool = True  # keep a checkpoint at the end of each LR cycle
+    clip_grad: Optional[float] = Field(None, gt=0)  # max global grad norm
+    positive_share: Optional[float] = Field(None, ge=0, le=1)  # share of images with a mask in every batch
+    sync_bn: bool = False  # DDP only
+    monitor: Optional[str] = None  # picks best.pt: loss | dice | iou | score (default: score = cfg.metric)
+    threshold: float = Field(0.5, gt=0, lt=1)  # binarises probabilities for the validation metrics
+    keep: list[Literal["best", "last", "snapshots"]] = Field(default_factory=lambda: ["best", "last", "snapshots"])
     nan_policy: Literal["stop", "skip"] = "stop"
-    val_every: int = Field(1, ge=1)
-    max_steps_per_epoch: Optional[int] = None  # cap for quick runs and tests
+    val_every: int = Field(1, ge=1)  # the last epoch is always validated
+    max_steps_per_epoch: Optional[int] = Field(None, ge=1)  # cap for quick runs and tests
+    progress: bool = True  # tqdm bars (shown only on a terminal)
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainConfig":
+        if "best" not in self.keep:
+            raise ValueError("keep must include 'best' (the OOF and the predict stage use best.pt)")
+        ends = [s.until_epoch for s in self.loss_stages]
+        if any(e is None for e in ends[:-1]):
+            raise ValueError("loss_stages: only the last stage may omit until_epoch")
+        given = [e for e in ends if e is not None]
+        if given != sorted(set(given)):
+            raise ValueError("loss_stages: until_epoch must increase from stage to stage")
+        if self.schedule.name in ("cosine_restarts", "cyclic") and self.epochs % self.schedule.cycles:
+            raise ValueError(f"schedule.cycles ({self.schedule.cycles}) must divide epochs ({self.epochs})")
+        return self
 
 
 class ModelConfig(Section):
     name: str
-    arch: str = "Unet"
-    encoder: str = "resnet34"
+    arch: str = "Unet"  # registry: Unet, UnetPlusPlus, FPN, DeepLabV3, DeepLabV3Plus, Linknet, PSPNet, MAnet, ...
+    encoder: str = "resnet34"  # any smp encoder, or tu-<timm model>
     encoder_weights: Optional[str] = None  # null | imagenet | path to .pth / .safetensors
-    decoder_attention: Optional[str] = None  # "scse"
+    decoder_attention: Optional[Literal["scse"]] = None  # Unet / UnetPlusPlus only
     aux_head: bool = False  # image-level "has mask" classification head
+    aux_weight: float = Field(0.1, ge=0)  # weight of its BCE in the loss
     params: dict[str, Any] = Field(default_factory=dict)  # passed to the smp constructor
     train: dict[str, Any] = Field(default_factory=dict)  # per-model overrides of the train section
 
@@ -154,30 +182,73 @@ class PredictConfig(Section):
     tile_size: Optional[int] = None  # tiled inference for images larger than this
     tile_overlap: float = Field(0.5, ge=0, lt=1)
     tile_blend: Literal["gaussian", "linear"] = "gaussian"
-    repredict_oof: bool = False
+    repredict_oof: bool = False  # also re-predict each fold's validation ids with TTA into <model>/oof_tta/
     amp: Literal["none", "bf16", "fp16"] = "none"
+    snapshots: bool = True  # average the cycle snapshots (snapshot<c>.pt) of each fold with its best.pt
+    checkpoint: Literal["best", "last"] = "best"  # which end-of-training checkpoint of each fold to use
+    channels_last: bool = False
+    workers: int = Field(0, ge=0)  # DataLoader workers reading test images
 
 
 class EnsembleConfig(Section):
+    # registry names (segkit.ensemble.METHODS); "all" = every registered method
     methods: list[str] = Field(default_factory=lambda: ["mean"])
-    choose: Optional[str] = None  # method to use; default: best by CV
-    stack_pixels: int = 200_000
-    stack_params: dict[str, Any] = Field(default_factory=dict)
+    choose: Optional[str] = None  # method (or "model:<name>") to use; default: the best ensemble method by CV
+    fit_pixels: int = Field(20_000_000, ge=1)  # pixel values per model held in RAM to fit weights / vote thresholds
+    stack_pixels: int = Field(200_000, ge=100)  # OOF pixels (per class) the LightGBM stacker trains on
+    stack_params: dict[str, Any] = Field(default_factory=dict)  # LightGBM parameters over segkit's defaults
+    stack_rounds: int = Field(100, ge=1)  # boosting rounds of the pixel stacker
+    stack_scales: list[int] = Field(default_factory=lambda: [5, 15, 31])  # box sizes of local-mean features
+    stack_test: Literal["folds", "refit"] = "folds"  # test: mean of the fold stackers, or one fit on all OOF
+    empty_classifier: bool = True  # image-level "is this class empty" LightGBM; its output is a stacker feature
+    empty_gate: Optional[float] = Field(None, ge=0, le=1)  # stacker: blank a class when P(non-empty) < this
+    threads: Optional[int] = Field(None, ge=1)  # LightGBM threads (default: 1 for small jobs, half the cores)
 
 
 class PseudoConfig(Section):
-    rounds: int = Field(0, ge=0)
-    low: float = 0.2
-    high: float = 0.8
-    confident_share: float = 0.97
-    batch_share: float = Field(0.3, ge=0, le=1)
+    rounds: int = Field(0, ge=0)  # pseudo-labelling rounds `segkit pseudo` / `segkit run` go through
+    round: int = Field(0, ge=0)  # the round this config trains in: 0 = no pseudo labels, r = mix in pseudo/round<r>
+    low: float = Field(0.2, ge=0, le=1)  # a pixel is confident below `low` or above `high`
+    high: float = Field(0.8, ge=0, le=1)
+    confident_share: float = Field(0.97, ge=0, le=1)  # share of confident pixels an image needs to be selected
+    threshold: float = Field(0.5, gt=0, lt=1)  # binarises the selected images' probabilities into labels
+    max_images: Optional[int] = Field(None, ge=1)  # keep at most this many (the most confident)
+    batch_share: float = Field(0.3, ge=0, le=1)  # share of each training batch drawn from pseudo-labelled images
+
+    @model_validator(mode="after")
+    def _band(self) -> "PseudoConfig":
+        if self.low > self.high:
+            raise ValueError("pseudo.low must not exceed pseudo.high")
+        return self
 
 
 class TuneConfig(Section):
-    thresholds: list[float] = Field(default_factory=lambda: [round(0.05 * i, 2) for i in range(2, 19)])
-    min_areas: list[int] = Field(default_factory=lambda: [0, 10, 25, 50, 100, 200, 400])
+    """Post-processing search on the ensemble OOF (segkit.tune); 0.5 and 0 are always added to the grids, being
+    the untuned baseline."""
+
+    thresholds: list[float] = Field(default_factory=lambda: [round(0.05 * i, 2) for i in range(2, 19)], min_length=1)
+    min_areas: list[int] = Field(default_factory=lambda: [0, 10, 25, 50, 100, 200, 400], min_length=1)
     empty_rule: bool = True
+    # The empty-mask rule's N: a class is dropped when fewer than N pixels exceed the top threshold.
+    empty_pixels: list[int] = Field(default_factory=lambda: [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000])
     morphology: bool = True
+    morph_radii: list[int] = Field(default_factory=lambda: [1, 2, 3])
+    keep_largest: bool = True  # try keeping only the largest component (one object per image)
+    min_gain: float = Field(0.0, ge=0)  # a step is kept only if it improves the CV score by more than this
+
+    @field_validator("thresholds")
+    @classmethod
+    def _probabilities(cls, v: list[float]) -> list[float]:
+        if any(not 0.0 <= t < 1.0 for t in v):
+            raise ValueError("thresholds must lie in [0, 1)")
+        return v
+
+    @field_validator("min_areas", "empty_pixels", "morph_radii")
+    @classmethod
+    def _non_negative(cls, v: list[int]) -> list[int]:
+        if any(x < 0 for x in v):
+            raise ValueError("must be non-negative")
+        return v
 
 
 # ---------------------------------------------------------------------------------------------------------- root

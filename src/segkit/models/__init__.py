@@ -1,0 +1,146 @@
+"""Segmentation networks by name: every smp decoder (``ARCHS``) on any smp or timm (``tu-...``) encoder.
+
+``build_model(model_cfg, channels, mode, num_classes)`` returns an smp model whose forward gives mask logits
+(N, C, H, W) — C = K foreground channels for binary / multilabel, K + 1 (background first) for multiclass — or a
+tuple (mask logits, image logits (N, K)) when the auxiliary "has mask" head is on. ``split_output`` and
+``probabilities`` turn that into what the rest of the pipeline stores: (N, K, H, W) foreground probabilities.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from segkit.config.schema import ModelConfig
+from segkit.errors import ConfigError
+from segkit.registry import Registry
+
+
+@dataclass(frozen=True)
+class Arch:
+    """An smp decoder and what it accepts."""
+
+    name: str
+    attention: bool = False  # takes decoder_attention_type (scSE)
+
+
+ARCHS: Registry[Arch] = Registry("architecture")
+for _arch in (
+    Arch("Unet", attention=True),
+    Arch("UnetPlusPlus", attention=True),
+    Arch("FPN"),
+    Arch("DeepLabV3"),
+    Arch("DeepLabV3Plus"),
+    Arch("Linknet"),
+    Arch("PSPNet"),
+    Arch("MAnet"),
+    Arch("PAN"),
+    Arch("UPerNet"),
+    Arch("Segformer"),
+):
+    ARCHS.register(_arch.name)(_arch)
+
+
+def num_outputs(mode: str, num_classes: int) -> int:
+    """Channels of the segmentation head: multiclass adds the background channel (index 0)."""
+    return num_classes + 1 if mode == "multiclass" else num_classes
+
+
+def build_model(
+    model_cfg: ModelConfig,
+    channels: int,
+    mode: str,
+    num_classes: int,
+    pretrained: bool = True,
+) -> nn.Module:
+    """The smp model for ``model_cfg``. ``pretrained=False`` skips ``encoder_weights`` (a checkpoint will overwrite
+    every weight anyway, e.g. when the predict stage rebuilds a trained model)."""
+    import segmentation_models_pytorch as smp
+
+    from segkit.models import weights
+
+    key = f"models[{model_cfg.name}]"
+    arch = ARCHS.get(model_cfg.arch, key=f"{key}.arch")
+    kwargs: dict[str, Any] = dict(model_cfg.params)
+    reserved = {"encoder_name", "encoder_weights", "in_channels", "classes", "aux_params", "decoder_attention_type"}
+    clash = sorted(reserved & set(kwargs))
+    if clash:
+        raise ConfigError(f"{key}.params: {clash} are set by segkit (use encoder / encoder_weights / decoder_attention"
+                          f" / aux_head)")
+    if model_cfg.decoder_attention:
+        if not arch.attention:
+            with_attention = [a for a in ARCHS.names() if ARCHS.get(a).attention]
+            raise ConfigError(f"{key}.decoder_attention: {arch.name} has no decoder attention "
+                              f"(supported by {', '.join(with_attention)})")
+        kwargs["decoder_attention_type"] = model_cfg.decoder_attention
+    if model_cfg.aux_head:
+        # One logit per foreground class: "does this image contain class k at all".
+        kwargs["aux_params"] = {"classes": num_classes, "pooling": "avg", "dropout": 0.2, "activation": None}
+
+    source = weights.plan(model_cfg) if pretrained else weights.WeightsPlan()
+    cls = getattr(smp, arch.name)
+    try:
+        model = cls(
+            encoder_name=model_cfg.encoder,
+            encoder_weights=source.smp_weights,
+            in_channels=channels,
+            classes=num_outputs(mode, num_classes),
+            **kwargs,
+        )
+    except Exception as err:  # smp / timm raise KeyError, ValueError, RuntimeError, TypeError, AssertionError
+        if source.smp_weights is not None and weights.is_download_error(err):
+            raise ConfigError(f"{key}.encoder_weights: downloading {model_cfg.encoder_weights!r} weights for "
+                              f"{model_cfg.encoder!r} failed ({_first_line(err)}); set it to a local file") from None
+        raise ConfigError(f"{key}: cannot build {arch.name} on encoder {model_cfg.encoder!r}: "
+                          f"{_first_line(err)}") from None
+    if source.file is not None:
+        weights.load_encoder_file(model, source.file, key=f"{key}.encoder_weights")
+    return model
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip().strip("'\"") or type(err).__name__
+    return text.splitlines()[0][:300]
+
+
+@torch.no_grad()
+def check_output_size(model: nn.Module, channels: int, multiple: int, key: str) -> None:
+    """One dry forward: the mask logits must come out at the input's size. Some decoder settings silently change
+    the output stride (e.g. FPN's fixed upsampling with a shallower encoder_depth); better to say so before a run."""
+    size = max(128, multiple) + (-max(128, multiple)) % multiple
+    was_training = model.training
+    model.eval()
+    try:
+        logits, _ = split_output(model(torch.zeros(1, channels, size, size, device=next(model.parameters()).device)))
+    finally:
+        model.train(was_training)
+    if tuple(logits.shape[-2:]) != (size, size):
+        raise ConfigError(f"{key}.params: the network maps a {size}x{size} input to {logits.shape[-2]}x"
+                          f"{logits.shape[-1]} masks; adjust encoder_depth / upsampling / decoder settings")
+
+
+def split_output(out: Any) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """(mask logits, aux logits or None) from a model's forward output."""
+    if isinstance(out, (tuple, list)):
+        return out[0], out[1]
+    return out, None
+
+
+def probabilities(logits: torch.Tensor, mode: str) -> torch.Tensor:
+    """(N, K, H, W) foreground probabilities from mask logits: sigmoid, or softmax without the background."""
+    logits = logits.float()
+    if mode == "multiclass":
+        return logits.softmax(dim=1)[:, 1:]
+    return logits.sigmoid()
+
+
+def encoder_parameters(model: nn.Module) -> set[int]:
+    """ids of the encoder's parameters (for the separate encoder learning rate)."""
+    encoder = getattr(model, "encoder", None)
+    return {id(p) for p in encoder.parameters()} if encoder is not None else set()
+
+
+__all__ = ["ARCHS", "Arch", "build_model", "check_output_size", "encoder_parameters", "num_outputs", "probabilities", "split_output"]

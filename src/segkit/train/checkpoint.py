@@ -1,0 +1,98 @@
+"""Checkpoints of a fold: what they hold, how they are written (atomically) and read back.
+
+- ``best.pt`` / ``snapshot<c>.pt``: the weights to predict with (the EMA weights when EMA is on) plus what is needed
+  to rebuild the network without the config: the model section, mode, classes, channels, pad multiple.
+  ``load_model(path)`` returns a ready model in eval mode — what the predict stage uses.
+- ``last.pt``: the same, plus the full training state at the end of an epoch (raw weights, optimizer, LR schedule,
+  grad scaler, EMA, sampler position, RNG states, metric history, best value so far), so a killed run resumes as if
+  never interrupted. Written after everything else of its epoch: its existence marks the epoch as finished.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from segkit import atomic
+from segkit.errors import SegkitError
+
+FORMAT = "segkit-checkpoint"
+VERSION = 1
+LAST, BEST = "last.pt", "best.pt"
+# Train keys that do not change what is computed: a resume may change them freely.
+RESUME_FREE_KEYS = {"workers", "pin_memory", "threads", "progress", "val_batch_size", "keep", "compile"}
+
+
+def snapshot_name(cycle: int) -> str:
+    return f"snapshot{cycle}.pt"
+
+
+def weights_payload(
+    state_dict: dict[str, torch.Tensor],
+    model_cfg: dict,
+    mode: str,
+    classes: list[str],
+    channels: int,
+    pad_to: int,
+    epoch: int,
+    scores: Optional[dict[str, float]] = None,
+) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "model": {k: v.detach().cpu() for k, v in state_dict.items()},
+        "model_cfg": model_cfg,
+        "mode": mode,
+        "classes": list(classes),
+        "channels": channels,
+        "pad_to": pad_to,
+        "epoch": epoch,
+        "scores": dict(scores or {}),
+    }
+
+
+def save(path: Path, payload: dict) -> None:
+    atomic.save_torch(path, payload)
+
+
+def load(path: Path) -> dict:
+    """Read a checkpoint written by segkit (trusted: it holds numpy RNG states, so not weights_only)."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise SegkitError(f"{path}: unreadable checkpoint ({str(err).splitlines()[0][:200]}); delete it to retrain")
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise SegkitError(f"{path}: not a segkit checkpoint")
+    return obj
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild the network of a checkpoint (no pretrained download: every weight comes from the file) and load its
+    weights. Returns (model in eval mode on ``device``, the checkpoint's metadata without the weights)."""
+    from segkit.config.schema import ModelConfig
+    from segkit.models import build_model
+
+    path = Path(path)
+    ckpt = load(path)
+    model_cfg = ModelConfig.model_validate(ckpt["model_cfg"])
+    model = build_model(model_cfg, ckpt["channels"], ckpt["mode"], len(ckpt["classes"]), pretrained=False)
+    model.load_state_dict(ckpt["model"])
+    meta = {k: v for k, v in ckpt.items() if k not in ("model", "train_state")}
+    return model.to(device).eval(), meta
+
+
+def config_changes(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    """Keys whose values differ between two config dumps (ignoring RESUME_FREE_KEYS)."""
+    out = []
+    for key in sorted(set(saved) | set(current)):
+        if key in RESUME_FREE_KEYS:
+            continue
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_changes(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return out

@@ -1,0 +1,261 @@
+"""One model on one fold, start to finish: build, train epoch by epoch (validating, checkpointing), then write the
+fold's OOF probabilities from the best checkpoint. Re-running a killed fold resumes from ``last.pt``; a fold whose
+``oof/manifest.json`` exists is finished and skipped.
+
+Outputs in ``<run_dir>/<model>/fold<k>/``: ``metrics.csv`` (one row per epoch), ``last.pt``, ``best.pt``,
+``snapshot<c>.pt`` (end of each LR cycle), ``summary.json`` and the ``oof/`` probability store.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+import torch
+
+from segkit import atomic
+from segkit.config.schema import Config, ModelConfig, TrainConfig
+from segkit.data import Competition
+from segkit.device import grad_scaler, resolve_device
+from segkit.errors import ConfigError, SegkitError
+from segkit.losses import LossSchedule
+from segkit.models import build_model, check_output_size
+from segkit.optim import build_optimizer, build_schedule, cycle_end_epochs, group_lrs
+from segkit.probs import ProbStore, ProbWriter
+from segkit.train import checkpoint, distributed
+from segkit.train.data import ExtraTrainData, TrainData, fold_ids, load_fold_table, val_loader
+from segkit.train.ema import build_ema
+from segkit.train.loop import Stepper, train_epoch
+from segkit.train.seeding import derive_seed, rng_state, seed_everything, set_deterministic, set_rng_state
+from segkit.train.validate import evaluate, metric_fn
+
+HISTORY_COLUMNS = ["epoch", "lr", "encoder_lr", "train_loss", "val_loss", "dice", "iou", "score", "loss_terms",
+                   "steps", "skipped", "seconds"]
+MONITORS = {"score": "max", "dice": "max", "iou": "max", "val_loss": "min"}
+
+
+@dataclass(frozen=True)
+class FoldPaths:
+    dir: Path
+
+    @property
+    def last(self) -> Path:
+        return self.dir / checkpoint.LAST
+
+    @property
+    def best(self) -> Path:
+        return self.dir / checkpoint.BEST
+
+    @property
+    def oof(self) -> Path:
+        return self.dir / "oof"
+
+    @property
+    def metrics(self) -> Path:
+        return self.dir / "metrics.csv"
+
+    @property
+    def summary(self) -> Path:
+        return self.dir / "summary.json"
+
+    def snapshot(self, cycle: int) -> Path:
+        return self.dir / checkpoint.snapshot_name(cycle)
+
+
+def fold_dir(cfg: Config, model_name: str, fold: int) -> Path:
+    return cfg.run_dir / model_name / f"fold{fold}"
+
+
+def is_done(folder: Path) -> bool:
+    return ProbStore.is_complete(Path(folder) / "oof")
+
+
+def monitor_of(cfg: Config, tcfg: TrainConfig, metric) -> tuple[str, str]:
+    """(metrics column, 'max' | 'min') that picks best.pt."""
+    name = tcfg.monitor or "score"
+    name = {"loss": "val_loss", cfg.metric: "score"}.get(name, name)
+    if name not in MONITORS:
+        raise ConfigError(f"train.monitor: {tcfg.monitor!r}; use score (= {cfg.metric}), dice, iou or loss")
+    if name == "score" and not getattr(metric, "higher_is_better", True):
+        return name, "min"
+    return name, MONITORS[name]
+
+
+def _better(value: float, best: Optional[float], mode: str) -> bool:
+    if best is None or (math.isnan(best) and not math.isnan(value)):
+        return True
+    if math.isnan(value):
+        return False
+    return value > best if mode == "max" else value < best
+
+
+def _fmt(x: float) -> str:
+    return "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4f}"
+
+
+def train_fold(
+    cfg: Config,
+    model_cfg: ModelConfig,
+    fold: int,
+    out_dir: Optional[Path] = None,
+    extra: Optional[ExtraTrainData] = None,
+) -> dict:
+    """Train (or resume, or skip) one fold; returns its summary (best epoch, scores). ``extra``: images mixed
+    into every batch (default: the pseudo labels of ``pseudo.round``, see ``segkit.pseudo``)."""
+    tcfg = cfg.train_for(model_cfg)
+    paths = FoldPaths(Path(out_dir) if out_dir else fold_dir(cfg, model_cfg.name, fold))
+    if is_done(paths.dir):
+        import json
+
+        return json.loads(paths.summary.read_text()) if paths.summary.exists() else {}
+    where = f"models[{model_cfg.name}] fold {fold}"
+    device = resolve_device(cfg.device)
+    world = distributed.setup(device)
+    set_deterministic(tcfg.deterministic)
+    if tcfg.threads:
+        torch.set_num_threads(tcfg.threads)
+    if device.type == "cuda" and not tcfg.deterministic:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    base_seed = derive_seed(cfg.seed, fold)
+    seed_everything(base_seed)  # the same initial weights for every run of this fold
+
+    comp = Competition(cfg.data, seed=cfg.seed)
+    train_ids, val_ids = fold_ids(load_fold_table(cfg, comp), fold)
+    if not train_ids or not val_ids:
+        raise ConfigError(f"{where}: {len(train_ids)} training and {len(val_ids)} validation images")
+    mode, classes = comp.mode, comp.classes
+    if extra is None:  # pseudo-labelled test images of the config's round (pseudo.round >= 1), if any
+        from segkit.pseudo import extra_train_data
+
+        extra = extra_train_data(cfg, comp)
+
+    saved = checkpoint.load(paths.last) if paths.last.exists() else None
+    model = build_model(model_cfg, cfg.data.channels, mode, len(classes), pretrained=saved is None).to(device)
+    check_output_size(model, cfg.data.channels, tcfg.pad_to, f"models[{model_cfg.name}]")
+    if tcfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model = distributed.sync_batchnorm(model, world, tcfg.sync_bn)
+    data = TrainData(comp, tcfg, train_ids, base_seed, world, extra)
+    vloader = val_loader(comp, tcfg, val_ids, world)
+    metric = metric_fn(cfg.metric)
+    monitor, monitor_mode = monitor_of(cfg, tcfg, metric)
+    optimizer = build_optimizer(model, tcfg)
+    schedule = build_schedule(optimizer, tcfg, math.ceil(len(data) / tcfg.accumulate), monitor_mode)
+    scaler = grad_scaler(device, tcfg.amp)
+    ema = build_ema(model, tcfg.ema)
+    aux_weight = model_cfg.aux_weight if model_cfg.aux_head else 0.0
+    losses = LossSchedule(tcfg, mode, len(classes), aux_weight).to(device)
+    snapshots = cycle_end_epochs(tcfg) if "snapshots" in tcfg.keep else []
+    identity = {"model": model_cfg.model_dump(mode="json"), "train": tcfg.model_dump(mode="json"),
+                "seed": cfg.seed, "metric": cfg.metric, "mode": mode, "classes": classes,
+                "extra": {"images": len(extra.ids), "share": extra.share} if extra is not None else None}
+
+    history: list[dict] = []
+    best_value: Optional[float] = None
+    start = 1
+    if saved is not None:
+        changes = checkpoint.config_changes(saved["train_state"]["identity"], identity)
+        changes = [c for c in changes if not c.startswith(("model.encoder_weights", "model.train"))]
+        if changes:
+            raise SegkitError(f"{where}: {paths.last} was written under another config ({'; '.join(changes[:3])}); "
+                              f"restore the config, or delete {paths.dir} to train this fold afresh")
+        state = saved["train_state"]
+        model.load_state_dict(state["model"] if state["model"] is not None else saved["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        scaler.load_state_dict(state["scaler"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+        set_rng_state(state["rng"])
+        history, best_value, start = state["history"], state["best_value"], saved["epoch"] + 1
+        if world.is_main:
+            print(f"{where}: resuming after epoch {saved['epoch']} from {paths.last}", flush=True)
+
+    forward_model = distributed.wrap(model, world, device)
+    if tcfg.compile:
+        forward_model = torch.compile(forward_model)
+    stepper = Stepper(model, forward_model, optimizer, schedule, scaler, ema, tcfg, device, where)
+    eval_model = ema.module if ema is not None else model
+
+    def payload(epoch: int, scores: dict) -> dict:
+        return checkpoint.weights_payload(eval_model.state_dict(), identity["model"], mode, classes,
+                                          cfg.data.channels, tcfg.pad_to, epoch, scores)
+
+    for epoch in range(start, tcfg.epochs + 1):
+        began = time.perf_counter()
+        seed_everything(derive_seed(base_seed, epoch, world.rank))
+        loss_fn = losses.for_epoch(epoch)
+        lr, enc_lr = group_lrs(optimizer.param_groups)
+        stats = train_epoch(stepper, data.loader(epoch), loss_fn, epoch, world, tcfg.progress)
+        row = {"epoch": epoch, "lr": lr, "encoder_lr": enc_lr, "train_loss": stats.loss, "val_loss": math.nan,
+               "dice": math.nan, "iou": math.nan, "score": math.nan,
+               "loss_terms": "+".join(f"{w:g}*{n}" for n, w in loss_fn.weights.items()),
+               "steps": stats.steps, "skipped": stats.skipped}
+        improved = False
+        if epoch % tcfg.val_every == 0 or epoch == tcfg.epochs:
+            row.update(evaluate(eval_model, vloader, loss_fn, mode, metric, device, tcfg.amp, tcfg.channels_last,
+                                tcfg.threshold, world=world, progress=tcfg.progress and world.is_main))
+            schedule.observe(row[monitor])
+            improved = _better(row[monitor], best_value, monitor_mode)
+            if improved:
+                best_value = row[monitor]
+        row["seconds"] = round(time.perf_counter() - began, 2)
+        history.append(row)
+        if world.is_main:
+            scores = {k: row[k] for k in ("val_loss", "dice", "iou", "score")}
+            if improved:
+                checkpoint.save(paths.best, payload(epoch, scores))
+            if epoch in snapshots:
+                checkpoint.save(paths.snapshot(snapshots.index(epoch) + 1), payload(epoch, scores))
+            atomic.write_csv(paths.metrics, pd.DataFrame(history, columns=HISTORY_COLUMNS))
+            last = payload(epoch, scores)
+            last["train_state"] = {
+                # The raw weights differ from the payload's only under EMA; otherwise they are not stored twice.
+                "model": model.state_dict() if ema is not None else None,
+                "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                "scaler": scaler.state_dict(), "ema": ema.state_dict() if ema is not None else None,
+                "sampler": data.plan.state_dict(), "rng": rng_state(), "history": history,
+                "best_value": best_value, "identity": identity,
+            }
+            checkpoint.save(paths.last, last)  # last: its presence marks the epoch as complete
+            print(f"{where} epoch {epoch}/{tcfg.epochs}: lr {lr:.2e} train {_fmt(stats.loss)} "
+                  f"val {_fmt(row['val_loss'])} dice {_fmt(row['dice'])} iou {_fmt(row['iou'])} "
+                  f"{cfg.metric} {_fmt(row['score'])}{' *' if improved else ''}  {row['seconds']:.1f}s"
+                  + (f"  ({stats.skipped} skipped)" if stats.skipped else ""), flush=True)
+        distributed.barrier(world)
+
+    return _write_oof(cfg, model_cfg, fold, paths, model, vloader, losses.for_epoch(tcfg.epochs), metric, device,
+                      tcfg, world, train_ids, val_ids, history, monitor)
+
+
+def _write_oof(cfg, model_cfg, fold, paths: FoldPaths, model, vloader, loss_fn, metric, device, tcfg, world,
+               train_ids, val_ids, history, monitor) -> dict:
+    """Predict the fold's validation images with best.pt into the OOF store; then tidy up the checkpoints."""
+    began = time.perf_counter()
+    best = checkpoint.load(paths.best)
+    model.load_state_dict(best["model"])
+    writer = ProbWriter(paths.oof, best["classes"])
+    scores = evaluate(model, vloader, loss_fn, best["mode"], metric, device, tcfg.amp, tcfg.channels_last,
+                      tcfg.threshold, writer=writer, world=world)
+    distributed.barrier(world)
+    summary = {
+        "model": model_cfg.name, "fold": fold, "metric": cfg.metric, "monitor": monitor,
+        "best_epoch": best["epoch"], "epochs": tcfg.epochs, "train_images": len(train_ids), "val_images": len(val_ids),
+        **{k: scores[k] for k in ("val_loss", "dice", "iou", "score")},
+        "train_seconds": round(sum(r.get("seconds", 0.0) for r in history), 1),
+    }
+    if world.is_main:
+        atomic.write_json(paths.summary, summary)
+        writer.finish(val_ids)  # the fold's completion marker
+        if "last" not in tcfg.keep and paths.last.exists():
+            paths.last.unlink()
+        print(f"models[{model_cfg.name}] fold {fold}: best epoch {best['epoch']}, {cfg.metric} "
+              f"{_fmt(scores['score'])}; OOF of {len(val_ids)} images -> {paths.oof} "
+              f"({time.perf_counter() - began:.1f}s)", flush=True)
+    distributed.barrier(world)
+    return summary

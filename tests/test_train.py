@@ -1,0 +1,276 @@
+"""Training folds on the tiny demo competition: outputs, skip when complete, resume equals an uninterrupted run,
+determinism, NaN policy, checkpoint keeping, multiclass, DDP's code path with a world of one, batch plans."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from segkit import folds as folds_stage
+from segkit.errors import SegkitError
+from segkit.probs import ProbStore
+from segkit.train import checkpoint, fold_dir, run, train_fold
+from segkit.train.sampler import BatchPlan, split_counts
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors run faster on one thread than on two (no OpenMP hand-offs), above all on a shared machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+TINY_MODEL = ("models=[{name: tiny, arch: Unet, encoder: tu-mobilenetv3_small_050, "
+              "params: {encoder_depth: 3, decoder_channels: [16, 8, 8]}}]")
+FAST = ["train.epochs=2", "train.batch_size=4", "train.deterministic=true", "train.progress=false",
+        "train.schedule.warmup_epochs=0.5", TINY_MODEL]
+
+
+@pytest.fixture
+def make_cfg(demo_cfg):
+    def make(*overrides: str):
+        cfg = demo_cfg(*FAST, *overrides)
+        if not cfg.folds_file.exists():
+            folds_stage.run(cfg)
+        return cfg
+
+    return make
+
+
+def history(folder: Path) -> pd.DataFrame:
+    return pd.read_csv(folder / "metrics.csv").drop(columns=["seconds"])
+
+
+def test_a_fold_writes_everything_and_is_skipped_once_complete(make_cfg, capsys):
+    cfg = make_cfg()
+    assert run(cfg, fold=0) == 0
+    out = fold_dir(cfg, "tiny", 0)
+    metrics = pd.read_csv(out / "metrics.csv")
+    assert list(metrics.columns[:8]) == ["epoch", "lr", "encoder_lr", "train_loss", "val_loss", "dice", "iou", "score"]
+    assert metrics["epoch"].tolist() == [1, 2] and metrics[["train_loss", "val_loss", "dice"]].notna().all().all()
+    assert {"last.pt", "best.pt", "summary.json"} <= {p.name for p in out.iterdir()}
+
+    store = ProbStore(out / "oof")
+    folds = pd.read_csv(cfg.folds_file, dtype={"id": str})
+    assert sorted(store.ids) == sorted(folds.loc[folds["fold"] == 0, "id"])
+    first = store[store.ids[0]]
+    assert first.dtype == np.uint8 and first.shape == (1, 32, 32)  # original size, K channels
+
+    summary = json.loads((out / "summary.json").read_text())
+    best = checkpoint.load(out / "best.pt")
+    assert summary["best_epoch"] == best["epoch"]
+    assert summary["score"] == pytest.approx(metrics.loc[metrics["epoch"] == best["epoch"], "score"].item())
+
+    model, meta = checkpoint.load_model(out / "best.pt")
+    assert meta["classes"] == ["object"] and not model.training
+    with torch.no_grad():
+        assert model(torch.zeros(1, 1, 32, 32)).shape == (1, 1, 32, 32)
+
+    stamp = (out / "best.pt").stat().st_mtime_ns
+    capsys.readouterr()
+    run(cfg, fold=0)
+    assert "complete, skipped" in capsys.readouterr().out
+    assert (out / "best.pt").stat().st_mtime_ns == stamp
+
+
+class Killed(Exception):
+    pass
+
+
+def test_resume_continues_exactly_like_an_uninterrupted_run(make_cfg, monkeypatch, tmp_path):
+    # Every piece of state a resume must restore is in play: EMA, bf16, accumulation, clipping, a positive-share
+    # sampler, cosine restarts with snapshots, and a staged loss.
+    extra = ["train.ema=0.9", "train.amp=bf16", "train.accumulate=2", "train.clip_grad=1.0",
+             "train.positive_share=0.5", "train.schedule.name=cosine_restarts", "train.schedule.cycles=2",
+             "train.loss_stages=[{until_epoch: 1, terms: {bce: 1, dice: 1}}, {terms: {lovasz: 1}}]"]
+    cfg = make_cfg(*extra)
+    model_cfg = cfg.models[0]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train_fold(cfg, model_cfg, 0, out_dir=straight)
+
+    real_save = checkpoint.save
+
+    def save_then_die(path, payload):
+        real_save(path, payload)
+        if Path(path).name == checkpoint.LAST:
+            raise Killed  # a kill right after the first epoch's checkpoint
+
+    monkeypatch.setattr(checkpoint, "save", save_then_die)
+    with pytest.raises(Killed):
+        train_fold(cfg, model_cfg, 0, out_dir=resumed)
+    monkeypatch.setattr(checkpoint, "save", real_save)
+    assert checkpoint.load(resumed / "last.pt")["epoch"] == 1 and not (resumed / "oof").exists()
+    train_fold(cfg, model_cfg, 0, out_dir=resumed)
+
+    pd.testing.assert_frame_equal(history(straight), history(resumed))  # deterministic and resumed alike
+    assert history(straight)["loss_terms"].tolist() == ["1*bce+1*dice", "1*lovasz"]
+    for name in ("best.pt", "last.pt", "snapshot1.pt", "snapshot2.pt"):
+        a, b = checkpoint.load(straight / name)["model"], checkpoint.load(resumed / name)["model"]
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    a, b = ProbStore(straight / "oof"), ProbStore(resumed / "oof")
+    assert all(np.array_equal(a[i], b[i]) for i in a.ids)
+
+
+def test_a_changed_config_refuses_to_resume(make_cfg, monkeypatch, tmp_path):
+    cfg = make_cfg("train.epochs=1")
+    real_save = checkpoint.save
+
+    def save_then_die(path, payload):
+        real_save(path, payload)
+        if Path(path).name == checkpoint.LAST:
+            raise Killed
+
+    monkeypatch.setattr(checkpoint, "save", save_then_die)
+    with pytest.raises(Killed):
+        train_fold(cfg, cfg.models[0], 0, out_dir=tmp_path / "f")
+    monkeypatch.setattr(checkpoint, "save", real_save)
+    changed = make_cfg("train.epochs=1", "train.lr=0.01")
+    with pytest.raises(SegkitError, match=r"another config \(train\.lr: 0\.002 -> 0\.01\)"):
+        train_fold(changed, changed.models[0], 0, out_dir=tmp_path / "f")
+
+
+def _nan_at(monkeypatch, call: int):
+    from segkit.losses import SegLoss
+
+    real = SegLoss.forward
+    count = {"n": 0}
+
+    def forward(self, logits, mask, aux=None, has=None):
+        total, parts = real(self, logits, mask, aux, has)
+        if torch.is_grad_enabled():
+            count["n"] += 1
+            if count["n"] == call:
+                total = total * float("nan")
+        return total, parts
+
+    monkeypatch.setattr(SegLoss, "forward", forward)
+
+
+def test_nan_loss_stops_with_the_place_and_keeps_the_last_good_checkpoint(make_cfg, monkeypatch, tmp_path):
+    cfg = make_cfg()
+    _nan_at(monkeypatch, call=5)  # 4 batches per epoch: the first step of epoch 2
+    with pytest.raises(SegkitError, match=r"models\[tiny\] fold 0: loss is nan at epoch 2 step 1"):
+        train_fold(cfg, cfg.models[0], 0, out_dir=tmp_path / "f")
+    assert checkpoint.load(tmp_path / "f" / "last.pt")["epoch"] == 1
+
+
+def test_nan_policy_skip_drops_the_step_and_goes_on(make_cfg, monkeypatch, tmp_path):
+    cfg = make_cfg("train.nan_policy=skip", "train.epochs=1")
+    _nan_at(monkeypatch, call=2)
+    train_fold(cfg, cfg.models[0], 0, out_dir=tmp_path / "f")
+    metrics = pd.read_csv(tmp_path / "f" / "metrics.csv")
+    assert metrics["skipped"].tolist() == [1] and metrics["steps"].tolist() == [3]
+    assert np.isfinite(metrics["train_loss"]).all()
+
+
+def test_only_the_asked_checkpoints_are_kept(make_cfg, tmp_path):
+    cfg = make_cfg("train.keep=[best]", "train.epochs=2", "train.schedule.name=cyclic", "train.schedule.cycles=2")
+    train_fold(cfg, cfg.models[0], 1, out_dir=tmp_path / "f")
+    assert {p.name for p in (tmp_path / "f").glob("*.pt")} == {"best.pt"}
+
+
+def test_extra_images_take_their_share_of_every_batch(make_cfg, monkeypatch, tmp_path):
+    from segkit.data import Competition
+    from segkit.train import ExtraTrainData
+    from segkit.train import data as train_data
+
+    cfg = make_cfg("train.epochs=1", "train.amp=fp16")
+    test_ids = Competition(cfg.data).test_folder.ids()
+    extra = ExtraTrainData(test_ids, lambda i: np.zeros((1, 32, 32), np.uint8), share=0.5)
+    plans = []
+    real_init = train_data.BatchPlan.__init__
+
+    def spy(self, *a, **k):
+        real_init(self, *a, **k)
+        plans.append(self)
+
+    monkeypatch.setattr(train_data.BatchPlan, "__init__", spy)
+    train_fold(cfg, cfg.models[0], 0, out_dir=tmp_path / "f", extra=extra)
+    plan = plans[0]
+    n_real = len(plan.pools[0])
+    assert plan.counts == [2, 2] and all(sum(i >= n_real for i in b) == 2 for b in plan.plan())
+    assert ProbStore.is_complete(tmp_path / "f" / "oof")
+
+
+def test_multiclass_fold(demo_multiclass_root, tmp_path):
+    from segkit.config import load_config
+
+    from conftest import CONFIGS
+
+    cfg = load_config(CONFIGS / "demo.yaml", [
+        f"data.root={demo_multiclass_root}", f"paths.runs={tmp_path / 'runs'}", f"paths.folds={tmp_path / 'folds'}",
+        "data.mode=multiclass", "data.classes=[round, streak]", "data.rle.id_class_sep=_", *FAST,
+        "train.epochs=1", "train.loss={ce: 1, dice: 1, lovasz: 1}", "train.class_weights=[1, 2]",
+    ])
+    folds_stage.run(cfg)
+    summary = train_fold(cfg, cfg.models[0], 0)
+    store = ProbStore(fold_dir(cfg, "tiny", 0) / "oof")
+    probs = store.read_float(store.ids[0])
+    assert probs.shape == (2, 32, 32) and probs.sum(0).max() <= 1 + 2 / 255  # softmax foreground channels
+    assert 0 <= summary["dice"] <= 1
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_code_path_with_a_world_of_one(make_cfg, monkeypatch, tmp_path):
+    import torch.distributed as dist
+
+    from segkit.train import distributed
+
+    for key, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": str(_free_port())}.items():
+        monkeypatch.setenv(key, value)
+    cfg = make_cfg("train.epochs=1", "train.sync_bn=true")
+    try:
+        train_fold(cfg, cfg.models[0], 2, out_dir=tmp_path / "f")
+        assert dist.is_initialized() and dist.get_backend() == "gloo"
+        world = distributed.setup(torch.device("cpu"))
+        assert distributed.gather(world, 3) == [3]
+    finally:
+        distributed.teardown()
+    assert not dist.is_initialized()
+    assert ProbStore.is_complete(tmp_path / "f" / "oof")
+
+
+def test_batch_plan_shares_determinism_and_sharding():
+    assert split_counts([0.25, 0.75], 6) == [2, 4] and sum(split_counts([1 / 3] * 3, 8)) == 8
+    pos, neg = list(range(0, 5)), list(range(5, 40))
+    plan = BatchPlan([pos, neg], batch_size=8, seed=1, shares=[0.5, 0.5])
+    batches = list(plan)
+    assert len(batches) == 5 and all(sum(i < 5 for i in b) == 4 for b in batches)  # a small pool is cycled
+    assert batches == list(BatchPlan([pos, neg], batch_size=8, seed=1, shares=[0.5, 0.5]))
+    plan.set_epoch(1)
+    assert list(plan) != batches
+
+    whole = BatchPlan([list(range(20))], batch_size=3, seed=0)
+    assert len(whole) == 6 and len({i for b in whole for i in b}) == 18  # no repeats; partial batch dropped
+    ranks = [BatchPlan([list(range(20))], batch_size=3, seed=0, rank=r, world_size=2) for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == 3
+    seen = [i for r in ranks for b in r for i in b]
+    assert len(seen) == len(set(seen)) == 18
+    assert len(BatchPlan([list(range(20))], batch_size=3, seed=0, max_batches=2)) == 2
+
+
+def test_cli_trains_one_model_and_fold(make_cfg, demo_root, tmp_path):
+    from segkit.cli import main
+
+    from conftest import CONFIGS
+
+    cfg = make_cfg()
+    code = main(["train", "--config", str(CONFIGS / "demo.yaml"), "--model", "tiny", "--fold", "9",
+                 f"data.root={demo_root}", f"paths.runs={cfg.paths.runs}", f"paths.folds={cfg.paths.folds}",
+                 *FAST])
+    assert code == 2  # an unknown fold is a one-line error, not a traceback
+    assert os.environ.get("RANK") is None
