@@ -1,0 +1,169 @@
+"""Tiled inference: predict an image larger than the training size from overlapping, blended tiles.
+
+The image is cut into tiles of the training size that overlap by a fraction of the tile; tiles go through the
+predictor ``batch_size`` at a time; each tile's probabilities are multiplied by a weight map that is high in the
+tile's centre and low at its border (where the network saw the least context) and added onto a float32 canvas,
+together with the weights; the canvas divided by the summed weights is the prediction. Memory holds the canvas,
+one (H, W) weight sum and one batch of tiles, so a 5000x5000 image predicts in bounded memory, and because every
+pixel is a weighted average of tiles whose weights fade in and out smoothly there are no seams.
+
+The predictor is any ``fn(batch (B, C, th, tw)) -> probs (B, K, th, tw)``, e.g. a ``segkit.tta.TTAPredictor``, so
+tiling and TTA compose.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterator, Literal, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+
+from segkit.errors import ConfigError
+
+Blend = Literal["gaussian", "linear"]
+Size = Union[int, Sequence[int]]
+
+# Gaussian weights are clipped to this fraction of their peak: the map stays strictly positive (so a pixel covered
+# only by tile borders still gets a finite weighted average) and far from float32 underflow at the corners.
+GAUSSIAN_FLOOR = 1e-3
+
+
+def _pair(size: Size) -> tuple[int, int]:
+    if isinstance(size, int):
+        return size, size
+    th, tw = size
+    return int(th), int(tw)
+
+
+def _ramp_1d(n: int, blend: Blend, ramp: int) -> torch.Tensor:
+    centre = torch.arange(n, dtype=torch.float64) + 0.5  # pixel centres, so both ends are symmetric
+    if blend == "gaussian":
+        sigma = n / 8  # nnU-Net's importance map: sigma = 1/8 of the patch size
+        return torch.exp(-0.5 * ((centre - n / 2) / sigma) ** 2)
+    # linear: rises from the border over ``ramp`` pixels (the overlap) and stays flat at 1 in between
+    r = max(ramp, 1)
+    return torch.clamp(torch.minimum(centre, n - centre) / r, max=1.0)
+
+
+def tile_weights(tile: Size, blend: Blend = "gaussian", overlap: float = 0.5) -> torch.Tensor:
+    """(th, tw) float32 blending weights, peak 1, strictly positive everywhere.
+
+    ``gaussian``: separable Gaussian with sigma = tile/8 per axis, clipped below at GAUSSIAN_FLOOR.
+    ``linear``: separable ramp from the tile border to 1 over the overlap width (overlap * tile pixels), so two
+    neighbouring tiles cross-fade linearly across their shared strip.
+    """
+    th, tw = _pair(tile)
+    if blend not in ("gaussian", "linear"):
+        raise ConfigError(f"predict.tile_blend: unknown blend {blend!r}; known: gaussian, linear")
+    wy = _ramp_1d(th, blend, round(overlap * th))
+    wx = _ramp_1d(tw, blend, round(overlap * tw))
+    w = wy[:, None] * wx[None, :]
+    w = w / w.max()
+    if blend == "gaussian":
+        w = w.clamp_min(GAUSSIAN_FLOOR)
+    return w.float()
+
+
+def tile_starts(length: int, tile: int, overlap: float) -> list[int]:
+    """Start offsets of tiles of size ``tile`` covering [0, length) with at least ``overlap`` * tile overlap.
+
+    The first tile starts at 0 and the last ends at ``length``; the ones between are spread evenly, so the real
+    overlap is never below the one asked for. ``length`` <= ``tile`` gives one tile (the image is padded to it).
+    """
+    if not 0 <= overlap < 1:
+        raise ConfigError(f"predict.tile_overlap: must be in [0, 1), got {overlap}")
+    if length <= tile:
+        return [0]
+    stride = max(tile * (1 - overlap), 1)
+    n = math.ceil((length - tile) / stride) + 1
+    span = length - tile
+    return [round(i * span / (n - 1)) for i in range(n)]
+
+
+def tile_boxes(height: int, width: int, tile: Size, overlap: float) -> list[tuple[int, int]]:
+    """Top-left corners (y, x) of all tiles, row by row."""
+    th, tw = _pair(tile)
+    return [(y, x) for y in tile_starts(height, th, overlap) for x in tile_starts(width, tw, overlap)]
+
+
+def _pad_to(image: torch.Tensor, th: int, tw: int, mode: str) -> torch.Tensor:
+    h, w = image.shape[-2:]
+    ph, pw = max(th - h, 0), max(tw - w, 0)
+    if not (ph or pw):
+        return image
+    # Pad bottom/right only, so canvas coordinates stay image coordinates; reflect needs pad < size, so a tiny
+    # image falls back to replicating its edge.
+    if mode == "reflect" and (ph >= h or pw >= w):
+        mode = "replicate"
+    pad = (0, pw, 0, ph)
+    if mode == "constant":
+        return F.pad(image, pad, mode="constant", value=0.0)
+    return F.pad(image[None], pad, mode=mode)[0]
+
+
+def _batches(boxes: list[tuple[int, int]], size: int) -> Iterator[list[tuple[int, int]]]:
+    for i in range(0, len(boxes), size):
+        yield boxes[i:i + size]
+
+
+def predict_tiled(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    image: torch.Tensor,
+    tile: Size,
+    overlap: float = 0.5,
+    blend: Blend = "gaussian",
+    batch_size: int = 8,
+    pad_mode: Literal["reflect", "replicate", "constant"] = "reflect",
+    device: Optional[Union[str, torch.device]] = None,
+) -> torch.Tensor:
+    """Probabilities (K, H, W) float32 for one image (C, H, W), predicted tile by tile.
+
+    - ``tile``: tile size (int or (th, tw)), normally the training crop size.
+    - ``overlap``: fraction of the tile shared with each neighbour (0.5 = half-tile stride).
+    - ``blend``: ``gaussian`` or ``linear`` weights (see ``tile_weights``).
+    - ``batch_size``: tiles per ``fn`` call.
+    - ``pad_mode``: how an image smaller than a tile (in either axis) is padded to the tile size before cutting;
+      the padding is cropped off the result.
+    - ``device``: where tiles are sent for ``fn`` (default: the image's device); the canvas stays with the image.
+
+    An image of exactly the tile size is a single tile with a single weight map, so the result equals ``fn`` on
+    the whole image up to one multiply-and-divide of rounding.
+    """
+    if image.ndim != 3:
+        raise ValueError(f"predict_tiled expects one (C, H, W) image, got shape {tuple(image.shape)}")
+    if batch_size < 1:
+        raise ConfigError(f"predict.batch_size: must be >= 1, got {batch_size}")
+    th, tw = _pair(tile)
+    if th < 1 or tw < 1:
+        raise ConfigError(f"predict.tile_size: must be >= 1, got {tile}")
+    height, width = image.shape[-2:]
+    padded = _pad_to(image, th, tw, pad_mode)
+    ph, pw = padded.shape[-2:]
+    boxes = tile_boxes(ph, pw, (th, tw), overlap)
+    run_on = torch.device(device) if device is not None else image.device
+    weights = tile_weights((th, tw), blend, overlap).to(image.device)
+
+    canvas: Optional[torch.Tensor] = None
+    weight_sum = torch.zeros((ph, pw), dtype=torch.float32, device=image.device)
+    with torch.inference_mode():
+        for group in _batches(boxes, batch_size):
+            batch = torch.stack([padded[:, y:y + th, x:x + tw] for y, x in group]).to(run_on)
+            probs = fn(batch)
+            if probs.shape[0] != len(group) or probs.shape[-2:] != (th, tw):
+                raise ValueError(f"tile predictor returned shape {tuple(probs.shape)} for a batch of "
+                                 f"{tuple(batch.shape)}; expected (B, K, {th}, {tw})")
+            probs = probs.to(image.device, torch.float32)
+            if canvas is None:
+                # allocated outside inference mode so the returned array can be edited in place by the caller
+                with torch.inference_mode(False):
+                    canvas = torch.zeros((probs.shape[1], ph, pw), dtype=torch.float32, device=image.device)
+            for (y, x), p in zip(group, probs):
+                canvas[:, y:y + th, x:x + tw].addcmul_(p, weights)
+                weight_sum[y:y + th, x:x + tw].add_(weights)
+            del batch, probs
+        assert canvas is not None  # at least one tile always exists
+        canvas.div_(weight_sum)
+    if (ph, pw) != (height, width):
+        canvas = canvas[:, :height, :width].contiguous()  # drop the padding rather than keep it alive in a view
+    return canvas
