@@ -117,6 +117,10 @@ CASES: dict[str, tuple] = {
     "group column missing": (lambda r: (pd.DataFrame({"id": ["a"], "z": [1]}).to_csv(r / "extra.csv", index=False),
                                         ["data.extra_csv=extra.csv", "data.group_column=patient"])[1],
                              "data.group_column", "folds"),
+    "unknown architecture": (lambda r: ["models.0.arch=NoSuchNet"], "models[unet_r18].arch: unknown architecture "
+                             "'NoSuchNet'", "train"),
+    "unknown loss": (lambda r: ["train.loss={bce: 1, lovasz_typo: 1}"], "unknown loss 'lovasz_typo'", "train"),
+    "unknown augmentation": (lambda r: ["models.1.train={augment: wild}"], "models[fpn_r18] train.augment", "train"),
     "unwritable runs folder": (lambda r: ((r / "afile").write_text("x"), [f"paths.runs={r / 'afile' / 'runs'}"])[1],
                                "cannot write"),
     "fold file from other data": (lambda r: ((r / "folds").mkdir(exist_ok=True), pd.DataFrame(

@@ -31,7 +31,7 @@ def _one_thread():
 TINY_MODEL = ("models=[{name: tiny, arch: Unet, encoder: tu-mobilenetv3_small_050, "
               "params: {encoder_depth: 3, decoder_channels: [16, 8, 8]}}]")
 FAST = ["train.epochs=2", "train.batch_size=4", "train.deterministic=true", "train.progress=false",
-        "train.schedule.warmup_epochs=0.5", TINY_MODEL]
+        "train.schedule.warmup_epochs=0.5", "train.keep=[best, last, snapshots]", TINY_MODEL]
 
 
 @pytest.fixture

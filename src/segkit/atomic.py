@@ -20,6 +20,8 @@ import numpy as np
 from segkit.errors import SegkitError
 
 TMP_SUFFIX = ".tmp"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 @contextlib.contextmanager
@@ -31,6 +33,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # mkstemp makes owner-only (0600) files; artifacts get the permissions any other new file would.
+        os.chmod(tmp_path, 0o666 & ~_UMASK)
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():

@@ -41,4 +41,21 @@ def run(cfg: Config, model: str | None = None, fold: int | None = None) -> int:
         if code:
             return code
         print(f"== {name}: done in {time.perf_counter() - start:.1f} s")
+    _summary(cfg)
     return 0
+
+
+def _summary(cfg: Config) -> None:
+    """The closing lines: where the submission is, its CV, and what the same models score with TTA, ensembling
+    and tuning switched off (the first model's own out-of-fold predictions at threshold 0.5)."""
+    import json
+
+    tune_file = cfg.run_dir / "tune.json"
+    if not (tune_file.exists() and cfg.submission_file.exists()):
+        return
+    tuned = json.loads(tune_file.read_text())
+    plain = (tuned.get("baseline") or {}).get("plain_pipeline")
+    print(f"submission: {cfg.submission_file}")
+    print(f"CV {cfg.metric}: {tuned['cv']:.4f}  (TTA + ensemble + tuned post-processing)")
+    if plain is not None:
+        print(f"CV {cfg.metric}: {plain:.4f}  (plain: one model, no TTA, no ensemble, threshold 0.5)")

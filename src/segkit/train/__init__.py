@@ -21,6 +21,7 @@ def run(cfg: Config, model: Optional[str] = None, fold: Optional[int] = None) ->
     models = [cfg.model(model)] if model else list(cfg.models)
     if not models:
         raise ConfigError("models: no model configured")
+    _check_names(cfg, models)
     comp = Competition(cfg.data, seed=cfg.seed)
     folds = sorted(int(f) for f in load_fold_table(cfg, comp)["fold"].unique())
     if fold is not None:
@@ -39,6 +40,25 @@ def run(cfg: Config, model: Optional[str] = None, fold: Optional[int] = None) ->
         distributed.teardown()
     _print_table(rows, cfg.metric)
     return 0
+
+
+def _check_names(cfg: Config, models: list) -> None:
+    """Every name a model's config picks from a registry (architecture, losses, optimizer, schedule,
+    augmentation), checked before any data is read or any fold starts: a typo in the third model must not
+    surface after the first two have trained for hours."""
+    from segkit.data.augment import AUGMENTS
+    from segkit.losses import LossSchedule
+    from segkit.models import ARCHS
+    from segkit.optim import OPTIMIZERS, SCHEDULES
+
+    for m in models:
+        tcfg = cfg.train_for(m)
+        key = f"models[{m.name}]"
+        ARCHS.get(m.arch, key=f"{key}.arch")
+        OPTIMIZERS.get(tcfg.optimizer, key=f"{key} train.optimizer")
+        SCHEDULES.get(tcfg.schedule.name, key=f"{key} train.schedule.name")
+        AUGMENTS.get(tcfg.augment, key=f"{key} train.augment")
+        LossSchedule(tcfg, cfg.data.mode, len(cfg.data.classes))
 
 
 def _print_table(rows: list[tuple], metric: str) -> None:
