@@ -73,7 +73,7 @@ def main() -> None:
         ref_ids = store.ids[: args.ref_n]
         sub = summarize(OOFSource(store, truths.__getitem__, ids=ref_ids), metric, thresholds, min_areas)
         start = time.perf_counter()
-        tables = summarize(OOFSource(store, truths.__getitem__), metric, thresholds, min_areas)
+        summarize(OOFSource(store, truths.__getitem__), metric, thresholds, min_areas)
         t_tables = time.perf_counter() - start
 
         # the plain way, on the subset

@@ -15,6 +15,17 @@ CONFIGS = REPO / "configs"
 SHARED = REPO.parent / "shared" / "datasets"
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors run faster on one thread than on two (no OpenMP hand-offs), above all on a shared machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory) -> Path:
     """A 24 + 8 image, 32 px binary demo competition."""

@@ -12,13 +12,7 @@ from segkit.errors import ConfigError
 from segkit.losses import LOSSES, LossSchedule, Target, build_loss, signed_distance
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors run faster on one thread than on two (no OpenMP hand-offs), above all on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 MODES = [("binary", 1), ("multilabel", 3), ("multiclass", 3)]
 

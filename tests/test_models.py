@@ -15,13 +15,7 @@ from segkit.models import ARCHS, build_model, num_outputs, probabilities, split_
 from segkit.models import weights as W
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors run faster on one thread than on two (no OpenMP hand-offs), above all on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 TINY = "tu-mobilenetv3_small_050"
 # Smallest decoder settings each architecture accepts (FPN's GroupNorm needs multiples of 32).

@@ -5,7 +5,6 @@ the offline scorer on a hand-computed TGS case."""
 import json
 import shutil
 
-import numpy as np
 import pandas as pd
 import pytest
 

@@ -20,13 +20,7 @@ from segkit.train import checkpoint, fold_dir, run, train_fold
 from segkit.train.sampler import BatchPlan, split_counts
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors run faster on one thread than on two (no OpenMP hand-offs), above all on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 TINY_MODEL = ("models=[{name: tiny, arch: Unet, encoder: tu-mobilenetv3_small_050, "
               "params: {encoder_depth: 3, decoder_channels: [16, 8, 8]}}]")
