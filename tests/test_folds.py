@@ -43,6 +43,12 @@ def test_existing_fold_file_is_kept_and_checked(demo_cfg):
         folds.run(cfg)
 
 
+def test_fold_count_change_needs_a_new_file(demo_cfg):
+    folds.run(demo_cfg())
+    with pytest.raises(DataError, match="has 3 folds but folds.n_splits is 4"):
+        folds.run(demo_cfg("folds.n_splits=4"))
+
+
 def test_grouped_folds_keep_groups_together(demo_cfg, demo_root, tmp_path):
     ids = Competition(demo_cfg().data).train_ids
     extra = pd.DataFrame({"id": ids, "patient": [f"p{i // 3}" for i in range(len(ids))]})

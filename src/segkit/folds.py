@@ -136,6 +136,9 @@ def run(cfg: Config) -> int:
     path = cfg.folds_file
     if path.exists():
         frame = load_folds(cfg, comp)
+        if frame["fold"].nunique() != cfg.folds.n_splits:
+            raise DataError(f"{path}: has {frame['fold'].nunique()} folds but folds.n_splits is "
+                            f"{cfg.folds.n_splits}; set folds.file to a new name (or delete this one) to rebuild")
         print(f"folds: {path} exists ({frame['fold'].nunique()} folds, {len(frame)} ids); keeping it")
     else:
         frame = build_folds(comp, cfg)
