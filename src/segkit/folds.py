@@ -37,19 +37,20 @@ def coverage_strata(coverage: np.ndarray, bins: int) -> np.ndarray:
 
 def _split(strata: np.ndarray, groups: list[str] | None, presence: np.ndarray | None, n_splits: int, seed: int):
     n = len(strata)
+    split = dict(n_splits=n_splits, shuffle=True, random_state=seed)
     if groups is not None:
-        return StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed).split(np.zeros(n), strata, groups)
+        return StratifiedGroupKFold(**split).split(np.zeros(n), strata, groups)
     if presence is not None:
         from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 
-        return MultilabelStratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed).split(np.zeros(n), presence)
+        return MultilabelStratifiedKFold(**split).split(np.zeros(n), presence)
     counts = np.bincount(strata)
     if counts[counts > 0].min() < n_splits:
         # A stratum smaller than k cannot be spread over every fold; merge the rare strata into the nearest.
         strata = _merge_rare(strata, n_splits)
     if len(np.unique(strata)) < 2:
-        return KFold(n_splits=n_splits, shuffle=True, random_state=seed).split(np.zeros(n))
-    return StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed).split(np.zeros(n), strata)
+        return KFold(**split).split(np.zeros(n))
+    return StratifiedKFold(**split).split(np.zeros(n), strata)
 
 
 def _merge_rare(strata: np.ndarray, minimum: int) -> np.ndarray:
@@ -126,7 +127,8 @@ def load_folds(cfg: Config, comp: Competition | None = None) -> pd.DataFrame:
         if want != have:
             extra, missing = sorted(have - want), sorted(want - have)
             detail = f"{len(missing)} train ids missing (e.g. {missing[:1]})" if missing else ""
-            detail += ("; " if detail and extra else "") + (f"{len(extra)} unknown ids (e.g. {extra[:1]})" if extra else "")
+            if extra:
+                detail += ("; " if detail else "") + f"{len(extra)} unknown ids (e.g. {extra[:1]})"
             raise DataError(f"{path}: does not match the train set: {detail}. Delete it to rebuild the folds")
     return frame
 

@@ -76,7 +76,9 @@ def _medium() -> list:
 @AUGMENTS.register("heavy")
 def _heavy() -> list:
     return _medium() + [
-        A.OneOf([A.ElasticTransform(alpha=30, sigma=6, border_mode=REFLECT), A.GridDistortion(border_mode=REFLECT)], p=0.3),
+        A.OneOf(
+            [A.ElasticTransform(alpha=30, sigma=6, border_mode=REFLECT), A.GridDistortion(border_mode=REFLECT)], p=0.3
+        ),
         FloatCLAHE(p=0.2),
         A.GaussNoise(std_range=(0.01, 0.05), p=0.2),
         A.CoarseDropout(num_holes_range=(1, 4), hole_height_range=(0.05, 0.15), hole_width_range=(0.05, 0.15), p=0.2),

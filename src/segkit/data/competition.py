@@ -63,7 +63,8 @@ class ImageFolder:
             if p.suffix.lower() in imageio.IMAGE_EXTENSIONS and not p.name.startswith("."):
                 self.by_name[p.name] = p
                 if p.stem in self.by_stem:
-                    raise DataError(f"{folder}: two images share the id {p.stem!r} ({self.by_stem[p.stem].name}, {p.name})")
+                    other = self.by_stem[p.stem].name
+                    raise DataError(f"{folder}: two images share the id {p.stem!r} ({other}, {p.name})")
                 self.by_stem[p.stem] = p
 
     def ids(self) -> list[str]:
@@ -99,7 +100,8 @@ class Competition:
         for i, rec in enumerate(frame.itertuples(index=False)):
             rec = rec._asdict() if hasattr(rec, "_asdict") else dict(zip(frame.columns, rec))
             where = f"{path.name} row {i + 2}"  # +1 header, +1 one-based: the line number an editor shows
-            image_id, cls = self._split_id(rec[spec.id_column], rec.get(spec.class_column) if spec.class_column else None, where)
+            raw_class = rec.get(spec.class_column) if spec.class_column else None
+            image_id, cls = self._split_id(rec[spec.id_column], raw_class, where)
             if self.train_folder.find(image_id) is None:
                 raise DataError(f"{where}: id {image_id!r} has no image in {self.train_folder.folder}")
             per_image = rows.setdefault(image_id, {})
