@@ -56,6 +56,17 @@ def _grow(buf, cnt):
     return bigger
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _close(out, cnt, state, n):
+    """Trim the transition buffer to ``cnt``; a run still open at the last pixel ends at ``n``."""
+    if state == 1:
+        if cnt + 1 >= out.size:
+            out = _grow(out, cnt)
+        out[cnt] = n
+        cnt += 1
+    return out[:cnt]
+
+
 @njit(cache=True, nogil=True)
 def _transitions_flat(flat, words):
     """Transitions of a mask traversed in flat (memory) order.
@@ -93,12 +104,7 @@ def _transitions_flat(flat, words):
         out[cnt] = q
         cnt += v ^ state
         state = v
-    if state == 1:
-        if cnt + 1 >= cap:
-            out = _grow(out, cnt)
-        out[cnt] = n
-        cnt += 1
-    return out[:cnt]
+    return _close(out, cnt, state, n)
 
 
 @njit(cache=True, nogil=True)
@@ -139,12 +145,7 @@ def _transitions_columns(words, height, width):
                 out[cnt] = base + rows[q]
                 cnt += v ^ state
                 state = v
-    if state == 1:
-        if cnt + 1 >= cap:
-            out = _grow(out, cnt)
-        out[cnt] = n
-        cnt += 1
-    return out[:cnt]
+    return _close(out, cnt, state, n)
 
 
 @njit(cache=True, nogil=True, inline="always")

@@ -209,15 +209,13 @@ class Competition:
         if self.mask_folder is not None:
             mask = self.read_mask(image_id)
             return mask.reshape(self.num_classes, -1).sum(1), mask.shape[1] * mask.shape[2]
+        from segkit import rle
+
         h, w = self.image_size(image_id)
         areas = np.zeros(self.num_classes, dtype=np.int64)
         for cls, (text, where) in self._rle_rows.get(image_id, {}).items():
-            if isinstance(text, str) and text.strip():
-                tokens = text.split()
-                try:
-                    areas[cls] = sum(int(t) for t in tokens[1::2])
-                except ValueError:
-                    raise DataError(f"{where}: RLE has a non-integer token") from None
+            # validate counts the run lengths without building the mask, and checks the row on the way.
+            areas[cls] = rle.validate(text, (h, w), where=where, relative=self.cfg.rle.relative)
         return areas, h * w
 
     # ------------------------------------------------------------------------------------------------- test set
