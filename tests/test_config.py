@@ -88,6 +88,12 @@ def test_model_train_overrides_merge_and_validate(tmp_path):
         cfg.train_for(cfg.models[1])
 
 
+def test_a_loss_mapping_replaces_the_bases_loss(tmp_path):
+    (tmp_path / "c.yaml").write_text(f"base: {CONFIGS / 'base.yaml'}\ntrain: {{loss: {{focal: 1}}}}\n")
+    cfg = load_config(tmp_path / "c.yaml", ["models=[{name: m, train: {loss: {lovasz: 1}}}]"])
+    assert cfg.train.loss == {"focal": 1} and cfg.train_for(cfg.models[0]).loss == {"lovasz": 1}
+
+
 def test_duplicate_model_names_rejected(tmp_path):
     exp = write(tmp_path, "exp.yaml", "models:\n  - {name: a}\n  - {name: a}\n")
     with pytest.raises(ConfigError, match="duplicate"):
@@ -100,6 +106,41 @@ def test_missing_data_path_names_key(demo_cfg):
         cfg.data.path("train_csv")
 
 
-def test_every_shipped_config_loads():
+def test_every_shipped_config_loads_in_every_budget():
+    import yaml
+
     for path in sorted(CONFIGS.glob("*.yaml")):
         load_config(path)
+        for budget in (yaml.safe_load(path.read_text()) or {}).get("budgets", {}):
+            assert load_config(path, [f"budget={budget}"]).budget == budget
+
+
+BUDGETS = """base: {base}
+experiment: x
+budget: cpu
+budgets:
+  cpu: {{experiment: x_cpu, train: {{epochs: 3}}}}
+  gpu: {{experiment: x_gpu, train: {{epochs: 30, batch_size: 64}}, models: [{{name: big, encoder: resnet50}}]}}
+"""
+
+
+def test_budget_from_file_then_command_line_then_overrides(tmp_path):
+    path = tmp_path / "b.yaml"
+    path.write_text(BUDGETS.format(base=CONFIGS / "base.yaml"))
+    cpu = load_config(path)
+    assert (cpu.experiment, cpu.budget, cpu.train.epochs, cpu.train.batch_size) == ("x_cpu", "cpu", 3, 8)
+    gpu = load_config(path, ["budget=gpu", "train.epochs=5"])  # the budget first, other overrides on top
+    assert (gpu.experiment, gpu.budget, gpu.train.epochs, gpu.train.batch_size) == ("x_gpu", "gpu", 5, 64)
+    assert [m.name for m in gpu.models] == ["big"]  # lists are replaced, not merged
+
+
+def test_unknown_budget_and_bad_budget_value_name_their_source(tmp_path):
+    path = tmp_path / "b.yaml"
+    path.write_text(BUDGETS.format(base=CONFIGS / "base.yaml"))
+    with pytest.raises(ConfigError, match=r"command line: budget: 'tpu' is not one of the file's budgets \(cpu, gpu\)"):
+        load_config(path, ["budget=tpu"])
+    path.write_text(BUDGETS.format(base=CONFIGS / "base.yaml").replace("epochs: 30", "epochs: -1"))
+    with pytest.raises(ConfigError, match=r"b\.yaml \(budget gpu\): train\.epochs"):
+        load_config(path, ["budget=gpu"])
+    with pytest.raises(ConfigError, match="budget: 'cpu' is not one of the file's budgets \\(none defined\\)"):
+        load_config(CONFIGS / "demo.yaml", ["budget=cpu"])

@@ -3,6 +3,11 @@
 Inheritance works like detectron2 / mmseg: a file may say ``base: base.yaml`` (or a list); the bases are merged
 first, then the file's own keys on top (dicts merge key by key, anything else replaces). Every leaf remembers which
 file (or the command line) set it, so a validation error names both the key and the file it came from.
+
+Budgets. A recipe is often wanted at two sizes: a few epochs on a laptop CPU, the full recipe on a GPU. A file may
+hold named sets of overrides under ``budgets:`` and pick one with ``budget:``; the command line picks another with
+``budget=gpu``. The chosen set is merged over the whole file (after its bases, before the other command-line
+overrides), so a budget states only what differs and everything else stays shared.
 """
 
 from __future__ import annotations
@@ -17,13 +22,19 @@ from segkit.config.schema import Config
 from segkit.errors import ConfigError
 
 BASE_KEY = "base"
+BUDGETS_KEY = "budgets"
+BUDGET_KEY = "budget"
 COMMAND_LINE = "command line"
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     path = Path(path)
     tree, origins = _load_tree(path, seen=())
-    for key, value in parse_overrides(overrides):
+    pairs = parse_overrides(overrides)
+    tree, origins = _apply_budget(tree, origins, pairs, path)
+    for key, value in pairs:
+        if key == BUDGET_KEY:
+            continue
         _set_dotted(tree, key, value)
         origins[key] = COMMAND_LINE
     try:
@@ -32,6 +43,35 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise ConfigError(_explain(err, origins, path)) from None
     cfg.source = str(path)
     return cfg
+
+
+def _apply_budget(tree: dict, origins: dict[str, str], pairs: list[tuple[str, Any]],
+                  path: Path) -> tuple[dict, dict[str, str]]:
+    """Merge ``budgets[<budget>]`` over the tree; the command line's ``budget=`` wins over the file's."""
+    budgets = tree.pop(BUDGETS_KEY, None) or {}
+    chosen = tree.get(BUDGET_KEY)
+    where = origins.get(BUDGET_KEY, str(path))
+    for key, value in pairs:
+        if key == BUDGET_KEY:
+            chosen, where = value, COMMAND_LINE
+    if not isinstance(budgets, dict):
+        raise ConfigError(f"{origins.get(BUDGETS_KEY, path)}: {BUDGETS_KEY}: must map budget names to overrides")
+    if chosen is None:
+        return tree, origins
+    if chosen not in budgets:
+        names = ", ".join(map(str, budgets)) or "none defined"
+        raise ConfigError(f"{where}: {BUDGET_KEY}: {chosen!r} is not one of the file's budgets ({names})")
+    top = budgets[chosen] or {}
+    if not isinstance(top, dict):
+        raise ConfigError(f"{origins.get(BUDGETS_KEY, path)}: {BUDGETS_KEY}.{chosen}: must be a mapping of keys")
+    tree = _merge(tree, top)
+    tree[BUDGET_KEY] = chosen
+    origins = dict(origins)
+    prefix = f"{BUDGETS_KEY}.{chosen}."
+    label = next((v for k, v in origins.items() if k.startswith(prefix)), str(path)) + f" (budget {chosen})"
+    origins.update({k: label for k in _leaf_keys(top)})
+    origins[BUDGET_KEY] = where
+    return tree, origins
 
 
 def parse_overrides(items: list[str] | tuple[str, ...]) -> list[tuple[str, Any]]:
@@ -75,10 +115,15 @@ def _load_tree(path: Path, seen: tuple[Path, ...]) -> tuple[dict, dict[str, str]
     return merged, origins
 
 
+# Mappings that are one value, replaced whole: a file saying `loss: {focal: 1}` means focal alone, not focal
+# added to the base's bce + dice.
+ATOMIC_KEYS = {"loss"}
+
+
 def _merge(base: dict, top: dict) -> dict:
     out = dict(base)
     for key, value in top.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in ATOMIC_KEYS:
             out[key] = _merge(out[key], value)
         else:
             out[key] = value

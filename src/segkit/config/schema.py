@@ -263,6 +263,7 @@ class PathsConfig(Section):
 class Config(Section):
     competition: str = "demo"  # names folds/<competition>.csv
     experiment: str = "demo"  # names runs/<experiment>/ and submissions/<experiment>.csv
+    budget: Optional[str] = None  # the `budgets:` entry merged over this file (config/loader.py); for the record
     metric: str = "dice"  # the competition's own score (segkit.metrics registry)
     seed: int = 42
     device: str = "auto"  # auto | cpu | cuda | cuda:N

@@ -1,0 +1,305 @@
+"""What each trick of a recipe is worth: a plain baseline, the full pipeline, and one trick added at a time.
+
+The full pipeline is the recipe itself, run by ``segkit run`` (and reused when complete). Two more trainings of the
+recipe's first model, on the same folds, epochs and augmentation, isolate the training-side tricks:
+
+    baseline        random-init encoder, BCE alone, no TTA, p > 0.5, no clean-up        (quality/baseline)
+    + loss          the recipe's loss (e.g. BCE + Dice, then Lovasz)                      (quality/loss)
+    + pretrained    the recipe's encoder weights: the recipe's own first model
+    + TTA           its out-of-fold predictions re-made with the recipe's TTA (``predict.repredict_oof``)
+    + ensemble      the mean of every recipe model's TTA OOF (when the recipe has more than one)
+    + threshold     tuned threshold, minimum area and empty-mask rule (segkit.tune, morphology off)
+    + morphology    the whole tune search (hole filling, opening, closing, keep-largest, ...)
+    + pseudo        the pseudo-labelled round's models in place of the originals, tuned the same way
+
+Rows add up: each keeps the tricks above it, and its delta is what the one new trick added. Every row is scored on
+the same images, the validation images of the chosen folds (``folds``, default all), so a CPU-sized ablation can
+train its extra baselines on one fold and still compare like with like. The last line is what ``segkit run``
+itself reports (its chosen ensemble method and tuned post-processing) on those same images.
+
+Outputs under ``<run_dir>/quality/``: ``baseline/`` and ``loss/`` (ordinary run folders), ``quality.json`` and
+``quality.md`` (the table).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+
+from segkit import atomic
+from segkit.config import Config
+from segkit.errors import ConfigError, SegkitError
+from segkit.postprocess import ClassParams
+from segkit.probs import ProbStore
+
+# A trick's delta within this of zero is reported as "no change": below the noise of one CV run.
+NOISE = 0.001
+
+
+# ------------------------------------------------------------------------------------------------ OOF sources
+
+
+class Stores:
+    """Several probability stores read as one (the per-fold OOF stores of a model), restricted to ``ids``."""
+
+    def __init__(self, folders: Sequence[Path], ids: Sequence[str]):
+        self.folder = Path(folders[0]) if folders else Path(".")
+        self.stores = [ProbStore(f) for f in folders]
+        self.where: dict[str, ProbStore] = {}
+        for store in self.stores:
+            for image_id in store.ids:
+                self.where.setdefault(image_id, store)
+        missing = [i for i in ids if i not in self.where]
+        if missing:
+            raise SegkitError(f"{self.folder}: no probabilities for {len(missing)} image(s), e.g. {missing[0]!r}")
+        self.ids = list(ids)
+        self.classes = self.stores[0].classes
+
+    def __getitem__(self, image_id: str) -> np.ndarray:
+        return self.where[image_id][image_id]
+
+
+class MeanStore:
+    """The plain mean of several stores' uint8 probabilities (the ``mean`` ensemble, rounded as stores are)."""
+
+    def __init__(self, stores: Sequence[Stores]):
+        self.stores = list(stores)
+        self.folder = self.stores[0].folder
+        self.ids = self.stores[0].ids
+        self.classes = self.stores[0].classes
+
+    def __getitem__(self, image_id: str) -> np.ndarray:
+        total = sum(s[image_id].astype(np.float64) for s in self.stores)
+        return np.rint(total / len(self.stores)).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------------- the rows
+
+
+@dataclass
+class Row:
+    name: str
+    what: str
+    scores: dict[str, float] = field(default_factory=dict)  # metric -> mean per-image score
+    note: str = ""
+
+
+def _variant(cfg: Config, name: str, weights: bool, loss: bool) -> Config:
+    """The recipe with its runs under <run_dir>/quality/<name>/ and model 0 stripped of pretrained weights and/or
+    its loss (BCE alone)."""
+    tree = cfg.model_dump()
+    tree["paths"]["runs"] = cfg.run_dir / "quality"
+    tree["experiment"] = name
+    first = tree["models"][0]
+    if not weights:
+        first["encoder_weights"] = None
+    if not loss:
+        for section in (tree["train"], first["train"]):
+            section.pop("loss_stages", None)
+        tree["train"]["loss"] = {"bce": 1.0}
+        first["train"].pop("loss", None)
+    out = Config.model_validate(tree)
+    out.source = cfg.source
+    return out
+
+
+def variants(cfg: Config) -> dict[str, Config]:
+    first = cfg.models[0]
+    if first.arch.lower() != "unet":
+        print(f"ablation: note: the recipe's first model is a {first.arch}, so the baseline is one too")
+    return {"baseline": _variant(cfg, "baseline", weights=False, loss=False),
+            "loss": _variant(cfg, "loss", weights=False, loss=True)}
+
+
+def fold_ids(cfg: Config, folds: Sequence[int]) -> tuple[list[str], list[int]]:
+    from segkit.data import Competition
+    from segkit.folds import load_folds
+
+    table = load_folds(cfg, Competition(cfg.data, seed=cfg.seed))
+    have = sorted(int(f) for f in table["fold"].unique())
+    chosen = list(folds) if folds else have
+    bad = [f for f in chosen if f not in have]
+    if bad:
+        raise ConfigError(f"--folds {bad}: the fold file {cfg.folds_file} has folds {have}")
+    return list(table.loc[table["fold"].isin(chosen), "id"].astype(str)), chosen
+
+
+def _fold_stores(cfg: Config, model: str, folds: Sequence[int], ids: Sequence[str]) -> Stores:
+    return Stores([cfg.run_dir / model / f"fold{k}" / "oof" for k in folds], ids)
+
+
+def _tta_store(cfg: Config, model: str, ids: Sequence[str]) -> Stores:
+    folder = cfg.run_dir / model / "oof_tta"
+    if not ProbStore.is_complete(folder):
+        raise SegkitError(f"{folder}: missing; the recipe needs predict.repredict_oof: true for the TTA rows")
+    return Stores([folder], ids)
+
+
+class Scorer:
+    """Scores a store on its ids with every requested metric: raw (p > 0.5) or after a tune search."""
+
+    def __init__(self, cfg: Config, metrics: Sequence[str]):
+        from segkit.data import Competition
+        from segkit.tune import resolve_metric
+
+        self.cfg = cfg
+        self.comp = Competition(cfg.data, seed=cfg.seed)
+        self.exclusive = cfg.data.mode == "multiclass"
+        self.metrics = [resolve_metric(m) for m in dict.fromkeys([cfg.metric, *metrics])]
+
+    def _source(self, store):
+        from segkit.tune import OOFSource
+
+        return OOFSource(store, self.comp.read_mask, self.exclusive, ids=store.ids)
+
+    def _all(self, source, params: list[ClassParams]) -> dict[str, float]:
+        from segkit.tune import final_scores
+
+        return {m.name: float(final_scores(source, m, params, self.exclusive)["score"].mean()) for m in self.metrics}
+
+    def raw(self, store) -> dict[str, float]:
+        return self._all(self._source(store), [ClassParams()] * len(self.cfg.data.classes))
+
+    def tuned(self, store, morphology: bool) -> tuple[dict[str, float], dict]:
+        """Scores after the tune search on these very images (morphology steps on or off), and the choice."""
+        from segkit.tune import tune
+
+        tcfg = self.cfg.tune if morphology else self.cfg.tune.model_copy(
+            update={"morphology": False, "keep_largest": False})
+        source = self._source(store)
+        result = tune(source, list(self.cfg.data.classes), self.metrics[0], tcfg)
+        params = [ClassParams.from_dict(result["classes"][c]) for c in self.cfg.data.classes]
+        return self._all(source, params), result["summary"]
+
+
+def pipeline_scores(cfg: Config, ids: Sequence[str]) -> dict[str, float] | None:
+    """segkit run's own tuned CV (tune/oof_scores.csv) restricted to ``ids``; the main metric only."""
+    path = cfg.run_dir / "tune" / "oof_scores.csv"
+    if not path.exists():
+        return None
+    frame = pd.read_csv(path, dtype={"id": str})
+    frame = frame[frame["id"].isin(set(ids))]
+    return {cfg.metric: float(frame["score"].mean())} if len(frame) else None
+
+
+def rows(cfg: Config, runs: dict[str, Config], folds: Sequence[int], ids: Sequence[str],
+         metrics: Sequence[str]) -> Iterator[Row]:
+    scorer = Scorer(cfg, metrics)
+    first = cfg.models[0].name
+    base_models = [m.name for m in cfg.models]
+    yield Row("baseline", "one model, random-init encoder, BCE, no TTA, p > 0.5, no clean-up",
+              scorer.raw(_fold_stores(runs["baseline"], first, folds, ids)))
+    yield Row("+ loss", _describe_loss(cfg), scorer.raw(_fold_stores(runs["loss"], first, folds, ids)))
+    weights = cfg.models[0].encoder_weights
+    yield Row("+ pretrained encoder", f"encoder_weights: {weights}", scorer.raw(_fold_stores(cfg, first, folds, ids)))
+    tta = _tta_store(cfg, first, ids)
+    yield Row("+ TTA", f"predict.tta: {cfg.predict.tta} ({cfg.predict.tta_merge})", scorer.raw(tta))
+    if len(base_models) > 1:
+        store = MeanStore([_tta_store(cfg, m, ids) for m in base_models])
+        yield Row("+ ensemble", f"mean of {len(base_models)} models: {', '.join(base_models)}", scorer.raw(store))
+    else:
+        store = tta
+        yield Row("+ ensemble", "", note="not in this recipe: one model")
+    scores, summary = scorer.tuned(store, morphology=False)
+    yield Row("+ threshold / min area", _summary(summary), scores)
+    scores, summary = scorer.tuned(store, morphology=True)
+    yield Row("+ morphology", _summary(summary), scores)
+    if cfg.pseudo.rounds:
+        r = cfg.pseudo.rounds
+        pl = MeanStore([_tta_store(cfg, f"{m}_pl{r}", ids) for m in base_models])
+        scores, summary = scorer.tuned(pl, morphology=True)
+        yield Row("+ pseudo-labels", f"{r} round(s); " + _summary(summary), scores)
+    else:
+        yield Row("+ pseudo-labels", "", note="not in this recipe: pseudo.rounds is 0")
+    full = pipeline_scores(cfg, ids)
+    if full is not None:
+        yield Row("segkit run", "the pipeline's own choice: ensemble method + tuned post-processing", full)
+
+
+def _describe_loss(cfg: Config) -> str:
+    t = cfg.train_for(cfg.models[0])
+    if t.loss_stages:
+        return ", then ".join("+".join(s.terms) + (f" to epoch {s.until_epoch}" if s.until_epoch else "")
+                              for s in t.loss_stages)
+    return "+".join(t.loss)
+
+
+def _summary(summary: dict) -> str:
+    return "; ".join(f"{k}: {v}" for k, v in summary.items()) if len(summary) > 1 else next(iter(summary.values()))
+
+
+# ------------------------------------------------------------------------------------------------------ driver
+
+
+def run(cfg: Config, folds: Sequence[int] = (), metrics: Sequence[str] = (), train_only: bool = False) -> list[Row]:
+    from segkit import pipeline
+    from segkit import train as train_stage
+
+    if not cfg.models:
+        raise ConfigError("models: no model configured")
+    if not cfg.predict.repredict_oof:
+        raise ConfigError("predict.repredict_oof: must be true for the ablation (the TTA rows score the "
+                          "re-predicted out-of-fold images)")
+    timings: dict[str, float] = {}
+    began = time.perf_counter()
+    code = pipeline.run(cfg)
+    if code:
+        raise SegkitError(f"segkit run --config {cfg.source} stopped with exit code {code}")
+    timings["pipeline"] = time.perf_counter() - began
+    ids, chosen = fold_ids(cfg, folds)
+    runs = variants(cfg)
+    for name, vcfg in runs.items():
+        began = time.perf_counter()
+        for k in chosen:
+            print(f"== ablation: {name} fold {k}", flush=True)
+            train_stage.run(vcfg, model=cfg.models[0].name, fold=k)
+        timings[name] = time.perf_counter() - began
+    if train_only:
+        return []
+    table = []
+    for row in rows(cfg, runs, chosen, ids, metrics):
+        table.append(row)
+        print(f"ablation: {row.name:<24} " + "  ".join(f"{m} {v:.4f}" for m, v in row.scores.items())
+              + (f"  ({row.note})" if row.note else ""), flush=True)
+    write(cfg, table, chosen, len(ids), timings)
+    return table
+
+
+def write(cfg: Config, table: list[Row], folds: Sequence[int], n_images: int, timings: dict) -> Path:
+    out = cfg.run_dir / "quality"
+    main = cfg.metric
+    payload = {"experiment": cfg.experiment, "budget": cfg.budget, "config": cfg.source, "folds": list(folds),
+               "n_images": n_images, "metric": main, "seconds": {k: round(v, 1) for k, v in timings.items()},
+               "rows": [{"name": r.name, "what": r.what, "scores": r.scores, "note": r.note} for r in table]}
+    atomic.write_json(out / "quality.json", payload)
+    atomic.write_text(out / "quality.md", markdown(table, main))
+    print(f"ablation: wrote {out / 'quality.md'} and quality.json")
+    return out
+
+
+def markdown(table: list[Row], main: str) -> str:
+    metrics = list(dict.fromkeys(m for r in table for m in r.scores))
+    head = "| step | " + " | ".join(metrics) + f" | Δ {main} | verdict | what |\n"
+    head += "|---|" + "---:|" * len(metrics) + "---:|---|---|\n"
+    lines, previous = [], None
+    for r in table:
+        cells = [f"{r.scores[m]:.4f}" if m in r.scores else "" for m in metrics]
+        delta, verdict = "", r.note
+        score = r.scores.get(main)
+        if score is not None and previous is not None and r.name != "segkit run":
+            d = score - previous
+            delta = f"{d:+.4f}"
+            verdict = "helps" if d > NOISE else ("hurts" if d < -NOISE else "no change")
+        if score is not None and r.name != "segkit run":
+            previous = score
+        lines.append(f"| {r.name} | " + " | ".join(cells) + f" | {delta} | {verdict} | {r.what} |")
+    return head + "\n".join(lines) + "\n"
+
+
+__all__ = ["MeanStore", "Row", "Scorer", "Stores", "markdown", "rows", "run", "variants"]

@@ -1,0 +1,92 @@
+"""The ablation (segkit.ablation, bench/quality.py): its extra runs, its stores and its table."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from segkit import ablation
+from segkit.errors import ConfigError, SegkitError
+from segkit.probs import ProbWriter
+
+TINY = ("{name: %s, arch: %s, encoder: tu-resnet10t, encoder_weights: %s, "
+        "params: {encoder_depth: 3, decoder_channels: [16, 8, 4]}}")
+
+
+def _cfg(demo_cfg, *extra):
+    models = ", ".join([TINY % ("unet", "Unet", "null"), TINY % ("fpn", "Unet", "null")])
+    return demo_cfg(f"models=[{models}]", "device=cpu", "train.epochs=1", "train.max_steps_per_epoch=1",
+                    "train.batch_size=4", "train.progress=false", "train.keep=[best]", "predict.tta=hflip",
+                    "predict.snapshots=false", "predict.repredict_oof=true", "ensemble.methods=[mean]",
+                    "tune.morph_radii=[1]", *extra)
+
+
+def test_variants_strip_weights_and_loss_and_live_under_quality(demo_cfg, tmp_path):
+    cfg = demo_cfg("models.0.encoder_weights=/no/such.pth", "models.0.train={loss: {lovasz: 1}}",
+                   "train.loss_stages=[{until_epoch: 2, terms: {dice: 1}}, {terms: {lovasz: 1}}]")
+    runs = ablation.variants(cfg)
+    base, loss = runs["baseline"], runs["loss"]
+    assert base.models[0].encoder_weights is None and loss.models[0].encoder_weights is None
+    assert cfg.models[0].encoder_weights == "/no/such.pth"  # the recipe itself is untouched
+    assert base.train_for(base.models[0]).loss == {"bce": 1.0}
+    assert base.train_for(base.models[0]).loss_stages == []
+    assert loss.train_for(loss.models[0]).loss == {"lovasz": 1}
+    assert len(loss.train.loss_stages) == 2
+    assert base.run_dir == cfg.run_dir / "quality" / "baseline"
+    assert base.folds_file == cfg.folds_file  # same folds as the recipe
+
+
+def _store(folder, ids, values):
+    writer = ProbWriter(folder, ["object"])
+    for image_id, v in zip(ids, values):
+        writer.write(image_id, np.full((1, 2, 2), v, np.float32))
+    return writer.finish(ids)
+
+
+def test_stores_merge_folds_and_mean_rounds_like_a_store(tmp_path):
+    _store(tmp_path / "a", ["x"], [0.2])
+    _store(tmp_path / "b", ["y"], [0.9])
+    merged = ablation.Stores([tmp_path / "a", tmp_path / "b"], ["y", "x"])
+    assert merged.ids == ["y", "x"] and merged["x"][0, 0, 0] == round(0.2 * 255)
+    other = ablation.Stores([tmp_path / "b", tmp_path / "a"], ["y", "x"])
+    mean = ablation.MeanStore([merged, other])
+    assert mean["y"][0, 0, 0] == round(0.9 * 255)
+    with pytest.raises(SegkitError, match="no probabilities for 1 image"):
+        ablation.Stores([tmp_path / "a"], ["x", "z"])
+
+
+def test_markdown_marks_each_trick_by_its_delta():
+    rows = [ablation.Row("baseline", "b", {"tgs": 0.70}), ablation.Row("+ loss", "l", {"tgs": 0.75}),
+            ablation.Row("+ TTA", "t", {"tgs": 0.7495}), ablation.Row("+ ensemble", "", note="not in this recipe"),
+            ablation.Row("+ morphology", "m", {"tgs": 0.74}), ablation.Row("segkit run", "r", {"tgs": 0.74})]
+    text = ablation.markdown(rows, "tgs").splitlines()
+    assert "| +0.0500 | helps |" in text[3] and "no change" in text[4] and "not in this recipe" in text[5]
+    assert "| -0.0095 | hurts |" in text[6] and "helps" not in text[7] and "hurts" not in text[7]
+
+
+def test_ablation_needs_tta_oof(demo_cfg):
+    with pytest.raises(ConfigError, match="predict.repredict_oof"):
+        ablation.run(demo_cfg())
+
+
+def test_ablation_end_to_end_on_one_fold(demo_cfg, one_torch_thread):
+    cfg = _cfg(demo_cfg)
+    with pytest.raises(ConfigError, match="--folds"):
+        ablation.run(cfg, folds=[7], train_only=True)
+    table = ablation.run(cfg, folds=[1], metrics=["iou"])
+    names = [r.name for r in table]
+    assert names == ["baseline", "+ loss", "+ pretrained encoder", "+ TTA", "+ ensemble", "+ threshold / min area",
+                     "+ morphology", "+ pseudo-labels", "segkit run"]
+    for r in table[:-2]:
+        assert set(r.scores) == {"dice", "iou"} and all(0 <= v <= 1 for v in r.scores.values()), r
+    assert table[-2].note.startswith("not in this recipe") and not table[-2].scores
+    # Only fold 1 of the extra runs was trained, and every row is scored on fold 1's images.
+    assert (cfg.run_dir / "quality" / "baseline" / "unet" / "fold1" / "best.pt").exists()
+    assert not (cfg.run_dir / "quality" / "baseline" / "unet" / "fold0").exists()
+    saved = json.loads((cfg.run_dir / "quality" / "quality.json").read_text())
+    assert saved["folds"] == [1] and saved["n_images"] == 8 and len(saved["rows"]) == len(table)
+    assert (cfg.run_dir / "quality" / "quality.md").read_text().count("\n") == len(table) + 2
+    # Tuning can only match or beat its own starting point on the images it is tuned on.
+    assert table[5].scores["dice"] >= table[4].scores["dice"] - 1e-9
