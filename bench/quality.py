@@ -1,7 +1,7 @@
 """What a recipe scores on real data, and what each of its tricks adds (segkit.ablation explains the rows).
 
     .venv/bin/python bench/quality.py --config configs/tgs_salt.yaml budget=cpu --folds 0
-    .venv/bin/python bench/quality.py --config configs/dsb2018_nuclei.yaml budget=cpu --folds 0 --metrics dice iou
+    .venv/bin/python bench/quality.py --config configs/dsb2018_nuclei.yaml budget=cpu --folds 0 --metrics iou
 
 First the full recipe runs as ``segkit run`` would (all folds; resumed or reused when already complete), then the
 baseline and the loss-only model train on ``--folds`` (default: all of them) with the recipe's epochs, and every
@@ -25,11 +25,20 @@ from segkit.config import load_config  # noqa: E402
 from segkit.errors import SegkitError  # noqa: E402
 
 
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of fold numbers") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True)
-    parser.add_argument("--folds", type=int, nargs="*", default=[], help="folds the ablation trains and scores")
-    parser.add_argument("--metrics", nargs="*", default=[], help="more metrics to report beside the config's")
+    parser.add_argument("--folds", type=_ints, default=[], help="folds the ablation trains and scores, e.g. 0,1 "
+                        "(default: all)")
+    parser.add_argument("--metrics", type=lambda s: s.split(","), default=[],
+                        help="more metrics to report beside the config's, e.g. iou,pixel_accuracy")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value")
     args = parser.parse_args(argv)
     try:

@@ -90,3 +90,13 @@ def test_ablation_end_to_end_on_one_fold(demo_cfg, one_torch_thread):
     assert (cfg.run_dir / "quality" / "quality.md").read_text().count("\n") == len(table) + 2
     # Tuning can only match or beat its own starting point on the images it is tuned on.
     assert table[5].scores["dice"] >= table[4].scores["dice"] - 1e-9
+
+
+def test_pseudo_row_scores_the_round_models(demo_cfg, one_torch_thread):
+    cfg = _cfg(demo_cfg, "pseudo.rounds=1", "pseudo.confident_share=0", "models.1.encoder_weights=null")
+    table = {r.name: r for r in ablation.run(cfg, folds=[0])}
+    assert (cfg.run_dir / "unet_pl1" / "oof_tta").is_dir()
+    assert table["+ pseudo-labels"].what.startswith("1 round(s)")
+    assert 0 <= table["+ pseudo-labels"].scores["dice"] <= 1
+    # The pipeline's own tuned ensemble after the round is the last line.
+    assert set(table["segkit run"].scores) == {"dice"}
