@@ -287,3 +287,19 @@ def test_augment_registry_and_crop():
     out = aug(image=img, mask=np.zeros((40, 30, 1), np.uint8))
     assert out["image"].shape == (16, 16, 3) and out["mask"].shape == (16, 16, 1)
     assert build_augment("none") is None
+
+
+def test_by_size_groups_like_sizes_and_keeps_one_size_sets_in_order(tmp_path):
+    from segkit.data import by_size
+
+    class Sizes:
+        def __init__(self, sizes):
+            self.sizes = sizes
+
+        def image_size(self, image_id, split="train"):
+            return self.sizes[image_id]
+
+    mixed = Sizes({"a": (512, 512), "b": (256, 256), "c": (512, 512), "d": (256, 320)})
+    assert by_size(mixed, ["a", "b", "c", "d"]) == ["b", "d", "a", "c"]
+    same = Sizes({"z": (101, 101), "y": (101, 101)})
+    assert by_size(same, ["z", "y"]) == ["z", "y"]

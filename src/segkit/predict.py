@@ -157,9 +157,9 @@ def _to_uint8(p: torch.Tensor) -> np.ndarray:
 def predict_ids(cfg: Config, comp, ids: list[str], split: str, predict: CheckpointAverage, writer: ProbWriter,
                 device: torch.device, world=None, desc: str = "") -> int:
     """Predict the ids not yet in ``writer``'s store and write them; returns how many were predicted."""
-    from segkit.data import SegDataset, pad_collate
+    from segkit.data import SegDataset, by_size, pad_collate
 
-    todo = [i for i in ids if not writer.has(i)]
+    todo = by_size(comp, [i for i in ids if not writer.has(i)], split)
     if world is not None and world.size > 1:
         todo = todo[world.rank::world.size]
     if not todo:

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader
 
 from segkit.config.schema import Config, TrainConfig
-from segkit.data import Competition, SegDataset, pad_collate
+from segkit.data import Competition, SegDataset, by_size, pad_collate
 from segkit.errors import ConfigError
 from segkit.train.distributed import World
 from segkit.train.sampler import BatchPlan
@@ -102,7 +102,8 @@ class TrainData:
 
 
 def val_loader(comp: Competition, cfg: TrainConfig, ids: list[str], world: World) -> DataLoader:
-    """This rank's share of the validation images, in a fixed order."""
+    """This rank's share of the validation images, in a fixed order (by size, then as given)."""
+    ids = by_size(comp, ids)  # mixed sizes: batch like with like
     ds = SegDataset(comp, ids[world.rank::world.size], "train", augment=None, crop_size=None, pad_to=cfg.pad_to)
     return DataLoader(ds, batch_size=cfg.val_batch_size or cfg.batch_size, shuffle=False, num_workers=cfg.workers,
                       pin_memory=cfg.pin_memory, collate_fn=pad_collate,
