@@ -25,6 +25,7 @@ def _cfg(demo_cfg, *extra):
 
 def test_variants_strip_weights_and_loss_and_live_under_quality(demo_cfg, tmp_path):
     cfg = demo_cfg("models.0.encoder_weights=/no/such.pth", "models.0.train={loss: {lovasz: 1}}",
+                   "train.loss_params={lovasz: {per_image: true}}",
                    "train.loss_stages=[{until_epoch: 2, terms: {dice: 1}}, {terms: {lovasz: 1}}]")
     runs = ablation.variants(cfg)
     base, loss = runs["baseline"], runs["loss"]

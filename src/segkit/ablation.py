@@ -101,9 +101,9 @@ def _variant(cfg: Config, name: str, weights: bool, loss: bool) -> Config:
         first["encoder_weights"] = None
     if not loss:
         for section in (tree["train"], first["train"]):
-            section.pop("loss_stages", None)
+            for key in ("loss", "loss_stages", "loss_params", "class_weights"):
+                section.pop(key, None)
         tree["train"]["loss"] = {"bce": 1.0}
-        first["train"].pop("loss", None)
     out = Config.model_validate(tree)
     out.source = cfg.source
     return out
