@@ -39,12 +39,14 @@ def main(argv: list[str] | None = None) -> int:
                         "(default: all)")
     parser.add_argument("--metrics", type=lambda s: s.split(","), default=[],
                         help="more metrics to report beside the config's, e.g. iou,pixel_accuracy")
+    parser.add_argument("--no-variants", action="store_true",
+                        help="skip the baseline and loss-only trainings: score only the recipe's own rows")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value")
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
         began = time.perf_counter()
-        table = ablation.run(cfg, args.folds, args.metrics)
+        table = ablation.run(cfg, args.folds, args.metrics, with_variants=not args.no_variants)
     except SegkitError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -91,6 +91,10 @@ def test_ablation_end_to_end_on_one_fold(demo_cfg, one_torch_thread):
     assert (cfg.run_dir / "quality" / "quality.md").read_text().count("\n") == len(table) + 2
     # Tuning can only match or beat its own starting point on the images it is tuned on.
     assert table[5].scores["dice"] >= table[4].scores["dice"] - 1e-9
+    # Without the variants the recipe's own rows are scored again from the finished run, and agree.
+    again = ablation.run(cfg, folds=[1], metrics=["iou"], with_variants=False)
+    assert [r.note.startswith("not trained") for r in again[:2]] == [True, True]
+    assert [r.scores for r in again[2:]] == [r.scores for r in table[2:]]
 
 
 def test_pseudo_row_scores_the_round_models(demo_cfg, one_torch_thread):

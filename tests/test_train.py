@@ -75,6 +75,37 @@ def test_a_fold_writes_everything_and_is_skipped_once_complete(make_cfg, capsys)
     assert (out / "best.pt").stat().st_mtime_ns == stamp
 
 
+@pytest.mark.parametrize("monitor", ["score", "loss"])
+def test_oof_holds_best_pt_predictions_with_one_pass_less_when_the_last_epoch_is_best(make_cfg, monkeypatch,
+                                                                                       tmp_path, monitor):
+    """The last epoch's validation writes the OOF store; a second pass with best.pt runs only when an earlier
+    epoch was the best, and either way the store holds exactly what best.pt predicts."""
+    from segkit.data import Competition
+    from segkit.probs import ProbWriter
+    from segkit.train import fold as fold_module
+    from segkit.train.data import val_loader
+    from segkit.train.distributed import World
+    from segkit.train.validate import evaluate
+
+    calls = []
+    monkeypatch.setattr(fold_module, "evaluate", lambda *a, **k: calls.append(1) or evaluate(*a, **k))
+    cfg = make_cfg(f"train.monitor={monitor}", "train.epochs=3", "train.lr=0.05")
+    summary = train_fold(cfg, cfg.models[0], 0)
+    assert len(calls) == 3 + (summary["best_epoch"] != 3)
+
+    out = fold_dir(cfg, "tiny", 0)
+    model, meta = checkpoint.load_model(out / "best.pt")
+    if cfg.train.channels_last:  # the memory format the fold validated in: the same kernels, the same bits
+        model = model.to(memory_format=torch.channels_last)
+    store = ProbStore(out / "oof")
+    again = ProbWriter(tmp_path / "again", meta["classes"])
+    loader = val_loader(Competition(cfg.data, seed=cfg.seed), cfg.train, list(store.ids), World())
+    evaluate(model, loader, None, meta["mode"], lambda p, t: 0.0, torch.device("cpu"), cfg.train.amp,
+             cfg.train.channels_last, 0.5, writer=again)
+    for image_id in store.ids:
+        assert np.array_equal(store[image_id], np.load(again.path(image_id)))
+
+
 class Killed(Exception):
     pass
 

@@ -193,9 +193,12 @@ def rows(cfg: Config, runs: dict[str, Config], folds: Sequence[int], ids: Sequen
     scorer = Scorer(cfg, metrics)
     first = cfg.models[0].name
     base_models = [m.name for m in cfg.models]
-    yield Row("baseline", "one model, random-init encoder, BCE, no TTA, p > 0.5, no clean-up",
-              scorer.raw(_fold_stores(runs["baseline"], first, folds, ids)))
-    yield Row("+ loss", _describe_loss(cfg), scorer.raw(_fold_stores(runs["loss"], first, folds, ids)))
+    for name, row, what in (("baseline", "baseline", "one model, random-init encoder, BCE, no TTA, p > 0.5, "
+                                                     "no clean-up"), ("loss", "+ loss", _describe_loss(cfg))):
+        if name in runs:
+            yield Row(row, what, scorer.raw(_fold_stores(runs[name], first, folds, ids)))
+        else:
+            yield Row(row, what, note="not trained in this run (--no-variants)")
     weights = cfg.models[0].encoder_weights
     yield Row("+ pretrained encoder", f"encoder_weights: {weights}", scorer.raw(_fold_stores(cfg, first, folds, ids)))
     tta = _tta_store(cfg, first, ids)
@@ -237,7 +240,10 @@ def _summary(summary: dict) -> str:
 # ------------------------------------------------------------------------------------------------------ driver
 
 
-def run(cfg: Config, folds: Sequence[int] = (), metrics: Sequence[str] = (), train_only: bool = False) -> list[Row]:
+def run(cfg: Config, folds: Sequence[int] = (), metrics: Sequence[str] = (), train_only: bool = False,
+        with_variants: bool = True) -> list[Row]:
+    """The whole ablation; ``with_variants=False`` skips the baseline and loss-only trainings (their rows are
+    left empty), ``train_only`` stops before scoring."""
     from segkit import pipeline
     from segkit import train as train_stage
 
@@ -253,7 +259,7 @@ def run(cfg: Config, folds: Sequence[int] = (), metrics: Sequence[str] = (), tra
         raise SegkitError(f"segkit run --config {cfg.source} stopped with exit code {code}")
     timings["pipeline"] = time.perf_counter() - began
     ids, chosen = fold_ids(cfg, folds)
-    runs = variants(cfg)
+    runs = variants(cfg) if with_variants else {}
     for name, vcfg in runs.items():
         began = time.perf_counter()
         for k in chosen:

@@ -186,6 +186,7 @@ def train_fold(
         return checkpoint.weights_payload(eval_model.state_dict(), identity["model"], mode, classes,
                                           cfg.data.channels, tcfg.pad_to, epoch, scores)
 
+    final_row: Optional[dict] = None  # the last epoch's validation row, when this process ran it
     for epoch in range(start, tcfg.epochs + 1):
         began = time.perf_counter()
         seed_everything(derive_seed(base_seed, epoch, world.rank))
@@ -198,8 +199,15 @@ def train_fold(
                "steps": stats.steps, "skipped": stats.skipped}
         improved = False
         if epoch % tcfg.val_every == 0 or epoch == tcfg.epochs:
+            # The last epoch's validation writes its probabilities as the OOF store as it goes: when that epoch
+            # is also the best (the usual case at the end of a decaying schedule), _write_oof keeps them instead
+            # of predicting every validation image a second time.
+            writer = ProbWriter(paths.oof, classes) if epoch == tcfg.epochs else None
             row.update(evaluate(eval_model, vloader, loss_fn, mode, metric, device, tcfg.amp, tcfg.channels_last,
-                                tcfg.threshold, world=world, progress=tcfg.progress and world.is_main))
+                                tcfg.threshold, writer=writer, world=world,
+                                progress=tcfg.progress and world.is_main))
+            if writer is not None:
+                final_row = row
             schedule.observe(row[monitor])
             improved = _better(row[monitor], best_value, monitor_mode)
             if improved:
@@ -230,18 +238,22 @@ def train_fold(
         distributed.barrier(world)
 
     return _write_oof(cfg, model_cfg, fold, paths, model, vloader, losses.for_epoch(tcfg.epochs), metric, device,
-                      tcfg, world, train_ids, val_ids, history, monitor)
+                      tcfg, world, train_ids, val_ids, history, monitor, final_row)
 
 
 def _write_oof(cfg, model_cfg, fold, paths: FoldPaths, model, vloader, loss_fn, metric, device, tcfg, world,
-               train_ids, val_ids, history, monitor) -> dict:
-    """Predict the fold's validation images with best.pt into the OOF store; then tidy up the checkpoints."""
+               train_ids, val_ids, history, monitor, final_row: Optional[dict]) -> dict:
+    """Predict the fold's validation images with best.pt into the OOF store (unless ``final_row``, the last
+    epoch's validation, already wrote them with the very weights of best.pt); then tidy up the checkpoints."""
     began = time.perf_counter()
     best = checkpoint.load(paths.best)
-    model.load_state_dict(best["model"])
     writer = ProbWriter(paths.oof, best["classes"])
-    scores = evaluate(model, vloader, loss_fn, best["mode"], metric, device, tcfg.amp, tcfg.channels_last,
-                      tcfg.threshold, writer=writer, world=world)
+    if final_row is not None and final_row["epoch"] == best["epoch"]:
+        scores = final_row
+    else:
+        model.load_state_dict(best["model"])
+        scores = evaluate(model, vloader, loss_fn, best["mode"], metric, device, tcfg.amp, tcfg.channels_last,
+                          tcfg.threshold, writer=writer, world=world)
     distributed.barrier(world)
     summary = {
         "model": model_cfg.name, "fold": fold, "metric": cfg.metric, "monitor": monitor,
