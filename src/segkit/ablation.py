@@ -23,7 +23,6 @@ Outputs under ``<run_dir>/quality/``: ``baseline/`` and ``loss/`` (ordinary run 
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -2,9 +2,9 @@
 
 Selection (one round): from the ensemble's test probabilities, an image is *confident* when at least
 ``pseudo.confident_share`` of its pixels (all classes together) lie below ``pseudo.low`` or above ``pseudo.high``;
-confident images are binarised at ``pseudo.threshold`` (``p >= t``; multiclass: the most probable class) and written to ``<run_dir>/pseudo/round<r>/``
-as a probability store of 0/255 masks, with ``selection.csv`` listing every test image's confident share and
-whether it was taken (``pseudo.max_images`` keeps the most confident).
+confident images are binarised at ``pseudo.threshold`` (``p >= t``; multiclass: the most probable class) and
+written to ``<run_dir>/pseudo/round<r>/`` as a probability store of 0/255 masks, with ``selection.csv`` listing
+every test image's confident share and whether it was taken (``pseudo.max_images`` keeps the most confident).
 
 Training with them: a config with ``pseudo.round: r`` trains every fold on its usual training ids *plus* the round's
 pseudo-labelled images, ``pseudo.batch_share`` of each batch drawn from them (``extra_train_data``). They are test
