@@ -55,20 +55,21 @@ def _apply_budget(tree: dict, origins: dict[str, str], pairs: list[tuple[str, An
         if key == BUDGET_KEY:
             chosen, where = value, COMMAND_LINE
     if not isinstance(budgets, dict):
-        raise ConfigError(f"{origins.get(BUDGETS_KEY, path)}: {BUDGETS_KEY}: must map budget names to overrides")
+        raise ConfigError(f"{_origin(BUDGETS_KEY, origins) or path}: {BUDGETS_KEY}: must map budget names to "
+                          f"overrides")
     if chosen is None:
         return tree, origins
     if chosen not in budgets:
         names = ", ".join(map(str, budgets)) or "none defined"
         raise ConfigError(f"{where}: {BUDGET_KEY}: {chosen!r} is not one of the file's budgets ({names})")
     top = budgets[chosen] or {}
+    key = f"{BUDGETS_KEY}.{chosen}"
     if not isinstance(top, dict):
-        raise ConfigError(f"{origins.get(BUDGETS_KEY, path)}: {BUDGETS_KEY}.{chosen}: must be a mapping of keys")
+        raise ConfigError(f"{_origin(key, origins) or path}: {key}: must be a mapping of keys")
     tree = _merge(tree, top)
     tree[BUDGET_KEY] = chosen
     origins = dict(origins)
-    prefix = f"{BUDGETS_KEY}.{chosen}."
-    label = next((v for k, v in origins.items() if k.startswith(prefix)), str(path)) + f" (budget {chosen})"
+    label = f"{_origin(key, origins) or path} (budget {chosen})"
     origins.update({k: label for k in _leaf_keys(top)})
     origins[BUDGET_KEY] = where
     return tree, origins
