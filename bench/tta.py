@@ -23,7 +23,8 @@ import segmentation_models_pytorch as smp  # noqa: E402
 import torch  # noqa: E402
 import ttach  # noqa: E402
 
-from segkit.tta import TTAPredictor, amp_dtype  # noqa: E402
+from segkit.device import amp_dtype  # noqa: E402
+from segkit.tta import TTAPredictor  # noqa: E402
 
 
 def sync(device: torch.device) -> None:

@@ -3,20 +3,21 @@ training and prediction make the same choices.
 
 - ``resolve_device("auto")``: the GPU of this process's local rank under torchrun, else the first GPU, else the CPU.
 - ``autocast(device, "bf16")``: mixed precision on any device. bf16 needs no loss scaling and pays on CPUs with
-  AVX-512 BF16 (about 2x for ResNets here); fp16 is for older GPUs and needs ``grad_scaler``.
+  AVX-512 BF16 (1.5-1.7x for ResNets here, BENCHMARKS.md); fp16 is for older GPUs and needs ``grad_scaler``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from typing import ContextManager, Optional
+from typing import ContextManager, Optional, Union
 
 import torch
 
 from segkit.errors import ConfigError
 
-AMP_DTYPES: dict[str, Optional[torch.dtype]] = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+AMP_DTYPES: dict[str, Optional[torch.dtype]] = {"none": None, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+                                                "fp16": torch.float16, "float16": torch.float16}
 
 
 def resolve_device(name: str = "auto", key: str = "device") -> torch.device:
@@ -42,10 +43,14 @@ def resolve_device(name: str = "auto", key: str = "device") -> torch.device:
     return device
 
 
-def amp_dtype(amp: str, key: str = "train.amp") -> Optional[torch.dtype]:
+def amp_dtype(amp: Union[None, str, torch.dtype], key: str = "train.amp") -> Optional[torch.dtype]:
+    """``none`` / None -> None; ``bf16`` / ``fp16`` (any case, or the long names, or a torch dtype) -> the
+    autocast dtype."""
+    if amp is None or isinstance(amp, torch.dtype):
+        return amp
     try:
-        return AMP_DTYPES[amp]
-    except KeyError:
+        return AMP_DTYPES[amp.lower()]
+    except (KeyError, AttributeError):
         raise ConfigError(f"{key}: unknown precision {amp!r} (none, bf16, fp16)") from None
 
 

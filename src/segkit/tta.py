@@ -30,7 +30,9 @@ from typing import Callable, Iterable, Literal, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from segkit.device import amp_dtype
 from segkit.errors import ConfigError
+from segkit.models import split_output
 from segkit.registry import Registry
 
 TTA: Registry[Callable[[], tuple["View", ...]]] = Registry("tta")
@@ -39,8 +41,6 @@ Merge = Literal["mean", "gmean", "max"]
 Activation = Optional[Literal["sigmoid", "softmax"]]
 _MERGES = ("mean", "gmean", "max")
 _ACTIVATIONS = ("sigmoid", "softmax", None)
-_AMP = {"none": None, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
-        "float16": torch.float16}
 
 CPU_CHUNK = 1  # views per forward call on a CPU when the caller does not say (see the module docstring)
 
@@ -120,23 +120,6 @@ def views_for(name: str, shape: Optional[Sequence[int]] = None, key: str = "pred
     return views
 
 
-def amp_dtype(amp: Union[None, str, torch.dtype], key: str = "predict.amp") -> Optional[torch.dtype]:
-    """``"none"``/None -> None, ``"bf16"``/``"fp16"`` (or a torch dtype) -> the autocast dtype."""
-    if amp is None or isinstance(amp, torch.dtype):
-        return amp
-    try:
-        return _AMP[amp.lower()]
-    except KeyError:
-        raise ConfigError(f"{key}: unknown amp {amp!r}; known: none, bf16, fp16") from None
-
-
-def _mask_of(out) -> torch.Tensor:
-    # smp models with aux_params return (mask, label); take the mask.
-    if isinstance(out, (tuple, list)):
-        out = out[0]
-    return out
-
-
 class TTAPredictor:
     """``TTAPredictor(model, tta="d4")(x)`` -> merged probabilities (N, C', H, W) float32 for a batch x (N, C, H, W).
 
@@ -176,7 +159,7 @@ class TTAPredictor:
         self.merge = merge
         self.chunk = chunk
         self.activation = activation
-        self.amp = amp_dtype(amp)
+        self.amp = amp_dtype(amp, key="predict.amp")
         self.channels_last = channels_last
         if isinstance(model, nn.Module):
             model.eval()
@@ -197,7 +180,7 @@ class TTAPredictor:
         autocast = (torch.autocast(device_type=batch.device.type, dtype=self.amp) if self.amp is not None
                     else nullcontext())
         with autocast:
-            out = _mask_of(self.model(batch))
+            out, _ = split_output(self.model(batch))  # smp's aux head adds image logits
         out = out.float()
         if self.activation == "sigmoid":
             out = torch.sigmoid(out)
