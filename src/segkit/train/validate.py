@@ -20,22 +20,12 @@ from tqdm import tqdm
 from segkit.data import unpad
 from segkit.device import autocast, to_device
 from segkit.losses import SegLoss
+from segkit.metrics.overlap import overlap_scores
 from segkit.models import probabilities, split_output
 from segkit.probs import ProbWriter
 from segkit.train.distributed import World, gather
 
 ImageMetric = Callable[[np.ndarray, np.ndarray], float]
-
-
-def overlap_scores(pred: torch.Tensor, truth: torch.Tensor) -> tuple[float, float]:
-    """(Dice, IoU) of one image's boolean (K, H, W) maps, averaged over classes; empty vs empty scores 1."""
-    inter = (pred & truth).flatten(1).sum(1).double()
-    p, t = pred.flatten(1).sum(1).double(), truth.flatten(1).sum(1).double()
-    union = p + t - inter
-    empty = (p + t) == 0
-    dice = torch.where(empty, torch.ones_like(inter), 2 * inter / (p + t).clamp_min(1))
-    iou = torch.where(empty, torch.ones_like(inter), inter / union.clamp_min(1))
-    return float(dice.mean()), float(iou.mean())
 
 
 def metric_fn(name: str) -> ImageMetric:
@@ -83,12 +73,12 @@ def evaluate(
             if writer is not None:
                 writer.write(image_id, p.cpu().numpy())
             if "mask" in batch:
-                pred = p >= threshold  # the tune stage's convention
-                truth = unpad(batch["mask"][i], size) > 0.5
-                d, j = overlap_scores(pred, truth)
-                sums["dice"] += d
-                sums["iou"] += j
-                sums["score"] += float(metric(pred.cpu().numpy(), truth.cpu().numpy()))
+                pred = (p >= threshold).cpu().numpy()  # the tune stage's convention
+                truth = (unpad(batch["mask"][i], size) > 0.5).cpu().numpy()
+                overlap = overlap_scores(pred[None], truth[None], ["dice", "iou"], reduction="mean")
+                sums["dice"] += float(overlap["dice"])
+                sums["iou"] += float(overlap["iou"])
+                sums["score"] += float(metric(pred, truth))
                 n_images += 1
     model.train(was_training)
     parts = gather(world, (sums, n_images, n_loss))
