@@ -65,7 +65,7 @@ class Stores:
 
 
 class MeanStore:
-    """The plain mean of several stores' uint8 probabilities (the ``mean`` ensemble, rounded as stores are)."""
+    """The ``mean`` ensemble of several stores (segkit.ensemble's own arithmetic), read like a store."""
 
     def __init__(self, stores: Sequence[Stores]):
         self.stores = list(stores)
@@ -74,8 +74,9 @@ class MeanStore:
         self.classes = self.stores[0].classes
 
     def __getitem__(self, image_id: str) -> np.ndarray:
-        total = sum(s[image_id].astype(np.float64) for s in self.stores)
-        return np.rint(total / len(self.stores)).astype(np.uint8)
+        from segkit.ensemble.averaging import mean_uint8
+
+        return mean_uint8([s[image_id] for s in self.stores])
 
 
 # ---------------------------------------------------------------------------------------------------- the rows

@@ -28,16 +28,21 @@ from segkit.ensemble.base import METHODS, FitSample, Method, Scorer, as_float
 GMEAN_EPS = 1.0 / 510
 
 
+def mean_uint8(probs) -> np.ndarray:
+    """The plain mean of several uint8 probability arrays, as a uint8 array."""
+    if len(probs) == 1:
+        return np.asarray(probs[0])
+    # On the 0..255 scale, in float64: sum / M rounds exactly (ties to even), independent of float32 error.
+    total = np.zeros(probs[0].shape, dtype=np.float64)
+    for q in probs:
+        total += q
+    return np.rint(total / len(probs)).astype(np.uint8)
+
+
 @METHODS.register("mean")
 class Mean(Method):
     def combine(self, probs, image_id, fold):
-        if len(probs) == 1:
-            return np.asarray(probs[0])
-        # On the 0..255 scale, in float64: sum / M rounds exactly (ties to even), independent of float32 error.
-        total = np.zeros(probs[0].shape, dtype=np.float64)
-        for q in probs:
-            total += q
-        return np.rint(total / len(probs)).astype(np.uint8)
+        return mean_uint8(probs)
 
 
 @METHODS.register("gmean")
