@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, DataLoader
 
-from segkit.config.schema import Config, TrainConfig
+from segkit.config.schema import TrainConfig
 from segkit.data import Competition, SegDataset, by_size, pad_collate
 from segkit.errors import ConfigError
 from segkit.train.distributed import World
@@ -26,20 +26,6 @@ class ExtraTrainData:
     mask_reader: Callable[[str], np.ndarray]
     share: float
     split: str = "test"
-
-
-def load_fold_table(cfg: Config, comp: Competition):
-    try:
-        from segkit.folds import load_folds
-    except ImportError:  # pragma: no cover - the folds stage ships with the package
-        import pandas as pd
-
-        if not cfg.folds_file.exists():
-            raise ConfigError(f"{cfg.folds_file}: fold file missing; run `segkit folds` first") from None
-        frame = pd.read_csv(cfg.folds_file, dtype={"id": str})
-        frame["fold"] = frame["fold"].astype(int)
-        return frame
-    return load_folds(cfg, comp)
 
 
 def fold_ids(frame, fold: int) -> tuple[list[str], list[str]]:

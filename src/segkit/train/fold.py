@@ -27,7 +27,7 @@ from segkit.models import build_model, check_output_size
 from segkit.optim import build_optimizer, build_schedule, cycle_end_epochs, group_lrs
 from segkit.probs import ProbStore, ProbWriter
 from segkit.train import checkpoint, distributed
-from segkit.train.data import ExtraTrainData, TrainData, fold_ids, load_fold_table, val_loader
+from segkit.train.data import ExtraTrainData, TrainData, fold_ids, val_loader
 from segkit.train.ema import build_ema
 from segkit.train.loop import Stepper, train_epoch
 from segkit.train.seeding import derive_seed, rng_state, seed_everything, set_deterministic, set_rng_state
@@ -124,8 +124,10 @@ def train_fold(
     base_seed = derive_seed(cfg.seed, fold)
     seed_everything(base_seed)  # the same initial weights for every run of this fold
 
+    from segkit.folds import load_folds  # sklearn: imported when a fold really trains
+
     comp = Competition(cfg.data, seed=cfg.seed)
-    train_ids, val_ids = fold_ids(load_fold_table(cfg, comp), fold)
+    train_ids, val_ids = fold_ids(load_folds(cfg, comp), fold)
     if not train_ids or not val_ids:
         raise ConfigError(f"{where}: {len(train_ids)} training and {len(val_ids)} validation images")
     mode, classes = comp.mode, comp.classes
