@@ -5,7 +5,6 @@ from segkit.data.competition import Competition, SampleRow, read_csv
 from segkit.data.dataset import SegDataset, by_size, pad_collate, pad_to_multiple, unpad
 
 __all__ = [
-    "AUGMENTS", "Competition", "SampleRow", "SegDataset",
-    "by_size", "build_augment", "pad_collate", "pad_to_multiple",
+    "AUGMENTS", "Competition", "SampleRow", "SegDataset", "build_augment", "by_size", "pad_collate", "pad_to_multiple",
     "read_csv", "unpad",
 ]

@@ -143,4 +143,5 @@ def encoder_parameters(model: nn.Module) -> set[int]:
     return {id(p) for p in encoder.parameters()} if encoder is not None else set()
 
 
-__all__ = ["ARCHS", "Arch", "build_model", "check_output_size", "encoder_parameters", "num_outputs", "probabilities", "split_output"]
+__all__ = ["ARCHS", "Arch", "build_model", "check_output_size", "encoder_parameters", "num_outputs", "probabilities",
+           "split_output"]
