@@ -158,10 +158,11 @@ class Scorer:
 
         return OOFSource(store, self.comp.read_mask, self.exclusive, ids=store.ids)
 
-    def _all(self, source, params: list[ClassParams]) -> dict[str, float]:
+    def _all(self, source, params: list[ClassParams], metrics=None) -> dict[str, float]:
         from segkit.tune import final_scores
 
-        return {m.name: float(final_scores(source, m, params, self.exclusive)["score"].mean()) for m in self.metrics}
+        return {m.name: float(final_scores(source, m, params, self.exclusive)["score"].mean())
+                for m in (self.metrics if metrics is None else metrics)}
 
     def raw(self, store) -> dict[str, float]:
         return self._all(self._source(store), [ClassParams()] * len(self.cfg.data.classes))
@@ -175,7 +176,9 @@ class Scorer:
         source = self._source(store)
         result = tune(source, list(self.cfg.data.classes), self.metrics[0], tcfg)
         params = [ClassParams.from_dict(result["classes"][c]) for c in self.cfg.data.classes]
-        return self._all(source, params), result["summary"]
+        # tune scored the chosen parameters with the main metric already; only the others need a pass.
+        scores = {self.metrics[0].name: float(result["_per_image"]["score"].mean())}
+        return {**scores, **self._all(source, params, self.metrics[1:])}, result["summary"]
 
 
 def pipeline_scores(cfg: Config, ids: Sequence[str]) -> dict[str, float] | None:
