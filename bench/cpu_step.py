@@ -1,0 +1,91 @@
+"""Training-step speed of the real-data recipes' network on this CPU: threads, scSE attention, crop size.
+
+    .venv/bin/python bench/cpu_step.py [--steps 10] [--compile]
+
+One bare step = bf16 autocast forward of a Unet on ``tu-tf_efficientnet_lite0`` (channels_last), BCE, backward,
+AdamW step; batch 32. Each row is the median of ``--steps`` timed steps after 3 warm-up steps; every row runs in
+its own process with the asked thread count, one after another, so no two compete for the cores. Prints images
+per second and the ratio to the reference row (two threads, no attention, 128 px).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+ROWS = [  # (label, threads, attention, size)
+    ("reference: 2 threads, 128 px", 2, None, 128),
+    ("1 thread, 128 px", 1, None, 128),
+    ("2 threads, 128 px, scSE", 2, "scse", 128),
+    ("2 threads, 96 px crops", 2, None, 96),
+]
+
+
+def one(threads: int, attention: str | None, size: int, steps: int, compile_: bool) -> float:
+    import torch
+
+    import segkit  # noqa: F401  (import fix for torchvision before smp)
+    import segmentation_models_pytorch as smp
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = smp.Unet("tu-tf_efficientnet_lite0", encoder_weights=None, decoder_attention_type=attention)
+    model = model.to(memory_format=torch.channels_last)
+    forward = torch.compile(model) if compile_ else model
+    opt = torch.optim.AdamW(model.parameters(), 1e-3)
+    x = torch.randn(32, 3, size, size).contiguous(memory_format=torch.channels_last)
+    y = (torch.rand(32, 1, size, size) > 0.5).float()
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = forward(x)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(out.float(), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    for _ in range(3):
+        step()
+    times = []
+    for _ in range(steps):
+        began = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - began)
+    return 32 / statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--compile", action="store_true", help="also time the reference row under torch.compile")
+    parser.add_argument("--row", help=argparse.SUPPRESS)  # a child process: one row as JSON
+    args = parser.parse_args()
+    if args.row:
+        threads, attention, size, compile_ = json.loads(args.row)
+        print(json.dumps(one(threads, attention, size, args.steps, compile_)))
+        return
+    rows = [(label, t, a, s, False) for label, t, a, s in ROWS]
+    if args.compile:
+        rows.append(("2 threads, 128 px, torch.compile", 2, None, 128, True))
+    print(f"{platform.machine()}, {os.cpu_count()} cores, batch 32, bf16 + channels_last, "
+          f"median of {args.steps} steps")
+    print("| setting | images/s | ratio to reference |\n|---|---:|---:|")
+    reference = None
+    for label, threads, attention, size, compile_ in rows:
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+        out = subprocess.run([sys.executable, __file__, "--steps", str(args.steps), "--row",
+                              json.dumps([threads, attention, size, compile_])],
+                             capture_output=True, text=True, env=env, check=True)
+        rate = float(out.stdout.strip().splitlines()[-1])
+        reference = reference or rate
+        print(f"| {label} | {rate:.1f} | {rate / reference:.2f}x |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
