@@ -75,6 +75,17 @@ def test_a_fold_writes_everything_and_is_skipped_once_complete(make_cfg, capsys)
     assert (out / "best.pt").stat().st_mtime_ns == stamp
 
 
+def test_val_every_validates_only_those_epochs_and_the_last(make_cfg, capsys):
+    cfg = make_cfg("train.epochs=3", "train.val_every=2")
+    run(cfg, fold=0)
+    metrics = pd.read_csv(fold_dir(cfg, "tiny", 0) / "metrics.csv")
+    assert metrics["score"].isna().tolist() == [True, False, False]  # epoch 2 by val_every, 3 as the last
+    assert checkpoint.load(fold_dir(cfg, "tiny", 0) / "best.pt")["epoch"] in (2, 3)
+    lines = [line for line in capsys.readouterr().out.splitlines() if " epoch " in line and "/3:" in line]
+    assert ["(not validated)" in line for line in lines] == [True, False, False]
+    assert "nan" not in lines[0]
+
+
 @pytest.mark.parametrize("monitor", ["score", "loss"])
 def test_oof_holds_best_pt_predictions_with_one_pass_less_when_the_last_epoch_is_best(make_cfg, monkeypatch,
                                                                                        tmp_path, monitor):

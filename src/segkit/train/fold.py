@@ -200,7 +200,8 @@ def train_fold(
                "loss_terms": "+".join(f"{w:g}*{n}" for n, w in loss_fn.weights.items()),
                "steps": stats.steps, "skipped": stats.skipped}
         improved = False
-        if epoch % tcfg.val_every == 0 or epoch == tcfg.epochs:
+        validated = epoch % tcfg.val_every == 0 or epoch == tcfg.epochs
+        if validated:
             # The last epoch's validation writes its probabilities as the OOF store as it goes: when that epoch
             # is also the best (the usual case at the end of a decaying schedule), _write_oof keeps them instead
             # of predicting every validation image a second time.
@@ -234,9 +235,9 @@ def train_fold(
             }
             checkpoint.save(paths.last, last)  # last: its presence marks the epoch as complete
             print(f"{where} epoch {epoch}/{tcfg.epochs}: lr {lr:.2e} train {_fmt(stats.loss)} "
-                  f"val {_fmt(row['val_loss'])} dice {_fmt(row['dice'])} iou {_fmt(row['iou'])} "
-                  f"{cfg.metric} {_fmt(row['score'])}{' *' if improved else ''}  {row['seconds']:.1f}s"
-                  + (f"  ({stats.skipped} skipped)" if stats.skipped else ""), flush=True)
+                  + (f"val {_fmt(row['val_loss'])} dice {_fmt(row['dice'])} iou {_fmt(row['iou'])} "
+                     f"{cfg.metric} {_fmt(row['score'])}{' *' if improved else ''}" if validated else "(not validated)")
+                  + f"  {row['seconds']:.1f}s" + (f"  ({stats.skipped} skipped)" if stats.skipped else ""), flush=True)
         distributed.barrier(world)
 
     return _write_oof(cfg, model_cfg, fold, paths, model, vloader, losses.for_epoch(tcfg.epochs), metric, device,
