@@ -73,13 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _call(module: str, func: str) -> Callable:
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as err:
-        if err.name == module:
-            raise SegkitError(f"{module.split('.')[-1]}: this stage is not built yet") from None
-        raise
-    return getattr(mod, func)
+    # Each command imports only its own stage (and its dependencies: lightgbm, scipy, matplotlib...).
+    return getattr(importlib.import_module(module), func)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,17 +8,8 @@ import time
 
 from segkit.config import Config
 
-# (stage, module); a stage whose module is absent ends the run with a note instead of failing.
+# The stages in order; each is the module segkit.<stage> with a run(cfg) function.
 ORDER = ["check", "folds", "train", "predict", "ensemble", "pseudo", "tune", "submit", "report"]
-
-
-def _stage(name: str):
-    try:
-        return importlib.import_module(f"segkit.{name}")
-    except ModuleNotFoundError as err:
-        if err.name == f"segkit.{name}":
-            return None
-        raise
 
 
 def run(cfg: Config, model: str | None = None, fold: int | None = None) -> int:
@@ -27,13 +18,11 @@ def run(cfg: Config, model: str | None = None, fold: int | None = None) -> int:
     # Leftovers of a killed write are never mistaken for results, but they would pile up: sweep them.
     for folder in (cfg.run_dir, cfg.folds_file.parent, cfg.paths.submissions):
         clean_tmp(folder)
-    for name in ORDER:
+    # Every stage is imported up front: a broken import fails now, not after an hour of training.
+    stages = {name: importlib.import_module(f"segkit.{name}") for name in ORDER}
+    for name, module in stages.items():
         if name == "pseudo" and cfg.pseudo.rounds == 0:
             continue
-        module = _stage(name)
-        if module is None:
-            print(f"== {name}: not built yet; stopping here")
-            return 0
         print(f"== {name}")
         start = time.perf_counter()
         options = {"model": model, "fold": fold} if name == "train" else {}
