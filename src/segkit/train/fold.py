@@ -234,10 +234,11 @@ def train_fold(
                 "best_value": best_value, "identity": identity,
             }
             checkpoint.save(paths.last, last)  # last: its presence marks the epoch as complete
-            print(f"{where} epoch {epoch}/{tcfg.epochs}: lr {lr:.2e} train {_fmt(stats.loss)} "
-                  + (f"val {_fmt(row['val_loss'])} dice {_fmt(row['dice'])} iou {_fmt(row['iou'])} "
-                     f"{cfg.metric} {_fmt(row['score'])}{' *' if improved else ''}" if validated else "(not validated)")
-                  + f"  {row['seconds']:.1f}s" + (f"  ({stats.skipped} skipped)" if stats.skipped else ""), flush=True)
+            own = f" {cfg.metric} {_fmt(row['score'])}" if cfg.metric not in ("dice", "iou") else ""
+            val = (f"val {_fmt(row['val_loss'])} dice {_fmt(row['dice'])} iou {_fmt(row['iou'])}{own}"
+                   f"{' *' if improved else ''}") if validated else "(not validated)"
+            print(f"{where} epoch {epoch}/{tcfg.epochs}: lr {lr:.2e} train {_fmt(stats.loss)} {val}  "
+                  f"{row['seconds']:.1f}s" + (f"  ({stats.skipped} skipped)" if stats.skipped else ""), flush=True)
         distributed.barrier(world)
 
     return _write_oof(cfg, model_cfg, fold, paths, model, vloader, losses.for_epoch(tcfg.epochs), metric, device,
