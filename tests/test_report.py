@@ -4,8 +4,9 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 
-from segkit.report import md_table, pick_examples
+from segkit.report import md_table, pick_examples, score_by_size
 from test_tune import fake_ensemble
 
 
@@ -34,7 +35,8 @@ def test_report_from_a_full_fake_run(demo_cfg, capsys):
     assert report.run(cfg) == 0
     out_dir = cfg.run_dir / "report"
     text = (out_dir / "report.md").read_text()
-    for heading in ("## Training", "## Ensemble", "## Post-processing", "## Final CV", "## OOF examples"):
+    for heading in ("## Training", "## Ensemble", "## Post-processing", "## Final CV", "## Score by mask size",
+                    "## OOF examples"):
         assert heading in text
     assert "| unet_r18 | 0 | 4 | 3 | 0.8000 |" in text  # best epoch 3 by dice
     assert "| unet_r18 | 1 | 4 | 3 | 0.8100 |" in text and "| unet_r18 | mean |" in text
@@ -57,7 +59,7 @@ def test_report_with_nothing_yet_only_notes(demo_cfg):
     assert report.run(cfg) == 0
     text = (cfg.run_dir / "report" / "report.md").read_text()
     assert "No training metrics" in text and "No ensemble CV table" in text and "No tune.json" in text
-    assert "No ensemble OOF store" in text
+    assert "No ensemble OOF store" in text and "No per-image OOF scores" in text
     assert not list((cfg.run_dir / "report").glob("*.png"))
 
 
@@ -69,3 +71,18 @@ def test_examples_skip_trivially_right_empty_images():
     assert [p[1] for p in pick_examples(scores.assign(score=-scores["score"]), higher_is_better=False)] == \
         ["d", "g", "c"]
     assert "| a | 1.5000 |" in md_table(pd.DataFrame({"x": ["a"], "y": [1.5]}))
+
+
+def test_score_by_size_says_where_the_cv_is_lost():
+    rng = np.random.default_rng(0)
+    truth = np.r_[np.zeros(40, int), rng.integers(1, 10000, 60)]
+    scores = pd.DataFrame({"id": [str(i) for i in range(100)], "truth_px": truth,
+                           "score": np.where(truth == 0, 0.95, np.clip(truth / 10000, 0, 1))})
+    table = score_by_size(scores, bins=3)
+    assert table["true mask"].tolist()[0] == "empty" and table["images"].tolist()[0] == 40
+    assert table["images"].sum() == 100 and len(table) == 4
+    assert table["CV lost"].sum() == pytest.approx(1 - scores["score"].mean())
+    assert table["mean score"].iloc[1:].is_monotonic_increasing  # small to large masks; here scores grow so
+    lows = [int(label.split("-")[0]) for label in table["true mask"].iloc[1:]]
+    assert lows == sorted(lows) and lows[0] == truth[truth > 0].min()
+    assert "CV lost" not in score_by_size(scores, higher_is_better=False).columns

@@ -286,17 +286,52 @@ def pick_examples(scores: pd.DataFrame, higher_is_better: bool = True) -> list[t
     return [(label, str(ranked["id"].iloc[i]), float(ranked["score"].iloc[i])) for label, i in picks.items()]
 
 
-def examples_section(cfg: Config, tuned: dict | None, out_dir: Path) -> tuple[list[str], list[Path]]:
+def score_by_size(scores: pd.DataFrame, bins: int = 5, higher_is_better: bool = True) -> pd.DataFrame:
+    """Per-image scores grouped by true mask size: empty images, then ``bins`` quantile bins of the non-empty
+    ones. ``CV lost`` is what each group costs the mean score against a perfect 1 (the groups' losses add up to
+    1 - the mean, the CV of a per-image metric), which says where the points go: small masks, large ones, or
+    false positives on empty images."""
+    truth = scores["truth_px"].to_numpy()
+    score = scores["score"].to_numpy(dtype=float)
+    labels, group = ["empty"], np.zeros(len(truth), int)  # group 0: empty images
+    busy = truth > 0
+    if busy.any():
+        edges = np.unique(np.quantile(truth[busy], np.linspace(0, 1, bins + 1)).round().astype(int))
+        # Bin i holds edges[i] <= px < edges[i + 1]; the last one also holds the largest mask.
+        group[busy] = 1 + np.clip(np.searchsorted(edges, truth[busy], side="right") - 1, 0, max(len(edges) - 2, 0))
+        tops = [edges[i + 1] - 1 for i in range(len(edges) - 2)] + [edges[-1]]
+        labels += [f"{lo}-{hi} px" for lo, hi in zip(edges, tops)]
+    rows = []
+    for g, name in enumerate(labels):
+        part = score[group == g]
+        if not len(part):
+            continue
+        row = {"true mask": name, "images": len(part), "mean score": part.mean()}
+        if higher_is_better:
+            row["CV lost"] = (1.0 - part).sum() / len(scores)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def size_section(scores: pd.DataFrame | None, higher_is_better: bool) -> list[str]:
+    lines = ["## Score by mask size", ""]
+    if scores is None or scores.empty or "truth_px" not in scores:
+        return lines + ["_No per-image OOF scores._", ""]
+    lines += ["Tuned OOF scores per image, grouped by the size of the true mask (all classes' pixels).", "",
+              md_table(score_by_size(scores, higher_is_better=higher_is_better)), ""]
+    return lines
+
+
+def examples_section(cfg: Config, scores: pd.DataFrame | None, higher: bool,
+                     tuned: dict | None, out_dir: Path) -> tuple[list[str], list[Path]]:
     lines = ["## OOF examples", ""]
     from segkit.probs import ProbStore
 
     folder = cfg.run_dir / "ensemble" / "oof"
     if not ProbStore.is_complete(folder):
         return lines + ["_No ensemble OOF store: no examples._", ""], []
-    scores = _oof_scores(cfg, tuned)
     if scores is None or scores.empty:
         return lines + ["_No per-image OOF scores._", ""], []
-    higher = tuned.get("higher_is_better", True) if tuned else True
     picks = pick_examples(scores, higher)
     path = _plot_examples(cfg, tuned, ProbStore(folder), picks, out_dir)
     lines.append("Rows: " + "; ".join(f"{label} `{i}` ({s:.3f})" for label, i, s in picks) +
@@ -355,9 +390,12 @@ def run(cfg: Config) -> int:
              f"Competition `{cfg.competition}`, metric `{cfg.metric}`, models: "
              f"{', '.join(m.name for m in cfg.models) or 'none'}.", ""]
     plots: list[Path] = []
+    scores = _oof_scores(cfg, tuned)  # per image, for the size table and the examples
+    higher = tuned.get("higher_is_better", True) if tuned else True
     for section in (lambda: training_section(cfg, out_dir), lambda: (ensemble_section(cfg), []),
                     lambda: tuning_section(tuned, out_dir), lambda: (final_section(cfg, tuned), []),
-                    lambda: examples_section(cfg, tuned, out_dir)):
+                    lambda: (size_section(scores, higher), []),
+                    lambda: examples_section(cfg, scores, higher, tuned, out_dir)):
         part, made = section()
         lines += part
         plots += made
