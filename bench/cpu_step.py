@@ -1,4 +1,4 @@
-"""Training-step speed of the real-data recipes' network on this CPU: threads, scSE attention, crop size.
+"""Training-step speed of the real-data recipes' network on this CPU: threads, scSE attention, crop size, decoder width.
 
     .venv/bin/python bench/cpu_step.py [--steps 10] [--compile]
 
@@ -19,15 +19,17 @@ import subprocess
 import sys
 import time
 
-ROWS = [  # (label, threads, attention, size)
-    ("reference: 2 threads, 128 px", 2, None, 128),
-    ("1 thread, 128 px", 1, None, 128),
-    ("2 threads, 128 px, scSE", 2, "scse", 128),
-    ("2 threads, 96 px crops", 2, None, 96),
+ROWS = [  # (label, threads, attention, size, decoder channels: None = smp's 256-128-64-32-16)
+    ("reference: 2 threads, 128 px", 2, None, 128, None),
+    ("1 thread, 128 px", 1, None, 128, None),
+    ("2 threads, 128 px, scSE", 2, "scse", 128, None),
+    ("2 threads, 96 px crops", 2, None, 96, None),
+    ("2 threads, 96 px crops, decoder 128-64-32-16-8", 2, None, 96, [128, 64, 32, 16, 8]),
 ]
 
 
-def one(threads: int, attention: str | None, size: int, steps: int, compile_: bool) -> float:
+def one(threads: int, attention: str | None, size: int, decoder: list[int] | None, steps: int,
+        compile_: bool) -> float:
     import torch
 
     import segkit  # noqa: F401  (import fix for torchvision before smp)
@@ -35,7 +37,8 @@ def one(threads: int, attention: str | None, size: int, steps: int, compile_: bo
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = smp.Unet("tu-tf_efficientnet_lite0", encoder_weights=None, decoder_attention_type=attention)
+    extra = {"decoder_channels": decoder} if decoder else {}
+    model = smp.Unet("tu-tf_efficientnet_lite0", encoder_weights=None, decoder_attention_type=attention, **extra)
     model = model.to(memory_format=torch.channels_last)
     forward = torch.compile(model) if compile_ else model
     opt = torch.optim.AdamW(model.parameters(), 1e-3)
@@ -67,20 +70,20 @@ def main() -> None:
     parser.add_argument("--row", help=argparse.SUPPRESS)  # a child process: one row as JSON
     args = parser.parse_args()
     if args.row:
-        threads, attention, size, compile_ = json.loads(args.row)
-        print(json.dumps(one(threads, attention, size, args.steps, compile_)))
+        threads, attention, size, decoder, compile_ = json.loads(args.row)
+        print(json.dumps(one(threads, attention, size, decoder, args.steps, compile_)))
         return
-    rows = [(label, t, a, s, False) for label, t, a, s in ROWS]
+    rows = [(*row, False) for row in ROWS]
     if args.compile:
-        rows.append(("2 threads, 128 px, torch.compile", 2, None, 128, True))
+        rows.append(("2 threads, 128 px, torch.compile", 2, None, 128, None, True))
     print(f"{platform.machine()}, {os.cpu_count()} cores, batch 32, bf16 + channels_last, "
           f"median of {args.steps} steps")
     print("| setting | images/s | ratio to reference |\n|---|---:|---:|")
     reference = None
-    for label, threads, attention, size, compile_ in rows:
+    for label, threads, attention, size, decoder, compile_ in rows:
         env = dict(os.environ, OMP_NUM_THREADS=str(threads))
         out = subprocess.run([sys.executable, __file__, "--steps", str(args.steps), "--row",
-                              json.dumps([threads, attention, size, compile_])],
+                              json.dumps([threads, attention, size, decoder, compile_])],
                              capture_output=True, text=True, env=env, check=True)
         rate = float(out.stdout.strip().splitlines()[-1])
         reference = reference or rate
