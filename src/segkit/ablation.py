@@ -119,10 +119,10 @@ def variants(cfg: Config) -> dict[str, Config]:
 
 def fold_ids(cfg: Config, folds: Sequence[int]) -> tuple[list[str], list[int]]:
     from segkit.data import Competition
-    from segkit.folds import load_folds
+    from segkit.folds import fold_numbers, load_folds
 
     table = load_folds(cfg, Competition(cfg.data, seed=cfg.seed))
-    have = sorted(int(f) for f in table["fold"].unique())
+    have = fold_numbers(table)
     chosen = list(folds) if folds else have
     bad = [f for f in chosen if f not in have]
     if bad:

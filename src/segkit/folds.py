@@ -110,6 +110,11 @@ def summary(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def fold_numbers(frame: pd.DataFrame) -> list[int]:
+    """The fold numbers of a fold table, ascending."""
+    return sorted(int(f) for f in frame["fold"].unique())
+
+
 def load_folds(cfg: Config, comp: Competition | None = None) -> pd.DataFrame:
     """The fold file (id as str, fold as int); checked against the competition's train ids when given."""
     path = cfg.folds_file

@@ -232,7 +232,9 @@ def predict_test(cfg: Config, comp, model_cfg: ModelConfig, fold_list: list[int]
 
 
 def predict_oof(cfg: Config, comp, model_cfg: ModelConfig, folds, device, world) -> None:
-    fold_list = sorted(int(f) for f in folds["fold"].unique())
+    from segkit.folds import fold_numbers
+
+    fold_list = fold_numbers(folds)
     per_fold = {k: fold_checkpoints(cfg, model_cfg.name, k) for k in fold_list}
     folder = cfg.run_dir / model_cfg.name / "oof_tta"
     writer = _open_store(folder, _source(cfg, per_fold, "oof_tta"), list(cfg.data.classes), world.is_main)
@@ -263,7 +265,7 @@ def _barrier(world) -> None:
 def run(cfg: Config, model: Optional[str] = None) -> int:
     from segkit.data import Competition
     from segkit.device import resolve_device
-    from segkit.folds import load_folds
+    from segkit.folds import fold_numbers, load_folds
     from segkit.train.distributed import setup
 
     models = [cfg.model(model)] if model else list(cfg.models)
@@ -271,7 +273,7 @@ def run(cfg: Config, model: Optional[str] = None) -> int:
         raise ConfigError("models: no model configured")
     comp = Competition(cfg.data, seed=cfg.seed)
     folds = load_folds(cfg, comp)
-    fold_list = sorted(int(f) for f in folds["fold"].unique())
+    fold_list = fold_numbers(folds)
     device = resolve_device(cfg.device)
     world = setup(device)
     began = time.perf_counter()

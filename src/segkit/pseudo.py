@@ -176,12 +176,12 @@ def round_config(cfg: Config, r: int) -> Config:
 def train_round(cfg: Config) -> None:
     """Train every model x fold of a round config with its pseudo labels mixed in."""
     from segkit.data import Competition
-    from segkit.folds import load_folds
+    from segkit.folds import fold_numbers, load_folds
     from segkit.train import distributed, fold_dir, is_done, train_fold
 
     comp = Competition(cfg.data, seed=cfg.seed)
     extra = extra_train_data(cfg, comp)
-    folds = sorted(int(f) for f in load_folds(cfg, comp)["fold"].unique())
+    folds = fold_numbers(load_folds(cfg, comp))
     n = len(extra.ids) if extra else 0
     print(f"pseudo: round {cfg.pseudo.round}: training {', '.join(m.name for m in cfg.models)} with {n} "
           f"pseudo-labelled images at {cfg.pseudo.batch_share:.0%} of each batch")

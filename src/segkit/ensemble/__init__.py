@@ -234,7 +234,7 @@ def write_store(folder: Path, classes: list[str], ids: list[str], folds: Optiona
 
 def run(cfg: Config) -> int:
     from segkit.data import Competition
-    from segkit.folds import load_folds
+    from segkit.folds import fold_numbers, load_folds
 
     if not cfg.models:
         raise ConfigError("models: no models to ensemble")
@@ -258,7 +258,7 @@ def run(cfg: Config) -> int:
     metric = Scorer(get_metric(cfg.metric))
     setup = Setup(
         models=models, classes=list(cfg.data.classes), mode=cfg.data.mode,
-        folds=sorted(int(f) for f in folds["fold"].unique()), metric=metric, seed=cfg.seed,
+        folds=fold_numbers(folds), metric=metric, seed=cfg.seed,
         options=cfg.ensemble, extra=comp.extra, n_oof=len(folds),
     )
     methods = build_methods(names, setup)

@@ -16,14 +16,14 @@ __all__ = ["ExtraTrainData", "FoldPaths", "fold_dir", "is_done", "run", "train_f
 def run(cfg: Config, model: Optional[str] = None, fold: Optional[int] = None) -> int:
     from segkit.data import Competition
     from segkit.train import distributed
-    from segkit.folds import load_folds
+    from segkit.folds import fold_numbers, load_folds
 
     models = [cfg.model(model)] if model else list(cfg.models)
     if not models:
         raise ConfigError("models: no model configured")
     _check_names(cfg, models)
     comp = Competition(cfg.data, seed=cfg.seed)
-    folds = sorted(int(f) for f in load_folds(cfg, comp)["fold"].unique())
+    folds = fold_numbers(load_folds(cfg, comp))
     if fold is not None:
         if fold not in folds:
             raise ConfigError(f"--fold {fold}: the fold file {cfg.folds_file} has folds {folds}")

@@ -29,7 +29,9 @@ class ExtraTrainData:
 
 
 def fold_ids(frame, fold: int) -> tuple[list[str], list[str]]:
-    folds = sorted(int(f) for f in frame["fold"].unique())
+    from segkit.folds import fold_numbers  # sklearn: only when a fold really trains
+
+    folds = fold_numbers(frame)
     if fold not in folds:
         raise ConfigError(f"--fold {fold}: the fold file has folds {folds}")
     is_val = frame["fold"].astype(int) == fold
