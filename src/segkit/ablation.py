@@ -196,8 +196,9 @@ def rows(cfg: Config, runs: dict[str, Config], folds: Sequence[int], ids: Sequen
     scorer = Scorer(cfg, metrics)
     first = cfg.models[0].name
     base_models = [m.name for m in cfg.models]
-    for name, row, what in (("baseline", "baseline", "one model, random-init encoder, BCE, no TTA, p > 0.5, "
-                                                     "no clean-up"), ("loss", "+ loss", _describe_loss(cfg))):
+    trained = [("baseline", "baseline", "one model, random-init encoder, BCE, no TTA, p > 0.5, no clean-up"),
+               ("loss", "+ loss", _describe_loss(cfg))]
+    for name, row, what in trained:
         if name in runs:
             yield Row(row, what, scorer.raw(_fold_stores(runs[name], first, folds, ids)))
         else:
