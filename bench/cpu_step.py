@@ -1,6 +1,7 @@
 """Training-step speed of the real-data recipes' network on this CPU: threads, scSE attention, crop size, decoder width.
 
     .venv/bin/python bench/cpu_step.py [--steps 10] [--compile]
+    .venv/bin/python bench/cpu_step.py --flops      # where the FLOPs go, encoder vs decoder (no timing)
 
 One bare step = bf16 autocast forward of a Unet on ``tu-tf_efficientnet_lite0`` (channels_last), BCE, backward,
 AdamW step; batch 32. Each row is the median of ``--steps`` timed steps after 3 warm-up steps; every row runs in
@@ -63,12 +64,42 @@ def one(threads: int, attention: str | None, size: int, decoder: list[int] | Non
     return 32 / statistics.median(times)
 
 
+def flops(size: int = 96) -> None:
+    """Where the forward pass's FLOPs go at ``size`` px (torch's FlopCounterMode): encoder, decoder + head."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import segkit  # noqa: F401  (import fix for torchvision before smp)
+    import segmentation_models_pytorch as smp
+
+    for label, extra in (("256-128-64-32-16 (smp's default)", {}),
+                         ("128-64-32-16-8", {"decoder_channels": [128, 64, 32, 16, 8]})):
+        model = smp.Unet("tu-tf_efficientnet_lite0", encoder_weights=None, **extra).eval()
+        x = torch.zeros(1, 3, size, size)
+        with torch.no_grad():
+            with FlopCounterMode(display=False) as counter:
+                model.encoder(x)
+            encoder = counter.get_total_flops()
+            with FlopCounterMode(display=False) as counter:
+                model(x)
+            total = counter.get_total_flops()
+        print(f"| decoder {label} | {encoder / 1e6:.0f} | {(total - encoder) / 1e6:.0f} | "
+              f"{(total - encoder) / encoder:.1f}x |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--compile", action="store_true", help="also time the reference row under torch.compile")
+    parser.add_argument("--flops", action="store_true", help="print the encoder's and decoder's FLOPs at 96 px "
+                                                              "instead of timing")
     parser.add_argument("--row", help=argparse.SUPPRESS)  # a child process: one row as JSON
     args = parser.parse_args()
+    if args.flops:
+        print("one 96 px image, forward pass\n| network | encoder MFLOPs | decoder + head MFLOPs | ratio |\n"
+              "|---|---:|---:|---:|")
+        flops()
+        return
     if args.row:
         threads, attention, size, decoder, compile_ = json.loads(args.row)
         print(json.dumps(one(threads, attention, size, decoder, args.steps, compile_)))
