@@ -20,7 +20,7 @@ import torch
 from segkit import atomic
 from segkit.config.schema import Config, ModelConfig, TrainConfig
 from segkit.data import Competition
-from segkit.device import grad_scaler, resolve_device
+from segkit.device import amp_dtype, depthwise_float32_when_training, grad_scaler, resolve_device
 from segkit.errors import ConfigError, SegkitError
 from segkit.losses import LossSchedule
 from segkit.models import build_model, check_output_size
@@ -141,6 +141,8 @@ def train_fold(
     check_output_size(model, cfg.data.channels, tcfg.pad_to, f"models[{model_cfg.name}]")
     if tcfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if device.type == "cpu" and amp_dtype(tcfg.amp) == torch.bfloat16:
+        depthwise_float32_when_training(model)
     model = distributed.sync_batchnorm(model, world, tcfg.sync_bn)
     data = TrainData(comp, tcfg, train_ids, base_seed, world, extra)
     vloader = val_loader(comp, tcfg, val_ids, world)

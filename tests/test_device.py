@@ -1,0 +1,61 @@
+"""segkit.device: the float32 depthwise convolutions of bf16 training on the CPU."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from segkit.device import depthwise_float32_when_training
+
+
+def _net() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),               # dense: stays bf16
+        nn.Conv2d(8, 8, 5, padding=2, groups=8),     # depthwise: float32 when training
+        nn.Conv2d(8, 8, 3, padding=1, groups=2),     # grouped but not depthwise: stays bf16
+        nn.Conv2d(8, 1, 1),
+    )
+
+
+def _dtypes(net: nn.Module, x: torch.Tensor) -> list[torch.dtype]:
+    seen = []
+    hooks = [m.register_forward_hook(lambda m, i, o: seen.append(o.dtype)) for m in net]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        net(x)
+    for h in hooks:
+        h.remove()
+    return seen
+
+
+def test_only_depthwise_convolutions_switch_and_only_when_gradients_are_recorded():
+    net = _net()
+    assert depthwise_float32_when_training(net) == 1
+    x = torch.randn(2, 3, 16, 16)
+    assert _dtypes(net, x) == [torch.bfloat16, torch.float32, torch.bfloat16, torch.bfloat16]
+    with torch.no_grad():  # validation and prediction keep the faster bf16 forward
+        assert _dtypes(net, x) == [torch.bfloat16] * 4
+
+
+def test_weights_keys_and_gradients_are_those_of_the_plain_network():
+    plain, net = _net(), _net()
+    depthwise_float32_when_training(net)
+    assert list(net.state_dict()) == list(plain.state_dict())
+    x = torch.randn(4, 3, 16, 16)
+    for model in (plain, net):
+        model(x).square().mean().backward()  # no autocast: the switch changes nothing in float32
+    for a, b in zip(plain.parameters(), net.parameters()):
+        assert torch.equal(a.grad, b.grad)
+
+
+def test_a_deep_copy_runs_its_own_weights():
+    net = _net()
+    depthwise_float32_when_training(net)
+    twin = copy.deepcopy(net)  # what EMA does
+    with torch.no_grad():
+        twin[1].weight.zero_()
+    assert twin[1].forward.__self__ is twin[1]
+    x = torch.randn(1, 3, 8, 8)
+    assert not torch.equal(twin(x), net(x))
