@@ -1,4 +1,5 @@
-"""Training-step speed of the real-data recipes' network on this CPU: threads, scSE attention, crop size, decoder width.
+"""Training-step speed of the real-data recipes' network on this CPU: threads, scSE attention, crop size, decoder
+width, and bf16 against float32 depthwise convolutions.
 
     .venv/bin/python bench/cpu_step.py [--steps 10] [--compile]
     .venv/bin/python bench/cpu_step.py --flops      # where the FLOPs go, encoder vs decoder (no timing)
@@ -20,28 +21,36 @@ import subprocess
 import sys
 import time
 
-ROWS = [  # (label, threads, attention, size, decoder channels: None = smp's 256-128-64-32-16)
-    ("reference: 2 threads, 128 px", 2, None, 128, None),
-    ("1 thread, 128 px", 1, None, 128, None),
-    ("2 threads, 128 px, scSE", 2, "scse", 128, None),
-    ("2 threads, 96 px crops", 2, None, 96, None),
-    ("2 threads, 96 px crops, decoder 128-64-32-16-8", 2, None, 96, [128, 64, 32, 16, 8]),
+# Each row: a label and its changes to DEFAULTS. "depthwise float32" is what segkit's CPU bf16 training does
+# (segkit.device.depthwise_float32_when_training); the rows without it show the plain bf16 network.
+DEFAULTS = {"threads": 2, "attention": None, "size": 128, "decoder": None, "depthwise_fp32": False, "compile": False}
+ROWS = [
+    ("reference: 2 threads, 128 px", {}),
+    ("1 thread, 128 px", {"threads": 1}),
+    ("2 threads, 128 px, scSE", {"attention": "scse"}),
+    ("2 threads, 128 px, depthwise float32", {"depthwise_fp32": True}),
+    ("2 threads, 96 px crops", {"size": 96}),
+    ("2 threads, 96 px crops, decoder 128-64-32-16-8", {"size": 96, "decoder": [128, 64, 32, 16, 8]}),
+    ("2 threads, 96 px crops, depthwise float32 (the TGS cpu recipe)", {"size": 96, "depthwise_fp32": True}),
 ]
 
 
-def one(threads: int, attention: str | None, size: int, decoder: list[int] | None, steps: int,
-        compile_: bool) -> float:
+def one(threads: int, attention: str | None, size: int, decoder: list[int] | None, depthwise_fp32: bool,
+        compile: bool, steps: int) -> float:
     import torch
 
     import segkit  # noqa: F401  (import fix for torchvision before smp)
     import segmentation_models_pytorch as smp
+    from segkit.device import depthwise_float32_when_training
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     extra = {"decoder_channels": decoder} if decoder else {}
     model = smp.Unet("tu-tf_efficientnet_lite0", encoder_weights=None, decoder_attention_type=attention, **extra)
     model = model.to(memory_format=torch.channels_last)
-    forward = torch.compile(model) if compile_ else model
+    if depthwise_fp32:
+        depthwise_float32_when_training(model)
+    forward = torch.compile(model) if compile else model
     opt = torch.optim.AdamW(model.parameters(), 1e-3)
     x = torch.randn(32, 3, size, size).contiguous(memory_format=torch.channels_last)
     y = (torch.rand(32, 1, size, size) > 0.5).float()
@@ -101,20 +110,19 @@ def main() -> None:
         flops()
         return
     if args.row:
-        threads, attention, size, decoder, compile_ = json.loads(args.row)
-        print(json.dumps(one(threads, attention, size, decoder, args.steps, compile_)))
+        print(json.dumps(one(**json.loads(args.row), steps=args.steps)))
         return
-    rows = [(*row, False) for row in ROWS]
+    rows = list(ROWS)
     if args.compile:
-        rows.append(("2 threads, 128 px, torch.compile", 2, None, 128, None, True))
+        rows.append(("2 threads, 128 px, torch.compile", {"compile": True}))
     print(f"{platform.machine()}, {os.cpu_count()} cores, batch 32, bf16 + channels_last, "
           f"median of {args.steps} steps")
     print("| setting | images/s | ratio to reference |\n|---|---:|---:|")
     reference = None
-    for label, threads, attention, size, decoder, compile_ in rows:
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-        out = subprocess.run([sys.executable, __file__, "--steps", str(args.steps), "--row",
-                              json.dumps([threads, attention, size, decoder, compile_])],
+    for label, changes in rows:
+        settings = {**DEFAULTS, **changes}
+        env = dict(os.environ, OMP_NUM_THREADS=str(settings["threads"]))
+        out = subprocess.run([sys.executable, __file__, "--steps", str(args.steps), "--row", json.dumps(settings)],
                              capture_output=True, text=True, env=env, check=True)
         rate = float(out.stdout.strip().splitlines()[-1])
         reference = reference or rate

@@ -4,7 +4,8 @@
 
 Reference: the loop a notebook writes — ``model(x)``, BCE-with-logits + smp Dice, ``backward``, AdamW ``step`` —
 in fp32. segkit: ``segkit.train.loop.train_epoch`` (weighted loss terms in fp32, per-step LR schedule, gradient
-clipping, NaN check, EMA off) in fp32, and with ``amp: bf16`` + ``channels_last``. Each round times every variant
+clipping, NaN check, EMA off) in fp32, and with ``amp: bf16`` + ``channels_last`` + float32 depthwise convolutions
+(what ``segkit train`` does for bf16 on the CPU: ``segkit.device.depthwise_float32_when_training``). Each round times every variant
 once, in turn, so load from other processes hits them alike; the table shows medians (ms per step) over rounds,
 the loop's overhead (segkit fp32 / bare fp32) and the bf16 speed-up (segkit fp32 / segkit bf16).
 """
@@ -23,6 +24,7 @@ import torch  # noqa: E402
 
 import segkit  # noqa: E402, F401  (import fixes for torchvision come first)
 from segkit.config.schema import ModelConfig, TrainConfig  # noqa: E402
+from segkit.device import depthwise_float32_when_training  # noqa: E402
 from segkit.losses import build_loss  # noqa: E402
 from segkit.models import build_model  # noqa: E402
 from segkit.optim import build_optimizer, build_schedule  # noqa: E402
@@ -91,6 +93,7 @@ def main() -> None:
         cfg = ModelConfig(name="bench", arch=arch, encoder=encoder)
         nets = {k: build_model(cfg, 3, "binary", 1) for k in ("bare", "fp32", "bf16")}
         nets["bf16"] = nets["bf16"].to(memory_format=torch.channels_last)
+        depthwise_float32_when_training(nets["bf16"])
         plain, cl = batches(args.steps, args.batch, args.size, False), batches(args.steps, args.batch, args.size, True)
         warm = batches(1, args.batch, args.size, False)
         bare_steps(nets["bare"], warm), segkit_steps(nets["fp32"], warm, "none", False)
