@@ -3,6 +3,7 @@ width, and bf16 against float32 depthwise convolutions.
 
     .venv/bin/python bench/cpu_step.py [--steps 10] [--compile]
     .venv/bin/python bench/cpu_step.py --flops      # where the FLOPs go, encoder vs decoder (no timing)
+    .venv/bin/python bench/cpu_step.py --depthwise  # backward of single depthwise layers, bf16 vs float32
 
 One bare step = bf16 autocast forward of a Unet on ``tu-tf_efficientnet_lite0`` (channels_last), BCE, backward,
 AdamW step; batch 32. Each row is the median of ``--steps`` timed steps after 3 warm-up steps; every row runs in
@@ -96,18 +97,53 @@ def flops(size: int = 96) -> None:
               f"{(total - encoder) / encoder:.1f}x |")
 
 
+# Depthwise layers of tu-tf_efficientnet_lite0 at 96 px input, batch 32: (channels, input px, kernel, stride).
+DEPTHWISE = [(96, 49, 3, 2), (144, 27, 5, 2), (240, 12, 5, 1), (672, 6, 5, 1), (1152, 3, 5, 1)]
+
+
+def depthwise(repeats: int = 5) -> None:
+    """Milliseconds for the backward (input and weight gradients) of single depthwise convolutions, channels_last,
+    in bf16 and in float32: the measurement behind ``segkit.device.depthwise_float32_when_training``."""
+    import torch
+
+    torch.set_num_threads(2)
+    print("| layer (channels, px, kernel, stride) | bf16 ms | float32 ms | bf16 / float32 |\n|---|---:|---:|---:|")
+    for channels, px, kernel, stride in DEPTHWISE:
+        row = []
+        for dtype in (torch.bfloat16, torch.float32):
+            x = torch.randn(32, channels, px, px, dtype=dtype).contiguous(memory_format=torch.channels_last)
+            w = torch.randn(channels, 1, kernel, kernel, dtype=dtype).contiguous(memory_format=torch.channels_last)
+            x.requires_grad_(True), w.requires_grad_(True)
+            out = torch.nn.functional.conv2d(x, w, stride=stride, padding=kernel // 2, groups=channels)
+            grad = torch.randn_like(out)
+            times = []
+            for i in range(repeats + 2):
+                began = time.perf_counter()
+                torch.autograd.grad(out, (x, w), grad, retain_graph=True)
+                if i >= 2:  # two warm-up calls
+                    times.append(time.perf_counter() - began)
+            row.append(statistics.median(times) * 1000)
+        print(f"| {channels}, {px}, {kernel}x{kernel}, {stride} | {row[0]:.1f} | {row[1]:.1f} | "
+              f"{row[0] / row[1]:.1f}x |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--compile", action="store_true", help="also time the reference row under torch.compile")
     parser.add_argument("--flops", action="store_true", help="print the encoder's and decoder's FLOPs at 96 px "
                                                               "instead of timing")
+    parser.add_argument("--depthwise", action="store_true", help="time the backward of single depthwise layers, "
+                                                                  "bf16 vs float32, instead of whole steps")
     parser.add_argument("--row", help=argparse.SUPPRESS)  # a child process: one row as JSON
     args = parser.parse_args()
     if args.flops:
         print("one 96 px image, forward pass\n| network | encoder MFLOPs | decoder + head MFLOPs | ratio |\n"
               "|---|---:|---:|---:|")
         flops()
+        return
+    if args.depthwise:
+        depthwise()
         return
     if args.row:
         print(json.dumps(one(**json.loads(args.row), steps=args.steps)))

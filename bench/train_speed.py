@@ -4,10 +4,11 @@
 
 Reference: the loop a notebook writes — ``model(x)``, BCE-with-logits + smp Dice, ``backward``, AdamW ``step`` —
 in fp32. segkit: ``segkit.train.loop.train_epoch`` (weighted loss terms in fp32, per-step LR schedule, gradient
-clipping, NaN check, EMA off) in fp32, and with ``amp: bf16`` + ``channels_last`` + float32 depthwise convolutions
-(what ``segkit train`` does for bf16 on the CPU: ``segkit.device.depthwise_float32_when_training``). Each round times every variant
-once, in turn, so load from other processes hits them alike; the table shows medians (ms per step) over rounds,
-the loop's overhead (segkit fp32 / bare fp32) and the bf16 speed-up (segkit fp32 / segkit bf16).
+clipping, NaN check, EMA off) in fp32, and with ``amp: bf16`` + ``channels_last`` + float32 depthwise
+convolutions (what ``segkit train`` does for bf16 on the CPU: ``segkit.device.depthwise_float32_when_training``).
+Each round times every variant once, in turn, so load from other processes hits them alike; the table shows
+medians (ms per step) over rounds, the loop's overhead (segkit fp32 / bare fp32) and the bf16 speed-up (segkit
+fp32 / segkit bf16).
 """
 
 from __future__ import annotations
