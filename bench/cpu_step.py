@@ -24,7 +24,8 @@ import time
 
 # Each row: a label and its changes to DEFAULTS. "depthwise float32" is what segkit's CPU bf16 training does
 # (segkit.device.depthwise_float32_when_training); the rows without it show the plain bf16 network.
-DEFAULTS = {"threads": 2, "attention": None, "size": 128, "decoder": None, "depthwise_fp32": False, "compile": False}
+DEFAULTS = {"threads": 2, "attention": None, "size": 128, "decoder": None, "depthwise_fp32": False, "compile": False,
+            "bf16": True}
 ROWS = [
     ("reference: 2 threads, 128 px", {}),
     ("1 thread, 128 px", {"threads": 1}),
@@ -33,11 +34,16 @@ ROWS = [
     ("2 threads, 96 px crops", {"size": 96}),
     ("2 threads, 96 px crops, decoder 128-64-32-16-8", {"size": 96, "decoder": [128, 64, 32, 16, 8]}),
     ("2 threads, 96 px crops, depthwise float32 (the TGS cpu recipe)", {"size": 96, "depthwise_fp32": True}),
+    ("2 threads, 96 px crops, depthwise float32, decoder 128-64-32-16-8",
+     {"size": 96, "depthwise_fp32": True, "decoder": [128, 64, 32, 16, 8]}),
+    ("2 threads, 96 px crops, float32", {"size": 96, "bf16": False}),
+    ("2 threads, 96 px crops, float32, decoder 128-64-32-16-8",
+     {"size": 96, "bf16": False, "decoder": [128, 64, 32, 16, 8]}),
 ]
 
 
 def one(threads: int, attention: str | None, size: int, decoder: list[int] | None, depthwise_fp32: bool,
-        compile: bool, steps: int) -> float:
+        compile: bool, bf16: bool, steps: int) -> float:
     import torch
 
     import segkit  # noqa: F401  (import fix for torchvision before smp)
@@ -57,7 +63,7 @@ def one(threads: int, attention: str | None, size: int, decoder: list[int] | Non
     y = (torch.rand(32, 1, size, size) > 0.5).float()
 
     def step() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             out = forward(x)
         loss = torch.nn.functional.binary_cross_entropy_with_logits(out.float(), y)
         opt.zero_grad()
@@ -135,6 +141,8 @@ def main() -> None:
                                                               "instead of timing")
     parser.add_argument("--depthwise", action="store_true", help="time the backward of single depthwise layers, "
                                                                   "bf16 vs float32, instead of whole steps")
+    parser.add_argument("--only", nargs="+", type=int, metavar="N",
+                        help="time only these rows (numbered from 0; the reference row always runs)")
     parser.add_argument("--row", help=argparse.SUPPRESS)  # a child process: one row as JSON
     args = parser.parse_args()
     if args.flops:
@@ -148,7 +156,7 @@ def main() -> None:
     if args.row:
         print(json.dumps(one(**json.loads(args.row), steps=args.steps)))
         return
-    rows = list(ROWS)
+    rows = [row for n, row in enumerate(ROWS) if args.only is None or n == 0 or n in args.only]
     if args.compile:
         rows.append(("2 threads, 128 px, torch.compile", {"compile": True}))
     print(f"{platform.machine()}, {os.cpu_count()} cores, batch 32, bf16 + channels_last, "

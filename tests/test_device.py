@@ -59,3 +59,25 @@ def test_a_deep_copy_runs_its_own_weights():
     assert twin[1].forward.__self__ is twin[1]
     x = torch.randn(1, 3, 8, 8)
     assert not torch.equal(twin(x), net(x))
+
+
+def test_auto_precision_follows_the_cpu_and_named_ones_pass_through(monkeypatch, capsys):
+    import pytest
+
+    from segkit import device as dev
+    from segkit.errors import ConfigError
+
+    cpu = torch.device("cpu")
+    assert isinstance(dev.cpu_has_native_bf16(), bool)  # the real probe runs on this machine
+    monkeypatch.setattr(dev, "_ANNOUNCED", set())
+    monkeypatch.setattr(dev, "cpu_has_native_bf16", lambda: False)
+    assert dev.resolve_amp("auto", cpu) == "none"
+    assert dev.resolve_amp("AUTO", cpu) == "none"
+    assert capsys.readouterr().out.count("train.amp auto: float32 (CPU without native bf16)") == 1  # said once
+    monkeypatch.setattr(dev, "cpu_has_native_bf16", lambda: True)
+    assert dev.resolve_amp("auto", cpu, "predict.amp") == "bf16"
+    assert "predict.amp auto: bf16 (CPU with native bf16)" in capsys.readouterr().out
+    for named in ("none", "bf16", "fp16"):
+        assert dev.resolve_amp(named, cpu) == named
+    with pytest.raises(ConfigError, match="train.amp: unknown precision 'fp8'"):
+        dev.resolve_amp("fp8", cpu)

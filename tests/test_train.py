@@ -310,3 +310,17 @@ def test_cli_trains_one_model_and_fold(make_cfg, demo_root, tmp_path):
                  *FAST])
     assert code == 2  # an unknown fold is a one-line error, not a traceback
     assert os.environ.get("RANK") is None
+
+
+def test_auto_precision_trains_in_float32_on_a_cpu_without_native_bf16(make_cfg, monkeypatch, tmp_path):
+    from segkit import device
+
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: False)
+    runs = {}
+    for amp in ("none", "auto"):
+        cfg = make_cfg("train.epochs=1", f"train.amp={amp}")
+        train_fold(cfg, cfg.models[0], 0, out_dir=tmp_path / amp)
+        runs[amp] = history(tmp_path / amp)
+    pd.testing.assert_frame_equal(runs["auto"], runs["none"])  # the very same float32 run
+    # The checkpoint keeps the config's word, so another machine may resume the fold in its own precision.
+    assert checkpoint.load(tmp_path / "auto" / "last.pt")["train_state"]["identity"]["train"]["amp"] == "auto"

@@ -226,3 +226,17 @@ def test_running_mean_rejects_shape_change():
     torch.testing.assert_close(m.value, torch.full((2, 2), 0.5))
     with pytest.raises(ValueError, match="shape"):
         m.add(torch.ones(3))
+
+
+def test_auto_precision_is_chosen_by_the_batch_device(monkeypatch):
+    from segkit import device
+
+    model = conv_net()
+    x = torch.randn(2, 3, 12, 12)
+    plain = TTAPredictor(model, tta="hflip", amp="none")(x)
+    in_bf16 = TTAPredictor(model, tta="hflip", amp="bf16")(x)
+    assert not torch.equal(plain, in_bf16)  # the two precisions are told apart
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: False)
+    assert torch.equal(TTAPredictor(model, tta="hflip", amp="auto")(x), plain)
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: True)
+    assert torch.equal(TTAPredictor(model, tta="hflip", amp="auto")(x), in_bf16)

@@ -4,12 +4,14 @@ training and prediction make the same choices.
 - ``resolve_device("auto")``: the GPU of this process's local rank under torchrun, else the first GPU, else the CPU.
 - ``autocast(device, "bf16")``: mixed precision on any device. bf16 needs no loss scaling and pays on CPUs with
   AVX-512 BF16 (1.5-1.7x for ResNets here, BENCHMARKS.md); fp16 is for older GPUs and needs ``grad_scaler``.
+- ``resolve_amp("auto", device)``: the precision that is fastest where the process runs, see its docstring.
 - ``depthwise_float32_when_training(model)``: the one exception to bf16 on the CPU, see its docstring.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from typing import ContextManager, Optional, Union
 
@@ -45,6 +47,48 @@ def resolve_device(name: str = "auto", key: str = "device") -> torch.device:
     return device
 
 
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """True if this CPU computes bf16 in hardware (AVX-512 BF16 or AMX on x86, the BF16 extension on Arm)."""
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    if any(check is not None and check() for check in checks):
+        return True
+    try:  # other architectures, or a torch without those probes: the kernel's feature flags
+        with open("/proc/cpuinfo") as f:
+            flags = {flag for line in f if line.startswith(("flags", "Features")) for flag in line.split()}
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+_ANNOUNCED: set[tuple[str, str, str]] = set()
+
+
+def resolve_amp(amp: Union[None, str, torch.dtype], device: torch.device, key: str = "train.amp"):
+    """The precision to run in: ``auto`` becomes bf16 on a GPU that has it (else fp16), bf16 on a CPU that computes
+    bf16 in hardware, and ``none`` (float32) on any other CPU; the other values are returned as they are.
+
+    On a CPU without native bf16, oneDNN emulates it and a bf16 training step is about 2x *slower* than float32
+    (a Lite0 Unet at 96 px: 19 against 41 images/s, ``bench/cpu_step.py``), so one recipe cannot name one
+    precision for every machine it runs on. The choice is printed once per process and key."""
+    if not (isinstance(amp, str) and amp.lower() == "auto"):
+        amp_dtype(amp, key)  # validates
+        return amp
+    if device.type == "cuda":
+        chosen = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        why = "GPU"
+    elif device.type == "cpu":
+        native = cpu_has_native_bf16()
+        chosen = "bf16" if native else "none"
+        why = "CPU with native bf16" if native else "CPU without native bf16"
+    else:
+        chosen, why = "none", device.type
+    if (key, device.type, chosen) not in _ANNOUNCED:
+        _ANNOUNCED.add((key, device.type, chosen))
+        print(f"{key} auto: {'float32' if chosen == 'none' else chosen} ({why})", flush=True)
+    return chosen
+
+
 def amp_dtype(amp: Union[None, str, torch.dtype], key: str = "train.amp") -> Optional[torch.dtype]:
     """``none`` / None -> None; ``bf16`` / ``fp16`` (any case, or the long names, or a torch dtype) -> the
     autocast dtype."""
@@ -53,12 +97,13 @@ def amp_dtype(amp: Union[None, str, torch.dtype], key: str = "train.amp") -> Opt
     try:
         return AMP_DTYPES[amp.lower()]
     except (KeyError, AttributeError):
-        raise ConfigError(f"{key}: unknown precision {amp!r} (none, bf16, fp16)") from None
+        raise ConfigError(f"{key}: unknown precision {amp!r} (none, bf16, fp16; auto where a device is known)") \
+            from None
 
 
 def autocast(device: torch.device, amp: str) -> ContextManager:
-    """Autocast context for ``amp`` (``none`` -> a no-op)."""
-    dtype = amp_dtype(amp)
+    """Autocast context for ``amp`` (``none`` -> a no-op; ``auto`` as ``resolve_amp`` chooses for ``device``)."""
+    dtype = amp_dtype(resolve_amp(amp, device))
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
@@ -91,7 +136,7 @@ def depthwise_float32_when_training(model: nn.Module) -> int:
 
 def grad_scaler(device: torch.device, amp: str) -> torch.amp.GradScaler:
     """A loss scaler that is active only for fp16 (bf16 has fp32's exponent range and needs none)."""
-    return torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+    return torch.amp.GradScaler(device.type, enabled=resolve_amp(amp, device) == "fp16")
 
 
 def to_device(batch: dict, device: torch.device, channels_last: bool = False, non_blocking: bool = False) -> dict:

@@ -30,7 +30,7 @@ from typing import Callable, Iterable, Literal, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from segkit.device import amp_dtype
+from segkit.device import amp_dtype, resolve_amp
 from segkit.errors import ConfigError
 from segkit.models import split_output
 from segkit.registry import Registry
@@ -159,7 +159,8 @@ class TTAPredictor:
         self.merge = merge
         self.chunk = chunk
         self.activation = activation
-        self.amp = amp_dtype(amp, key="predict.amp")
+        # "auto" depends on the device, known only when a batch comes (segkit.device.resolve_amp)
+        self.amp = amp if isinstance(amp, str) and amp.lower() == "auto" else amp_dtype(amp, key="predict.amp")
         self.channels_last = channels_last
         if isinstance(model, nn.Module):
             model.eval()
@@ -177,8 +178,8 @@ class TTAPredictor:
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
-        autocast = (torch.autocast(device_type=batch.device.type, dtype=self.amp) if self.amp is not None
-                    else nullcontext())
+        dtype = amp_dtype(resolve_amp(self.amp, batch.device, "predict.amp")) if self.amp == "auto" else self.amp
+        autocast = torch.autocast(device_type=batch.device.type, dtype=dtype) if dtype is not None else nullcontext()
         with autocast:
             out, _ = split_output(self.model(batch))  # smp's aux head adds image logits
         out = out.float()

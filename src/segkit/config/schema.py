@@ -117,7 +117,7 @@ class TrainConfig(Section):
     augment: str = "light"
     crop_size: Optional[int] = None  # random crops of this size for training (big images)
     pad_to: int = 32  # pad inputs to a multiple of the network stride, un-pad predictions
-    amp: Literal["none", "bf16", "fp16"] = "none"
+    amp: Literal["none", "bf16", "fp16", "auto"] = "none"  # auto: see segkit.device.resolve_amp
     channels_last: bool = False
     compile: bool = False
     workers: int = Field(0, ge=0)
@@ -183,7 +183,7 @@ class PredictConfig(Section):
     tile_overlap: float = Field(0.5, ge=0, lt=1)
     tile_blend: Literal["gaussian", "linear"] = "gaussian"
     repredict_oof: bool = False  # also re-predict each fold's validation ids with TTA into <model>/oof_tta/
-    amp: Literal["none", "bf16", "fp16"] = "none"
+    amp: Literal["none", "bf16", "fp16", "auto"] = "none"  # auto: see segkit.device.resolve_amp
     snapshots: bool = True  # average the cycle snapshots (snapshot<c>.pt) of each fold with its best.pt
     checkpoint: Literal["best", "last"] = "best"  # which end-of-training checkpoint of each fold to use
     channels_last: bool = False

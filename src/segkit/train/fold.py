@@ -20,7 +20,7 @@ import torch
 from segkit import atomic
 from segkit.config.schema import Config, ModelConfig, TrainConfig
 from segkit.data import Competition
-from segkit.device import amp_dtype, depthwise_float32_when_training, grad_scaler, resolve_device
+from segkit.device import amp_dtype, depthwise_float32_when_training, grad_scaler, resolve_amp, resolve_device
 from segkit.errors import ConfigError, SegkitError
 from segkit.losses import LossSchedule
 from segkit.models import build_model, check_output_size
@@ -114,6 +114,10 @@ def train_fold(
         return json.loads(paths.summary.read_text()) if paths.summary.exists() else {}
     where = f"models[{model_cfg.name}] fold {fold}"
     device = resolve_device(cfg.device)
+    # The checkpoint's identity keeps the config's own words (amp: auto), so a fold resumed on another machine is
+    # not refused for a precision that machine chose; everything that runs uses the resolved one.
+    configured = tcfg
+    tcfg = tcfg.model_copy(update={"amp": resolve_amp(tcfg.amp, device)})
     world = distributed.setup(device)
     set_deterministic(tcfg.deterministic)
     if tcfg.threads:
@@ -155,7 +159,7 @@ def train_fold(
     aux_weight = model_cfg.aux_weight if model_cfg.aux_head else 0.0
     losses = LossSchedule(tcfg, mode, len(classes), aux_weight).to(device)
     snapshots = cycle_end_epochs(tcfg) if "snapshots" in tcfg.keep else []
-    identity = {"model": model_cfg.model_dump(mode="json"), "train": tcfg.model_dump(mode="json"),
+    identity = {"model": model_cfg.model_dump(mode="json"), "train": configured.model_dump(mode="json"),
                 "seed": cfg.seed, "metric": cfg.metric, "mode": mode, "classes": classes,
                 "extra": {"images": len(extra.ids), "share": extra.share} if extra is not None else None}
 
