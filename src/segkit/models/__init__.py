@@ -2,16 +2,19 @@
 
 ``build_model(model_cfg, channels, mode, num_classes)`` returns an smp model whose forward gives mask logits
 (N, C, H, W) — C = K foreground channels for binary / multilabel, K + 1 (background first) for multiclass — or a
-tuple (mask logits, image logits (N, K)) when the auxiliary "has mask" head is on. ``split_output`` and
+tuple (mask logits, image logits (N, K)) when the auxiliary "has mask" head is on. With ``input_scale`` the model
+works inside at that many times the input's size and still returns logits at the input's size. ``split_output`` and
 ``probabilities`` turn that into what the rest of the pipeline stores: (N, K, H, W) foreground probabilities.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from segkit.config.schema import ModelConfig
@@ -98,7 +101,28 @@ def build_model(
                           f"{_first_line(err)}") from None
     if source.file is not None:
         weights.load_encoder_file(model, source.file, key=f"{key}.encoder_weights")
+    if model_cfg.input_scale > 1:
+        scale_inputs(model, model_cfg.input_scale)
     return model
+
+
+def scale_inputs(model: nn.Module, scale: int) -> None:
+    """Make ``model`` upsample its input ``scale`` times (bilinear) and average its mask logits back over each
+    ``scale`` x ``scale`` block, so it maps an input to logits of the same size. Forward hooks rather than a
+    wrapper module: weights, state_dict keys and checkpoints stay those of the plain network, and every caller
+    (training, validation, TTA, tiling, export) gets the scaled network without knowing."""
+    model.register_forward_pre_hook(partial(_upsample_input, scale=scale))
+    model.register_forward_hook(partial(_pool_logits, scale=scale))
+
+
+def _upsample_input(module: nn.Module, args: tuple, scale: int) -> tuple:
+    return (F.interpolate(args[0], scale_factor=scale, mode="bilinear", align_corners=False), *args[1:])
+
+
+def _pool_logits(module: nn.Module, args: tuple, out: Any, scale: int) -> Any:
+    masks, aux = split_output(out)
+    masks = F.avg_pool2d(masks, scale)
+    return masks if aux is None else (masks, aux)
 
 
 def _first_line(err: Exception) -> str:
