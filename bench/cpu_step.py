@@ -1,12 +1,12 @@
 """Training-step speed of the real-data recipes' network on this CPU: threads, scSE attention, crop size, decoder
-width, and bf16 against float32 depthwise convolutions.
+width, bf16 against float32 depthwise convolutions, and bf16 against plain float32.
 
     .venv/bin/python bench/cpu_step.py [--steps 10] [--compile]
     .venv/bin/python bench/cpu_step.py --flops      # where the FLOPs go, encoder vs decoder (no timing)
     .venv/bin/python bench/cpu_step.py --depthwise  # backward of single depthwise layers, bf16 vs float32
 
-One bare step = bf16 autocast forward of a Unet on ``tu-tf_efficientnet_lite0`` (channels_last), BCE, backward,
-AdamW step; batch 32. Each row is the median of ``--steps`` timed steps after 3 warm-up steps; every row runs in
+One bare step = bf16 autocast forward (float32 in the rows that say so) of a Unet on ``tu-tf_efficientnet_lite0``
+(channels_last), BCE, backward, AdamW step; batch 32. ``--only 4 6`` times only those rows beside the reference. Each row is the median of ``--steps`` timed steps after 3 warm-up steps; every row runs in
 its own process with the asked thread count, one after another, so no two compete for the cores. Prints images
 per second and the ratio to the reference row (two threads, no attention, 128 px).
 """
@@ -133,6 +133,13 @@ def depthwise(repeats: int = 5) -> None:
               f"{row[0] / row[1]:.1f}x |")
 
 
+def _native_bf16() -> bool:
+    import segkit  # noqa: F401  (import fix for torchvision)
+    from segkit.device import cpu_has_native_bf16
+
+    return cpu_has_native_bf16()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=10)
@@ -159,7 +166,7 @@ def main() -> None:
     rows = [row for n, row in enumerate(ROWS) if args.only is None or n == 0 or n in args.only]
     if args.compile:
         rows.append(("2 threads, 128 px, torch.compile", {"compile": True}))
-    print(f"{platform.machine()}, {os.cpu_count()} cores, batch 32, bf16 + channels_last, "
+    print(f"{platform.machine()}, {os.cpu_count()} cores, native bf16: {_native_bf16()}, batch 32, channels_last, "
           f"median of {args.steps} steps")
     print("| setting | images/s | ratio to reference |\n|---|---:|---:|")
     reference = None
