@@ -324,3 +324,15 @@ def test_auto_precision_trains_in_float32_on_a_cpu_without_native_bf16(make_cfg,
     pd.testing.assert_frame_equal(runs["auto"], runs["none"])  # the very same float32 run
     # The checkpoint keeps the config's word, so another machine may resume the fold in its own precision.
     assert checkpoint.load(tmp_path / "auto" / "last.pt")["train_state"]["identity"]["train"]["amp"] == "auto"
+
+
+def test_a_scaled_network_trains_and_comes_back_scaled_from_its_checkpoint(make_cfg, tmp_path):
+    cfg = make_cfg("train.epochs=1", "models.0.input_scale=2")
+    train_fold(cfg, cfg.models[0], 0, out_dir=tmp_path / "f")
+    model, meta = checkpoint.load_model(tmp_path / "f" / "best.pt")
+    assert meta["model_cfg"]["input_scale"] == 2
+    seen = []
+    model.encoder.register_forward_pre_hook(lambda m, args: seen.append(tuple(args[0].shape[-2:])))
+    with torch.no_grad():
+        assert model(torch.zeros(1, 1, 32, 32)).shape == (1, 1, 32, 32)
+    assert seen == [(64, 64)]  # the encoder saw the input at twice its size
