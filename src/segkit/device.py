@@ -64,6 +64,11 @@ def cpu_has_native_bf16() -> bool:
 _ANNOUNCED: set[tuple[str, str, str]] = set()
 
 
+def is_auto(amp: Union[None, str, torch.dtype]) -> bool:
+    """Whether ``amp`` leaves the precision to ``resolve_amp`` (which needs the device to decide)."""
+    return isinstance(amp, str) and amp.lower() == "auto"
+
+
 def resolve_amp(amp: Union[None, str, torch.dtype], device: torch.device, key: str = "train.amp"):
     """The precision to run in: ``auto`` becomes bf16 on a GPU that has it (else fp16), bf16 on a CPU that computes
     bf16 in hardware, and ``none`` (float32) on any other CPU; the other values are returned as they are.
@@ -71,7 +76,7 @@ def resolve_amp(amp: Union[None, str, torch.dtype], device: torch.device, key: s
     On a CPU without native bf16, oneDNN emulates it and a bf16 training step is about 2x *slower* than float32
     (a Lite0 Unet at 96 px: 19 against 41 images/s, ``bench/cpu_step.py``), so one recipe cannot name one
     precision for every machine it runs on. The choice is printed once per process and key."""
-    if not (isinstance(amp, str) and amp.lower() == "auto"):
+    if not is_auto(amp):
         amp_dtype(amp, key)  # validates
         return amp
     if device.type == "cuda":

@@ -30,7 +30,7 @@ from typing import Callable, Iterable, Literal, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from segkit.device import amp_dtype, resolve_amp
+from segkit.device import amp_dtype, is_auto, resolve_amp
 from segkit.errors import ConfigError
 from segkit.models import split_output
 from segkit.registry import Registry
@@ -159,8 +159,9 @@ class TTAPredictor:
         self.merge = merge
         self.chunk = chunk
         self.activation = activation
-        # "auto" depends on the device, known only when a batch comes (segkit.device.resolve_amp)
-        self.amp = amp if isinstance(amp, str) and amp.lower() == "auto" else amp_dtype(amp, key="predict.amp")
+        if not is_auto(amp):  # "auto" depends on the device, known only when a batch comes
+            amp_dtype(amp, key="predict.amp")  # fail on a bad name now, not at the first batch
+        self.amp = amp
         self.channels_last = channels_last
         if isinstance(model, nn.Module):
             model.eval()
@@ -178,7 +179,7 @@ class TTAPredictor:
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
-        dtype = amp_dtype(resolve_amp(self.amp, batch.device, "predict.amp")) if self.amp == "auto" else self.amp
+        dtype = amp_dtype(resolve_amp(self.amp, batch.device, "predict.amp"))
         autocast = torch.autocast(device_type=batch.device.type, dtype=dtype) if dtype is not None else nullcontext()
         with autocast:
             out, _ = split_output(self.model(batch))  # smp's aux head adds image logits
