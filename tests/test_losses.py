@@ -97,6 +97,54 @@ def test_balanced_bce_gives_rare_positives_the_weight_of_all_negatives():
         assert torch.isclose(pull_pos / pull_neg, torch.tensor(ratio), rtol=1e-4), name
 
 
+@pytest.mark.parametrize("per_image", [False, True])
+def test_batched_lovasz_hinge_equals_smp(per_image):
+    import segmentation_models_pytorch as smp
+
+    torch.manual_seed(0)
+    mask = (torch.rand(4, 1, 12, 12) > 0.6).float()
+    mask[1] = 0  # an empty image
+    mask[2] = 1  # a full one
+    logits = torch.randn(4, 1, 12, 12) * 2
+    ours = build_loss({"lovasz": 1}, "binary", 1, params={"lovasz": {"per_image": per_image}})(logits, mask)[0]
+    theirs = smp.losses.LovaszLoss("binary", per_image=per_image)(logits, mask)
+    assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+def test_elu_lovasz_keeps_a_gradient_beyond_the_margin():
+    mask = torch.zeros(1, 1, 4, 4)
+    mask[..., :2] = 1
+    x = (mask * 10 - 5).requires_grad_(True)  # every pixel right by a margin of 5
+    for hinge, moves in (("relu", False), ("elu", True)):
+        x.grad = None
+        loss = build_loss({"lovasz": 1}, "binary", 1, params={"lovasz": {"hinge": hinge}})(x, mask)[0]
+        loss.backward()
+        assert bool((x.grad.abs() > 0).any()) is moves, hinge
+    with pytest.raises(ConfigError, match="train.loss_params.lovasz"):
+        build_loss({"lovasz": 1}, "binary", 1, params={"lovasz": {"hinge": "tanh"}})
+
+
+def test_symmetric_lovasz_gives_every_pixel_of_an_empty_image_a_gradient():
+    mask = torch.zeros(1, 1, 8, 8)
+    grads = {}
+    for symmetric in (False, True):
+        x = torch.linspace(-2, 0.5, 64).reshape(1, 1, 8, 8).requires_grad_(True)
+        params = {"lovasz": {"per_image": True, "symmetric": symmetric}}
+        build_loss({"lovasz": 1}, "binary", 1, params=params)(x, mask)[0].backward()
+        grads[symmetric] = x.grad
+    # plain hinge on an empty image: only its highest logit is pushed down
+    assert (grads[False] != 0).sum() == 1 and grads[False][0, 0, 7, 7] > 0
+    # symmetric: the background term pushes down every logit that is not yet below -1
+    assert (grads[True] > 0).sum() > 32
+    # on a mask with both classes, a perfect margin costs nothing either way
+    full = torch.zeros(1, 1, 8, 8)
+    full[..., :4] = 1
+    perfect = full * 4 - 2
+    assert build_loss({"lovasz": 1}, "binary", 1, params={"lovasz": {"symmetric": True}})(perfect, full)[0] == 0
+    with pytest.raises(ConfigError, match="train.loss_params.lovasz: symmetric"):
+        build_loss({"lovasz": 1}, "multiclass", 2, params={"lovasz": {"symmetric": True}})
+
+
 def test_signed_distance_is_negative_inside_positive_outside():
     m = np.zeros((1, 1, 9, 9), np.uint8)
     m[0, 0, 3:6, 3:6] = 1

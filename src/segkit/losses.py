@@ -6,9 +6,10 @@ label map (N, H, W) in multiclass mode (0 = background, k = class k; C = K + 1 t
 before any term runs: under autocast they arrive in bf16/fp16, and smp's Lovasz fails on bf16 (and sums are more
 accurate in fp32 anyway).
 
-The terms wrap ``smp.losses`` wherever it has the loss; only balanced BCE and the distance-map boundary loss
-(Kervadec et al., 2019) are written here. Per-class weights (``train.class_weights``, one per foreground class)
-weight each class's share of a term; multiclass terms give the background weight 1.
+The terms wrap ``smp.losses`` wherever it has the loss; balanced BCE, the distance-map boundary loss (Kervadec et
+al., 2019) and the binary Lovasz hinge (batched over images, with its symmetric and elu variants) are written here.
+Per-class weights (``train.class_weights``, one per foreground class) weight each class's share of a term;
+multiclass terms give the background weight 1.
 
 | name | binary / multilabel | multiclass |
 |---|---|---|
@@ -16,7 +17,7 @@ weight each class's share of a term; multiclass terms give the background weight
 | balanced_bce | BCE, positives weighted by the batch's negative share | CE, classes weighted by inverse frequency |
 | dice, jaccard, tversky | smp soft Dice / Jaccard / Tversky | same, softmax |
 | focal | smp focal (``gamma``, ``alpha``) | same, one-vs-rest per class |
-| lovasz | Lovasz hinge per channel (``per_image``) | Lovasz-softmax (class weights not applied) |
+| lovasz | Lovasz hinge per channel (``per_image``, ``symmetric``, ``hinge``) | Lovasz-softmax (class weights not applied) |
 | boundary | mean of p * signed distance to the true boundary | same on the foreground softmax channels |
 """
 
@@ -184,29 +185,64 @@ def _balanced_bce(mode: str, num_classes: int, class_weights=None, **params) -> 
     return _BalancedBCE(mode, num_classes, class_weights, **params)
 
 
+def lovasz_hinge(logits: torch.Tensor, labels: torch.Tensor, elu: bool = False) -> torch.Tensor:
+    """Lovasz hinge (Berman et al., 2018) of each row of (R, P) logits against 0/1 labels: the Lovasz extension of
+    the Jaccard loss applied to the sorted hinge errors. All rows are sorted and scored at once, so a batch scored
+    per image costs one sort instead of a Python loop of them. ``elu`` scores errors with elu(e) + 1 instead of
+    max(e, 0): pixels already beyond the margin keep a small gradient. Returns (R,) losses."""
+    labels = labels.to(logits.dtype)
+    errors = 1.0 - logits * (2.0 * labels - 1.0)
+    errors, order = torch.sort(errors, dim=1, descending=True)
+    truth = labels.gather(1, order)
+    positives = truth.sum(dim=1, keepdim=True)
+    # Jaccard loss of predicting the first i sorted pixels as foreground; its increments weight the errors
+    jaccard = 1.0 - (positives - truth.cumsum(dim=1)) / (positives + (1.0 - truth).cumsum(dim=1))
+    weights = torch.cat([jaccard[:, :1], jaccard[:, 1:] - jaccard[:, :-1]], dim=1)
+    hinge = F.elu(errors) + 1.0 if elu else F.relu(errors)
+    return (hinge * weights).sum(dim=1)
+
+
 class _LovaszHinge(nn.Module):
-    """Lovasz hinge per sigmoid channel (a multilabel channel is its own binary problem), weighted over channels."""
+    """Lovasz hinge per sigmoid channel (a multilabel channel is its own binary problem), weighted over channels.
 
-    def __init__(self, num_classes: int, class_weights=None, per_image: bool = False):
+    ``symmetric`` averages the hinge on the foreground with the hinge on the background (negated logits, inverted
+    mask). Per image, the plain hinge sees an empty mask as an IoU of nothing and penalises only its single highest
+    logit; the background term gives every pixel of such an image a gradient, which matters where many images
+    are empty (TGS: 39 %). ``hinge: elu`` is the smoother elu(e) + 1 scoring of the errors."""
+
+    def __init__(self, num_classes: int, class_weights=None, per_image: bool = False, symmetric: bool = False,
+                 hinge: str = "relu"):
         super().__init__()
-        import segmentation_models_pytorch as smp
-
-        self.loss = smp.losses.LovaszLoss("binary", per_image=per_image)
+        if hinge not in ("relu", "elu"):
+            raise ValueError(f"hinge must be 'relu' or 'elu', got {hinge!r}")
+        self.per_image, self.symmetric, self.elu = per_image, symmetric, hinge == "elu"
         w = torch.tensor(class_weights if class_weights is not None else [1.0] * num_classes, dtype=torch.float32)
         self.register_buffer("weights", w / w.sum())
 
+    def _channel(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        rows = logits.shape[0] if self.per_image else 1
+        logits, mask = logits.reshape(rows, -1), mask.reshape(rows, -1).float()
+        loss = lovasz_hinge(logits, mask, self.elu)
+        if self.symmetric:
+            loss = (loss + lovasz_hinge(-logits, 1.0 - mask, self.elu)) / 2
+        return loss.mean()
+
     def forward(self, logits: torch.Tensor, target: Target) -> torch.Tensor:
-        parts = [self.loss(logits[:, k], target.mask[:, k]) for k in range(logits.shape[1])]
+        parts = [self._channel(logits[:, k], target.mask[:, k]) for k in range(logits.shape[1])]
         return (torch.stack(parts) * self.weights).sum()
 
 
 @LOSSES.register("lovasz")
-def _lovasz(mode: str, num_classes: int, class_weights=None, per_image: bool = False) -> nn.Module:
+def _lovasz(mode: str, num_classes: int, class_weights=None, per_image: bool = False, symmetric: bool = False,
+            hinge: str = "relu") -> nn.Module:
     import segmentation_models_pytorch as smp
 
     if mode == "multiclass":
+        if symmetric or hinge != "relu":
+            raise ConfigError("train.loss_params.lovasz: symmetric and hinge are for binary / multilabel masks "
+                              "(Lovasz-softmax already scores every class, background included)")
         return _SmpTerm(smp.losses.LovaszLoss("multiclass", per_image=per_image), mode)
-    return _LovaszHinge(num_classes, class_weights, per_image=per_image)
+    return _LovaszHinge(num_classes, class_weights, per_image=per_image, symmetric=symmetric, hinge=hinge)
 
 
 def signed_distance(mask: np.ndarray) -> np.ndarray:
