@@ -206,9 +206,10 @@ class _LovaszHinge(nn.Module):
     """Lovasz hinge per sigmoid channel (a multilabel channel is its own binary problem), weighted over channels.
 
     ``symmetric`` averages the hinge on the foreground with the hinge on the background (negated logits, inverted
-    mask). Per image, the plain hinge sees an empty mask as an IoU of nothing and penalises only its single highest
-    logit; the background term gives every pixel of such an image a gradient, which matters where many images
-    are empty (TGS: 39 %). ``hinge: elu`` is the smoother elu(e) + 1 scoring of the errors."""
+    mask). Per image, the plain hinge on an empty mask has a Jaccard loss of 1 as soon as one pixel is predicted, so
+    only the single highest logit gets a gradient; the background term gives every pixel of such an image one,
+    which matters where many images are empty (TGS: 39 %). ``hinge: elu`` is the smoother elu(e) + 1 scoring of
+    the errors."""
 
     def __init__(self, num_classes: int, class_weights=None, per_image: bool = False, symmetric: bool = False,
                  hinge: str = "relu"):
