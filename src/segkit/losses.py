@@ -214,8 +214,6 @@ class _LovaszHinge(nn.Module):
     def __init__(self, num_classes: int, class_weights=None, per_image: bool = False, symmetric: bool = False,
                  hinge: str = "relu"):
         super().__init__()
-        if hinge not in ("relu", "elu"):
-            raise ValueError(f"hinge must be 'relu' or 'elu', got {hinge!r}")
         self.per_image, self.symmetric, self.elu = per_image, symmetric, hinge == "elu"
         w = torch.tensor(class_weights if class_weights is not None else [1.0] * num_classes, dtype=torch.float32)
         self.register_buffer("weights", w / w.sum())
@@ -238,6 +236,8 @@ def _lovasz(mode: str, num_classes: int, class_weights=None, per_image: bool = F
             hinge: str = "relu") -> nn.Module:
     import segmentation_models_pytorch as smp
 
+    if hinge not in ("relu", "elu"):  # one check for both modes (build_loss names the key)
+        raise ValueError(f"hinge must be 'relu' or 'elu', got {hinge!r}")
     if mode == "multiclass":
         if symmetric or hinge != "relu":
             raise ConfigError("train.loss_params.lovasz: symmetric and hinge are for binary / multilabel masks "
