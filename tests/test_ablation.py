@@ -78,9 +78,10 @@ def test_ablation_end_to_end_on_one_fold(demo_cfg, one_torch_thread):
         ablation.run(cfg, folds=[7], train_only=True)
     table = ablation.run(cfg, folds=[1], metrics=["iou"])
     names = [r.name for r in table]
-    assert names == ["baseline", "+ loss", "+ pretrained encoder", "+ TTA", "+ ensemble", "+ threshold / min area",
-                     "+ morphology", "+ pseudo-labels", "segkit run"]
-    for r in table[:-2]:
+    assert names == ["baseline", "+ loss", "+ pretrained encoder", "+ tiles", "+ TTA", "+ ensemble",
+                     "+ threshold / min area", "+ morphology", "+ pseudo-labels", "segkit run"]
+    assert table[3].note.startswith("not in this recipe") and not table[3].scores
+    for r in table[:3] + table[4:-2]:
         assert set(r.scores) == {"dice", "iou"} and all(0 <= v <= 1 for v in r.scores.values()), r
     assert table[-2].note.startswith("not in this recipe") and not table[-2].scores
     # Only fold 1 of the extra runs was trained, and every row is scored on fold 1's images.
@@ -90,11 +91,26 @@ def test_ablation_end_to_end_on_one_fold(demo_cfg, one_torch_thread):
     assert saved["folds"] == [1] and saved["n_images"] == 8 and len(saved["rows"]) == len(table)
     assert (cfg.run_dir / "quality" / "quality.md").read_text().count("\n") == len(table) + 2
     # Tuning can only match or beat its own starting point on the images it is tuned on.
-    assert table[5].scores["dice"] >= table[4].scores["dice"] - 1e-9
+    assert table[6].scores["dice"] >= table[5].scores["dice"] - 1e-9
     # Without the variants the recipe's own rows are scored again from the finished run, and agree.
     again = ablation.run(cfg, folds=[1], metrics=["iou"], with_variants=False)
     assert [r.note.startswith("not trained") for r in again[:2]] == [True, True]
     assert [r.scores for r in again[2:]] == [r.scores for r in table[2:]]
+
+
+def test_tiles_row_re_predicts_the_chosen_fold_in_tiles_without_tta(demo_cfg, one_torch_thread):
+    from segkit.probs import ProbStore
+
+    # 32 px images, a network of stride 8 padded to 16, tiles of 16: four tiles an image
+    cfg = _cfg(demo_cfg, "train.pad_to=16", "predict.tile_size=16", "predict.tile_blend=linear")
+    table = {r.name: r for r in ablation.run(cfg, folds=[1], with_variants=False)}
+    assert table["+ tiles"].what == "predict.tile_size: 16 (linear, overlap 0.5)"
+    store = ProbStore(cfg.run_dir / "quality" / "tiles" / "unet")
+    assert sorted(store.ids) == sorted(ablation.fold_ids(cfg, [1])[0])
+    assert json.loads((store.folder / "source.json").read_text())["tta"] == "none"
+    # tiles without TTA differ from the whole-image training OOF and from the TTA'd tiles
+    tiles, plain = table["+ tiles"].scores["dice"], table["+ pretrained encoder"].scores["dice"]
+    assert 0 <= tiles <= 1 and tiles != plain and tiles != table["+ TTA"].scores["dice"]
 
 
 def test_pseudo_row_scores_the_round_models(demo_cfg, one_torch_thread):

@@ -142,13 +142,16 @@ def test_repredicted_oof_uses_each_folds_own_checkpoint(trained):
             np.testing.assert_allclose(store.read_float(i), ref[i], atol=1 / 255 + 1e-6)
 
 
-def test_tiled_prediction_for_images_larger_than_the_tile(demo_cfg, tmp_path):
+# 64 px: 9 tiles an image, more than a batch of 3, so one image at a time; 40 px: 4 tiles an image, so a batch of 8
+# tiles two images together (segkit.predict._tiled_groups)
+@pytest.mark.parametrize("size,batch_size", [(64, 3), (40, 8)])
+def test_tiled_prediction_for_images_larger_than_the_tile(demo_cfg, tmp_path, size, batch_size):
     from segkit.demo import write_competition
     from segkit.tiling import predict_tiled
 
-    root = write_competition(tmp_path / "big", n_train=6, n_test=2, size=64, seed=3)
-    cfg = demo_cfg(f"data.root={root}", TINY_YAML, "device=cpu",
-                   "predict.tta=none", "predict.tile_size=32", "predict.tile_overlap=0.5", "predict.batch_size=3")
+    root = write_competition(tmp_path / "big", n_train=6, n_test=5, size=size, seed=3)
+    cfg = demo_cfg(f"data.root={root}", TINY_YAML, "device=cpu", "predict.tta=none", "predict.tile_size=32",
+                   "predict.tile_overlap=0.5", f"predict.batch_size={batch_size}")
     folds.run(cfg)
     comp = Competition(cfg.data, seed=cfg.seed)
     frame = folds.load_folds(cfg, comp)
@@ -161,10 +164,10 @@ def test_tiled_prediction_for_images_larger_than_the_tile(demo_cfg, tmp_path):
     plain = _plain(cfg, comp, comp.test_ids, [cfg.run_dir / "tiny" / f"fold{k}" / "best.pt" for k in range(3)])
     for item in ds:
         i = item["id"]
-        assert store[i].shape == (1, 64, 64)
+        assert store[i].shape == (1, size, size)
         with torch.no_grad():
             ref = predict_tiled(lambda b: torch.stack([torch.sigmoid(m(b)) for m in models]).mean(0),
-                                item["image"], 32, overlap=0.5, blend="gaussian", batch_size=3)
+                                item["image"][:, :size, :size], 32, overlap=0.5, blend="gaussian", batch_size=3)
         np.testing.assert_allclose(store.read_float(i), ref.numpy(), atol=1 / 255 + 1e-6)
         assert np.abs(store.read_float(i) - plain[i]).max() > 2 / 255  # tiles, not one whole-image pass
     with pytest.raises(ConfigError, match="tile_size"):

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from segkit.errors import ConfigError
-from segkit.tiling import GAUSSIAN_FLOOR, predict_tiled, tile_boxes, tile_starts, tile_weights
+from segkit.tiling import GAUSSIAN_FLOOR, predict_tiled, tile_boxes, tile_starts, tile_weights, tiles_per_image
 from segkit.tta import TTAPredictor
 
 
@@ -121,11 +121,37 @@ def test_composes_with_tta():
     tiled.add_(1)  # a normal tensor the caller may edit
 
 
+def test_a_stack_of_images_shares_the_batches_and_equals_one_image_at_a_time():
+    model = conv_model(seed=4)
+    images = torch.randn(5, 3, 23, 21)  # TGS-like: a little larger than the tile, 4 tiles each
+    sizes = []
+
+    def fn(batch):
+        sizes.append(batch.shape[0])
+        with torch.no_grad():
+            return model(batch)
+
+    stacked = predict_tiled(fn, images, tile=16, overlap=0.5, blend="linear", batch_size=12)
+    assert tiles_per_image(23, 21, 16, 0.5) == 4
+    # 12 // 5 = 2 boxes of all 5 images per call: 4 boxes in two calls of 10 tiles
+    assert sizes == [10, 10]
+    assert stacked.shape == (5, 2, 23, 21)
+    for k in range(5):
+        alone = predict_tiled(fn, images[k], tile=16, overlap=0.5, blend="linear", batch_size=12)
+        torch.testing.assert_close(stacked[k], alone, atol=1e-6, rtol=0)
+    sizes.clear()
+    predict_tiled(fn, images, tile=16, overlap=0.5, batch_size=2)  # fewer slots than images: one box a call
+    assert sizes == [5, 5, 5, 5]
+    # smaller than the tile: padded to it, and still one tile each
+    assert predict_tiled(fn, images[:, :, :9, :9], tile=16).shape == (5, 2, 9, 9)
+    assert tiles_per_image(9, 9, 16, 0.5) == 1
+
+
 def test_bad_predictor_output_and_arguments():
     with pytest.raises(ValueError, match="expected"):
         predict_tiled(lambda b: b[:, :, :4, :4], torch.randn(3, 20, 20), tile=8)
     with pytest.raises(ValueError, match="C, H, W"):
-        predict_tiled(pointwise, torch.randn(1, 3, 20, 20), tile=8)
+        predict_tiled(pointwise, torch.randn(1, 1, 3, 20, 20), tile=8)
     with pytest.raises(ConfigError, match="tile_blend"):
         predict_tiled(pointwise, torch.randn(3, 20, 20), tile=8, blend="cosine")
     with pytest.raises(ConfigError, match="batch_size"):

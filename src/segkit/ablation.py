@@ -6,6 +6,8 @@ recipe's first model, on the same folds, epochs and augmentation, isolate the tr
     baseline        random-init encoder, BCE alone, no TTA, p > 0.5, no clean-up        (quality/baseline)
     + loss          the recipe's loss (e.g. BCE + Dice, then Lovasz)                      (quality/loss)
     + pretrained    the recipe's encoder weights: the recipe's own first model
+    + tiles         its best checkpoints re-predicting the images in tiles of ``predict.tile_size``, no TTA
+                    (quality/tiles)
     + TTA           its out-of-fold predictions re-made with the recipe's TTA (``predict.repredict_oof``)
     + ensemble      the mean of every recipe model's TTA OOF (when the recipe has more than one)
     + threshold     tuned threshold, minimum area and empty-mask rule (segkit.tune, morphology off)
@@ -17,8 +19,8 @@ the same images, the validation images of the chosen folds (``folds``, default a
 train its extra baselines on one fold and still compare like with like. The last line is what ``segkit run``
 itself reports (its chosen ensemble method and tuned post-processing) on those same images.
 
-Outputs under ``<run_dir>/quality/``: ``baseline/`` and ``loss/`` (ordinary run folders), ``quality.json`` and
-``quality.md`` (the table).
+Outputs under ``<run_dir>/quality/``: ``baseline/`` and ``loss/`` (ordinary run folders), ``tiles/<model>/`` (a
+probability store of the chosen folds' images), ``quality.json`` and ``quality.md`` (the table).
 """
 
 from __future__ import annotations
@@ -134,6 +136,26 @@ def _fold_stores(cfg: Config, model: str, folds: Sequence[int], ids: Sequence[st
     return Stores([cfg.run_dir / model / f"fold{k}" / "oof" for k in folds], ids)
 
 
+def _tiles_folder(cfg: Config) -> Path:
+    return cfg.run_dir / "quality" / "tiles" / cfg.models[0].name
+
+
+def predict_tiles(cfg: Config, folds: Sequence[int]) -> None:
+    """The first model's best checkpoints re-predict their folds' images in tiles without TTA or snapshots, so the
+    tiles row shows what tiling alone adds to the training OOF (made from whole padded images)."""
+    from segkit import predict as predict_stage
+    from segkit.data import Competition
+    from segkit.device import resolve_device
+    from segkit.folds import load_folds
+    from segkit.train.distributed import World
+
+    plain = cfg.model_copy(update={"predict": cfg.predict.model_copy(update={"tta": "none", "snapshots": False})})
+    comp = Competition(cfg.data, seed=cfg.seed)
+    table = load_folds(cfg, comp)
+    predict_stage.predict_oof(plain, comp, cfg.models[0], table[table["fold"].isin(list(folds))],
+                              resolve_device(cfg.device), World(), folder=_tiles_folder(cfg))
+
+
 def _tta_store(cfg: Config, model: str, ids: Sequence[str]) -> Stores:
     folder = cfg.run_dir / model / "oof_tta"
     if not ProbStore.is_complete(folder):
@@ -205,6 +227,12 @@ def rows(cfg: Config, runs: dict[str, Config], folds: Sequence[int], ids: Sequen
             yield Row(row, what, note="not trained in this run (--no-variants)")
     weights = cfg.models[0].encoder_weights
     yield Row("+ pretrained encoder", f"encoder_weights: {weights}", scorer.raw(_fold_stores(cfg, first, folds, ids)))
+    tile = cfg.predict.tile_size
+    if tile is None:
+        yield Row("+ tiles", "", note="not in this recipe: predict.tile_size is unset")
+    else:
+        what = f"predict.tile_size: {tile} ({cfg.predict.tile_blend}, overlap {cfg.predict.tile_overlap})"
+        yield Row("+ tiles", what, scorer.raw(Stores([_tiles_folder(cfg)], ids)))
     tta = _tta_store(cfg, first, ids)
     yield Row("+ TTA", f"predict.tta: {cfg.predict.tta} ({cfg.predict.tta_merge})", scorer.raw(tta))
     if len(base_models) > 1:
@@ -270,6 +298,10 @@ def run(cfg: Config, folds: Sequence[int] = (), metrics: Sequence[str] = (), tra
             print(f"== ablation: {name} fold {k}", flush=True)
             train_stage.run(vcfg, model=cfg.models[0].name, fold=k)
         timings[name] = time.perf_counter() - began
+    if cfg.predict.tile_size is not None:
+        began = time.perf_counter()
+        predict_tiles(cfg, chosen)
+        timings["tiles"] = time.perf_counter() - began
     if train_only:
         return []
     table = []

@@ -186,7 +186,7 @@ def _predict_batches(loader, predict: CheckpointAverage, writer: ProbWriter, til
 
     done = 0
     for batch in loader:
-        sizes = batch["size"].tolist()
+        sizes = [tuple(s) for s in batch["size"].tolist()]
         images = batch["image"]
         big = [i for i, (h, w) in enumerate(sizes) if tile is not None and (h > tile or w > tile)]
         small = [i for i in range(len(sizes)) if i not in big]
@@ -195,18 +195,31 @@ def _predict_batches(loader, predict: CheckpointAverage, writer: ProbWriter, til
             q = _to_uint8(predict(x))  # one copy back per batch
             for j, i in enumerate(small):
                 writer.write(batch["id"][i], np.ascontiguousarray(unpad(q[j], sizes[i])))
-        for i in big:
-            writer.write(batch["id"][i], _to_uint8(_tiled(predict, images[i], sizes[i], p, device)))
+        for size in dict.fromkeys(sizes[i] for i in big):
+            for group in _tiled_groups([i for i in big if sizes[i] == size], size, tile, p):
+                q = _to_uint8(_tiled(predict, images[group], size, p, device))
+                for j, i in enumerate(group):
+                    writer.write(batch["id"][i], np.ascontiguousarray(q[j]))
         done += len(sizes)
     return done
 
 
-def _tiled(predict: Callable, image: torch.Tensor, size, p, device: torch.device) -> torch.Tensor:
+def _tiled_groups(members: list[int], size: tuple[int, int], tile: int, p) -> list[list[int]]:
+    """Same-size images to tile together: as many as fill one predictor batch with all their tiles (one image per
+    group once an image alone has a batch of tiles or more)."""
+    from segkit.tiling import tiles_per_image
+
+    per_group = max(1, p.batch_size // tiles_per_image(*size, tile, p.tile_overlap))
+    return [members[k:k + per_group] for k in range(0, len(members), per_group)]
+
+
+def _tiled(predict: Callable, images: torch.Tensor, size, p, device: torch.device) -> torch.Tensor:
+    """(N, K, H, W) probabilities of a stack of same-size images, tile by tile."""
     from segkit.data import unpad
     from segkit.tiling import predict_tiled
 
-    image = unpad(image, size).contiguous()
-    return predict_tiled(predict, image, p.tile_size, overlap=p.tile_overlap, blend=p.tile_blend,
+    images = unpad(images, size).contiguous()
+    return predict_tiled(predict, images, p.tile_size, overlap=p.tile_overlap, blend=p.tile_blend,
                          batch_size=p.batch_size, device=device)
 
 
@@ -231,12 +244,15 @@ def predict_test(cfg: Config, comp, model_cfg: ModelConfig, fold_list: list[int]
         writer.finish(ids)
 
 
-def predict_oof(cfg: Config, comp, model_cfg: ModelConfig, folds, device, world) -> None:
+def predict_oof(cfg: Config, comp, model_cfg: ModelConfig, folds, device, world,
+                folder: Optional[Path] = None) -> None:
+    """Each fold's validation ids (of the ``folds`` table) re-predicted by that fold's checkpoints, into
+    ``<run_dir>/<model>/oof_tta`` or ``folder``."""
     from segkit.folds import fold_numbers
 
     fold_list = fold_numbers(folds)
     per_fold = {k: fold_checkpoints(cfg, model_cfg.name, k) for k in fold_list}
-    folder = cfg.run_dir / model_cfg.name / "oof_tta"
+    folder = folder or cfg.run_dir / model_cfg.name / "oof_tta"
     writer = _open_store(folder, _source(cfg, per_fold, "oof_tta"), list(cfg.data.classes), world.is_main)
     if writer is None:
         print(f"predict: {folder} is complete; keeping it")
