@@ -46,6 +46,15 @@ def _store(folder, ids, values):
     return writer.finish(ids)
 
 
+def test_loss_row_names_the_stages_and_the_loss_options(demo_cfg):
+    cfg = demo_cfg("train.loss_params={lovasz: {per_image: true, symmetric: true, hinge: relu}, focal: {}}",
+                   "train.loss_stages=[{until_epoch: 4, terms: {bce: 1, dice: 1}}, {terms: {lovasz: 1}}]")
+    assert ablation._describe_loss(cfg) == ("bce+dice to epoch 4, then "
+                                            "lovasz (per_image, symmetric, hinge=relu)")
+    plain = demo_cfg("train.loss={focal: 1, dice: 1}", "train.loss_params={focal: {gamma: 2}}")
+    assert ablation._describe_loss(plain) == "focal (gamma=2)+dice"
+
+
 def test_stores_merge_folds_and_mean_rounds_like_a_store(tmp_path):
     _store(tmp_path / "a", ["x"], [0.2])
     _store(tmp_path / "b", ["y"], [0.9])

@@ -258,11 +258,22 @@ def rows(cfg: Config, runs: dict[str, Config], folds: Sequence[int], ids: Sequen
 
 
 def _describe_loss(cfg: Config) -> str:
+    """The loss as the table shows it, e.g. ``bce+dice to epoch 4, then lovasz (per_image, symmetric)``."""
     t = cfg.train_for(cfg.models[0])
+
+    def terms(names) -> str:
+        return "+".join(name + _describe_options(t.loss_params.get(name, {})) for name in names)
+
     if t.loss_stages:
-        return ", then ".join("+".join(s.terms) + (f" to epoch {s.until_epoch}" if s.until_epoch else "")
+        return ", then ".join(terms(s.terms) + (f" to epoch {s.until_epoch}" if s.until_epoch else "")
                               for s in t.loss_stages)
-    return "+".join(t.loss)
+    return terms(t.loss)
+
+
+def _describe_options(options: dict) -> str:
+    """A loss term's options: true flags by name, other values as key=value."""
+    shown = [k if v is True else f"{k}={v}" for k, v in options.items() if v is not False and v is not None]
+    return f" ({', '.join(shown)})" if shown else ""
 
 
 def _summary(summary: dict) -> str:
