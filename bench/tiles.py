@@ -7,8 +7,9 @@ Needs the fold trained (``<run_dir>/<model>/fold<k>/best.pt`` of the config's fi
 are predicted four ways, each without and with the config's TTA, and scored with the config's metric at p > 0.5:
 the whole image padded bottom/right by reflection to the network stride (what training's validation does), and
 ``--tile`` px tiles blended ``gaussian`` or ``linear`` (``segkit.tiling``). Then the linear tiles without TTA are
-timed twice on the same images: stacks of same-size images sharing each batch of ``predict.batch_size`` tiles (what
-``segkit predict`` does), against one image per call. Two threads, one after the other in one process.
+timed twice on the same images: stacks of same-size images sharing each batch of ``predict.batch_size`` tiles
+(``segkit.tiling.stack_groups``, as ``segkit predict`` makes them), against one image per call. Two threads, one
+after the other in one process.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     from segkit.data import Competition, SegDataset, unpad
     from segkit.folds import load_folds
     from segkit.metrics import get_metric
-    from segkit.tiling import predict_tiled, tiles_per_image
+    from segkit.tiling import predict_tiled, stack_groups
     from segkit.train.checkpoint import load_model
     from segkit.tta import TTAPredictor
 
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     truth = [comp.read_mask(i) > 0 for i in ids]
     metric = get_metric(cfg.metric)
     batch = cfg.predict.batch_size
-    per_stack = max(1, batch // tiles_per_image(h, w, args.tile, cfg.predict.tile_overlap))
+    stacks = stack_groups(list(range(len(ids))), (h, w), args.tile, cfg.predict.tile_overlap, batch)
 
     def predictor(tta: str) -> TTAPredictor:
         return TTAPredictor(model, tta=tta, merge=cfg.predict.tta_merge, activation="sigmoid", amp=cfg.predict.amp,
@@ -70,9 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     def whole(fn) -> torch.Tensor:
         return torch.cat([unpad(fn(padded[k:k + batch]), (h, w)) for k in range(0, len(ids), batch)])
 
-    def tiled(fn, blend: str, stack: int) -> torch.Tensor:
-        return torch.cat([predict_tiled(fn, images[k:k + stack], args.tile, overlap=cfg.predict.tile_overlap,
-                                        blend=blend, batch_size=batch) for k in range(0, len(ids), stack)])
+    def tiled(fn, blend: str, groups: list[list[int]]) -> torch.Tensor:
+        return torch.cat([predict_tiled(fn, images[group], args.tile, overlap=cfg.predict.tile_overlap,
+                                        blend=blend, batch_size=batch) for group in groups])
 
     def score(probs: torch.Tensor) -> float:
         pred = (probs >= 0.5).numpy()
@@ -81,17 +82,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{cfg.experiment}, fold {args.fold}: {len(ids)} images of {h}x{w}, {path}")
     print(f"| prediction | {cfg.metric}, no TTA | {cfg.metric}, {cfg.predict.tta} TTA |\n|---|---:|---:|")
     ways = [(f"whole image, padded to {padded.shape[-2]}x{padded.shape[-1]}", whole),
-            (f"{args.tile} px tiles, gaussian blend", lambda fn: tiled(fn, "gaussian", per_stack)),
-            (f"{args.tile} px tiles, linear blend", lambda fn: tiled(fn, "linear", per_stack))]
+            (f"{args.tile} px tiles, gaussian blend", lambda fn: tiled(fn, "gaussian", stacks)),
+            (f"{args.tile} px tiles, linear blend", lambda fn: tiled(fn, "linear", stacks))]
     for label, way in ways:
         cells = [score(way(predictor(tta))) for tta in ("none", cfg.predict.tta)]
         print(f"| {label} | {cells[0]:.4f} | {cells[1]:.4f} |", flush=True)
 
     fn = predictor("none")
     timings = {}
-    for label, stack in ((f"stacks of {per_stack} images", per_stack), ("one image at a time", 1)):
+    alone = [[k] for k in range(len(ids))]
+    for label, groups in ((f"stacks of {len(stacks[0])} images", stacks), ("one image at a time", alone)):
         began = time.perf_counter()
-        tiled(fn, "linear", stack)
+        tiled(fn, "linear", groups)
         timings[label] = len(ids) / (time.perf_counter() - began)
     (fast, fast_rate), (slow, slow_rate) = timings.items()
     print(f"\ntiles, no TTA: {fast} {fast_rate:.1f} images/s, {slow} {slow_rate:.1f} images/s "

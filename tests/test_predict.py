@@ -143,7 +143,7 @@ def test_repredicted_oof_uses_each_folds_own_checkpoint(trained):
 
 
 # 64 px: 9 tiles an image, more than a batch of 3, so one image at a time; 40 px: 4 tiles an image, so a batch of 8
-# tiles two images together (segkit.predict._tiled_groups)
+# tiles two images together (segkit.tiling.stack_groups)
 @pytest.mark.parametrize("size,batch_size", [(64, 3), (40, 8)])
 def test_tiled_prediction_for_images_larger_than_the_tile(demo_cfg, tmp_path, size, batch_size):
     from segkit.demo import write_competition

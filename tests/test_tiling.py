@@ -3,7 +3,8 @@ import torch
 from torch import nn
 
 from segkit.errors import ConfigError
-from segkit.tiling import GAUSSIAN_FLOOR, predict_tiled, tile_boxes, tile_starts, tile_weights, tiles_per_image
+from segkit.tiling import (GAUSSIAN_FLOOR, predict_tiled, stack_groups, tile_boxes, tile_starts, tile_weights,
+                           tiles_per_image)
 from segkit.tta import TTAPredictor
 
 
@@ -145,6 +146,9 @@ def test_a_stack_of_images_shares_the_batches_and_equals_one_image_at_a_time():
     # smaller than the tile: padded to it, and still one tile each
     assert predict_tiled(fn, images[:, :, :9, :9], tile=16).shape == (5, 2, 9, 9)
     assert tiles_per_image(9, 9, 16, 0.5) == 1
+    # stacks that fill a batch: 4 tiles an image, 12 tiles a batch, so 3 images a stack
+    assert stack_groups(list("abcdefg"), (23, 21), 16, 0.5, 12) == [list("abc"), list("def"), ["g"]]
+    assert stack_groups(list("ab"), (23, 21), 16, 0.5, 3) == [["a"], ["b"]]  # an image alone fills the batch
 
 
 def test_bad_predictor_output_and_arguments():

@@ -183,6 +183,7 @@ def predict_ids(cfg: Config, comp, ids: list[str], split: str, predict: Checkpoi
 def _predict_batches(loader, predict: CheckpointAverage, writer: ProbWriter, tile: Optional[int], p,
                      device: torch.device) -> int:
     from segkit.data import unpad
+    from segkit.tiling import stack_groups
 
     done = 0
     for batch in loader:
@@ -196,21 +197,13 @@ def _predict_batches(loader, predict: CheckpointAverage, writer: ProbWriter, til
             for j, i in enumerate(small):
                 writer.write(batch["id"][i], np.ascontiguousarray(unpad(q[j], sizes[i])))
         for size in dict.fromkeys(sizes[i] for i in big):
-            for group in _tiled_groups([i for i in big if sizes[i] == size], size, tile, p):
+            same = [i for i in big if sizes[i] == size]
+            for group in stack_groups(same, size, tile, p.tile_overlap, p.batch_size):
                 q = _to_uint8(_tiled(predict, images[group], size, p, device))
                 for j, i in enumerate(group):
                     writer.write(batch["id"][i], np.ascontiguousarray(q[j]))
         done += len(sizes)
     return done
-
-
-def _tiled_groups(members: list[int], size: tuple[int, int], tile: int, p) -> list[list[int]]:
-    """Same-size images to tile together: as many as fill one predictor batch with all their tiles (one image per
-    group once an image alone has a batch of tiles or more)."""
-    from segkit.tiling import tiles_per_image
-
-    per_group = max(1, p.batch_size // tiles_per_image(*size, tile, p.tile_overlap))
-    return [members[k:k + per_group] for k in range(0, len(members), per_group)]
 
 
 def _tiled(predict: Callable, images: torch.Tensor, size, p, device: torch.device) -> torch.Tensor:

@@ -113,6 +113,13 @@ def tiles_per_image(height: int, width: int, tile: Size, overlap: float) -> int:
     return len(tile_boxes(max(height, th), max(width, tw), (th, tw), overlap))
 
 
+def stack_groups(members: list, size: tuple[int, int], tile: Size, overlap: float, batch_size: int) -> list[list]:
+    """``members`` (images of one ``size``) split into stacks for ``predict_tiled``: as many images as fill one
+    batch of ``batch_size`` with all their tiles, or one image a stack once it alone has that many tiles."""
+    per_stack = max(1, batch_size // tiles_per_image(*size, tile, overlap))
+    return [members[k:k + per_stack] for k in range(0, len(members), per_stack)]
+
+
 def _batches(boxes: list[tuple[int, int]], size: int) -> Iterator[list[tuple[int, int]]]:
     for i in range(0, len(boxes), size):
         yield boxes[i:i + size]
