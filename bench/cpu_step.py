@@ -40,6 +40,9 @@ ROWS = [
     ("2 threads, 96 px crops, float32", {"size": 96, "bf16": False}),
     ("2 threads, 96 px crops, float32, decoder 128-64-32-16-8",
      {"size": 96, "bf16": False, "decoder": [128, 64, 32, 16, 8]}),
+    # smp's scSE squeezes channels by 16, so the last block needs 16 channels
+    ("2 threads, 96 px crops, float32, decoder 128-64-32-16-16, scSE",
+     {"size": 96, "bf16": False, "decoder": [128, 64, 32, 16, 16], "attention": "scse"}),
 ]
 
 

@@ -76,6 +76,13 @@ def test_scse_attention_and_aux_head():
     assert masks.shape == (2, 3, 32, 32) and aux.shape == (2, 3)
 
 
+def test_scse_on_a_decoder_stage_narrower_than_16_is_a_config_error():
+    # smp would build a 0-channel squeeze and fail only at the first forward pass, naming nothing
+    cfg = tiny(decoder_attention="scse", params={"decoder_channels": [32, 16, 8]})
+    with pytest.raises(ConfigError, match=r"models\[m\]: Unet .*no channels.*at least 16.*decoder_channels"):
+        build_model(cfg, channels=1, mode="binary", num_classes=1)
+
+
 def test_a_decoder_that_changes_the_output_size_is_caught():
     from segkit.models import check_output_size
 

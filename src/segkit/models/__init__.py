@@ -99,11 +99,26 @@ def build_model(
                               f"{model_cfg.encoder!r} failed ({_first_line(err)}); set it to a local file") from None
         raise ConfigError(f"{key}: cannot build {arch.name} on encoder {model_cfg.encoder!r}: "
                           f"{_first_line(err)}") from None
+    _check_no_empty_layers(model, model_cfg, key)
     if source.file is not None:
         weights.load_encoder_file(model, source.file, key=f"{key}.encoder_weights")
     if model_cfg.input_scale > 1:
         scale_inputs(model, model_cfg.input_scale)
     return model
+
+
+def _check_no_empty_layers(model: nn.Module, model_cfg: ModelConfig, key: str) -> None:
+    """smp builds a convolution with zero channels without complaint when a setting divides a stage's width down
+    to nothing (scSE squeezes channels by 16, so a decoder stage of 8 gets a 0-channel layer), and the error then
+    comes from the first forward pass, naming neither the setting nor the config. Catch it here instead."""
+    empty = [name for name, m in model.named_modules()
+             if isinstance(m, nn.modules.conv._ConvNd) and 0 in (m.in_channels, m.out_channels)]
+    if not empty:
+        return
+    hint = (" decoder_attention: scse divides each decoder stage's channels by 16, so every stage needs at least 16"
+            " (params.decoder_channels)" if model_cfg.decoder_attention else "")
+    raise ConfigError(f"{key}: {model_cfg.arch} with these params has layers with no channels ({empty[0]}"
+                      f"{f' and {len(empty) - 1} more' if len(empty) > 1 else ''});{hint or ' widen the decoder'}")
 
 
 def scale_inputs(model: nn.Module, scale: int) -> None:
