@@ -4,12 +4,13 @@ of tiling many small images together against one image at a time.
     .venv/bin/python bench/tiles.py --config configs/tgs_salt.yaml [--fold 0] [--tile 96] [key.sub=value ...]
 
 Needs the fold trained (``<run_dir>/<model>/fold<k>/best.pt`` of the config's first model). Its validation images
-are predicted four ways, each without and with the config's TTA, and scored with the config's metric at p > 0.5:
-the whole image padded bottom/right by reflection to the network stride (what training's validation does), and
-``--tile`` px tiles blended ``gaussian`` or ``linear`` (``segkit.tiling``). Then the linear tiles without TTA are
-timed twice on the same images: stacks of same-size images sharing each batch of ``predict.batch_size`` tiles
-(``segkit.tiling.stack_groups``, as ``segkit predict`` makes them), against one image per call. Two threads, one
-after the other in one process.
+are predicted three ways, each without and with the config's TTA, and scored per image with the config's metric
+at p > 0.5: the whole image padded bottom/right by reflection to the network stride (what training's validation
+does), and ``--tile`` px tiles blended ``gaussian`` or ``linear`` (``segkit.tiling``, overlap
+``predict.tile_overlap``). Images of several sizes (DSB's nine) are batched by size, as ``segkit predict`` does.
+Then the linear tiles without TTA are timed twice on the same images: stacks of same-size images sharing each
+batch of ``predict.batch_size`` tiles (``segkit.tiling.stack_groups``, as ``segkit predict`` makes them), against
+one image per call, and so is the whole padded image. Two threads, one after the other in one process.
 """
 
 from __future__ import annotations
@@ -53,35 +54,49 @@ def main(argv: list[str] | None = None) -> int:
     model, meta = load_model(path)
     ds = SegDataset(comp, ids, "train", augment=None, pad_to=meta["pad_to"], with_mask=False)
     items = [ds[i] for i in range(len(ds))]
-    sizes = {tuple(item["size"].tolist()) for item in items}
-    if len(sizes) != 1:
-        sys.exit(f"bench/tiles.py: needs one image size per fold, {cfg.data.root} has {sorted(sizes)}")
-    (h, w), = sizes
-    padded = torch.stack([item["image"] for item in items])
-    images = unpad(padded, (h, w)).contiguous()
+    sizes = [tuple(int(v) for v in item["size"].tolist()) for item in items]
+    padded = [item["image"] for item in items]
+    images = [unpad(x, size).contiguous() for x, size in zip(padded, sizes)]
+    by_size: dict[tuple[int, int], list[int]] = {}
+    for k, size in enumerate(sizes):
+        by_size.setdefault(size, []).append(k)
     truth = [comp.read_mask(i) > 0 for i in ids]
     metric = get_metric(cfg.metric)
     batch = cfg.predict.batch_size
-    stacks = stack_groups(list(range(len(ids))), (h, w), args.tile, cfg.predict.tile_overlap, batch)
+    overlap = cfg.predict.tile_overlap
+    stacks = [group for size, members in by_size.items()
+              for group in stack_groups(members, size, args.tile, overlap, batch)]
 
     def predictor(tta: str) -> TTAPredictor:
         return TTAPredictor(model, tta=tta, merge=cfg.predict.tta_merge, activation="sigmoid", amp=cfg.predict.amp,
                             channels_last=cfg.predict.channels_last)
 
-    def whole(fn) -> torch.Tensor:
-        return torch.cat([unpad(fn(padded[k:k + batch]), (h, w)) for k in range(0, len(ids), batch)])
+    def whole(fn) -> list[torch.Tensor]:
+        out: list[torch.Tensor] = [None] * len(ids)  # type: ignore[list-item]
+        for size, members in by_size.items():
+            for k in range(0, len(members), batch):
+                chunk = members[k:k + batch]
+                probs = unpad(fn(torch.stack([padded[j] for j in chunk])), size)
+                for j, p in zip(chunk, probs):
+                    out[j] = p
+        return out
 
-    def tiled(fn, blend: str, groups: list[list[int]]) -> torch.Tensor:
-        return torch.cat([predict_tiled(fn, images[group], args.tile, overlap=cfg.predict.tile_overlap,
-                                        blend=blend, batch_size=batch) for group in groups])
+    def tiled(fn, blend: str, groups: list[list[int]]) -> list[torch.Tensor]:
+        out: list[torch.Tensor] = [None] * len(ids)  # type: ignore[list-item]
+        for group in groups:
+            probs = predict_tiled(fn, torch.stack([images[j] for j in group]), args.tile, overlap=overlap,
+                                  blend=blend, batch_size=batch)
+            for j, p in zip(group, probs):
+                out[j] = p
+        return out
 
-    def score(probs: torch.Tensor) -> float:
-        pred = (probs >= 0.5).numpy()
-        return float(np.mean([metric(pred[k], truth[k]) for k in range(len(ids))]))
+    def score(probs: list[torch.Tensor]) -> float:
+        return float(np.mean([metric((p >= 0.5).numpy(), t) for p, t in zip(probs, truth)]))
 
-    print(f"{cfg.experiment}, fold {args.fold}: {len(ids)} images of {h}x{w}, {path}")
+    shapes = ", ".join(f"{len(m)} of {h}x{w}" for (h, w), m in sorted(by_size.items(), key=lambda kv: -len(kv[1])))
+    print(f"{cfg.experiment}, fold {args.fold}: {len(ids)} images ({shapes}), {path}")
     print(f"| prediction | {cfg.metric}, no TTA | {cfg.metric}, {cfg.predict.tta} TTA |\n|---|---:|---:|")
-    ways = [(f"whole image, padded to {padded.shape[-2]}x{padded.shape[-1]}", whole),
+    ways = [(f"whole image, padded to a multiple of {meta['pad_to']}", whole),
             (f"{args.tile} px tiles, gaussian blend", lambda fn: tiled(fn, "gaussian", stacks)),
             (f"{args.tile} px tiles, linear blend", lambda fn: tiled(fn, "linear", stacks))]
     for label, way in ways:
@@ -91,13 +106,17 @@ def main(argv: list[str] | None = None) -> int:
     fn = predictor("none")
     timings = {}
     alone = [[k] for k in range(len(ids))]
-    for label, groups in ((f"stacks of {len(stacks[0])} images", stacks), ("one image at a time", alone)):
+    contenders = [(f"tiles in stacks (at most {max(map(len, stacks))} a stack)", lambda: tiled(fn, "linear", stacks)),
+                  ("tiles, one image at a time", lambda: tiled(fn, "linear", alone)),
+                  ("whole padded images", lambda: whole(fn))]
+    for label, run in contenders:
         began = time.perf_counter()
-        tiled(fn, "linear", groups)
+        run()
         timings[label] = len(ids) / (time.perf_counter() - began)
-    (fast, fast_rate), (slow, slow_rate) = timings.items()
-    print(f"\ntiles, no TTA: {fast} {fast_rate:.1f} images/s, {slow} {slow_rate:.1f} images/s "
-          f"({fast_rate / slow_rate:.2f}x); batch {batch} tiles, {platform.node()} ({os.cpu_count()} cores)")
+    rates = list(timings.values())
+    print("\nno TTA, images/s: " + ", ".join(f"{label} {rate:.1f}" for label, rate in timings.items())
+          + f" (stacked tiles {rates[0] / rates[1]:.2f}x one at a time); batch {batch}, "
+          f"{platform.node()} ({os.cpu_count()} cores)")
     return 0
 
 

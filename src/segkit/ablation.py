@@ -119,11 +119,19 @@ def variants(cfg: Config) -> dict[str, Config]:
             "loss": _variant(cfg, "loss", weights=False, loss=True)}
 
 
-def fold_ids(cfg: Config, folds: Sequence[int]) -> tuple[list[str], list[int]]:
+def fold_table(cfg: Config) -> pd.DataFrame:
+    """The recipe's fold file (id, fold, ...), checked against its competition."""
     from segkit.data import Competition
-    from segkit.folds import fold_numbers, load_folds
+    from segkit.folds import load_folds
 
-    table = load_folds(cfg, Competition(cfg.data, seed=cfg.seed))
+    return load_folds(cfg, Competition(cfg.data, seed=cfg.seed))
+
+
+def fold_ids(cfg: Config, folds: Sequence[int], table: pd.DataFrame | None = None) -> tuple[list[str], list[int]]:
+    """The ids of the chosen folds' images (all folds when ``folds`` is empty), and the folds."""
+    from segkit.folds import fold_numbers
+
+    table = fold_table(cfg) if table is None else table
     have = fold_numbers(table)
     chosen = list(folds) if folds else have
     bad = [f for f in chosen if f not in have]
@@ -140,20 +148,18 @@ def _tiles_folder(cfg: Config) -> Path:
     return cfg.run_dir / "quality" / "tiles" / cfg.models[0].name
 
 
-def predict_tiles(cfg: Config, folds: Sequence[int]) -> None:
+def predict_tiles(cfg: Config, folds: Sequence[int], table: pd.DataFrame) -> None:
     """The first model's best checkpoints re-predict their folds' images in tiles without TTA or snapshots, so the
     tiles row shows what tiling alone adds to the training OOF (made from whole padded images)."""
     from segkit import predict as predict_stage
     from segkit.data import Competition
     from segkit.device import resolve_device
-    from segkit.folds import load_folds
     from segkit.train.distributed import World
 
     plain = cfg.model_copy(update={"predict": cfg.predict.model_copy(update={"tta": "none", "snapshots": False})})
-    comp = Competition(cfg.data, seed=cfg.seed)
-    table = load_folds(cfg, comp)
-    predict_stage.predict_oof(plain, comp, cfg.models[0], table[table["fold"].isin(list(folds))],
-                              resolve_device(cfg.device), World(), folder=_tiles_folder(cfg))
+    predict_stage.predict_oof(plain, Competition(cfg.data, seed=cfg.seed), cfg.models[0],
+                              table[table["fold"].isin(list(folds))], resolve_device(cfg.device), World(),
+                              folder=_tiles_folder(cfg))
 
 
 def _tta_store(cfg: Config, model: str, ids: Sequence[str]) -> Stores:
@@ -301,7 +307,8 @@ def run(cfg: Config, folds: Sequence[int] = (), metrics: Sequence[str] = (), tra
     if code:
         raise SegkitError(f"segkit run --config {cfg.source} stopped with exit code {code}")
     timings["pipeline"] = time.perf_counter() - began
-    ids, chosen = fold_ids(cfg, folds)
+    table = fold_table(cfg)
+    ids, chosen = fold_ids(cfg, folds, table)
     runs = variants(cfg) if with_variants else {}
     for name, vcfg in runs.items():
         began = time.perf_counter()
@@ -311,7 +318,7 @@ def run(cfg: Config, folds: Sequence[int] = (), metrics: Sequence[str] = (), tra
         timings[name] = time.perf_counter() - began
     if cfg.predict.tile_size is not None:
         began = time.perf_counter()
-        predict_tiles(cfg, chosen)
+        predict_tiles(cfg, chosen, table)
         timings["tiles"] = time.perf_counter() - began
     if train_only:
         return []
