@@ -115,10 +115,11 @@ def _check_no_empty_layers(model: nn.Module, model_cfg: ModelConfig, key: str) -
              if isinstance(m, nn.modules.conv._ConvNd) and 0 in (m.in_channels, m.out_channels)]
     if not empty:
         return
-    hint = (" decoder_attention: scse divides each decoder stage's channels by 16, so every stage needs at least 16"
-            " (params.decoder_channels)" if model_cfg.decoder_attention else "")
-    raise ConfigError(f"{key}: {model_cfg.arch} with these params has layers with no channels ({empty[0]}"
-                      f"{f' and {len(empty) - 1} more' if len(empty) > 1 else ''});{hint or ' widen the decoder'}")
+    more = f" and {len(empty) - 1} more" if len(empty) > 1 else ""
+    fix = ("decoder_attention: scse divides each decoder stage's channels by 16, so every stage needs at least 16 "
+           "(params.decoder_channels)" if model_cfg.decoder_attention else "widen the decoder (params)")
+    raise ConfigError(f"{key}: {model_cfg.arch} with these params has layers with no channels ({empty[0]}{more}); "
+                      f"{fix}")
 
 
 def scale_inputs(model: nn.Module, scale: int) -> None:
