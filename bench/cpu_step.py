@@ -1,12 +1,12 @@
 """Training-step speed of the real-data recipes' network on this CPU: threads, scSE attention, crop size, decoder
-width, bf16 against float32 depthwise convolutions, and bf16 against plain float32.
+width, encoder size, bf16 against float32 depthwise convolutions, and bf16 against plain float32.
 
     .venv/bin/python bench/cpu_step.py [--steps 10] [--compile]
     .venv/bin/python bench/cpu_step.py --flops      # where the FLOPs go, encoder vs decoder (no timing)
     .venv/bin/python bench/cpu_step.py --depthwise  # backward of single depthwise layers, bf16 vs float32
 
 One bare step = bf16 autocast forward (float32 in the rows that say so) of a Unet on ``tu-tf_efficientnet_lite0``
-(channels_last), BCE, backward, AdamW step; batch 32. ``--only 4 6`` times only those rows beside the reference.
+(Lite1 or Lite2 in the rows that say so; channels_last), BCE, backward, AdamW step; batch 32. ``--only 4 6`` times only those rows beside the reference.
 Each row is the median of ``--steps`` timed steps after 3 warm-up steps; every row runs in
 its own process with the asked thread count, one after another, so no two compete for the cores. Prints images
 per second and the ratio to the reference row (two threads, no attention, 128 px).
@@ -26,7 +26,7 @@ import time
 # Each row: a label and its changes to DEFAULTS. "depthwise float32" is what segkit's CPU bf16 training does
 # (segkit.device.depthwise_float32_when_training); the rows without it show the plain bf16 network.
 DEFAULTS = {"threads": 2, "attention": None, "size": 128, "decoder": None, "depthwise_fp32": False, "compile": False,
-            "bf16": True}
+            "bf16": True, "encoder": "tu-tf_efficientnet_lite0"}
 ROWS = [
     ("reference: 2 threads, 128 px", {}),
     ("1 thread, 128 px", {"threads": 1}),
@@ -43,11 +43,15 @@ ROWS = [
     # smp's scSE squeezes channels by 16, so the last block needs 16 channels
     ("2 threads, 96 px crops, float32, decoder 128-64-32-16-16, scSE",
      {"size": 96, "bf16": False, "decoder": [128, 64, 32, 16, 16], "attention": "scse"}),
+    ("2 threads, 96 px crops, float32, decoder 128-64-32-16-8, Lite1 encoder",
+     {"size": 96, "bf16": False, "decoder": [128, 64, 32, 16, 8], "encoder": "tu-tf_efficientnet_lite1"}),
+    ("2 threads, 96 px crops, float32, decoder 128-64-32-16-8, Lite2 encoder",
+     {"size": 96, "bf16": False, "decoder": [128, 64, 32, 16, 8], "encoder": "tu-tf_efficientnet_lite2"}),
 ]
 
 
 def one(threads: int, attention: str | None, size: int, decoder: list[int] | None, depthwise_fp32: bool,
-        compile: bool, bf16: bool, steps: int) -> float:
+        compile: bool, bf16: bool, encoder: str, steps: int) -> float:
     import torch
 
     import segkit  # noqa: F401  (import fix for torchvision before smp)
@@ -57,7 +61,7 @@ def one(threads: int, attention: str | None, size: int, decoder: list[int] | Non
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     extra = {"decoder_channels": decoder} if decoder else {}
-    model = smp.Unet("tu-tf_efficientnet_lite0", encoder_weights=None, decoder_attention_type=attention, **extra)
+    model = smp.Unet(encoder, encoder_weights=None, decoder_attention_type=attention, **extra)
     model = model.to(memory_format=torch.channels_last)
     if depthwise_fp32:
         depthwise_float32_when_training(model)
