@@ -6,10 +6,10 @@ width, encoder size, bf16 against float32 depthwise convolutions, and bf16 again
     .venv/bin/python bench/cpu_step.py --depthwise  # backward of single depthwise layers, bf16 vs float32
 
 One bare step = bf16 autocast forward (float32 in the rows that say so) of a Unet on ``tu-tf_efficientnet_lite0``
-(Lite1 or Lite2 in the rows that say so; channels_last), BCE, backward, AdamW step; batch 32. ``--only 4 6`` times only those rows beside the reference.
-Each row is the median of ``--steps`` timed steps after 3 warm-up steps; every row runs in
-its own process with the asked thread count, one after another, so no two compete for the cores. Prints images
-per second and the ratio to the reference row (two threads, no attention, 128 px).
+(Lite1 or Lite2 in the rows that say so; channels_last), BCE, backward, AdamW step; batch 32. ``--only 4 6`` times
+only those rows beside the reference. Each row is the median of ``--steps`` timed steps after 3 warm-up steps; every
+row runs in its own process with the asked thread count, one after another, so no two compete for the cores. Prints
+images per second and the ratio to the reference row (two threads, no attention, 128 px).
 """
 
 from __future__ import annotations

@@ -119,12 +119,18 @@ def variants(cfg: Config) -> dict[str, Config]:
             "loss": _variant(cfg, "loss", weights=False, loss=True)}
 
 
-def fold_table(cfg: Config) -> pd.DataFrame:
-    """The recipe's fold file (id, fold, ...), checked against its competition."""
+def competition(cfg: Config):
+    """The recipe's competition, read once per ablation and shared by the fold table, the tiles and the scorer."""
     from segkit.data import Competition
+
+    return Competition(cfg.data, seed=cfg.seed)
+
+
+def fold_table(cfg: Config, comp=None) -> pd.DataFrame:
+    """The recipe's fold file (id, fold, ...), checked against its competition."""
     from segkit.folds import load_folds
 
-    return load_folds(cfg, Competition(cfg.data, seed=cfg.seed))
+    return load_folds(cfg, competition(cfg) if comp is None else comp)
 
 
 def fold_ids(cfg: Config, folds: Sequence[int], table: pd.DataFrame | None = None) -> tuple[list[str], list[int]]:
@@ -148,16 +154,15 @@ def _tiles_folder(cfg: Config) -> Path:
     return cfg.run_dir / "quality" / "tiles" / cfg.models[0].name
 
 
-def predict_tiles(cfg: Config, folds: Sequence[int], table: pd.DataFrame) -> None:
+def predict_tiles(cfg: Config, comp, folds: Sequence[int], table: pd.DataFrame) -> None:
     """The first model's best checkpoints re-predict their folds' images in tiles without TTA or snapshots, so the
     tiles row shows what tiling alone adds to the training OOF (made from whole padded images)."""
     from segkit import predict as predict_stage
-    from segkit.data import Competition
     from segkit.device import resolve_device
     from segkit.train.distributed import World
 
     plain = cfg.model_copy(update={"predict": cfg.predict.model_copy(update={"tta": "none", "snapshots": False})})
-    predict_stage.predict_oof(plain, Competition(cfg.data, seed=cfg.seed), cfg.models[0],
+    predict_stage.predict_oof(plain, comp, cfg.models[0],
                               table[table["fold"].isin(list(folds))], resolve_device(cfg.device), World(),
                               folder=_tiles_folder(cfg))
 
@@ -172,12 +177,11 @@ def _tta_store(cfg: Config, model: str, ids: Sequence[str]) -> Stores:
 class Scorer:
     """Scores a store on its ids with every requested metric: raw (p > 0.5) or after a tune search."""
 
-    def __init__(self, cfg: Config, metrics: Sequence[str]):
-        from segkit.data import Competition
+    def __init__(self, cfg: Config, metrics: Sequence[str], comp=None):
         from segkit.tune import resolve_metric
 
         self.cfg = cfg
-        self.comp = Competition(cfg.data, seed=cfg.seed)
+        self.comp = competition(cfg) if comp is None else comp
         self.exclusive = cfg.data.mode == "multiclass"
         self.metrics = [resolve_metric(m) for m in dict.fromkeys([cfg.metric, *metrics])]
 
@@ -220,8 +224,8 @@ def pipeline_scores(cfg: Config, ids: Sequence[str]) -> dict[str, float] | None:
 
 
 def rows(cfg: Config, runs: dict[str, Config], folds: Sequence[int], ids: Sequence[str],
-         metrics: Sequence[str]) -> Iterator[Row]:
-    scorer = Scorer(cfg, metrics)
+         metrics: Sequence[str], comp=None) -> Iterator[Row]:
+    scorer = Scorer(cfg, metrics, comp)
     first = cfg.models[0].name
     base_models = [m.name for m in cfg.models]
     trained = [("baseline", "baseline", "one model, random-init encoder, BCE, no TTA, p > 0.5, no clean-up"),
@@ -307,7 +311,8 @@ def run(cfg: Config, folds: Sequence[int] = (), metrics: Sequence[str] = (), tra
     if code:
         raise SegkitError(f"segkit run --config {cfg.source} stopped with exit code {code}")
     timings["pipeline"] = time.perf_counter() - began
-    table = fold_table(cfg)
+    comp = competition(cfg)
+    table = fold_table(cfg, comp)
     ids, chosen = fold_ids(cfg, folds, table)
     runs = variants(cfg) if with_variants else {}
     for name, vcfg in runs.items():
@@ -318,12 +323,12 @@ def run(cfg: Config, folds: Sequence[int] = (), metrics: Sequence[str] = (), tra
         timings[name] = time.perf_counter() - began
     if cfg.predict.tile_size is not None:
         began = time.perf_counter()
-        predict_tiles(cfg, chosen, table)
+        predict_tiles(cfg, comp, chosen, table)
         timings["tiles"] = time.perf_counter() - began
     if train_only:
         return []
     table = []
-    for row in rows(cfg, runs, chosen, ids, metrics):
+    for row in rows(cfg, runs, chosen, ids, metrics, comp):
         table.append(row)
         print(f"ablation: {row.name:<24} " + "  ".join(f"{m} {v:.4f}" for m, v in row.scores.items())
               + (f"  ({row.note})" if row.note else ""), flush=True)

@@ -17,7 +17,7 @@ multiclass terms give the background weight 1.
 | balanced_bce | BCE, positives weighted by the batch's negative share | CE, classes weighted by inverse frequency |
 | dice, jaccard, tversky | smp soft Dice / Jaccard / Tversky | same, softmax |
 | focal | smp focal (``gamma``, ``alpha``) | same, one-vs-rest per class |
-| lovasz | Lovasz hinge per channel (``per_image``, ``symmetric``, ``hinge``) | Lovasz-softmax (class weights not applied) |
+| lovasz | Lovasz hinge per channel (``per_image``, ``symmetric``, ``hinge``) | Lovasz-softmax (no class weights) |
 | boundary | mean of p * signed distance to the true boundary | same on the foreground softmax channels |
 """
 

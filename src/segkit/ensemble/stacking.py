@@ -228,7 +228,8 @@ class Stacker(Method):
         return out
 
     def params(self):
-        out = {"pixels_per_image": self.per_image, "features": self.feature_names, "test": "refit" if self.refit else "folds"}
+        out = {"pixels_per_image": self.per_image, "features": self.feature_names,
+               "test": "refit" if self.refit else "folds"}
         importance = {}
         for (fold, k), booster in self.boosters.items():
             if hasattr(booster, "feature_importance"):

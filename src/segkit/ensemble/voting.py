@@ -1,10 +1,10 @@
 """Majority voting of binarised masks.
 
-Each model is binarised (p >= t, the metrics' rule) at its own threshold per class, tuned on OOF (the one that maximises that model's own
-metric), fold-aware like every learnt parameter here: fold k's OOF uses thresholds tuned without fold k. The output
-is the share of models voting for a pixel, stored as round(255 * votes / M), except that a tie (exactly half the
-models, possible for an even M) is stored as 127: just below 0.5, so that 0.5 means a strict majority and a tuned
-threshold below it means "at least half".
+Each model is binarised (p >= t, the metrics' rule) at its own threshold per class, tuned on OOF (the one that
+maximises that model's own metric), fold-aware like every learnt parameter here: fold k's OOF uses thresholds tuned
+without fold k. The output is the share of models voting for a pixel, stored as round(255 * votes / M), except that
+a tie (exactly half the models, possible for an even M) is stored as 127: just below 0.5, so that 0.5 means a strict
+majority and a tuned threshold below it means "at least half".
 """
 
 from __future__ import annotations

@@ -107,12 +107,15 @@ def build_model(
     return model
 
 
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
 def _check_no_empty_layers(model: nn.Module, model_cfg: ModelConfig, key: str) -> None:
     """smp builds a convolution with zero channels without complaint when a setting divides a stage's width down
     to nothing (scSE squeezes channels by 16, so a decoder stage of 8 gets a 0-channel layer), and the error then
     comes from the first forward pass, naming neither the setting nor the config. Catch it here instead."""
     empty = [name for name, m in model.named_modules()
-             if isinstance(m, nn.modules.conv._ConvNd) and 0 in (m.in_channels, m.out_channels)]
+             if isinstance(m, _CONVS) and 0 in (m.in_channels, m.out_channels)]
     if not empty:
         return
     more = f" and {len(empty) - 1} more" if len(empty) > 1 else ""
