@@ -71,24 +71,22 @@ def main(argv: list[str] | None = None) -> int:
         return TTAPredictor(model, tta=tta, merge=cfg.predict.tta_merge, activation="sigmoid", amp=cfg.predict.amp,
                             channels_last=cfg.predict.channels_last)
 
-    def whole(fn) -> list[torch.Tensor]:
-        out: list[torch.Tensor] = [None] * len(ids)  # type: ignore[list-item]
-        for size, members in by_size.items():
-            for k in range(0, len(members), batch):
-                chunk = members[k:k + batch]
-                probs = unpad(fn(torch.stack([padded[j] for j in chunk])), size)
-                for j, p in zip(chunk, probs):
-                    out[j] = p
-        return out
+    chunks = [members[k:k + batch] for members in by_size.values() for k in range(0, len(members), batch)]
 
-    def tiled(fn, blend: str, groups: list[list[int]]) -> list[torch.Tensor]:
+    def per_group(groups: list[list[int]], predict_group) -> list[torch.Tensor]:
+        """Each group (same-size images) predicted in one call, the results put back in the order of ``ids``."""
         out: list[torch.Tensor] = [None] * len(ids)  # type: ignore[list-item]
         for group in groups:
-            probs = predict_tiled(fn, torch.stack([images[j] for j in group]), args.tile, overlap=overlap,
-                                  blend=blend, batch_size=batch)
-            for j, p in zip(group, probs):
+            for j, p in zip(group, predict_group(group)):
                 out[j] = p
         return out
+
+    def whole(fn) -> list[torch.Tensor]:
+        return per_group(chunks, lambda group: unpad(fn(torch.stack([padded[j] for j in group])), sizes[group[0]]))
+
+    def tiled(fn, blend: str, groups: list[list[int]]) -> list[torch.Tensor]:
+        return per_group(groups, lambda group: predict_tiled(fn, torch.stack([images[j] for j in group]), args.tile,
+                                                             overlap=overlap, blend=blend, batch_size=batch))
 
     def score(probs: list[torch.Tensor]) -> float:
         return float(np.mean([metric((p >= 0.5).numpy(), t) for p, t in zip(probs, truth)]))

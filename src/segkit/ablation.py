@@ -126,18 +126,18 @@ def competition(cfg: Config):
     return Competition(cfg.data, seed=cfg.seed)
 
 
-def fold_table(cfg: Config, comp=None) -> pd.DataFrame:
+def fold_table(cfg: Config, comp) -> pd.DataFrame:
     """The recipe's fold file (id, fold, ...), checked against its competition."""
     from segkit.folds import load_folds
 
-    return load_folds(cfg, competition(cfg) if comp is None else comp)
+    return load_folds(cfg, comp)
 
 
 def fold_ids(cfg: Config, folds: Sequence[int], table: pd.DataFrame | None = None) -> tuple[list[str], list[int]]:
     """The ids of the chosen folds' images (all folds when ``folds`` is empty), and the folds."""
     from segkit.folds import fold_numbers
 
-    table = fold_table(cfg) if table is None else table
+    table = fold_table(cfg, competition(cfg)) if table is None else table
     have = fold_numbers(table)
     chosen = list(folds) if folds else have
     bad = [f for f in chosen if f not in have]
@@ -177,11 +177,11 @@ def _tta_store(cfg: Config, model: str, ids: Sequence[str]) -> Stores:
 class Scorer:
     """Scores a store on its ids with every requested metric: raw (p > 0.5) or after a tune search."""
 
-    def __init__(self, cfg: Config, metrics: Sequence[str], comp=None):
+    def __init__(self, cfg: Config, metrics: Sequence[str], comp):
         from segkit.tune import resolve_metric
 
         self.cfg = cfg
-        self.comp = competition(cfg) if comp is None else comp
+        self.comp = comp
         self.exclusive = cfg.data.mode == "multiclass"
         self.metrics = [resolve_metric(m) for m in dict.fromkeys([cfg.metric, *metrics])]
 
@@ -224,7 +224,7 @@ def pipeline_scores(cfg: Config, ids: Sequence[str]) -> dict[str, float] | None:
 
 
 def rows(cfg: Config, runs: dict[str, Config], folds: Sequence[int], ids: Sequence[str],
-         metrics: Sequence[str], comp=None) -> Iterator[Row]:
+         metrics: Sequence[str], comp) -> Iterator[Row]:
     scorer = Scorer(cfg, metrics, comp)
     first = cfg.models[0].name
     base_models = [m.name for m in cfg.models]
