@@ -52,7 +52,9 @@ def _save_fold(cfg, comp, frame, fold: int, seed: int, snapshots: int = 0):
 @pytest.fixture
 def trained(demo_cfg):
     def make(*overrides, snapshots=0):
-        cfg = demo_cfg(TINY_YAML, "device=cpu",
+        # float32 unless a test asks otherwise: these tests compare with a float32 forward at 1/255, and
+        # `amp: auto` would pick bf16 on a CPU with native bf16 (see the bf16 test below)
+        cfg = demo_cfg(TINY_YAML, "device=cpu", "predict.amp=none",
                        "predict.batch_size=4", *overrides)
         folds.run(cfg)
         comp = Competition(cfg.data, seed=cfg.seed)
@@ -150,7 +152,8 @@ def test_tiled_prediction_for_images_larger_than_the_tile(demo_cfg, tmp_path, si
     from segkit.tiling import predict_tiled
 
     root = write_competition(tmp_path / "big", n_train=6, n_test=5, size=size, seed=3)
-    cfg = demo_cfg(f"data.root={root}", TINY_YAML, "device=cpu", "predict.tta=none", "predict.tile_size=32",
+    cfg = demo_cfg(f"data.root={root}", TINY_YAML, "device=cpu", "predict.amp=none", "predict.tta=none",
+                   "predict.tile_size=32",
                    "predict.tile_overlap=0.5", f"predict.batch_size={batch_size}")
     folds.run(cfg)
     comp = Competition(cfg.data, seed=cfg.seed)
@@ -172,6 +175,28 @@ def test_tiled_prediction_for_images_larger_than_the_tile(demo_cfg, tmp_path, si
         assert np.abs(store.read_float(i) - plain[i]).max() > 2 / 255  # tiles, not one whole-image pass
     with pytest.raises(ConfigError, match="tile_size"):
         predict.run(cfg.model_copy(update={"predict": cfg.predict.model_copy(update={"tile_size": 48})}))
+
+
+def test_bf16_prediction_is_bf16_close_to_float32_and_auto_follows_the_cpu(trained, monkeypatch, tmp_path):
+    """bf16 autocast runs on every CPU (in hardware or emulated), so both precisions are tested on either kind:
+    bf16 must differ from float32 (it really ran) by no more than bf16's rounding, and `auto` must give the
+    float32 store on a CPU without native bf16 and the bf16 store on one with it."""
+    from segkit import device
+
+    stores = {}
+    for amp in ("none", "bf16"):
+        cfg, comp, frame = trained("predict.tta=none", f"predict.amp={amp}", f"paths.runs={tmp_path / amp}")
+        predict.run(cfg)
+        store = ProbStore(cfg.run_dir / "tiny" / "test")
+        stores[amp] = {i: store.read_float(i) for i in comp.test_ids}
+    diff = max(np.abs(stores["bf16"][i] - stores["none"][i]).max() for i in comp.test_ids)
+    assert 1 / 255 < diff < 0.05  # seen: 0.010
+    for native, like in ((False, "none"), (True, "bf16")):
+        monkeypatch.setattr(device, "cpu_has_native_bf16", lambda native=native: native)
+        cfg, comp, frame = trained("predict.tta=none", "predict.amp=auto", f"paths.runs={tmp_path / f'auto_{native}'}")
+        predict.run(cfg)
+        store = ProbStore(cfg.run_dir / "tiny" / "test")
+        assert all(np.array_equal(store.read_float(i), stores[like][i]) for i in comp.test_ids), native
 
 
 def test_unfinished_fold_is_an_error(trained):

@@ -326,6 +326,21 @@ def test_auto_precision_trains_in_float32_on_a_cpu_without_native_bf16(make_cfg,
     assert checkpoint.load(tmp_path / "auto" / "last.pt")["train_state"]["identity"]["train"]["amp"] == "auto"
 
 
+def test_auto_precision_trains_in_bf16_on_a_cpu_with_native_bf16(make_cfg, monkeypatch, tmp_path):
+    """The other CPU kind's branch of `auto`, exercised whatever this machine is: bf16 autocast runs on every CPU
+    (emulated where it is not native), so `auto` on a CPU said to have native bf16 must be the bf16 run."""
+    from segkit import device
+
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: True)
+    runs = {}
+    for amp in ("bf16", "auto", "none"):
+        cfg = make_cfg("train.epochs=1", f"train.amp={amp}")
+        train_fold(cfg, cfg.models[0], 0, out_dir=tmp_path / amp)
+        runs[amp] = history(tmp_path / amp)
+    pd.testing.assert_frame_equal(runs["auto"], runs["bf16"])
+    assert not runs["bf16"]["train_loss"].equals(runs["none"]["train_loss"])  # bf16 really ran
+
+
 def test_a_scaled_network_trains_and_comes_back_scaled_from_its_checkpoint(make_cfg, tmp_path):
     cfg = make_cfg("train.epochs=1", "models.0.input_scale=2")
     train_fold(cfg, cfg.models[0], 0, out_dir=tmp_path / "f")
