@@ -38,11 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value")
     args = parser.parse_args(argv)
 
+    from segkit.checkpoint import load_model
     from segkit.data import Competition, SegDataset, unpad
-    from segkit.folds import load_folds
+    from segkit.data.folds import load_folds
     from segkit.metrics import get_metric
     from segkit.tiling import predict_tiled, stack_groups
-    from segkit.train.checkpoint import load_model
     from segkit.tta import TTAPredictor
 
     torch.set_num_threads(2)
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     comp = Competition(cfg.data, seed=cfg.seed)
     table = load_folds(cfg, comp)
     ids = table.loc[table["fold"] == args.fold, "id"].tolist()
-    path = cfg.run_dir / cfg.models[0].name / f"fold{args.fold}" / "best.pt"
+    path = cfg.layout.fold(cfg.models[0].name, args.fold).best
     model, meta = load_model(path)
     ds = SegDataset(comp, ids, "train", augment=None, pad_to=meta["pad_to"], with_mask=False)
     items = [ds[i] for i in range(len(ds))]

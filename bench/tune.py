@@ -33,7 +33,9 @@ from segkit import rle
 from segkit.config.schema import TuneConfig
 from segkit.postprocess import ClassParams, apply_class
 from segkit.probs import ProbWriter
-from segkit.tune import OOFSource, resolve_metric, summarize, tune
+from segkit.metrics import get_metric
+from segkit.tune import OOFStream, tune
+from segkit.tune.tables import summarize
 
 TGS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "tgs-salt"
 
@@ -62,7 +64,7 @@ def main() -> None:
     cfg = TuneConfig()
     thresholds = sorted(set([0.5] + cfg.thresholds))
     min_areas = sorted(set([0] + cfg.min_areas))
-    metric = resolve_metric(args.metric)
+    metric = get_metric(args.metric)
     with tempfile.TemporaryDirectory() as tmp:
         writer = ProbWriter(Path(tmp) / "oof", ["salt"])
         for image_id, mask in truths.items():
@@ -71,9 +73,9 @@ def main() -> None:
 
         # ours, on the reference subset (for the equality check) and on everything
         ref_ids = store.ids[: args.ref_n]
-        sub = summarize(OOFSource(store, truths.__getitem__, ids=ref_ids), metric, thresholds, min_areas)
+        sub = summarize(OOFStream(store, truths.__getitem__, ids=ref_ids), metric, thresholds, min_areas)
         start = time.perf_counter()
-        summarize(OOFSource(store, truths.__getitem__), metric, thresholds, min_areas)
+        summarize(OOFStream(store, truths.__getitem__), metric, thresholds, min_areas)
         t_tables = time.perf_counter() - start
 
         # the plain way, on the subset
@@ -89,7 +91,7 @@ def main() -> None:
         assert np.allclose(plain, sub.score[:, 0].mean(0)), "fast tables disagree with the plain scoring"
 
         start = time.perf_counter()
-        result = tune(OOFSource(store, truths.__getitem__), ["salt"], metric, cfg)
+        result = tune(OOFStream(store, truths.__getitem__), ["salt"], metric, cfg)
         t_full = time.perf_counter() - start
 
     grid = f"{len(thresholds)} thresholds x {len(min_areas)} min areas"

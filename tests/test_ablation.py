@@ -1,4 +1,4 @@
-"""The ablation (segkit.ablation, bench/quality.py): its extra runs, its stores and its table."""
+"""The ablation (``segkit ablate``, bench/quality.py): its extra runs, its stores and its table."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from segkit import ablation
+from segkit import ablate as ablation
 from segkit.errors import ConfigError, SegkitError
+from segkit.oof import MeanStore, StoreUnion
 from segkit.probs import ProbWriter
 
 TINY = ("{name: %s, arch: %s, encoder: tu-resnet10t, encoder_weights: %s, "
@@ -58,13 +59,13 @@ def test_loss_row_names_the_stages_and_the_loss_options(demo_cfg):
 def test_stores_merge_folds_and_mean_rounds_like_a_store(tmp_path):
     _store(tmp_path / "a", ["x"], [0.2])
     _store(tmp_path / "b", ["y"], [0.9])
-    merged = ablation.Stores([tmp_path / "a", tmp_path / "b"], ["y", "x"])
+    merged = StoreUnion([tmp_path / "a", tmp_path / "b"], ["y", "x"])
     assert merged.ids == ["y", "x"] and merged["x"][0, 0, 0] == round(0.2 * 255)
-    other = ablation.Stores([tmp_path / "b", tmp_path / "a"], ["y", "x"])
-    mean = ablation.MeanStore([merged, other])
+    other = StoreUnion([tmp_path / "b", tmp_path / "a"], ["y", "x"])
+    mean = MeanStore([merged, other])
     assert mean["y"][0, 0, 0] == round(0.9 * 255)
     with pytest.raises(SegkitError, match="no probabilities for 1 image"):
-        ablation.Stores([tmp_path / "a"], ["x", "z"])
+        StoreUnion([tmp_path / "a"], ["x", "z"])
 
 
 def test_markdown_marks_each_trick_by_its_delta():
@@ -116,7 +117,7 @@ def test_tiles_row_re_predicts_the_chosen_fold_in_tiles_without_tta(demo_cfg, on
     assert table["+ tiles"].what == "predict.tile_size: 16 (linear, overlap 0.5)"
     store = ProbStore(cfg.run_dir / "quality" / "tiles" / "unet")
     assert sorted(store.ids) == sorted(ablation.fold_ids(cfg, [1])[0])
-    assert json.loads((store.folder / "source.json").read_text())["tta"] == "none"
+    assert json.loads((store.folder / "fold1.stamp.json").read_text())["inputs"]["tta"] == "none"
     # tiles without TTA differ from the whole-image training OOF and from the TTA'd tiles
     tiles, plain = table["+ tiles"].scores["dice"], table["+ pretrained encoder"].scores["dice"]
     assert 0 <= tiles <= 1 and tiles != plain and tiles != table["+ TTA"].scores["dice"]

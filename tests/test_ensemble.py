@@ -9,10 +9,12 @@ import pytest
 from segkit import ensemble, folds
 from segkit.data import Competition
 from segkit.ensemble.averaging import fit_weights
-from segkit.ensemble.base import METHODS, FitSample, Scorer, Setup, at_least, binarize, sample_stride
+from segkit.ensemble.base import METHODS, FitSample, Setup, sample_stride
 from segkit.ensemble.voting import vote_share
 from segkit.errors import ConfigError, DataError
+from segkit.metrics import CompetitionMetric
 from segkit.probs import ProbStore, ProbWriter, quantize
+from segkit.threshold import binarize
 
 
 def dice(pred, truth):
@@ -27,7 +29,8 @@ def dice(pred, truth):
 def setup_for(models=("a", "b"), classes=("fg",), mode="binary", folds_=(0, 1, 2), n_oof=0, **options):
     from segkit.config.schema import EnsembleConfig
 
-    return Setup(models=list(models), classes=list(classes), mode=mode, folds=list(folds_), metric=Scorer(dice),
+    return Setup(models=list(models), classes=list(classes), mode=mode, folds=list(folds_),
+                 metric=CompetitionMetric("dice", dice),
                  options=EnsembleConfig(**options), n_oof=n_oof)
 
 
@@ -103,7 +106,7 @@ def test_weighted_mean_moves_weight_to_the_good_model_fold_aware():
     noise = [quantize(rng.random(t.shape)) for t in truths]
     fold_of = [i % 3 for i in range(12)]
     sample = _sample_with(truths, [good, noise], fold_of)
-    w, score = fit_weights(Scorer(dice), sample.images, 2)
+    w, score = fit_weights(CompetitionMetric("dice", dice), sample.images, 2)
     assert w[0] > 0.5 + 1e-6 and score == pytest.approx(1.0)
     m = METHODS.get("wmean")(setup_for())
     m.fit(sample)
@@ -239,14 +242,14 @@ def _write_model(cfg, comp, frame, name, quality, rng):
     w.finish(comp.test_ids)
 
 
-def test_scorer_uses_the_metrics_rule_for_uint8_maps():
+def test_the_metric_object_binarises_uint8_maps_by_the_pipelines_rule():
     from segkit.metrics import get_metric
 
-    scorer = Scorer(get_metric("dice"))
+    scorer = get_metric("dice")
     q8 = np.array([[[127, 128, 200]]], np.uint8)
-    assert binarize(q8).tolist() == at_least(q8, 0.5).tolist() == [[[False, True, True]]]
+    assert binarize(q8).tolist() == binarize(q8, 0.5).tolist() == [[[False, True, True]]]
     truth = np.array([[[0, 1, 1]]], np.uint8)
-    by_threshold = scorer.at_thresholds([q8], [truth], [0.5, 0.7, 0.9])[:, 0]
+    by_threshold = scorer.score_above([q8], [truth], [0.5, 0.7, 0.9])[:, 0]
     assert by_threshold == pytest.approx([1.0, 2 / 3, 0.0])
     assert scorer(binarize(q8), truth.astype(bool)) == pytest.approx(dice(binarize(q8), truth.astype(bool)))
 

@@ -6,8 +6,9 @@ import pytest
 from scipy import ndimage
 
 from segkit.errors import ConfigError
-from segkit.postprocess import (ClassParams, apply_class, binarize, describe, fill_holes, keep_largest, morph,
-                                params_list, postprocess, remove_small, restrict_to_argmax, uint8_cut)
+from segkit.postprocess import (ClassParams, apply_class, describe, fill_holes, keep_largest, morph,
+                                params_list, postprocess, remove_small, restrict_to_argmax)
+from segkit.threshold import binarize, uint8_cut
 
 
 def disk(shape, center, radius):

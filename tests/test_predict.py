@@ -12,7 +12,7 @@ from segkit.data import Competition, SegDataset
 from segkit.errors import ConfigError, DataError
 from segkit.models import build_model
 from segkit.probs import ProbStore, ProbWriter
-from segkit.train import checkpoint
+from segkit import checkpoint
 
 TINY = {"name": "tiny", "arch": "Unet", "encoder": "tu-resnet10t",
         "params": {"encoder_depth": 3, "decoder_channels": [16, 8, 4]}}
@@ -126,10 +126,10 @@ def test_resumes_after_losing_half_the_images(trained, capsys):
     predict.run(cfg)
     assert "complete; keeping it" in capsys.readouterr().out
     # another TTA is another source: the store is predicted afresh
-    source = json.loads((folder / "source.json").read_text())
+    source = json.loads((folder / "stamp.json").read_text())["inputs"]
     assert source["tta"] == "hflip"
     predict.run(cfg.model_copy(update={"predict": cfg.predict.model_copy(update={"tta": "none"})}))
-    assert json.loads((folder / "source.json").read_text())["tta"] == "none"
+    assert json.loads((folder / "stamp.json").read_text())["inputs"]["tta"] == "none"
 
 
 def test_repredicted_oof_uses_each_folds_own_checkpoint(trained):

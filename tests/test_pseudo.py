@@ -7,6 +7,7 @@ import torch
 
 from segkit import folds, pseudo
 from segkit.data import Competition
+from segkit.train import data as train_data
 from segkit.errors import DataError
 from segkit.probs import ProbStore, ProbWriter, quantize
 
@@ -66,23 +67,24 @@ def test_selection_rule_writes_only_confident_images(demo_cfg):
     h = mask.shape[1]
     assert set(np.unique(mask)) == {0, 255} and (mask[:, : h // 2] == 255).all() and (mask[:, h // 2:] == 0).all()
     # max_images keeps the most confident
-    capped = cfg.model_copy(update={"pseudo": cfg.pseudo.model_copy(update={"max_images": 1, "round": 4})})
+    capped = cfg.model_copy(update={"pseudo": cfg.pseudo.model_copy(update={"max_images": 1})})  # a new selection
     top = ProbStore(pseudo.select(capped))
     assert len(top.ids) == 1 and top.ids[0] != ids[1]
 
 
 def test_training_hook_mixes_labels_and_never_leaks_into_validation(demo_cfg):
-    from segkit.train.data import TrainData, fold_ids
-    from segkit.train.distributed import World
+    from segkit.data.folds import fold_ids
+    from segkit.distributed import World
+    from segkit.train.data import TrainData
 
     cfg = demo_cfg("pseudo.batch_share=0.25", "train.batch_size=8")
     folds.run(cfg)
     comp = Competition(cfg.data, seed=cfg.seed)
     _ensemble_test_store(cfg, comp, lambda n, h, w: np.full((1, h, w), 0.99 if n % 2 else 0.01, np.float32))
     pseudo.select(cfg)
-    assert pseudo.extra_train_data(cfg, comp) is None  # round 0 trains without them
+    assert train_data.pseudo_train_data(cfg, comp) is None  # round 0 trains without them
     r1 = cfg.model_copy(update={"pseudo": cfg.pseudo.model_copy(update={"round": 1})})
-    extra = pseudo.extra_train_data(r1, comp)
+    extra = train_data.pseudo_train_data(r1, comp)
     assert sorted(extra.ids) == sorted(comp.test_ids) and extra.share == 0.25 and extra.split == "test"
     mask = extra.mask_reader(comp.test_ids[1])
     assert mask.dtype == np.uint8 and mask.max() == 1
@@ -97,7 +99,7 @@ def test_training_hook_mixes_labels_and_never_leaks_into_validation(demo_cfg):
         assert len(pseudo_rows) == 2  # 25 % of a batch of 8
         item = data.dataset[pseudo_rows[0]]
         assert item["id"] in extra.ids and "mask" in item
-    ds = pseudo.pseudo_dataset(r1, comp)
+    ds = train_data.pseudo_dataset(r1, comp)
     assert len(ds) == len(comp.test_ids) and ds.split == "test"
 
 
@@ -105,17 +107,17 @@ def test_a_pseudo_label_on_a_train_id_is_refused(demo_cfg):
     cfg = demo_cfg("pseudo.round=1")
     comp = Competition(cfg.data, seed=cfg.seed)
     leak = comp.train_ids[0]
-    w = ProbWriter(pseudo.round_dir(cfg, 1), cfg.data.classes)
+    w = ProbWriter(cfg.layout.pseudo(1).labels, cfg.data.classes)
     w.write(leak, comp.read_mask(leak).astype(np.float32))
     w.finish([leak])
     with pytest.raises(DataError, match="is a train id"):
-        pseudo.extra_train_data(cfg, comp)
+        train_data.pseudo_train_data(cfg, comp)
 
 
 def test_missing_round_labels_are_a_clear_error(demo_cfg):
     cfg = demo_cfg("pseudo.round=2")
     with pytest.raises(DataError, match="round2.*segkit pseudo"):
-        pseudo.extra_train_data(cfg, Competition(cfg.data, seed=cfg.seed))
+        train_data.pseudo_train_data(cfg, Competition(cfg.data, seed=cfg.seed))
 
 
 def test_round_config_names_new_models():
@@ -140,7 +142,7 @@ def test_a_pseudo_round_trains_validates_on_train_folds_only(demo_cfg, one_threa
     _ensemble_test_store(cfg, comp, lambda n, h, w: np.full((1, h, w), 0.99, np.float32))
     pseudo.select(cfg)
     r1 = pseudo.round_config(cfg, 1)
-    extra = pseudo.extra_train_data(r1, comp)
+    extra = train_data.pseudo_train_data(r1, comp)
     train_fold(r1, r1.models[0], 0, extra=extra)
     frame = folds.load_folds(cfg, comp)
     oof = ProbStore(r1.run_dir / "tiny_pl1" / "fold0" / "oof")

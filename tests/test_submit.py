@@ -118,7 +118,8 @@ def test_broken_submission_never_replaces_a_good_one(demo_cfg, monkeypatch):
     write_tune(cfg, {"object": {}})
     submit.run(cfg)
     good = cfg.submission_file.read_bytes()
-    monkeypatch.setattr(submit, "_encode", lambda mask, order, relative: "5 3 1 2")  # unsorted runs
+    write_tune(cfg, {"object": {"threshold": 0.4}})  # a new tuning: the submission is made again ...
+    monkeypatch.setattr(submit, "_encode", lambda mask, order, relative: "5 3 1 2")  # ... with unsorted runs
     with pytest.raises(DataError, match=r"invalid.*left as it was(.|\n)*row 2 .*sorted"):
         submit.run(cfg)
     assert cfg.submission_file.read_bytes() == good

@@ -16,7 +16,8 @@ import torch
 from segkit import folds as folds_stage
 from segkit.errors import SegkitError
 from segkit.probs import ProbStore
-from segkit.train import checkpoint, fold_dir, run, train_fold
+from segkit import checkpoint
+from segkit.train import run, train_fold
 from segkit.train.sampler import BatchPlan, split_counts
 
 
@@ -46,7 +47,7 @@ def history(folder: Path) -> pd.DataFrame:
 def test_a_fold_writes_everything_and_is_skipped_once_complete(make_cfg, capsys):
     cfg = make_cfg()
     assert run(cfg, fold=0) == 0
-    out = fold_dir(cfg, "tiny", 0)
+    out = cfg.layout.fold("tiny", 0).dir
     metrics = pd.read_csv(out / "metrics.csv")
     assert list(metrics.columns[:8]) == ["epoch", "lr", "encoder_lr", "train_loss", "val_loss", "dice", "iou", "score"]
     assert metrics["epoch"].tolist() == [1, 2] and metrics[["train_loss", "val_loss", "dice"]].notna().all().all()
@@ -71,16 +72,16 @@ def test_a_fold_writes_everything_and_is_skipped_once_complete(make_cfg, capsys)
     stamp = (out / "best.pt").stat().st_mtime_ns
     capsys.readouterr()
     run(cfg, fold=0)
-    assert "complete, skipped" in capsys.readouterr().out
+    assert "complete; keeping it" in capsys.readouterr().out
     assert (out / "best.pt").stat().st_mtime_ns == stamp
 
 
 def test_val_every_validates_only_those_epochs_and_the_last(make_cfg, capsys):
     cfg = make_cfg("train.epochs=3", "train.val_every=2")
     run(cfg, fold=0)
-    metrics = pd.read_csv(fold_dir(cfg, "tiny", 0) / "metrics.csv")
+    metrics = pd.read_csv(cfg.layout.fold("tiny", 0).dir / "metrics.csv")
     assert metrics["score"].isna().tolist() == [True, False, False]  # epoch 2 by val_every, 3 as the last
-    assert checkpoint.load(fold_dir(cfg, "tiny", 0) / "best.pt")["epoch"] in (2, 3)
+    assert checkpoint.load(cfg.layout.fold("tiny", 0).dir / "best.pt")["epoch"] in (2, 3)
     lines = [line for line in capsys.readouterr().out.splitlines() if " epoch " in line and "/3:" in line]
     assert ["(not validated)" in line for line in lines] == [True, False, False]
     assert "nan" not in lines[0]
@@ -95,7 +96,7 @@ def test_oof_holds_best_pt_predictions_with_one_pass_less_when_the_last_epoch_is
     from segkit.probs import ProbWriter
     from segkit.train import fold as fold_module
     from segkit.train.data import val_loader
-    from segkit.train.distributed import World
+    from segkit.distributed import World
     from segkit.train.validate import evaluate
 
     calls = []
@@ -104,7 +105,7 @@ def test_oof_holds_best_pt_predictions_with_one_pass_less_when_the_last_epoch_is
     summary = train_fold(cfg, cfg.models[0], 0)
     assert len(calls) == 3 + (summary["best_epoch"] != 3)
 
-    out = fold_dir(cfg, "tiny", 0)
+    out = cfg.layout.fold("tiny", 0).dir
     model, meta = checkpoint.load_model(out / "best.pt")
     if cfg.train.channels_last:  # the memory format the fold validated in: the same kernels, the same bits
         model = model.to(memory_format=torch.channels_last)
@@ -136,7 +137,7 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(make_cfg, monkeypatc
 
     def save_then_die(path, payload):
         real_save(path, payload)
-        if Path(path).name == checkpoint.LAST:
+        if Path(path).name == "last.pt":
             raise Killed  # a kill right after the first epoch's checkpoint
 
     monkeypatch.setattr(checkpoint, "save", save_then_die)
@@ -161,7 +162,7 @@ def test_a_changed_config_refuses_to_resume(make_cfg, monkeypatch, tmp_path):
 
     def save_then_die(path, payload):
         real_save(path, payload)
-        if Path(path).name == checkpoint.LAST:
+        if Path(path).name == "last.pt":
             raise Killed
 
     monkeypatch.setattr(checkpoint, "save", save_then_die)
@@ -248,7 +249,7 @@ def test_multiclass_fold(demo_multiclass_root, tmp_path):
     ])
     folds_stage.run(cfg)
     summary = train_fold(cfg, cfg.models[0], 0)
-    store = ProbStore(fold_dir(cfg, "tiny", 0) / "oof")
+    store = ProbStore(cfg.layout.fold("tiny", 0).dir / "oof")
     probs = store.read_float(store.ids[0])
     assert probs.shape == (2, 32, 32) and probs.sum(0).max() <= 1 + 2 / 255  # softmax foreground channels
     assert 0 <= summary["dice"] <= 1
@@ -263,7 +264,7 @@ def _free_port() -> int:
 def test_ddp_code_path_with_a_world_of_one(make_cfg, monkeypatch, tmp_path):
     import torch.distributed as dist
 
-    from segkit.train import distributed
+    from segkit import distributed
 
     for key, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
                        "MASTER_PORT": str(_free_port())}.items():

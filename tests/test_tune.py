@@ -9,18 +9,22 @@ import pytest
 
 from segkit.config.schema import TuneConfig
 from segkit.errors import SegkitError
-from segkit.metrics import get_metric
+from segkit.metrics import CompetitionMetric, ObjectOverlaps, get_metric
 from segkit.postprocess import ClassParams, apply_class
 from segkit.probs import ProbWriter
-from segkit.tune import Greedy, Metric, OOFSource, _Objects, _Staged, resolve_metric, score_params, summarize, tune
+from segkit.tune import Greedy, OOFStream, tune
+from segkit.tune.candidates import Staged, score_params
+from segkit.tune.tables import summarize
+
+resolve_metric = get_metric
 
 
-def make_source(tmp_path, probs: dict, truths: dict, classes=("obj",)) -> OOFSource:
+def make_source(tmp_path, probs: dict, truths: dict, classes=("obj",)) -> OOFStream:
     writer = ProbWriter(tmp_path / "oof", list(classes))
     for image_id, p in probs.items():
         writer.write(image_id, p)
     store = writer.finish(list(probs))
-    return OOFSource(store, lambda i: truths[i])
+    return OOFStream(store, lambda i: truths[i])
 
 
 def square(size, y, x, side):
@@ -41,14 +45,14 @@ SMALL = dict(thresholds=[0.3, 0.4, 0.5, 0.55, 0.65, 0.8], min_areas=[0, 10, 50],
 
 
 def test_greedy_keeps_only_strict_improvements():
-    g = Greedy(["a", "b", "c"], Metric("x", None, True, None), min_gain=0.01)
+    g = Greedy(["a", "b", "c"], CompetitionMetric("x", None, True), min_gain=0.01)
     g.start(np.array([0.5, 0.5, 0.5]))
     g.offer("s", [(ClassParams(threshold=0.3), 0.52, "better"), (ClassParams(threshold=0.3), 0.505, "too little"),
                   (ClassParams(threshold=0.3), 0.4, "worse")])
     kept = {c: v["kept"] for c, v in g.steps[-1]["classes"].items()}
     assert kept == {"a": True, "b": False, "c": False}
     assert g.params[0].threshold == 0.3 and g.params[1] == ClassParams() and g.params[2] == ClassParams()
-    low = Greedy(["a"], Metric("loss", None, False, None), min_gain=0.0)  # lower is better
+    low = Greedy(["a"], CompetitionMetric("loss", None, False), min_gain=0.0)  # lower is better
     low.start(np.array([0.5]))
     low.offer("s", [(ClassParams(threshold=0.3), 0.6, "worse")])
     assert not low.steps[-1]["kept"]
@@ -138,7 +142,8 @@ def test_lower_is_better_metric_picks_the_same_params(tmp_path):
         probs[f"i{i}"], truths[f"i{i}"] = p[None].astype(np.float32), t[None]
     source = make_source(tmp_path, probs, truths)
     dice = resolve_metric("dice")
-    loss = Metric("1-dice", lambda p, t: 1 - dice.per_image(p, t), False, lambda *c: 1 - dice.stats(*c))
+    loss = CompetitionMetric("1-dice", lambda p, t: 1 - dice.per_image(p, t), False,
+                             from_counts=lambda c: 1 - dice.from_counts(c))
     a = tune(source, ["obj"], dice, TuneConfig(**SMALL))
     b = tune(source, ["obj"], loss, TuneConfig(**SMALL))
     assert a["classes"] == b["classes"]
@@ -191,11 +196,11 @@ def test_object_overlaps_match_metric_object_ap():
         truth = (cv2.GaussianBlur(rng.random((30, 30)).astype(np.float32), (0, 0), 1.5) > 0.55)
         pred = (cv2.GaussianBlur(rng.random((30, 30)).astype(np.float32), (0, 0), 1.5) > 0.52)
         pred |= truth & (rng.random((30, 30)) < 0.9)
-        image = _Staged(pred.astype(np.uint8), truth)
+        image = Staged(pred.astype(np.uint8), truth, ObjectOverlaps)
         for params in (ClassParams(), ClassParams(min_area=6), ClassParams(keep_largest=True)):
             want = fn(apply_class(pred.astype(np.uint8), params)[None].astype(bool), truth[None])
-            assert image.object_ap(params) == pytest.approx(want)
-        assert _Objects(np.zeros((4, 4), bool)).score(None, np.array([16]), np.array([False])) == 1.0
+            assert image.object_score(params) == pytest.approx(want)
+        assert ObjectOverlaps(np.zeros((4, 4), bool)).score(None, np.array([16]), np.array([False])) == 1.0
 
 
 def test_steps_cv_equals_exact_final_cv(tmp_path):
@@ -230,13 +235,19 @@ def fake_ensemble(cfg, quality=1.5, seed=0, folds_for=None):
         writer.write(i, noisy(np.stack(blobs)))
     writer.finish(comp.test_ids)
     if folds_for:
+        import pandas as pd
+
         ids = comp.train_ids
+        fold_of = {}
         for k in range(cfg.folds.n_splits):
             part = ids[k::cfg.folds.n_splits]
+            fold_of.update({i: k for i in part})
             writer = ProbWriter(cfg.run_dir / folds_for / f"fold{k}" / "oof", cfg.data.classes)
             for i in part:
                 writer.write(i, noisy(comp.read_mask(i)))
             writer.finish(part)
+        cfg.folds_file.parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame({"id": ids, "fold": [fold_of[i] for i in ids]}).to_csv(cfg.folds_file, index=False)
     return comp
 
 
@@ -266,8 +277,8 @@ def test_tune_stage_writes_json_plots_and_skips_when_current(demo_cfg, capsys):
 
 
 def test_threshold_sweep_equals_labelling_each_threshold():
-    from segkit.postprocess import components_in
-    from segkit.tune import _threshold_sweep
+    from segkit.components import components_in
+    from segkit.tune.tables import _threshold_sweep
 
     rng = np.random.default_rng(11)
     q = (rng.random((37, 23)) * 255).astype(np.uint8)  # white noise: thousands of merges and tiny components

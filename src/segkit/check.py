@@ -2,7 +2,8 @@
 
 A broken file found at epoch 40 of fold 4 costs hours; found here it costs seconds. The first problem stops the
 check with an error naming the file or csv row. A passed check leaves ``runs/<experiment>/data_check.json`` (image
-counts, sizes, empty share), so ``segkit run`` does it once per experiment.
+counts, sizes, empty share); it is a unit of work (``segkit.freshness``), so ``segkit run`` checks once per
+experiment and again only when the data section of the config changes.
 """
 
 from __future__ import annotations
@@ -15,8 +16,7 @@ from segkit import atomic
 from segkit.config import Config
 from segkit.data import Competition
 from segkit.errors import DataError
-
-MARKER = "data_check.json"
+from segkit.freshness import FRESH, Unit
 
 
 def check_competition(comp: Competition, progress: bool = True) -> dict:
@@ -51,16 +51,23 @@ def check_competition(comp: Competition, progress: bool = True) -> dict:
     }
 
 
+def check_unit(cfg: Config) -> Unit:
+    layout = cfg.layout
+    return Unit(f"check: {layout.data_check}", layout.stamp("check"), [layout.data_check],
+                {"data": cfg.data.model_dump(mode="json"), "seed": cfg.seed})
+
+
 def run(cfg: Config) -> int:
-    marker = cfg.run_dir / MARKER
-    if marker.exists():
-        print(f"check: {marker} exists; data already checked")
+    unit = check_unit(cfg)
+    if unit.status() == FRESH:
+        print(unit.kept("data already checked"))
         return 0
     summary = check_competition(Competition(cfg.data, seed=cfg.seed))
-    atomic.write_json(marker, summary)
+    unit.begin()
+    atomic.write_json(cfg.layout.data_check, summary)
     print("check: " + ", ".join(f"{k}={v}" for k, v in summary.items() if not isinstance(v, (dict, list))))
     print(f"check: train sizes {summary['train_sizes']}, test sizes {summary['test_sizes']}")
     return 0
 
 
-__all__ = ["check_competition", "run"]
+__all__ = ["check_competition", "check_unit", "run"]

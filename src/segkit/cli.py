@@ -1,5 +1,8 @@
-"""The ``segkit`` command: one sub-command per pipeline stage, each ``--config FILE`` plus ``key.sub=value``
-overrides. Stage modules are imported only when their command runs, so ``segkit --help`` stays instant.
+"""The ``segkit`` command: one sub-command per pipeline stage (``segkit.stages``), ``run`` for all of them,
+``ablate`` for what each trick of a recipe is worth, and the stand-alone tools (demo-data, score,
+validate-submission). Config commands take ``--config FILE`` plus ``key.sub=value`` overrides; every name the config
+picks is checked (``segkit.catalog``) before any work starts. Stage modules are imported only when their command
+runs, so ``segkit --help`` stays instant.
 
 Errors of input (a file, csv row or config key) are ``SegkitError``s: printed as one ``error:`` line, exit 2.
 """
@@ -9,30 +12,31 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import Callable
 
 from segkit.errors import SegkitError
+from segkit.layout import pattern
+from segkit.stages import BY_NAME, STAGES, load
 
-# command -> (module, function, help). Config stages take (cfg, **options).
-STAGES: dict[str, tuple[str, str, str]] = {
-    "check": ("segkit.check", "run", "read every image and mask once; stop at the first bad file"),
-    "folds": ("segkit.folds", "run", "build folds/<competition>.csv"),
-    "train": ("segkit.train", "run", "train models x folds (all unless narrowed)"),
-    "predict": ("segkit.predict", "run", "predict test images with TTA, per model"),
-    "ensemble": ("segkit.ensemble", "run", "ensemble OOF and test probabilities"),
-    "pseudo": ("segkit.pseudo", "run", "select confident test images as pseudo labels"),
-    "tune": ("segkit.tune", "run", "choose thresholds, min areas, clean-up on OOF"),
-    "submit": ("segkit.submit", "run", "write and validate submissions/<experiment>.csv"),
-    "report": ("segkit.report", "run", "write runs/<experiment>/report/"),
-    "run": ("segkit.pipeline", "run", "every stage in order, skipping what is complete"),
-}
+RUN_HELP = "every stage in order, skipping what is complete"
+TOOLS = {"score": "segkit.score", "validate-submission": "segkit.validate"}
+ABLATE_HELP = "what each trick of a recipe is worth: a baseline, the recipe, one trick added at a time"
 
 
-def _config_parser(sub, name: str, help_text: str) -> argparse.ArgumentParser:
-    p = sub.add_parser(name, help=help_text, description=help_text)
+def _config_parser(sub, name: str, help_text: str, description: str = "", narrows: bool = False):
+    p = sub.add_parser(name, help=help_text, description=description or help_text)
     p.add_argument("--config", required=True, help="experiment YAML (configs/...)")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+    if narrows:
+        p.add_argument("--model", default=None, help="only this model (a name from models:)")
+        p.add_argument("--fold", type=int, default=None, help="only this fold")
     return p
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of fold numbers") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,11 +51,22 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--classes", type=int, default=None, help="1 = binary; more = multiclass")
     demo.add_argument("--seed", type=int, default=None)
 
-    for name, (_, _, help_text) in STAGES.items():
-        p = _config_parser(sub, name, help_text)
-        if name in ("train", "run"):
-            p.add_argument("--model", default=None, help="only this model (a name from models:)")
-            p.add_argument("--fold", type=int, default=None, help="only this fold")
+    layout = pattern()
+    for stage in STAGES:
+        reads, writes = stage.describe(layout)
+        text = f"{stage.help}. Reads {', '.join(reads)}; writes {', '.join(writes)}."
+        _config_parser(sub, stage.name, stage.help, text, narrows=stage.narrows)
+    _config_parser(sub, "run", RUN_HELP, f"{RUN_HELP}; --model / --fold run the stages that work on that slice "
+                   f"({', '.join(s.name for s in STAGES if s.scope != 'all')}) and stop before the first that "
+                   f"needs every fold", narrows=True)
+    ablate = _config_parser(sub, "ablate", ABLATE_HELP, f"{ABLATE_HELP} (runs/<experiment>/quality/)")
+    ablate.add_argument("--folds", type=_ints, default=[], help="folds the ablation trains and scores, e.g. 0,1 "
+                        "(default: all)")
+    ablate.add_argument("--metrics", type=lambda s: s.split(","), default=[],
+                        help="more metrics to report beside the config's, e.g. iou,pixel_accuracy")
+    ablate.add_argument("--no-variants", action="store_true",
+                        help="skip the baseline and loss-only trainings: score only the recipe's own rows")
+    ablate.add_argument("--train-only", action="store_true", help="train and predict, do not score")
 
     score = sub.add_parser("score", help="score an RLE csv against a truth csv as the competition would")
     score.add_argument("submission")
@@ -72,11 +87,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _call(module: str, func: str) -> Callable:
-    # Each command imports only its own stage (and its dependencies: lightgbm, scipy, matplotlib...).
-    return getattr(importlib.import_module(module), func)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -89,21 +99,31 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _tool(module: str, func: str = "main"):
+    # Each command imports only its own module (and its dependencies: torch, lightgbm, matplotlib...).
+    return getattr(importlib.import_module(module), func)
+
+
 def _dispatch(args: argparse.Namespace) -> int | None:
     if args.command == "demo-data":
         options = {k: v for k, v in vars(args).items() if k not in ("command", "out") and v is not None}
-        return _call("segkit.demo", "write_competition")(args.out, **options) and 0
-    if args.command == "score":
-        return _call("segkit.score", "main")(args)
-    if args.command == "validate-submission":
-        return _call("segkit.validate", "main")(args)
+        return _tool("segkit.demo", "write_competition")(args.out, **options) and 0
+    if args.command in TOOLS:
+        return _tool(TOOLS[args.command])(args)
 
-    from segkit.config import load_config
-
-    cfg = load_config(args.config, args.overrides)
+    cfg = _tool("segkit.config", "load_config")(args.config, args.overrides)
+    _tool("segkit.catalog", "check")(cfg)
     options = {k: getattr(args, k) for k in ("model", "fold") if getattr(args, k, None) is not None}
-    module, func, _ = STAGES[args.command]
-    return _call(module, func)(cfg, **options)
+    if args.command == "run":
+        return _tool("segkit.pipeline", "run")(cfg, **options)
+    if args.command == "ablate":
+        ablate = importlib.import_module("segkit.ablate")
+        table = ablate.run(cfg, folds=args.folds, metrics=args.metrics, with_variants=not args.no_variants,
+                           train_only=args.train_only)
+        if table:
+            print("\n" + ablate.markdown(table, cfg.metric))
+        return 0
+    return load(BY_NAME[args.command])(cfg, **options)
 
 
 if __name__ == "__main__":

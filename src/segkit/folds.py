@@ -8,7 +8,7 @@
 
 Output ``folds/<competition>.csv``: id, fold, stratum[, group]. The file is part of the experiment's
 reproducibility (commit it); an existing file is reused, and one that no longer matches the data is an error
-rather than silently rebuilt.
+rather than silently rebuilt. Later stages read it through ``segkit.data.folds``.
 """
 
 from __future__ import annotations
@@ -19,8 +19,10 @@ from sklearn.model_selection import KFold, StratifiedGroupKFold, StratifiedKFold
 
 from segkit import atomic
 from segkit.config import Config
-from segkit.data import Competition, read_csv
+from segkit.data import Competition
+from segkit.data.folds import fold_numbers, load_folds
 from segkit.errors import DataError
+from segkit.freshness import FRESH, Unit
 
 
 def coverage_strata(coverage: np.ndarray, bins: int) -> np.ndarray:
@@ -110,43 +112,17 @@ def summary(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def fold_numbers(frame: pd.DataFrame) -> list[int]:
-    """The fold numbers of a fold table, ascending."""
-    return sorted(int(f) for f in frame["fold"].unique())
-
-
-def load_folds(cfg: Config, comp: Competition | None = None) -> pd.DataFrame:
-    """The fold file (id as str, fold as int); checked against the competition's train ids when given."""
-    path = cfg.folds_file
-    if not path.exists():
-        raise DataError(f"{path}: fold file missing; run `segkit folds --config {cfg.source or 'CFG'}` first")
-    frame = read_csv(path, ["id", "fold"])
-    try:
-        frame["fold"] = frame["fold"].astype(int)
-    except ValueError:
-        raise DataError(f"{path}: column 'fold' must hold integers") from None
-    if frame["id"].duplicated().any():
-        raise DataError(f"{path}: duplicate id {frame['id'][frame['id'].duplicated()].iloc[0]!r}")
-    if comp is not None:
-        want, have = set(comp.train_ids), set(frame["id"])
-        if want != have:
-            extra, missing = sorted(have - want), sorted(want - have)
-            detail = f"{len(missing)} train ids missing (e.g. {missing[:1]})" if missing else ""
-            if extra:
-                detail += ("; " if detail else "") + f"{len(extra)} unknown ids (e.g. {extra[:1]})"
-            raise DataError(f"{path}: does not match the train set: {detail}. Delete it to rebuild the folds")
-    return frame
-
-
 def run(cfg: Config) -> int:
     comp = Competition(cfg.data, seed=cfg.seed)
-    path = cfg.folds_file
-    if path.exists():
+    path = cfg.layout.folds_file
+    # The fold file is committed and reused as long as it exists: a unit fresh with its output alone.
+    unit = Unit(f"folds: {path}", None, [path])
+    if unit.status() == FRESH:
         frame = load_folds(cfg, comp)
         if frame["fold"].nunique() != cfg.folds.n_splits:
             raise DataError(f"{path}: has {frame['fold'].nunique()} folds but folds.n_splits is "
                             f"{cfg.folds.n_splits}; set folds.file to a new name (or delete this one) to rebuild")
-        print(f"folds: {path} exists ({frame['fold'].nunique()} folds, {len(frame)} ids); keeping it")
+        print(unit.kept(f"{frame['fold'].nunique()} folds, {len(frame)} ids"))
     else:
         frame = build_folds(comp, cfg)
         atomic.write_csv(path, frame)
@@ -155,3 +131,6 @@ def run(cfg: Config) -> int:
         frame["coverage"] = frame["coverage"].astype(float)
         print(summary(frame).to_string(index=False))
     return 0
+
+
+__all__ = ["build_folds", "coverage_strata", "fold_numbers", "load_folds", "run", "summary"]

@@ -1,50 +1,127 @@
-"""``segkit run``: every stage in order. Each stage skips the work whose outputs are already complete, so running
-this again after a crash (or a kill) resumes where it stopped."""
+"""``segkit run``: every stage of ``segkit.stages`` in order. Each stage skips the units of work that are already
+complete and up to date (``segkit.freshness``), so running this again after a crash (or a kill) resumes where it
+stopped, and running it on a finished experiment does nothing but say what it kept.
+
+``--model M`` / ``--fold K`` narrow the run to a slice: the stages that work per model x fold (train, predict's OOF
+re-prediction) run for that slice, the slice's out-of-fold scores are printed, and the run stops with one line
+before the first stage that needs every fold of every model.
+
+Pseudo-labelling rounds (``pseudo.rounds``) are run here too, since a round is other stages again: for each round,
+select its labels (``segkit.pseudo``), then train, predict and ensemble the round's models (``round_config``).
+"""
 
 from __future__ import annotations
 
-import importlib
+import json
 import time
+from typing import Optional
 
+import numpy as np
+
+from segkit import pseudo
+from segkit.atomic import clean_tmp
+from segkit.catalog import check
 from segkit.config import Config
+from segkit.data import Competition
+from segkit.data.folds import check_fold, fold_numbers, ids_of, load_folds
+from segkit.metrics import get_metric
+from segkit.postprocess import ClassParams, postprocess
+from segkit.probs import image_file, load_image
+from segkit.stages import BY_NAME, STAGES, load
 
-# The stages in order; each is the module segkit.<stage> with a run(cfg) function.
-ORDER = ["check", "folds", "train", "predict", "ensemble", "pseudo", "tune", "submit", "report"]
 
-
-def run(cfg: Config, model: str | None = None, fold: int | None = None) -> int:
-    from segkit.atomic import clean_tmp
-
+def run(cfg: Config, model: Optional[str] = None, fold: Optional[int] = None) -> int:
+    check(cfg)
     # Leftovers of a killed write are never mistaken for results, but they would pile up: sweep them.
-    for folder in (cfg.run_dir, cfg.folds_file.parent, cfg.paths.submissions):
+    for folder in cfg.layout.tmp_roots():
         clean_tmp(folder)
     # Every stage is imported up front: a broken import fails now, not after an hour of training.
-    stages = {name: importlib.import_module(f"segkit.{name}") for name in ORDER}
-    for name, module in stages.items():
-        if name == "pseudo" and cfg.pseudo.rounds == 0:
+    functions = {stage.name: load(stage) for stage in STAGES}
+    narrowed = model is not None or fold is not None
+    for stage in STAGES:
+        if stage.name == "pseudo" and cfg.pseudo.rounds == 0:
             continue
-        print(f"== {name}")
+        if narrowed and stage.scope == "all":
+            slice_scores(cfg, model, fold)
+            print(f"== {', '.join(s.name for s in STAGES[STAGES.index(stage):])}: not run; they need every fold of "
+                  f"every model, and this run was narrowed to {_slice(model, fold)}")
+            return 0
+        print(f"== {stage.name}")
         start = time.perf_counter()
-        options = {"model": model, "fold": fold} if name == "train" else {}
-        code = module.run(cfg, **{k: v for k, v in options.items() if v is not None})
+        options = {"model": model, "fold": fold} if stage.narrows else {}
+        code = functions[stage.name](cfg, **{k: v for k, v in options.items() if v is not None})
         if code:
             return code
-        print(f"== {name}: done in {time.perf_counter() - start:.1f} s")
+        print(f"== {stage.name}: done in {time.perf_counter() - start:.1f} s")
     _summary(cfg)
     return 0
+
+
+def pseudo_rounds(cfg: Config) -> int:
+    """``segkit pseudo``. With ``pseudo.rounds`` = 0: select one round of labels (for a config with
+    ``pseudo.round`` set to train on). Otherwise go through the rounds after ``pseudo.round``: select the round's
+    labels from the ensemble before it, then train, predict and ensemble the round's models."""
+    if cfg.pseudo.rounds == 0:
+        return pseudo.run(cfg)
+    for r in range(cfg.pseudo.round + 1, cfg.pseudo.rounds + 1):
+        pseudo.select(cfg, r)
+        current = pseudo.round_config(cfg, r)
+        print(f"pseudo: round {r}: {', '.join(m.name for m in current.models)} with round {r}'s labels at "
+              f"{cfg.pseudo.batch_share:.0%} of each batch")
+        for name in ("train", "predict", "ensemble"):
+            code = load(BY_NAME[name])(current)
+            if code:
+                return code
+    return 0
+
+
+def _slice(model: Optional[str], fold: Optional[int]) -> str:
+    parts = ([f"model {model}"] if model else []) + ([f"fold {fold}"] if fold is not None else [])
+    return " and ".join(parts)
+
+
+def slice_scores(cfg: Config, model: Optional[str], fold: Optional[int]) -> None:
+    """The competition metric on the slice's out-of-fold images at p > 0.5: as training left them, and as the
+    TTA re-prediction made them (where it ran)."""
+    comp = Competition(cfg.data, seed=cfg.seed)
+    frame = load_folds(cfg, comp)
+    folds = [check_fold(frame, fold, cfg.layout.folds_file)] if fold is not None else fold_numbers(frame)
+    metric = get_metric(cfg.metric, key="metric")
+    models = [cfg.model(model)] if model else list(cfg.models)
+    print(f"== scores of {_slice(model, fold)} ({cfg.metric}, out-of-fold images at p > 0.5)")
+    for m in models:
+        paths = cfg.layout.model(m.name)
+        for k in folds:
+            ids = ids_of(frame, [k])
+            shown = []
+            for what, folder in (("training OOF", paths.fold(k).oof), ("TTA OOF", paths.oof_tta)):
+                if all(image_file(folder, i).exists() for i in ids):
+                    shown.append(f"{_score(cfg, comp, metric, folder, ids):.4f} ({what})")
+            print(f"models[{m.name}] fold {k}: {', '.join(shown) or 'no OOF yet'}")
+
+
+def _score(cfg: Config, comp: Competition, metric, folder, ids: list[str]) -> float:
+    exclusive = cfg.data.mode == "multiclass"
+    scores = []
+    for image_id in ids:
+        probs = load_image(folder, image_id)
+        masks = postprocess(probs, [ClassParams()] * probs.shape[0], exclusive=exclusive).view(bool)
+        scores.append(metric(masks, comp.read_mask(image_id).astype(bool)))
+    return float(np.mean(scores))
 
 
 def _summary(cfg: Config) -> None:
     """The closing lines: where the submission is, its CV, and what the same models score with TTA, ensembling
     and tuning switched off (the first model's own out-of-fold predictions at threshold 0.5)."""
-    import json
-
-    tune_file = cfg.run_dir / "tune.json"
-    if not (tune_file.exists() and cfg.submission_file.exists()):
+    layout = cfg.layout
+    if not (layout.tune.json.exists() and layout.submission.exists()):
         return
-    tuned = json.loads(tune_file.read_text())
+    tuned = json.loads(layout.tune.json.read_text())
     plain = (tuned.get("baseline") or {}).get("plain_pipeline")
-    print(f"submission: {cfg.submission_file}")
+    print(f"submission: {layout.submission}")
     print(f"CV {cfg.metric}: {tuned['cv']:.4f}  (TTA + ensemble + tuned post-processing)")
     if plain is not None:
         print(f"CV {cfg.metric}: {plain:.4f}  (plain: one model, no TTA, no ensemble, threshold 0.5)")
+
+
+__all__ = ["pseudo_rounds", "run", "slice_scores"]

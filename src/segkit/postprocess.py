@@ -6,7 +6,7 @@ Each class goes through the same fixed chain; a parameter at its neutral value s
    the class is declared absent and its mask is empty. Otherwise the mask is binarised at the (lower) ``threshold``.
    This is the SIIM pneumothorax winners' triplet: a confident core decides *whether* there is an object, a lower
    threshold decides *where* it is, which a single threshold cannot do for both small and empty masks.
-2. binarise: p > ``threshold``.
+2. binarise: p > ``threshold`` (the pipeline's one rule, ``segkit.threshold``).
 3. ``morphology``: operations in the order listed: ``opening`` / ``closing`` / ``dilation`` / ``erosion`` with a
    disk of radius r (the pixels within distance r), and ``fill_holes`` (background not 4-connected to the border).
 4. ``min_area``: connected components (8-connectivity) smaller than this many pixels are removed.
@@ -15,24 +15,27 @@ Each class goes through the same fixed chain; a parameter at its neutral value s
 Multiclass data (mutually exclusive classes) is passed with ``exclusive=True``: a pixel may only be claimed by the
 class with the highest probability, and pixels that morphology makes two classes claim go to the more probable one.
 
-Probabilities may be float in [0, 1] or the stores' uint8 (p * 255). For uint8 input every threshold is turned into
-the integer cut that gives exactly ``p > threshold`` on the dequantised values, so tuning (on stores) and submission
-(on stores) binarise identically.
+Probabilities may be float in [0, 1] or the stores' uint8 (p * 255); ``segkit.threshold`` binarises both so that
+tuning and submission (both on stores) agree exactly.
+
+``tune.json`` (what the tune stage chose, and what submission applies) holds one parameter set per class in the form
+``ClassParams.to_dict`` writes; ``read_tuned`` reads it back, checked.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
+import json
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import cv2
 import numpy as np
-from numba import njit
-
-from segkit.errors import ConfigError
+from segkit.components import components
+from segkit.errors import ConfigError, DataError, SegkitError
+from segkit.threshold import binarize, count_above, uint8_cut
 
 MORPH_OPS = ("fill_holes", "opening", "closing", "dilation", "erosion")
 _CV_OPS = {"opening": cv2.MORPH_OPEN, "closing": cv2.MORPH_CLOSE, "dilation": cv2.MORPH_DILATE,
@@ -113,26 +116,6 @@ def _count(value: Any, key: str) -> int:
 # ------------------------------------------------------------------------------------------------- single steps
 
 
-def uint8_cut(threshold: float) -> int:
-    """The integer c with ``q > c`` <=> ``q / 255 > threshold`` for uint8 q (the epsilon absorbs 0.6 * 255 =
-    152.999...)."""
-    return int(math.floor(threshold * 255.0 + 1e-6))
-
-
-def binarize(prob: np.ndarray, threshold: float) -> np.ndarray:
-    """uint8 0/1 mask of ``prob > threshold``."""
-    prob = np.asarray(prob)
-    if prob.dtype == np.uint8:
-        return (prob > uint8_cut(threshold)).view(np.uint8)
-    return (prob > threshold).view(np.uint8)
-
-
-def count_above(prob: np.ndarray, threshold: float) -> int:
-    prob = np.asarray(prob)
-    cut = uint8_cut(threshold) if prob.dtype == np.uint8 else threshold
-    return int(np.count_nonzero(prob > cut))
-
-
 @lru_cache(maxsize=None)
 def _kernel(radius: int) -> np.ndarray:
     """The pixels within Euclidean distance ``radius`` of the centre (OpenCV's MORPH_ELLIPSE is boxier)."""
@@ -161,47 +144,6 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     frame[1:-1, 1:-1] = mask
     cv2.floodFill(frame, np.zeros((h + 4, w + 4), np.uint8), (0, 0), 1, flags=4)
     return (mask | (frame[1:-1, 1:-1] == 0)).view(np.uint8)
-
-
-@njit(cache=True, nogil=True)
-def _label_areas(labels, n):  # pragma: no cover - compiled
-    areas = np.zeros(n, np.int64)
-    for v in labels.ravel():
-        areas[v] += 1
-    return areas
-
-
-@njit(cache=True, nogil=True)
-def _label_overlaps(labels, truth, n):  # pragma: no cover - compiled
-    """Pixels per label, and pixels per label inside ``truth``, in one pass without temporaries."""
-    areas = np.zeros(n, np.int64)
-    inters = np.zeros(n, np.int64)
-    flat = labels.ravel()
-    t = truth.ravel()
-    for i in range(flat.size):
-        areas[flat[i]] += 1
-        inters[flat[i]] += t[i]
-    return areas, inters
-
-
-def _labels(mask: np.ndarray) -> tuple[int, np.ndarray]:
-    return cv2.connectedComponents(np.ascontiguousarray(mask, dtype=np.uint8), connectivity=8, ltype=cv2.CV_32S)
-
-
-def components(mask: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
-    """(n labels incl. background, label image int32, areas per label with areas[0] the background).
-
-    OpenCV's labelling without its statistics plus one compiled counting loop is ~3x faster than
-    connectedComponentsWithStats, whose bounding boxes and centroids nothing here needs."""
-    n, labels = _labels(mask)
-    return n, labels, _label_areas(labels, n)
-
-
-def components_in(mask: np.ndarray, truth: np.ndarray) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
-    """``components`` plus, per label, how many of its pixels lie inside the (H, W) ``truth`` mask."""
-    n, labels = _labels(mask)
-    areas, inters = _label_overlaps(labels, np.ascontiguousarray(truth).view(np.uint8), n)
-    return n, labels, areas, inters
 
 
 def remove_small(mask: np.ndarray, min_area: int) -> np.ndarray:
@@ -332,3 +274,17 @@ def describe(params: ClassParams) -> str:
     if params.keep_largest:
         parts.append("largest only")
     return ", ".join(parts)
+
+
+def read_tuned(path: Path, remedy: str = "run `segkit tune` first") -> dict:
+    """tune.json as written by the tune stage, checked to hold a ``classes`` mapping of parameter sets."""
+    path = Path(path)
+    if not path.exists():
+        raise SegkitError(f"{path}: missing; {remedy}")
+    try:
+        result = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(result, dict) or not isinstance(result.get("classes"), dict):
+        raise DataError(f"{path}: no 'classes' mapping of post-processing parameters")
+    return result

@@ -8,98 +8,89 @@ For each model of the config:
   then weigh equally, so a fold with more snapshots does not count more.
 - ``<run_dir>/<model>/oof_tta/`` (``predict.repredict_oof``): each fold's validation images re-predicted by that
   fold's own checkpoints with the same TTA, so the OOF the ensemble and tuning see is made like the test
-  predictions (the ensemble prefers this store over the fold OOF that training wrote without TTA).
+  predictions (the ensemble prefers this store over the fold OOF that training wrote without TTA). Each fold is a
+  unit of its own, so ``--fold K`` re-predicts one fold; the store is complete once every fold is in.
 
 Stores are uint8 at each image's original size (the stride padding is cropped off). Images larger than
 ``predict.tile_size`` are predicted in overlapping blended tiles (``segkit.tiling``). All checkpoints of a model are
 held on the device together, so each image is read and predicted in one go; memory is one network per checkpoint.
 
-Resumable: images already in a store are skipped, and a store gets its manifest (its completion marker) only when
-every id is in. A ``source.json`` beside the images records the checkpoints and TTA settings the store was made
-with; if they change (a fold retrained, another TTA), the store is predicted afresh. Under ``torchrun`` each rank
-predicts its share of the ids and rank 0 finishes the store.
+Each store (and each fold's part of the OOF store) is a unit of work (``segkit.freshness``) whose stamp records the
+checkpoints and the prediction settings: images already in a store made from the same ones are kept (a killed run
+resumes), a store made from others is predicted afresh. Under ``torchrun`` each rank predicts its share of the ids
+and rank 0 finishes the store.
 """
 
 from __future__ import annotations
 
-import json
-import re
 import shutil
 import time
 from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
+import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
 from segkit import atomic
 from segkit.config import Config
 from segkit.config.schema import ModelConfig
+from segkit.data import Competition, SegDataset, by_size, pad_collate, unpad
+from segkit.data.folds import check_fold, fold_numbers, load_folds
+from segkit.device import resolve_device
 from segkit.errors import ConfigError, DataError
-from segkit.probs import ProbStore, ProbWriter
-
-SNAPSHOT = re.compile(r"^snapshot(\d+)\.pt$")
-SOURCE = "source.json"
-
+from segkit.freshness import FRESH, Unit, fingerprints
+from segkit.layout import part_stamp
+from segkit.probs import ProbStore, ProbWriter, image_file, manifest
+from segkit.tiling import predict_tiled, stack_groups
+from segkit.checkpoint import load_model
+from segkit.distributed import World, barrier, setup
+from segkit.tta import TTAPredictor, average_predictions
 
 # ------------------------------------------------------------------------------------------------ checkpoints
 
 
 def fold_checkpoints(cfg: Config, model: str, fold: int) -> list[Path]:
     """The checkpoints one fold predicts with: its best (or last) and, if asked, its cycle snapshots in order."""
-    folder = cfg.run_dir / model / f"fold{fold}"
-    if not ProbStore.is_complete(folder / "oof"):
-        raise DataError(f"{folder}: fold {fold} of model {model!r} has not finished training (no complete oof/); "
+    paths = cfg.layout.fold(model, fold)
+    if not ProbStore.is_complete(paths.oof):
+        raise DataError(f"{paths.dir}: fold {fold} of model {model!r} has not finished training (no complete oof/); "
                         f"run `segkit train` first")
-    main = folder / f"{cfg.predict.checkpoint}.pt"
+    main = paths.checkpoint(cfg.predict.checkpoint)
     if not main.exists():
         raise DataError(f"{main}: missing; set predict.checkpoint to a kept checkpoint (train.keep) or retrain")
-    paths = [main]
-    if cfg.predict.snapshots:
-        snaps = [(int(m.group(1)), p) for p in folder.iterdir() if (m := SNAPSHOT.match(p.name))]
-        paths += [p for _, p in sorted(snaps)]
-    return paths
+    return [main] + (paths.snapshots() if cfg.predict.snapshots else [])
 
 
-def _stamp(path: Path) -> list:
-    st = path.stat()
-    return [str(path), st.st_mtime_ns, st.st_size]
-
-
-def _source(cfg: Config, checkpoints: dict[int, list[Path]], kind: str) -> dict:
+def _inputs(cfg: Config, checkpoints: dict[int, list[Path]], kind: str) -> dict:
+    """What decides a store's probabilities: the checkpoints (as files on disk) and the prediction settings."""
     p = cfg.predict
-    return json.loads(json.dumps({
-        "kind": kind, "tta": p.tta, "tta_merge": p.tta_merge, "amp": p.amp, "tile_size": p.tile_size,
-        "tile_overlap": p.tile_overlap, "tile_blend": p.tile_blend,
-        "checkpoints": {str(k): [_stamp(c) for c in v] for k, v in checkpoints.items()},
-    }))
+    return {"kind": kind, "tta": p.tta, "tta_merge": p.tta_merge, "amp": p.amp, "tile_size": p.tile_size,
+            "tile_overlap": p.tile_overlap, "tile_blend": p.tile_blend,
+            "checkpoints": {str(k): fingerprints(v) for k, v in checkpoints.items()}}
 
 
-def _open_store(folder: Path, source: dict, classes: list[str], is_main: bool) -> Optional[ProbWriter]:
-    """A writer for ``folder``, wiping a store that was made from other checkpoints or settings; None if the store
-    is already complete for this source."""
-    marker = folder / SOURCE
-    same = marker.exists() and json.loads(marker.read_text()) == source
-    if same and ProbStore.is_complete(folder):
-        return None
-    if is_main:
-        if folder.exists() and not same:
+def _prepare(unit: Unit, folder: Path, stale: list[Path], is_main: bool) -> None:
+    """Ready ``folder`` for ``unit``: images it holds from other inputs (``stale``, or the whole folder when the
+    unit is the whole store) are removed; then the unit is marked incomplete and stamped."""
+    if not is_main:
+        return
+    if not unit.resumable():
+        if stale:
+            for path in stale:
+                path.unlink(missing_ok=True)
+        elif folder.exists():
             shutil.rmtree(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        atomic.clean_tmp(folder)
-        if not same:
-            atomic.write_json(marker, source)
-    return ProbWriter(folder, classes)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic.clean_tmp(folder)
+    unit.begin()
 
 
 class CheckpointAverage:
     """The networks of one model's checkpoints, each wrapped in TTA, averaged with per-checkpoint weights."""
 
     def __init__(self, cfg: Config, paths: list[Path], weights: list[float], device: torch.device):
-        from segkit.train.checkpoint import load_model
-        from segkit.tta import TTAPredictor
-
         self.device = device
         self.weights = weights
         self.predictors = []
@@ -130,8 +121,6 @@ class CheckpointAverage:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """(N, K, H, W) foreground probabilities of a batch, float32."""
-        from segkit.tta import average_predictions
-
         p = average_predictions(self.predictors, x, self.weights)
         return p[:, 1:] if self.multiclass else p
 
@@ -157,8 +146,6 @@ def _to_uint8(p: torch.Tensor) -> np.ndarray:
 def predict_ids(cfg: Config, comp, ids: list[str], split: str, predict: CheckpointAverage, writer: ProbWriter,
                 device: torch.device, world=None, desc: str = "") -> int:
     """Predict the ids not yet in ``writer``'s store and write them; returns how many were predicted."""
-    from segkit.data import SegDataset, by_size, pad_collate
-
     todo = by_size(comp, [i for i in ids if not writer.has(i)], split)
     if world is not None and world.size > 1:
         todo = todo[world.rank::world.size]
@@ -182,9 +169,6 @@ def predict_ids(cfg: Config, comp, ids: list[str], split: str, predict: Checkpoi
 
 def _predict_batches(loader, predict: CheckpointAverage, writer: ProbWriter, tile: Optional[int], p,
                      device: torch.device) -> int:
-    from segkit.data import unpad
-    from segkit.tiling import stack_groups
-
     done = 0
     for batch in loader:
         sizes = [tuple(s) for s in batch["size"].tolist()]
@@ -208,28 +192,29 @@ def _predict_batches(loader, predict: CheckpointAverage, writer: ProbWriter, til
 
 def _tiled(predict: Callable, images: torch.Tensor, size, p, device: torch.device) -> torch.Tensor:
     """(N, K, H, W) probabilities of a stack of same-size images, tile by tile."""
-    from segkit.data import unpad
-    from segkit.tiling import predict_tiled
-
     images = unpad(images, size).contiguous()
     return predict_tiled(predict, images, p.tile_size, overlap=p.tile_overlap, blend=p.tile_blend,
                          batch_size=p.batch_size, device=device)
 
 
-def predict_test(cfg: Config, comp, model_cfg: ModelConfig, fold_list: list[int], device, world) -> None:
+def predict_test(cfg: Config, comp: Competition, model_cfg: ModelConfig, fold_list: list[int], device,
+                 world: World) -> None:
     per_fold = {k: fold_checkpoints(cfg, model_cfg.name, k) for k in fold_list}
-    folder = cfg.run_dir / model_cfg.name / "test"
-    writer = _open_store(folder, _source(cfg, per_fold, "test"), list(cfg.data.classes), world.is_main)
-    ids = comp.test_ids
-    if writer is None:
-        print(f"predict: {folder} is complete; keeping it")
+    paths = cfg.layout.model(model_cfg.name)
+    unit = Unit(f"predict: models[{model_cfg.name}] test ({paths.test})", paths.test_stamp,
+                [manifest(paths.test)], _inputs(cfg, per_fold, "test"))
+    if unit.status() == FRESH:
+        print(unit.kept())
         return
+    _prepare(unit, paths.test, [], world.is_main)
     _barrier(world)
-    paths, weights = _weights(per_fold)
+    writer = ProbWriter(paths.test, list(cfg.data.classes))
+    ids = comp.test_ids
+    checkpoints, weights = _weights(per_fold)
     n_done = sum(writer.has(i) for i in ids)
-    print(f"predict: models[{model_cfg.name}]: {len(paths)} checkpoint(s) over {len(per_fold)} fold(s), "
+    print(f"predict: models[{model_cfg.name}]: {len(checkpoints)} checkpoint(s) over {len(per_fold)} fold(s), "
           f"TTA {cfg.predict.tta}; {len(ids) - n_done} of {len(ids)} test images to do", flush=True)
-    predict = CheckpointAverage(cfg, paths, weights, device)
+    predict = CheckpointAverage(cfg, checkpoints, weights, device)
     predict_ids(cfg, comp, ids, "test", predict, writer, device, world, desc=f"{model_cfg.name} test")
     del predict
     _barrier(world)
@@ -237,59 +222,75 @@ def predict_test(cfg: Config, comp, model_cfg: ModelConfig, fold_list: list[int]
         writer.finish(ids)
 
 
-def predict_oof(cfg: Config, comp, model_cfg: ModelConfig, folds, device, world,
-                folder: Optional[Path] = None) -> None:
+def predict_oof(cfg: Config, comp: Competition, model_cfg: ModelConfig, folds: pd.DataFrame, device,
+                world: World, folder: Optional[Path] = None, finish: bool = True) -> None:
     """Each fold's validation ids (of the ``folds`` table) re-predicted by that fold's checkpoints, into
-    ``<run_dir>/<model>/oof_tta`` or ``folder``."""
-    from segkit.folds import fold_numbers
-
-    fold_list = fold_numbers(folds)
-    per_fold = {k: fold_checkpoints(cfg, model_cfg.name, k) for k in fold_list}
-    folder = folder or cfg.run_dir / model_cfg.name / "oof_tta"
-    writer = _open_store(folder, _source(cfg, per_fold, "oof_tta"), list(cfg.data.classes), world.is_main)
-    if writer is None:
-        print(f"predict: {folder} is complete; keeping it")
-        return
-    _barrier(world)
-    for k in fold_list:
+    ``<run_dir>/<model>/oof_tta`` or ``folder``. Every fold is its own unit; with ``finish`` the store gets its
+    manifest (is complete) once every fold of the table is in, so pass the whole table then."""
+    folder = Path(folder or cfg.layout.model(model_cfg.name).oof_tta)
+    store = manifest(folder)
+    parts = []
+    for k in fold_numbers(folds):
         ids = folds.loc[folds["fold"] == k, "id"].tolist()
-        if all(writer.has(i) for i in ids):
+        files = [image_file(folder, i) for i in ids]
+        unit = Unit(f"predict: models[{model_cfg.name}] fold {k} OOF re-prediction", part_stamp(folder, k), files,
+                    _inputs(cfg, {k: fold_checkpoints(cfg, model_cfg.name, k)}, "oof_tta"), marker=store)
+        parts.append((k, ids, files, unit))
+    all_ids = folds["id"].tolist()
+
+    def complete() -> bool:
+        return ProbStore.is_complete(folder) and ProbStore(folder).ids == all_ids
+
+    if complete() and all(unit.status() == FRESH for *_, unit in parts):
+        print(f"predict: models[{model_cfg.name}] OOF re-prediction ({folder}): up to date and complete; keeping it")
+        return
+    for k, ids, files, unit in parts:
+        if unit.status() == FRESH:
             continue
-        predict = CheckpointAverage(cfg, per_fold[k], [1.0 / len(per_fold[k])] * len(per_fold[k]), device)
+        _prepare(unit, folder, files, world.is_main)
+        _barrier(world)
+        writer = ProbWriter(folder, list(cfg.data.classes))
+        checkpoints = fold_checkpoints(cfg, model_cfg.name, k)
+        predict = CheckpointAverage(cfg, checkpoints, [1.0 / len(checkpoints)] * len(checkpoints), device)
         predict_ids(cfg, comp, ids, "train", predict, writer, device, world,
                     desc=f"{model_cfg.name} fold {k} OOF re-prediction")
         del predict
     _barrier(world)
-    if world.is_main:
-        writer.finish(folds["id"].tolist())
+    if finish and world.is_main and not complete():
+        ProbWriter(folder, list(cfg.data.classes)).finish(all_ids)
 
 
-def _barrier(world) -> None:
+def _barrier(world: World) -> None:
     if world.size > 1:
-        from segkit.train.distributed import barrier
-
         barrier(world)
 
 
-def run(cfg: Config, model: Optional[str] = None) -> int:
-    from segkit.data import Competition
-    from segkit.device import resolve_device
-    from segkit.folds import fold_numbers, load_folds
-    from segkit.train.distributed import setup
-
+def run(cfg: Config, model: Optional[str] = None, fold: Optional[int] = None) -> int:
+    """Every model's test store and (``predict.repredict_oof``) OOF re-prediction; ``--fold K`` only that fold's
+    OOF re-prediction (the test store needs every fold)."""
     models = [cfg.model(model)] if model else list(cfg.models)
     if not models:
         raise ConfigError("models: no model configured")
     comp = Competition(cfg.data, seed=cfg.seed)
     folds = load_folds(cfg, comp)
+    if fold is not None:
+        check_fold(folds, fold, cfg.layout.folds_file)
+        if not cfg.predict.repredict_oof:
+            print(f"predict: --fold {fold}: nothing to do for one fold (the test store needs every fold; "
+                  f"predict.repredict_oof: true re-predicts a fold's OOF)")
+            return 0
     fold_list = fold_numbers(folds)
     device = resolve_device(cfg.device)
     world = setup(device)
     began = time.perf_counter()
     for m in models:
-        predict_test(cfg, comp, m, fold_list, device, world)
+        if fold is None:
+            predict_test(cfg, comp, m, fold_list, device, world)
         if cfg.predict.repredict_oof:
-            predict_oof(cfg, comp, m, folds, device, world)
+            if fold is None:
+                predict_oof(cfg, comp, m, folds, device, world)
+            else:  # one fold's part; the store is finished by a run over every fold
+                predict_oof(cfg, comp, m, folds[folds["fold"] == fold], device, world, finish=False)
     print(f"predict: done in {time.perf_counter() - began:.1f}s on {device}")
     return 0
 

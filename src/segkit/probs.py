@@ -39,10 +39,42 @@ def dequantize(q: np.ndarray) -> np.ndarray:
     return np.asarray(q, dtype=np.float32) * np.float32(1.0 / SCALE)
 
 
+def mean_uint8(probs) -> np.ndarray:
+    """The plain mean of several uint8 probability arrays, as a uint8 array."""
+    if len(probs) == 1:
+        return np.asarray(probs[0])
+    # On the 0..255 scale, in float64: sum / M rounds exactly (ties to even), independent of float32 error.
+    total = np.zeros(probs[0].shape, dtype=np.float64)
+    for q in probs:
+        total += q
+    return np.rint(total / len(probs)).astype(np.uint8)
+
+
 def _check_id(image_id: str) -> str:
     if not image_id or os.sep in image_id or image_id.startswith("."):
         raise SegkitError(f"image id {image_id!r} cannot name a probability file")
     return image_id
+
+
+def image_file(folder: str | os.PathLike, image_id: str) -> Path:
+    """Where a store keeps one image's probabilities."""
+    return Path(folder) / f"{_check_id(image_id)}.npy"
+
+
+def load_image(folder: str | os.PathLike, image_id: str) -> np.ndarray:
+    """One image's probabilities from a store folder, complete or still being filled (a read-only memmap)."""
+    return np.load(image_file(folder, image_id), mmap_mode="r")
+
+
+def image_files(folder: str | os.PathLike) -> list[Path]:
+    """The per-image files a store folder holds (complete or not)."""
+    folder = Path(folder)
+    return sorted(folder.glob("*.npy")) if folder.is_dir() else []
+
+
+def manifest(folder: str | os.PathLike) -> Path:
+    """A store's completion marker (the file its writer writes last)."""
+    return Path(folder) / MANIFEST
 
 
 class ProbWriter:
@@ -54,7 +86,7 @@ class ProbWriter:
         self.folder.mkdir(parents=True, exist_ok=True)
 
     def path(self, image_id: str) -> Path:
-        return self.folder / f"{_check_id(image_id)}.npy"
+        return image_file(self.folder, image_id)
 
     def has(self, image_id: str) -> bool:
         return self.path(image_id).exists()
@@ -72,7 +104,7 @@ class ProbWriter:
         missing = [i for i in ids if not self.has(i)]
         if missing:
             raise SegkitError(f"{self.folder}: {len(missing)} images have no probabilities, e.g. {missing[0]}")
-        atomic.write_json(self.folder / MANIFEST, {"classes": self.classes, "ids": ids, "complete": True})
+        atomic.write_json(manifest(self.folder), {"classes": self.classes, "ids": ids, "complete": True})
         return ProbStore(self.folder)
 
 
@@ -81,25 +113,25 @@ class ProbStore:
 
     def __init__(self, folder: str | os.PathLike):
         self.folder = Path(folder)
-        manifest = self.folder / MANIFEST
-        if not manifest.exists():
+        marker = manifest(self.folder)
+        if not marker.exists():
             raise SegkitError(f"{self.folder}: probability store is missing or incomplete (no {MANIFEST})")
-        meta = json.loads(manifest.read_text())
+        meta = json.loads(marker.read_text())
         self.classes: list[str] = meta["classes"]
         self.ids: list[str] = meta["ids"]
 
     @staticmethod
     def is_complete(folder: str | os.PathLike) -> bool:
-        return (Path(folder) / MANIFEST).exists()
+        return manifest(folder).exists()
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def __contains__(self, image_id: str) -> bool:
-        return (self.folder / f"{image_id}.npy").exists()
+        return image_file(self.folder, image_id).exists()
 
     def __getitem__(self, image_id: str) -> np.ndarray:
-        return np.load(self.folder / f"{_check_id(image_id)}.npy", mmap_mode="r")
+        return load_image(self.folder, image_id)
 
     def read_float(self, image_id: str) -> np.ndarray:
         return dequantize(self[image_id])

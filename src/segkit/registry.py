@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Generic, Iterator, TypeVar
+from typing import Callable, Generic, Iterator, Optional, TypeVar
 
 from segkit.errors import ConfigError
 
@@ -10,11 +10,22 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    """A named table of builders. ``@REG.register("name")`` adds one; ``REG.get("name")`` fetches it."""
+    """A named table of builders. ``@REG.register("name")`` adds one; ``REG.get("name")`` fetches it.
 
-    def __init__(self, kind: str):
+    ``fill``: a function that registers the entries on first use, for tables read from a library that is slow to
+    import (smp's architectures), so that importing the module holding the registry stays cheap."""
+
+    def __init__(self, kind: str, fill: Optional[Callable[["Registry[T]"], None]] = None):
         self.kind = kind
         self._items: dict[str, T] = {}
+        self._fill = fill
+
+    @property
+    def items(self) -> dict[str, T]:
+        if self._fill is not None:
+            fill, self._fill = self._fill, None
+            fill(self)
+        return self._items
 
     def register(self, name: str | None = None) -> Callable[[T], T]:
         def add(obj: T) -> T:
@@ -29,18 +40,18 @@ class Registry(Generic[T]):
     def get(self, name: str, key: str | None = None) -> T:
         """Fetch by name; ``key`` is the config key that named it, for the error message."""
         try:
-            return self._items[name.lower()]
+            return self.items[name.lower()]
         except KeyError:
             where = f"{key}: " if key else ""
             raise ConfigError(
-                f"{where}unknown {self.kind} {name!r}; known: {', '.join(sorted(self._items))}"
+                f"{where}unknown {self.kind} {name!r}; known: {', '.join(sorted(self.items))}"
             ) from None
 
     def names(self) -> list[str]:
-        return sorted(self._items)
+        return sorted(self.items)
 
     def __contains__(self, name: str) -> bool:
-        return name.lower() in self._items
+        return name.lower() in self.items
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())

@@ -4,30 +4,41 @@ Sections, each written from whatever artifact exists (a missing one leaves a not
 
 - training: per model x fold, from ``<model>/fold<k>/metrics.csv`` (best epoch by the competition metric, or by
   validation loss where the metric is not logged), and the training curves of every fold;
-- ensemble: ``ensemble/cv.csv`` and the method chosen (``ensemble/choice.json``);
+- ensemble: the final ensemble's ``cv.csv`` and the method chosen (``choice.json``);
 - tuning: each step of ``tune.json`` with its CV and whether it was kept, the chosen parameters, and the
-  threshold / min-area curves;
+  threshold / min-area curves the tune stage drew;
 - final CV: tuned, raw ensemble, plain pipeline, and the submission file;
 - examples: OOF predictions against the truth on the best, median and worst images by the tuned per-image score.
+
+The report reads artifacts only (through ``segkit.layout``) and scores with the competition's metric object. It
+is a unit of work (``segkit.freshness``): rewritten only when something it reads has changed.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 
 from segkit import atomic
 from segkit.config import Config
+from segkit.data import Competition
+from segkit.freshness import FRESH, Unit, fingerprints
+from segkit.layout import ReportPaths
+from segkit.metrics import get_metric
+from segkit.postprocess import params_list, postprocess
+from segkit.probs import ProbStore, manifest
 
 EXAMPLES = ("best", "median", "worst")
 
 
 def _plt():
-    import matplotlib
+    import matplotlib  # here, not at the top: pyplot costs 0.5 s, and a report with nothing to plot needs none
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -51,7 +62,7 @@ def md_table(frame: pd.DataFrame) -> str:
 
 
 def _save(fig, path: Path) -> Path:
-    plt = _plt()
+    plt = _plt()  # already imported: a dictionary look-up
     fig.tight_layout()
     with atomic.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
@@ -72,22 +83,13 @@ def _monitor(frame: pd.DataFrame, cfg: Config) -> tuple[str, bool] | None:
     return None
 
 
-def _fold_dirs(cfg: Config, model: str) -> list[tuple[int, Path]]:
-    out = []
-    for p in sorted((cfg.run_dir / model).glob("fold*")):
-        suffix = p.name[4:]
-        if p.is_dir() and suffix.isdigit():
-            out.append((int(suffix), p))
-    return sorted(out)
-
-
-def training_section(cfg: Config, out_dir: Path) -> tuple[list[str], list[Path]]:
+def training_section(cfg: Config, out: ReportPaths) -> tuple[list[str], list[Path]]:
     lines = ["## Training", ""]
-    rows, plots = [], []
+    rows, plots, plotted = [], [], []
     for model in cfg.models:
         curves = {}
-        for fold, folder in _fold_dirs(cfg, model.name):
-            path = folder / "metrics.csv"
+        for fold, folder in cfg.layout.model(model.name).folds():
+            path = folder.metrics
             if not path.exists():
                 continue
             try:
@@ -111,7 +113,8 @@ def training_section(cfg: Config, out_dir: Path) -> tuple[list[str], list[Path]]
                     row["val_loss at best"] = float(frame["val_loss"].iloc[best])
             rows.append(row)
         if curves:
-            plots.append(_plot_training(model.name, curves, cfg, out_dir))
+            plots.append(_plot_training(model.name, curves, cfg, out))
+            plotted.append(model.name)
     if not rows:
         lines.append("_No training metrics found (`<model>/fold<k>/metrics.csv`)._")
         return lines + [""], plots
@@ -126,11 +129,11 @@ def training_section(cfg: Config, out_dir: Path) -> tuple[list[str], list[Path]]
             parts.append(pd.DataFrame([mean]))
     table = pd.concat(parts, ignore_index=True).astype(object).where(lambda f: f.notna(), "")
     lines += [md_table(table), ""]
-    lines += [f"![training curves of {p.stem[9:]}]({p.name})" for p in plots] + [""]
+    lines += [f"![training curves of {name}]({p.name})" for name, p in zip(plotted, plots)] + [""]
     return lines, plots
 
 
-def _plot_training(model: str, curves: dict[int, pd.DataFrame], cfg: Config, out_dir: Path) -> Path:
+def _plot_training(model: str, curves: dict[int, pd.DataFrame], cfg: Config, out: ReportPaths) -> Path:
     plt = _plt()
     metric_cols = [c for c in (cfg.metric, "dice", "iou") if any(c in f.columns for f in curves.values())]
     metric_cols = list(dict.fromkeys(metric_cols))[:1]
@@ -151,7 +154,7 @@ def _plot_training(model: str, curves: dict[int, pd.DataFrame], cfg: Config, out
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=7)
-    return _save(fig, out_dir / f"training_{model}.png")
+    return _save(fig, out.plot(f"training_{model}"))
 
 
 # -------------------------------------------------------------------------------------------------------- ensemble
@@ -159,15 +162,16 @@ def _plot_training(model: str, curves: dict[int, pd.DataFrame], cfg: Config, out
 
 def ensemble_section(cfg: Config) -> list[str]:
     lines = ["## Ensemble", ""]
-    cv_path = cfg.run_dir / "ensemble" / "cv.csv"
+    ensemble = cfg.layout.final_ensemble
+    cv_path = ensemble.cv
     if cv_path.exists():
         try:
             lines += [md_table(pd.read_csv(cv_path).fillna("")), ""]
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
             lines.append(f"_{cv_path} is unreadable._")
     else:
-        lines.append("_No ensemble CV table (`ensemble/cv.csv`)._")
-    choice_path = cfg.run_dir / "ensemble" / "choice.json"
+        lines.append(f"_No ensemble CV table (`{cv_path}`)._")
+    choice_path = ensemble.choice
     if choice_path.exists():
         try:
             choice = json.loads(choice_path.read_text())
@@ -182,7 +186,7 @@ def ensemble_section(cfg: Config) -> list[str]:
 
 
 def _read_tune(cfg: Config) -> dict | None:
-    path = cfg.run_dir / "tune.json"
+    path = cfg.layout.tune.json
     if not path.exists():
         return None
     try:
@@ -192,7 +196,7 @@ def _read_tune(cfg: Config) -> dict | None:
     return result if isinstance(result, dict) else None
 
 
-def tuning_section(tuned: dict | None, out_dir: Path) -> tuple[list[str], list[Path]]:
+def tuning_section(tuned: dict | None, out: ReportPaths) -> tuple[list[str], list[Path]]:
     lines = ["## Post-processing (tuned on the ensemble OOF)", ""]
     if tuned is None:
         return lines + ["_No tune.json (run `segkit tune`)._", ""], []
@@ -212,10 +216,12 @@ def tuning_section(tuned: dict | None, out_dir: Path) -> tuple[list[str], list[P
     for cls, text in tuned.get("summary", {}).items():
         lines.append(f"- **{cls}**: {text}")
     plots = []
-    if tuned.get("curves"):
-        from segkit.tune import plot_curves
-
-        plots = plot_curves(tuned["curves"], out_dir, tuned.get("metric", "score"))
+    for drawn in map(Path, tuned.get("plots", [])):  # the curves as the tune stage drew them
+        if drawn.exists():
+            with atomic.atomic_path(out.dir / drawn.name) as tmp:
+                shutil.copyfile(drawn, tmp)
+            plots.append(out.dir / drawn.name)
+    if plots:
         lines += [""] + [f"![{p.stem}]({p.name})" for p in plots]
     return lines + [""], plots
 
@@ -233,7 +239,7 @@ def final_section(cfg: Config, tuned: dict | None) -> list[str]:
                   md_table(pd.DataFrame(rows)), ""]
     else:
         lines.append("_No tuned CV yet._")
-    sub = Path(cfg.submission_file)
+    sub = cfg.layout.submission
     if sub.exists():
         with open(sub, "rb") as f:
             n_rows = max(sum(1 for _ in f) - 1, 0)
@@ -247,8 +253,8 @@ def final_section(cfg: Config, tuned: dict | None) -> list[str]:
 
 
 def _oof_scores(cfg: Config, tuned: dict | None) -> pd.DataFrame | None:
-    """Per-image tuned scores: tune's oof_scores.csv, or computed now from the ensemble OOF."""
-    path = cfg.run_dir / "tune" / "oof_scores.csv"
+    """Per-image tuned scores: tune's oof_scores.csv, or scored now from the final ensemble's OOF store."""
+    path = cfg.layout.tune.scores
     if path.exists():
         try:
             frame = pd.read_csv(path, dtype={"id": str})
@@ -256,21 +262,25 @@ def _oof_scores(cfg: Config, tuned: dict | None) -> pd.DataFrame | None:
                 return frame
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
             pass
-    from segkit.data import Competition
-    from segkit.postprocess import params_list
-    from segkit.probs import ProbStore
-    from segkit.tune import OOFSource, final_scores, resolve_metric
-
-    folder = cfg.run_dir / "ensemble" / "oof"
+    folder = cfg.layout.final_ensemble.oof
     if not ProbStore.is_complete(folder):
         return None
-    classes = list(cfg.data.classes)
-    params = params_list(tuned["classes"], classes) if tuned else params_list([{}] * len(classes))
+    store = ProbStore(folder)
+    params = _params(cfg, tuned)
     comp = Competition(cfg.data, seed=cfg.seed)
-    source = OOFSource(ProbStore(folder), comp.read_mask, cfg.data.mode == "multiclass", budget=0)
-    per = final_scores(source, resolve_metric(cfg.metric), params, source.exclusive)
-    return pd.DataFrame({"id": per["ids"], "score": per["score"], "truth_px": per["truth_px"],
-                         "pred_px": per["pred_px"]})
+    metric = get_metric(cfg.metric, key="metric")
+    rows = []
+    for image_id in store.ids:
+        masks = postprocess(store[image_id], params, exclusive=cfg.data.mode == "multiclass").view(bool)
+        truth = comp.read_mask(image_id).astype(bool)
+        rows.append({"id": image_id, "score": metric(masks, truth), "truth_px": int(np.count_nonzero(truth)),
+                     "pred_px": int(np.count_nonzero(masks))})
+    return pd.DataFrame(rows, columns=["id", "score", "truth_px", "pred_px"])
+
+
+def _params(cfg: Config, tuned: dict | None) -> list:
+    classes = list(cfg.data.classes)
+    return params_list(tuned["classes"], classes) if tuned else params_list([{}] * len(classes))
 
 
 def pick_examples(scores: pd.DataFrame, higher_is_better: bool = True) -> list[tuple[str, str, float]]:
@@ -323,37 +333,29 @@ def size_section(scores: pd.DataFrame | None, higher_is_better: bool) -> list[st
 
 
 def examples_section(cfg: Config, scores: pd.DataFrame | None, higher: bool,
-                     tuned: dict | None, out_dir: Path) -> tuple[list[str], list[Path]]:
+                     tuned: dict | None, out: ReportPaths) -> tuple[list[str], list[Path]]:
     lines = ["## OOF examples", ""]
-    from segkit.probs import ProbStore
-
-    folder = cfg.run_dir / "ensemble" / "oof"
+    folder = cfg.layout.final_ensemble.oof
     if not ProbStore.is_complete(folder):
         return lines + ["_No ensemble OOF store: no examples._", ""], []
     if scores is None or scores.empty:
         return lines + ["_No per-image OOF scores._", ""], []
     picks = pick_examples(scores, higher)
-    path = _plot_examples(cfg, tuned, ProbStore(folder), picks, out_dir)
+    path = _plot_examples(cfg, tuned, ProbStore(folder), picks, out)
     lines.append("Rows: " + "; ".join(f"{label} `{i}` ({s:.3f})" for label, i, s in picks) +
                  ". Green: truth outline; red: prediction outline; error map: white TP, red FP, green FN.")
     return lines + ["", f"![OOF examples]({path.name})", ""], [path]
 
 
 def _outline(mask: np.ndarray) -> np.ndarray:
-    import cv2
-
     m = mask.astype(np.uint8)
     return (m - cv2.erode(m, np.ones((3, 3), np.uint8), borderType=cv2.BORDER_CONSTANT, borderValue=0)) > 0
 
 
-def _plot_examples(cfg: Config, tuned: dict | None, store, picks, out_dir: Path) -> Path:
-    from segkit.data import Competition
-    from segkit.postprocess import params_list, postprocess
-
+def _plot_examples(cfg: Config, tuned: dict | None, store, picks, out: ReportPaths) -> Path:
     plt = _plt()
     comp = Competition(cfg.data, seed=cfg.seed)
-    classes = list(cfg.data.classes)
-    params = params_list(tuned["classes"], classes) if tuned else params_list([{}] * len(classes))
+    params = _params(cfg, tuned)
     fig, axes = plt.subplots(len(picks), 3, figsize=(9, 3.1 * len(picks)), dpi=100, squeeze=False)
     for row, (label, image_id, score) in enumerate(picks):
         probs = np.asarray(store[image_id])
@@ -376,15 +378,32 @@ def _plot_examples(cfg: Config, tuned: dict | None, store, picks, out_dir: Path)
         axes[row, 2].set_title("errors", fontsize=9)
         for ax in axes[row]:
             ax.axis("off")
-    return _save(fig, out_dir / "examples.png")
+    return _save(fig, out.plot("examples"))
 
 
 # ------------------------------------------------------------------------------------------------------- the stage
 
 
+def report_unit(cfg: Config) -> Unit:
+    """The report as a unit of work: rewritten when anything it reads changed."""
+    layout = cfg.layout
+    ensemble = layout.final_ensemble
+    read = [f.metrics for m in cfg.models for _, f in layout.model(m.name).folds()]
+    read += [ensemble.cv, ensemble.choice, manifest(ensemble.oof), layout.tune.json, layout.tune.scores,
+             layout.submission]
+    inputs = {"experiment": cfg.experiment, "competition": cfg.competition, "metric": cfg.metric,
+              "models": [m.name for m in cfg.models], "data": cfg.data.model_dump(mode="json"),
+              "read": fingerprints(read)}
+    return Unit(f"report: {layout.report.dir}", layout.report.stamp, [layout.report.markdown], inputs)
+
+
 def run(cfg: Config) -> int:
-    out_dir = cfg.run_dir / "report"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out = cfg.layout.report
+    unit = report_unit(cfg)
+    if unit.status() == FRESH:
+        print(unit.kept())
+        return 0
+    out.dir.mkdir(parents=True, exist_ok=True)
     tuned = _read_tune(cfg)
     lines = [f"# Report: {cfg.experiment}", "",
              f"Competition `{cfg.competition}`, metric `{cfg.metric}`, models: "
@@ -392,14 +411,14 @@ def run(cfg: Config) -> int:
     plots: list[Path] = []
     scores = _oof_scores(cfg, tuned)  # per image, for the size table and the examples
     higher = tuned.get("higher_is_better", True) if tuned else True
-    for section in (lambda: training_section(cfg, out_dir), lambda: (ensemble_section(cfg), []),
-                    lambda: tuning_section(tuned, out_dir), lambda: (final_section(cfg, tuned), []),
+    for section in (lambda: training_section(cfg, out), lambda: (ensemble_section(cfg), []),
+                    lambda: tuning_section(tuned, out), lambda: (final_section(cfg, tuned), []),
                     lambda: (size_section(scores, higher), []),
-                    lambda: examples_section(cfg, scores, higher, tuned, out_dir)):
+                    lambda: examples_section(cfg, scores, higher, tuned, out)):
         part, made = section()
         lines += part
         plots += made
-    path = out_dir / "report.md"
-    atomic.write_text(path, "\n".join(lines).rstrip() + "\n")
-    print(f"report: {path} ({len(plots)} plots)")
+    unit.begin()
+    atomic.write_text(out.markdown, "\n".join(lines).rstrip() + "\n")
+    print(f"report: {out.markdown} ({len(plots)} plots)")
     return 0

@@ -20,7 +20,8 @@ import pandas as pd
 
 from segkit import rle
 from segkit.errors import DataError, SegkitError
-from segkit.validate import (Shapes, _key_text, _shape_lookup, read_table, rle_column, shapes_from_args,
+from segkit.metrics import get_metric
+from segkit.validate import (Shapes, key_text, read_table, rle_column, shape_lookup, shapes_from_args,
                              validate_submission)
 
 BATCH = 512  # masks scored per call of the metric's batch path
@@ -39,7 +40,7 @@ def _mask(texts: list[tuple[str, int]], shape, order: str, relative: bool, path:
     mask = np.zeros(shape, dtype=bool)
     for text, row in texts:
         mask |= rle.decode(text, shape, order=order, relative=relative,
-                           where=f"{path.name} row {row} (id {_key_text(key)})").view(bool)
+                           where=f"{path.name} row {row} (id {key_text(key)})").view(bool)
     return mask
 
 
@@ -47,9 +48,7 @@ def score_files(sub_path: str | Path, truth_path: str | Path, metric: str, shape
                 order: str = "F", relative: bool = False) -> tuple[float, int, list[str]]:
     """(score, rows scored, notes). Every truth row must have a submission row; extra submission rows are ignored
     (the truth may be a subset, e.g. the private part of a test set)."""
-    from segkit.tune import resolve_metric
-
-    scorer = resolve_metric(metric)
+    scorer = get_metric(metric, key="--metric")
     sub_path, truth_path = Path(sub_path), Path(truth_path)
     truth = read_table(truth_path)
     rle_name = rle_column(list(truth.columns))
@@ -59,8 +58,8 @@ def score_files(sub_path: str | Path, truth_path: str | Path, metric: str, shape
     sub_rows = _grouped(sub, key_cols, rle_name)
     missing = [k for k in truth_rows if k not in sub_rows]
     if missing:
-        raise DataError(f"{sub_path}: {len(missing)} truth id(s) have no row, e.g. {_key_text(missing[0])}")
-    shape_of = _shape_lookup(shapes)
+        raise DataError(f"{sub_path}: {len(missing)} truth id(s) have no row, e.g. {key_text(missing[0])}")
+    shape_of = shape_lookup(shapes)
     scores: list[float] = []
     preds: list[np.ndarray] = []
     truths: list[np.ndarray] = []
@@ -74,7 +73,7 @@ def score_files(sub_path: str | Path, truth_path: str | Path, metric: str, shape
     for key, texts in truth_rows.items():
         shape = shape_of(key[0])
         if shape is None:
-            raise SegkitError(f"image size of id {_key_text(key)} unknown: pass --shape HxW or --images DIR")
+            raise SegkitError(f"image size of id {key_text(key)} unknown: pass --shape HxW or --images DIR")
         if preds and (preds[0].shape != tuple(shape) or len(preds) >= BATCH):
             flush()
         truths.append(_mask(texts, shape, order, relative, truth_path, key))

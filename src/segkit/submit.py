@@ -9,11 +9,13 @@ relative starts; in relative form an empty mask is written ``-1``, as SIIM's sam
 
 With ``data.holdout_fraction`` the "test" images are labelled train images: the holdout's truth is written in the
 same format to ``runs/<experiment>/holdout_truth.csv`` so ``segkit score`` can score the submission.
+
+The probabilities are those of the experiment's final ensemble (the last pseudo-labelling round's, if any). The
+submission is a unit of work (``segkit.freshness``): skipped while tune.json, the ensemble's test store, the sample
+submission and the RLE settings are those it was made from.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -22,9 +24,10 @@ from segkit import atomic, rle
 from segkit.config import Config
 from segkit.data import Competition, read_csv
 from segkit.errors import DataError, SegkitError
-from segkit.postprocess import params_list, postprocess
-from segkit.probs import ProbStore
-from segkit.tune import ensemble_dir, load_tune
+from segkit.freshness import FRESH, Unit, fingerprint
+from segkit.metrics import CompetitionMetric, get_metric
+from segkit.postprocess import params_list, postprocess, read_tuned
+from segkit.probs import ProbStore, manifest
 from segkit.validate import rle_column, validate_frame
 
 SIIM_EMPTY = "-1"
@@ -47,7 +50,8 @@ def _encode(mask: np.ndarray, order: str, relative: bool) -> str:
     return SIIM_EMPTY if relative and not text else text
 
 
-def build_submission(cfg: Config, comp: Competition, store: ProbStore, params, metric=None
+def build_submission(cfg: Config, comp: Competition, store: ProbStore, params,
+                     metric: CompetitionMetric | None = None
                      ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, tuple[int, int]], list[float]]:
     """(submission frame, sample frame, shape per row id, per-image holdout scores when ``metric`` is given)."""
     sample = sample_frame(cfg, comp)
@@ -95,25 +99,39 @@ def holdout_truth(cfg: Config, comp: Competition) -> pd.DataFrame:
     return pd.DataFrame({columns[0]: [r.row_id for r in rows], columns[1]: texts})
 
 
+def submit_unit(cfg: Config, holdout: bool) -> Unit:
+    """The submission as a unit of work: the csv (and the holdout's truth), decided by the tuning, the ensemble's
+    test probabilities, the sample submission and the RLE format."""
+    layout = cfg.layout
+    sample = cfg.data.root / cfg.data.sample_submission if cfg.data.sample_submission else None
+    inputs = {"tune": fingerprint(layout.tune.json), "test": fingerprint(manifest(layout.final_ensemble.test)),
+              "sample": fingerprint(sample) if sample else None, "rle": cfg.data.rle.model_dump(),
+              "mode": cfg.data.mode, "classes": cfg.data.classes, "holdout": cfg.data.holdout_fraction,
+              "metric": cfg.metric if holdout else None}
+    outputs = ([layout.holdout_truth] if holdout else []) + [layout.submission]
+    return Unit(f"submit: {layout.submission}", layout.stamp("submit"), outputs, inputs)
+
+
 def run(cfg: Config) -> int:
-    tune_path = cfg.run_dir / "tune.json"
-    tuned = load_tune(cfg)
-    params = params_list(tuned["classes"], list(cfg.data.classes), where=str(tune_path))
-    store_dir = ensemble_dir(cfg) / "test"
+    layout = cfg.layout
+    tuned = read_tuned(layout.tune.json, f"run `segkit tune --config {cfg.source or 'CFG'}` first")
+    params = params_list(tuned["classes"], list(cfg.data.classes), where=str(layout.tune.json))
+    store_dir = layout.final_ensemble.test
     if not ProbStore.is_complete(store_dir):
         raise SegkitError(f"{store_dir}: no complete ensemble test store; run `segkit ensemble` first")
-    store = ProbStore(store_dir)
     comp = Competition(cfg.data, seed=cfg.seed)
-
-    metric = None
-    if comp.holdout_ids:
-        from segkit.tune import resolve_metric
-
-        metric = resolve_metric(cfg.metric)
+    unit = submit_unit(cfg, bool(comp.holdout_ids))
+    if unit.status() == FRESH:
+        print(unit.kept())
+        return 0
+    store = ProbStore(store_dir)
+    metric = get_metric(cfg.metric, key="metric") if comp.holdout_ids else None
     sub, sample, shapes, holdout_scores = build_submission(cfg, comp, store, params, metric)
     rle_name = rle_column(list(sample.columns), cfg.data.rle.rle_column)
 
-    target = Path(cfg.submission_file)
+    target = layout.submission
+    if comp.holdout_ids:
+        atomic.write_csv(layout.holdout_truth, holdout_truth(cfg, comp))
     with atomic.atomic_path(target) as tmp:
         sub.to_csv(tmp, index=False)
         # Check the file as written (what the competition will read), before it may replace an earlier one.
@@ -121,14 +139,13 @@ def run(cfg: Config) -> int:
                                 rle_col=rle_name)
         if not report.ok:
             raise DataError(f"the new submission is invalid, {target} left as it was:\n{report.summary()}")
+        unit.begin()
 
     n_images = len({r.image_id for r in comp.sample_rows})
     print(f"submit: wrote {target} ({len(sub)} rows, {n_images} images; validated against the sample)")
     print(f"submit: tuned OOF {tuned.get('metric', cfg.metric)} CV {tuned.get('cv', float('nan')):.4f} "
           f"(raw ensemble OOF p>0.5: {tuned.get('cv_baseline', float('nan')):.4f})")
     if comp.holdout_ids:
-        truth_path = cfg.run_dir / "holdout_truth.csv"
-        atomic.write_csv(truth_path, holdout_truth(cfg, comp))
         print(f"submit: holdout {cfg.metric} {np.mean(holdout_scores):.4f} on {len(holdout_scores)} images "
-              f"(truth in {truth_path})")
+              f"(truth in {layout.holdout_truth})")
     return 0

@@ -76,7 +76,7 @@ def rle_column(columns: list[str], preferred: str | None = None) -> str:
     return columns[-1]
 
 
-def _shape_lookup(shapes: Shapes) -> Callable[[str], tuple[int, int] | None]:
+def shape_lookup(shapes: Shapes) -> Callable[[str], tuple[int, int] | None]:
     if shapes is None:
         return lambda key: None
     if callable(shapes):
@@ -86,7 +86,7 @@ def _shape_lookup(shapes: Shapes) -> Callable[[str], tuple[int, int] | None]:
     return lambda key: shapes.get(key)
 
 
-def _key_text(key: tuple[str, ...]) -> str:
+def key_text(key: tuple[str, ...]) -> str:
     return " ".join(repr(k) for k in key) if len(key) > 1 else repr(key[0])
 
 
@@ -108,14 +108,14 @@ def validate_frame(sub: pd.DataFrame, sample: pd.DataFrame, path: Path, shapes: 
     sample_keys = {key: i + 2 for i, key in enumerate(zip(*(sample[c].astype(str) for c in key_cols)))}
     if len(sample_keys) != len(sample):
         raise DataError(f"the sample itself has duplicate ids ({len(sample) - len(sample_keys)} rows)")
-    shape_of = _shape_lookup(shapes)
+    shape_of = shape_lookup(shapes)
     seen: dict[tuple[str, ...], int] = {}
     order_note = None
     sample_order = list(sample_keys)
     keys = list(zip(*(sub[c].astype(str) for c in key_cols)))
     for i, (key, text) in enumerate(zip(keys, sub[rle_name])):
         row = i + 2
-        where = f"row {row} (id {_key_text(key)})"
+        where = f"row {row} (id {key_text(key)})"
         if key in seen:
             report.problems.append(f"{where}: duplicate id (first at row {seen[key]})")
             continue
@@ -132,7 +132,7 @@ def validate_frame(sub: pd.DataFrame, sample: pd.DataFrame, path: Path, shapes: 
             report.problems.append(str(err))
     absent = [(k, r) for k, r in sample_keys.items() if k not in seen]
     for key, sample_row in absent:
-        report.problems.append(f"id {_key_text(key)} (sample row {sample_row}): missing from the submission")
+        report.problems.append(f"id {key_text(key)} (sample row {sample_row}): missing from the submission")
     if order_note:
         report.notes.append(order_note)
     return report

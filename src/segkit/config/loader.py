@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from segkit.config.merge import merge
 from segkit.config.schema import Config
 from segkit.errors import ConfigError
 
@@ -42,6 +43,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     except ValidationError as err:
         raise ConfigError(_explain(err, origins, path)) from None
     cfg.source = str(path)
+    cfg.origins = origins
     return cfg
 
 
@@ -66,7 +68,7 @@ def _apply_budget(tree: dict, origins: dict[str, str], pairs: list[tuple[str, An
     key = f"{BUDGETS_KEY}.{chosen}"
     if not isinstance(top, dict):
         raise ConfigError(f"{_origin(key, origins) or path}: {key}: must be a mapping of keys")
-    tree = _merge(tree, top)
+    tree = merge(tree, top)
     tree[BUDGET_KEY] = chosen
     origins = dict(origins)
     label = f"{_origin(key, origins) or path} (budget {chosen})"
@@ -109,26 +111,11 @@ def _load_tree(path: Path, seen: tuple[Path, ...]) -> tuple[dict, dict[str, str]
     origins: dict[str, str] = {}
     for base in bases:
         base_tree, base_origins = _load_tree(path.parent / base, seen + (path.resolve(),))
-        merged = _merge(merged, base_tree)
+        merged = merge(merged, base_tree)
         origins.update(base_origins)
-    merged = _merge(merged, tree)
+    merged = merge(merged, tree)
     origins.update({k: str(path) for k in _leaf_keys(tree)})
     return merged, origins
-
-
-# Mappings that are one value, replaced whole: a file saying `loss: {focal: 1}` means focal alone, not focal
-# added to the base's bce + dice.
-ATOMIC_KEYS = {"loss"}
-
-
-def _merge(base: dict, top: dict) -> dict:
-    out = dict(base)
-    for key, value in top.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in ATOMIC_KEYS:
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 def _leaf_keys(tree: Any, prefix: str = "") -> list[str]:

@@ -9,9 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from segkit.config.merge import merge
 from segkit.errors import ConfigError
+from segkit.layout import Layout
 
 
 class Section(BaseModel):
@@ -281,14 +283,34 @@ class Config(Section):
     tune: TuneConfig = Field(default_factory=TuneConfig)
 
     _source: str = PrivateAttr(default="")
+    _origins: dict = PrivateAttr(default_factory=dict)
 
     @property
     def source(self) -> str:
+        """The config file this was loaded from ("" when built in code)."""
         return self._source
 
     @source.setter
     def source(self, value: str) -> None:
         self._source = value
+
+    @property
+    def origins(self) -> dict[str, str]:
+        """Which file (or the command line) set each key, for error messages that name it."""
+        return self._origins
+
+    @origins.setter
+    def origins(self, value: dict[str, str]) -> None:
+        self._origins = dict(value)
+
+    def origin(self, key: str) -> str:
+        """The file (or "command line") that set ``key`` or its nearest parent; the config file otherwise."""
+        parts = key.split(".")
+        for n in range(len(parts), 0, -1):
+            hit = self._origins.get(".".join(parts[:n]))
+            if hit:
+                return hit
+        return self._source or "config"
 
     @model_validator(mode="after")
     def _unique_models(self) -> "Config":
@@ -298,18 +320,23 @@ class Config(Section):
             raise ValueError(f"models: duplicate names {sorted(dup)}")
         return self
 
-    # Derived locations: one place decides the artifact layout.
+    @property
+    def layout(self) -> Layout:
+        """Where every artifact of this experiment lives (``segkit.layout``)."""
+        return Layout.of(self)
+
+    # The three roots of the layout, for convenience (notebooks, tests).
     @property
     def run_dir(self) -> Path:
-        return self.paths.runs / self.experiment
+        return self.layout.run_dir
 
     @property
     def folds_file(self) -> Path:
-        return Path(self.folds.file) if self.folds.file else self.paths.folds / f"{self.competition}.csv"
+        return self.layout.folds_file
 
     @property
     def submission_file(self) -> Path:
-        return self.paths.submissions / f"{self.experiment}.csv"
+        return self.layout.submission
 
     def model(self, name: str) -> ModelConfig:
         for m in self.models:
@@ -321,12 +348,8 @@ class Config(Section):
         """The train section with the model's own overrides applied (validated; errors name the model)."""
         if not model.train:
             return self.train
-        from pydantic import ValidationError
-
-        from segkit.config.loader import _merge
-
         try:
-            return TrainConfig.model_validate(_merge(self.train.model_dump(), model.train))
+            return TrainConfig.model_validate(merge(self.train.model_dump(), model.train))
         except ValidationError as err:
             bad = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
             raise ConfigError(f"models[{model.name}].train: {bad}") from None

@@ -1,17 +1,19 @@
 """``segkit ensemble``: combine the models' probabilities, comparing every method on OOF first.
 
-Inputs per model: its OOF probabilities over every train id (``sources.OOFSource``) and its test store. Steps:
+Inputs per model: its OOF probabilities over every train id (``segkit.oof.ModelOOF``) and its test store. Steps:
 
 1. fit: one streaming pass over the OOF (random order); each method observes every image, and a bounded sample of
    whole images (``ensemble.fit_pixels``) is kept in RAM for the methods that fit weights or thresholds; then each
    method fits, fold-aware;
 2. CV: a second pass scores every method's OOF output, as it would be stored (uint8), with the competition metric
-   at threshold 0.5 (the common yardstick; tuning comes later), per fold and overall, next to each single model;
-3. the chosen method (``ensemble.choose`` or the best CV) writes ``<run_dir>/ensemble/oof/`` and ``test/``.
+   at threshold 0.5 (p > 0.5, the common yardstick; tuning comes later), per fold and overall, next to each single
+   model;
+3. the chosen method (``ensemble.choose`` or the best CV) writes the ensemble's ``oof/`` and ``test/`` stores.
 
-Outputs: ``ensemble/{oof,test}/`` (probability stores), ``cv.csv`` (one row per method and per single model),
-``choice.json`` (method, CV, learnt parameters, and a fingerprint of the inputs: the stage is skipped when the
-outputs are complete and the fingerprint still matches, and redone when a model's stores were rewritten).
+Outputs, in ``<run_dir>/ensemble/`` (``ensemble_pl<r>/`` for pseudo round r): ``oof/`` and ``test/`` (probability
+stores), ``cv.csv`` (one row per method and per single model), ``choice.json`` (method, CV, learnt parameters,
+written last). The ensemble is one unit of work (``segkit.freshness``): skipped while its models' stores, the fold
+file and the ensemble settings are those it was made from, redone when a model's stores were rewritten.
 """
 
 from __future__ import annotations
@@ -26,19 +28,21 @@ import pandas as pd
 
 from segkit import atomic
 from segkit.config import Config
+from segkit.data import Competition
+from segkit.data.folds import fold_numbers, load_folds
 from segkit.ensemble import averaging, stacking, voting  # noqa: F401  (register the methods)
-from segkit.ensemble.base import METHODS, FitSample, Method, Scorer, Setup, binarize, sample_stride
-from segkit.ensemble.sources import OOFSource, TestSource, fingerprint, read_all
+from segkit.ensemble.base import METHODS, FitSample, Method, Setup, sample_stride
+from segkit.ensemble.sources import TestSource, read_all
 from segkit.errors import ConfigError, DataError
-from segkit.probs import ProbStore, ProbWriter, quantize
+from segkit.freshness import FRESH, Unit, fingerprint, fingerprints
+from segkit.metrics import CompetitionMetric, get_metric
+from segkit.oof import ModelOOF
+from segkit.probs import ProbWriter, manifest, quantize
+from segkit.threshold import binarize
 
-__all__ = ["METHODS", "Method", "run", "method_names", "ensemble_dir", "MODEL_PREFIX"]
+__all__ = ["METHODS", "MODEL_PREFIX", "Method", "method_names", "run"]
 
 MODEL_PREFIX = "model:"
-
-
-def ensemble_dir(cfg: Config) -> Path:
-    return cfg.run_dir / "ensemble"
 
 
 def method_names(cfg: Config) -> list[str]:
@@ -53,32 +57,17 @@ def method_names(cfg: Config) -> list[str]:
     return names
 
 
-def get_metric(name: str):
-    from segkit.metrics import get_metric as lookup
-
-    return lookup(name, key="metric")
-
-
-def _signature(cfg: Config, models: list[str], names: list[str], sources) -> dict:
-    folds = cfg.folds_file.stat()
-    sig = {
+def ensemble_unit(cfg: Config, models: list[str], names: list[str], sources) -> Unit:
+    """The ensemble as a unit of work: its outputs, and the models' stores, fold file and settings that decide
+    them."""
+    paths = cfg.layout.ensemble
+    inputs = {
         "models": models, "methods": names, "metric": cfg.metric, "seed": cfg.seed,
-        "options": cfg.ensemble.model_dump(), "folds": [str(cfg.folds_file), folds.st_mtime_ns, folds.st_size],
-        "inputs": fingerprint(sources),
+        "options": cfg.ensemble.model_dump(), "folds": fingerprint(cfg.layout.folds_file),
+        "stores": [[s.model, getattr(s, "kind", "test"), fingerprints(s.markers())] for s in sources],
     }
-    return json.loads(json.dumps(sig, default=str))
-
-
-def _is_done(out: Path, signature: dict) -> bool:
-    choice = out / "choice.json"
-    if not (choice.exists() and (out / "cv.csv").exists()):
-        return False
-    if not (ProbStore.is_complete(out / "oof") and ProbStore.is_complete(out / "test")):
-        return False
-    try:
-        return json.loads(choice.read_text()).get("inputs") == signature
-    except json.JSONDecodeError:
-        return False
+    outputs = [manifest(paths.oof), manifest(paths.test), paths.cv, paths.choice]
+    return Unit(f"ensemble: {paths.dir}", paths.stamp, outputs, inputs)
 
 
 def build_methods(names: list[str], setup: Setup) -> list[Method]:
@@ -93,7 +82,7 @@ def build_methods(names: list[str], setup: Setup) -> list[Method]:
 # --------------------------------------------------------------------------------------------------- passes
 
 
-def fit_methods(methods: list[Method], oof: list[OOFSource], folds: pd.DataFrame, read_truth, budget: int,
+def fit_methods(methods: list[Method], oof: list[ModelOOF], folds: pd.DataFrame, read_truth, budget: int,
                 seed: int) -> dict[str, float]:
     """Pass 1: every method observes every OOF image; the sample keeps whole images (on a grid subsampled for big
     sets) up to ``budget`` pixel values per model; then each method fits. Returns seconds spent per method."""
@@ -137,8 +126,8 @@ def _as_uint8(p: np.ndarray) -> np.ndarray:
 SWEEP = np.round(np.arange(0.1, 0.91, 0.05), 2)
 
 
-def cross_validate(methods: list[Method], models: list[str], oof: list[OOFSource], folds: pd.DataFrame, read_truth,
-                   metric: Scorer, seconds: dict[str, float]) -> pd.DataFrame:
+def cross_validate(methods: list[Method], models: list[str], oof: list[ModelOOF], folds: pd.DataFrame, read_truth,
+                   metric: CompetitionMetric, seconds: dict[str, float]) -> pd.DataFrame:
     """Pass 2: per-image scores of every method's stored-as-uint8 OOF output (and of every single model) at 0.5,
     reduced to the overall mean and one mean per fold.
 
@@ -160,9 +149,9 @@ def cross_validate(methods: list[Method], models: list[str], oof: list[OOFSource
             seconds[m.name] += time.perf_counter() - t0
         outputs += [np.asarray(q) for q in probs]
         for r, q in zip(rows, outputs):
-            scores[r].append(metric(binarize(q), truth))
+            scores[r].append(metric(binarize(q).view(bool), truth))
             if sweep:
-                swept[r].append(metric.at_thresholds([q], [truth], SWEEP)[:, 0])
+                swept[r].append(metric.score_above([q], [truth], SWEEP)[:, 0])
     fold_ids = folds["fold"].to_numpy()
     uniq = sorted(set(int(f) for f in fold_ids))
     table = []
@@ -233,9 +222,6 @@ def write_store(folder: Path, classes: list[str], ids: list[str], folds: Optiona
 
 
 def run(cfg: Config) -> int:
-    from segkit.data import Competition
-    from segkit.folds import fold_numbers, load_folds
-
     if not cfg.models:
         raise ConfigError("models: no models to ensemble")
     comp = Competition(cfg.data, seed=cfg.seed)
@@ -243,21 +229,21 @@ def run(cfg: Config) -> int:
     models = [m.name for m in cfg.models]
     names = method_names(cfg)
     _check_choice(cfg, names, models)
-    oof = [OOFSource(cfg, m, folds) for m in models]
+    classes = list(cfg.data.classes)
+    oof = [ModelOOF(cfg.layout, m, folds, classes) for m in models]
     test_ids = comp.test_ids
-    test = [TestSource(cfg, m, test_ids) for m in models]
-    out = ensemble_dir(cfg)
-    signature = _signature(cfg, models, names, oof + test)
-    if _is_done(out, signature):
-        choice = json.loads((out / "choice.json").read_text())
-        print(f"ensemble: {out} is complete (method {choice['method']}, CV {choice['cv']:.5f}); keeping it")
+    test = [TestSource(cfg.layout, m, test_ids, classes) for m in models]
+    paths = cfg.layout.ensemble
+    unit = ensemble_unit(cfg, models, names, oof + test)
+    if unit.status() == FRESH:
+        choice = json.loads(paths.choice.read_text())
+        print(unit.kept(f"method {choice['method']}, CV {choice['cv']:.5f}"))
         return 0
-    atomic.clean_tmp(out)
-    (out / "choice.json").unlink(missing_ok=True)  # written last again: until then the outputs are not done
+    atomic.clean_tmp(paths.dir)
 
-    metric = Scorer(get_metric(cfg.metric))
+    metric = get_metric(cfg.metric, key="metric")
     setup = Setup(
-        models=models, classes=list(cfg.data.classes), mode=cfg.data.mode,
+        models=models, classes=classes, mode=cfg.data.mode,
         folds=fold_numbers(folds), metric=metric, seed=cfg.seed,
         options=cfg.ensemble, extra=comp.extra, n_oof=len(folds),
     )
@@ -266,23 +252,23 @@ def run(cfg: Config) -> int:
           f"methods {', '.join(names)}, {len(folds)} OOF images, {len(test_ids)} test images")
     seconds = fit_methods(methods, oof, folds, comp.read_mask, cfg.ensemble.fit_pixels, cfg.seed)
     table = cross_validate(methods, models, oof, folds, comp.read_mask, metric, seconds)
-    picked = choose(cfg, table, names, metric.sign > 0)
+    picked = choose(cfg, table, names, metric.higher_is_better)
     print(f"ensemble CV ({cfg.metric} at threshold 0.5):")
     with pd.option_context("display.float_format", "{:.5f}".format, "display.width", 200):
         print(table.to_string(index=False))
 
     method = (_SingleModel(models.index(picked[len(MODEL_PREFIX):])) if picked.startswith(MODEL_PREFIX)
               else methods[names.index(picked)])
-    classes = list(cfg.data.classes)
     fold_of = {i: int(f) for i, f in zip(folds["id"], folds["fold"])}
-    write_store(out / "oof", classes, list(folds["id"]), fold_of, oof, method)
-    write_store(out / "test", classes, test_ids, None, test, method)
-    atomic.write_csv(out / "cv.csv", table)
+    write_store(paths.oof, classes, list(folds["id"]), fold_of, oof, method)
+    write_store(paths.test, classes, test_ids, None, test, method)
+    atomic.write_csv(paths.cv, table)
     cv = float(table.loc[table["method"] == picked, "cv"].iloc[0])
-    atomic.write_json(out / "choice.json", {
+    unit.begin()
+    atomic.write_json(paths.choice, {
         "method": picked, "cv": cv, "metric": cfg.metric, "threshold": 0.5, "models": models,
-        "chosen_by": "ensemble.choose" if cfg.ensemble.choose else "best CV",
-        "params": method.params(), "inputs": signature,
+        "chosen_by": "ensemble.choose" if cfg.ensemble.choose else "best CV", "params": method.params(),
     })
-    print(f"ensemble: chose {picked} (CV {cv:.5f}); wrote {out}/oof, {out}/test, cv.csv, choice.json")
+    print(f"ensemble: chose {picked} (CV {cv:.5f}); wrote {paths.oof}, {paths.test}, {paths.cv.name}, "
+          f"{paths.choice.name}")
     return 0

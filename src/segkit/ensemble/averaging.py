@@ -22,21 +22,12 @@ from typing import Optional
 
 import numpy as np
 
-from segkit.ensemble.base import METHODS, FitSample, Method, Scorer, as_float
+from segkit.ensemble.base import METHODS, FitSample, Method, as_float
+from segkit.metrics import CompetitionMetric
+from segkit.probs import mean_uint8
 
 # A stored 0 means p < 1/510: use half a quantisation step instead of log(0).
 GMEAN_EPS = 1.0 / 510
-
-
-def mean_uint8(probs) -> np.ndarray:
-    """The plain mean of several uint8 probability arrays, as a uint8 array."""
-    if len(probs) == 1:
-        return np.asarray(probs[0])
-    # On the 0..255 scale, in float64: sum / M rounds exactly (ties to even), independent of float32 error.
-    total = np.zeros(probs[0].shape, dtype=np.float64)
-    for q in probs:
-        total += q
-    return np.rint(total / len(probs)).astype(np.uint8)
 
 
 @METHODS.register("mean")
@@ -124,24 +115,24 @@ def weighted_sum(w: np.ndarray, probs: list[np.ndarray]) -> np.ndarray:
     return out
 
 
-def sample_score(scorer: Scorer, images, w: np.ndarray) -> float:
+def sample_score(metric: CompetitionMetric, images, w: np.ndarray) -> float:
     # sum w q >= 127.5 on the 0..255 scale is the stored value rounding to >= 128, i.e. the 0.5 yardstick
     preds = [weighted_sum(w, s.probs) >= 127.5 for s in images]
-    return scorer.gain(preds, [s.truth for s in images])
+    return metric.gain(preds, [s.truth for s in images])
 
 
-def fit_weights(scorer: Scorer, images, n_models: int, steps=(0.2, 0.1, 0.05, 0.025),
+def fit_weights(metric: CompetitionMetric, images, n_models: int, steps=(0.2, 0.1, 0.05, 0.025),
                 max_moves: int = 200) -> tuple[np.ndarray, float]:
     """Coordinate search on the simplex, from equal weights; returns (weights, signed sample score)."""
     w = np.full(n_models, 1.0 / n_models)
     if n_models == 1 or not images:
-        return w, (sample_score(scorer, images, w) if images else float("nan"))
+        return w, (sample_score(metric, images, w) if images else float("nan"))
     cache: dict[tuple, float] = {}
 
     def score(v: np.ndarray) -> float:
         key = tuple(np.round(v, 6))
         if key not in cache:
-            cache[key] = sample_score(scorer, images, v)
+            cache[key] = sample_score(metric, images, v)
         return cache[key]
 
     best = score(w)

@@ -1,4 +1,4 @@
-"""What every ensembling method shares: the registry, the method interface, the in-memory fit sample and scoring.
+"""What every ensembling method shares: the registry, the method interface and the in-memory fit sample.
 
 A method sees the models' probabilities of one image at a time, as the uint8 (K, H, W) arrays the stores hold, and
 returns the ensemble's probabilities for it. Methods that learn something (weights, thresholds, a stacker) do it
@@ -7,77 +7,23 @@ and ``fold=None`` (test images) uses what was learnt on all of them. So every me
 methods can be compared on it.
 
 Life of a method: ``observe`` is called for every OOF image (streaming, in a random order), then ``fit`` once with
-a bounded in-memory sample of whole OOF images, then ``combine`` per image.
+a bounded in-memory sample of whole OOF images, then ``combine`` per image. Fits score with the competition
+metric object (``Setup.metric``; ``gain`` is its mean signed so that higher is better) and binarise with the
+pipeline's rule, p > t (``segkit.threshold``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 
+from segkit.metrics import CompetitionMetric
 from segkit.probs import dequantize
 from segkit.registry import Registry
 
 METHODS: Registry[type["Method"]] = Registry("ensemble method")
-
-# With probabilities stored as round(p * 255), "p > 0.5" on the stored value is exactly "q >= 128":
-# 127/255 < 0.5 < 128/255, so the yardstick threshold is unambiguous on every store.
-HALF = 128
-
-
-def binarize(q: np.ndarray) -> np.ndarray:
-    """Masks at the common yardstick threshold 0.5 of a uint8 probability array."""
-    return np.asarray(q) >= HALF
-
-
-class Scorer:
-    """The competition metric as the ensemble uses it: per image, for many images at once, and for many thresholds
-    at once (the metric's own batched paths when it has them), plus ``gain`` — the mean score signed so that
-    higher is better, which is what every fit maximises."""
-
-    def __init__(self, metric: Callable[[np.ndarray, np.ndarray], float]):
-        self.metric = metric
-        self.sign = 1.0 if getattr(metric, "higher_is_better", True) else -1.0
-
-    def __call__(self, pred: np.ndarray, truth: np.ndarray) -> float:
-        return float(self.metric(pred, truth))
-
-    @property
-    def has_fast_sweep(self) -> bool:
-        """Whether scoring many thresholds costs about one pass (the metric is a function of overlap counts)."""
-        return getattr(self.metric, "from_counts", None) is not None
-
-    def many(self, preds: list[np.ndarray], truths: list[np.ndarray]) -> np.ndarray:
-        truths = [np.asarray(t).astype(bool) for t in truths]
-        if hasattr(self.metric, "score_many"):
-            return np.asarray(self.metric.score_many(preds, truths), dtype=np.float64)
-        return np.array([self.metric(p, t) for p, t in zip(preds, truths)], dtype=np.float64)
-
-    def at_thresholds(self, probs: list[np.ndarray], truths: list[np.ndarray], thresholds) -> np.ndarray:
-        """(T, N) scores of ``dequantize(q) >= t`` for uint8 maps q, every class at the same t."""
-        truths = [np.asarray(t).astype(bool) for t in truths]
-        if hasattr(self.metric, "score_thresholds"):
-            return np.asarray(self.metric.score_thresholds(probs, truths, list(thresholds)), dtype=np.float64)
-        return np.stack([self.many([at_least(q, t) for q in probs], truths) for t in thresholds])
-
-    def gain(self, preds: list[np.ndarray], truths: list[np.ndarray]) -> float:
-        if not preds:
-            return float("nan")
-        return self.sign * float(self.many(preds, truths).mean())
-
-
-def cut_level(threshold: float) -> int:
-    """Smallest stored uint8 level whose probability is >= ``threshold`` (the metrics' rule for uint8 maps)."""
-    return int(np.searchsorted(dequantize(np.arange(256, dtype=np.uint8)), np.float32(threshold), side="left"))
-
-
-def at_least(q: np.ndarray, threshold) -> np.ndarray:
-    """Mask ``p >= threshold`` of a uint8 map; ``threshold`` a number or one per class."""
-    cuts = np.array([cut_level(t) for t in np.atleast_1d(threshold)], dtype=np.int32)
-    q = np.asarray(q)
-    return q >= (cuts[:, None, None] if cuts.size > 1 else cuts[0])
 
 
 @dataclass
@@ -88,7 +34,7 @@ class Setup:
     classes: list[str]
     mode: str  # binary | multilabel | multiclass
     folds: list[int]
-    metric: Scorer
+    metric: CompetitionMetric
     seed: int = 42
     options: object = None  # the EnsembleConfig
     extra: object = None  # per-image columns (pandas DataFrame indexed by id) or None

@@ -1,6 +1,6 @@
 """Majority voting of binarised masks.
 
-Each model is binarised (p >= t, the metrics' rule) at its own threshold per class, tuned on OOF (the one that
+Each model is binarised (p > t, the pipeline's rule) at its own threshold per class, tuned on OOF (the one that
 maximises that model's own metric), fold-aware like every learnt parameter here: fold k's OOF uses thresholds tuned
 without fold k. The output is the share of models voting for a pixel, stored as round(255 * votes / M), except that
 a tie (exactly half the models, possible for an even M) is stored as 127: just below 0.5, so that 0.5 means a strict
@@ -13,7 +13,9 @@ from typing import Optional
 
 import numpy as np
 
-from segkit.ensemble.base import METHODS, FitSample, Method, Scorer, at_least
+from segkit.ensemble.base import METHODS, FitSample, Method
+from segkit.metrics import CompetitionMetric
+from segkit.threshold import binarize
 
 THRESHOLDS = np.round(np.arange(0.1, 0.91, 0.05), 2)
 
@@ -30,8 +32,8 @@ def vote_share(masks: list[np.ndarray]) -> np.ndarray:
     return q
 
 
-def fit_thresholds(scorer: Scorer, images, model: int, n_classes: int) -> tuple[np.ndarray, float]:
-    """Per-class thresholds (``p >= t``) for one model; returns (thresholds, signed sample score).
+def fit_thresholds(metric: CompetitionMetric, images, model: int, n_classes: int) -> tuple[np.ndarray, float]:
+    """Per-class thresholds (``p > t``) for one model; returns (thresholds, signed sample score).
 
     One class: every threshold scored in one batched pass. Several: one class at a time, the others held."""
     t = np.full(n_classes, 0.5)
@@ -40,7 +42,7 @@ def fit_thresholds(scorer: Scorer, images, model: int, n_classes: int) -> tuple[
     probs = [s.probs[model] for s in images]
     truths = [s.truth for s in images]
     if n_classes == 1:
-        gains = scorer.sign * scorer.at_thresholds(probs, truths, THRESHOLDS).mean(1)
+        gains = metric.sign * metric.score_above(probs, truths, THRESHOLDS).mean(1)
         best = int(np.argmax(gains))  # first of equal scores: the lowest threshold
         return np.array([THRESHOLDS[best]]), float(gains[best])
     best = -np.inf
@@ -49,7 +51,7 @@ def fit_thresholds(scorer: Scorer, images, model: int, n_classes: int) -> tuple[
         for cand in THRESHOLDS:
             trial = t.copy()
             trial[k] = cand
-            s = scorer.gain([at_least(q, trial) for q in probs], truths)
+            s = metric.gain([binarize(q, trial).view(bool) for q in probs], truths)
             if s > best + 1e-12:
                 best_t, best = cand, s
         t[k] = best_t
@@ -74,7 +76,7 @@ class MajorityVote(Method):
 
     def combine(self, probs, image_id, fold):
         t = self.thresholds[fold]
-        return vote_share([at_least(q, t[m]) for m, q in enumerate(probs)])
+        return vote_share([binarize(q, t[m]).view(bool) for m, q in enumerate(probs)])
 
     def params(self):
         t = self.thresholds[None]

@@ -5,13 +5,13 @@
 * :mod:`segkit.metrics.auc` — pixel-level ROC-AUC of probabilities.
 * :mod:`segkit.metrics.surface` — exact Hausdorff, HD95, ASD, ASSD in 1-3 D with voxel spacing, medpy or MONAI
   conventions.
-* :mod:`segkit.metrics.competition` — per-image competition scores by name (``get_metric``), and fast batch
-  and threshold-sweep paths for tuning.
+* :mod:`segkit.metrics.competition` — the competition metric object by name (``get_metric``): per image, in
+  batches, over many thresholds, from confusion counts; the one object every stage scores with.
+* :mod:`segkit.metrics.objects` — object AP of many candidate masks from one labelling (the tuner's fast path).
 """
 
 from segkit.metrics.auc import roc_auc
 from segkit.metrics.competition import (
-    AP_THRESHOLDS,
     COMPETITION_METRICS,
     CompetitionMetric,
     get_metric,
@@ -23,6 +23,7 @@ from segkit.metrics.competition import (
     score_many,
     score_thresholds,
 )
+from segkit.metrics.objects import AP_THRESHOLDS, ObjectOverlaps
 from segkit.metrics.counts import OverlapCounts, counts_at_thresholds, overlap_counts
 from segkit.metrics.overlap import (
     OVERLAP_SCORES,
@@ -68,6 +69,7 @@ __all__ = [
     "Confusion",
     "DEFAULT_CONVENTION",
     "OVERLAP_SCORES",
+    "ObjectOverlaps",
     "OverlapCounts",
     "REDUCTIONS",
     "SURFACE_SCORES",

@@ -20,9 +20,11 @@ image); a data set scores the mean over its images. Registered in ``COMPETITION_
 Each entry is a :class:`CompetitionMetric` that knows whether higher is better. Tuning scores thousands of
 images at dozens of thresholds: ``score_many`` scores a batch from per-image intersection and areas counted
 once in numpy, and ``counts_at_thresholds`` gets those counts for every threshold from one histogram pass over
-the probabilities (a pixel is predicted at threshold t when p >= t; uint8 values q count as
+the probabilities (a pixel is predicted at threshold t when p >= t, smp's convention; uint8 values q count as
 ``segkit.probs.dequantize(q) >= np.float32(t)``), after which ``OverlapCounts.with_min_area`` applies a
-min-area rule for free and ``score_counts`` turns counts into per-image scores.
+min-area rule for free and ``score_counts`` turns counts into per-image scores. ``score_above`` sweeps with the
+pipeline's own rule, p > t (``segkit.threshold``). Object AP has its own fast path for tuners
+(``segkit.metrics.objects``).
 """
 
 from __future__ import annotations
@@ -36,12 +38,11 @@ from scipy import ndimage as ndi
 from segkit.errors import ConfigError, DataError
 from segkit.metrics.counts import OverlapCounts, as_batch, counts_at_thresholds, overlap_counts
 from segkit.metrics.inputs import as_mask, check_same_shape
+from segkit.metrics.objects import AP_TWENTIETHS, ObjectOverlaps
 from segkit.probs import dequantize
 from segkit.registry import Registry
+from segkit.threshold import sweep_level
 
-# IoU thresholds 0.50, 0.55, ..., 0.95 as k / 20, so "IoU > t" is the exact integer test 20 * I > k * U.
-AP_TWENTIETHS = np.arange(10, 20)
-AP_THRESHOLDS = AP_TWENTIETHS / 20
 
 
 # ----------------------------------------------------------------------------------------- scores from counts
@@ -142,30 +143,68 @@ def object_ap(pred, truth, *, connectivity: int | None = None) -> float:
 
 @dataclass(frozen=True)
 class CompetitionMetric:
-    """A competition's per-image score; a data set scores the mean over its images."""
+    """A competition's per-image score, and every way the pipeline asks for it: one image, a batch, many
+    thresholds at once, per-(image, class) scores from confusion counts, and object AP from component overlaps.
+    A data set scores the mean over its images. Training validation, the ensemble, tuning, submission, the report,
+    ``segkit score`` and the ablation all use this one object (``get_metric``)."""
 
     name: str
-    per_image: Callable[[np.ndarray, np.ndarray], float]
-    higher_is_better: bool
-    description: str
+    per_image: Callable[[np.ndarray, np.ndarray], float]  # (pred bool (K, H, W), truth bool (K, H, W)) -> score
+    higher_is_better: bool = True
+    description: str = ""
+    # Per-image scores (..., N) from OverlapCounts shaped (..., N, K), classes averaged; None when the metric
+    # needs the masks themselves.
     from_counts: Callable[[OverlapCounts], np.ndarray] | None = None
+    # For metrics scored from objects (object AP): truth (H, W) -> an ObjectOverlaps that scores any subset of a
+    # labelling's predicted components, so a tuner rates a candidate without relabelling.
+    objects_of: Callable[[np.ndarray], ObjectOverlaps] | None = None
 
     def __call__(self, pred, truth) -> float:
         return self.per_image(pred, truth)
+
+    @property
+    def sign(self) -> float:
+        """+1 when higher is better, else -1: ``sign * score`` is what every search maximises."""
+        return 1.0 if self.higher_is_better else -1.0
+
+    @property
+    def has_fast_sweep(self) -> bool:
+        """Whether scoring many thresholds costs about one pass (a function of overlap counts)."""
+        return self.from_counts is not None
+
+    @property
+    def objects(self) -> bool:
+        """Whether the metric scores objects (connected components), so a tuner should use ``objects_of``."""
+        return self.objects_of is not None
+
+    @property
+    def stats(self) -> Callable | None:
+        """Per-(image, class) scores from confusion-count arrays (tp, predicted, true, pixels), each with the image
+        axis first; None for metrics without a counts path."""
+        return _per_pair(self.from_counts) if self.from_counts is not None else None
 
     def score_many(self, preds, truths) -> np.ndarray:
         """Per-image scores (N,) of an array (N, K, *spatial) or sequences of (K, *spatial) masks."""
         if self.from_counts is not None:
             return self.from_counts(overlap_counts(preds, truths))
         preds, truths = as_batch(preds, truths, "predictions")
-        return np.array([self.per_image(p, t) for p, t in zip(preds, truths)], dtype=np.float64)
+        return np.array([self.per_image(p, np.asarray(t).astype(bool)) for p, t in zip(preds, truths)],
+                        dtype=np.float64)
 
     def score(self, preds, truths) -> float:
         """The data set's score: mean of the per-image scores."""
         return float(np.mean(self.score_many(preds, truths)))
 
+    def gain(self, preds, truths) -> float:
+        """The mean score signed so that higher is better (nan for no images): what fits of weights and
+        thresholds maximise."""
+        if not len(preds):
+            return float("nan")
+        return self.sign * float(self.score_many(preds, truths).mean())
+
     def score_thresholds(self, probs, truths, thresholds: Sequence[float], min_area=0) -> np.ndarray:
-        """Per-image scores (T, N) of ``probs >= t`` per threshold t, predictions under min_area emptied."""
+        """Per-image scores (T, N) of ``probs >= t`` per threshold t (smp's convention), predictions under
+        min_area emptied."""
         if self.from_counts is not None:
             return self.from_counts(counts_at_thresholds(probs, truths, thresholds).with_min_area(min_area))
         probs, truths = as_batch(probs, truths, "probability maps")
@@ -174,6 +213,26 @@ class CompetitionMetric:
             masks = [_threshold_one(np.asarray(p), thr, min_area) for p in probs]
             rows.append(self.score_many(masks, list(truths)))
         return np.stack(rows)
+
+    def score_above(self, probs, truths, thresholds: Sequence[float]) -> np.ndarray:
+        """Per-image scores (T, N) of uint8 probability maps binarised by the pipeline's rule, p > t
+        (``segkit.threshold``), every class at the same t."""
+        return self.score_thresholds(probs, truths, [sweep_level(t) for t in thresholds])
+
+
+def _per_pair(from_counts: Callable[[OverlapCounts], np.ndarray]) -> Callable:
+    """Adapt ``from_counts`` (OverlapCounts shaped (..., N, K), classes averaged) to per-(image, class) scores of
+    count arrays shaped (N, ...): the image axis goes last and each entry becomes a one-class image."""
+
+    def stats(tp, pp, tt, n):
+        tp, pp, tt, n = np.broadcast_arrays(*(np.asarray(x, dtype=np.int64) for x in (tp, pp, tt, n)))
+        if tp.ndim == 0:
+            return stats(tp[None], pp[None], tt[None], n[None])[0]
+        last = [np.moveaxis(x, 0, -1)[..., None] for x in (tp, pp, tt)]
+        pixels = n.reshape(n.shape[0], -1)[:, 0]
+        return np.moveaxis(from_counts(OverlapCounts(*last, pixels)), -1, 0)
+
+    return stats
 
 
 def _threshold_one(probs: np.ndarray, threshold: float, min_area) -> np.ndarray:
@@ -239,6 +298,7 @@ _add(
         object_ap,
         True,
         "DSB 2018: object-level TP/(TP+FP+FN) averaged over IoU thresholds 0.50:0.05:0.95; both empty 1",
+        objects_of=ObjectOverlaps,
     )
 )
 _add(

@@ -9,6 +9,7 @@ works inside at that many times the input's size and still returns logits at the
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Optional
@@ -19,6 +20,7 @@ from torch import nn
 
 from segkit.config.schema import ModelConfig
 from segkit.errors import ConfigError
+from segkit.models import weights
 from segkit.registry import Registry
 
 
@@ -27,24 +29,43 @@ class Arch:
     """An smp decoder and what it accepts."""
 
     name: str
+    cls: type  # the smp model class
     attention: bool = False  # takes decoder_attention_type (scSE)
 
 
-ARCHS: Registry[Arch] = Registry("architecture")
-for _arch in (
-    Arch("Unet", attention=True),
-    Arch("UnetPlusPlus", attention=True),
-    Arch("FPN"),
-    Arch("DeepLabV3"),
-    Arch("DeepLabV3Plus"),
-    Arch("Linknet"),
-    Arch("PSPNet"),
-    Arch("MAnet"),
-    Arch("PAN"),
-    Arch("UPerNet"),
-    Arch("Segformer"),
-):
-    ARCHS.register(_arch.name)(_arch)
+def _smp_architectures(registry: Registry[Arch]) -> None:
+    """Every decoder smp registers (``smp.MODEL_ARCHITECTURES_MAPPING``), so a new smp decoder needs no change
+    here. Filled on first use: importing smp (and timm, torchvision) costs seconds."""
+    import segmentation_models_pytorch as smp  # here, on first use of the registry: see the docstring
+
+    for cls in smp.MODEL_ARCHITECTURES_MAPPING.values():
+        attention = "decoder_attention_type" in inspect.signature(cls.__init__).parameters
+        registry.register(cls.__name__)(Arch(cls.__name__, cls, attention))
+
+
+ARCHS: Registry[Arch] = Registry("architecture", fill=_smp_architectures)
+
+# constructor arguments segkit sets itself (from encoder, encoder_weights, data.channels, the classes, aux_head,
+# decoder_attention): a model's params may not set them
+RESERVED_PARAMS = ("encoder_name", "encoder_weights", "in_channels", "classes", "aux_params", "decoder_attention_type")
+TIMM_PREFIX = "tu-"
+
+
+def encoder_names() -> list[str]:
+    """smp's own encoders (any timm model also works as ``tu-<name>``)."""
+    import segmentation_models_pytorch as smp  # here: seconds to import, only when the names are asked for
+
+    return list(smp.encoders.get_encoder_names())
+
+
+def is_encoder(name: str) -> bool:
+    """Whether smp can build the encoder ``name``: one of its own, or ``tu-`` and a timm model (tag allowed)."""
+    if name.startswith(TIMM_PREFIX):
+        import timm  # here: seconds to import, only when names are checked
+        from timm.models import split_model_name_tag  # here, with timm
+
+        return bool(timm.is_model(split_model_name_tag(name[len(TIMM_PREFIX):])[0]))
+    return name in encoder_names()
 
 
 def num_outputs(mode: str, num_classes: int) -> int:
@@ -61,15 +82,10 @@ def build_model(
 ) -> nn.Module:
     """The smp model for ``model_cfg``. ``pretrained=False`` skips ``encoder_weights`` (a checkpoint will overwrite
     every weight anyway, e.g. when the predict stage rebuilds a trained model)."""
-    import segmentation_models_pytorch as smp
-
-    from segkit.models import weights
-
     key = f"models[{model_cfg.name}]"
     arch = ARCHS.get(model_cfg.arch, key=f"{key}.arch")
     kwargs: dict[str, Any] = dict(model_cfg.params)
-    reserved = {"encoder_name", "encoder_weights", "in_channels", "classes", "aux_params", "decoder_attention_type"}
-    clash = sorted(reserved & set(kwargs))
+    clash = sorted(set(RESERVED_PARAMS) & set(kwargs))
     if clash:
         raise ConfigError(f"{key}.params: {clash} are set by segkit (use encoder / encoder_weights / decoder_attention"
                           f" / aux_head)")
@@ -84,9 +100,8 @@ def build_model(
         kwargs["aux_params"] = {"classes": num_classes, "pooling": "avg", "dropout": 0.2, "activation": None}
 
     source = weights.plan(model_cfg) if pretrained else weights.WeightsPlan()
-    cls = getattr(smp, arch.name)
     try:
-        model = cls(
+        model = arch.cls(
             encoder_name=model_cfg.encoder,
             encoder_weights=source.smp_weights,
             in_channels=channels,
@@ -186,5 +201,5 @@ def encoder_parameters(model: nn.Module) -> set[int]:
     return {id(p) for p in encoder.parameters()} if encoder is not None else set()
 
 
-__all__ = ["ARCHS", "Arch", "build_model", "check_output_size", "encoder_parameters", "num_outputs", "probabilities",
-           "split_output"]
+__all__ = ["ARCHS", "Arch", "RESERVED_PARAMS", "build_model", "check_output_size", "encoder_names",
+           "encoder_parameters", "is_encoder", "num_outputs", "probabilities", "split_output"]

@@ -6,59 +6,32 @@ from __future__ import annotations
 from typing import Optional
 
 from segkit.config.schema import Config
+from segkit.data import Competition
+from segkit.data.folds import check_fold, fold_numbers, load_folds
 from segkit.errors import ConfigError
+from segkit import distributed
 from segkit.train.data import ExtraTrainData
-from segkit.train.fold import FoldPaths, fold_dir, is_done, train_fold
+from segkit.train.fold import train_fold
 
-__all__ = ["ExtraTrainData", "FoldPaths", "fold_dir", "is_done", "run", "train_fold"]
+__all__ = ["ExtraTrainData", "run", "train_fold"]
 
 
 def run(cfg: Config, model: Optional[str] = None, fold: Optional[int] = None) -> int:
-    from segkit.data import Competition
-    from segkit.train import distributed
-    from segkit.folds import fold_numbers, load_folds
-
     models = [cfg.model(model)] if model else list(cfg.models)
     if not models:
         raise ConfigError("models: no model configured")
-    _check_names(cfg, models)
-    comp = Competition(cfg.data, seed=cfg.seed)
-    folds = fold_numbers(load_folds(cfg, comp))
-    if fold is not None:
-        if fold not in folds:
-            raise ConfigError(f"--fold {fold}: the fold file {cfg.folds_file} has folds {folds}")
-        folds = [fold]
+    frame = load_folds(cfg, Competition(cfg.data, seed=cfg.seed))
+    folds = [check_fold(frame, fold, cfg.layout.folds_file)] if fold is not None else fold_numbers(frame)
     rows = []
     try:
         for m in models:
             for k in folds:
-                if is_done(fold_dir(cfg, m.name, k)):
-                    print(f"models[{m.name}] fold {k}: complete, skipped", flush=True)
                 summary = train_fold(cfg, m, k)
                 rows.append((m.name, k, summary.get("best_epoch"), summary.get("score")))
     finally:
         distributed.teardown()
     _print_table(rows, cfg.metric)
     return 0
-
-
-def _check_names(cfg: Config, models: list) -> None:
-    """Every name a model's config picks from a registry (architecture, losses, optimizer, schedule,
-    augmentation), checked before any data is read or any fold starts: a typo in the third model must not
-    surface after the first two have trained for hours."""
-    from segkit.data.augment import AUGMENTS
-    from segkit.losses import LossSchedule
-    from segkit.models import ARCHS
-    from segkit.optim import OPTIMIZERS, SCHEDULES
-
-    for m in models:
-        tcfg = cfg.train_for(m)
-        key = f"models[{m.name}]"
-        ARCHS.get(m.arch, key=f"{key}.arch")
-        OPTIMIZERS.get(tcfg.optimizer, key=f"{key} train.optimizer")
-        SCHEDULES.get(tcfg.schedule.name, key=f"{key} train.schedule.name")
-        AUGMENTS.get(tcfg.augment, key=f"{key} train.augment")
-        LossSchedule(tcfg, cfg.data.mode, len(cfg.data.classes))
 
 
 def _print_table(rows: list[tuple], metric: str) -> None:

@@ -1,18 +1,26 @@
-"""The data of one fold: which ids train and validate, and the loaders that feed them."""
+"""The data of one fold: the loaders that feed it, and the pseudo-labelled test images a round mixes in.
+
+Pseudo labels are an artifact of the pseudo stage (``runs/<experiment>/pseudo/round<r>/``, a store of 0/255 masks);
+a config with ``pseudo.round: r`` reads round r's labels here and mixes them into every batch. They are test images:
+they never enter the fold file, so no fold validates on them.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, DataLoader
 
-from segkit.config.schema import TrainConfig
+from segkit.config.schema import Config, TrainConfig
 from segkit.data import Competition, SegDataset, by_size, pad_collate
-from segkit.errors import ConfigError
-from segkit.train.distributed import World
+from segkit.errors import DataError
+from segkit.probs import ProbStore, manifest
+from segkit.threshold import binarize
+from segkit.distributed import World
 from segkit.train.sampler import BatchPlan
 from segkit.train.seeding import derive_seed, worker_init
 
@@ -26,16 +34,68 @@ class ExtraTrainData:
     mask_reader: Callable[[str], np.ndarray]
     share: float
     split: str = "test"
+    source: Optional[Path] = None  # the file that marks the labels complete (a fold's input fingerprint)
 
 
-def fold_ids(frame, fold: int) -> tuple[list[str], list[str]]:
-    from segkit.folds import fold_numbers  # sklearn: only when a fold really trains
+def pseudo_labels(cfg: Config) -> Optional[ProbStore]:
+    """The pseudo-label store this config trains with (``pseudo.round`` >= 1), or None."""
+    r = cfg.pseudo.round
+    if r == 0:
+        return None
+    folder = cfg.layout.pseudo(r).labels
+    if not ProbStore.is_complete(folder):
+        raise DataError(f"{folder}: pseudo.round is {r} but its labels are missing; run `segkit pseudo` "
+                        f"with pseudo.round={r - 1} first")
+    return ProbStore(folder)
 
-    folds = fold_numbers(frame)
-    if fold not in folds:
-        raise ConfigError(f"--fold {fold}: the fold file has folds {folds}")
-    is_val = frame["fold"].astype(int) == fold
-    return frame.loc[~is_val, "id"].astype(str).tolist(), frame.loc[is_val, "id"].astype(str).tolist()
+
+def _checked_ids(comp: Competition, store: ProbStore) -> list[str]:
+    """The store's ids, refusing any that is a train id (it would leak into some fold's validation)."""
+    train = set(comp.train_ids)
+    leaked = [i for i in store.ids if i in train]
+    if leaked:
+        raise DataError(f"{store.folder}: pseudo-labelled id {leaked[0]!r} is a train id; pseudo labels may only "
+                        f"cover test images")
+    test = set(comp.test_ids)
+    unknown = [i for i in store.ids if i not in test]
+    if unknown:
+        raise DataError(f"{store.folder}: id {unknown[0]!r} is not a test image of this competition")
+    return list(store.ids)
+
+
+def label_reader(store: ProbStore) -> Callable[[str], np.ndarray]:
+    """id -> uint8 (K, H, W) 0/1 mask from a store of 0/255 pseudo labels."""
+
+    def read(image_id: str) -> np.ndarray:
+        return binarize(store[image_id])
+
+    return read
+
+
+def pseudo_train_data(cfg: Config, comp: Competition) -> Optional[ExtraTrainData]:
+    """What the training loop mixes in for this config: the round's pseudo labels at ``pseudo.batch_share`` of
+    each batch, or None (round 0, share 0, or no confident image)."""
+    store = pseudo_labels(cfg)
+    if store is None or cfg.pseudo.batch_share <= 0:
+        return None
+    ids = _checked_ids(comp, store)
+    if not ids:
+        return None
+    return ExtraTrainData(ids=ids, mask_reader=label_reader(store), share=cfg.pseudo.batch_share, split="test",
+                          source=manifest(store.folder))
+
+
+def extra_dataset(comp: Competition, extra: ExtraTrainData, cfg: TrainConfig) -> SegDataset:
+    """The extra images as a dataset with the training augmentation of ``cfg``."""
+    return SegDataset(comp, extra.ids, extra.split, augment=cfg.augment, crop_size=cfg.crop_size,
+                      pad_to=cfg.pad_to, with_mask=True, mask_reader=extra.mask_reader)
+
+
+def pseudo_dataset(cfg: Config, comp: Competition, train: Optional[TrainConfig] = None) -> Optional[SegDataset]:
+    """The pseudo-labelled images of this config's round as a dataset (training augmentation of ``train``,
+    default ``cfg.train``), or None when it trains without them."""
+    extra = pseudo_train_data(cfg, comp)
+    return extra_dataset(comp, extra, train or cfg.train) if extra is not None else None
 
 
 def _datasets(ds) -> list[SegDataset]:
@@ -58,9 +118,7 @@ class TrainData:
             pools, shares = [pos, neg], [cfg.positive_share, 1 - cfg.positive_share]
         self.dataset = real
         if extra is not None and extra.ids:
-            pseudo = SegDataset(comp, extra.ids, extra.split, augment=cfg.augment, crop_size=cfg.crop_size,
-                                pad_to=cfg.pad_to, with_mask=True, mask_reader=extra.mask_reader)
-            self.dataset = ConcatDataset([real, pseudo])
+            self.dataset = ConcatDataset([real, extra_dataset(comp, extra, cfg)])
             base = len(real)
             real_shares = shares or [1.0]
             shares = [s * (1 - extra.share) for s in real_shares] + [extra.share]

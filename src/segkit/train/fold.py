@@ -1,16 +1,18 @@
 """One model on one fold, start to finish: build, train epoch by epoch (validating, checkpointing), then write the
-fold's OOF probabilities from the best checkpoint. Re-running a killed fold resumes from ``last.pt``; a fold whose
-``oof/manifest.json`` exists is finished and skipped.
+fold's OOF probabilities from the best checkpoint.
 
-Outputs in ``<run_dir>/<model>/fold<k>/``: ``metrics.csv`` (one row per epoch), ``last.pt``, ``best.pt``,
-``snapshot<c>.pt`` (end of each LR cycle), ``summary.json`` and the ``oof/`` probability store.
+Outputs in ``<run_dir>/<model>/fold<k>/`` (``segkit.layout.FoldPaths``): ``metrics.csv`` (one row per epoch),
+``last.pt``, ``best.pt``, ``snapshot<c>.pt`` (end of each LR cycle), ``summary.json``, the ``oof/`` probability store
+and the fold's stamp. A fold is a unit of work (``segkit.freshness``): finished and stamped with this config's
+identity, it is skipped; killed, it resumes from ``last.pt``; finished under another config, it is refused with
+what changed (a finished fold is never retrained silently).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -20,58 +22,54 @@ import torch
 from segkit import atomic
 from segkit.config.schema import Config, ModelConfig, TrainConfig
 from segkit.data import Competition
+from segkit.data.folds import fold_ids, load_folds
 from segkit.device import amp_dtype, depthwise_float32_when_training, grad_scaler, resolve_amp, resolve_device
 from segkit.errors import ConfigError, SegkitError
+from segkit.freshness import FRESH, STALE, UNSTAMPED, Unit, digest, fingerprint
+from segkit.layout import FoldPaths
 from segkit.losses import LossSchedule
+from segkit.metrics import get_metric
 from segkit.models import build_model, check_output_size
 from segkit.optim import build_optimizer, build_schedule, cycle_end_epochs, group_lrs
-from segkit.probs import ProbStore, ProbWriter
-from segkit.train import checkpoint, distributed
-from segkit.train.data import ExtraTrainData, TrainData, fold_ids, val_loader
+from segkit.probs import ProbWriter, manifest
+from segkit import checkpoint, distributed
+from segkit.train.data import ExtraTrainData, TrainData, pseudo_train_data, val_loader
 from segkit.train.ema import build_ema
 from segkit.train.loop import Stepper, train_epoch
 from segkit.train.seeding import derive_seed, rng_state, seed_everything, set_deterministic, set_rng_state
-from segkit.train.validate import evaluate, metric_fn
+from segkit.train.validate import evaluate
 
 HISTORY_COLUMNS = ["epoch", "lr", "encoder_lr", "train_loss", "val_loss", "dice", "iou", "score", "loss_terms",
                    "steps", "skipped", "seconds"]
 MONITORS = {"score": "max", "dice": "max", "iou": "max", "val_loss": "min"}
 
 
-@dataclass(frozen=True)
-class FoldPaths:
-    dir: Path
-
-    @property
-    def last(self) -> Path:
-        return self.dir / checkpoint.LAST
-
-    @property
-    def best(self) -> Path:
-        return self.dir / checkpoint.BEST
-
-    @property
-    def oof(self) -> Path:
-        return self.dir / "oof"
-
-    @property
-    def metrics(self) -> Path:
-        return self.dir / "metrics.csv"
-
-    @property
-    def summary(self) -> Path:
-        return self.dir / "summary.json"
-
-    def snapshot(self, cycle: int) -> Path:
-        return self.dir / checkpoint.snapshot_name(cycle)
+# What a fold's identity may change without changing what the fold computes: the checkpoint's train keys that
+# only affect speed or bookkeeping (RESUME_FREE_KEYS), the encoder weights (a resumed or finished fold never reloads
+# them, and their path differs from machine to machine) and the model's own train overrides (already merged into
+# the train section).
+FREE_MODEL_KEYS = ("model.encoder_weights", "model.train")
 
 
-def fold_dir(cfg: Config, model_name: str, fold: int) -> Path:
-    return cfg.run_dir / model_name / f"fold{fold}"
+def identity_changes(saved: dict, current: dict) -> list[str]:
+    """What differs between two fold identities in a way that changes what the fold computes."""
+    return [c for c in checkpoint.config_changes(saved, current) if not c.startswith(FREE_MODEL_KEYS)]
 
 
-def is_done(folder: Path) -> bool:
-    return ProbStore.is_complete(Path(folder) / "oof")
+def deciding(identity: dict) -> dict:
+    """The part of a fold's identity that decides its outputs (what its stamp records)."""
+    out = {k: v for k, v in identity.items() if k != "model"}
+    out["model"] = {k: v for k, v in identity["model"].items() if f"model.{k}" not in FREE_MODEL_KEYS}
+    out["train"] = {k: v for k, v in identity["train"].items() if k not in checkpoint.RESUME_FREE_KEYS}
+    return out
+
+
+def fold_unit(where: str, paths: FoldPaths, identity: dict, val_ids: list[str], extra) -> Unit:
+    """A fold as a unit of work: done when best.pt, summary.json and the OOF store are there and its stamp holds
+    this identity, these validation ids and these pseudo labels."""
+    inputs = {**deciding(identity), "val_ids": digest(sorted(val_ids)),
+              "pseudo_labels": fingerprint(extra.source) if extra is not None and extra.source else None}
+    return Unit(where, paths.stamp, [paths.best, paths.summary, manifest(paths.oof)], inputs)
 
 
 def monitor_of(cfg: Config, tcfg: TrainConfig, metric) -> tuple[str, str]:
@@ -105,18 +103,34 @@ def train_fold(
     extra: Optional[ExtraTrainData] = None,
 ) -> dict:
     """Train (or resume, or skip) one fold; returns its summary (best epoch, scores). ``extra``: images mixed
-    into every batch (default: the pseudo labels of ``pseudo.round``, see ``segkit.pseudo``)."""
+    into every batch (default: the pseudo labels of ``pseudo.round``, ``segkit.train.data.pseudo_train_data``)."""
     tcfg = cfg.train_for(model_cfg)
-    paths = FoldPaths(Path(out_dir) if out_dir else fold_dir(cfg, model_cfg.name, fold))
-    if is_done(paths.dir):
-        import json
-
-        return json.loads(paths.summary.read_text()) if paths.summary.exists() else {}
+    paths = FoldPaths(Path(out_dir)) if out_dir else cfg.layout.fold(model_cfg.name, fold)
     where = f"models[{model_cfg.name}] fold {fold}"
+    comp = Competition(cfg.data, seed=cfg.seed)
+    train_ids, val_ids = fold_ids(load_folds(cfg, comp), fold)
+    if not train_ids or not val_ids:
+        raise ConfigError(f"{where}: {len(train_ids)} training and {len(val_ids)} validation images")
+    mode, classes = comp.mode, comp.classes
+    if extra is None:  # pseudo-labelled test images of the config's round (pseudo.round >= 1), if any
+        extra = pseudo_train_data(cfg, comp)
+    # The identity keeps the config's own words (amp: auto), so a fold resumed on another machine is not refused
+    # for a precision that machine chose; everything that runs uses the resolved one.
+    identity = {"model": model_cfg.model_dump(mode="json"), "train": tcfg.model_dump(mode="json"),
+                "seed": cfg.seed, "metric": cfg.metric, "mode": mode, "classes": classes,
+                "extra": {"images": len(extra.ids), "share": extra.share} if extra is not None else None}
+    unit = fold_unit(where, paths, identity, val_ids, extra)
+    status = unit.status()
+    if status in (FRESH, UNSTAMPED):
+        note = "" if status == FRESH else "no stamp: made before stamps were kept, not checked against the config"
+        print(unit.kept(note), flush=True)
+        return json.loads(paths.summary.read_text())
+    if status == STALE:
+        changes = [("its validation images (the fold file changed)" if c.startswith("val_ids") else c)
+                   for c in unit.changes()]
+        raise SegkitError(f"{where}: {paths.dir} was trained under another config ({'; '.join(changes[:3])}); "
+                          f"restore the config, or delete {paths.dir} to train this fold afresh")
     device = resolve_device(cfg.device)
-    # The checkpoint's identity keeps the config's own words (amp: auto), so a fold resumed on another machine is
-    # not refused for a precision that machine chose; everything that runs uses the resolved one.
-    configured = tcfg
     tcfg = tcfg.model_copy(update={"amp": resolve_amp(tcfg.amp, device)})
     world = distributed.setup(device)
     set_deterministic(tcfg.deterministic)
@@ -128,18 +142,6 @@ def train_fold(
     base_seed = derive_seed(cfg.seed, fold)
     seed_everything(base_seed)  # the same initial weights for every run of this fold
 
-    from segkit.folds import load_folds  # sklearn: imported when a fold really trains
-
-    comp = Competition(cfg.data, seed=cfg.seed)
-    train_ids, val_ids = fold_ids(load_folds(cfg, comp), fold)
-    if not train_ids or not val_ids:
-        raise ConfigError(f"{where}: {len(train_ids)} training and {len(val_ids)} validation images")
-    mode, classes = comp.mode, comp.classes
-    if extra is None:  # pseudo-labelled test images of the config's round (pseudo.round >= 1), if any
-        from segkit.pseudo import extra_train_data
-
-        extra = extra_train_data(cfg, comp)
-
     saved = checkpoint.load(paths.last) if paths.last.exists() else None
     model = build_model(model_cfg, cfg.data.channels, mode, len(classes), pretrained=saved is None).to(device)
     check_output_size(model, cfg.data.channels, tcfg.pad_to, f"models[{model_cfg.name}]")
@@ -150,7 +152,7 @@ def train_fold(
     model = distributed.sync_batchnorm(model, world, tcfg.sync_bn)
     data = TrainData(comp, tcfg, train_ids, base_seed, world, extra)
     vloader = val_loader(comp, tcfg, val_ids, world)
-    metric = metric_fn(cfg.metric)
+    metric = get_metric(cfg.metric, key="metric")
     monitor, monitor_mode = monitor_of(cfg, tcfg, metric)
     optimizer = build_optimizer(model, tcfg)
     schedule = build_schedule(optimizer, tcfg, math.ceil(len(data) / tcfg.accumulate), monitor_mode)
@@ -159,16 +161,12 @@ def train_fold(
     aux_weight = model_cfg.aux_weight if model_cfg.aux_head else 0.0
     losses = LossSchedule(tcfg, mode, len(classes), aux_weight).to(device)
     snapshots = cycle_end_epochs(tcfg) if "snapshots" in tcfg.keep else []
-    identity = {"model": model_cfg.model_dump(mode="json"), "train": configured.model_dump(mode="json"),
-                "seed": cfg.seed, "metric": cfg.metric, "mode": mode, "classes": classes,
-                "extra": {"images": len(extra.ids), "share": extra.share} if extra is not None else None}
 
     history: list[dict] = []
     best_value: Optional[float] = None
     start = 1
     if saved is not None:
-        changes = checkpoint.config_changes(saved["train_state"]["identity"], identity)
-        changes = [c for c in changes if not c.startswith(("model.encoder_weights", "model.train"))]
+        changes = identity_changes(saved["train_state"]["identity"], identity)
         if changes:
             raise SegkitError(f"{where}: {paths.last} was written under another config ({'; '.join(changes[:3])}); "
                               f"restore the config, or delete {paths.dir} to train this fold afresh")
@@ -183,6 +181,9 @@ def train_fold(
         history, best_value, start = state["history"], state["best_value"], saved["epoch"] + 1
         if world.is_main:
             print(f"{where}: resuming after epoch {saved['epoch']} from {paths.last}", flush=True)
+    if world.is_main:
+        unit.begin()
+    distributed.barrier(world)
 
     forward_model = distributed.wrap(model, world, device)
     if tcfg.compile:

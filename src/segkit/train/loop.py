@@ -18,7 +18,7 @@ from segkit.errors import SegkitError
 from segkit.losses import SegLoss
 from segkit.models import split_output
 from segkit.optim import LRSchedule
-from segkit.train.distributed import World, gather
+from segkit.distributed import World, gather
 from segkit.train.ema import EMA
 
 

@@ -2,17 +2,16 @@
 original size (padding cropped away), optionally writing the probabilities as the fold's OOF store.
 
 Dice and IoU are per image and class, 1 when both prediction and truth are empty (the Kaggle convention), averaged
-over classes and then images. The competition metric is ``segkit.metrics.get_metric(cfg.metric)``: a per-image
-function of boolean (K, H, W) prediction and truth; the dataset score is its mean. Pixels with p >= threshold are
-predicted, as in the tune stage.
+over classes and then images. The competition metric is the one object every stage scores with
+(``segkit.metrics.get_metric(cfg.metric)``), applied to boolean (K, H, W) prediction and truth; the dataset score is
+its mean. Pixels with p > threshold are predicted: the pipeline's one rule (``segkit.threshold``).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from typing import Optional
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
@@ -20,19 +19,12 @@ from tqdm import tqdm
 from segkit.data import unpad
 from segkit.device import autocast, to_device
 from segkit.losses import SegLoss
+from segkit.metrics import CompetitionMetric
 from segkit.metrics.overlap import overlap_scores
 from segkit.models import probabilities, split_output
 from segkit.probs import ProbWriter
-from segkit.train.distributed import World, gather
-
-ImageMetric = Callable[[np.ndarray, np.ndarray], float]
-
-
-def metric_fn(name: str) -> ImageMetric:
-    """The competition's per-image metric (``segkit.metrics``), named by the config's ``metric``."""
-    from segkit.metrics import get_metric
-
-    return get_metric(name, key="metric")
+from segkit.threshold import binarize
+from segkit.distributed import World, gather
 
 
 @torch.inference_mode()
@@ -41,7 +33,7 @@ def evaluate(
     loader,
     loss_fn: Optional[SegLoss],
     mode: str,
-    metric: ImageMetric,
+    metric: CompetitionMetric,
     device: torch.device,
     amp: str = "none",
     channels_last: bool = False,
@@ -69,11 +61,11 @@ def evaluate(
         probs = probabilities(logits, mode)
         for i, image_id in enumerate(batch["id"]):
             size = batch["size"][i].tolist()
-            p = unpad(probs[i], size)
+            p = unpad(probs[i], size).cpu().numpy()
             if writer is not None:
-                writer.write(image_id, p.cpu().numpy())
+                writer.write(image_id, p)
             if "mask" in batch:
-                pred = (p >= threshold).cpu().numpy()  # the tune stage's convention
+                pred = binarize(p, threshold).view(bool)
                 truth = (unpad(batch["mask"][i], size) > 0.5).cpu().numpy()
                 overlap = overlap_scores(pred[None], truth[None], ["dice", "iou"], reduction="mean")
                 sums["dice"] += float(overlap["dice"])

@@ -1,4 +1,5 @@
-"""What each trick of a recipe is worth: a plain baseline, the full pipeline, and one trick added at a time.
+"""``segkit ablate``: what each trick of a recipe is worth: a plain baseline, the full pipeline, and one trick
+added at a time.
 
 The full pipeline is the recipe itself, run by ``segkit run`` (and reused when complete). Two more trainings of the
 recipe's first model, on the same folds, epochs and augmentation, isolate the training-side tricks:
@@ -19,8 +20,13 @@ the same images, the validation images of the chosen folds (``folds``, default a
 train its extra baselines on one fold and still compare like with like. The last line is what ``segkit run``
 itself reports (its chosen ensemble method and tuned post-processing) on those same images.
 
-Outputs under ``<run_dir>/quality/``: ``baseline/`` and ``loss/`` (ordinary run folders), ``tiles/<model>/`` (a
-probability store of the chosen folds' images), ``quality.json`` and ``quality.md`` (the table).
+Outputs under ``<run_dir>/quality/`` (``segkit.layout.QualityPaths``): ``baseline/`` and ``loss/`` (experiments of
+their own), ``tiles/<model>/`` (a probability store of the chosen folds' images), ``quality.json`` and
+``quality.md`` (the table).
+
+The ablation sits beside ``segkit.pipeline`` above the stages: it runs the pipeline and the train and predict
+stages on its variant configs, reads their artifacts through the layout, and scores them with the competition's
+metric object and the tune package's public search.
 """
 
 from __future__ import annotations
@@ -30,55 +36,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
-import numpy as np
 import pandas as pd
 
-from segkit import atomic
+from segkit import atomic, pipeline
 from segkit.config import Config
+from segkit.data import Competition
+from segkit.data.folds import fold_numbers, ids_of, load_folds
+from segkit.device import resolve_device
+from segkit.distributed import World
 from segkit.errors import ConfigError, SegkitError
+from segkit.layout import round_name
+from segkit.metrics import get_metric
+from segkit.oof import MeanStore, StoreUnion, fold_oof, tta_oof
 from segkit.postprocess import ClassParams
-from segkit.probs import ProbStore
+from segkit.predict import predict_oof
+from segkit.stages import BY_NAME, load
+from segkit.tune import OOFStream, final_scores, tune
 
 # A trick's delta within this of zero is reported as "no change": below the noise of one CV run.
 NOISE = 0.001
-
-
-# ------------------------------------------------------------------------------------------------ OOF sources
-
-
-class Stores:
-    """Several probability stores read as one (the per-fold OOF stores of a model), restricted to ``ids``."""
-
-    def __init__(self, folders: Sequence[Path], ids: Sequence[str]):
-        self.folder = Path(folders[0]) if folders else Path(".")
-        self.stores = [ProbStore(f) for f in folders]
-        self.where: dict[str, ProbStore] = {}
-        for store in self.stores:
-            for image_id in store.ids:
-                self.where.setdefault(image_id, store)
-        missing = [i for i in ids if i not in self.where]
-        if missing:
-            raise SegkitError(f"{self.folder}: no probabilities for {len(missing)} image(s), e.g. {missing[0]!r}")
-        self.ids = list(ids)
-        self.classes = self.stores[0].classes
-
-    def __getitem__(self, image_id: str) -> np.ndarray:
-        return self.where[image_id][image_id]
-
-
-class MeanStore:
-    """The ``mean`` ensemble of several stores (segkit.ensemble's own arithmetic), read like a store."""
-
-    def __init__(self, stores: Sequence[Stores]):
-        self.stores = list(stores)
-        self.folder = self.stores[0].folder
-        self.ids = self.stores[0].ids
-        self.classes = self.stores[0].classes
-
-    def __getitem__(self, image_id: str) -> np.ndarray:
-        from segkit.ensemble.averaging import mean_uint8
-
-        return mean_uint8([s[image_id] for s in self.stores])
 
 
 # ---------------------------------------------------------------------------------------------------- the rows
@@ -96,7 +72,7 @@ def _variant(cfg: Config, name: str, weights: bool, loss: bool) -> Config:
     """The recipe with its runs under <run_dir>/quality/<name>/ and model 0 stripped of pretrained weights and/or
     its loss (BCE alone)."""
     tree = cfg.model_dump()
-    tree["paths"]["runs"] = cfg.run_dir / "quality"
+    tree["paths"]["runs"] = cfg.layout.quality.runs
     tree["experiment"] = name
     first = tree["models"][0]
     if not weights:
@@ -119,80 +95,45 @@ def variants(cfg: Config) -> dict[str, Config]:
             "loss": _variant(cfg, "loss", weights=False, loss=True)}
 
 
-def competition(cfg: Config):
-    """The recipe's competition, read once per ablation and shared by the fold table, the tiles and the scorer."""
-    from segkit.data import Competition
-
-    return Competition(cfg.data, seed=cfg.seed)
-
-
-def fold_table(cfg: Config, comp) -> pd.DataFrame:
-    """The recipe's fold file (id, fold, ...), checked against its competition."""
-    from segkit.folds import load_folds
-
-    return load_folds(cfg, comp)
-
-
 def fold_ids(cfg: Config, folds: Sequence[int], table: pd.DataFrame | None = None) -> tuple[list[str], list[int]]:
     """The ids of the chosen folds' images (all folds when ``folds`` is empty), and the folds."""
-    from segkit.folds import fold_numbers
-
-    table = fold_table(cfg, competition(cfg)) if table is None else table
+    table = load_folds(cfg, Competition(cfg.data, seed=cfg.seed)) if table is None else table
     have = fold_numbers(table)
     chosen = list(folds) if folds else have
     bad = [f for f in chosen if f not in have]
     if bad:
-        raise ConfigError(f"--folds {bad}: the fold file {cfg.folds_file} has folds {have}")
-    return list(table.loc[table["fold"].isin(chosen), "id"].astype(str)), chosen
+        raise ConfigError(f"--folds {bad}: the fold file {cfg.layout.folds_file} has folds {have}")
+    return ids_of(table, chosen), chosen
 
 
-def _fold_stores(cfg: Config, model: str, folds: Sequence[int], ids: Sequence[str]) -> Stores:
-    return Stores([cfg.run_dir / model / f"fold{k}" / "oof" for k in folds], ids)
-
-
-def _tiles_folder(cfg: Config) -> Path:
-    return cfg.run_dir / "quality" / "tiles" / cfg.models[0].name
-
-
-def predict_tiles(cfg: Config, comp, folds: Sequence[int], table: pd.DataFrame) -> None:
+def predict_tiles(cfg: Config, comp: Competition, folds: Sequence[int], table: pd.DataFrame) -> None:
     """The first model's best checkpoints re-predict their folds' images in tiles without TTA or snapshots, so the
     tiles row shows what tiling alone adds to the training OOF (made from whole padded images)."""
-    from segkit import predict as predict_stage
-    from segkit.device import resolve_device
-    from segkit.train.distributed import World
-
     plain = cfg.model_copy(update={"predict": cfg.predict.model_copy(update={"tta": "none", "snapshots": False})})
-    predict_stage.predict_oof(plain, comp, cfg.models[0],
-                              table[table["fold"].isin(list(folds))], resolve_device(cfg.device), World(),
-                              folder=_tiles_folder(cfg))
+    predict_oof(plain, comp, cfg.models[0], table[table["fold"].isin(list(folds))], resolve_device(cfg.device),
+                World(), folder=cfg.layout.quality.tiles(cfg.models[0].name))
 
 
-def _tta_store(cfg: Config, model: str, ids: Sequence[str]) -> Stores:
-    folder = cfg.run_dir / model / "oof_tta"
-    if not ProbStore.is_complete(folder):
-        raise SegkitError(f"{folder}: missing; the recipe needs predict.repredict_oof: true for the TTA rows")
-    return Stores([folder], ids)
+def _tta_store(cfg: Config, model: str, ids: Sequence[str]) -> StoreUnion:
+    try:
+        return tta_oof(cfg.layout, model, ids)
+    except SegkitError as err:
+        raise SegkitError(f"{err}; the recipe needs predict.repredict_oof: true for the TTA rows") from None
 
 
 class Scorer:
     """Scores a store on its ids with every requested metric: raw (p > 0.5) or after a tune search."""
 
-    def __init__(self, cfg: Config, metrics: Sequence[str], comp):
-        from segkit.tune import resolve_metric
-
+    def __init__(self, cfg: Config, metrics: Sequence[str], comp: Competition):
         self.cfg = cfg
         self.comp = comp
         self.exclusive = cfg.data.mode == "multiclass"
-        self.metrics = [resolve_metric(m) for m in dict.fromkeys([cfg.metric, *metrics])]
+        self.metrics = [get_metric(m, key="--metrics") for m in dict.fromkeys([cfg.metric, *metrics])]
 
-    def _source(self, store):
-        from segkit.tune import OOFSource
+    def _source(self, store) -> OOFStream:
+        return OOFStream(store, self.comp.read_mask, self.exclusive, ids=store.ids)
 
-        return OOFSource(store, self.comp.read_mask, self.exclusive, ids=store.ids)
-
-    def _all(self, source, params: list[ClassParams], metrics=None) -> dict[str, float]:
-        from segkit.tune import final_scores
-
+    def _all(self, source: OOFStream, params: list[ClassParams], metrics=None) -> dict[str, float]:
         return {m.name: float(final_scores(source, m, params, self.exclusive)["score"].mean())
                 for m in (self.metrics if metrics is None else metrics)}
 
@@ -201,8 +142,6 @@ class Scorer:
 
     def tuned(self, store, morphology: bool) -> tuple[dict[str, float], dict]:
         """Scores after the tune search on these very images (morphology steps on or off), and the choice."""
-        from segkit.tune import tune
-
         tcfg = self.cfg.tune if morphology else self.cfg.tune.model_copy(
             update={"morphology": False, "keep_largest": False})
         source = self._source(store)
@@ -215,7 +154,7 @@ class Scorer:
 
 def pipeline_scores(cfg: Config, ids: Sequence[str]) -> dict[str, float] | None:
     """segkit run's own tuned CV (tune/oof_scores.csv) restricted to ``ids``; the main metric only."""
-    path = cfg.run_dir / "tune" / "oof_scores.csv"
+    path = cfg.layout.tune.scores
     if not path.exists():
         return None
     frame = pd.read_csv(path, dtype={"id": str})
@@ -224,7 +163,7 @@ def pipeline_scores(cfg: Config, ids: Sequence[str]) -> dict[str, float] | None:
 
 
 def rows(cfg: Config, runs: dict[str, Config], folds: Sequence[int], ids: Sequence[str],
-         metrics: Sequence[str], comp) -> Iterator[Row]:
+         metrics: Sequence[str], comp: Competition) -> Iterator[Row]:
     scorer = Scorer(cfg, metrics, comp)
     first = cfg.models[0].name
     base_models = [m.name for m in cfg.models]
@@ -232,17 +171,17 @@ def rows(cfg: Config, runs: dict[str, Config], folds: Sequence[int], ids: Sequen
                ("loss", "+ loss", _describe_loss(cfg))]
     for name, row, what in trained:
         if name in runs:
-            yield Row(row, what, scorer.raw(_fold_stores(runs[name], first, folds, ids)))
+            yield Row(row, what, scorer.raw(fold_oof(runs[name].layout, first, folds, ids)))
         else:
             yield Row(row, what, note="not trained in this run (--no-variants)")
     weights = cfg.models[0].encoder_weights
-    yield Row("+ pretrained encoder", f"encoder_weights: {weights}", scorer.raw(_fold_stores(cfg, first, folds, ids)))
+    yield Row("+ pretrained encoder", f"encoder_weights: {weights}", scorer.raw(fold_oof(cfg.layout, first, folds, ids)))
     tile = cfg.predict.tile_size
     if tile is None:
         yield Row("+ tiles", "", note="not in this recipe: predict.tile_size is unset")
     else:
         what = f"predict.tile_size: {tile} ({cfg.predict.tile_blend}, overlap {cfg.predict.tile_overlap})"
-        yield Row("+ tiles", what, scorer.raw(Stores([_tiles_folder(cfg)], ids)))
+        yield Row("+ tiles", what, scorer.raw(StoreUnion([cfg.layout.quality.tiles(first)], ids)))
     tta = _tta_store(cfg, first, ids)
     yield Row("+ TTA", f"predict.tta: {cfg.predict.tta} ({cfg.predict.tta_merge})", scorer.raw(tta))
     if len(base_models) > 1:
@@ -257,7 +196,7 @@ def rows(cfg: Config, runs: dict[str, Config], folds: Sequence[int], ids: Sequen
     yield Row("+ morphology", _summary(summary), scores)
     if cfg.pseudo.rounds:
         r = cfg.pseudo.rounds
-        pl = MeanStore([_tta_store(cfg, f"{m}_pl{r}", ids) for m in base_models])
+        pl = MeanStore([_tta_store(cfg, round_name(m, r), ids) for m in base_models])
         scores, summary = scorer.tuned(pl, morphology=True)
         yield Row("+ pseudo-labels", f"{r} round(s); " + _summary(summary), scores)
     else:
@@ -297,9 +236,6 @@ def run(cfg: Config, folds: Sequence[int] = (), metrics: Sequence[str] = (), tra
         with_variants: bool = True) -> list[Row]:
     """The whole ablation; ``with_variants=False`` skips the baseline and loss-only trainings (their rows are
     left empty), ``train_only`` stops before scoring."""
-    from segkit import pipeline
-    from segkit import train as train_stage
-
     if not cfg.models:
         raise ConfigError("models: no model configured")
     if not cfg.predict.repredict_oof:
@@ -311,15 +247,16 @@ def run(cfg: Config, folds: Sequence[int] = (), metrics: Sequence[str] = (), tra
     if code:
         raise SegkitError(f"segkit run --config {cfg.source} stopped with exit code {code}")
     timings["pipeline"] = time.perf_counter() - began
-    comp = competition(cfg)
-    table = fold_table(cfg, comp)
+    comp = Competition(cfg.data, seed=cfg.seed)
+    table = load_folds(cfg, comp)
     ids, chosen = fold_ids(cfg, folds, table)
     runs = variants(cfg) if with_variants else {}
+    train = load(BY_NAME["train"])
     for name, vcfg in runs.items():
         began = time.perf_counter()
         for k in chosen:
             print(f"== ablation: {name} fold {k}", flush=True)
-            train_stage.run(vcfg, model=cfg.models[0].name, fold=k)
+            train(vcfg, model=cfg.models[0].name, fold=k)
         timings[name] = time.perf_counter() - began
     if cfg.predict.tile_size is not None:
         began = time.perf_counter()
@@ -327,25 +264,25 @@ def run(cfg: Config, folds: Sequence[int] = (), metrics: Sequence[str] = (), tra
         timings["tiles"] = time.perf_counter() - began
     if train_only:
         return []
-    table = []
+    result = []
     for row in rows(cfg, runs, chosen, ids, metrics, comp):
-        table.append(row)
+        result.append(row)
         print(f"ablation: {row.name:<24} " + "  ".join(f"{m} {v:.4f}" for m, v in row.scores.items())
               + (f"  ({row.note})" if row.note else ""), flush=True)
-    write(cfg, table, chosen, len(ids), timings)
-    return table
+    write(cfg, result, chosen, len(ids), timings)
+    return result
 
 
 def write(cfg: Config, table: list[Row], folds: Sequence[int], n_images: int, timings: dict) -> Path:
-    out = cfg.run_dir / "quality"
+    out = cfg.layout.quality
     main = cfg.metric
     payload = {"experiment": cfg.experiment, "budget": cfg.budget, "config": cfg.source, "folds": list(folds),
                "n_images": n_images, "metric": main, "seconds": {k: round(v, 1) for k, v in timings.items()},
                "rows": [{"name": r.name, "what": r.what, "scores": r.scores, "note": r.note} for r in table]}
-    atomic.write_json(out / "quality.json", payload)
-    atomic.write_text(out / "quality.md", markdown(table, main))
-    print(f"ablation: wrote {out / 'quality.md'} and quality.json")
-    return out
+    atomic.write_json(out.json, payload)
+    atomic.write_text(out.markdown, markdown(table, main))
+    print(f"ablation: wrote {out.markdown} and {out.json.name}")
+    return out.dir
 
 
 def markdown(table: list[Row], main: str) -> str:
@@ -367,4 +304,4 @@ def markdown(table: list[Row], main: str) -> str:
     return head + "\n".join(lines) + "\n"
 
 
-__all__ = ["MeanStore", "Row", "Scorer", "Stores", "markdown", "rows", "run", "variants"]
+__all__ = ["Row", "Scorer", "fold_ids", "markdown", "rows", "run", "variants"]

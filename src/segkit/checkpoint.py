@@ -18,16 +18,12 @@ from torch import nn
 
 from segkit import atomic
 from segkit.errors import SegkitError
+from segkit.freshness import differences
 
 FORMAT = "segkit-checkpoint"
 VERSION = 1
-LAST, BEST = "last.pt", "best.pt"
 # Train keys that do not change what is computed: a resume may change them freely.
-RESUME_FREE_KEYS = {"workers", "pin_memory", "threads", "progress", "val_batch_size", "keep", "compile"}
-
-
-def snapshot_name(cycle: int) -> str:
-    return f"snapshot{cycle}.pt"
+RESUME_FREE_KEYS = frozenset({"workers", "pin_memory", "threads", "progress", "val_batch_size", "keep", "compile"})
 
 
 def weights_payload(
@@ -84,15 +80,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     return model.to(device).eval(), meta
 
 
-def config_changes(saved: dict, current: dict, prefix: str = "") -> list[str]:
+def config_changes(saved: dict, current: dict) -> list[str]:
     """Keys whose values differ between two config dumps (ignoring RESUME_FREE_KEYS)."""
-    out = []
-    for key in sorted(set(saved) | set(current)):
-        if key in RESUME_FREE_KEYS:
-            continue
-        a, b = saved.get(key), current.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += config_changes(a, b, f"{prefix}{key}.")
-        elif a != b:
-            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
-    return out
+    return differences(saved, current, ignore=RESUME_FREE_KEYS)

@@ -1,0 +1,115 @@
+"""Every name a config picks from a registry or a library, checked once after loading and before any work starts:
+a typo in the third model's loss, a misspelt TTA or a LightGBM parameter LightGBM would silently ignore must not
+surface after the first two models have trained for hours.
+
+Checked: each model's architecture (smp's own mapping, ``segkit.models.ARCHS``), encoder (smp's encoders, or
+``tu-<timm model>``), constructor ``params`` (against the smp class's signature), and its train section's
+optimizer, schedule, augmentation, losses and monitor; ``predict.tta``; ``ensemble.methods`` and
+``ensemble.choose``; ``ensemble.stack_params`` (against LightGBM's own parameter list and aliases); ``metric``.
+Each error names the file (or the command line) that set the key, the key and the known names.
+
+The command line and ``segkit run`` call ``check`` right after ``load_config``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Callable
+
+from segkit.config import Config
+from segkit.data.augment import AUGMENTS
+from segkit.ensemble import METHODS, MODEL_PREFIX
+from segkit.errors import ConfigError
+from segkit.losses import LossSchedule
+from segkit.metrics import get_metric
+from segkit.models import ARCHS, RESERVED_PARAMS, encoder_names, is_encoder
+from segkit.optim import OPTIMIZERS, SCHEDULES
+from segkit.train.fold import MONITORS
+from segkit.tta import TTA
+
+
+def _at(cfg: Config, key: str, check: Callable[[], object]) -> None:
+    """Run ``check``; a ConfigError it raises is given the file that set ``key``."""
+    try:
+        check()
+    except ConfigError as err:
+        raise ConfigError(f"{cfg.origin(key)}: {err}") from None
+
+
+def _unknown(key: str, kind: str, name: str, known) -> ConfigError:
+    shown = ", ".join(sorted(known)) if len(known) <= 40 else ", ".join(sorted(known)[:40]) + ", ..."
+    return ConfigError(f"{key}: unknown {kind} {name!r}; known: {shown}")
+
+
+def check_models(cfg: Config) -> None:
+    for i, m in enumerate(cfg.models):
+        key = f"models[{m.name}]"
+        _at(cfg, f"models.{i}.arch", lambda: ARCHS.get(m.arch, key=f"{key}.arch"))
+        if not is_encoder(m.encoder):
+            raise ConfigError(f"{cfg.origin(f'models.{i}.encoder')}: {key}.encoder: unknown encoder {m.encoder!r}; "
+                              f"use one of smp's ({', '.join(encoder_names()[:12])}, ...) or tu-<timm model>")
+        accepted = inspect.signature(ARCHS.get(m.arch).cls.__init__).parameters
+        takes_any = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
+        bad = [p for p in m.params if p not in accepted and p not in RESERVED_PARAMS and not takes_any]
+        if bad:
+            known = [p for p in accepted if p not in ("self", *RESERVED_PARAMS)]
+            raise ConfigError(f"{cfg.origin(f'models.{i}.params')}: {key}.params: {ARCHS.get(m.arch).name} takes no "
+                              f"{bad[0]!r}; it takes {', '.join(known)}")
+        tcfg = cfg.train_for(m)
+        where = f"models.{i}.train" if m.train else "train"
+        _at(cfg, f"{where}.optimizer", lambda: OPTIMIZERS.get(tcfg.optimizer, key=f"{key} train.optimizer"))
+        _at(cfg, f"{where}.schedule.name", lambda: SCHEDULES.get(tcfg.schedule.name, key=f"{key} train.schedule.name"))
+        _at(cfg, f"{where}.augment", lambda: AUGMENTS.get(tcfg.augment, key=f"{key} train.augment"))
+        _at(cfg, f"{where}.loss", lambda: LossSchedule(tcfg, cfg.data.mode, len(cfg.data.classes)))
+        monitors = {"loss", cfg.metric, *MONITORS}
+        if tcfg.monitor is not None and tcfg.monitor not in monitors:
+            raise ConfigError(f"{cfg.origin(f'{where}.monitor')}: {key} train.monitor: {tcfg.monitor!r}; use score "
+                              f"(= {cfg.metric}), dice, iou or loss")
+
+
+def check_predict(cfg: Config) -> None:
+    _at(cfg, "predict.tta", lambda: TTA.get(cfg.predict.tta, key="predict.tta"))
+
+
+def check_ensemble(cfg: Config) -> None:
+    names: list[str] = []
+    for name in cfg.ensemble.methods:
+        if name.lower() == "all":
+            names += METHODS.names()
+            continue
+        _at(cfg, "ensemble.methods", lambda: METHODS.get(name, key="ensemble.methods"))
+        names.append(name.lower())
+    pick = cfg.ensemble.choose
+    if pick is not None:
+        allowed = names + [MODEL_PREFIX + m.name for m in cfg.models]
+        if (pick if pick.startswith(MODEL_PREFIX) else pick.lower()) not in allowed:
+            raise ConfigError(f"{cfg.origin('ensemble.choose')}: ensemble.choose: {pick!r} is neither in "
+                              f"ensemble.methods nor a model; choose one of {', '.join(allowed)}")
+    if cfg.ensemble.stack_params:
+        known = lightgbm_parameters()
+        for name in cfg.ensemble.stack_params:
+            if name not in known:
+                raise ConfigError(f"{cfg.origin('ensemble.stack_params')}: "
+                                  f"{_unknown('ensemble.stack_params', 'LightGBM parameter', name, known)}")
+
+
+def lightgbm_parameters() -> set[str]:
+    """Every parameter name and alias LightGBM's own library knows (LightGBM ignores others without a word)."""
+    from lightgbm.basic import _ConfigAliases  # here: importing LightGBM costs a second; only stacking needs it
+
+    names: set[str] = set()
+    for name, aliases in _ConfigAliases._get_all_param_aliases().items():
+        names.add(name)
+        names.update(aliases)
+    return names
+
+
+def check(cfg: Config) -> None:
+    """Every name of ``cfg`` (see the module docstring); a ConfigError naming file, key and the known names."""
+    _at(cfg, "metric", lambda: get_metric(cfg.metric, key="metric"))
+    check_models(cfg)
+    check_predict(cfg)
+    check_ensemble(cfg)
+
+
+__all__ = ["check", "lightgbm_parameters"]

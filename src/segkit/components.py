@@ -1,0 +1,53 @@
+"""Connected components of binary masks (8-connectivity) and their areas: what min-area rules, keep-largest,
+object-level metrics and the tuner's candidate scoring count on.
+
+OpenCV's labelling without its statistics plus one compiled counting loop is ~3x faster than
+connectedComponentsWithStats, whose bounding boxes and centroids nothing here needs.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True, nogil=True)
+def _label_areas(labels, n):  # pragma: no cover - compiled
+    areas = np.zeros(n, np.int64)
+    for v in labels.ravel():
+        areas[v] += 1
+    return areas
+
+
+@njit(cache=True, nogil=True)
+def _label_overlaps(labels, truth, n):  # pragma: no cover - compiled
+    """Pixels per label, and pixels per label inside ``truth``, in one pass without temporaries."""
+    areas = np.zeros(n, np.int64)
+    inters = np.zeros(n, np.int64)
+    flat = labels.ravel()
+    t = truth.ravel()
+    for i in range(flat.size):
+        areas[flat[i]] += 1
+        inters[flat[i]] += t[i]
+    return areas, inters
+
+
+def _labels(mask: np.ndarray) -> tuple[int, np.ndarray]:
+    return cv2.connectedComponents(np.ascontiguousarray(mask, dtype=np.uint8), connectivity=8, ltype=cv2.CV_32S)
+
+
+def components(mask: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+    """(n labels incl. background, label image int32, areas per label with areas[0] the background)."""
+    n, labels = _labels(mask)
+    return n, labels, _label_areas(labels, n)
+
+
+def components_in(mask: np.ndarray, truth: np.ndarray) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+    """``components`` plus, per label, how many of its pixels lie inside the (H, W) ``truth`` mask."""
+    n, labels = _labels(mask)
+    areas, inters = _label_overlaps(labels, np.ascontiguousarray(truth).view(np.uint8), n)
+    return n, labels, areas, inters
+
+
+__all__ = ["components", "components_in"]

@@ -1,0 +1,145 @@
+"""Whether a unit of work is already done: one rule for every stage.
+
+Each stage splits its work into units — a model's fold, a model's test store, one fold's OOF re-prediction, the
+ensemble, a pseudo-label round, the tuning, the submission, the report — and each unit declares
+
+- its **outputs**: the files it writes, among them its completion marker (the file written last; the last output
+  unless it names another, such as the manifest of a store that several units fill);
+- its **inputs**: a JSON-able mapping of everything that decides those outputs: the config values the unit reads
+  and, for every artifact it reads, ``fingerprint(marker)`` (path, modification time and size of that artifact's
+  completion marker, so an input made again changes the mapping).
+
+Its **stamp** records the inputs and their digest. A unit is *fresh* when every output exists and its stamp's
+digest is the digest of the inputs computed now; reruns skip fresh units and print one line saying so.
+Otherwise it is
+
+- *missing*: an output is absent (never made, killed before its marker, or deleted) — the unit runs;
+- *stale*: the outputs were made from other inputs (``Unit.changes`` says which) — derived outputs are made
+  again; a finished training fold is never overwritten silently (``segkit.train`` stops and names the change);
+- *unstamped*: the outputs exist but no stamp does (made by an older segkit, or by hand) — derived outputs are
+  made again; a training fold is kept, since nothing says it is wrong and retraining costs hours.
+
+``Unit.begin`` removes the completion marker and writes the stamp; from then until the marker is written again
+the unit is incomplete, and whatever it writes is made from the stamped inputs. A stage calls it before its first
+output when partial work may be resumed (a store filled image by image, a fold trained epoch by epoch: what is
+already there was made from the same inputs if the stamp still matches, ``Unit.resumable``), and otherwise just
+before writing the marker, so that a failure on the way leaves the earlier outputs as they were. A kill at any
+moment leaves the unit missing or stale, never fresh with mixed outputs. A unit without a stamp path (the fold
+file, which is committed and reused as long as it exists) is fresh when its outputs exist.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+from segkit import atomic
+
+FRESH, MISSING, STALE, UNSTAMPED = "fresh", "missing", "stale", "unstamped"
+
+
+def fingerprint(path: str | Path) -> Optional[list]:
+    """An input artifact's fingerprint: [path, mtime_ns, size] of its completion marker, None if it is absent."""
+    path = Path(path)
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return [str(path), st.st_mtime_ns, st.st_size]
+
+
+def fingerprints(paths: Iterable[str | Path]) -> list:
+    return [fingerprint(p) for p in paths]
+
+
+def canonical(obj: Any) -> Any:
+    """``obj`` as plain JSON values (tuples become lists, paths strings), so a record compares equal to itself
+    after a round trip through a stamp file."""
+    return json.loads(json.dumps(obj, sort_keys=True, default=str))
+
+
+def digest(obj: Any) -> str:
+    return hashlib.sha1(json.dumps(canonical(obj), sort_keys=True).encode()).hexdigest()
+
+
+def differences(saved: Any, current: Any, prefix: str = "", ignore: frozenset[str] = frozenset()) -> list[str]:
+    """``key: old -> new`` for every leaf that differs between two records (keys in ``ignore`` skipped)."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        out = []
+        for key in sorted(set(saved) | set(current)):
+            if key in ignore:
+                continue
+            out += differences(saved.get(key), current.get(key), f"{prefix}{key}.", ignore)
+        return out
+    return [] if saved == current else [f"{prefix[:-1] or 'value'}: {saved!r} -> {current!r}"]
+
+
+@dataclass
+class Unit:
+    """One unit of a stage's work (see the module docstring)."""
+
+    what: str  # how messages name it, e.g. "models[unet] fold 0"
+    stamp: Optional[Path]
+    outputs: Sequence[Path]
+    inputs: Mapping[str, Any] = field(default_factory=dict)
+    marker: Optional[Path] = None  # the completion marker; default: the last output
+
+    def __post_init__(self):
+        self.inputs = canonical(dict(self.inputs))
+
+    @property
+    def digest(self) -> str:
+        return digest(self.inputs)
+
+    def saved(self) -> Optional[dict]:
+        """The stamp on disk, or None (absent or unreadable: either way nothing vouches for the outputs)."""
+        if self.stamp is None or not Path(self.stamp).exists():
+            return None
+        try:
+            record = json.loads(Path(self.stamp).read_text())
+        except (OSError, ValueError):
+            return None
+        return record if isinstance(record, dict) else None
+
+    def status(self) -> str:
+        if not all(Path(p).exists() for p in self.outputs):
+            return MISSING
+        if self.stamp is None:
+            return FRESH
+        record = self.saved()
+        if record is None:
+            return UNSTAMPED
+        return FRESH if record.get("digest") == self.digest else STALE
+
+    def fresh(self) -> bool:
+        return self.status() == FRESH
+
+    def changes(self, ignore: Iterable[str] = ()) -> list[str]:
+        """What differs between the stamp's inputs and today's (empty without a stamp)."""
+        record = self.saved() or {}
+        return differences(record.get("inputs", {}), self.inputs, ignore=frozenset(ignore))
+
+    def resumable(self) -> bool:
+        """Whether partial outputs on disk were made from today's inputs (the stamp matches), so work may go on
+        from them instead of starting afresh."""
+        record = self.saved()
+        return record is not None and record.get("digest") == self.digest
+
+    def begin(self) -> None:
+        """Mark the unit incomplete (remove its completion marker) and stamp it with today's inputs."""
+        marker = self.marker if self.marker is not None else (self.outputs[-1] if self.outputs else None)
+        if marker is not None and Path(marker).is_file():
+            Path(marker).unlink()
+        if self.stamp is not None:
+            atomic.write_json(self.stamp, {"what": self.what, "digest": self.digest, "inputs": self.inputs})
+
+    def kept(self, detail: str = "") -> str:
+        """The line a stage prints when it skips this unit."""
+        return f"{self.what}: up to date and complete; keeping it{f' ({detail})' if detail else ''}"
+
+
+__all__ = ["FRESH", "MISSING", "STALE", "UNSTAMPED", "Unit", "canonical", "differences", "digest", "fingerprint",
+           "fingerprints"]

@@ -1,0 +1,338 @@
+"""Where every artifact of an experiment lives. Stages ask this module for paths and never spell one themselves
+(a test scans the package for hand-made ones), so a change of layout is a change here and nowhere else.
+
+::
+
+    runs/<experiment>/
+      data_check.json            check: what the data check saw
+      <model>/fold<k>/           train: last.pt, best.pt, snapshot<c>.pt, metrics.csv, summary.json, oof/, stamp.json
+      <model>/test/              predict: the model's test probabilities (every fold, TTA), stamp.json
+      <model>/oof_tta/           predict (predict.repredict_oof): each fold's validation images re-predicted by that
+                                 fold's checkpoints with TTA; fold<k>.stamp.json per fold
+      ensemble/                  ensemble: oof/, test/, cv.csv, choice.json, stamp.json
+      pseudo/round<r>/           pseudo: round r's labels (a probability store of 0/255 masks), selection.csv, stamp.json
+      <model>_pl<r>/             the models of pseudo round r, laid out like <model>/
+      ensemble_pl<r>/            the ensemble of pseudo round r, laid out like ensemble/
+      tune.json, tune/           tune: the chosen post-processing; tune/ holds oof_scores.csv, plots, stamp.json
+      holdout_truth.csv          submit, with data.holdout_fraction: the held-out images' truth as a solution file
+      report/                    report: report.md, plots, stamp.json
+      quality/                   ablate: baseline/ and loss/ (experiments of their own), tiles/<model>/,
+                                 quality.json, quality.md
+      stamps/                    the stamps of the units whose outputs have no folder of their own (check, submit)
+    folds/<competition>.csv      folds (committed with the code: part of reproducibility)
+    submissions/<experiment>.csv submit
+
+A *stamp* (``stamp.json``) is written after the outputs of a unit of work and records what decided them
+(``segkit.freshness``). Probability stores have their own inner layout (``<id>.npy`` + ``manifest.json``,
+``segkit.probs``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+STAMP = "stamp.json"
+ROUND_SUFFIX = "_pl"  # <model>_pl<r>, ensemble_pl<r>: the models and ensemble of pseudo round r
+_SNAPSHOT = re.compile(r"^snapshot(\d+)\.pt$")
+_FOLD = re.compile(r"^fold(\d+)$")
+
+
+@dataclass(frozen=True)
+class FoldPaths:
+    """One model's fold: its checkpoints, training log, summary and OOF store."""
+
+    dir: Path
+
+    @property
+    def last(self) -> Path:
+        return self.dir / "last.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.dir / "best.pt"
+
+    def checkpoint(self, which: str) -> Path:
+        """``best`` or ``last`` (``predict.checkpoint``)."""
+        return self.dir / f"{which}.pt"
+
+    def snapshot(self, cycle: int) -> Path:
+        return self.dir / f"snapshot{cycle}.pt"
+
+    def snapshots(self) -> list[Path]:
+        """The cycle snapshots on disk, in cycle order."""
+        if not self.dir.is_dir():
+            return []
+        found = [(int(m.group(1)), p) for p in self.dir.iterdir() if (m := _SNAPSHOT.match(p.name))]
+        return [p for _, p in sorted(found)]
+
+    @property
+    def oof(self) -> Path:
+        return self.dir / "oof"
+
+    @property
+    def metrics(self) -> Path:
+        return self.dir / "metrics.csv"
+
+    @property
+    def summary(self) -> Path:
+        return self.dir / "summary.json"
+
+    @property
+    def stamp(self) -> Path:
+        return self.dir / STAMP
+
+
+@dataclass(frozen=True)
+class ModelPaths:
+    """One model: its folds and the stores predicted from all of them."""
+
+    dir: Path
+
+    def fold(self, k: int) -> FoldPaths:
+        return FoldPaths(self.dir / f"fold{k}")
+
+    def folds(self) -> list[tuple[int, FoldPaths]]:
+        """The fold folders on disk, by fold number."""
+        if not self.dir.is_dir():
+            return []
+        found = [(int(m.group(1)), p) for p in self.dir.iterdir() if p.is_dir() and (m := _FOLD.match(p.name))]
+        return [(k, FoldPaths(p)) for k, p in sorted(found)]
+
+    @property
+    def test(self) -> Path:
+        return self.dir / "test"
+
+    @property
+    def test_stamp(self) -> Path:
+        return self.test / STAMP
+
+    @property
+    def oof_tta(self) -> Path:
+        return self.dir / "oof_tta"
+
+    def oof_tta_stamp(self, k: int, store: Path | None = None) -> Path:
+        """The stamp of fold k's part of an OOF re-prediction store (this model's ``oof_tta`` unless given)."""
+        return part_stamp(store or self.oof_tta, k)
+
+
+def part_stamp(store: Path, k: int) -> Path:
+    """The stamp of fold k's images in a store that several folds fill (a re-predicted OOF store)."""
+    return Path(store) / f"fold{k}.{STAMP}"
+
+
+@dataclass(frozen=True)
+class EnsemblePaths:
+    dir: Path
+
+    @property
+    def oof(self) -> Path:
+        return self.dir / "oof"
+
+    @property
+    def test(self) -> Path:
+        return self.dir / "test"
+
+    @property
+    def cv(self) -> Path:
+        return self.dir / "cv.csv"
+
+    @property
+    def choice(self) -> Path:
+        return self.dir / "choice.json"
+
+    @property
+    def stamp(self) -> Path:
+        return self.dir / STAMP
+
+
+@dataclass(frozen=True)
+class PseudoPaths:
+    """One pseudo-labelling round: the label store itself is the round's folder."""
+
+    dir: Path
+
+    @property
+    def labels(self) -> Path:
+        return self.dir
+
+    @property
+    def selection(self) -> Path:
+        return self.dir / "selection.csv"
+
+    @property
+    def stamp(self) -> Path:
+        return self.dir / STAMP
+
+
+@dataclass(frozen=True)
+class TunePaths:
+    json: Path
+    dir: Path
+
+    @property
+    def scores(self) -> Path:
+        return self.dir / "oof_scores.csv"
+
+    def plot(self, search: str, cls: str) -> Path:
+        return self.dir / f"{search}_{safe_name(cls)}.png"
+
+    @property
+    def stamp(self) -> Path:
+        return self.dir / STAMP
+
+
+@dataclass(frozen=True)
+class ReportPaths:
+    dir: Path
+
+    @property
+    def markdown(self) -> Path:
+        return self.dir / "report.md"
+
+    def plot(self, name: str) -> Path:
+        return self.dir / f"{safe_name(name)}.png"
+
+    @property
+    def stamp(self) -> Path:
+        return self.dir / STAMP
+
+
+@dataclass(frozen=True)
+class QualityPaths:
+    """The ablation (``segkit ablate``): its extra experiments live under ``runs`` (they are experiments with a
+    layout of their own), the tiled re-prediction under ``tiles/<model>``."""
+
+    dir: Path
+
+    @property
+    def runs(self) -> Path:
+        return self.dir
+
+    def tiles(self, model: str) -> Path:
+        return self.dir / "tiles" / model
+
+    @property
+    def json(self) -> Path:
+        return self.dir / "quality.json"
+
+    @property
+    def markdown(self) -> Path:
+        return self.dir / "quality.md"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Every path of one experiment. ``round`` is the pseudo-labelling round the config trains in
+    (``pseudo.round``), ``final_round`` the last round the experiment goes to (``pseudo.rounds``): tuning and
+    submission read the final round's ensemble."""
+
+    runs: Path
+    experiment: str
+    folds_file: Path
+    submissions: Path
+    round: int = 0
+    final_round: int = 0
+
+    @classmethod
+    def of(cls, cfg) -> "Layout":
+        """The layout of a ``segkit.config.Config``."""
+        folds_file = Path(cfg.folds.file) if cfg.folds.file else Path(cfg.paths.folds) / f"{cfg.competition}.csv"
+        return cls(Path(cfg.paths.runs), cfg.experiment, folds_file, Path(cfg.paths.submissions),
+                   round=cfg.pseudo.round, final_round=max(cfg.pseudo.rounds, cfg.pseudo.round))
+
+    # ------------------------------------------------------------------------------------------------- the run
+
+    @property
+    def run_dir(self) -> Path:
+        return self.runs / self.experiment
+
+    @property
+    def data_check(self) -> Path:
+        return self.run_dir / "data_check.json"
+
+    def stamp(self, unit: str) -> Path:
+        """The stamp of a unit whose outputs have no folder of their own (``check``, ``submit``)."""
+        return self.run_dir / "stamps" / f"{safe_name(unit)}.json"
+
+    @property
+    def submission(self) -> Path:
+        return self.submissions / f"{self.experiment}.csv"
+
+    @property
+    def holdout_truth(self) -> Path:
+        return self.run_dir / "holdout_truth.csv"
+
+    def tmp_roots(self) -> list[Path]:
+        """The folders that hold this experiment's files, where leftovers of killed writes may lie."""
+        return [self.run_dir, self.folds_file.parent, self.submissions]
+
+    # ----------------------------------------------------------------------------------------------- models
+
+    def model(self, name: str) -> ModelPaths:
+        return ModelPaths(self.run_dir / check_name(name, "model"))
+
+    def fold(self, model: str, k: int) -> FoldPaths:
+        return self.model(model).fold(k)
+
+    # -------------------------------------------------------------------------------------- ensemble, rounds
+
+    def ensemble_of(self, round: int) -> EnsemblePaths:
+        """The ensemble of pseudo round ``round`` (0: the models without pseudo labels)."""
+        return EnsemblePaths(self.run_dir / ("ensemble" if round == 0 else f"ensemble{ROUND_SUFFIX}{round}"))
+
+    @property
+    def ensemble(self) -> EnsemblePaths:
+        """The ensemble of this config's round."""
+        return self.ensemble_of(self.round)
+
+    @property
+    def final_ensemble(self) -> EnsemblePaths:
+        """The ensemble that tuning, submission and the report use: that of the experiment's last round."""
+        return self.ensemble_of(self.final_round)
+
+    def pseudo(self, round: int) -> PseudoPaths:
+        return PseudoPaths(self.run_dir / "pseudo" / f"round{round}")
+
+    # ------------------------------------------------------------------------------------ tune, report, ablate
+
+    @property
+    def tune(self) -> TunePaths:
+        return TunePaths(self.run_dir / "tune.json", self.run_dir / "tune")
+
+    @property
+    def report(self) -> ReportPaths:
+        return ReportPaths(self.run_dir / "report")
+
+    @property
+    def quality(self) -> QualityPaths:
+        return QualityPaths(self.run_dir / "quality")
+
+
+def round_name(name: str, round: int) -> str:
+    """``<name>_pl<r>``: a model's name in pseudo round r (the round suffix of an earlier round is replaced)."""
+    root, sep, tail = name.rpartition(ROUND_SUFFIX)
+    base = root if sep and tail.isdigit() else name
+    return f"{base}{ROUND_SUFFIX}{round}"
+
+
+def safe_name(name: str) -> str:
+    """A name made safe as one file name (class names of plots, unit names of stamps)."""
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(name)).lstrip(".") or "_"
+
+
+def check_name(name: str, what: str) -> str:
+    """A config-given name that becomes a folder: one plain path component, never a way out of the run."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name or name.startswith("."):
+        raise ValueError(f"{what} name {name!r} cannot name a folder")
+    return name
+
+
+def pattern() -> Layout:
+    """The layout with placeholders for names, as the README and ``--help`` show it."""
+    return Layout(Path("runs"), "<experiment>", Path("folds") / "<competition>.csv", Path("submissions"))
+
+
+__all__ = ["EnsemblePaths", "FoldPaths", "Layout", "ModelPaths", "PseudoPaths", "QualityPaths", "ReportPaths",
+           "STAMP", "TunePaths", "check_name", "part_stamp", "pattern", "round_name", "safe_name"]

@@ -1,0 +1,101 @@
+"""The pipeline's stages, in order, as one registry: the command line (``segkit <stage>``) and ``segkit run`` are
+both built from it, so the two can never disagree on what the stages are, what they take or in which order they run.
+
+Each stage declares what it reads and what it writes, by the names of ``ARTIFACTS`` (every one a place of
+``segkit.layout``), and how far it can be narrowed:
+
+- ``data``: experiment-wide preparation that any slice of the work needs (check, folds);
+- ``fold``: works per model x fold, so it takes ``--model`` and ``--fold`` (train, predict);
+- ``all``: needs every fold of every model (ensemble and everything after it); ``segkit run --model/--fold``
+  stops before the first of these.
+
+What decides a stage's outputs (the fingerprint of its inputs) is declared by the stage's own units of work
+(``segkit.freshness``); this table is what the stages *are*. Stage modules are named here as strings and imported
+only when their command runs, so ``segkit --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+from segkit.layout import Layout
+
+Scope = Literal["data", "fold", "all"]
+
+# Every artifact a stage may read or write, as a place of the layout (the competition's own files excepted).
+ARTIFACTS: dict[str, Callable[[Layout], object]] = {
+    "competition": lambda L: "the competition's files (data.*)",
+    "data_check": lambda L: L.data_check,
+    "folds": lambda L: L.folds_file,
+    "fold": lambda L: L.fold("<model>", "<k>").dir,
+    "model_test": lambda L: L.model("<model>").test,
+    "model_oof_tta": lambda L: L.model("<model>").oof_tta,
+    "pseudo_labels": lambda L: L.pseudo("<r>").dir,
+    "ensemble": lambda L: L.ensemble.dir,
+    "round_ensemble": lambda L: L.ensemble_of("<r>").dir,
+    "tune": lambda L: L.tune.json,
+    "submission": lambda L: L.submission,
+    "holdout_truth": lambda L: L.holdout_truth,
+    "report": lambda L: L.report.dir,
+}
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    target: str  # "module:function", called as function(cfg, **options)
+    help: str
+    reads: tuple[str, ...]
+    writes: tuple[str, ...]
+    scope: Scope
+
+    @property
+    def narrows(self) -> bool:
+        """Whether the stage takes --model / --fold."""
+        return self.scope == "fold"
+
+    def describe(self, layout: Layout) -> tuple[list[str], list[str]]:
+        """(reads, writes) as paths of ``layout``."""
+        return ([str(ARTIFACTS[a](layout)) for a in self.reads], [str(ARTIFACTS[a](layout)) for a in self.writes])
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("check", "segkit.check:run", "read every image and mask once; stop at the first bad file",
+          reads=("competition",), writes=("data_check",), scope="data"),
+    Stage("folds", "segkit.folds:run", "build folds/<competition>.csv",
+          reads=("competition",), writes=("folds",), scope="data"),
+    Stage("train", "segkit.train:run", "train models x folds (all unless narrowed)",
+          reads=("competition", "folds", "pseudo_labels"), writes=("fold",), scope="fold"),
+    Stage("predict", "segkit.predict:run", "predict test images with TTA, per model (and re-predict the OOF)",
+          reads=("competition", "folds", "fold"), writes=("model_test", "model_oof_tta"), scope="fold"),
+    Stage("ensemble", "segkit.ensemble:run", "ensemble OOF and test probabilities",
+          reads=("competition", "folds", "fold", "model_test", "model_oof_tta"), writes=("ensemble",),
+          scope="all"),
+    # Rounds of pseudo-labelling run the train, predict and ensemble stages again on each round's config, so this
+    # entry is the pipeline's (segkit.pipeline.pseudo_rounds), the selection itself the pseudo module's.
+    Stage("pseudo", "segkit.pipeline:pseudo_rounds",
+          "select confident test images as pseudo labels (and go through pseudo.rounds rounds)",
+          reads=("ensemble",), writes=("pseudo_labels", "fold", "model_test", "model_oof_tta", "round_ensemble"),
+          scope="all"),
+    Stage("tune", "segkit.tune:run", "choose thresholds, min areas, clean-up on OOF",
+          reads=("competition", "folds", "fold", "ensemble", "round_ensemble"), writes=("tune",), scope="all"),
+    Stage("submit", "segkit.submit:run", "write and validate submissions/<experiment>.csv",
+          reads=("competition", "ensemble", "round_ensemble", "tune"), writes=("submission", "holdout_truth"),
+          scope="all"),
+    Stage("report", "segkit.report:run", "write runs/<experiment>/report/",
+          reads=("competition", "fold", "ensemble", "round_ensemble", "tune", "submission"), writes=("report",),
+          scope="all"),
+)
+
+BY_NAME: dict[str, Stage] = {s.name: s for s in STAGES}
+
+
+def load(stage: Stage) -> Callable:
+    """The stage's function (importing its module now: each command imports only what it runs)."""
+    module, _, func = stage.target.partition(":")
+    return getattr(importlib.import_module(module), func)
+
+
+__all__ = ["ARTIFACTS", "BY_NAME", "STAGES", "Scope", "Stage", "load"]
