@@ -39,7 +39,7 @@ def patch_torchvision() -> str:
     extension = _torchvision_extension()
     if extension is None:
         return "absent"
-    import torch
+    import torch  # here: only when torch is installed at all (checked just above)
 
     try:
         torch.ops.load_library(str(extension))

@@ -87,7 +87,7 @@ def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
 
 
 def save_torch(path: str | os.PathLike, obj: Any) -> None:
-    import torch
+    import torch  # here: every stage writes through this module; only training pays torch's import for it
 
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)

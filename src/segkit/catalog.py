@@ -3,7 +3,8 @@ a typo in the third model's loss, a misspelt TTA or a LightGBM parameter LightGB
 surface after the first two models have trained for hours.
 
 Checked: each model's architecture (smp's own mapping, ``segkit.models.ARCHS``), encoder (smp's encoders, or
-``tu-<timm model>``), constructor ``params`` (against the smp class's signature), and its train section's
+``tu-<timm model>``), constructor ``params`` (against the smp class's signature, and by building the network on
+the meta device, which costs no memory), and its train section's
 optimizer, schedule, augmentation, losses and monitor; ``predict.tta``; ``ensemble.methods`` and
 ``ensemble.choose``; ``ensemble.stack_params`` (against LightGBM's own parameter list and aliases); ``metric``.
 Each error names the file (or the command line) that set the key, the key and the known names.
@@ -16,13 +17,15 @@ from __future__ import annotations
 import inspect
 from typing import Callable
 
+import torch
+
 from segkit.config import Config
 from segkit.data.augment import AUGMENTS
 from segkit.ensemble import METHODS, MODEL_PREFIX
 from segkit.errors import ConfigError
 from segkit.losses import LossSchedule
 from segkit.metrics import get_metric
-from segkit.models import ARCHS, RESERVED_PARAMS, encoder_names, is_encoder
+from segkit.models import ARCHS, RESERVED_PARAMS, TIMM_PREFIX, build_model, encoder_names, is_encoder
 from segkit.optim import OPTIMIZERS, SCHEDULES
 from segkit.train.fold import MONITORS
 from segkit.tta import TTA
@@ -48,13 +51,21 @@ def check_models(cfg: Config) -> None:
         if not is_encoder(m.encoder):
             raise ConfigError(f"{cfg.origin(f'models.{i}.encoder')}: {key}.encoder: unknown encoder {m.encoder!r}; "
                               f"use one of smp's ({', '.join(encoder_names()[:12])}, ...) or tu-<timm model>")
-        accepted = inspect.signature(ARCHS.get(m.arch).cls.__init__).parameters
-        takes_any = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
-        bad = [p for p in m.params if p not in accepted and p not in RESERVED_PARAMS and not takes_any]
+        arch = ARCHS.get(m.arch)
+        accepted = [name for name, p in inspect.signature(arch.cls.__init__).parameters.items()
+                    if name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+        # smp passes the names it does not take on to the encoder: timm refuses a wrong one when the model is built
+        # (below), smp's own encoders drop it without a word, so for them a name smp does not take is a typo.
+        bad = [p for p in m.params if p not in accepted and not m.encoder.startswith(TIMM_PREFIX)]
         if bad:
-            known = [p for p in accepted if p not in ("self", *RESERVED_PARAMS)]
-            raise ConfigError(f"{cfg.origin(f'models.{i}.params')}: {key}.params: {ARCHS.get(m.arch).name} takes no "
-                              f"{bad[0]!r}; it takes {', '.join(known)}")
+            known = [p for p in accepted if p not in RESERVED_PARAMS]
+            raise ConfigError(f"{cfg.origin(f'models.{i}.params')}: {key}.params: {arch.name} takes no {bad[0]!r} "
+                              f"(smp would ignore it); it takes {', '.join(known)}")
+        # Built on the meta device (no memory, no weights, a tenth of a second): every constructor error, such as
+        # decoder channels that do not fit the depth or a timm argument that does not exist, surfaces now.
+        with torch.device("meta"):
+            _at(cfg, f"models.{i}", lambda: build_model(m, cfg.data.channels, cfg.data.mode, len(cfg.data.classes),
+                                                        pretrained=False))
         tcfg = cfg.train_for(m)
         where = f"models.{i}.train" if m.train else "train"
         _at(cfg, f"{where}.optimizer", lambda: OPTIMIZERS.get(tcfg.optimizer, key=f"{key} train.optimizer"))

@@ -17,8 +17,10 @@ import torch
 from torch import nn
 
 from segkit import atomic
+from segkit.config.schema import ModelConfig
 from segkit.errors import SegkitError
 from segkit.freshness import differences
+from segkit.models import build_model
 
 FORMAT = "segkit-checkpoint"
 VERSION = 1
@@ -68,9 +70,6 @@ def load(path: Path) -> dict:
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     """Rebuild the network of a checkpoint (no pretrained download: every weight comes from the file) and load its
     weights. Returns (model in eval mode on ``device``, the checkpoint's metadata without the weights)."""
-    from segkit.config.schema import ModelConfig
-    from segkit.models import build_model
-
     path = Path(path)
     ckpt = load(path)
     model_cfg = ModelConfig.model_validate(ckpt["model_cfg"])

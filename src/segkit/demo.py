@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from segkit import atomic
+from segkit import atomic, rle
 
 DEFAULTS = dict(n_train=240, n_test=80, size=96, classes=1, seed=0)
 EMPTY_SHARE = 1 / 3
@@ -83,8 +83,6 @@ def _sample(rng: np.random.Generator, size: int, classes: int) -> tuple[np.ndarr
 
 
 def _rle_rows(image_id: str, labels: np.ndarray, classes: int) -> list[tuple[str, str]]:
-    from segkit import rle
-
     if classes == 1:
         return [(image_id, rle.encode(labels > 0))]
     return [(f"{image_id}_{k}", rle.encode(labels == k)) for k in range(1, classes + 1)]

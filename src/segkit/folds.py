@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 from sklearn.model_selection import KFold, StratifiedGroupKFold, StratifiedKFold
 
 from segkit import atomic
@@ -43,8 +44,6 @@ def _split(strata: np.ndarray, groups: list[str] | None, presence: np.ndarray | 
     if groups is not None:
         return StratifiedGroupKFold(**split).split(np.zeros(n), strata, groups)
     if presence is not None:
-        from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
-
         return MultilabelStratifiedKFold(**split).split(np.zeros(n), presence)
     counts = np.bincount(strata)
     if counts[counts > 0].min() < n_splits:

@@ -82,7 +82,7 @@ def _smp_mode(mode: str, num_classes: int) -> str:
 
 def _region_loss(cls_name: str) -> Builder:
     def build(mode: str, num_classes: int, class_weights=None, **params) -> nn.Module:
-        import segmentation_models_pytorch as smp
+        import segmentation_models_pytorch as smp  # here: smp imports timm and torchvision, seconds
 
         smp_mode = _smp_mode(mode, num_classes)
         if smp_mode != "binary":
@@ -99,7 +99,7 @@ LOSSES.register("tversky")(_region_loss("TverskyLoss"))
 
 @LOSSES.register("focal")
 def _focal(mode: str, num_classes: int, class_weights=None, **params) -> nn.Module:
-    import segmentation_models_pytorch as smp
+    import segmentation_models_pytorch as smp  # here: smp imports timm and torchvision, seconds
 
     smp_mode = _smp_mode(mode, num_classes)
     if smp_mode != "binary":
@@ -110,7 +110,7 @@ def _focal(mode: str, num_classes: int, class_weights=None, **params) -> nn.Modu
 class _BCE(nn.Module):
     def __init__(self, num_classes: int, class_weights=None, pos_weight=None, smooth_factor: Optional[float] = None):
         super().__init__()
-        import segmentation_models_pytorch as smp
+        import segmentation_models_pytorch as smp  # here: smp imports timm and torchvision, seconds
 
         def per_channel(v):
             if v is None:
@@ -234,7 +234,7 @@ class _LovaszHinge(nn.Module):
 @LOSSES.register("lovasz")
 def _lovasz(mode: str, num_classes: int, class_weights=None, per_image: bool = False, symmetric: bool = False,
             hinge: str = "relu") -> nn.Module:
-    import segmentation_models_pytorch as smp
+    import segmentation_models_pytorch as smp  # here: smp imports timm and torchvision, seconds
 
     if hinge not in ("relu", "elu"):  # one check for both modes (build_loss names the key)
         raise ValueError(f"hinge must be 'relu' or 'elu', got {hinge!r}")
@@ -250,7 +250,7 @@ def signed_distance(mask: np.ndarray) -> np.ndarray:
     """Signed Euclidean distance to the boundary of each (N, K) 2-D mask, in units of the image diagonal:
     negative inside the object, positive outside (Kervadec et al.). An empty mask is +1 everywhere (any predicted
     pixel is maximally wrong), a full mask -1."""
-    from scipy.ndimage import distance_transform_edt
+    from scipy.ndimage import distance_transform_edt  # here: only the boundary loss needs scipy
 
     out = np.empty(mask.shape, dtype=np.float32)
     h, w = mask.shape[-2:]

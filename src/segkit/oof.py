@@ -28,7 +28,7 @@ class StoreUnion:
     held by two stores is read from the first."""
 
     def __init__(self, folders: Sequence[Path], ids: Sequence[str]):
-        self.folder = Path(folders[0]) if folders else Path(".")
+        self.folder = Path(folders[0]) if folders else Path()
         self.folders = [Path(f) for f in folders]
         self.stores = [ProbStore(f) for f in self.folders]
         self.where: dict[str, ProbStore] = {}

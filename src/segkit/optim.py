@@ -28,6 +28,7 @@ from torch import nn
 
 from segkit.config.schema import ScheduleConfig, TrainConfig
 from segkit.errors import ConfigError
+from segkit.models import encoder_parameters
 from segkit.registry import Registry
 
 OPTIMIZERS: Registry[Callable[[list[dict], TrainConfig], torch.optim.Optimizer]] = Registry("optimizer")
@@ -51,8 +52,6 @@ def _radam(groups: list[dict], cfg: TrainConfig) -> torch.optim.Optimizer:
 
 def param_groups(model: nn.Module, lr: float, encoder_lr: Optional[float], weight_decay: float) -> list[dict]:
     """Up to four groups: (encoder | rest) x (decayed | not decayed). Each remembers its name and base lr."""
-    from segkit.models import encoder_parameters
-
     in_encoder = encoder_parameters(model)
     buckets: dict[tuple[str, bool], list[nn.Parameter]] = {}
     for p in model.parameters():

@@ -38,13 +38,13 @@ def run(cfg: Config, model: Optional[str] = None, fold: Optional[int] = None) ->
     # Every stage is imported up front: a broken import fails now, not after an hour of training.
     functions = {stage.name: load(stage) for stage in STAGES}
     narrowed = model is not None or fold is not None
-    for stage in STAGES:
-        if stage.name == "pseudo" and cfg.pseudo.rounds == 0:
-            continue
+    # pseudo-labelling is a stage of `segkit run` only when the config asks for rounds
+    stages = [s for s in STAGES if s.name != "pseudo" or cfg.pseudo.rounds > 0]
+    for i, stage in enumerate(stages):
         if narrowed and stage.scope == "all":
             slice_scores(cfg, model, fold)
-            print(f"== {', '.join(s.name for s in STAGES[STAGES.index(stage):])}: not run; they need every fold of "
-                  f"every model, and this run was narrowed to {_slice(model, fold)}")
+            print(f"== {', '.join(s.name for s in stages[i:])}: not run; they need every fold of every model, and "
+                  f"this run was narrowed to {_slice(model, fold)}")
             return 0
         print(f"== {stage.name}")
         start = time.perf_counter()

@@ -41,7 +41,7 @@ def _plt():
     import matplotlib  # here, not at the top: pyplot costs 0.5 s, and a report with nothing to plot needs none
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after the backend is chosen
 
     return plt
 

@@ -20,25 +20,26 @@ import importlib
 from dataclasses import dataclass
 from typing import Callable, Literal
 
-from segkit.layout import Layout
+from segkit.layout import Layout, pattern
 
 Scope = Literal["data", "fold", "all"]
 
-# Every artifact a stage may read or write, as a place of the layout (the competition's own files excepted).
-ARTIFACTS: dict[str, Callable[[Layout], object]] = {
-    "competition": lambda L: "the competition's files (data.*)",
-    "data_check": lambda L: L.data_check,
-    "folds": lambda L: L.folds_file,
-    "fold": lambda L: L.fold("<model>", "<k>").dir,
-    "model_test": lambda L: L.model("<model>").test,
-    "model_oof_tta": lambda L: L.model("<model>").oof_tta,
-    "pseudo_labels": lambda L: L.pseudo("<r>").dir,
-    "ensemble": lambda L: L.ensemble.dir,
-    "round_ensemble": lambda L: L.ensemble_of("<r>").dir,
-    "tune": lambda L: L.tune.json,
-    "submission": lambda L: L.submission,
-    "holdout_truth": lambda L: L.holdout_truth,
-    "report": lambda L: L.report.dir,
+# Every artifact a stage may read or write, as places of the layout (folders end in "/"); the competition's own
+# files are the config's (data.*).
+ARTIFACTS: dict[str, Callable[[Layout], tuple[str, ...]]] = {
+    "competition": lambda L: ("competition files",),
+    "data_check": lambda L: (f"{L.data_check}",),
+    "folds": lambda L: (f"{L.folds_file}",),
+    "fold": lambda L: (f"{L.fold('<model>', '<k>').dir}/",),
+    "model_test": lambda L: (f"{L.model('<model>').test}/",),
+    "model_oof_tta": lambda L: (f"{L.model('<model>').oof_tta}/",),
+    "pseudo_labels": lambda L: (f"{L.pseudo('<r>').dir}/",),
+    "ensemble": lambda L: (f"{L.ensemble.dir}/",),
+    "round_ensemble": lambda L: (f"{L.ensemble_of('<r>').dir}/",),
+    "tune": lambda L: (f"{L.tune.json}", f"{L.tune.dir}/"),
+    "submission": lambda L: (f"{L.submission}",),
+    "holdout_truth": lambda L: (f"{L.holdout_truth}",),
+    "report": lambda L: (f"{L.report.dir}/",),
 }
 
 
@@ -58,7 +59,8 @@ class Stage:
 
     def describe(self, layout: Layout) -> tuple[list[str], list[str]]:
         """(reads, writes) as paths of ``layout``."""
-        return ([str(ARTIFACTS[a](layout)) for a in self.reads], [str(ARTIFACTS[a](layout)) for a in self.writes])
+        return ([p for a in self.reads for p in ARTIFACTS[a](layout)],
+                [p for a in self.writes for p in ARTIFACTS[a](layout)])
 
 
 STAGES: tuple[Stage, ...] = (
@@ -92,10 +94,25 @@ STAGES: tuple[Stage, ...] = (
 BY_NAME: dict[str, Stage] = {s.name: s for s in STAGES}
 
 
+def markdown_table() -> str:
+    """The stages as the README's pipeline table shows them (a test keeps the two equal)."""
+    layout = pattern()
+
+    def cell(paths: list[str]) -> str:
+        return ", ".join(p if " " in p else f"`{p}`" for p in paths)
+
+    rows = ["| stage | command | reads | writes |", "|---|---|---|---|"]
+    for stage in STAGES:
+        reads, writes = stage.describe(layout)
+        narrow = " [--model M] [--fold K]" if stage.narrows else ""
+        rows.append(f"| {stage.name} | `segkit {stage.name} --config CFG{narrow}` | {cell(reads)} | {cell(writes)} |")
+    return "\n".join(rows) + "\n"
+
+
 def load(stage: Stage) -> Callable:
     """The stage's function (importing its module now: each command imports only what it runs)."""
     module, _, func = stage.target.partition(":")
     return getattr(importlib.import_module(module), func)
 
 
-__all__ = ["ARTIFACTS", "BY_NAME", "STAGES", "Scope", "Stage", "load"]
+__all__ = ["ARTIFACTS", "BY_NAME", "STAGES", "Scope", "Stage", "load", "markdown_table"]

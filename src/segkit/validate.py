@@ -22,6 +22,7 @@ import pandas as pd
 
 from segkit import rle
 from segkit.data import read_csv
+from segkit.data.imageio import IMAGE_EXTENSIONS, image_size
 from segkit.errors import DataError, SegkitError
 
 MAX_SHOWN = 20
@@ -160,8 +161,6 @@ def validate_submission(sub_path: str | Path, sample: str | Path | pd.DataFrame,
 def image_shapes(folder: str | Path) -> Callable[[str], tuple[int, int] | None]:
     """(H, W) of ``<folder>/<id>`` or ``<folder>/<id>.<ext>`` read from file headers; for compound ids
     (``<image>_<class>``) the image part is tried too."""
-    from segkit.data.imageio import IMAGE_EXTENSIONS, image_size
-
     folder = Path(folder)
     if not folder.is_dir():
         raise SegkitError(f"--images {folder}: not a folder")

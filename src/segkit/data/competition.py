@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from segkit import rle
 from segkit.config.schema import DataConfig
 from segkit.data import imageio
 from segkit.errors import ConfigError, DataError
@@ -194,8 +195,6 @@ class Competition:
             if mask.shape[1:] != (h, w):
                 raise DataError(f"{path}: mask is {mask.shape[1]}x{mask.shape[2]}, image is {h}x{w}")
             return mask
-        from segkit import rle
-
         mask = np.zeros((self.num_classes, h, w), dtype=np.uint8)
         for cls, (text, where) in self._rle_rows.get(image_id, {}).items():
             mask[cls] = rle.decode(text, (h, w), order=self.cfg.rle.order, relative=self.cfg.rle.relative, where=where)
@@ -209,8 +208,6 @@ class Competition:
         if self.mask_folder is not None:
             mask = self.read_mask(image_id)
             return mask.reshape(self.num_classes, -1).sum(1), mask.shape[1] * mask.shape[2]
-        from segkit import rle
-
         h, w = self.image_size(image_id)
         areas = np.zeros(self.num_classes, dtype=np.int64)
         for cls, (text, where) in self._rle_rows.get(image_id, {}).items():

@@ -23,6 +23,7 @@ from typing import Optional
 import numpy as np
 
 from segkit.ensemble.base import METHODS, FitSample, Method, as_float
+from segkit.errors import ConfigError
 from segkit.ensemble.features import (extra_columns, extra_values, image_stat_names, image_stats,
                                       pixel_feature_names, pixel_features)
 
@@ -84,7 +85,7 @@ def train_booster(x: np.ndarray, y: np.ndarray, params: dict, rounds: int, names
         return Constant(0.0)
     if y.min() == y.max():
         return Constant(float(y[0]))
-    import lightgbm as lgb
+    import lightgbm as lgb  # here: a second to import, paid only by ensembles that stack
 
     configured = params.get("num_threads")
     params = {**params, "num_threads": threads_for(len(y), configured)}
@@ -103,8 +104,6 @@ class Stacker(Method):
         self.with_empty = bool(opts.empty_classifier)
         self.gate = opts.empty_gate
         if self.gate is not None and not self.with_empty:
-            from segkit.errors import ConfigError
-
             raise ConfigError("ensemble.empty_gate: needs ensemble.empty_classifier: true")
         threads = {"num_threads": opts.threads} if opts.threads else {}
         seed = {"seed": setup.seed}

@@ -160,8 +160,10 @@ def _pool_logits(module: nn.Module, args: tuple, out: Any, scale: int) -> Any:
 
 
 def _first_line(err: Exception) -> str:
-    text = str(err).strip().strip("'\"") or type(err).__name__
-    return text.splitlines()[0][:300]
+    text = str(err).strip()
+    if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":  # str(KeyError("x")) is "'x'"
+        text = text[1:-1]
+    return (text or type(err).__name__).splitlines()[0][:300]
 
 
 @torch.no_grad()

@@ -100,12 +100,12 @@ def packaged_file(name: str, key: str) -> Path:
 
 def cached_file(encoder: str, weights: str, key: str) -> Optional[Path]:
     """The locally cached file smp / timm would download for these weights, or None."""
-    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub import try_to_load_from_cache  # here: only for imagenet weights by name
 
     candidates: list[tuple[str, str, Optional[str]]] = []  # (repo, filename, revision)
     urls: list[str] = []
     if encoder.startswith("tu-"):
-        from timm.models import get_pretrained_cfg
+        from timm.models import get_pretrained_cfg  # here: timm and smp cost seconds to import
 
         cfg = get_pretrained_cfg(encoder[3:])
         if cfg is None:
@@ -118,7 +118,7 @@ def cached_file(encoder: str, weights: str, key: str) -> Optional[Path]:
         if cfg.file:
             return Path(cfg.file) if Path(cfg.file).is_file() else None
     else:
-        import segmentation_models_pytorch as smp
+        import segmentation_models_pytorch as smp  # here: timm and smp cost seconds to import
 
         spec = smp.encoders.encoders.get(encoder)
         if spec is None:
@@ -164,7 +164,7 @@ def hub_reachable(timeout: float = 0.5) -> bool:
 def read_state_dict(path: Path, key: str) -> dict[str, torch.Tensor]:
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+            from safetensors.torch import load_file  # here: only for .safetensors files
 
             obj = load_file(str(path), device="cpu")
         else:
@@ -236,7 +236,7 @@ def match_by_order(source: dict[str, torch.Tensor], target: dict[str, torch.Tens
 
 def load_encoder_file(model: nn.Module, path: Path, key: str) -> dict[str, str]:
     """Load ``path`` into the model's encoder; returns the mapping used (encoder key -> file key)."""
-    from timm.models import adapt_input_conv
+    from timm.models import adapt_input_conv  # here: timm costs seconds to import
 
     module = encoder_module(model)
     source = read_state_dict(path, key)

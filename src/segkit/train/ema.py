@@ -5,13 +5,12 @@ from __future__ import annotations
 
 from typing import Optional
 
+from timm.utils import ModelEmaV3
 from torch import nn
 
 
 class EMA:
     def __init__(self, model: nn.Module, decay: float):
-        from timm.utils import ModelEmaV3
-
         self.ema = ModelEmaV3(model, decay=decay, use_warmup=True)
         self.updates = 0
 

@@ -12,7 +12,7 @@ def plot_curves(curves: dict, paths: TunePaths, metric_name: str) -> list[Path]:
     import matplotlib  # here, not at the top: the search is used without plots (ablation), and pyplot costs 0.5 s
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after the backend is chosen
 
     written = []
     for cls, per in curves.items():
