@@ -175,7 +175,8 @@ def rows(cfg: Config, runs: dict[str, Config], folds: Sequence[int], ids: Sequen
         else:
             yield Row(row, what, note="not trained in this run (--no-variants)")
     weights = cfg.models[0].encoder_weights
-    yield Row("+ pretrained encoder", f"encoder_weights: {weights}", scorer.raw(fold_oof(cfg.layout, first, folds, ids)))
+    own = fold_oof(cfg.layout, first, folds, ids)
+    yield Row("+ pretrained encoder", f"encoder_weights: {weights}", scorer.raw(own))
     tile = cfg.predict.tile_size
     if tile is None:
         yield Row("+ tiles", "", note="not in this recipe: predict.tile_size is unset")

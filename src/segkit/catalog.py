@@ -21,7 +21,7 @@ import torch
 
 from segkit.config import Config
 from segkit.data.augment import AUGMENTS
-from segkit.ensemble import METHODS, MODEL_PREFIX
+from segkit.ensemble import check_choice, method_names
 from segkit.errors import ConfigError
 from segkit.losses import LossSchedule
 from segkit.metrics import get_metric
@@ -84,18 +84,8 @@ def check_predict(cfg: Config) -> None:
 
 def check_ensemble(cfg: Config) -> None:
     names: list[str] = []
-    for name in cfg.ensemble.methods:
-        if name.lower() == "all":
-            names += METHODS.names()
-            continue
-        _at(cfg, "ensemble.methods", lambda: METHODS.get(name, key="ensemble.methods"))
-        names.append(name.lower())
-    pick = cfg.ensemble.choose
-    if pick is not None:
-        allowed = names + [MODEL_PREFIX + m.name for m in cfg.models]
-        if (pick if pick.startswith(MODEL_PREFIX) else pick.lower()) not in allowed:
-            raise ConfigError(f"{cfg.origin('ensemble.choose')}: ensemble.choose: {pick!r} is neither in "
-                              f"ensemble.methods nor a model; choose one of {', '.join(allowed)}")
+    _at(cfg, "ensemble.methods", lambda: names.extend(method_names(cfg)))
+    _at(cfg, "ensemble.choose", lambda: check_choice(cfg, names, [m.name for m in cfg.models]))
     if cfg.ensemble.stack_params:
         known = lightgbm_parameters()
         for name in cfg.ensemble.stack_params:

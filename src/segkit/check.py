@@ -16,7 +16,7 @@ from segkit import atomic
 from segkit.config import Config
 from segkit.data import Competition
 from segkit.errors import DataError
-from segkit.freshness import FRESH, Unit
+from segkit.freshness import Unit
 
 
 def check_competition(comp: Competition, progress: bool = True) -> dict:
@@ -59,7 +59,7 @@ def check_unit(cfg: Config) -> Unit:
 
 def run(cfg: Config) -> int:
     unit = check_unit(cfg)
-    if unit.status() == FRESH:
+    if unit.fresh():
         print(unit.kept("data already checked"))
         return 0
     summary = check_competition(Competition(cfg.data, seed=cfg.seed))

@@ -19,14 +19,10 @@ from torch import nn
 from segkit import atomic
 from segkit.config.schema import ModelConfig
 from segkit.errors import SegkitError
-from segkit.freshness import differences
 from segkit.models import build_model
 
 FORMAT = "segkit-checkpoint"
 VERSION = 1
-# Train keys that do not change what is computed: a resume may change them freely.
-RESUME_FREE_KEYS = frozenset({"workers", "pin_memory", "threads", "progress", "val_batch_size", "keep", "compile"})
-
 
 def weights_payload(
     state_dict: dict[str, torch.Tensor],
@@ -77,8 +73,3 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     model.load_state_dict(ckpt["model"])
     meta = {k: v for k, v in ckpt.items() if k not in ("model", "train_state")}
     return model.to(device).eval(), meta
-
-
-def config_changes(saved: dict, current: dict) -> list[str]:
-    """Keys whose values differ between two config dumps (ignoring RESUME_FREE_KEYS)."""
-    return differences(saved, current, ignore=RESUME_FREE_KEYS)

@@ -23,7 +23,7 @@ from segkit.config import Config
 from segkit.data import Competition
 from segkit.data.folds import fold_numbers, load_folds
 from segkit.errors import DataError
-from segkit.freshness import FRESH, Unit
+from segkit.freshness import Unit
 
 
 def coverage_strata(coverage: np.ndarray, bins: int) -> np.ndarray:
@@ -116,7 +116,7 @@ def run(cfg: Config) -> int:
     path = cfg.layout.folds_file
     # The fold file is committed and reused as long as it exists: a unit fresh with its output alone.
     unit = Unit(f"folds: {path}", None, [path])
-    if unit.status() == FRESH:
+    if unit.fresh():
         frame = load_folds(cfg, comp)
         if frame["fold"].nunique() != cfg.folds.n_splits:
             raise DataError(f"{path}: has {frame['fold'].nunique()} folds but folds.n_splits is "

@@ -138,8 +138,13 @@ class Unit:
 
     def kept(self, detail: str = "") -> str:
         """The line a stage prints when it skips this unit."""
-        return f"{self.what}: up to date and complete; keeping it{f' ({detail})' if detail else ''}"
+        return kept(self.what, detail)
+
+
+def kept(what: str, detail: str = "") -> str:
+    """The one line every skipped piece of work prints."""
+    return f"{what}: up to date and complete; keeping it{f' ({detail})' if detail else ''}"
 
 
 __all__ = ["FRESH", "MISSING", "STALE", "UNSTAMPED", "Unit", "canonical", "differences", "digest", "fingerprint",
-           "fingerprints"]
+           "fingerprints", "kept"]

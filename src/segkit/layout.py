@@ -10,7 +10,7 @@
       <model>/oof_tta/           predict (predict.repredict_oof): each fold's validation images re-predicted by that
                                  fold's checkpoints with TTA; fold<k>.stamp.json per fold
       ensemble/                  ensemble: oof/, test/, cv.csv, choice.json, stamp.json
-      pseudo/round<r>/           pseudo: round r's labels (a probability store of 0/255 masks), selection.csv, stamp.json
+      pseudo/round<r>/           pseudo: round r's labels (a store of 0/255 masks), selection.csv, stamp.json
       <model>_pl<r>/             the models of pseudo round r, laid out like <model>/
       ensemble_pl<r>/            the ensemble of pseudo round r, laid out like ensemble/
       tune.json, tune/           tune: the chosen post-processing; tune/ holds oof_scores.csv, plots, stamp.json

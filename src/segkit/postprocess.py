@@ -35,7 +35,7 @@ import cv2
 import numpy as np
 from segkit.components import components
 from segkit.errors import ConfigError, DataError, SegkitError
-from segkit.threshold import binarize, count_above, uint8_cut
+from segkit.threshold import binarize, count_above
 
 MORPH_OPS = ("fill_holes", "opening", "closing", "dilation", "erosion")
 _CV_OPS = {"opening": cv2.MORPH_OPEN, "closing": cv2.MORPH_CLOSE, "dilation": cv2.MORPH_DILATE,

@@ -40,7 +40,7 @@ from segkit.data import Competition, SegDataset, by_size, pad_collate, unpad
 from segkit.data.folds import check_fold, fold_numbers, load_folds
 from segkit.device import resolve_device
 from segkit.errors import ConfigError, DataError
-from segkit.freshness import FRESH, Unit, fingerprints
+from segkit.freshness import Unit, fingerprints, kept
 from segkit.layout import part_stamp
 from segkit.probs import ProbStore, ProbWriter, image_file, manifest
 from segkit.tiling import predict_tiled, stack_groups
@@ -203,7 +203,7 @@ def predict_test(cfg: Config, comp: Competition, model_cfg: ModelConfig, fold_li
     paths = cfg.layout.model(model_cfg.name)
     unit = Unit(f"predict: models[{model_cfg.name}] test ({paths.test})", paths.test_stamp,
                 [manifest(paths.test)], _inputs(cfg, per_fold, "test"))
-    if unit.status() == FRESH:
+    if unit.fresh():
         print(unit.kept())
         return
     _prepare(unit, paths.test, [], world.is_main)
@@ -241,11 +241,11 @@ def predict_oof(cfg: Config, comp: Competition, model_cfg: ModelConfig, folds: p
     def complete() -> bool:
         return ProbStore.is_complete(folder) and ProbStore(folder).ids == all_ids
 
-    if complete() and all(unit.status() == FRESH for *_, unit in parts):
-        print(f"predict: models[{model_cfg.name}] OOF re-prediction ({folder}): up to date and complete; keeping it")
+    if complete() and all(unit.fresh() for *_, unit in parts):
+        print(kept(f"predict: models[{model_cfg.name}] OOF re-prediction ({folder})"))
         return
     for k, ids, files, unit in parts:
-        if unit.status() == FRESH:
+        if unit.fresh():
             continue
         _prepare(unit, folder, files, world.is_main)
         _barrier(world)

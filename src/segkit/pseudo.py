@@ -30,7 +30,7 @@ import pandas as pd
 from segkit import atomic
 from segkit.config import Config
 from segkit.errors import DataError
-from segkit.freshness import FRESH, Unit, fingerprint
+from segkit.freshness import Unit, fingerprint
 from segkit.layout import PseudoPaths, round_name
 from segkit.probs import ProbStore, ProbWriter, dequantize, image_files, manifest
 from segkit.threshold import binarize as above
@@ -71,7 +71,7 @@ def select(cfg: Config, r: Optional[int] = None) -> Path:
     ensemble of round r - 1; returns the label store's folder. An up-to-date round is kept."""
     r = cfg.pseudo.round + 1 if r is None else r
     unit, paths = selection_unit(cfg, r)
-    if unit.status() == FRESH:
+    if unit.fresh():
         print(unit.kept(f"{len(ProbStore(paths.labels))} images"))
         return paths.labels
     source = cfg.layout.ensemble_of(r - 1).test

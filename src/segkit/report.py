@@ -28,7 +28,7 @@ import pandas as pd
 from segkit import atomic
 from segkit.config import Config
 from segkit.data import Competition
-from segkit.freshness import FRESH, Unit, fingerprints
+from segkit.freshness import Unit, fingerprints
 from segkit.layout import ReportPaths
 from segkit.metrics import get_metric
 from segkit.postprocess import params_list, postprocess
@@ -400,7 +400,7 @@ def report_unit(cfg: Config) -> Unit:
 def run(cfg: Config) -> int:
     out = cfg.layout.report
     unit = report_unit(cfg)
-    if unit.status() == FRESH:
+    if unit.fresh():
         print(unit.kept())
         return 0
     out.dir.mkdir(parents=True, exist_ok=True)

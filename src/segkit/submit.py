@@ -24,7 +24,7 @@ from segkit import atomic, rle
 from segkit.config import Config
 from segkit.data import Competition, read_csv
 from segkit.errors import DataError, SegkitError
-from segkit.freshness import FRESH, Unit, fingerprint
+from segkit.freshness import Unit, fingerprint
 from segkit.metrics import CompetitionMetric, get_metric
 from segkit.postprocess import params_list, postprocess, read_tuned
 from segkit.probs import ProbStore, manifest
@@ -121,7 +121,7 @@ def run(cfg: Config) -> int:
         raise SegkitError(f"{store_dir}: no complete ensemble test store; run `segkit ensemble` first")
     comp = Competition(cfg.data, seed=cfg.seed)
     unit = submit_unit(cfg, bool(comp.holdout_ids))
-    if unit.status() == FRESH:
+    if unit.fresh():
         print(unit.kept())
         return 0
     store = ProbStore(store_dir)

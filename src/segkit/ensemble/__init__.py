@@ -34,13 +34,13 @@ from segkit.ensemble import averaging, stacking, voting  # noqa: F401  (register
 from segkit.ensemble.base import METHODS, FitSample, Method, Setup, sample_stride
 from segkit.ensemble.sources import TestSource, read_all
 from segkit.errors import ConfigError, DataError
-from segkit.freshness import FRESH, Unit, fingerprint, fingerprints
+from segkit.freshness import Unit, fingerprint, fingerprints
 from segkit.metrics import CompetitionMetric, get_metric
 from segkit.oof import ModelOOF
 from segkit.probs import ProbWriter, manifest, quantize
 from segkit.threshold import binarize
 
-__all__ = ["METHODS", "MODEL_PREFIX", "Method", "method_names", "run"]
+__all__ = ["METHODS", "MODEL_PREFIX", "Method", "check_choice", "method_names", "run"]
 
 MODEL_PREFIX = "model:"
 
@@ -64,7 +64,7 @@ def ensemble_unit(cfg: Config, models: list[str], names: list[str], sources) -> 
     inputs = {
         "models": models, "methods": names, "metric": cfg.metric, "seed": cfg.seed,
         "options": cfg.ensemble.model_dump(), "folds": fingerprint(cfg.layout.folds_file),
-        "stores": [[s.model, getattr(s, "kind", "test"), fingerprints(s.markers())] for s in sources],
+        "stores": [[s.model, s.kind, fingerprints(s.markers())] for s in sources],
     }
     outputs = [manifest(paths.oof), manifest(paths.test), paths.cv, paths.choice]
     return Unit(f"ensemble: {paths.dir}", paths.stamp, outputs, inputs)
@@ -178,7 +178,7 @@ def _picked(cfg: Config) -> Optional[str]:
     return pick if pick.startswith(MODEL_PREFIX) else pick.lower()
 
 
-def _check_choice(cfg: Config, names: list[str], models: list[str]) -> None:
+def check_choice(cfg: Config, names: list[str], models: list[str]) -> None:
     """Fail before any work when ``ensemble.choose`` names nothing this run will score."""
     pick = _picked(cfg)
     allowed = names + [MODEL_PREFIX + m for m in models]
@@ -228,14 +228,14 @@ def run(cfg: Config) -> int:
     folds = load_folds(cfg, comp)
     models = [m.name for m in cfg.models]
     names = method_names(cfg)
-    _check_choice(cfg, names, models)
+    check_choice(cfg, names, models)
     classes = list(cfg.data.classes)
     oof = [ModelOOF(cfg.layout, m, folds, classes) for m in models]
     test_ids = comp.test_ids
     test = [TestSource(cfg.layout, m, test_ids, classes) for m in models]
     paths = cfg.layout.ensemble
     unit = ensemble_unit(cfg, models, names, oof + test)
-    if unit.status() == FRESH:
+    if unit.fresh():
         choice = json.loads(paths.choice.read_text())
         print(unit.kept(f"method {choice['method']}, CV {choice['cv']:.5f}"))
         return 0

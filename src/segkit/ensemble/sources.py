@@ -16,6 +16,8 @@ from segkit.probs import ProbStore, manifest
 class TestSource:
     """One model's test store, checked to cover the competition's test ids."""
 
+    kind = "test"
+
     def __init__(self, layout: Layout, model: str, ids: list[str], classes: list[str]):
         self.model = model
         folder = layout.model(model).test

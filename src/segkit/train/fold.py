@@ -25,7 +25,7 @@ from segkit.data import Competition
 from segkit.data.folds import fold_ids, load_folds
 from segkit.device import amp_dtype, depthwise_float32_when_training, grad_scaler, resolve_amp, resolve_device
 from segkit.errors import ConfigError, SegkitError
-from segkit.freshness import FRESH, STALE, UNSTAMPED, Unit, digest, fingerprint
+from segkit.freshness import FRESH, STALE, UNSTAMPED, Unit, differences, digest, fingerprint
 from segkit.layout import FoldPaths
 from segkit.losses import LossSchedule
 from segkit.metrics import get_metric
@@ -44,24 +44,25 @@ HISTORY_COLUMNS = ["epoch", "lr", "encoder_lr", "train_loss", "val_loss", "dice"
 MONITORS = {"score": "max", "dice": "max", "iou": "max", "val_loss": "min"}
 
 
-# What a fold's identity may change without changing what the fold computes: the checkpoint's train keys that
-# only affect speed or bookkeeping (RESUME_FREE_KEYS), the encoder weights (a resumed or finished fold never reloads
-# them, and their path differs from machine to machine) and the model's own train overrides (already merged into
-# the train section).
-FREE_MODEL_KEYS = ("model.encoder_weights", "model.train")
+# What a fold's identity may change without changing what the fold computes, so that a resume or a finished fold
+# accepts the change: train keys that only affect speed or bookkeeping; the encoder weights (a resumed or finished
+# fold never reloads them, and their path differs from machine to machine); the model's own train overrides
+# (already merged into the train section).
+FREE_TRAIN_KEYS = frozenset({"workers", "pin_memory", "threads", "progress", "val_batch_size", "keep", "compile"})
+FREE_MODEL_KEYS = frozenset({"encoder_weights", "train"})
+
+
+def deciding(identity: dict) -> dict:
+    """The part of a fold's identity that decides its outputs: what its stamp records and a resume compares."""
+    out = dict(identity)
+    out["model"] = {k: v for k, v in identity["model"].items() if k not in FREE_MODEL_KEYS}
+    out["train"] = {k: v for k, v in identity["train"].items() if k not in FREE_TRAIN_KEYS}
+    return out
 
 
 def identity_changes(saved: dict, current: dict) -> list[str]:
     """What differs between two fold identities in a way that changes what the fold computes."""
-    return [c for c in checkpoint.config_changes(saved, current) if not c.startswith(FREE_MODEL_KEYS)]
-
-
-def deciding(identity: dict) -> dict:
-    """The part of a fold's identity that decides its outputs (what its stamp records)."""
-    out = {k: v for k, v in identity.items() if k != "model"}
-    out["model"] = {k: v for k, v in identity["model"].items() if f"model.{k}" not in FREE_MODEL_KEYS}
-    out["train"] = {k: v for k, v in identity["train"].items() if k not in checkpoint.RESUME_FREE_KEYS}
-    return out
+    return differences(deciding(saved), deciding(current))
 
 
 def fold_unit(where: str, paths: FoldPaths, identity: dict, val_ids: list[str], extra) -> Unit:

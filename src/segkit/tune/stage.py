@@ -19,7 +19,7 @@ from segkit.config import Config
 from segkit.data import Competition
 from segkit.data.folds import fold_numbers, load_folds
 from segkit.errors import DataError, SegkitError
-from segkit.freshness import FRESH, Unit, fingerprint, fingerprints
+from segkit.freshness import Unit, fingerprint, fingerprints
 from segkit.metrics import CompetitionMetric, get_metric
 from segkit.oof import fold_oof
 from segkit.postprocess import ClassParams, postprocess
@@ -72,7 +72,7 @@ def run(cfg: Config) -> int:
     folds = load_folds(cfg, comp) if layout.folds_file.exists() else None
     unit = tune_unit(cfg, fold_numbers(folds) if folds is not None else [])
     paths = layout.tune
-    if unit.status() == FRESH:
+    if unit.fresh():
         print(unit.kept(f"CV {json.loads(paths.json.read_text())['cv']:.4f}"))
         return 0
     metric = get_metric(cfg.metric, key="metric")
