@@ -7,20 +7,23 @@ A model's OOF is, in order of preference,
 - the union of ``<model>/fold<k>/oof/``: each fold's validation images as training left them.
 
 Views hand out uint8 memmaps one image at a time and hold nothing else in memory. The ensemble, the tuner's plain
-baseline and the ablation read OOF through here.
+baseline, the ablation, the report and a narrowed ``segkit run`` read OOF through here; ``score_frame`` scores a
+view image by image with the competition's metric object.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import pandas as pd
 
 from segkit.errors import DataError, SegkitError
 from segkit.layout import Layout
-from segkit.probs import ProbStore, manifest, mean_uint8
+from segkit.metrics import CompetitionMetric
+from segkit.postprocess import ClassParams, postprocess
+from segkit.probs import ProbStore, image_file, load_image, manifest, mean_uint8
 
 
 class StoreUnion:
@@ -110,4 +113,30 @@ class ModelOOF(StoreUnion):
         super().__init__([folder for _, folder in parts], ids)
 
 
-__all__ = ["MeanStore", "ModelOOF", "StoreUnion", "fold_oof", "tta_oof"]
+class PartStore:
+    """The images of ``ids`` in a store folder that may still be being filled (one fold's part of a store)."""
+
+    def __init__(self, folder: Path, ids: Sequence[str]):
+        self.folder, self.ids = Path(folder), list(ids)
+
+    def has_all(self) -> bool:
+        return all(image_file(self.folder, i).exists() for i in self.ids)
+
+    def __getitem__(self, image_id: str) -> np.ndarray:
+        return load_image(self.folder, image_id)
+
+
+def score_frame(view, read_truth: Callable[[str], np.ndarray], metric: CompetitionMetric,
+                params: Optional[list[ClassParams]] = None, exclusive: bool = False) -> pd.DataFrame:
+    """id, score, truth_px, pred_px of every image of ``view`` (post-processed with ``params``, default p > 0.5),
+    one image in memory at a time."""
+    rows = []
+    for image_id in view.ids:
+        probs = np.asarray(view[image_id])
+        masks = postprocess(probs, params or [ClassParams()] * probs.shape[0], exclusive=exclusive).view(bool)
+        truth = np.asarray(read_truth(image_id)).astype(bool)
+        rows.append((image_id, float(metric(masks, truth)), int(np.count_nonzero(truth)), int(np.count_nonzero(masks))))
+    return pd.DataFrame(rows, columns=["id", "score", "truth_px", "pred_px"])
+
+
+__all__ = ["MeanStore", "ModelOOF", "PartStore", "StoreUnion", "fold_oof", "score_frame", "tta_oof"]

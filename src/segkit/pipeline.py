@@ -16,8 +16,6 @@ import json
 import time
 from typing import Optional
 
-import numpy as np
-
 from segkit import pseudo
 from segkit.atomic import clean_tmp
 from segkit.catalog import check
@@ -25,8 +23,7 @@ from segkit.config import Config
 from segkit.data import Competition
 from segkit.data.folds import check_fold, fold_numbers, ids_of, load_folds
 from segkit.metrics import get_metric
-from segkit.postprocess import ClassParams, postprocess
-from segkit.probs import image_file, load_image
+from segkit.oof import PartStore, score_frame
 from segkit.stages import BY_NAME, STAGES, load
 
 
@@ -88,26 +85,18 @@ def slice_scores(cfg: Config, model: Optional[str], fold: Optional[int]) -> None
     folds = [check_fold(frame, fold, cfg.layout.folds_file)] if fold is not None else fold_numbers(frame)
     metric = get_metric(cfg.metric, key="metric")
     models = [cfg.model(model)] if model else list(cfg.models)
+    exclusive = cfg.data.mode == "multiclass"
     print(f"== scores of {_slice(model, fold)} ({cfg.metric}, out-of-fold images at p > 0.5)")
     for m in models:
         paths = cfg.layout.model(m.name)
         for k in folds:
-            ids = ids_of(frame, [k])
             shown = []
             for what, folder in (("training OOF", paths.fold(k).oof), ("TTA OOF", paths.oof_tta)):
-                if all(image_file(folder, i).exists() for i in ids):
-                    shown.append(f"{_score(cfg, comp, metric, folder, ids):.4f} ({what})")
+                part = PartStore(folder, ids_of(frame, [k]))
+                if part.has_all():
+                    score = score_frame(part, comp.read_mask, metric, exclusive=exclusive)["score"].mean()
+                    shown.append(f"{score:.4f} ({what})")
             print(f"models[{m.name}] fold {k}: {', '.join(shown) or 'no OOF yet'}")
-
-
-def _score(cfg: Config, comp: Competition, metric, folder, ids: list[str]) -> float:
-    exclusive = cfg.data.mode == "multiclass"
-    scores = []
-    for image_id in ids:
-        probs = load_image(folder, image_id)
-        masks = postprocess(probs, [ClassParams()] * probs.shape[0], exclusive=exclusive).view(bool)
-        scores.append(metric(masks, comp.read_mask(image_id).astype(bool)))
-    return float(np.mean(scores))
 
 
 def _summary(cfg: Config) -> None:

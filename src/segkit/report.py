@@ -31,6 +31,7 @@ from segkit.data import Competition
 from segkit.freshness import Unit, fingerprints
 from segkit.layout import ReportPaths
 from segkit.metrics import get_metric
+from segkit.oof import score_frame
 from segkit.postprocess import params_list, postprocess
 from segkit.probs import ProbStore, manifest
 
@@ -218,9 +219,10 @@ def tuning_section(tuned: dict | None, out: ReportPaths) -> tuple[list[str], lis
     plots = []
     for drawn in map(Path, tuned.get("plots", [])):  # the curves as the tune stage drew them
         if drawn.exists():
-            with atomic.atomic_path(out.dir / drawn.name) as tmp:
+            copy = out.plot(drawn.stem)
+            with atomic.atomic_path(copy) as tmp:
                 shutil.copyfile(drawn, tmp)
-            plots.append(out.dir / drawn.name)
+            plots.append(copy)
     if plots:
         lines += [""] + [f"![{p.stem}]({p.name})" for p in plots]
     return lines + [""], plots
@@ -265,17 +267,8 @@ def _oof_scores(cfg: Config, tuned: dict | None) -> pd.DataFrame | None:
     folder = cfg.layout.final_ensemble.oof
     if not ProbStore.is_complete(folder):
         return None
-    store = ProbStore(folder)
-    params = _params(cfg, tuned)
-    comp = Competition(cfg.data, seed=cfg.seed)
-    metric = get_metric(cfg.metric, key="metric")
-    rows = []
-    for image_id in store.ids:
-        masks = postprocess(store[image_id], params, exclusive=cfg.data.mode == "multiclass").view(bool)
-        truth = comp.read_mask(image_id).astype(bool)
-        rows.append({"id": image_id, "score": metric(masks, truth), "truth_px": int(np.count_nonzero(truth)),
-                     "pred_px": int(np.count_nonzero(masks))})
-    return pd.DataFrame(rows, columns=["id", "score", "truth_px", "pred_px"])
+    return score_frame(ProbStore(folder), Competition(cfg.data, seed=cfg.seed).read_mask,
+                       get_metric(cfg.metric, key="metric"), _params(cfg, tuned), cfg.data.mode == "multiclass")
 
 
 def _params(cfg: Config, tuned: dict | None) -> list:

@@ -21,8 +21,7 @@ from segkit.data.folds import fold_numbers, load_folds
 from segkit.errors import DataError, SegkitError
 from segkit.freshness import Unit, fingerprint, fingerprints
 from segkit.metrics import CompetitionMetric, get_metric
-from segkit.oof import fold_oof
-from segkit.postprocess import ClassParams, postprocess
+from segkit.oof import fold_oof, score_frame
 from segkit.probs import ProbStore, manifest
 from segkit.tune.plots import plot_curves
 from segkit.tune.search import tune
@@ -39,13 +38,9 @@ def plain_score(cfg: Config, metric: CompetitionMetric, truth: Callable[[str], n
     numbers = fold_numbers(folds)
     if not all(ProbStore.is_complete(cfg.layout.fold(model, k).oof) for k in numbers):
         return None
-    exclusive = cfg.data.mode == "multiclass"
     view = fold_oof(cfg.layout, model, numbers, list(folds["id"]))
-    scores = []
-    for _, probs, t in OOFStream(view, truth, exclusive, budget=0):
-        masks = postprocess(probs, [ClassParams()] * probs.shape[0], exclusive=exclusive).view(bool)
-        scores.append(metric.per_image(masks, t))
-    return (model, float(np.mean(scores))) if scores else None
+    scores = score_frame(view, truth, metric, exclusive=cfg.data.mode == "multiclass")["score"]
+    return (model, float(scores.mean())) if len(scores) else None
 
 
 def tune_unit(cfg: Config, plain_folds: list[int]) -> Unit:
