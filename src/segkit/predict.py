@@ -71,6 +71,22 @@ def _inputs(cfg: Config, checkpoints: dict[int, list[Path]], kind: str) -> dict:
             "checkpoints": {str(k): fingerprints(v) for k, v in checkpoints.items()}}
 
 
+def store_unit(cfg: Config, model: str, per_fold: dict[int, list[Path]]) -> Unit:
+    """A model's test store as a unit of work: every fold's checkpoints and the prediction settings decide it."""
+    paths = cfg.layout.model(model)
+    return Unit(f"predict: models[{model}] test ({paths.test})", paths.test_stamp, [manifest(paths.test)],
+                _inputs(cfg, per_fold, "test"))
+
+
+def oof_part_unit(cfg: Config, model: str, folder: Path, k: int, ids: list[str]) -> Unit:
+    """Fold k's part of an OOF re-prediction store: its images, decided by that fold's checkpoints and the
+    prediction settings. Its completion marker is the store's manifest, which the store gets once every part is
+    in."""
+    return Unit(f"predict: models[{model}] fold {k} OOF re-prediction", part_stamp(folder, k),
+                [image_file(folder, i) for i in ids], _inputs(cfg, {k: fold_checkpoints(cfg, model, k)}, "oof_tta"),
+                marker=manifest(folder))
+
+
 def _prepare(unit: Unit, folder: Path, stale: list[Path], is_main: bool) -> None:
     """Ready ``folder`` for ``unit``: images it holds from other inputs (``stale``, or the whole folder when the
     unit is the whole store) are removed; then the unit is marked incomplete and stamped."""
@@ -201,8 +217,7 @@ def predict_test(cfg: Config, comp: Competition, model_cfg: ModelConfig, fold_li
                  world: World) -> None:
     per_fold = {k: fold_checkpoints(cfg, model_cfg.name, k) for k in fold_list}
     paths = cfg.layout.model(model_cfg.name)
-    unit = Unit(f"predict: models[{model_cfg.name}] test ({paths.test})", paths.test_stamp,
-                [manifest(paths.test)], _inputs(cfg, per_fold, "test"))
+    unit = store_unit(cfg, model_cfg.name, per_fold)
     if unit.fresh():
         print(unit.kept())
         return
@@ -228,14 +243,10 @@ def predict_oof(cfg: Config, comp: Competition, model_cfg: ModelConfig, folds: p
     ``<run_dir>/<model>/oof_tta`` or ``folder``. Every fold is its own unit; with ``finish`` the store gets its
     manifest (is complete) once every fold of the table is in, so pass the whole table then."""
     folder = Path(folder or cfg.layout.model(model_cfg.name).oof_tta)
-    store = manifest(folder)
     parts = []
     for k in fold_numbers(folds):
         ids = folds.loc[folds["fold"] == k, "id"].tolist()
-        files = [image_file(folder, i) for i in ids]
-        unit = Unit(f"predict: models[{model_cfg.name}] fold {k} OOF re-prediction", part_stamp(folder, k), files,
-                    _inputs(cfg, {k: fold_checkpoints(cfg, model_cfg.name, k)}, "oof_tta"), marker=store)
-        parts.append((k, ids, files, unit))
+        parts.append((k, ids, oof_part_unit(cfg, model_cfg.name, folder, k, ids)))
     all_ids = folds["id"].tolist()
 
     def complete() -> bool:
@@ -244,10 +255,10 @@ def predict_oof(cfg: Config, comp: Competition, model_cfg: ModelConfig, folds: p
     if complete() and all(unit.fresh() for *_, unit in parts):
         print(kept(f"predict: models[{model_cfg.name}] OOF re-prediction ({folder})"))
         return
-    for k, ids, files, unit in parts:
+    for k, ids, unit in parts:
         if unit.fresh():
             continue
-        _prepare(unit, folder, files, world.is_main)
+        _prepare(unit, folder, list(unit.outputs), world.is_main)
         _barrier(world)
         writer = ProbWriter(folder, list(cfg.data.classes))
         checkpoints = fold_checkpoints(cfg, model_cfg.name, k)
@@ -295,4 +306,5 @@ def run(cfg: Config, model: Optional[str] = None, fold: Optional[int] = None) ->
     return 0
 
 
-__all__ = ["CheckpointAverage", "fold_checkpoints", "predict_ids", "predict_oof", "predict_test", "run"]
+__all__ = ["CheckpointAverage", "fold_checkpoints", "oof_part_unit", "predict_ids", "predict_oof", "predict_test",
+           "run", "store_unit"]

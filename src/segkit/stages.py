@@ -94,6 +94,17 @@ STAGES: tuple[Stage, ...] = (
 BY_NAME: dict[str, Stage] = {s.name: s for s in STAGES}
 
 
+def made_by(artifact: str) -> str:
+    """The stage that writes ``artifact`` (for messages that say what to run first)."""
+    return next(s.name for s in STAGES if artifact in s.writes)
+
+
+def final_ensemble_maker(layout: Layout) -> str:
+    """The stage that makes the ensemble tuning and submission read: the ensemble stage, or with pseudo rounds the
+    pseudo stage (which makes each round's ensemble)."""
+    return made_by("round_ensemble" if layout.final_round else "ensemble")
+
+
 def markdown_table() -> str:
     """The stages as the README's pipeline table shows them (a test keeps the two equal)."""
     layout = pattern()
@@ -115,4 +126,5 @@ def load(stage: Stage) -> Callable:
     return getattr(importlib.import_module(module), func)
 
 
-__all__ = ["ARTIFACTS", "BY_NAME", "STAGES", "Scope", "Stage", "load", "markdown_table"]
+__all__ = ["ARTIFACTS", "BY_NAME", "STAGES", "Scope", "Stage", "final_ensemble_maker", "load", "made_by",
+           "markdown_table"]

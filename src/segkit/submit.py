@@ -28,6 +28,7 @@ from segkit.freshness import Unit, fingerprint
 from segkit.metrics import CompetitionMetric, get_metric
 from segkit.postprocess import params_list, postprocess, read_tuned
 from segkit.probs import ProbStore, manifest
+from segkit.stages import final_ensemble_maker
 from segkit.validate import rle_column, validate_frame
 
 SIIM_EMPTY = "-1"
@@ -118,7 +119,8 @@ def run(cfg: Config) -> int:
     params = params_list(tuned["classes"], list(cfg.data.classes), where=str(layout.tune.json))
     store_dir = layout.final_ensemble.test
     if not ProbStore.is_complete(store_dir):
-        raise SegkitError(f"{store_dir}: no complete ensemble test store; run `segkit ensemble` first")
+        raise SegkitError(f"{store_dir}: no complete ensemble test store; run `segkit {final_ensemble_maker(layout)}` "
+                          f"first")
     comp = Competition(cfg.data, seed=cfg.seed)
     unit = submit_unit(cfg, bool(comp.holdout_ids))
     if unit.fresh():

@@ -23,6 +23,7 @@ from segkit.freshness import Unit, fingerprint, fingerprints
 from segkit.metrics import CompetitionMetric, get_metric
 from segkit.oof import fold_oof, score_frame
 from segkit.probs import ProbStore, manifest
+from segkit.stages import final_ensemble_maker
 from segkit.tune.plots import plot_curves
 from segkit.tune.search import tune
 from segkit.tune.stream import OOFStream
@@ -59,7 +60,8 @@ def run(cfg: Config) -> int:
     layout = cfg.layout
     store_dir = layout.final_ensemble.oof
     if not ProbStore.is_complete(store_dir):
-        raise SegkitError(f"{store_dir}: no complete ensemble OOF store; run `segkit ensemble` first")
+        raise SegkitError(f"{store_dir}: no complete ensemble OOF store; run `segkit {final_ensemble_maker(layout)}` "
+                          f"first")
     store = ProbStore(store_dir)
     if list(store.classes) != list(cfg.data.classes):
         raise DataError(f"{store_dir}: classes {store.classes} differ from data.classes {cfg.data.classes}")
