@@ -321,6 +321,29 @@ def test_chosen_mean_is_the_mean_and_inputs_change_redoes(stage_cfg, capsys):
     assert np.array_equal(ProbStore(out / "oof")[i], expected)
 
 
+def test_a_redo_killed_half_way_is_not_taken_for_done(stage_cfg, monkeypatch, capsys):
+    """Killed while the outputs of other settings are being replaced, with the settings then put back: the
+    ensemble must be made again, not kept with a mix of old and new stores."""
+    cfg, comp, frame = stage_cfg("ensemble.methods=[mean,vote]", "ensemble.choose=mean")
+    ensemble.run(cfg)
+    other = cfg.model_copy(update={"ensemble": cfg.ensemble.model_copy(update={"choose": "vote"})})
+    real = ensemble.write_store
+
+    def killed_on_test(folder, *args):
+        if folder.name == "test":
+            raise KeyboardInterrupt
+        return real(folder, *args)
+
+    monkeypatch.setattr(ensemble, "write_store", killed_on_test)
+    with pytest.raises(KeyboardInterrupt):
+        ensemble.run(other)  # the OOF store is the vote's now, the test store still the mean's
+    monkeypatch.setattr(ensemble, "write_store", real)
+    capsys.readouterr()
+    ensemble.run(cfg)
+    assert "keeping it" not in capsys.readouterr().out
+    assert json.loads((cfg.run_dir / "ensemble" / "choice.json").read_text())["method"] == "mean"
+
+
 def test_one_model_mean_is_that_model(stage_cfg):
     cfg, comp, frame = stage_cfg("ensemble.methods=[mean]", models=(("solo", 0.7),))
     ensemble.run(cfg)

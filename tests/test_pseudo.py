@@ -103,6 +103,26 @@ def test_training_hook_mixes_labels_and_never_leaks_into_validation(demo_cfg):
     assert len(ds) == len(comp.test_ids) and ds.split == "test"
 
 
+def test_labels_selected_again_alike_are_the_same_labels_to_training(demo_cfg, capsys):
+    """A round's selection is made again when the ensemble it read was rewritten; if the labels come out the same,
+    the folds trained on them are still up to date (their fingerprint is the labels' content, not a file time)."""
+    import os
+
+    cfg = demo_cfg("pseudo.confident_share=0")
+    comp = Competition(cfg.data, seed=cfg.seed)
+    _ensemble_test_store(cfg, comp, lambda n, h, w: np.full((1, h, w), 0.9 if n % 2 else 0.1, np.float32))
+    pseudo.select(cfg)
+    r1 = pseudo.round_config(cfg, 1)
+    first = train_data.pseudo_train_data(r1, comp).identity
+    marker = cfg.layout.ensemble.test / "manifest.json"
+    os.utime(marker, ns=(marker.stat().st_atime_ns, marker.stat().st_mtime_ns + 10**9))  # the ensemble redone
+    capsys.readouterr()
+    pseudo.select(cfg)
+    assert "keeping it" not in capsys.readouterr().out  # the selection was made again ...
+    assert train_data.pseudo_train_data(r1, comp).identity == first  # ... to the same labels
+    assert isinstance(first, str) and len(first) == 40
+
+
 def test_a_pseudo_label_on_a_train_id_is_refused(demo_cfg):
     cfg = demo_cfg("pseudo.round=1")
     comp = Competition(cfg.data, seed=cfg.seed)

@@ -63,9 +63,28 @@ def test_majority_vote_binarises_each_model_by_the_rule():
 
 def test_pseudo_labels_use_the_rule():
     from segkit import pseudo
+    from segkit.threshold import below
 
     q = np.array([[[50, 51, 52]]], np.uint8)
     assert pseudo.binarize(q, 0.2).tolist() == [[[0, 0, 255]]]
+    # the confidence band too: 204 is 0.8 exactly, neither above 0.8 nor below it (float32 says it is above)
+    band = np.array([[[50, 51, 203, 204, 205]]], np.uint8)
+    assert below(band, 0.2).ravel().tolist() == [True, False, False, False, False]
+    assert pseudo.confident_share(band, 0.2, 0.8) == pytest.approx(2 / 5)
+
+
+def test_weighted_mean_fits_on_the_output_as_it_will_be_stored():
+    from segkit.ensemble.averaging import sample_score, weighted_mean
+    from segkit.ensemble.base import SampleImage
+    from segkit.probs import quantize
+
+    rng = np.random.default_rng(3)
+    metric = get_metric("dice")
+    images = [SampleImage(f"i{n}", 0, [rng.integers(0, 256, (1, 16, 16), dtype=np.uint8) for _ in range(3)],
+                          (rng.random((1, 16, 16)) < 0.5).astype(np.uint8)) for n in range(8)]
+    for w in (np.array([0.3, 0.3, 0.4]), np.array([0.15, 0.625, 0.225]), np.array([1 / 3] * 3)):
+        stored = [binarize(quantize(weighted_mean(w, s.probs))).view(bool) for s in images]
+        assert sample_score(metric, images, w) == pytest.approx(metric.gain(stored, [s.truth for s in images]))
 
 
 def test_validation_uses_the_rule(demo_cfg, one_torch_thread):

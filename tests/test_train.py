@@ -174,6 +174,28 @@ def test_a_changed_config_refuses_to_resume(make_cfg, monkeypatch, tmp_path):
         train_fold(changed, changed.models[0], 0, out_dir=tmp_path / "f")
 
 
+def test_a_killed_fold_does_not_resume_on_other_validation_images(make_cfg, monkeypatch, tmp_path):
+    """The checkpoint's identity says nothing of which images the fold validates on; the fold's stamp does."""
+    from segkit import folds as folds_module
+
+    cfg = make_cfg("train.epochs=2")
+    real_save = checkpoint.save
+
+    def save_then_die(path, payload):
+        real_save(path, payload)
+        if Path(path).name == "last.pt":
+            raise Killed
+
+    monkeypatch.setattr(checkpoint, "save", save_then_die)
+    with pytest.raises(Killed):
+        train_fold(cfg, cfg.models[0], 0)
+    monkeypatch.setattr(checkpoint, "save", real_save)
+    cfg.folds_file.unlink()
+    folds_module.run(make_cfg("train.epochs=2", "folds.seed=7"))  # the fold file rebuilt: other folds
+    with pytest.raises(SegkitError, match="another config .its validation images .the fold file changed"):
+        train_fold(cfg, cfg.models[0], 0)
+
+
 def _nan_at(monkeypatch, call: int):
     from segkit.losses import SegLoss
 

@@ -3,7 +3,7 @@
 A broken file found at epoch 40 of fold 4 costs hours; found here it costs seconds. The first problem stops the
 check with an error naming the file or csv row. A passed check leaves ``runs/<experiment>/data_check.json`` (image
 counts, sizes, empty share); it is a unit of work (``segkit.freshness``), so ``segkit run`` checks once per
-experiment and again only when the data section of the config changes.
+experiment and again only when the data section of the config (or the seed, which draws the holdout) changes.
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ def run(cfg: Config) -> int:
     summary = check_competition(Competition(cfg.data, seed=cfg.seed))
     unit.begin()
     atomic.write_json(cfg.layout.data_check, summary)
+    unit.done()
     print("check: " + ", ".join(f"{k}={v}" for k, v in summary.items() if not isinstance(v, (dict, list))))
     print(f"check: train sizes {summary['train_sizes']}, test sizes {summary['test_sizes']}")
     return 0

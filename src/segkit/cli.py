@@ -112,7 +112,8 @@ def _dispatch(args: argparse.Namespace) -> int | None:
         return _tool(TOOLS[args.command])(args)
 
     cfg = _tool("segkit.config", "load_config")(args.config, args.overrides)
-    _tool("segkit.catalog", "check")(cfg)
+    if args.command not in ("run", "ablate"):  # those check the config themselves, through segkit.pipeline
+        _tool("segkit.catalog", "check")(cfg)
     options = {k: getattr(args, k) for k in ("model", "fold") if getattr(args, k, None) is not None}
     if args.command == "run":
         return _tool("segkit.pipeline", "run")(cfg, **options)

@@ -3,29 +3,31 @@
 Each stage splits its work into units — a model's fold, a model's test store, one fold's OOF re-prediction, the
 ensemble, a pseudo-label round, the tuning, the submission, the report — and each unit declares
 
-- its **outputs**: the files it writes, among them its completion marker (the file written last; the last output
-  unless it names another, such as the manifest of a store that several units fill);
+- its **outputs**: the files it writes (for a probability store, its manifest);
 - its **inputs**: a JSON-able mapping of everything that decides those outputs: the config values the unit reads
-  and, for every artifact it reads, ``fingerprint(marker)`` (path, modification time and size of that artifact's
-  completion marker, so an input made again changes the mapping).
+  and, for every artifact it reads, ``fingerprint(path)`` of that artifact's completion marker (path,
+  modification time and size, so an input made again changes the mapping).
 
-Its **stamp** records the inputs and their digest. A unit is *fresh* when every output exists and its stamp's
-digest is the digest of the inputs computed now; reruns skip fresh units and print one line saying so.
-Otherwise it is
+Its **stamp** records the inputs, their digest and whether the work finished. A unit is *fresh* when every
+output exists and its stamp says the work finished from inputs with today's digest; reruns skip fresh units and
+print one line saying so. Otherwise it is
 
-- *missing*: an output is absent (never made, killed before its marker, or deleted) — the unit runs;
+- *missing*: an output is absent, or the work was begun and not finished (killed, failed) — the unit runs;
 - *stale*: the outputs were made from other inputs (``Unit.changes`` says which) — derived outputs are made
   again; a finished training fold is never overwritten silently (``segkit.train`` stops and names the change);
 - *unstamped*: the outputs exist but no stamp does (made by an older segkit, or by hand) — derived outputs are
   made again; a training fold is kept, since nothing says it is wrong and retraining costs hours.
 
-``Unit.begin`` removes the completion marker and writes the stamp; from then until the marker is written again
-the unit is incomplete, and whatever it writes is made from the stamped inputs. A stage calls it before its first
-output when partial work may be resumed (a store filled image by image, a fold trained epoch by epoch: what is
-already there was made from the same inputs if the stamp still matches, ``Unit.resumable``), and otherwise just
-before writing the marker, so that a failure on the way leaves the earlier outputs as they were. A kill at any
-moment leaves the unit missing or stale, never fresh with mixed outputs. A unit without a stamp path (the fold
-file, which is committed and reused as long as it exists) is fresh when its outputs exist.
+The protocol, the same in every stage: ``Unit.begin()`` before the first output is written (it stamps the new
+inputs as *begun*, so from then on the unit counts as unfinished whatever the outputs on disk), and
+``Unit.done()`` once the work is complete (or just before the one file whose existence completes it, such as a
+store's manifest). A kill at any moment therefore leaves the unit missing or stale, never fresh with a mix of old
+and new outputs, while the earlier outputs stay on disk until each is replaced (a submission is never deleted
+before its successor is in place). Work begun under the same inputs may resume from what it left
+(``Unit.resumable``: a store filled image by image, a fold trained epoch by epoch). ``marker``, when given, is a
+file that must stop counting as complete the moment the unit begins (the manifest of a store that several units
+fill). A unit without a stamp path (the fold file, which is committed and reused as long as it exists) is fresh
+when its outputs exist.
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ class Unit:
     stamp: Optional[Path]
     outputs: Sequence[Path]
     inputs: Mapping[str, Any] = field(default_factory=dict)
-    marker: Optional[Path] = None  # the completion marker; default: the last output
+    marker: Optional[Path] = None  # a file that stops counting as complete when the unit begins (see above)
 
     def __post_init__(self):
         self.inputs = canonical(dict(self.inputs))
@@ -112,7 +114,9 @@ class Unit:
         record = self.saved()
         if record is None:
             return UNSTAMPED
-        return FRESH if record.get("digest") == self.digest else STALE
+        if record.get("digest") != self.digest:
+            return STALE
+        return FRESH if record.get("done") else MISSING
 
     def fresh(self) -> bool:
         return self.status() == FRESH
@@ -123,22 +127,41 @@ class Unit:
         return differences(record.get("inputs", {}), self.inputs, ignore=frozenset(ignore))
 
     def resumable(self) -> bool:
-        """Whether partial outputs on disk were made from today's inputs (the stamp matches), so work may go on
-        from them instead of starting afresh."""
+        """Whether partial outputs on disk were made from today's inputs (the stamp matches, finished or not), so
+        work may go on from them instead of starting afresh."""
         record = self.saved()
         return record is not None and record.get("digest") == self.digest
 
     def begin(self) -> None:
-        """Mark the unit incomplete (remove its completion marker) and stamp it with today's inputs."""
-        marker = self.marker if self.marker is not None else (self.outputs[-1] if self.outputs else None)
-        if marker is not None and Path(marker).is_file():
-            Path(marker).unlink()
+        """Stamp today's inputs as begun (the unit counts as unfinished until ``done``); ``marker`` stops counting."""
+        if self.marker is not None and Path(self.marker).is_file():
+            Path(self.marker).unlink()
+        self._write(done=False)
+
+    def done(self, **facts: Any) -> None:
+        """Stamp the work as finished from today's inputs; ``facts`` are recorded for the units that read the
+        outputs (``recorded``), such as a digest of their content."""
+        self._write(done=True, facts=facts)
+
+    def _write(self, done: bool, facts: Optional[dict] = None) -> None:
         if self.stamp is not None:
-            atomic.write_json(self.stamp, {"what": self.what, "digest": self.digest, "inputs": self.inputs})
+            record = {"what": self.what, "digest": self.digest, "done": done, "inputs": self.inputs}
+            if facts:
+                record["facts"] = canonical(facts)
+            atomic.write_json(self.stamp, record)
 
     def kept(self, detail: str = "") -> str:
         """The line a stage prints when it skips this unit."""
         return kept(self.what, detail)
+
+
+def recorded(stamp: Path, fact: str) -> Any:
+    """A fact a finished unit recorded in its stamp (None when there is none)."""
+    try:
+        record = json.loads(Path(stamp).read_text())
+    except (OSError, ValueError):
+        return None
+    return (record.get("facts") or {}).get(fact) if isinstance(record, dict) and record.get("done") else None
 
 
 def kept(what: str, detail: str = "") -> str:
@@ -147,4 +170,4 @@ def kept(what: str, detail: str = "") -> str:
 
 
 __all__ = ["FRESH", "MISSING", "STALE", "UNSTAMPED", "Unit", "canonical", "differences", "digest", "fingerprint",
-           "fingerprints", "kept"]
+           "fingerprints", "kept", "recorded"]

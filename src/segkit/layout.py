@@ -112,10 +112,6 @@ class ModelPaths:
     def oof_tta(self) -> Path:
         return self.dir / "oof_tta"
 
-    def oof_tta_stamp(self, k: int, store: Path | None = None) -> Path:
-        """The stamp of fold k's part of an OOF re-prediction store (this model's ``oof_tta`` unless given)."""
-        return part_stamp(store or self.oof_tta, k)
-
 
 def part_stamp(store: Path, k: int) -> Path:
     """The stamp of fold k's images in a store that several folds fill (a re-predicted OOF store)."""

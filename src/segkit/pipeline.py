@@ -2,9 +2,10 @@
 complete and up to date (``segkit.freshness``), so running this again after a crash (or a kill) resumes where it
 stopped, and running it on a finished experiment does nothing but say what it kept.
 
-``--model M`` / ``--fold K`` narrow the run to a slice: the stages that work per model x fold (train, predict's OOF
-re-prediction) run for that slice, the slice's out-of-fold scores are printed, and the run stops with one line
-before the first stage that needs every fold of every model.
+``--model M`` / ``--fold K`` narrow the run to a slice: the stages that work per model x fold run for that slice
+(train; predict's OOF re-prediction of the slice's folds, and with ``--model`` alone also that model's test
+store), the slice's out-of-fold scores are printed, and the run stops with one line before the first stage that
+needs every fold of every model.
 
 Pseudo-labelling rounds (``pseudo.rounds``) are run here too, since a round is other stages again: for each round,
 select its labels (``segkit.pseudo``), then train, predict and ensemble the round's models (``round_config``).
@@ -24,6 +25,8 @@ from segkit.data import Competition
 from segkit.data.folds import check_fold, fold_numbers, ids_of, load_folds
 from segkit.metrics import get_metric
 from segkit.oof import PartStore, score_frame
+from segkit.predict import oof_part_unit
+from segkit.probs import ProbStore
 from segkit.stages import BY_NAME, STAGES, load
 
 
@@ -90,13 +93,16 @@ def slice_scores(cfg: Config, model: Optional[str], fold: Optional[int]) -> None
     for m in models:
         paths = cfg.layout.model(m.name)
         for k in folds:
+            ids = ids_of(frame, [k])
             shown = []
-            for what, folder in (("training OOF", paths.fold(k).oof), ("TTA OOF", paths.oof_tta)):
-                part = PartStore(folder, ids_of(frame, [k]))
-                if part.has_all():
-                    score = score_frame(part, comp.read_mask, metric, exclusive=exclusive)["score"].mean()
+            if ProbStore.is_complete(paths.fold(k).oof):  # the fold finished training
+                views = [("training OOF", ProbStore(paths.fold(k).oof))]
+                if cfg.predict.repredict_oof and oof_part_unit(cfg, m.name, paths.oof_tta, k, ids).fresh():
+                    views.append(("TTA OOF", PartStore(paths.oof_tta, ids)))
+                for what, view in views:
+                    score = score_frame(view, comp.read_mask, metric, exclusive=exclusive)["score"].mean()
                     shown.append(f"{score:.4f} ({what})")
-            print(f"models[{m.name}] fold {k}: {', '.join(shown) or 'no OOF yet'}")
+            print(f"models[{m.name}] fold {k}: {', '.join(shown) or 'not trained yet'}")
 
 
 def _summary(cfg: Config) -> None:

@@ -87,14 +87,14 @@ def oof_part_unit(cfg: Config, model: str, folder: Path, k: int, ids: list[str])
                 marker=manifest(folder))
 
 
-def _prepare(unit: Unit, folder: Path, stale: list[Path], is_main: bool) -> None:
-    """Ready ``folder`` for ``unit``: images it holds from other inputs (``stale``, or the whole folder when the
-    unit is the whole store) are removed; then the unit is marked incomplete and stamped."""
+def _prepare(unit: Unit, folder: Path, is_main: bool, images: Optional[list[Path]] = None) -> None:
+    """Ready ``folder`` for ``unit`` and stamp it begun. Unless the unit may resume (same inputs), what it holds from
+    other inputs goes first: the whole store, or, for one fold's part of a store, that part's ``images``."""
     if not is_main:
         return
     if not unit.resumable():
-        if stale:
-            for path in stale:
+        if images is not None:
+            for path in images:
                 path.unlink(missing_ok=True)
         elif folder.exists():
             shutil.rmtree(folder)
@@ -161,10 +161,13 @@ def _to_uint8(p: torch.Tensor) -> np.ndarray:
 
 def predict_ids(cfg: Config, comp, ids: list[str], split: str, predict: CheckpointAverage, writer: ProbWriter,
                 device: torch.device, world=None, desc: str = "") -> int:
-    """Predict the ids not yet in ``writer``'s store and write them; returns how many were predicted."""
-    todo = by_size(comp, [i for i in ids if not writer.has(i)], split)
+    """Predict the ids not yet in ``writer``'s store and write them; returns how many were predicted. Under DDP
+    each rank takes its share of all ``ids`` first and then skips what is on disk, so the shares never depend on
+    how far another rank has got."""
+    todo = by_size(comp, ids, split)
     if world is not None and world.size > 1:
         todo = todo[world.rank::world.size]
+    todo = [i for i in todo if not writer.has(i)]
     if not todo:
         return 0
     p = cfg.predict
@@ -221,7 +224,7 @@ def predict_test(cfg: Config, comp: Competition, model_cfg: ModelConfig, fold_li
     if unit.fresh():
         print(unit.kept())
         return
-    _prepare(unit, paths.test, [], world.is_main)
+    _prepare(unit, paths.test, world.is_main)
     _barrier(world)
     writer = ProbWriter(paths.test, list(cfg.data.classes))
     ids = comp.test_ids
@@ -234,6 +237,7 @@ def predict_test(cfg: Config, comp: Competition, model_cfg: ModelConfig, fold_li
     del predict
     _barrier(world)
     if world.is_main:
+        unit.done()
         writer.finish(ids)
 
 
@@ -257,8 +261,9 @@ def predict_oof(cfg: Config, comp: Competition, model_cfg: ModelConfig, folds: p
         return
     for k, ids, unit in parts:
         if unit.fresh():
+            print(unit.kept())
             continue
-        _prepare(unit, folder, list(unit.outputs), world.is_main)
+        _prepare(unit, folder, world.is_main, images=list(unit.outputs))
         _barrier(world)
         writer = ProbWriter(folder, list(cfg.data.classes))
         checkpoints = fold_checkpoints(cfg, model_cfg.name, k)
@@ -266,7 +271,9 @@ def predict_oof(cfg: Config, comp: Competition, model_cfg: ModelConfig, folds: p
         predict_ids(cfg, comp, ids, "train", predict, writer, device, world,
                     desc=f"{model_cfg.name} fold {k} OOF re-prediction")
         del predict
-    _barrier(world)
+        _barrier(world)  # every rank's images of this part are in before the part is stamped done
+        if world.is_main:
+            unit.done()
     if finish and world.is_main and not complete():
         ProbWriter(folder, list(cfg.data.classes)).finish(all_ids)
 

@@ -21,6 +21,7 @@ config; this module only selects and names.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Optional
 
@@ -33,15 +34,16 @@ from segkit.errors import DataError
 from segkit.freshness import Unit, fingerprint
 from segkit.layout import PseudoPaths, round_name
 from segkit.probs import ProbStore, ProbWriter, dequantize, image_files, manifest
+from segkit.threshold import below
 from segkit.threshold import binarize as above
 
 SELECTION_COLUMNS = ["id", "confident_share", "foreground_share"]
 
 
 def confident_share(q: np.ndarray, low: float, high: float) -> float:
-    """Share of the (K, H, W) pixels whose probability is below ``low`` or above ``high``."""
-    p = dequantize(q)
-    return float(((p < np.float32(low)) | (p > np.float32(high))).mean())
+    """Share of the (K, H, W) pixels whose probability is below ``low`` or above ``high`` (exactly, on the stored
+    levels: segkit.threshold)."""
+    return float((below(q, low) | above(q, high).view(bool)).mean())
 
 
 def binarize(q: np.ndarray, threshold: float, mode: str = "binary") -> np.ndarray:
@@ -63,7 +65,7 @@ def selection_unit(cfg: Config, r: int) -> tuple[Unit, PseudoPaths]:
     inputs = {"ensemble_test": fingerprint(manifest(source)), "mode": cfg.data.mode,
               **{k: getattr(opts, k) for k in ("low", "high", "confident_share", "threshold", "max_images")}}
     return Unit(f"pseudo: round {r} ({paths.dir})", paths.stamp, [paths.selection, manifest(paths.labels)],
-                inputs), paths
+                inputs, marker=manifest(paths.labels)), paths
 
 
 def select(cfg: Config, r: Optional[int] = None) -> Path:
@@ -93,15 +95,18 @@ def select(cfg: Config, r: Optional[int] = None) -> Path:
         keep = table[table["selected"]].sort_values("confident_share", ascending=False, kind="stable")
         table["selected"] = table["id"].isin(set(keep["id"].iloc[: opts.max_images]))
     chosen = table.loc[table["selected"], "id"].tolist()
-    # Labels of an earlier selection go first: the store must hold exactly this round's images.
-    if paths.dir.exists():
-        for old in image_files(paths.labels):
-            old.unlink()
     unit.begin()
+    # Labels of an earlier selection go: the store must hold exactly this round's images.
+    for old in image_files(paths.labels):
+        old.unlink()
     writer = ProbWriter(paths.labels, store.classes)
+    content = hashlib.sha1()  # what the labels are, so that labels selected again alike change nothing downstream
     for image_id in chosen:
-        writer.write(image_id, binarize(store[image_id], opts.threshold, cfg.data.mode))
+        labels = binarize(store[image_id], opts.threshold, cfg.data.mode)
+        writer.write(image_id, labels)
+        content.update(image_id.encode() + b"\0" + labels.tobytes())
     atomic.write_csv(paths.selection, table)
+    unit.done(labels=content.hexdigest())
     writer.finish(chosen)
     print(f"pseudo: round {r}: {len(chosen)} of {len(table)} test images confident (>= {opts.confident_share:.0%} "
           f"of pixels below {opts.low} or above {opts.high}) -> {paths.dir}")

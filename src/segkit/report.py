@@ -396,7 +396,7 @@ def run(cfg: Config) -> int:
     if unit.fresh():
         print(unit.kept())
         return 0
-    out.dir.mkdir(parents=True, exist_ok=True)
+    unit.begin()
     tuned = _read_tune(cfg)
     lines = [f"# Report: {cfg.experiment}", "",
              f"Competition `{cfg.competition}`, metric `{cfg.metric}`, models: "
@@ -411,7 +411,7 @@ def run(cfg: Config) -> int:
         part, made = section()
         lines += part
         plots += made
-    unit.begin()
     atomic.write_text(out.markdown, "\n".join(lines).rstrip() + "\n")
+    unit.done()
     print(f"report: {out.markdown} ({len(plots)} plots)")
     return 0

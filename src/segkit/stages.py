@@ -79,7 +79,8 @@ STAGES: tuple[Stage, ...] = (
     # entry is the pipeline's (segkit.pipeline.pseudo_rounds), the selection itself the pseudo module's.
     Stage("pseudo", "segkit.pipeline:pseudo_rounds",
           "select confident test images as pseudo labels (and go through pseudo.rounds rounds)",
-          reads=("ensemble",), writes=("pseudo_labels", "fold", "model_test", "model_oof_tta", "round_ensemble"),
+          reads=("ensemble", "round_ensemble"),
+          writes=("pseudo_labels", "fold", "model_test", "model_oof_tta", "round_ensemble"),
           scope="all"),
     Stage("tune", "segkit.tune:run", "choose thresholds, min areas, clean-up on OOF",
           reads=("competition", "folds", "fold", "ensemble", "round_ensemble"), writes=("tune",), scope="all"),

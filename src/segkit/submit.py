@@ -132,8 +132,6 @@ def run(cfg: Config) -> int:
     rle_name = rle_column(list(sample.columns), cfg.data.rle.rle_column)
 
     target = layout.submission
-    if comp.holdout_ids:
-        atomic.write_csv(layout.holdout_truth, holdout_truth(cfg, comp))
     with atomic.atomic_path(target) as tmp:
         sub.to_csv(tmp, index=False)
         # Check the file as written (what the competition will read), before it may replace an earlier one.
@@ -142,6 +140,9 @@ def run(cfg: Config) -> int:
         if not report.ok:
             raise DataError(f"the new submission is invalid, {target} left as it was:\n{report.summary()}")
         unit.begin()
+        if comp.holdout_ids:
+            atomic.write_csv(layout.holdout_truth, holdout_truth(cfg, comp))
+    unit.done()
 
     n_images = len({r.image_id for r in comp.sample_rows})
     print(f"submit: wrote {target} ({len(sub)} rows, {n_images} images; validated against the sample)")

@@ -44,6 +44,15 @@ def binarize(prob, threshold: Threshold = YARDSTICK) -> np.ndarray:
     return (prob > cuts).view(np.uint8)
 
 
+def below(prob, threshold: float) -> np.ndarray:
+    """bool mask of ``prob < threshold`` (the other side of a confidence band): on uint8 levels the integer test
+    q < 255 t, exactly, where comparing dequantised floats would misjudge the levels that are the threshold."""
+    prob = np.asarray(prob)
+    if prob.dtype == np.uint8:
+        return prob < math.ceil(float(threshold) * 255.0 - 1e-6)
+    return prob < prob.dtype.type(threshold) if np.issubdtype(prob.dtype, np.floating) else prob < threshold
+
+
 def count_above(prob, threshold: float) -> int:
     """How many values of ``prob`` are above ``threshold`` (the rule of ``binarize``)."""
     prob = np.asarray(prob)
@@ -60,4 +69,4 @@ def sweep_level(threshold: float) -> float:
     return float(np.float32(cut + 1) * np.float32(1.0 / 255.0))
 
 
-__all__ = ["YARDSTICK", "binarize", "count_above", "sweep_level", "uint8_cut"]
+__all__ = ["YARDSTICK", "below", "binarize", "count_above", "sweep_level", "uint8_cut"]

@@ -260,15 +260,16 @@ def run(cfg: Config) -> int:
     method = (_SingleModel(models.index(picked[len(MODEL_PREFIX):])) if picked.startswith(MODEL_PREFIX)
               else methods[names.index(picked)])
     fold_of = {i: int(f) for i, f in zip(folds["id"], folds["fold"])}
+    unit.begin()
     write_store(paths.oof, classes, list(folds["id"]), fold_of, oof, method)
     write_store(paths.test, classes, test_ids, None, test, method)
     atomic.write_csv(paths.cv, table)
     cv = float(table.loc[table["method"] == picked, "cv"].iloc[0])
-    unit.begin()
     atomic.write_json(paths.choice, {
         "method": picked, "cv": cv, "metric": cfg.metric, "threshold": 0.5, "models": models,
         "chosen_by": "ensemble.choose" if cfg.ensemble.choose else "best CV", "params": method.params(),
     })
+    unit.done()
     print(f"ensemble: chose {picked} (CV {cv:.5f}); wrote {paths.oof}, {paths.test}, {paths.cv.name}, "
           f"{paths.choice.name}")
     return 0

@@ -24,7 +24,8 @@ import numpy as np
 
 from segkit.ensemble.base import METHODS, FitSample, Method, as_float
 from segkit.metrics import CompetitionMetric
-from segkit.probs import mean_uint8
+from segkit.probs import mean_uint8, quantize
+from segkit.threshold import binarize
 
 # A stored 0 means p < 1/510: use half a quantisation step instead of log(0).
 GMEAN_EPS = 1.0 / 510
@@ -115,9 +116,15 @@ def weighted_sum(w: np.ndarray, probs: list[np.ndarray]) -> np.ndarray:
     return out
 
 
+def weighted_mean(w: np.ndarray, probs: list[np.ndarray]) -> np.ndarray:
+    """The weighted mean as ``combine`` returns it: float32 probabilities."""
+    return weighted_sum(w, probs) * np.float32(1.0 / 255)
+
+
 def sample_score(metric: CompetitionMetric, images, w: np.ndarray) -> float:
-    # sum w q >= 127.5 on the 0..255 scale is the stored value rounding to >= 128, i.e. the 0.5 yardstick
-    preds = [weighted_sum(w, s.probs) >= 127.5 for s in images]
+    """The signed score of weights ``w`` on the sample, binarised as the stored output will be: quantised, then
+    p > 0.5 (the pipeline's rule)."""
+    preds = [binarize(quantize(weighted_mean(w, s.probs))).view(bool) for s in images]
     return metric.gain(preds, [s.truth for s in images])
 
 
@@ -171,8 +178,7 @@ class WeightedMean(Method):
             self.weights[fold], self.fit_scores[fold] = fit_weights(self.setup.metric, sample.without(fold), n)
 
     def combine(self, probs, image_id, fold):
-        w = self.weights[fold]
-        return weighted_sum(w, probs) * np.float32(1.0 / 255)
+        return weighted_mean(self.weights[fold], probs)
 
     def params(self):
         names = self.setup.models

@@ -61,7 +61,7 @@ def plan(model_cfg: ModelConfig) -> WeightsPlan:
         return WeightsPlan()
     if value in PACKAGED:
         return WeightsPlan(file=packaged_file(value, key))
-    if _looks_like_path(value):
+    if looks_like_path(value):
         path = Path(value).expanduser()
         if not path.is_file():
             raise ConfigError(f"{key}: weights file not found: {path}")
@@ -81,7 +81,7 @@ def plan(model_cfg: ModelConfig) -> WeightsPlan:
     )
 
 
-def _looks_like_path(value: str) -> bool:
+def looks_like_path(value: str) -> bool:
     return value.lower().endswith(WEIGHT_SUFFIXES) or os.sep in value or value.startswith(".")
 
 

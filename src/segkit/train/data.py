@@ -8,7 +8,6 @@ they never enter the fold file, so no fold validates on them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
@@ -18,6 +17,7 @@ from torch.utils.data import ConcatDataset, DataLoader
 from segkit.config.schema import Config, TrainConfig
 from segkit.data import Competition, SegDataset, by_size, pad_collate
 from segkit.errors import DataError
+from segkit.freshness import fingerprint, recorded
 from segkit.probs import ProbStore, manifest
 from segkit.threshold import binarize
 from segkit.distributed import World
@@ -34,7 +34,7 @@ class ExtraTrainData:
     mask_reader: Callable[[str], np.ndarray]
     share: float
     split: str = "test"
-    source: Optional[Path] = None  # the file that marks the labels complete (a fold's input fingerprint)
+    identity: object = None  # what the images and labels are (JSON-able): part of a fold's input fingerprint
 
 
 def pseudo_labels(cfg: Config) -> Optional[ProbStore]:
@@ -81,8 +81,12 @@ def pseudo_train_data(cfg: Config, comp: Competition) -> Optional[ExtraTrainData
     ids = _checked_ids(comp, store)
     if not ids:
         return None
+    # The labels' content digest as the pseudo stage recorded it (labels selected again alike are the same
+    # labels); the store's manifest as a file where no stage recorded one.
+    paths = cfg.layout.pseudo(cfg.pseudo.round)
+    identity = recorded(paths.stamp, "labels") or fingerprint(manifest(store.folder))
     return ExtraTrainData(ids=ids, mask_reader=label_reader(store), share=cfg.pseudo.batch_share, split="test",
-                          source=manifest(store.folder))
+                          identity=identity)
 
 
 def extra_dataset(comp: Competition, extra: ExtraTrainData, cfg: TrainConfig) -> SegDataset:

@@ -25,11 +25,12 @@ from segkit.data import Competition
 from segkit.data.folds import fold_ids, load_folds
 from segkit.device import amp_dtype, depthwise_float32_when_training, grad_scaler, resolve_amp, resolve_device
 from segkit.errors import ConfigError, SegkitError
-from segkit.freshness import FRESH, STALE, UNSTAMPED, Unit, differences, digest, fingerprint
+from segkit.freshness import FRESH, STALE, UNSTAMPED, Unit, differences, digest
 from segkit.layout import FoldPaths
 from segkit.losses import LossSchedule
 from segkit.metrics import get_metric
 from segkit.models import build_model, check_output_size
+from segkit.models.weights import looks_like_path
 from segkit.optim import build_optimizer, build_schedule, cycle_end_epochs, group_lrs
 from segkit.probs import ProbWriter, manifest
 from segkit import checkpoint, distributed
@@ -45,17 +46,20 @@ MONITORS = {"score": "max", "dice": "max", "iou": "max", "val_loss": "min"}
 
 
 # What a fold's identity may change without changing what the fold computes, so that a resume or a finished fold
-# accepts the change: train keys that only affect speed or bookkeeping; the encoder weights (a resumed or finished
-# fold never reloads them, and their path differs from machine to machine); the model's own train overrides
+# accepts the change: train keys that only affect speed or bookkeeping, and the model's own train overrides
 # (already merged into the train section).
 FREE_TRAIN_KEYS = frozenset({"workers", "pin_memory", "threads", "progress", "val_batch_size", "keep", "compile"})
-FREE_MODEL_KEYS = frozenset({"encoder_weights", "train"})
+FREE_MODEL_KEYS = frozenset({"train"})
 
 
 def deciding(identity: dict) -> dict:
-    """The part of a fold's identity that decides its outputs: what its stamp records and a resume compares."""
+    """The part of a fold's identity that decides its outputs: what its stamp records and a resume compares.
+    Encoder weights from a file count by the file's name: its folder differs from machine to machine."""
     out = dict(identity)
     out["model"] = {k: v for k, v in identity["model"].items() if k not in FREE_MODEL_KEYS}
+    weights = out["model"].get("encoder_weights")
+    if weights is not None and looks_like_path(weights):
+        out["model"]["encoder_weights"] = Path(weights).name
     out["train"] = {k: v for k, v in identity["train"].items() if k not in FREE_TRAIN_KEYS}
     return out
 
@@ -69,8 +73,21 @@ def fold_unit(where: str, paths: FoldPaths, identity: dict, val_ids: list[str], 
     """A fold as a unit of work: done when best.pt, summary.json and the OOF store are there and its stamp holds
     this identity, these validation ids and these pseudo labels."""
     inputs = {**deciding(identity), "val_ids": digest(sorted(val_ids)),
-              "pseudo_labels": fingerprint(extra.source) if extra is not None and extra.source else None}
-    return Unit(where, paths.stamp, [paths.best, paths.summary, manifest(paths.oof)], inputs)
+              "pseudo_labels": extra.identity if extra is not None else None}
+    return Unit(where, paths.stamp, [paths.best, paths.summary, manifest(paths.oof)], inputs,
+                marker=manifest(paths.oof))
+
+
+def _explain(changes: list[str]) -> str:
+    """The first few changes, with the two that are no config key said in words."""
+    named = []
+    for c in changes:
+        if c.startswith("val_ids"):
+            c = "its validation images (the fold file changed)"
+        elif c.startswith("pseudo_labels"):
+            c = "its pseudo labels (selected again)"
+        named.append(c)
+    return "; ".join(named[:3])
 
 
 def monitor_of(cfg: Config, tcfg: TrainConfig, metric) -> tuple[str, str]:
@@ -127,9 +144,7 @@ def train_fold(
         print(unit.kept(note), flush=True)
         return json.loads(paths.summary.read_text())
     if status == STALE:
-        changes = [("its validation images (the fold file changed)" if c.startswith("val_ids") else c)
-                   for c in unit.changes()]
-        raise SegkitError(f"{where}: {paths.dir} was trained under another config ({'; '.join(changes[:3])}); "
+        raise SegkitError(f"{where}: {paths.dir} was trained under another config ({_explain(unit.changes())}); "
                           f"restore the config, or delete {paths.dir} to train this fold afresh")
     device = resolve_device(cfg.device)
     tcfg = tcfg.model_copy(update={"amp": resolve_amp(tcfg.amp, device)})
@@ -167,9 +182,13 @@ def train_fold(
     best_value: Optional[float] = None
     start = 1
     if saved is not None:
+        # The checkpoint's identity says what config it was trained under; the fold's stamp (when there is one)
+        # adds the validation images and the pseudo labels it trained with.
         changes = identity_changes(saved["train_state"]["identity"], identity)
+        if not changes and unit.saved() is not None and not unit.resumable():
+            changes = unit.changes()
         if changes:
-            raise SegkitError(f"{where}: {paths.last} was written under another config ({'; '.join(changes[:3])}); "
+            raise SegkitError(f"{where}: {paths.last} was written under another config ({_explain(changes)}); "
                               f"restore the config, or delete {paths.dir} to train this fold afresh")
         state = saved["train_state"]
         model.load_state_dict(state["model"] if state["model"] is not None else saved["model"])
@@ -249,12 +268,12 @@ def train_fold(
                   f"{row['seconds']:.1f}s" + (f"  ({stats.skipped} skipped)" if stats.skipped else ""), flush=True)
         distributed.barrier(world)
 
-    return _write_oof(cfg, model_cfg, fold, paths, model, vloader, losses.for_epoch(tcfg.epochs), metric, device,
-                      tcfg, world, train_ids, val_ids, history, monitor, final_row)
+    return _write_oof(cfg, model_cfg, fold, paths, unit, model, vloader, losses.for_epoch(tcfg.epochs), metric,
+                      device, tcfg, world, train_ids, val_ids, history, monitor, final_row)
 
 
-def _write_oof(cfg, model_cfg, fold, paths: FoldPaths, model, vloader, loss_fn, metric, device, tcfg, world,
-               train_ids, val_ids, history, monitor, final_row: Optional[dict]) -> dict:
+def _write_oof(cfg, model_cfg, fold, paths: FoldPaths, unit: Unit, model, vloader, loss_fn, metric, device, tcfg,
+               world, train_ids, val_ids, history, monitor, final_row: Optional[dict]) -> dict:
     """Predict the fold's validation images with best.pt into the OOF store (unless ``final_row``, the last
     epoch's validation, already wrote them with the very weights of best.pt); then tidy up the checkpoints."""
     began = time.perf_counter()
@@ -275,6 +294,7 @@ def _write_oof(cfg, model_cfg, fold, paths: FoldPaths, model, vloader, loss_fn, 
     }
     if world.is_main:
         atomic.write_json(paths.summary, summary)
+        unit.done()
         writer.finish(val_ids)  # the fold's completion marker
         if "last" not in tcfg.keep and paths.last.exists():
             paths.last.unlink()

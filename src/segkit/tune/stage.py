@@ -80,10 +80,11 @@ def run(cfg: Config) -> int:
     result["baseline"] = {"ensemble_oof_p>0.5": result["cv_baseline"],
                           "plain_pipeline": plain[1] if plain else None,
                           "plain_model": plain[0] if plain else None}
+    unit.begin()
     write_per_image(paths.scores, per_image, list(cfg.data.classes))
     result["plots"] = [str(p) for p in plot_curves(result["curves"], paths, metric.name)]
-    unit.begin()
     atomic.write_json(paths.json, result)
+    unit.done()
 
     for step in result["steps"]:
         kept = "" if step["step"] == "baseline" else ("  kept" if step["kept"] else "  rejected")
