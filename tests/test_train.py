@@ -122,6 +122,21 @@ class Killed(Exception):
     pass
 
 
+def train_killed_after_first_epoch(monkeypatch, *args, **kwargs) -> None:
+    """``train_fold(*args, **kwargs)``, killed right after the first epoch's last.pt is written."""
+    real_save = checkpoint.save
+
+    def save_then_die(path, payload):
+        real_save(path, payload)
+        if Path(path).name == "last.pt":
+            raise Killed
+
+    monkeypatch.setattr(checkpoint, "save", save_then_die)
+    with pytest.raises(Killed):
+        train_fold(*args, **kwargs)
+    monkeypatch.setattr(checkpoint, "save", real_save)
+
+
 def test_resume_continues_exactly_like_an_uninterrupted_run(make_cfg, monkeypatch, tmp_path):
     # Every piece of state a resume must restore is in play: EMA, bf16, accumulation, clipping, a positive-share
     # sampler, cosine restarts with snapshots, and a staged loss.
@@ -133,17 +148,7 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(make_cfg, monkeypatc
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     train_fold(cfg, model_cfg, 0, out_dir=straight)
 
-    real_save = checkpoint.save
-
-    def save_then_die(path, payload):
-        real_save(path, payload)
-        if Path(path).name == "last.pt":
-            raise Killed  # a kill right after the first epoch's checkpoint
-
-    monkeypatch.setattr(checkpoint, "save", save_then_die)
-    with pytest.raises(Killed):
-        train_fold(cfg, model_cfg, 0, out_dir=resumed)
-    monkeypatch.setattr(checkpoint, "save", real_save)
+    train_killed_after_first_epoch(monkeypatch, cfg, model_cfg, 0, out_dir=resumed)
     assert checkpoint.load(resumed / "last.pt")["epoch"] == 1 and not (resumed / "oof").exists()
     train_fold(cfg, model_cfg, 0, out_dir=resumed)
 
@@ -158,17 +163,7 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(make_cfg, monkeypatc
 
 def test_a_changed_config_refuses_to_resume(make_cfg, monkeypatch, tmp_path):
     cfg = make_cfg("train.epochs=1")
-    real_save = checkpoint.save
-
-    def save_then_die(path, payload):
-        real_save(path, payload)
-        if Path(path).name == "last.pt":
-            raise Killed
-
-    monkeypatch.setattr(checkpoint, "save", save_then_die)
-    with pytest.raises(Killed):
-        train_fold(cfg, cfg.models[0], 0, out_dir=tmp_path / "f")
-    monkeypatch.setattr(checkpoint, "save", real_save)
+    train_killed_after_first_epoch(monkeypatch, cfg, cfg.models[0], 0, out_dir=tmp_path / "f")
     changed = make_cfg("train.epochs=1", "train.lr=0.01")
     with pytest.raises(SegkitError, match=r"another config \(train\.lr: 0\.002 -> 0\.01\)"):
         train_fold(changed, changed.models[0], 0, out_dir=tmp_path / "f")
@@ -179,17 +174,7 @@ def test_a_killed_fold_does_not_resume_on_other_validation_images(make_cfg, monk
     from segkit import folds as folds_module
 
     cfg = make_cfg("train.epochs=2")
-    real_save = checkpoint.save
-
-    def save_then_die(path, payload):
-        real_save(path, payload)
-        if Path(path).name == "last.pt":
-            raise Killed
-
-    monkeypatch.setattr(checkpoint, "save", save_then_die)
-    with pytest.raises(Killed):
-        train_fold(cfg, cfg.models[0], 0)
-    monkeypatch.setattr(checkpoint, "save", real_save)
+    train_killed_after_first_epoch(monkeypatch, cfg, cfg.models[0], 0)
     cfg.folds_file.unlink()
     folds_module.run(make_cfg("train.epochs=2", "folds.seed=7"))  # the fold file rebuilt: other folds
     with pytest.raises(SegkitError, match="another config .its validation images .the fold file changed"):

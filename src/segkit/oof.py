@@ -23,7 +23,7 @@ from segkit.errors import DataError, SegkitError
 from segkit.layout import Layout
 from segkit.metrics import CompetitionMetric
 from segkit.postprocess import ClassParams, postprocess
-from segkit.probs import ProbStore, image_file, load_image, manifest, mean_uint8
+from segkit.probs import ProbStore, load_image, manifest, mean_uint8
 
 
 class StoreUnion:
@@ -82,35 +82,29 @@ class ModelOOF(StoreUnion):
     """One model's OOF for every id of the fold table: its TTA re-prediction when complete (``tta=True``), else
     its fold stores, each checked to hold its own fold's ids (a fold file changed since training is an error)."""
 
-    def __init__(self, layout: Layout, model: str, folds: pd.DataFrame, classes: list[str], tta: bool = True,
-                 where: Optional[str] = None):
+    def __init__(self, layout: Layout, model: str, folds: pd.DataFrame, classes: list[str], tta: bool = True):
         self.model = model
         paths = layout.model(model)
-        fold_of = dict(zip(folds["id"], folds["fold"]))
         if tta and ProbStore.is_complete(paths.oof_tta):
             self.kind, parts = "oof_tta", [(None, paths.oof_tta)]
         else:  # an incomplete fold is reported below as the missing ids of that fold
             self.kind = "fold oof"
             parts = [(k, f.oof) for k, f in paths.folds() if ProbStore.is_complete(f.oof)]
-        ids = list(folds["id"])
-        have: set[str] = set()
-        for k, folder in parts:
-            store = ProbStore(folder)
+        super().__init__([folder for _, folder in parts], ids=())  # every id is checked below, with its fold
+        fold_of = dict(zip(folds["id"], folds["fold"]))
+        for (k, folder), store in zip(parts, self.stores):
             if store.classes != list(classes):
                 raise DataError(f"{folder}: holds classes {store.classes}, the config has {list(classes)}")
-            if k is not None:
-                stray = [i for i in store.ids if i in fold_of and fold_of[i] != k]
-                if stray:
-                    raise DataError(f"{folder}: id {stray[0]!r} is in fold {fold_of[stray[0]]} of "
-                                    f"{where or layout.folds_file}, not fold {k}; the OOF is stale (folds changed): "
-                                    f"retrain model {model!r}")
-            have.update(store.ids)
-        missing = [i for i in ids if i not in have]
+            stray = [i for i in store.ids if i in fold_of and fold_of[i] != k] if k is not None else []
+            if stray:
+                raise DataError(f"{folder}: id {stray[0]!r} is in fold {fold_of[stray[0]]} of {layout.folds_file}, "
+                                f"not fold {k}; the OOF is stale (folds changed): retrain model {model!r}")
+        self.ids = list(folds["id"])
+        missing = [i for i in self.ids if i not in self.where]
         if missing:
             folds_missing = sorted({int(fold_of[i]) for i in missing})
             raise DataError(f"{paths.dir}: model {model!r} has no complete OOF for fold(s) {folds_missing} "
                             f"({len(missing)} ids, e.g. {missing[0]!r}); run `segkit train` first")
-        super().__init__([folder for _, folder in parts], ids)
 
 
 class PartStore:
@@ -118,9 +112,6 @@ class PartStore:
 
     def __init__(self, folder: Path, ids: Sequence[str]):
         self.folder, self.ids = Path(folder), list(ids)
-
-    def has_all(self) -> bool:
-        return all(image_file(self.folder, i).exists() for i in self.ids)
 
     def __getitem__(self, image_id: str) -> np.ndarray:
         return load_image(self.folder, image_id)

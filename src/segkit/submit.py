@@ -104,7 +104,7 @@ def submit_unit(cfg: Config, holdout: bool) -> Unit:
     """The submission as a unit of work: the csv (and the holdout's truth), decided by the tuning, the ensemble's
     test probabilities, the sample submission and the RLE format."""
     layout = cfg.layout
-    sample = cfg.data.root / cfg.data.sample_submission if cfg.data.sample_submission else None
+    sample = cfg.data.path("sample_submission") if cfg.data.sample_submission else None
     inputs = {"tune": fingerprint(layout.tune.json), "test": fingerprint(manifest(layout.final_ensemble.test)),
               "sample": fingerprint(sample) if sample else None, "rle": cfg.data.rle.model_dump(),
               "mode": cfg.data.mode, "classes": cfg.data.classes, "holdout": cfg.data.holdout_fraction,
