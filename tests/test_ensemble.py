@@ -200,6 +200,33 @@ def test_stacker_never_trains_on_the_fold_it_predicts():
     assert "p:present" in m.feature_names and "top_features" in m.params()
 
 
+def _stacker_on(truths, probs, fold_of):
+    setup = setup_for(n_oof=len(truths), stack_pixels=4000, stack_rounds=10, stack_scales=[3], empty_classifier=True,
+                      stack_params={"min_data_in_leaf": 5})
+    m = METHODS.get("stack")(setup)
+    for i, (t, p) in enumerate(zip(truths, probs)):
+        m.observe(f"i{i}", fold_of[i], p, t)
+    m.fit(FitSample(0))
+    return m
+
+
+def test_stacker_fold_k_never_sees_a_function_of_fold_k_labels():
+    """The leak test of the empty-image classifier: change which of fold 0's images hold an object. Everything
+    fold 0's booster trained on (its p:present column included) and what it predicts for fold 0's images stay
+    the same; the features fold 1's booster saw do change (so the change reaches the classifiers)."""
+    rng = np.random.default_rng(7)
+    fold_of = [i % 3 for i in range(24)]
+    truths = [(rng.random((1, 12, 12)) < (0.3 if i % 2 else 0.0)).astype(np.uint8) for i in range(24)]
+    probs = [[quantize(np.clip(0.25 + 0.5 * t + 0.2 * rng.standard_normal(t.shape), 0, 1)) for _ in "ab"]
+             for t in truths]
+    other = [np.ones_like(t) if f == 0 else t for t, f in zip(truths, fold_of)]  # fold 0: every image full
+    a, b = _stacker_on(truths, probs, fold_of), _stacker_on(other, probs, fold_of)
+    assert np.array_equal(a.features_seen[(0, 0)], b.features_seen[(0, 0)])
+    for i in range(0, 24, 3):
+        assert np.array_equal(a.combine(probs[i], f"i{i}", 0), b.combine(probs[i], f"i{i}", 0))
+    assert not np.array_equal(a.features_seen[(1, 0)], b.features_seen[(1, 0)])  # fold 1's booster saw fold 0
+
+
 def test_stacker_learns_a_recalibration():
     # one model that is right but scaled into [0, 0.45]: at 0.5 it predicts nothing, the stacker must fix that
     rng = np.random.default_rng(5)

@@ -10,8 +10,10 @@ of the fold boosters (``stack_test: folds``) or a booster fitted on all OOF pixe
 
 Optional image-level classifier (``ensemble.empty_classifier``): a small LightGBM on per-image statistics (and the
 extra columns) predicting whether a class is present at all — the trick several winners used against false
-positives on empty images. It is fold-aware in the same way; its OOF probability becomes a pixel feature of the
-stacker, and with ``ensemble.empty_gate`` a class whose probability of being present is below the gate is blanked.
+positives on empty images. Its probability becomes a pixel feature of the stacker, and with ``ensemble.empty_gate``
+a class whose probability of being present is below the gate is blanked. Fold-aware with nested folds: the
+feature fold k's booster trains on comes, for an image of fold j, from a classifier trained without folds j and k,
+so nothing fold k's booster learns from is a function of fold k's labels.
 """
 
 from __future__ import annotations
@@ -126,6 +128,8 @@ class Stacker(Method):
         self.empty_models: dict[tuple[Optional[int], int], object] = {}
         self.trained_on: dict[tuple[Optional[int], int], set[str]] = {}
         self.empty_trained_on: dict[tuple[Optional[int], int], set[str]] = {}
+        # the p:present column each booster trained on, row for row (what the nested-folds test checks)
+        self.features_seen: dict[tuple[Optional[int], int], Optional[np.ndarray]] = {}
 
     # ------------------------------------------------------------------------------------------------- names
     @property
@@ -172,34 +176,52 @@ class Stacker(Method):
             y = np.concatenate(self.labels[k])
             row_image = np.concatenate(self.row_image[k])
             self.rows[k], self.labels[k], self.row_image[k] = [], [], []  # the concatenated copy replaces them
+            present_of = None
             if self.with_empty:
-                oof_present = self._fit_empty(k, image_x[:, k], present[:, k], folds, ids)
-                x = np.concatenate([x, oof_present[row_image, None].astype(np.float32)], axis=1)
+                present_of = self._fit_empty(k, image_x[:, k], present[:, k], folds, ids)
+                x = np.concatenate([x, np.zeros((len(x), 1), np.float32)], axis=1)  # p:present, filled per booster
             row_fold = folds[row_image]
-            for fold in self.setup.folds:
-                train = row_fold != fold
+            for fold in [*self.setup.folds, *([None] if self.refit else [])]:
+                if present_of is not None:
+                    x[:, -1] = present_of[fold][row_image]
+                train = row_fold != fold if fold is not None else np.ones(len(y), bool)
                 self.boosters[(fold, k)] = train_booster(x[train], y[train], self.pixel_params, self.rounds,
                                                          self.feature_names)
                 self.trained_on[(fold, k)] = set(ids[np.unique(row_image[train])])
-            if self.refit:
-                self.boosters[(None, k)] = train_booster(x, y, self.pixel_params, self.rounds, self.feature_names)
-                self.trained_on[(None, k)] = set(ids[np.unique(row_image)])
+                self.features_seen[(fold, k)] = x[train, -1].copy() if present_of is not None else None
             del x, y
 
-    def _fit_empty(self, k: int, x: np.ndarray, y: np.ndarray, folds: np.ndarray, ids: np.ndarray) -> np.ndarray:
-        """Fold-aware image-level classifiers for class k; returns each OOF image's out-of-fold P(present)."""
-        oof = np.zeros(len(y), dtype=np.float64)
+    def _fit_empty(self, k: int, x: np.ndarray, y: np.ndarray, folds: np.ndarray,
+                   ids: np.ndarray) -> dict[Optional[int], np.ndarray]:
+        """Fold-aware image-level classifiers for class k, and the P(present) feature of every OOF image as each
+        pixel booster sees it in training.
+
+        The classifier that predicts fold f's images (at combine time) is trained without fold f. The booster of
+        fold f trains on the other folds' images, and their feature must not be a function of fold f's labels
+        either: an image of fold j gets it from a classifier trained without folds j *and* f (nested folds). The
+        refit booster (test only) sees each image's feature from the classifier trained without its own fold."""
         names = self.image_feature_names
+
+        def fit(train: np.ndarray):
+            return train_booster(x[train], y[train].astype(np.uint8), self.empty_params, EMPTY_ROUNDS, names)
+
+        out: dict[Optional[int], np.ndarray] = {None: np.zeros(len(y), dtype=np.float64)}
         for fold in self.setup.folds:
             train = folds != fold
-            model = train_booster(x[train], y[train].astype(np.uint8), self.empty_params, EMPTY_ROUNDS, names)
-            self.empty_models[(fold, k)] = model
+            self.empty_models[(fold, k)] = fit(train)
             self.empty_trained_on[(fold, k)] = set(ids[train])
             if (~train).any():
-                oof[~train] = model.predict(x[~train])
+                out[None][~train] = self.empty_models[(fold, k)].predict(x[~train])
+        for outer in self.setup.folds:
+            feature = np.full(len(y), np.nan)  # fold `outer`'s own rows are not in its booster's training set
+            for fold in self.setup.folds:
+                rows = folds == fold
+                if fold != outer and rows.any():
+                    feature[rows] = fit((folds != fold) & (folds != outer)).predict(x[rows])
+            out[outer] = feature
         if self.refit:
-            self.empty_models[(None, k)] = train_booster(x, y.astype(np.uint8), self.empty_params, EMPTY_ROUNDS, names)
-        return oof
+            self.empty_models[(None, k)] = fit(np.ones(len(y), bool))
+        return out
 
     # ------------------------------------------------------------------------------------------------ apply
     def _predict(self, table: dict, fold: Optional[int], k: int, x: np.ndarray) -> np.ndarray:
