@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     score = sub.add_parser("score", help="score an RLE csv against a truth csv as the competition would")
     score.add_argument("submission")
     score.add_argument("--truth", required=True)
-    score.add_argument("--metric", required=True)
+    score.add_argument("--metric", required=True, help="a metric name: tgs, dice, iou, object_ap, hd95, abs_rvd, "
+                       "... (the README's Metrics section lists them all)")
     score.add_argument("--sample", default=None, help="sample_submission.csv (image sizes / id format)")
     score.add_argument("--shape", default=None, help="HxW of every image when no sample gives it, e.g. 101x101")
     score.add_argument("--images", default=None, help="folder of the images (their sizes), instead of --shape")

@@ -8,6 +8,8 @@
 * :mod:`segkit.metrics.competition` — the competition metric object by name (``get_metric``): per image, in
   batches, over many thresholds, from confusion counts; the one object every stage scores with.
 * :mod:`segkit.metrics.objects` — object AP of many candidate masks from one labelling (the tuner's fast path).
+* :mod:`segkit.metrics.image_scores` — the toolbox's scores per image and class under finite empty conventions:
+  what the metrics ``sensitivity``, ``voe``, ``abs_rvd``, ``hd95``, ... and ``segkit evaluate``'s table compute.
 """
 
 from segkit.metrics.auc import roc_auc

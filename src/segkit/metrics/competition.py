@@ -16,6 +16,13 @@ image); a data set scores the mean over its images. Registered in ``COMPETITION_
   predictions are FP, unmatched truths FN, and precision(t) = TP / (TP + FP + FN); the mean over t is the
   image's score. Both empty -> 1. ``object_ap_labels`` takes instance label maps instead.
 * ``pixel_accuracy``: share of pixels labelled right, averaged over classes.
+* The toolbox's scores, each the mean over the image's classes of a per-class value whose empty-mask convention is
+  finite (:mod:`segkit.metrics.image_scores` states them): ``mean_pixel_accuracy``, ``sensitivity`` (alias
+  ``recall``), ``specificity``, ``roc_auc`` (of the hard mask: (sensitivity + specificity) / 2), higher is better;
+  ``voe`` (1 - IoU, alias ``volume_overlap_error``), ``abs_rvd`` (|relative volume difference| capped at 1, alias
+  ``abs_relative_volume_difference``), and the surface distances in pixels ``assd``, ``hd`` (alias ``hausdorff``),
+  ``hd95``, lower is better. The signed relative volume difference (``rvd``) is refused: errors of opposite sign
+  cancel in its mean, so it cannot rank predictions (``segkit evaluate`` shows it as a bias).
 
 Each entry is a :class:`CompetitionMetric` that knows whether higher is better. Tuning scores thousands of
 images at dozens of thresholds: ``score_many`` scores a batch from per-image intersection and areas counted
@@ -37,6 +44,7 @@ from scipy import ndimage as ndi
 
 from segkit.errors import ConfigError, DataError
 from segkit.metrics.counts import OverlapCounts, as_batch, counts_at_thresholds, overlap_counts
+from segkit.metrics.image_scores import class_mean, surface_metric
 from segkit.metrics.inputs import as_mask, check_same_shape
 from segkit.metrics.objects import AP_TWENTIETHS, ObjectOverlaps
 from segkit.probs import dequantize
@@ -312,8 +320,51 @@ _add(
 )
 
 
+def _add_counted(name: str, higher_is_better: bool, description: str, *aliases: str) -> None:
+    counts = class_mean(name)
+    _add(CompetitionMetric(name, _per_image_from_counts(counts), higher_is_better, description, counts), *aliases)
+
+
+_add_counted("mean_pixel_accuracy", True, "mean over classes of the mean of recall and specificity over the labels "
+             "the truth holds")
+_add_counted("sensitivity", True, "mean over classes of TP / (TP + FN); empty truth: 1 if the prediction is "
+             "empty, else 0", "recall")
+_add_counted("specificity", True, "mean over classes of TN / (TN + FP); truth filling the image: 1 if the "
+             "prediction fills it, else 0")
+_add_counted("voe", False, "volume overlap error, 1 - IoU, mean over classes; both empty 0",
+             "volume_overlap_error")
+_add_counted("abs_rvd", False, "mean over classes of min(|pred - truth| / truth, 1); empty truth: 0 if the "
+             "prediction is empty, else 1", "abs_relative_volume_difference")
+_add_counted("roc_auc", True, "ROC-AUC of the hard mask, (sensitivity + specificity) / 2, mean over classes")
+
+
+def _add_surface(name: str, what: str, *aliases: str) -> None:
+    # No counts path: a distance needs the masks themselves, so batches and sweeps score mask by mask.
+    _add(CompetitionMetric(name, surface_metric(name), False,
+                           f"{what} in pixels, mean over classes; both empty 0, one empty the image diagonal"),
+         *aliases)
+
+
+_add_surface("assd", "average symmetric surface distance")
+_add_surface("hd", "Hausdorff distance", "hausdorff")
+_add_surface("hd95", "95th percentile Hausdorff distance (MONAI's convention)")
+
+# Names that look like metrics but cannot rank predictions, and what to use instead.
+NOT_METRICS = {
+    "rvd": "abs_rvd",
+    "relative_volume_difference": "abs_rvd",
+}
+
+
 def get_metric(name: str, key: str | None = None) -> CompetitionMetric:
     """The competition metric called ``name``; ``key``: the config key that named it, for error messages."""
+    instead = NOT_METRICS.get(name.lower())
+    if instead is not None:
+        where = f"{key}: " if key else ""
+        raise ConfigError(f"{where}{name!r} (the signed relative volume difference) is not a metric: over- and "
+                          f"under-segmented images cancel in its mean, so it cannot rank predictions; use "
+                          f"{instead!r} (|RVD|, lower is better), or read the signed mean in `segkit evaluate`'s "
+                          f"table")
     return COMPETITION_METRICS.get(name, key=key)
 
 
