@@ -38,11 +38,12 @@ def test_a_second_run_on_a_finished_experiment_does_no_work(demo_root, tmp_path,
     assert files(tmp_path) == before  # not one file written, touched or removed
     assert "epoch" not in again and "images/s" not in again and "wrote" not in again
     kept = [line for line in again.splitlines() if "up to date and complete; keeping it" in line]
-    # check, folds, 2 x 2 folds, 2 test stores, 2 OOF re-predictions, 2 ensembles, the round's labels, tune,
-    # submit, report
-    assert len(kept) == 16, "\n".join(kept)
+    # check, folds, 2 x 2 folds, 2 test stores, round 0's 2 per-fold test stores (a round follows), 2 OOF
+    # re-predictions, 2 ensembles, the round's labels, tune, submit, evaluate, report
+    assert len(kept) == 19, "\n".join(kept)
     for unit in ("check:", "folds:", "models[tiny] fold 0", "models[tiny_pl1] fold 1", "predict: models[tiny] test",
-                 "OOF re-prediction", "ensemble:", "pseudo: round 1", "tune:", "submit:", "report:"):
+                 "predict: models[tiny] fold 1 test", "OOF re-prediction", "ensemble:", "pseudo: round 1", "tune:",
+                 "submit:", "evaluate:", "report:"):
         assert any(line.startswith(unit) or unit in line for line in kept), unit
 
 
@@ -58,7 +59,7 @@ def test_a_narrowed_run_does_its_slice_and_stops_before_the_stages_that_need_eve
     assert ProbStore.is_complete(paths.fold(0).oof) and not paths.fold(1).dir.exists()
     assert (paths.oof_tta / "fold0.stamp.json").exists() and not ProbStore.is_complete(paths.oof_tta)
     assert "models[tiny] fold 0: " in out and "(training OOF)" in out and "(TTA OOF)" in out
-    assert "ensemble, tune, submit, report: not run" in out and "model tiny and fold 0" in out
+    assert "ensemble, tune, submit, evaluate, report: not run" in out and "model tiny and fold 0" in out
     assert not cfg.layout.ensemble.dir.exists() and not cfg.layout.tune.json.exists()
     # the whole run then does the rest: fold 1, the test store, and the OOF store once both folds are in
     assert main(["run", *args(demo_root, tmp_path)]) == 0

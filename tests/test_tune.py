@@ -5,14 +5,15 @@ import json
 
 import cv2
 import numpy as np
+import pandas as pd
 import pytest
 
 from segkit.config.schema import TuneConfig
-from segkit.errors import SegkitError
+from segkit.errors import ConfigError, SegkitError
 from segkit.metrics import CompetitionMetric, ObjectOverlaps, get_metric
 from segkit.postprocess import ClassParams, apply_class
 from segkit.probs import ProbWriter
-from segkit.tune import Greedy, OOFStream, tune
+from segkit.tune import Greedy, KeepRule, OOFStream, final_scores, tune
 from segkit.tune.candidates import Staged, score_params
 from segkit.tune.tables import summarize
 
@@ -45,19 +46,37 @@ SMALL = dict(thresholds=[0.3, 0.4, 0.5, 0.55, 0.65, 0.8], min_areas=[0, 10, 50],
 
 
 def test_greedy_keeps_only_strict_improvements():
-    g = Greedy(["a", "b", "c"], CompetitionMetric("x", None, True), min_gain=0.01)
-    g.start(np.array([0.5, 0.5, 0.5]))
-    g.offer("s", [(ClassParams(threshold=0.3), 0.52, "better"), (ClassParams(threshold=0.3), 0.505, "too little"),
-                  (ClassParams(threshold=0.3), 0.4, "worse")])
+    one = np.ones(4)
+    g = Greedy(["a", "b", "c"], CompetitionMetric("x", None, True), KeepRule(0.01))
+    g.start(np.full((4, 3), 0.5))
+    g.offer("s", [(ClassParams(threshold=0.3), 0.52 * one, "better"), (ClassParams(threshold=0.3), 0.505 * one,
+                                                                          "too little"),
+                  (ClassParams(threshold=0.3), 0.4 * one, "worse")])
     kept = {c: v["kept"] for c, v in g.steps[-1]["classes"].items()}
     assert kept == {"a": True, "b": False, "c": False}
     assert g.params[0].threshold == 0.3 and g.params[1] == ClassParams() and g.params[2] == ClassParams()
-    low = Greedy(["a"], CompetitionMetric("loss", None, False), min_gain=0.0)  # lower is better
-    low.start(np.array([0.5]))
-    low.offer("s", [(ClassParams(threshold=0.3), 0.6, "worse")])
+    low = Greedy(["a"], CompetitionMetric("loss", None, False), KeepRule(0.0))  # lower is better
+    low.start(np.full((4, 1), 0.5))
+    low.offer("s", [(ClassParams(threshold=0.3), 0.6 * one, "worse")])
     assert not low.steps[-1]["kept"]
-    low.offer("s", [(ClassParams(threshold=0.3), 0.4, "better")])
+    low.offer("s", [(ClassParams(threshold=0.3), 0.4 * one, "better")])
     assert low.steps[-1]["kept"] and low.params[0].threshold == 0.3
+
+
+def test_keep_rules_judge_the_gain_fold_by_fold():
+    """A gain carried by one fold out of four: kept by a plain mean rule, refused by most_folds and fold_se; a
+    small gain on every fold: kept by both."""
+    folds = np.repeat([0, 1, 2, 3], 5)
+    lucky = np.where(folds == 0, 0.08, -0.01)  # mean +0.0125, positive on one fold only
+    steady = np.full(20, 0.002)
+    assert KeepRule(0.0).keeps(lucky, folds)
+    assert not KeepRule("most_folds").keeps(lucky, folds)
+    assert not KeepRule("fold_se").keeps(lucky, folds)
+    assert KeepRule("most_folds").keeps(steady + np.where(folds == 1, -0.003, 0.0), folds)  # 3 of 4 folds
+    assert KeepRule("fold_se").keeps(steady, folds)
+    assert not KeepRule("most_folds").keeps(-steady, folds)
+    with pytest.raises(ConfigError, match="tune.min_gain"):
+        KeepRule("sometimes")
 
 
 def test_every_step_rejected_on_perfect_thin_predictions(tmp_path):
@@ -262,6 +281,10 @@ def test_tune_stage_writes_json_plots_and_skips_when_current(demo_cfg, capsys):
     result = json.loads((cfg.run_dir / "tune.json").read_text())
     assert set(result["classes"]) == {"object"} and result["metric"] == "dice"
     assert result["cv"] >= result["cv_baseline"] - 1e-12
+    assert result["cv_nested"] is not None and set(result["nested"]) == {"0", "1", "2"}  # the demo's 3 folds
+    assert "nested" in capsys.readouterr().out
+    scores = pd.read_csv(cfg.run_dir / "tune" / "oof_scores.csv")
+    assert scores["nested"].mean() == pytest.approx(result["cv_nested"])
     assert [s["step"] for s in result["steps"]][:4] == ["baseline", "threshold", "min_area", "empty_rule"]
     assert result["baseline"]["plain_pipeline"] is not None and result["baseline"]["plain_model"] == "unet_r18"
     for name in ("threshold_object.png", "min_area_object.png", "oof_scores.csv"):
@@ -274,6 +297,50 @@ def test_tune_stage_writes_json_plots_and_skips_when_current(demo_cfg, capsys):
     assert stage.run(cfg2) == 0
     result2 = json.loads((cfg.run_dir / "tune.json").read_text())
     assert not any(s.get("kept") for s in result2["steps"][1:])  # nothing gains 0.5
+
+
+def _noisy_oof(tmp_path, n=18, size=24, seed=3):
+    """Blobs with noisy probabilities and specks, so threshold, min area and morphology all have something to
+    choose, and different images would choose differently."""
+    rng = np.random.default_rng(seed)
+    probs, truths = {}, {}
+    for i in range(n):
+        t = square(size, rng.integers(0, 10), rng.integers(0, 10), rng.integers(4, 12)) if i % 4 else \
+            np.zeros((size, size), np.uint8)
+        level = rng.uniform(0.4, 0.9)  # how sure the model is of this image's object
+        p = np.where(t > 0, level * rng.uniform(0.7, 1.0, (size, size)), rng.uniform(0, 0.75, (size, size)) ** 2)
+        probs[f"i{i:02d}"], truths[f"i{i:02d}"] = p[None].astype(np.float32), t[None]
+    return make_source(tmp_path, probs, truths), truths
+
+
+def test_nested_cv_scores_each_fold_with_a_search_on_the_other_folds(tmp_path):
+    """cv_nested is exactly: for every fold, tune on the other folds' images alone, score the fold's images with
+    that choice; the mean over all images. The submission's parameters still come from every image."""
+    source, truths = _noisy_oof(tmp_path)
+    folds = [i % 3 for i in range(len(source))]
+    tcfg = TuneConfig(**SMALL, min_gain=0.0)
+    result = tune(source, ["obj"], resolve_metric("dice"), tcfg, folds=folds)
+    assert result["classes"] == tune(source, ["obj"], resolve_metric("dice"), tcfg)["classes"]
+    expected = []
+    for f in range(3):
+        inner = [i for i, k in zip(source.ids, folds) if k != f]
+        outer = [i for i, k in zip(source.ids, folds) if k == f]
+        chosen = tune(OOFStream(source.store, source.truth, ids=inner), ["obj"], resolve_metric("dice"), tcfg)
+        params = [ClassParams.from_dict(chosen["classes"]["obj"])]
+        scored = final_scores(OOFStream(source.store, source.truth, ids=outer), resolve_metric("dice"), params,
+                              False)
+        expected += scored["score"].tolist()
+        assert result["nested"][str(f)]["summary"]["obj"] == chosen["summary"]["obj"]
+    assert result["cv_nested"] == pytest.approx(np.mean(expected), abs=1e-12)
+    assert result["_per_image"]["nested"].shape == (len(source),)
+
+
+def test_no_nested_estimate_without_folds(tmp_path):
+    source, _ = _noisy_oof(tmp_path, n=6)
+    result = tune(source, ["obj"], resolve_metric("dice"), TuneConfig(**SMALL))
+    assert result["cv_nested"] is None and "nested" not in result["_per_image"]
+    one_fold = tune(source, ["obj"], resolve_metric("dice"), TuneConfig(**SMALL), folds=[0] * 6)
+    assert one_fold["cv_nested"] is None
 
 
 def test_threshold_sweep_equals_labelling_each_threshold():

@@ -20,6 +20,10 @@ the same images, the validation images of the chosen folds (``folds``, default a
 train its extra baselines on one fold and still compare like with like. The last line is what ``segkit run``
 itself reports (its chosen ensemble method and tuned post-processing) on those same images.
 
+The tuned rows (threshold, morphology, pseudo, segkit run) are nested: the search runs on every fold's OOF (the
+recipe's stores cover them all) and each scored image gets what the search chose on the other folds; the column
+beside gives the main metric in-sample (chosen on all folds, the scored images included), the optimistic figure.
+
 Outputs under ``<run_dir>/quality/`` (``segkit.layout.QualityPaths``): ``baseline/`` and ``loss/`` (experiments of
 their own), ``tiles/<model>/`` (a probability store of the chosen folds' images), ``quality.json`` and
 ``quality.md`` (the table).
@@ -66,6 +70,8 @@ class Row:
     what: str
     scores: dict[str, float] = field(default_factory=dict)  # metric -> mean per-image score
     note: str = ""
+    # tuned rows: the main metric with the choice made on the scored images themselves (their scores are nested)
+    in_sample: float | None = None
 
 
 def _variant(cfg: Config, name: str, weights: bool, loss: bool) -> Config:
@@ -140,30 +146,48 @@ class Scorer:
     def raw(self, store) -> dict[str, float]:
         return self._all(self._source(store), [ClassParams()] * len(self.cfg.data.classes))
 
-    def tuned(self, store, morphology: bool) -> tuple[dict[str, float], dict]:
-        """Scores after the tune search on these very images (morphology steps on or off), and the choice."""
+    def tuned(self, store, morphology: bool, ids: Sequence[str], folds: dict[str, int]
+              ) -> tuple[dict[str, float], float, dict]:
+        """Scores on ``ids`` after the tune search (morphology steps on or off) on every image of ``store``, which
+        covers every fold: nested (each fold scored with what the search chose on the other folds), the main
+        metric in-sample (chosen on all folds, these included), and the choice made on all folds."""
         tcfg = self.cfg.tune if morphology else self.cfg.tune.model_copy(
             update={"morphology": False, "keep_largest": False})
         source = self._source(store)
-        result = tune(source, list(self.cfg.data.classes), self.metrics[0], tcfg)
+        result = tune(source, list(self.cfg.data.classes), self.metrics[0], tcfg,
+                      folds=[folds[i] for i in source.ids])
+        wanted = set(ids)
+        rows = [n for n, i in enumerate(source.ids) if i in wanted]
+        per_image = result["_per_image"]
+        nested = result["_nested_params"]
+        if nested is None:
+            raise ConfigError("the tuned rows need at least two folds in the fold file (a nested estimate)")
+        scores = {self.metrics[0].name: float(per_image["nested"][rows].mean())}
+        mine = OOFStream(store, self.comp.read_mask, self.exclusive, ids=[source.ids[n] for n in rows])
         params = [ClassParams.from_dict(result["classes"][c]) for c in self.cfg.data.classes]
-        # tune scored the chosen parameters with the main metric already; only the others need a pass.
-        scores = {self.metrics[0].name: float(result["_per_image"]["score"].mean())}
-        return {**scores, **self._all(source, params, self.metrics[1:])}, result["summary"]
+        for m in self.metrics[1:]:
+            scored = final_scores(mine, m, params, self.exclusive, [nested[n] for n in rows])
+            scores[m.name] = float(scored["nested"].mean())
+        return scores, float(per_image["score"][rows].mean()), result["summary"]
 
 
-def pipeline_scores(cfg: Config, ids: Sequence[str]) -> dict[str, float] | None:
-    """segkit run's own tuned CV (tune/oof_scores.csv) restricted to ``ids``; the main metric only."""
+def pipeline_scores(cfg: Config, ids: Sequence[str]) -> tuple[dict[str, float], float | None] | None:
+    """segkit run's own tuned CV (tune/oof_scores.csv) restricted to ``ids``, the main metric only: nested where
+    tune made the nested estimate, and the in-sample score beside it."""
     path = cfg.layout.tune.scores
     if not path.exists():
         return None
     frame = pd.read_csv(path, dtype={"id": str})
     frame = frame[frame["id"].isin(set(ids))]
-    return {cfg.metric: float(frame["score"].mean())} if len(frame) else None
+    if not len(frame):
+        return None
+    if "nested" in frame:
+        return {cfg.metric: float(frame["nested"].mean())}, float(frame["score"].mean())
+    return {cfg.metric: float(frame["score"].mean())}, None
 
 
 def rows(cfg: Config, runs: dict[str, Config], folds: Sequence[int], ids: Sequence[str],
-         metrics: Sequence[str], comp: Competition) -> Iterator[Row]:
+         metrics: Sequence[str], comp: Competition, table: pd.DataFrame) -> Iterator[Row]:
     scorer = Scorer(cfg, metrics, comp)
     first = cfg.models[0].name
     base_models = [m.name for m in cfg.models]
@@ -191,20 +215,27 @@ def rows(cfg: Config, runs: dict[str, Config], folds: Sequence[int], ids: Sequen
     else:
         store = tta
         yield Row("+ ensemble", "", note="not in this recipe: one model")
-    scores, summary = scorer.tuned(store, morphology=False)
-    yield Row("+ threshold / min area", _summary(summary), scores)
-    scores, summary = scorer.tuned(store, morphology=True)
-    yield Row("+ morphology", _summary(summary), scores)
+    # The tuned rows tune on every fold's images (the recipe's stores cover them all) and score the chosen folds'
+    # images nested: each with what the search chose on the other folds.
+    every = list(table["id"])
+    fold_of = dict(zip(table["id"], table["fold"].astype(int)))
+    store = MeanStore([_tta_store(cfg, m, every) for m in base_models]) if len(base_models) > 1 else \
+        _tta_store(cfg, first, every)
+    scores, in_sample, summary = scorer.tuned(store, False, ids, fold_of)
+    yield Row("+ threshold / min area", _summary(summary), scores, in_sample=in_sample)
+    scores, in_sample, summary = scorer.tuned(store, True, ids, fold_of)
+    yield Row("+ morphology", _summary(summary), scores, in_sample=in_sample)
     if cfg.pseudo.rounds:
         r = cfg.pseudo.rounds
-        pl = MeanStore([_tta_store(cfg, round_name(m, r), ids) for m in base_models])
-        scores, summary = scorer.tuned(pl, morphology=True)
-        yield Row("+ pseudo-labels", f"{r} round(s); " + _summary(summary), scores)
+        pl = MeanStore([_tta_store(cfg, round_name(m, r), every) for m in base_models])
+        scores, in_sample, summary = scorer.tuned(pl, True, ids, fold_of)
+        yield Row("+ pseudo-labels", f"{r} round(s); " + _summary(summary), scores, in_sample=in_sample)
     else:
         yield Row("+ pseudo-labels", "", note="not in this recipe: pseudo.rounds is 0")
     full = pipeline_scores(cfg, ids)
     if full is not None:
-        yield Row("segkit run", "the pipeline's own choice: ensemble method + tuned post-processing", full)
+        yield Row("segkit run", "the pipeline's own choice: ensemble method + tuned post-processing", full[0],
+                  in_sample=full[1])
 
 
 def _describe_loss(cfg: Config) -> str:
@@ -266,9 +297,10 @@ def run(cfg: Config, folds: Sequence[int] = (), metrics: Sequence[str] = (), tra
     if train_only:
         return []
     result = []
-    for row in rows(cfg, runs, chosen, ids, metrics, comp):
+    for row in rows(cfg, runs, chosen, ids, metrics, comp, table):
         result.append(row)
         print(f"ablation: {row.name:<24} " + "  ".join(f"{m} {v:.4f}" for m, v in row.scores.items())
+              + (f"  (in-sample {row.in_sample:.4f})" if row.in_sample is not None else "")
               + (f"  ({row.note})" if row.note else ""), flush=True)
     write(cfg, result, chosen, len(ids), timings)
     return result
@@ -279,7 +311,8 @@ def write(cfg: Config, table: list[Row], folds: Sequence[int], n_images: int, ti
     main = cfg.metric
     payload = {"experiment": cfg.experiment, "budget": cfg.budget, "config": cfg.source, "folds": list(folds),
                "n_images": n_images, "metric": main, "seconds": {k: round(v, 1) for k, v in timings.items()},
-               "rows": [{"name": r.name, "what": r.what, "scores": r.scores, "note": r.note} for r in table]}
+               "rows": [{"name": r.name, "what": r.what, "scores": r.scores, "in_sample": r.in_sample,
+                         "note": r.note} for r in table]}
     atomic.write_json(out.json, payload)
     atomic.write_text(out.markdown, markdown(table, main))
     print(f"ablation: wrote {out.markdown} and {out.json.name}")
@@ -287,9 +320,10 @@ def write(cfg: Config, table: list[Row], folds: Sequence[int], n_images: int, ti
 
 
 def markdown(table: list[Row], main: str) -> str:
+    """The table; a tuned row's scores are nested (chosen without the scored fold), its in-sample score beside."""
     metrics = list(dict.fromkeys(m for r in table for m in r.scores))
-    head = "| step | " + " | ".join(metrics) + f" | Δ {main} | verdict | what |\n"
-    head += "|---|" + "---:|" * len(metrics) + "---:|---|---|\n"
+    head = "| step | " + " | ".join(metrics) + f" | {main} in-sample | Δ {main} | verdict | what |\n"
+    head += "|---|" + "---:|" * len(metrics) + "---:|---:|---|---|\n"
     lines, previous = [], None
     for r in table:
         cells = [f"{r.scores[m]:.4f}" if m in r.scores else "" for m in metrics]
@@ -301,7 +335,8 @@ def markdown(table: list[Row], main: str) -> str:
             verdict = "helps" if d > NOISE else ("hurts" if d < -NOISE else "no change")
         if score is not None and r.name != "segkit run":
             previous = score
-        lines.append(f"| {r.name} | " + " | ".join(cells) + f" | {delta} | {verdict} | {r.what} |")
+        own = f"{r.in_sample:.4f}" if r.in_sample is not None else ""
+        lines.append(f"| {r.name} | " + " | ".join(cells) + f" | {own} | {delta} | {verdict} | {r.what} |")
     return head + "\n".join(lines) + "\n"
 
 

@@ -9,12 +9,17 @@
       <model>/test/              predict: the model's test probabilities (every fold, TTA), stamp.json
       <model>/oof_tta/           predict (predict.repredict_oof): each fold's validation images re-predicted by that
                                  fold's checkpoints with TTA; fold<k>.stamp.json per fold
+      <model>/test_folds/        predict, when a pseudo round follows: fold<k>/, the test images predicted by fold
+                                 k's checkpoints alone (what the next round's fold k takes its labels from)
       ensemble/                  ensemble: oof/, test/, cv.csv, choice.json, stamp.json
-      pseudo/round<r>/           pseudo: round r's labels (a store of 0/255 masks), selection.csv, stamp.json
+      pseudo/round<r>/           pseudo: fold<k>/ (the labels fold k trains on: a store of 0/255 masks from fold
+                                 k's models of the round before), selection.csv, stamp.json
       <model>_pl<r>/             the models of pseudo round r, laid out like <model>/
       ensemble_pl<r>/            the ensemble of pseudo round r, laid out like ensemble/
       tune.json, tune/           tune: the chosen post-processing; tune/ holds oof_scores.csv, plots, stamp.json
       holdout_truth.csv          submit, with data.holdout_fraction: the held-out images' truth as a solution file
+      evaluate/                  evaluate: metrics.csv (every metric per split and class), per_image_oof.csv,
+                                 per_image_holdout.csv (per image and class), evaluate.json, stamp.json
       report/                    report: report.md, plots, stamp.json
       quality/                   ablate: baseline/ and loss/ (experiments of their own), tiles/<model>/,
                                  quality.json, quality.md
@@ -112,6 +117,13 @@ class ModelPaths:
     def oof_tta(self) -> Path:
         return self.dir / "oof_tta"
 
+    def test_fold(self, k: int) -> Path:
+        """The test probabilities of fold k's checkpoints alone (written when a pseudo round follows)."""
+        return self.dir / "test_folds" / f"fold{k}"
+
+    def test_fold_stamp(self, k: int) -> Path:
+        return self.test_fold(k) / STAMP
+
 
 def part_stamp(store: Path, k: int) -> Path:
     """The stamp of fold k's images in a store that several folds fill (a re-predicted OOF store)."""
@@ -145,13 +157,12 @@ class EnsemblePaths:
 
 @dataclass(frozen=True)
 class PseudoPaths:
-    """One pseudo-labelling round: the label store itself is the round's folder."""
+    """One pseudo-labelling round: a label store per fold (fold k's models train on ``labels(k)`` only)."""
 
     dir: Path
 
-    @property
-    def labels(self) -> Path:
-        return self.dir
+    def labels(self, k: int) -> Path:
+        return self.dir / f"fold{k}"
 
     @property
     def selection(self) -> Path:
@@ -173,6 +184,34 @@ class TunePaths:
 
     def plot(self, search: str, cls: str) -> Path:
         return self.dir / f"{search}_{safe_name(cls)}.png"
+
+    @property
+    def stamp(self) -> Path:
+        return self.dir / STAMP
+
+
+@dataclass(frozen=True)
+class EvaluatePaths:
+    """The full metric table of the final predictions (``segkit evaluate``): the table, each split's values per
+    image and class, the same as JSON, and the unit's stamp."""
+
+    dir: Path
+
+    @property
+    def metrics(self) -> Path:
+        return self.dir / "metrics.csv"
+
+    @property
+    def per_image_oof(self) -> Path:
+        return self.dir / "per_image_oof.csv"
+
+    @property
+    def per_image_holdout(self) -> Path:
+        return self.dir / "per_image_holdout.csv"
+
+    @property
+    def json(self) -> Path:
+        return self.dir / "evaluate.json"
 
     @property
     def stamp(self) -> Path:
@@ -291,11 +330,15 @@ class Layout:
     def pseudo(self, round: int) -> PseudoPaths:
         return PseudoPaths(self.run_dir / "pseudo" / f"round{round}")
 
-    # ------------------------------------------------------------------------------------ tune, report, ablate
+    # -------------------------------------------------------------------------- tune, evaluate, report, ablate
 
     @property
     def tune(self) -> TunePaths:
         return TunePaths(self.run_dir / "tune.json", self.run_dir / "tune")
+
+    @property
+    def evaluate(self) -> EvaluatePaths:
+        return EvaluatePaths(self.run_dir / "evaluate")
 
     @property
     def report(self) -> ReportPaths:
@@ -330,5 +373,5 @@ def pattern() -> Layout:
     return Layout(Path("runs"), "<experiment>", Path("folds") / "<competition>.csv", Path("submissions"))
 
 
-__all__ = ["EnsemblePaths", "FoldPaths", "Layout", "ModelPaths", "PseudoPaths", "QualityPaths", "ReportPaths",
-           "STAMP", "TunePaths", "check_name", "part_stamp", "pattern", "round_name", "safe_name"]
+__all__ = ["EnsemblePaths", "EvaluatePaths", "FoldPaths", "Layout", "ModelPaths", "PseudoPaths", "QualityPaths",
+           "ReportPaths", "STAMP", "TunePaths", "check_name", "part_stamp", "pattern", "round_name", "safe_name"]

@@ -106,15 +106,21 @@ def slice_scores(cfg: Config, model: Optional[str], fold: Optional[int]) -> None
 
 
 def _summary(cfg: Config) -> None:
-    """The closing lines: where the submission is, its CV, and what the same models score with TTA, ensembling
-    and tuning switched off (the first model's own out-of-fold predictions at threshold 0.5)."""
+    """The closing lines: where the submission is, its CV (the nested estimate first, the in-sample one beside it),
+    and what the same models score with TTA, ensembling and tuning switched off (the first model's own
+    out-of-fold predictions at threshold 0.5)."""
     layout = cfg.layout
     if not (layout.tune.json.exists() and layout.submission.exists()):
         return
     tuned = json.loads(layout.tune.json.read_text())
     plain = (tuned.get("baseline") or {}).get("plain_pipeline")
     print(f"submission: {layout.submission}")
-    print(f"CV {cfg.metric}: {tuned['cv']:.4f}  (TTA + ensemble + tuned post-processing)")
+    if tuned.get("cv_nested") is not None:
+        print(f"CV {cfg.metric}: {tuned['cv_nested']:.4f}  (TTA + ensemble + tuned post-processing, nested: each "
+              f"fold scored with what tuning chose on the other folds)")
+        print(f"CV {cfg.metric}: {tuned['cv']:.4f}  (the same, in-sample: chosen and scored on the same OOF)")
+    else:
+        print(f"CV {cfg.metric}: {tuned['cv']:.4f}  (TTA + ensemble + tuned post-processing, in-sample)")
     if plain is not None:
         print(f"CV {cfg.metric}: {plain:.4f}  (plain: one model, no TTA, no ensemble, threshold 0.5)")
 

@@ -42,7 +42,8 @@ from segkit.device import resolve_device
 from segkit.errors import ConfigError, DataError
 from segkit.freshness import Unit, fingerprints, kept
 from segkit.layout import part_stamp
-from segkit.probs import ProbStore, ProbWriter, image_file, manifest
+from segkit.probs import ProbStore, ProbWriter, image_file, manifest, mean_uint8
+from segkit.progress import bar
 from segkit.tiling import predict_tiled, stack_groups
 from segkit.checkpoint import load_model
 from segkit.distributed import World, barrier, setup
@@ -72,10 +73,11 @@ def _inputs(cfg: Config, checkpoints: dict[int, list[Path]], kind: str) -> dict:
 
 
 def store_unit(cfg: Config, model: str, per_fold: dict[int, list[Path]]) -> Unit:
-    """A model's test store as a unit of work: every fold's checkpoints and the prediction settings decide it."""
+    """A model's test store as a unit of work: every fold's checkpoints and the prediction settings decide it, and
+    whether it is the mean of the fold stores (when a pseudo round follows) or one pass over every checkpoint."""
     paths = cfg.layout.model(model)
     return Unit(f"predict: models[{model}] test ({paths.test})", paths.test_stamp, [manifest(paths.test)],
-                _inputs(cfg, per_fold, "test"))
+                _inputs(cfg, per_fold, "test (mean of fold stores)" if by_fold(cfg) else "test"))
 
 
 def oof_part_unit(cfg: Config, model: str, folder: Path, k: int, ids: list[str]) -> Unit:
@@ -179,7 +181,7 @@ def predict_ids(cfg: Config, comp, ids: list[str], split: str, predict: Checkpoi
                         pin_memory=device.type == "cuda")
     began = time.perf_counter()
     with torch.inference_mode():
-        done = _predict_batches(loader, predict, writer, tile, p, device)
+        done = _predict_batches(loader, predict, writer, tile, p, device, desc)
     if desc:
         rate = done / max(time.perf_counter() - began, 1e-9)
         print(f"predict: {desc}: {done} images ({rate:.1f} images/s)", flush=True)
@@ -187,9 +189,9 @@ def predict_ids(cfg: Config, comp, ids: list[str], split: str, predict: Checkpoi
 
 
 def _predict_batches(loader, predict: CheckpointAverage, writer: ProbWriter, tile: Optional[int], p,
-                     device: torch.device) -> int:
+                     device: torch.device, desc: str = "") -> int:
     done = 0
-    for batch in loader:
+    for batch in bar(loader, f"predict: {desc}" if desc else "predict", unit="batch"):
         sizes = [tuple(s) for s in batch["size"].tolist()]
         images = batch["image"]
         big = [i for i, (h, w) in enumerate(sizes) if tile is not None and (h > tile or w > tile)]
@@ -216,29 +218,75 @@ def _tiled(predict: Callable, images: torch.Tensor, size, p, device: torch.devic
                          batch_size=p.batch_size, device=device)
 
 
-def predict_test(cfg: Config, comp: Competition, model_cfg: ModelConfig, fold_list: list[int], device,
-                 world: World) -> None:
-    per_fold = {k: fold_checkpoints(cfg, model_cfg.name, k) for k in fold_list}
-    paths = cfg.layout.model(model_cfg.name)
-    unit = store_unit(cfg, model_cfg.name, per_fold)
-    if unit.fresh():
-        print(unit.kept())
-        return
-    _prepare(unit, paths.test, world.is_main)
+def by_fold(cfg: Config) -> bool:
+    """Whether a later pseudo round takes labels from this config's test predictions fold by fold (its fold k from
+    fold k's checkpoints alone, which never saw fold k's labels: ``segkit.pseudo``)."""
+    return cfg.pseudo.rounds > cfg.pseudo.round
+
+
+def fold_test_unit(cfg: Config, model: str, k: int, checkpoints: list[Path]) -> Unit:
+    """Fold k's own test store: every test image by that fold's checkpoints alone."""
+    paths = cfg.layout.model(model)
+    folder = paths.test_fold(k)
+    return Unit(f"predict: models[{model}] fold {k} test ({folder})", paths.test_fold_stamp(k), [manifest(folder)],
+                _inputs(cfg, {k: checkpoints}, "test_fold"))
+
+
+def _predict_store(cfg: Config, comp: Competition, model: str, per_fold: dict[int, list[Path]], folder: Path,
+                   unit: Unit, device, world: World) -> None:
+    """Every test image into ``folder``, predicted by the mean of ``per_fold``'s checkpoints (folds weigh equally)."""
+    _prepare(unit, folder, world.is_main)
     _barrier(world)
-    writer = ProbWriter(paths.test, list(cfg.data.classes))
+    writer = ProbWriter(folder, list(cfg.data.classes))
     ids = comp.test_ids
     checkpoints, weights = _weights(per_fold)
     n_done = sum(writer.has(i) for i in ids)
-    print(f"predict: models[{model_cfg.name}]: {len(checkpoints)} checkpoint(s) over {len(per_fold)} fold(s), "
-          f"TTA {cfg.predict.tta}; {len(ids) - n_done} of {len(ids)} test images to do", flush=True)
+    folds = f"fold {next(iter(per_fold))}" if len(per_fold) == 1 else f"{len(per_fold)} fold(s)"
+    print(f"predict: models[{model}]: {len(checkpoints)} checkpoint(s) over {folds}, TTA {cfg.predict.tta}; "
+          f"{len(ids) - n_done} of {len(ids)} test images to do", flush=True)
     predict = CheckpointAverage(cfg, checkpoints, weights, device)
-    predict_ids(cfg, comp, ids, "test", predict, writer, device, world, desc=f"{model_cfg.name} test")
+    predict_ids(cfg, comp, ids, "test", predict, writer, device, world, desc=f"{model} {folds} test")
     del predict
     _barrier(world)
     if world.is_main:
         unit.done()
         writer.finish(ids)
+
+
+def predict_test(cfg: Config, comp: Competition, model_cfg: ModelConfig, fold_list: list[int], device,
+                 world: World) -> None:
+    """A model's test store. When a pseudo round follows, each fold's checkpoints predict a store of their own
+    first, and the model's store is their mean (the same network passes, not twice as many)."""
+    per_fold = {k: fold_checkpoints(cfg, model_cfg.name, k) for k in fold_list}
+    paths = cfg.layout.model(model_cfg.name)
+    unit = store_unit(cfg, model_cfg.name, per_fold)
+    if not by_fold(cfg):
+        if unit.fresh():
+            print(unit.kept())
+            return
+        _predict_store(cfg, comp, model_cfg.name, per_fold, paths.test, unit, device, world)
+        return
+    for k, checkpoints in per_fold.items():
+        part = fold_test_unit(cfg, model_cfg.name, k, checkpoints)
+        if part.fresh():
+            print(part.kept())
+        else:
+            _predict_store(cfg, comp, model_cfg.name, {k: checkpoints}, paths.test_fold(k), part, device, world)
+    if unit.fresh():
+        print(unit.kept())
+        return
+    if world.is_main:
+        _prepare(unit, paths.test, True)
+        writer = ProbWriter(paths.test, list(cfg.data.classes))
+        stores = [ProbStore(paths.test_fold(k)) for k in per_fold]
+        for image_id in bar(comp.test_ids, f"{model_cfg.name} test: mean of {len(stores)} folds"):
+            if not writer.has(image_id):
+                writer.write(image_id, mean_uint8([s[image_id] for s in stores]))
+        unit.done()
+        writer.finish(comp.test_ids)
+        print(f"predict: models[{model_cfg.name}]: test store = mean of the {len(stores)} fold stores -> "
+              f"{paths.test}")
+    _barrier(world)
 
 
 def predict_oof(cfg: Config, comp: Competition, model_cfg: ModelConfig, folds: pd.DataFrame, device,
@@ -313,5 +361,5 @@ def run(cfg: Config, model: Optional[str] = None, fold: Optional[int] = None) ->
     return 0
 
 
-__all__ = ["CheckpointAverage", "fold_checkpoints", "oof_part_unit", "predict_ids", "predict_oof", "predict_test",
-           "run", "store_unit"]
+__all__ = ["CheckpointAverage", "by_fold", "fold_checkpoints", "fold_test_unit", "oof_part_unit", "predict_ids",
+           "predict_oof", "predict_test", "run", "store_unit"]

@@ -8,6 +8,7 @@ Sections, each written from whatever artifact exists (a missing one leaves a not
 - tuning: each step of ``tune.json`` with its CV and whether it was kept, the chosen parameters, and the
   threshold / min-area curves the tune stage drew;
 - final CV: tuned, raw ensemble, plain pipeline, and the submission file;
+- evaluation: every metric of the tuned predictions per split and class, from ``segkit evaluate``'s table;
 - examples: OOF predictions against the truth on the best, median and worst images by the tuned per-image score.
 
 The report reads artifacts only (through ``segkit.layout``) and scores with the competition's metric object. It
@@ -216,6 +217,14 @@ def tuning_section(tuned: dict | None, out: ReportPaths) -> tuple[list[str], lis
         lines += [md_table(pd.DataFrame(rows)), ""]
     for cls, text in tuned.get("summary", {}).items():
         lines.append(f"- **{cls}**: {text}")
+    if tuned.get("keep_rule"):
+        lines.append(f"- keep rule (`tune.min_gain`): {tuned['keep_rule']}")
+    nested = tuned.get("nested") or {}
+    if nested:
+        lines += ["", "Nested estimate: each fold scored with what the same search chose on the other folds.", "",
+                  md_table(pd.DataFrame([{"fold": f, "images": v["images"], "CV nested": v["cv_nested"],
+                                          "CV in-sample": v["cv"], "chosen on the other folds":
+                                          "; ".join(v["summary"].values())} for f, v in nested.items()]))]
     plots = []
     for drawn in map(Path, tuned.get("plots", [])):  # the curves as the tune stage drew them
         if drawn.exists():
@@ -236,7 +245,11 @@ def final_section(cfg: Config, tuned: dict | None) -> list[str]:
         if base.get("plain_pipeline") is not None:
             rows.append({"pipeline": f"plain: {base.get('plain_model')}, raw OOF, p>0.5", "CV": base["plain_pipeline"]})
         rows.append({"pipeline": "ensemble OOF, p>0.5", "CV": tuned.get("cv_baseline")})
-        rows.append({"pipeline": "ensemble OOF + tuned post-processing", "CV": tuned.get("cv")})
+        if tuned.get("cv_nested") is not None:
+            rows.append({"pipeline": "ensemble OOF + tuned post-processing, nested (each fold scored with what "
+                                     "tuning chose on the other folds)", "CV": tuned["cv_nested"]})
+        rows.append({"pipeline": "ensemble OOF + tuned post-processing, in-sample (chosen on the same OOF)",
+                     "CV": tuned.get("cv")})
         lines += [f"Metric: `{tuned.get('metric', cfg.metric)}` over {tuned.get('n_images', '?')} OOF images.", "",
                   md_table(pd.DataFrame(rows)), ""]
     else:
@@ -249,6 +262,31 @@ def final_section(cfg: Config, tuned: dict | None) -> list[str]:
     else:
         lines.append(f"_No submission at `{sub}` yet._")
     return lines + [""]
+
+
+# ------------------------------------------------------------------------------------------------------ evaluation
+
+
+def evaluation_section(cfg: Config) -> list[str]:
+    """``segkit evaluate``'s table (metrics.csv), one pipe table per split."""
+    lines = ["## Evaluation (every metric, tuned post-processing)", ""]
+    path = cfg.layout.evaluate.metrics
+    if not path.exists():
+        return lines + [f"_No evaluation table (`{path}`; run `segkit evaluate`)._", ""]
+    try:
+        table = pd.read_csv(path, dtype={"split": str, "class": str, "metric": str, "best": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        return lines + [f"_{path} is unreadable._", ""]
+    wanted = ["split", "class", "metric", "best", "mean", "std", "median", "n"]
+    if not set(wanted) <= set(table.columns) or table.empty:
+        return lines + [f"_{path} has no evaluation rows._", ""]
+    lines += ["Per image and class, then mean, sample std and median over the images where the value is defined "
+              "(`n`); distances in pixels. `best`: which way is better (`0`: the signed RVD, whose mean is a bias).",
+              ""]
+    for split, part in table.groupby("split", sort=False):
+        shown = part[wanted[1:]] if part["class"].nunique() > 1 else part[wanted[2:]]
+        lines += [f"**{split}**", "", md_table(shown.reset_index(drop=True)), ""]
+    return lines
 
 
 # -------------------------------------------------------------------------------------------------------- examples
@@ -383,7 +421,7 @@ def report_unit(cfg: Config) -> Unit:
     ensemble = layout.final_ensemble
     read = [f.metrics for m in cfg.models for _, f in layout.model(m.name).folds()]
     read += [ensemble.cv, ensemble.choice, manifest(ensemble.oof), layout.tune.json, layout.tune.scores,
-             layout.submission]
+             layout.submission, layout.evaluate.metrics]
     inputs = {"experiment": cfg.experiment, "competition": cfg.competition, "metric": cfg.metric,
               "models": [m.name for m in cfg.models], "data": cfg.data.model_dump(mode="json"),
               "read": fingerprints(read)}
@@ -406,6 +444,7 @@ def run(cfg: Config) -> int:
     higher = tuned.get("higher_is_better", True) if tuned else True
     for section in (lambda: training_section(cfg, out), lambda: (ensemble_section(cfg), []),
                     lambda: tuning_section(tuned, out), lambda: (final_section(cfg, tuned), []),
+                    lambda: (evaluation_section(cfg), []),
                     lambda: (size_section(scores, higher), []),
                     lambda: examples_section(cfg, scores, higher, tuned, out)):
         part, made = section()

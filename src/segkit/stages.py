@@ -20,7 +20,9 @@ import importlib
 from dataclasses import dataclass
 from typing import Callable, Literal
 
+from segkit.errors import DataError, SegkitError
 from segkit.layout import Layout, pattern
+from segkit.probs import ProbStore
 
 Scope = Literal["data", "fold", "all"]
 
@@ -33,12 +35,14 @@ ARTIFACTS: dict[str, Callable[[Layout], tuple[str, ...]]] = {
     "fold": lambda L: (f"{L.fold('<model>', '<k>').dir}/",),
     "model_test": lambda L: (f"{L.model('<model>').test}/",),
     "model_oof_tta": lambda L: (f"{L.model('<model>').oof_tta}/",),
+    "model_test_folds": lambda L: (f"{L.model('<model>').test_fold('<k>')}/",),
     "pseudo_labels": lambda L: (f"{L.pseudo('<r>').dir}/",),
     "ensemble": lambda L: (f"{L.ensemble.dir}/",),
     "round_ensemble": lambda L: (f"{L.ensemble_of('<r>').dir}/",),
     "tune": lambda L: (f"{L.tune.json}", f"{L.tune.dir}/"),
     "submission": lambda L: (f"{L.submission}",),
     "holdout_truth": lambda L: (f"{L.holdout_truth}",),
+    "evaluation": lambda L: (f"{L.evaluate.dir}/",),
     "report": lambda L: (f"{L.report.dir}/",),
 }
 
@@ -71,7 +75,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("train", "segkit.train:run", "train models x folds (all unless narrowed)",
           reads=("competition", "folds", "pseudo_labels"), writes=("fold",), scope="fold"),
     Stage("predict", "segkit.predict:run", "predict test images with TTA, per model (and re-predict the OOF)",
-          reads=("competition", "folds", "fold"), writes=("model_test", "model_oof_tta"), scope="fold"),
+          reads=("competition", "folds", "fold"), writes=("model_test", "model_oof_tta", "model_test_folds"),
+          scope="fold"),
     Stage("ensemble", "segkit.ensemble:run", "ensemble OOF and test probabilities",
           reads=("competition", "folds", "fold", "model_test", "model_oof_tta"), writes=("ensemble",),
           scope="all"),
@@ -79,17 +84,20 @@ STAGES: tuple[Stage, ...] = (
     # entry is the pipeline's (segkit.pipeline.pseudo_rounds), the selection itself the pseudo module's.
     Stage("pseudo", "segkit.pipeline:pseudo_rounds",
           "select confident test images as pseudo labels (and go through pseudo.rounds rounds)",
-          reads=("ensemble", "round_ensemble"),
-          writes=("pseudo_labels", "fold", "model_test", "model_oof_tta", "round_ensemble"),
+          reads=("folds", "model_test_folds"),
+          writes=("pseudo_labels", "fold", "model_test", "model_oof_tta", "model_test_folds", "round_ensemble"),
           scope="all"),
     Stage("tune", "segkit.tune:run", "choose thresholds, min areas, clean-up on OOF",
           reads=("competition", "folds", "fold", "ensemble", "round_ensemble"), writes=("tune",), scope="all"),
     Stage("submit", "segkit.submit:run", "write and validate submissions/<experiment>.csv",
           reads=("competition", "ensemble", "round_ensemble", "tune"), writes=("submission", "holdout_truth"),
           scope="all"),
+    Stage("evaluate", "segkit.evaluate:run",
+          "every metric of the tuned OOF (and holdout) predictions: per image, class and split, and their table",
+          reads=("competition", "ensemble", "round_ensemble", "tune"), writes=("evaluation",), scope="all"),
     Stage("report", "segkit.report:run", "write runs/<experiment>/report/",
-          reads=("competition", "fold", "ensemble", "round_ensemble", "tune", "submission"), writes=("report",),
-          scope="all"),
+          reads=("competition", "fold", "ensemble", "round_ensemble", "tune", "submission", "evaluation"),
+          writes=("report",), scope="all"),
 )
 
 BY_NAME: dict[str, Stage] = {s.name: s for s in STAGES}
@@ -104,6 +112,20 @@ def final_ensemble_maker(layout: Layout) -> str:
     """The stage that makes the ensemble tuning and submission read: the ensemble stage, or with pseudo rounds the
     pseudo stage (which makes each round's ensemble)."""
     return made_by("round_ensemble" if layout.final_round else "ensemble")
+
+
+def final_store(cfg, split: str):
+    """The final ensemble's complete ``oof`` or ``test`` store, its classes checked against the config; a missing
+    store is an error naming the stage to run first."""
+    layout = cfg.layout
+    folder = getattr(layout.final_ensemble, split)
+    if not ProbStore.is_complete(folder):
+        raise SegkitError(f"{folder}: no complete ensemble {split.upper() if split == 'oof' else split} store; run "
+                          f"`segkit {final_ensemble_maker(layout)}` first")
+    store = ProbStore(folder)
+    if list(store.classes) != list(cfg.data.classes):
+        raise DataError(f"{folder}: classes {store.classes} differ from data.classes {cfg.data.classes}")
+    return store
 
 
 def markdown_table() -> str:

@@ -28,7 +28,7 @@ from segkit.freshness import Unit, fingerprint
 from segkit.metrics import CompetitionMetric, get_metric
 from segkit.postprocess import params_list, postprocess, read_tuned
 from segkit.probs import ProbStore, manifest
-from segkit.stages import final_ensemble_maker
+from segkit.stages import final_store
 from segkit.validate import rle_column, validate_frame
 
 SIIM_EMPTY = "-1"
@@ -117,16 +117,12 @@ def run(cfg: Config) -> int:
     layout = cfg.layout
     tuned = read_tuned(layout.tune.json, f"run `segkit tune --config {cfg.source or 'CFG'}` first")
     params = params_list(tuned["classes"], list(cfg.data.classes), where=str(layout.tune.json))
-    store_dir = layout.final_ensemble.test
-    if not ProbStore.is_complete(store_dir):
-        raise SegkitError(f"{store_dir}: no complete ensemble test store; run `segkit {final_ensemble_maker(layout)}` "
-                          f"first")
+    store = final_store(cfg, "test")
     comp = Competition(cfg.data, seed=cfg.seed)
     unit = submit_unit(cfg, bool(comp.holdout_ids))
     if unit.fresh():
         print(unit.kept())
         return 0
-    store = ProbStore(store_dir)
     metric = get_metric(cfg.metric, key="metric") if comp.holdout_ids else None
     sub, sample, shapes, holdout_scores = build_submission(cfg, comp, store, params, metric)
     rle_name = rle_column(list(sample.columns), cfg.data.rle.rle_column)
@@ -146,8 +142,11 @@ def run(cfg: Config) -> int:
 
     n_images = len({r.image_id for r in comp.sample_rows})
     print(f"submit: wrote {target} ({len(sub)} rows, {n_images} images; validated against the sample)")
-    print(f"submit: tuned OOF {tuned.get('metric', cfg.metric)} CV {tuned.get('cv', float('nan')):.4f} "
-          f"(raw ensemble OOF p>0.5: {tuned.get('cv_baseline', float('nan')):.4f})")
+    nested = tuned.get("cv_nested")
+    print(f"submit: tuned OOF {tuned.get('metric', cfg.metric)} CV "
+          + (f"{nested:.4f} nested, " if nested is not None else "")
+          + f"{tuned.get('cv', float('nan')):.4f} in-sample (raw ensemble OOF p>0.5: "
+          f"{tuned.get('cv_baseline', float('nan')):.4f})")
     if comp.holdout_ids:
         print(f"submit: holdout {cfg.metric} {np.mean(holdout_scores):.4f} on {len(holdout_scores)} images "
               f"(truth in {layout.holdout_truth})")

@@ -7,7 +7,7 @@ Sections map to pipeline stages (data, folds, train + models, predict, ensemble,
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
@@ -239,7 +239,10 @@ class TuneConfig(Section):
     morphology: bool = True
     morph_radii: list[int] = Field(default_factory=lambda: [1, 2, 3])
     keep_largest: bool = True  # try keeping only the largest component (one object per image)
-    min_gain: float = Field(0.0, ge=0)  # a step is kept only if it improves the CV score by more than this
+    # When a step is kept (segkit.tune.search.KeepRule): a number g (its mean gain exceeds g), "most_folds" (its
+    # gain is positive on more than half of the folds) or "fold_se" (its mean gain exceeds the standard error of
+    # its per-fold gains). The default is the rule that scored best on nested CV (README, BENCHMARKS.md).
+    min_gain: Union[Annotated[float, Field(ge=0)], Literal["most_folds", "fold_se"]] = "most_folds"
 
     @field_validator("thresholds")
     @classmethod

@@ -37,6 +37,7 @@ from segkit.errors import ConfigError, DataError
 from segkit.freshness import Unit, fingerprint, fingerprints
 from segkit.metrics import CompetitionMetric, get_metric
 from segkit.oof import ModelOOF
+from segkit.progress import bar
 from segkit.probs import ProbWriter, manifest, quantize
 from segkit.threshold import binarize
 
@@ -92,7 +93,7 @@ def fit_methods(methods: list[Method], oof: list[ModelOOF], folds: pd.DataFrame,
     first = oof[0][ids[order[0]]].size if len(ids) else 1
     sample = FitSample(budget if any(m.uses_sample for m in methods) else 0,
                        stride=sample_stride(len(ids), first, budget))
-    for i in order:
+    for i in bar(order, "ensemble: fit"):
         image_id, fold = ids[i], int(fold_of[i])
         probs = read_all(oof, image_id)
         truth = read_truth(image_id)
@@ -138,7 +139,7 @@ def cross_validate(methods: list[Method], models: list[str], oof: list[ModelOOF]
     scores = {r: [] for r in rows}
     sweep = metric.has_fast_sweep
     swept = {r: [] for r in rows}
-    for image_id, fold in zip(folds["id"], folds["fold"]):
+    for image_id, fold in bar(zip(folds["id"], folds["fold"]), "ensemble: OOF CV", total=len(folds)):
         fold = int(fold)
         probs = read_all(oof, image_id)
         truth = np.asarray(read_truth(image_id)).astype(bool)
@@ -212,7 +213,7 @@ def write_store(folder: Path, classes: list[str], ids: list[str], folds: Optiona
     """Write one output store into a temporary folder and move it into place when complete."""
     with atomic.atomic_dir(folder) as tmp:
         writer = ProbWriter(tmp, classes)
-        for image_id in ids:
+        for image_id in bar(ids, f"ensemble: {folder.parent.name}/{folder.name}"):
             fold = folds[image_id] if folds is not None else None
             writer.write(image_id, _as_uint8(method.combine(read_all(sources, image_id), image_id, fold)))
         writer.finish(ids)

@@ -1,8 +1,9 @@
 """The data of one fold: the loaders that feed it, and the pseudo-labelled test images a round mixes in.
 
-Pseudo labels are an artifact of the pseudo stage (``runs/<experiment>/pseudo/round<r>/``, a store of 0/255 masks);
-a config with ``pseudo.round: r`` reads round r's labels here and mixes them into every batch. They are test images:
-they never enter the fold file, so no fold validates on them.
+Pseudo labels are an artifact of the pseudo stage (``runs/<experiment>/pseudo/round<r>/fold<k>/``, a store of 0/255
+masks per fold); a config with ``pseudo.round: r`` reads round r's labels of the fold it trains here and mixes them
+into every batch: fold k's labels come from models that never saw fold k's labels (``segkit.pseudo``). They are test
+images: they never enter the fold file, so no fold validates on them.
 """
 
 from __future__ import annotations
@@ -37,14 +38,14 @@ class ExtraTrainData:
     identity: object = None  # what the images and labels are (JSON-able): part of a fold's input fingerprint
 
 
-def pseudo_labels(cfg: Config) -> Optional[ProbStore]:
-    """The pseudo-label store this config trains with (``pseudo.round`` >= 1), or None."""
+def pseudo_labels(cfg: Config, fold: int) -> Optional[ProbStore]:
+    """The pseudo-label store fold ``fold`` of this config trains with (``pseudo.round`` >= 1), or None."""
     r = cfg.pseudo.round
     if r == 0:
         return None
-    folder = cfg.layout.pseudo(r).labels
+    folder = cfg.layout.pseudo(r).labels(fold)
     if not ProbStore.is_complete(folder):
-        raise DataError(f"{folder}: pseudo.round is {r} but its labels are missing; run `segkit pseudo` "
+        raise DataError(f"{folder}: pseudo.round is {r} but fold {fold}'s labels are missing; run `segkit pseudo` "
                         f"with pseudo.round={r - 1} first")
     return ProbStore(folder)
 
@@ -72,10 +73,10 @@ def label_reader(store: ProbStore) -> Callable[[str], np.ndarray]:
     return read
 
 
-def pseudo_train_data(cfg: Config, comp: Competition) -> Optional[ExtraTrainData]:
-    """What the training loop mixes in for this config: the round's pseudo labels at ``pseudo.batch_share`` of
-    each batch, or None (round 0, share 0, or no confident image)."""
-    store = pseudo_labels(cfg)
+def pseudo_train_data(cfg: Config, comp: Competition, fold: int) -> Optional[ExtraTrainData]:
+    """What the training loop mixes into fold ``fold`` for this config: the round's labels of that fold at
+    ``pseudo.batch_share`` of each batch, or None (round 0, share 0, or no confident image)."""
+    store = pseudo_labels(cfg, fold)
     if store is None or cfg.pseudo.batch_share <= 0:
         return None
     ids = _checked_ids(comp, store)
@@ -84,7 +85,7 @@ def pseudo_train_data(cfg: Config, comp: Competition) -> Optional[ExtraTrainData
     # The labels' content digest as the pseudo stage recorded it (labels selected again alike are the same
     # labels); the store's manifest as a file where no stage recorded one.
     paths = cfg.layout.pseudo(cfg.pseudo.round)
-    identity = recorded(paths.stamp, "labels") or fingerprint(manifest(store.folder))
+    identity = (recorded(paths.stamp, "labels") or {}).get(str(fold)) or fingerprint(manifest(store.folder))
     return ExtraTrainData(ids=ids, mask_reader=label_reader(store), share=cfg.pseudo.batch_share, split="test",
                           identity=identity)
 
@@ -95,10 +96,11 @@ def extra_dataset(comp: Competition, extra: ExtraTrainData, cfg: TrainConfig) ->
                       pad_to=cfg.pad_to, with_mask=True, mask_reader=extra.mask_reader)
 
 
-def pseudo_dataset(cfg: Config, comp: Competition, train: Optional[TrainConfig] = None) -> Optional[SegDataset]:
-    """The pseudo-labelled images of this config's round as a dataset (training augmentation of ``train``,
-    default ``cfg.train``), or None when it trains without them."""
-    extra = pseudo_train_data(cfg, comp)
+def pseudo_dataset(cfg: Config, comp: Competition, fold: int,
+                   train: Optional[TrainConfig] = None) -> Optional[SegDataset]:
+    """The pseudo-labelled images fold ``fold`` of this config's round trains on, as a dataset (training
+    augmentation of ``train``, default ``cfg.train``), or None when it trains without them."""
+    extra = pseudo_train_data(cfg, comp, fold)
     return extra_dataset(comp, extra, train or cfg.train) if extra is not None else None
 
 

@@ -131,7 +131,7 @@ def train_fold(
         raise ConfigError(f"{where}: {len(train_ids)} training and {len(val_ids)} validation images")
     mode, classes = comp.mode, comp.classes
     if extra is None:  # pseudo-labelled test images of the config's round (pseudo.round >= 1), if any
-        extra = pseudo_train_data(cfg, comp)
+        extra = pseudo_train_data(cfg, comp, fold)
     # The identity keeps the config's own words (amp: auto), so a fold resumed on another machine is not refused
     # for a precision that machine chose; everything that runs uses the resolved one.
     identity = {"model": model_cfg.model_dump(mode="json"), "train": tcfg.model_dump(mode="json"),

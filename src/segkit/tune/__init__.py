@@ -1,8 +1,8 @@
 """``segkit tune``: choose each class's post-processing on the ensemble's out-of-fold probabilities.
 
-Greedy, in a fixed order, one step at a time; a step's choice is kept only if it raises the CV score (by more than
-``tune.min_gain``) over what the previous steps gave — nnU-Net's rule, so a clean-up that does not help on OOF is
-never applied to the test set:
+Greedy, in a fixed order, one step at a time; a step's choice is kept only if its gain over what the previous steps
+gave passes the keep rule (``tune.min_gain``: by default the gain must be positive on most folds, not just on
+average) — nnU-Net's rule made fold-aware, so a clean-up that does not help on OOF is never applied to the test set:
 
     baseline      p > 0.5, nothing else (the raw ensemble; p > t is the pipeline's rule, segkit.threshold)
     threshold     best of tune.thresholds
@@ -28,15 +28,23 @@ The CV score is the mean over images of the mean over classes of the per-(image,
 TGS, Severstal, SIIM and Clouds. The final parameters and the baseline are also scored exactly with the metric on
 whole (K, H, W) images; those two numbers are ``cv`` and ``cv_baseline`` in tune.json.
 
+Honest evidence. ``cv`` is in-sample: the parameters were chosen on the very OOF they are scored on, so it is
+optimistic, the more so the more steps the search tries. ``cv_nested`` is the honest figure: for every fold k the
+same search runs on the other folds' OOF alone and its choice scores fold k's images; the mean over all images
+(each scored once, by a choice made without it) is what the tuned pipeline should score on unseen data. The
+submission's parameters still come from the search on every fold. ``nested`` in tune.json holds each fold's choice
+and score. The nested searches share the summary tables and a cache of candidate scores with the full one, so they
+cost a fraction of a second search each.
+
 Modules, one job each: ``stream`` (the OOF images, cached across passes), ``tables`` (the one-pass summary of the
-first three steps), ``candidates`` (scoring parameter sets image by image), ``search`` (the greedy steps and the
-final exact scores), ``plots`` (the curves) and ``stage`` (``segkit tune``: the final ensemble's OOF in,
-``tune.json`` out). The metric is the competition's metric object (``segkit.metrics.get_metric``); what it can
-count (confusion counts, objects) decides the fast paths, not its name.
+first three steps), ``candidates`` (scoring parameter sets image by image), ``search`` (the keep rules, the greedy
+steps, the nested searches and the final exact scores), ``plots`` (the curves) and ``stage`` (``segkit tune``: the
+final ensemble's OOF and the fold file in, ``tune.json`` out). The metric is the competition's metric object
+(``segkit.metrics.get_metric``); what it can count (confusion counts, objects) decides the fast paths, not its name.
 """
 
-from segkit.tune.search import Greedy, final_scores, tune
+from segkit.tune.search import Greedy, KeepRule, final_scores, tune
 from segkit.tune.stage import run
 from segkit.tune.stream import OOFStream
 
-__all__ = ["Greedy", "OOFStream", "final_scores", "run", "tune"]
+__all__ = ["Greedy", "KeepRule", "OOFStream", "final_scores", "run", "tune"]

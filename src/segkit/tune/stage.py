@@ -18,12 +18,11 @@ from segkit import atomic
 from segkit.config import Config
 from segkit.data import Competition
 from segkit.data.folds import fold_numbers, load_folds
-from segkit.errors import DataError, SegkitError
 from segkit.freshness import Unit, fingerprint, fingerprints
 from segkit.metrics import CompetitionMetric, get_metric
 from segkit.oof import fold_oof, score_frame
 from segkit.probs import ProbStore, manifest
-from segkit.stages import final_ensemble_maker
+from segkit.stages import final_store
 from segkit.tune.plots import plot_curves
 from segkit.tune.search import tune
 from segkit.tune.stream import OOFStream
@@ -52,30 +51,28 @@ def tune_unit(cfg: Config, plain_folds: list[int]) -> Unit:
     plain = [manifest(layout.fold(cfg.models[0].name, k).oof) for k in plain_folds] if cfg.models else []
     inputs = {"tune": cfg.tune.model_dump(), "metric": cfg.metric, "mode": cfg.data.mode,
               "classes": cfg.data.classes, "root": str(cfg.data.root),
-              "ensemble_oof": fingerprint(manifest(layout.final_ensemble.oof)), "plain": fingerprints(plain)}
+              "ensemble_oof": fingerprint(manifest(layout.final_ensemble.oof)), "plain": fingerprints(plain),
+              # the folds decide the nested estimate
+              "folds": fingerprint(layout.folds_file) if layout.folds_file.exists() else None}
     return Unit(f"tune: {paths.json}", paths.stamp, [paths.scores, paths.json], inputs)
 
 
 def run(cfg: Config) -> int:
     layout = cfg.layout
-    store_dir = layout.final_ensemble.oof
-    if not ProbStore.is_complete(store_dir):
-        raise SegkitError(f"{store_dir}: no complete ensemble OOF store; run `segkit {final_ensemble_maker(layout)}` "
-                          f"first")
-    store = ProbStore(store_dir)
-    if list(store.classes) != list(cfg.data.classes):
-        raise DataError(f"{store_dir}: classes {store.classes} differ from data.classes {cfg.data.classes}")
+    store = final_store(cfg, "oof")
     comp = Competition(cfg.data, seed=cfg.seed)
     folds = load_folds(cfg, comp) if layout.folds_file.exists() else None
     unit = tune_unit(cfg, fold_numbers(folds) if folds is not None else [])
     paths = layout.tune
     if unit.fresh():
-        print(unit.kept(f"CV {json.loads(paths.json.read_text())['cv']:.4f}"))
+        print(unit.kept(cv_line(json.loads(paths.json.read_text()))))
         return 0
     metric = get_metric(cfg.metric, key="metric")
     exclusive = cfg.data.mode == "multiclass"
-    result = tune(OOFStream(store, comp.read_mask, exclusive), list(cfg.data.classes), metric, cfg.tune)
+    result = tune(OOFStream(store, comp.read_mask, exclusive), list(cfg.data.classes), metric, cfg.tune,
+                  folds=folds_of(store.ids, folds))
     per_image = result.pop("_per_image")
+    result.pop("_nested_params")
     plain = plain_score(cfg, metric, comp.read_mask, folds) if folds is not None else None
     result["baseline"] = {"ensemble_oof_p>0.5": result["cv_baseline"],
                           "plain_pipeline": plain[1] if plain else None,
@@ -93,14 +90,37 @@ def run(cfg: Config) -> int:
         print(f"tune: {name}: {text}")
     if plain:
         print(f"tune: plain pipeline ({plain[0]}, raw OOF p>0.5): {plain[1]:.4f}")
-    print(f"tune: {metric.name} CV {result['cv']:.4f} (ensemble OOF p>0.5: {result['cv_baseline']:.4f}) "
-          f"on {result['n_images']} images in {result['seconds']['total']:.1f} s -> {paths.json}")
+    print(f"tune: {metric.name} {cv_line(result)} (ensemble OOF p>0.5: {result['cv_baseline']:.4f}; keep rule "
+          f"{result['keep_rule']}) on {result['n_images']} images in {result['seconds']['total']:.1f} s "
+          f"-> {paths.json}")
     return 0
+
+
+def cv_line(tuned: dict) -> str:
+    """The tuned CV as every log and report quotes it: the nested estimate first, the in-sample figure beside."""
+    nested = tuned.get("cv_nested")
+    if nested is None:
+        return f"CV {tuned['cv']:.4f} (in-sample: chosen on the same OOF; no folds for a nested estimate)"
+    return f"CV {nested:.4f} nested, {tuned['cv']:.4f} in-sample"
+
+
+def folds_of(ids: list[str], folds: pd.DataFrame | None) -> list[int] | None:
+    """The fold of each OOF image, or None (no fold file, or images it does not list): no nested estimate."""
+    if folds is None:
+        return None
+    fold = dict(zip(folds["id"].astype(str), folds["fold"].astype(int)))
+    missing = [i for i in ids if i not in fold]
+    if missing:
+        print(f"tune: note: {len(missing)} OOF image(s) are not in the fold file (e.g. {missing[0]!r}); no nested "
+              f"estimate")
+        return None
+    return [fold[i] for i in ids]
 
 
 def write_per_image(path, per_image: dict, classes: list[str]) -> None:
     """oof_scores.csv: id, tuned and baseline score, truth and predicted pixels[, per-class scores]."""
     frame = pd.DataFrame({"id": per_image["ids"], "score": per_image["score"], "baseline": per_image["baseline"],
+                          **({"nested": per_image["nested"]} if "nested" in per_image else {}),
                           "truth_px": per_image["truth_px"].astype(np.int64),
                           "pred_px": per_image["pred_px"].astype(np.int64)})
     if len(classes) > 1:
@@ -109,4 +129,4 @@ def write_per_image(path, per_image: dict, classes: list[str]) -> None:
     atomic.write_csv(path, frame)
 
 
-__all__ = ["plain_score", "run", "tune_unit", "write_per_image"]
+__all__ = ["cv_line", "folds_of", "plain_score", "run", "tune_unit", "write_per_image"]

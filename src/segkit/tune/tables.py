@@ -22,6 +22,7 @@ from segkit.components import components
 from segkit.errors import DataError
 from segkit.metrics import CompetitionMetric
 from segkit.postprocess import restrict_to_argmax
+from segkit.progress import bar
 from segkit.threshold import uint8_cut
 from segkit.tune.stream import OOFStream
 
@@ -36,6 +37,10 @@ class Tables:
     score: np.ndarray
     empty: np.ndarray
     above: np.ndarray
+
+    def take(self, rows: np.ndarray) -> "Tables":
+        """The tables of a subset of the images (a search that decides on some folds only)."""
+        return Tables(self.thresholds, self.min_areas, self.score[rows], self.empty[rows], self.above[rows])
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -141,7 +146,7 @@ def summarize(source: OOFStream, metric: CompetitionMetric, thresholds: Sequence
     if sorted(cuts) != cuts:
         raise ValueError("thresholds must be ascending")
     cuts_desc = np.asarray(cuts[::-1], dtype=np.int64)
-    for i, (image_id, probs, truth) in enumerate(source):
+    for i, (image_id, probs, truth) in enumerate(bar(source, "tune: summary tables", total=n_img)):
         if source.exclusive:
             probs = restrict_to_argmax(probs)
         if K is None:
