@@ -53,6 +53,8 @@ def main() -> None:
     store = ProbStore(cfg.layout.final_ensemble.oof)
     source = OOFStream(store, comp.read_mask, exclusive)
     folds = folds_of(store.ids, load_folds(cfg, comp))
+    if folds is None:
+        raise SystemExit(f"{cfg.layout.folds_file}: the OOF images need a fold each for a nested estimate")
     holdout = None
     if comp.holdout_ids:
         holdout = OOFStream(ProbStore(cfg.layout.final_ensemble.test), comp.read_mask, exclusive,

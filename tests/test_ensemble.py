@@ -221,10 +221,18 @@ def test_stacker_fold_k_never_sees_a_function_of_fold_k_labels():
              for t in truths]
     other = [np.ones_like(t) if f == 0 else t for t, f in zip(truths, fold_of)]  # fold 0: every image full
     a, b = _stacker_on(truths, probs, fold_of), _stacker_on(other, probs, fold_of)
-    assert np.array_equal(a.features_seen[(0, 0)], b.features_seen[(0, 0)])
+    assert a.features_seen[(0, 0)] == b.features_seen[(0, 0)]
     for i in range(0, 24, 3):
         assert np.array_equal(a.combine(probs[i], f"i{i}", 0), b.combine(probs[i], f"i{i}", 0))
-    assert not np.array_equal(a.features_seen[(1, 0)], b.features_seen[(1, 0)])  # fold 1's booster saw fold 0
+    assert a.features_seen[(1, 0)] != b.features_seen[(1, 0)]  # fold 1's booster saw fold 0
+
+
+def test_with_two_folds_the_present_probability_gates_but_is_no_feature():
+    """Two folds leave no third to nest the image classifier in: its probability is not a pixel feature (it would
+    be a constant in training and a real probability at prediction), while empty_gate still uses it."""
+    m = METHODS.get("stack")(setup_for(folds_=(0, 1), empty_classifier=True, empty_gate=0.5))
+    assert m.with_empty and not m.present_feature and "p:present" not in m.feature_names
+    assert "p:present" in METHODS.get("stack")(setup_for(empty_classifier=True)).feature_names
 
 
 def test_stacker_learns_a_recalibration():

@@ -97,8 +97,7 @@ def test_d4_tta_changes_output_and_snapshots_weigh_within_their_fold(trained):
     cfg, comp, frame = trained("predict.tta=d4", snapshots=1)
     per_fold = {k: predict.fold_checkpoints(cfg, "tiny", k) for k in range(3)}
     assert [p.name for p in per_fold[0]] == ["best.pt", "snapshot1.pt"]
-    paths, weights = predict._weights(per_fold)
-    assert weights == [0.5] * 6
+    paths = [c for k in range(3) for c in per_fold[k]]
     predict.run(cfg)
     store = ProbStore(cfg.run_dir / "tiny" / "test")
     ref = _plain(cfg, comp, comp.test_ids, paths)
@@ -107,6 +106,34 @@ def test_d4_tta_changes_output_and_snapshots_weigh_within_their_fold(trained):
     # snapshots off: best.pt only
     assert [p.name for p in predict.fold_checkpoints(cfg.model_copy(update={
         "predict": cfg.predict.model_copy(update={"snapshots": False})}), "tiny", 0)] == ["best.pt"]
+
+
+def test_fold_stores_come_from_the_same_pass_and_average_to_the_model_store(trained, capsys):
+    """A finished experiment that adds a pseudo round: predict writes each fold's own test store (fold k's
+    checkpoint alone) and leaves the model's store as it was, since that store is the mean of the fold stores,
+    quantised fold by fold, with or without them."""
+    from segkit.probs import mean_uint8
+
+    cfg, comp, frame = trained("predict.tta=none")
+    assert predict.run(cfg) == 0
+    folder = cfg.run_dir / "tiny" / "test"
+    made = (folder / "manifest.json").stat().st_mtime_ns
+    assert not (cfg.run_dir / "tiny" / "test_folds").exists()  # no round follows: no fold stores
+    with_round = cfg.model_copy(update={"pseudo": cfg.pseudo.model_copy(update={"rounds": 1})})
+    capsys.readouterr()
+    assert predict.run(with_round) == 0
+    assert "models[tiny] test" in capsys.readouterr().out  # kept, not predicted again
+    assert (folder / "manifest.json").stat().st_mtime_ns == made
+    parts = [ProbStore(cfg.layout.model("tiny").test_fold(k)) for k in range(3)]
+    model = ProbStore(folder)
+    for i in comp.test_ids:
+        assert np.array_equal(model[i], mean_uint8([p[i] for p in parts]))
+    for k in range(3):  # fold k's store is fold k's network alone
+        alone = _plain(cfg, comp, comp.test_ids, [cfg.run_dir / "tiny" / f"fold{k}" / "best.pt"])
+        assert all(np.abs(parts[k].read_float(i) - alone[i]).max() <= 0.5 / 255 + 1e-6 for i in comp.test_ids)
+    capsys.readouterr()
+    assert predict.run(with_round) == 0
+    assert capsys.readouterr().out.count("up to date and complete; keeping it") == 4  # model + 3 fold stores
 
 
 def test_resumes_after_losing_half_the_images(trained, capsys):

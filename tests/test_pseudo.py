@@ -113,7 +113,7 @@ def test_training_hook_mixes_labels_and_never_leaks_into_validation(demo_cfg):
 
 
 def test_labels_selected_again_alike_are_the_same_labels_to_training(demo_cfg, capsys):
-    """A round's selection is made again when the ensemble it read was rewritten; if the labels come out the same,
+    """A round's selection is made again when a test store it read was rewritten; if the labels come out the same,
     the folds trained on them are still up to date (their fingerprint is the labels' content, not a file time)."""
     import os
 

@@ -45,7 +45,7 @@ import pandas as pd
 from segkit import atomic, pipeline
 from segkit.config import Config
 from segkit.data import Competition
-from segkit.data.folds import fold_numbers, ids_of, load_folds
+from segkit.data.folds import fold_numbers, fold_of, ids_of, load_folds
 from segkit.device import resolve_device
 from segkit.distributed import World
 from segkit.errors import ConfigError, SegkitError
@@ -218,17 +218,17 @@ def rows(cfg: Config, runs: dict[str, Config], folds: Sequence[int], ids: Sequen
     # The tuned rows tune on every fold's images (the recipe's stores cover them all) and score the chosen folds'
     # images nested: each with what the search chose on the other folds.
     every = list(table["id"])
-    fold_of = dict(zip(table["id"], table["fold"].astype(int)))
+    folds_of = fold_of(table)
     store = MeanStore([_tta_store(cfg, m, every) for m in base_models]) if len(base_models) > 1 else \
         _tta_store(cfg, first, every)
-    scores, in_sample, summary = scorer.tuned(store, False, ids, fold_of)
+    scores, in_sample, summary = scorer.tuned(store, False, ids, folds_of)
     yield Row("+ threshold / min area", _summary(summary), scores, in_sample=in_sample)
-    scores, in_sample, summary = scorer.tuned(store, True, ids, fold_of)
+    scores, in_sample, summary = scorer.tuned(store, True, ids, folds_of)
     yield Row("+ morphology", _summary(summary), scores, in_sample=in_sample)
     if cfg.pseudo.rounds:
         r = cfg.pseudo.rounds
         pl = MeanStore([_tta_store(cfg, round_name(m, r), every) for m in base_models])
-        scores, in_sample, summary = scorer.tuned(pl, True, ids, fold_of)
+        scores, in_sample, summary = scorer.tuned(pl, True, ids, folds_of)
         yield Row("+ pseudo-labels", f"{r} round(s); " + _summary(summary), scores, in_sample=in_sample)
     else:
         yield Row("+ pseudo-labels", "", note="not in this recipe: pseudo.rounds is 0")

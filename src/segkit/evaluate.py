@@ -35,7 +35,7 @@ import pandas as pd
 from segkit import atomic
 from segkit.config import Config
 from segkit.data import Competition
-from segkit.data.folds import load_folds
+from segkit.data.folds import fold_of, load_folds
 from segkit.errors import DataError, SegkitError
 from segkit.freshness import Unit, fingerprint
 from segkit.metrics import get_metric, overlap_counts, roc_auc
@@ -178,7 +178,7 @@ def evaluate_unit(cfg: Config, holdout: bool) -> Unit:
               "holdout": [cfg.data.holdout_fraction, cfg.seed] if holdout else None,
               # the OOF images are scored with their fold's nested choice
               "folds": fingerprint(layout.folds_file),
-              "table": list(TABLE)}
+              "table": list(TABLE), "metric": cfg.metric}
     outputs = [paths.per_image_oof] + ([paths.per_image_holdout] if holdout else []) + [paths.metrics, paths.json]
     return Unit(f"evaluate: {paths.dir}", paths.stamp, outputs, inputs)
 
@@ -188,17 +188,19 @@ def _oof_params(cfg: Config, tuned: dict, params: list, classes: list[str]) -> t
     nested = tuned.get("nested") or {}
     if not nested or not cfg.layout.folds_file.exists():
         return (lambda _: params), "in-sample: chosen on every fold (no nested estimate in tune.json)"
-    frame = load_folds(cfg)
-    fold_of = dict(zip(frame["id"], frame["fold"].astype(int)))
+    if tuned.get("folds_file") is not None and tuned["folds_file"] != fingerprint(cfg.layout.folds_file):
+        raise DataError(f"{cfg.layout.tune.json}: its nested choices were made on another fold file than "
+                        f"{cfg.layout.folds_file}; run `segkit tune` again")
+    fold = fold_of(load_folds(cfg))
     chosen = {int(f): params_list(v["classes"], classes, where=f"{cfg.layout.tune.json} nested fold {f}")
               for f, v in nested.items()}
 
     def of(image_id: str) -> list:
-        fold = fold_of.get(image_id)
-        if fold not in chosen:
-            raise DataError(f"{cfg.layout.tune.json}: no nested choice for fold {fold} of OOF image {image_id!r}; "
+        k = fold.get(image_id)
+        if k not in chosen:
+            raise DataError(f"{cfg.layout.tune.json}: no nested choice for fold {k} of OOF image {image_id!r}; "
                             f"run `segkit tune` again")
-        return chosen[fold]
+        return chosen[k]
 
     return of, "nested: each fold's images with what tuning chose on the other folds"
 
@@ -251,9 +253,10 @@ def run(cfg: Config) -> int:
 
     print(f"evaluate: OOF parameters {oof_choice}")
     print(format_table(table, images))
-    headline = table[(table["split"] == "oof") & (table["metric"] == cfg.metric)
+    main = get_metric(cfg.metric, key="metric").name  # the table's name of it (an alias names the same metric)
+    headline = table[(table["split"] == "oof") & (table["metric"] == main)
                      & (table["class"] == (ALL_CLASSES if len(classes) > 1 else classes[0]))]
-    score = f"; OOF {cfg.metric} {headline['mean'].iloc[0]:.4f}" if len(headline) else ""
+    score = f"; OOF {main} {headline['mean'].iloc[0]:.4f}" if len(headline) else ""
     held = f", {images['holdout']} holdout" if "holdout" in images else ""
     print(f"evaluate: wrote {paths.metrics} ({images['oof']} OOF{held} images x {len(classes)} class(es), "
           f"{len(TABLE)} metrics{score})")

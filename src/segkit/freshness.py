@@ -1,7 +1,8 @@
 """Whether a unit of work is already done: one rule for every stage.
 
-Each stage splits its work into units — a model's fold, a model's test store, one fold's OOF re-prediction, the
-ensemble, a pseudo-label round, the tuning, the submission, the report — and each unit declares
+Each stage splits its work into units — a model's fold, a model's test store (and each fold's own, when a pseudo
+round follows), one fold's OOF re-prediction, the ensemble, a pseudo-label round, the tuning, the submission, the
+evaluation, the report — and each unit declares
 
 - its **outputs**: the files it writes (for a probability store, its manifest);
 - its **inputs**: a JSON-able mapping of everything that decides those outputs: the config values the unit reads

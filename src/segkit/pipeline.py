@@ -25,6 +25,7 @@ from segkit.data import Competition
 from segkit.data.folds import check_fold, fold_numbers, ids_of, load_folds
 from segkit.metrics import get_metric
 from segkit.oof import PartStore, score_frame
+from segkit.postprocess import tuned_cv
 from segkit.predict import oof_part_unit
 from segkit.probs import ProbStore
 from segkit.stages import BY_NAME, STAGES, load
@@ -60,7 +61,7 @@ def run(cfg: Config, model: Optional[str] = None, fold: Optional[int] = None) ->
 def pseudo_rounds(cfg: Config) -> int:
     """``segkit pseudo``. With ``pseudo.rounds`` = 0: select one round of labels (for a config with
     ``pseudo.round`` set to train on). Otherwise go through the rounds after ``pseudo.round``: select the round's
-    labels from the ensemble before it, then train, predict and ensemble the round's models."""
+    labels fold by fold from the models of the round before, then train, predict and ensemble the round's models."""
     if cfg.pseudo.rounds == 0:
         return pseudo.run(cfg)
     for r in range(cfg.pseudo.round + 1, cfg.pseudo.rounds + 1):
@@ -106,21 +107,16 @@ def slice_scores(cfg: Config, model: Optional[str], fold: Optional[int]) -> None
 
 
 def _summary(cfg: Config) -> None:
-    """The closing lines: where the submission is, its CV (the nested estimate first, the in-sample one beside it),
-    and what the same models score with TTA, ensembling and tuning switched off (the first model's own
-    out-of-fold predictions at threshold 0.5)."""
+    """The closing lines: where the submission is, its CV (the nested estimate first, the in-sample one beside it:
+    ``postprocess.tuned_cv``), and what the same models score with TTA, ensembling and tuning switched off (the
+    first model's own out-of-fold predictions at threshold 0.5)."""
     layout = cfg.layout
     if not (layout.tune.json.exists() and layout.submission.exists()):
         return
     tuned = json.loads(layout.tune.json.read_text())
     plain = (tuned.get("baseline") or {}).get("plain_pipeline")
     print(f"submission: {layout.submission}")
-    if tuned.get("cv_nested") is not None:
-        print(f"CV {cfg.metric}: {tuned['cv_nested']:.4f}  (TTA + ensemble + tuned post-processing, nested: each "
-              f"fold scored with what tuning chose on the other folds)")
-        print(f"CV {cfg.metric}: {tuned['cv']:.4f}  (the same, in-sample: chosen and scored on the same OOF)")
-    else:
-        print(f"CV {cfg.metric}: {tuned['cv']:.4f}  (TTA + ensemble + tuned post-processing, in-sample)")
+    print(f"CV {cfg.metric}: {tuned_cv(tuned)}  (TTA + ensemble + tuned post-processing)")
     if plain is not None:
         print(f"CV {cfg.metric}: {plain:.4f}  (plain: one model, no TTA, no ensemble, threshold 0.5)")
 

@@ -276,6 +276,15 @@ def describe(params: ClassParams) -> str:
     return ", ".join(parts)
 
 
+def tuned_cv(tuned: dict) -> str:
+    """tune.json's tuned CV as every log and report quotes it: the nested estimate first (each fold scored with
+    what tuning chose on the other folds), the in-sample figure (chosen on the same OOF) beside it."""
+    nested, cv = tuned.get("cv_nested"), tuned.get("cv", float("nan"))
+    if nested is None:
+        return f"{cv:.4f} in-sample (chosen on the same OOF; no folds for a nested estimate)"
+    return f"{nested:.4f} nested, {cv:.4f} in-sample"
+
+
 def read_tuned(path: Path, remedy: str = "run `segkit tune` first") -> dict:
     """tune.json as written by the tune stage, checked to hold a ``classes`` mapping of parameter sets."""
     path = Path(path)

@@ -4,8 +4,12 @@ For each model of the config:
 
 - ``<run_dir>/<model>/test/``: every test image predicted by every fold's checkpoint — ``best.pt`` (or ``last.pt``,
   ``predict.checkpoint``) plus the fold's ``snapshot<c>.pt`` files when ``predict.snapshots`` — each with the TTA
-  named by ``predict.tta``, merged by ``predict.tta_merge``. A fold's checkpoints are averaged first and the folds
-  then weigh equally, so a fold with more snapshots does not count more.
+  named by ``predict.tta``, merged by ``predict.tta_merge``. A fold's checkpoints are averaged first, quantised
+  like a store, and the folds then weigh equally, so a fold with more snapshots does not count more and the store
+  is exactly the mean of the fold stores below, kept or not.
+- ``<run_dir>/<model>/test_folds/fold<k>/`` when a pseudo round follows (``pseudo.rounds`` > ``pseudo.round``):
+  fold k's probabilities alone, from the same pass (no extra network work), which the next round's fold-k labels
+  come from (``segkit.pseudo``). They cost a test store's disk per fold.
 - ``<run_dir>/<model>/oof_tta/`` (``predict.repredict_oof``): each fold's validation images re-predicted by that
   fold's own checkpoints with the same TTA, so the OOF the ensemble and tuning see is made like the test
   predictions (the ensemble prefers this store over the fold OOF that training wrote without TTA). Each fold is a
@@ -26,7 +30,7 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -73,11 +77,10 @@ def _inputs(cfg: Config, checkpoints: dict[int, list[Path]], kind: str) -> dict:
 
 
 def store_unit(cfg: Config, model: str, per_fold: dict[int, list[Path]]) -> Unit:
-    """A model's test store as a unit of work: every fold's checkpoints and the prediction settings decide it, and
-    whether it is the mean of the fold stores (when a pseudo round follows) or one pass over every checkpoint."""
+    """A model's test store as a unit of work: every fold's checkpoints and the prediction settings decide it."""
     paths = cfg.layout.model(model)
     return Unit(f"predict: models[{model}] test ({paths.test})", paths.test_stamp, [manifest(paths.test)],
-                _inputs(cfg, per_fold, "test (mean of fold stores)" if by_fold(cfg) else "test"))
+                _inputs(cfg, per_fold, "test: mean of the quantised folds"))
 
 
 def oof_part_unit(cfg: Config, model: str, folder: Path, k: int, ids: list[str]) -> Unit:
@@ -106,22 +109,26 @@ def _prepare(unit: Unit, folder: Path, is_main: bool, images: Optional[list[Path
 
 
 class CheckpointAverage:
-    """The networks of one model's checkpoints, each wrapped in TTA, averaged with per-checkpoint weights."""
+    """The networks of one model's checkpoints in groups (a fold's checkpoints are one group), each wrapped in TTA;
+    a call gives every group's mean, side by side: the folds of a model are predicted in one pass over the images,
+    and each fold's probabilities stay apart for the stores that want them (``Outputs``)."""
 
-    def __init__(self, cfg: Config, paths: list[Path], weights: list[float], device: torch.device):
+    def __init__(self, cfg: Config, groups: list[list[Path]], device: torch.device):
         self.device = device
-        self.weights = weights
-        self.predictors = []
+        self.groups: list[list[TTAPredictor]] = []
         self.meta: dict = {}
-        for path in paths:
-            model, meta = load_model(path, device)
-            self._check(cfg, path, meta)
-            self.meta = meta
-            activation = "softmax" if meta["mode"] == "multiclass" else "sigmoid"
-            self.predictors.append(TTAPredictor(
-                model, tta=cfg.predict.tta, merge=cfg.predict.tta_merge, chunk=cfg.predict.tta_chunk,
-                activation=activation, amp=cfg.predict.amp, channels_last=cfg.predict.channels_last,
-            ))
+        for paths in groups:
+            predictors = []
+            for path in paths:
+                model, meta = load_model(path, device)
+                self._check(cfg, path, meta)
+                self.meta = meta
+                activation = "softmax" if meta["mode"] == "multiclass" else "sigmoid"
+                predictors.append(TTAPredictor(
+                    model, tta=cfg.predict.tta, merge=cfg.predict.tta_merge, chunk=cfg.predict.tta_chunk,
+                    activation=activation, amp=cfg.predict.amp, channels_last=cfg.predict.channels_last,
+                ))
+            self.groups.append(predictors)
         self.multiclass = self.meta.get("mode") == "multiclass"
 
     @staticmethod
@@ -138,18 +145,37 @@ class CheckpointAverage:
         return int(self.meta.get("pad_to", 32))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, K, H, W) foreground probabilities of a batch, float32."""
-        p = average_predictions(self.predictors, x, self.weights)
-        return p[:, 1:] if self.multiclass else p
+        """(N, G * K, H, W) float32: group g's mean foreground probabilities in channels [g K, (g + 1) K)."""
+        means = []
+        for predictors in self.groups:
+            p = average_predictions(predictors, x)
+            means.append(p[:, 1:] if self.multiclass else p)
+        return means[0] if len(means) == 1 else torch.cat(means, dim=1)
 
 
-def _weights(per_fold: dict[int, list[Path]]) -> tuple[list[Path], list[float]]:
-    """Flatten fold -> checkpoints, weighting so every fold counts the same."""
-    paths, weights = [], []
-    for ckpts in per_fold.values():
-        paths += ckpts
-        weights += [1.0 / len(ckpts)] * len(ckpts)
-    return paths, weights
+class Outputs:
+    """Where a pass's probabilities go: ``main``, the mean of the groups, quantised group by group first (so a
+    model's test store is exactly the mean of its fold stores, whether or not those are kept), and ``parts[g]``,
+    group g alone (None: not wanted). An image is to do while any wanted store lacks it."""
+
+    def __init__(self, main: Optional[ProbWriter], parts: Sequence[Optional[ProbWriter]] = ()):
+        self.main = main
+        self.parts = list(parts)
+
+    def writers(self) -> list[ProbWriter]:
+        return [w for w in [self.main, *self.parts] if w is not None]
+
+    def has(self, image_id: str) -> bool:
+        return all(w.has(image_id) for w in self.writers())
+
+    def write(self, image_id: str, q: np.ndarray) -> None:
+        """``q``: uint8 (G * K, H, W) as CheckpointAverage gives it."""
+        groups = q.reshape(max(len(self.parts), 1), -1, *q.shape[1:])
+        for part, writer in zip(groups, self.parts):
+            if writer is not None and not writer.has(image_id):
+                writer.write(image_id, np.ascontiguousarray(part))
+        if self.main is not None and not self.main.has(image_id):
+            self.main.write(image_id, np.ascontiguousarray(mean_uint8(list(groups))))
 
 
 # ------------------------------------------------------------------------------------------------ prediction
@@ -161,15 +187,15 @@ def _to_uint8(p: torch.Tensor) -> np.ndarray:
     return torch.round(p * 255.0).clamp_(0, 255).to(torch.uint8).cpu().numpy()
 
 
-def predict_ids(cfg: Config, comp, ids: list[str], split: str, predict: CheckpointAverage, writer: ProbWriter,
+def predict_ids(cfg: Config, comp, ids: list[str], split: str, predict: CheckpointAverage, out: Outputs,
                 device: torch.device, world=None, desc: str = "") -> int:
-    """Predict the ids not yet in ``writer``'s store and write them; returns how many were predicted. Under DDP
-    each rank takes its share of all ``ids`` first and then skips what is on disk, so the shares never depend on
+    """Predict the ids not yet in every store of ``out`` and write them; returns how many were predicted. Under
+    DDP each rank takes its share of all ``ids`` first and then skips what is on disk, so the shares never depend on
     how far another rank has got."""
     todo = by_size(comp, ids, split)
     if world is not None and world.size > 1:
         todo = todo[world.rank::world.size]
-    todo = [i for i in todo if not writer.has(i)]
+    todo = [i for i in todo if not out.has(i)]
     if not todo:
         return 0
     p = cfg.predict
@@ -181,17 +207,19 @@ def predict_ids(cfg: Config, comp, ids: list[str], split: str, predict: Checkpoi
                         pin_memory=device.type == "cuda")
     began = time.perf_counter()
     with torch.inference_mode():
-        done = _predict_batches(loader, predict, writer, tile, p, device, desc)
+        done = _predict_batches(loader, predict, out, tile, p, device, desc, world)
     if desc:
         rate = done / max(time.perf_counter() - began, 1e-9)
         print(f"predict: {desc}: {done} images ({rate:.1f} images/s)", flush=True)
     return done
 
 
-def _predict_batches(loader, predict: CheckpointAverage, writer: ProbWriter, tile: Optional[int], p,
-                     device: torch.device, desc: str = "") -> int:
+def _predict_batches(loader, predict: CheckpointAverage, out: Outputs, tile: Optional[int], p,
+                     device: torch.device, desc: str = "", world=None) -> int:
     done = 0
-    for batch in bar(loader, f"predict: {desc}" if desc else "predict", unit="batch"):
+    batches = loader if world is not None and not world.is_main else \
+        bar(loader, f"predict: {desc}" if desc else "predict", unit="batch")  # one bar, not one per rank
+    for batch in batches:
         sizes = [tuple(s) for s in batch["size"].tolist()]
         images = batch["image"]
         big = [i for i, (h, w) in enumerate(sizes) if tile is not None and (h > tile or w > tile)]
@@ -200,13 +228,13 @@ def _predict_batches(loader, predict: CheckpointAverage, writer: ProbWriter, til
             x = images[small].to(device, non_blocking=True)
             q = _to_uint8(predict(x))  # one copy back per batch
             for j, i in enumerate(small):
-                writer.write(batch["id"][i], np.ascontiguousarray(unpad(q[j], sizes[i])))
+                out.write(batch["id"][i], unpad(q[j], sizes[i]))
         for size in dict.fromkeys(sizes[i] for i in big):
             same = [i for i in big if sizes[i] == size]
             for group in stack_groups(same, size, tile, p.tile_overlap, p.batch_size):
                 q = _to_uint8(_tiled(predict, images[group], size, p, device))
                 for j, i in enumerate(group):
-                    writer.write(batch["id"][i], np.ascontiguousarray(q[j]))
+                    out.write(batch["id"][i], q[j])
         done += len(sizes)
     return done
 
@@ -232,61 +260,46 @@ def fold_test_unit(cfg: Config, model: str, k: int, checkpoints: list[Path]) -> 
                 _inputs(cfg, {k: checkpoints}, "test_fold"))
 
 
-def _predict_store(cfg: Config, comp: Competition, model: str, per_fold: dict[int, list[Path]], folder: Path,
-                   unit: Unit, device, world: World) -> None:
-    """Every test image into ``folder``, predicted by the mean of ``per_fold``'s checkpoints (folds weigh equally)."""
-    _prepare(unit, folder, world.is_main)
+def predict_test(cfg: Config, comp: Competition, model_cfg: ModelConfig, fold_list: list[int], device,
+                 world: World) -> None:
+    """A model's test store, the mean of its folds' predictions; when a pseudo round follows, each fold's own
+    store too, from the same pass. A store already complete is kept, so fold stores asked for later (a round
+    added to a finished experiment) cost a pass that leaves the model's store untouched."""
+    per_fold = {k: fold_checkpoints(cfg, model_cfg.name, k) for k in fold_list}
+    paths = cfg.layout.model(model_cfg.name)
+    units = [(store_unit(cfg, model_cfg.name, per_fold), paths.test)]
+    if by_fold(cfg):
+        units += [(fold_test_unit(cfg, model_cfg.name, k, c), paths.test_fold(k)) for k, c in per_fold.items()]
+    todo = [not unit.fresh() for unit, _ in units]  # decided once, before any rank writes a stamp
     _barrier(world)
-    writer = ProbWriter(folder, list(cfg.data.classes))
+    for (unit, _), wanted in zip(units, todo):
+        if not wanted:
+            print(unit.kept())
+    if not any(todo):
+        return
+    for (unit, folder), wanted in zip(units, todo):
+        if wanted:
+            _prepare(unit, folder, world.is_main)
+    _barrier(world)
+    writers = [ProbWriter(folder, list(cfg.data.classes)) if wanted else None for (_, folder), wanted in
+               zip(units, todo)]
+    out = Outputs(writers[0], writers[1:] if by_fold(cfg) else [None] * len(per_fold))
     ids = comp.test_ids
-    checkpoints, weights = _weights(per_fold)
-    n_done = sum(writer.has(i) for i in ids)
-    folds = f"fold {next(iter(per_fold))}" if len(per_fold) == 1 else f"{len(per_fold)} fold(s)"
-    print(f"predict: models[{model}]: {len(checkpoints)} checkpoint(s) over {folds}, TTA {cfg.predict.tta}; "
-          f"{len(ids) - n_done} of {len(ids)} test images to do", flush=True)
-    predict = CheckpointAverage(cfg, checkpoints, weights, device)
-    predict_ids(cfg, comp, ids, "test", predict, writer, device, world, desc=f"{model} {folds} test")
+    n_left = sum(not out.has(i) for i in ids)
+    what = ", ".join(str(folder) for (_, folder), wanted in zip(units, todo) if wanted)
+    print(f"predict: models[{model_cfg.name}]: {sum(map(len, per_fold.values()))} checkpoint(s) over "
+          f"{len(per_fold)} fold(s), TTA {cfg.predict.tta}; {n_left} of {len(ids)} test images to do -> {what}",
+          flush=True)
+    predict = CheckpointAverage(cfg, list(per_fold.values()), device)
+    predict_ids(cfg, comp, ids, "test", predict, out, device, world, desc=f"{model_cfg.name} test")
     del predict
     _barrier(world)
     if world.is_main:
-        unit.done()
-        writer.finish(ids)
-
-
-def predict_test(cfg: Config, comp: Competition, model_cfg: ModelConfig, fold_list: list[int], device,
-                 world: World) -> None:
-    """A model's test store. When a pseudo round follows, each fold's checkpoints predict a store of their own
-    first, and the model's store is their mean (the same network passes, not twice as many)."""
-    per_fold = {k: fold_checkpoints(cfg, model_cfg.name, k) for k in fold_list}
-    paths = cfg.layout.model(model_cfg.name)
-    unit = store_unit(cfg, model_cfg.name, per_fold)
-    if not by_fold(cfg):
-        if unit.fresh():
-            print(unit.kept())
-            return
-        _predict_store(cfg, comp, model_cfg.name, per_fold, paths.test, unit, device, world)
-        return
-    for k, checkpoints in per_fold.items():
-        part = fold_test_unit(cfg, model_cfg.name, k, checkpoints)
-        if part.fresh():
-            print(part.kept())
-        else:
-            _predict_store(cfg, comp, model_cfg.name, {k: checkpoints}, paths.test_fold(k), part, device, world)
-    if unit.fresh():
-        print(unit.kept())
-        return
-    if world.is_main:
-        _prepare(unit, paths.test, True)
-        writer = ProbWriter(paths.test, list(cfg.data.classes))
-        stores = [ProbStore(paths.test_fold(k)) for k in per_fold]
-        for image_id in bar(comp.test_ids, f"{model_cfg.name} test: mean of {len(stores)} folds"):
-            if not writer.has(image_id):
-                writer.write(image_id, mean_uint8([s[image_id] for s in stores]))
-        unit.done()
-        writer.finish(comp.test_ids)
-        print(f"predict: models[{model_cfg.name}]: test store = mean of the {len(stores)} fold stores -> "
-              f"{paths.test}")
-    _barrier(world)
+        # The fold stores first: the model's store is the one whose manifest says the whole pass is complete.
+        for (unit, _), writer in list(zip(units, writers))[::-1]:
+            if writer is not None:
+                unit.done()
+                writer.finish(ids)
 
 
 def predict_oof(cfg: Config, comp: Competition, model_cfg: ModelConfig, folds: pd.DataFrame, device,
@@ -314,9 +327,8 @@ def predict_oof(cfg: Config, comp: Competition, model_cfg: ModelConfig, folds: p
         _prepare(unit, folder, world.is_main, images=list(unit.outputs))
         _barrier(world)
         writer = ProbWriter(folder, list(cfg.data.classes))
-        checkpoints = fold_checkpoints(cfg, model_cfg.name, k)
-        predict = CheckpointAverage(cfg, checkpoints, [1.0 / len(checkpoints)] * len(checkpoints), device)
-        predict_ids(cfg, comp, ids, "train", predict, writer, device, world,
+        predict = CheckpointAverage(cfg, [fold_checkpoints(cfg, model_cfg.name, k)], device)
+        predict_ids(cfg, comp, ids, "train", predict, Outputs(writer), device, world,
                     desc=f"{model_cfg.name} fold {k} OOF re-prediction")
         del predict
         _barrier(world)  # every rank's images of this part are in before the part is stamped done

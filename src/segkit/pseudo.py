@@ -1,9 +1,11 @@
 """``segkit pseudo``: pseudo-labelling — confident test predictions become extra training images.
 
-Leak-free by construction: fold k's model of round r trains only on labels predicted by models that never saw
-fold k's labels, i.e. by the fold-k models of round r - 1 (trained on the other folds, and on labels made the same
-way). Pseudo labels from the ensemble of every fold would carry fold k's labels into fold k's training through the
-other folds' models, and fold k's OOF score would no longer be out-of-fold. So a round has one label set per fold.
+Leak-free by construction: fold k's model of round r trains only on labels predicted by models that were never
+fitted on fold k's labels, i.e. by the fold-k models of round r - 1 (trained on the other folds, and on labels made
+the same way). Pseudo labels from the ensemble of every fold would carry fold k's labels into fold k's training
+through the other folds' models, and fold k's OOF score would no longer be out-of-fold. So a round has one label
+set per fold. (What remains is the weak selection effect every fold already has: its ``best.pt`` is the epoch that
+scored best on fold k's validation images.)
 
 Selection (round r, fold k): the test probabilities of fold k's checkpoints of every model of round r - 1 (written
 by predict under ``<model>/test_folds/fold<k>/`` when a round follows), averaged over the models with equal weights
@@ -91,14 +93,16 @@ def _fold_sources(cfg: Config, r: int, k: int) -> list[ProbStore]:
     stores = []
     for name, folder in zip(source_models(cfg, r), source_stores(cfg, r, k)):
         if not ProbStore.is_complete(folder):
+            how = (f"run `segkit predict` with pseudo.rounds={max(r, cfg.pseudo.rounds)}" if r == 1 else
+                   f"`segkit pseudo` (or `segkit run`) with pseudo.rounds >= {r} predicts round {r - 1}'s")
             raise DataError(f"{folder}: no complete test store of models[{name}] fold {k}; predict writes one per "
-                            f"fold when a pseudo round follows (pseudo.rounds > pseudo.round): run `segkit predict` "
-                            f"with pseudo.rounds={max(r, cfg.pseudo.rounds)}")
+                            f"fold when a pseudo round follows (pseudo.rounds > pseudo.round): {how}")
         stores.append(ProbStore(folder))
     return stores
 
 
 def _select_fold(stores: list[ProbStore], k: int, opts) -> pd.DataFrame:
+    """Fold k's selection table from the mean of its models' test probabilities."""
     rows = []
     for image_id in stores[0].ids:
         q = mean_uint8([s[image_id] for s in stores])
@@ -127,6 +131,10 @@ def select(cfg: Config, r: Optional[int] = None, folds: Optional[list[int]] = No
     sources = {k: _fold_sources(cfg, r, k) for k in folds}
     tables = {k: _select_fold(sources[k], k, opts) for k in folds}
     unit.begin()
+    # Every fold's store stops counting as complete before any of them changes, so a kill mid-way never leaves a
+    # store that looks complete with the labels of two selections in it.
+    for k in folds:
+        manifest(paths.labels(k)).unlink(missing_ok=True)
     digests = {}
     for k in folds:
         # Labels of an earlier selection go: each store must hold exactly this round's images.

@@ -94,7 +94,7 @@ STAGES: tuple[Stage, ...] = (
           scope="all"),
     Stage("evaluate", "segkit.evaluate:run",
           "every metric of the tuned OOF (and holdout) predictions: per image, class and split, and their table",
-          reads=("competition", "ensemble", "round_ensemble", "tune"), writes=("evaluation",), scope="all"),
+          reads=("competition", "folds", "ensemble", "round_ensemble", "tune"), writes=("evaluation",), scope="all"),
     Stage("report", "segkit.report:run", "write runs/<experiment>/report/",
           reads=("competition", "fold", "ensemble", "round_ensemble", "tune", "submission", "evaluation"),
           writes=("report",), scope="all"),

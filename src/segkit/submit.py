@@ -26,7 +26,7 @@ from segkit.data import Competition, read_csv
 from segkit.errors import DataError, SegkitError
 from segkit.freshness import Unit, fingerprint
 from segkit.metrics import CompetitionMetric, get_metric
-from segkit.postprocess import params_list, postprocess, read_tuned
+from segkit.postprocess import params_list, postprocess, read_tuned, tuned_cv
 from segkit.probs import ProbStore, manifest
 from segkit.stages import final_store
 from segkit.validate import rle_column, validate_frame
@@ -142,10 +142,7 @@ def run(cfg: Config) -> int:
 
     n_images = len({r.image_id for r in comp.sample_rows})
     print(f"submit: wrote {target} ({len(sub)} rows, {n_images} images; validated against the sample)")
-    nested = tuned.get("cv_nested")
-    print(f"submit: tuned OOF {tuned.get('metric', cfg.metric)} CV "
-          + (f"{nested:.4f} nested, " if nested is not None else "")
-          + f"{tuned.get('cv', float('nan')):.4f} in-sample (raw ensemble OOF p>0.5: "
+    print(f"submit: tuned OOF {tuned.get('metric', cfg.metric)} CV {tuned_cv(tuned)} (raw ensemble OOF p>0.5: "
           f"{tuned.get('cv_baseline', float('nan')):.4f})")
     if comp.holdout_ids:
         print(f"submit: holdout {cfg.metric} {np.mean(holdout_scores):.4f} on {len(holdout_scores)} images "

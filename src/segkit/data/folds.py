@@ -57,4 +57,9 @@ def ids_of(frame: pd.DataFrame, folds) -> list[str]:
     return frame.loc[frame["fold"].isin(list(folds)), "id"].astype(str).tolist()
 
 
-__all__ = ["check_fold", "fold_ids", "fold_numbers", "ids_of", "load_folds"]
+def fold_of(frame: pd.DataFrame) -> dict[str, int]:
+    """id -> fold of a fold table."""
+    return dict(zip(frame["id"].astype(str), frame["fold"].astype(int)))
+
+
+__all__ = ["check_fold", "fold_ids", "fold_numbers", "fold_of", "ids_of", "load_folds"]

@@ -10,14 +10,17 @@ of the fold boosters (``stack_test: folds``) or a booster fitted on all OOF pixe
 
 Optional image-level classifier (``ensemble.empty_classifier``): a small LightGBM on per-image statistics (and the
 extra columns) predicting whether a class is present at all — the trick several winners used against false
-positives on empty images. Its probability becomes a pixel feature of the stacker, and with ``ensemble.empty_gate``
-a class whose probability of being present is below the gate is blanked. Fold-aware with nested folds: the
-feature fold k's booster trains on comes, for an image of fold j, from a classifier trained without folds j and k,
-so nothing fold k's booster learns from is a function of fold k's labels.
+positives on empty images. With ``ensemble.empty_gate`` a class whose probability of being present is below the
+gate is blanked, and with three folds or more the probability is also a pixel feature of the stacker, fitted with
+nested folds: the feature fold k's booster trains on comes, for an image of fold j, from a classifier trained
+without folds j and k, so no second-level model behind fold k's booster is fitted on fold k's labels. (The
+first-level OOF probabilities of fold j's images come from networks that trained on fold k, as in any stack; with
+two folds no classifier is left to nest, so the feature is left out.)
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from typing import Optional
@@ -104,6 +107,8 @@ class Stacker(Method):
         self.rounds = int(opts.stack_rounds)
         self.refit = opts.stack_test == "refit"
         self.with_empty = bool(opts.empty_classifier)
+        # the image classifier's probability as a pixel feature needs a third fold to nest it (see the module doc)
+        self.present_feature = self.with_empty and len(setup.folds) >= 3
         self.gate = opts.empty_gate
         if self.gate is not None and not self.with_empty:
             raise ConfigError("ensemble.empty_gate: needs ensemble.empty_classifier: true")
@@ -128,8 +133,8 @@ class Stacker(Method):
         self.empty_models: dict[tuple[Optional[int], int], object] = {}
         self.trained_on: dict[tuple[Optional[int], int], set[str]] = {}
         self.empty_trained_on: dict[tuple[Optional[int], int], set[str]] = {}
-        # the p:present column each booster trained on, row for row (what the nested-folds test checks)
-        self.features_seen: dict[tuple[Optional[int], int], Optional[np.ndarray]] = {}
+        # a digest of the p:present column each booster trained on (what the nested-folds test compares)
+        self.features_seen: dict[tuple[Optional[int], int], Optional[str]] = {}
 
     # ------------------------------------------------------------------------------------------------- names
     @property
@@ -140,7 +145,7 @@ class Stacker(Method):
     def feature_names(self) -> list[str]:
         names = pixel_feature_names(self.setup.models, len(self.setup.classes), self.scales)
         names += self.image_feature_names
-        return names + (["p:present"] if self.with_empty else [])
+        return names + (["p:present"] if self.present_feature else [])
 
     # ---------------------------------------------------------------------------------------------- collect
     def _image_rows(self, p: np.ndarray, image_id: str) -> np.ndarray:
@@ -176,19 +181,19 @@ class Stacker(Method):
             y = np.concatenate(self.labels[k])
             row_image = np.concatenate(self.row_image[k])
             self.rows[k], self.labels[k], self.row_image[k] = [], [], []  # the concatenated copy replaces them
-            present_of = None
-            if self.with_empty:
-                present_of = self._fit_empty(k, image_x[:, k], present[:, k], folds, ids)
+            present_of = self._fit_empty(k, image_x[:, k], present[:, k], folds, ids) if self.with_empty else {}
+            if self.present_feature:
                 x = np.concatenate([x, np.zeros((len(x), 1), np.float32)], axis=1)  # p:present, filled per booster
             row_fold = folds[row_image]
             for fold in [*self.setup.folds, *([None] if self.refit else [])]:
-                if present_of is not None:
+                if self.present_feature:
                     x[:, -1] = present_of[fold][row_image]
                 train = row_fold != fold if fold is not None else np.ones(len(y), bool)
                 self.boosters[(fold, k)] = train_booster(x[train], y[train], self.pixel_params, self.rounds,
                                                          self.feature_names)
                 self.trained_on[(fold, k)] = set(ids[np.unique(row_image[train])])
-                self.features_seen[(fold, k)] = x[train, -1].copy() if present_of is not None else None
+                self.features_seen[(fold, k)] = (hashlib.sha1(x[train, -1].tobytes()).hexdigest()
+                                                 if self.present_feature else None)
             del x, y
 
     def _fit_empty(self, k: int, x: np.ndarray, y: np.ndarray, folds: np.ndarray,
@@ -212,12 +217,18 @@ class Stacker(Method):
             self.empty_trained_on[(fold, k)] = set(ids[train])
             if (~train).any():
                 out[None][~train] = self.empty_models[(fold, k)].predict(x[~train])
+        if not self.present_feature:
+            return out
+        pairs: dict[frozenset, object] = {}  # the classifier without folds {j, k} serves both j and k
         for outer in self.setup.folds:
             feature = np.full(len(y), np.nan)  # fold `outer`'s own rows are not in its booster's training set
             for fold in self.setup.folds:
                 rows = folds == fold
                 if fold != outer and rows.any():
-                    feature[rows] = fit((folds != fold) & (folds != outer)).predict(x[rows])
+                    key = frozenset((fold, outer))
+                    if key not in pairs:
+                        pairs[key] = fit((folds != fold) & (folds != outer))
+                    feature[rows] = pairs[key].predict(x[rows])
             out[outer] = feature
         if self.refit:
             self.empty_models[(None, k)] = fit(np.ones(len(y), bool))
@@ -240,7 +251,8 @@ class Stacker(Method):
             present = None
             if self.with_empty:
                 present = float(self._predict(self.empty_models, fold, k, row[None])[0])
-                row = np.concatenate([row, np.float32([present])])
+                if self.present_feature:
+                    row = np.concatenate([row, np.float32([present])])
             if self.gate is not None and present < self.gate:
                 out[k] = 0.0
                 continue

@@ -193,7 +193,6 @@ class CandidateScores:
         self.source = source
         self.metric = metric
         self.cache: dict[tuple[int, ClassParams], np.ndarray] = {}
-        self.passes = 0
 
     def get(self, candidates: list[list[ClassParams]]) -> np.ndarray:
         """scores[i, k, c] of every image i for class k under candidates[k][c]."""
@@ -203,7 +202,6 @@ class CandidateScores:
             # score_params scores the same number of candidates per class: pad with a class's first candidate
             padded = [m + [m[0] if m else candidates[k][0]] * (width - len(m)) for k, m in enumerate(missing)]
             scores = score_params(self.source, self.metric, padded)
-            self.passes += 1
             for k, m in enumerate(missing):
                 for c, p in enumerate(m):
                     self.cache[(k, p)] = scores[:, k, c]

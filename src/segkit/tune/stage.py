@@ -17,10 +17,11 @@ import pandas as pd
 from segkit import atomic
 from segkit.config import Config
 from segkit.data import Competition
-from segkit.data.folds import fold_numbers, load_folds
+from segkit.data.folds import fold_numbers, fold_of, load_folds
 from segkit.freshness import Unit, fingerprint, fingerprints
 from segkit.metrics import CompetitionMetric, get_metric
 from segkit.oof import fold_oof, score_frame
+from segkit.postprocess import tuned_cv
 from segkit.probs import ProbStore, manifest
 from segkit.stages import final_store
 from segkit.tune.plots import plot_curves
@@ -53,7 +54,7 @@ def tune_unit(cfg: Config, plain_folds: list[int]) -> Unit:
               "classes": cfg.data.classes, "root": str(cfg.data.root),
               "ensemble_oof": fingerprint(manifest(layout.final_ensemble.oof)), "plain": fingerprints(plain),
               # the folds decide the nested estimate
-              "folds": fingerprint(layout.folds_file) if layout.folds_file.exists() else None}
+              "folds": fingerprint(layout.folds_file)}
     return Unit(f"tune: {paths.json}", paths.stamp, [paths.scores, paths.json], inputs)
 
 
@@ -65,7 +66,7 @@ def run(cfg: Config) -> int:
     unit = tune_unit(cfg, fold_numbers(folds) if folds is not None else [])
     paths = layout.tune
     if unit.fresh():
-        print(unit.kept(cv_line(json.loads(paths.json.read_text()))))
+        print(unit.kept("CV " + tuned_cv(json.loads(paths.json.read_text()))))
         return 0
     metric = get_metric(cfg.metric, key="metric")
     exclusive = cfg.data.mode == "multiclass"
@@ -77,6 +78,8 @@ def run(cfg: Config) -> int:
     result["baseline"] = {"ensemble_oof_p>0.5": result["cv_baseline"],
                           "plain_pipeline": plain[1] if plain else None,
                           "plain_model": plain[0] if plain else None}
+    # the fold file the nested choices are keyed by (evaluate refuses to apply them to other folds)
+    result["folds_file"] = fingerprint(layout.folds_file)
     unit.begin()
     write_per_image(paths.scores, per_image, list(cfg.data.classes))
     result["plots"] = [str(p) for p in plot_curves(result["curves"], paths, metric.name)]
@@ -90,25 +93,17 @@ def run(cfg: Config) -> int:
         print(f"tune: {name}: {text}")
     if plain:
         print(f"tune: plain pipeline ({plain[0]}, raw OOF p>0.5): {plain[1]:.4f}")
-    print(f"tune: {metric.name} {cv_line(result)} (ensemble OOF p>0.5: {result['cv_baseline']:.4f}; keep rule "
+    print(f"tune: {metric.name} CV {tuned_cv(result)} (ensemble OOF p>0.5: {result['cv_baseline']:.4f}; keep rule "
           f"{result['keep_rule']}) on {result['n_images']} images in {result['seconds']['total']:.1f} s "
           f"-> {paths.json}")
     return 0
-
-
-def cv_line(tuned: dict) -> str:
-    """The tuned CV as every log and report quotes it: the nested estimate first, the in-sample figure beside."""
-    nested = tuned.get("cv_nested")
-    if nested is None:
-        return f"CV {tuned['cv']:.4f} (in-sample: chosen on the same OOF; no folds for a nested estimate)"
-    return f"CV {nested:.4f} nested, {tuned['cv']:.4f} in-sample"
 
 
 def folds_of(ids: list[str], folds: pd.DataFrame | None) -> list[int] | None:
     """The fold of each OOF image, or None (no fold file, or images it does not list): no nested estimate."""
     if folds is None:
         return None
-    fold = dict(zip(folds["id"].astype(str), folds["fold"].astype(int)))
+    fold = fold_of(folds)
     missing = [i for i in ids if i not in fold]
     if missing:
         print(f"tune: note: {len(missing)} OOF image(s) are not in the fold file (e.g. {missing[0]!r}); no nested "
@@ -129,4 +124,4 @@ def write_per_image(path, per_image: dict, classes: list[str]) -> None:
     atomic.write_csv(path, frame)
 
 
-__all__ = ["cv_line", "folds_of", "plain_score", "run", "tune_unit", "write_per_image"]
+__all__ = ["folds_of", "plain_score", "run", "tune_unit", "write_per_image"]
