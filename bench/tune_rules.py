@@ -73,14 +73,17 @@ def main() -> None:
           + f"; {platform.node()}, {os.cpu_count()} cores")
     print("| tune.min_gain | steps kept | in-sample CV | nested CV | holdout | seconds | chosen on all folds |")
     print("|---|---:|---:|---:|---:|---:|---|")
+    def holdout_score(params: list[ClassParams]) -> str:
+        return f"{final_scores(holdout, metric, params, exclusive)['score'].mean():.4f}" if holdout is not None else ""
+
+    untuned = [ClassParams() for _ in classes]
+    baseline = final_scores(source, metric, untuned, exclusive)["score"].mean()
+    print(f"| untuned (p > 0.5) | 0 | {baseline:.4f} | {baseline:.4f} | {holdout_score(untuned)} | | p>0.50 |")
     for text in args.rules:
         began = time.perf_counter()
         result = tune(source, classes, metric, cfg.tune.model_copy(update={"min_gain": rule(text)}), folds=folds)
         kept = sum(1 for s in result["steps"][1:] if s["kept"])
-        score = ""
-        if holdout is not None:
-            params = [ClassParams.from_dict(result["classes"][c]) for c in classes]
-            score = f"{final_scores(holdout, metric, params, exclusive)['score'].mean():.4f}"
+        score = holdout_score([ClassParams.from_dict(result["classes"][c]) for c in classes])
         print(f"| {text} | {kept} | {result['cv']:.4f} | {result['cv_nested']:.4f} | {score} | "
               f"{time.perf_counter() - began:.1f} | {'; '.join(result['summary'].values())} |", flush=True)
 
