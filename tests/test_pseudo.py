@@ -225,3 +225,23 @@ def test_fold_k_labels_do_not_depend_on_fold_k_truth(demo_root, demo_cfg, tmp_pa
     assert before[0].keys() == after[0].keys()
     assert all(np.array_equal(before[0][i], after[0][i]) for i in before[0])
     assert any(not np.array_equal(before[1][i], after[1][i]) for i in before[1])
+
+
+def test_labels_of_an_unfinished_selection_are_refused(demo_cfg):
+    """A selection killed after some folds' stores were rewritten: training refuses every fold's labels until the
+    selection is made again."""
+    import json
+
+    cfg = demo_cfg("pseudo.confident_share=0")
+    comp = Competition(cfg.data, seed=cfg.seed)
+    _fold_test_stores(cfg, comp, lambda n, h, w: np.full((1, h, w), 0.9, np.float32))
+    pseudo.select(cfg)
+    r1 = pseudo.round_config(cfg, 1)
+    assert train_data.pseudo_train_data(r1, comp, 0) is not None
+    stamp = cfg.layout.pseudo(1).stamp
+    record = json.loads(stamp.read_text())
+    stamp.write_text(json.dumps({**record, "done": False}))  # what unit.begin() leaves until the selection is done
+    with pytest.raises(DataError, match="did not finish"):
+        train_data.pseudo_train_data(r1, comp, 0)
+    pseudo.select(cfg)
+    assert train_data.pseudo_train_data(r1, comp, 0) is not None

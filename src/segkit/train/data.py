@@ -43,10 +43,15 @@ def pseudo_labels(cfg: Config, fold: int) -> Optional[ProbStore]:
     r = cfg.pseudo.round
     if r == 0:
         return None
-    folder = cfg.layout.pseudo(r).labels(fold)
+    paths = cfg.layout.pseudo(r)
+    folder = paths.labels(fold)
     if not ProbStore.is_complete(folder):
         raise DataError(f"{folder}: pseudo.round is {r} but fold {fold}'s labels are missing; run `segkit pseudo` "
                         f"with pseudo.round={r - 1} first")
+    if paths.stamp.exists() and recorded(paths.stamp, "labels") is None:
+        # a selection that began and did not finish: some folds' stores may be new, others old
+        raise DataError(f"{paths.stamp}: round {r}'s selection did not finish; run `segkit pseudo` with "
+                        f"pseudo.round={r - 1} again")
     return ProbStore(folder)
 
 
