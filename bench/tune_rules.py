@@ -3,7 +3,7 @@ its in-sample CV (chosen and scored on the same images), its nested CV (each fol
 other folds chose) and, where the run has a holdout, the holdout score of the parameters chosen on all folds.
 
     .venv/bin/python bench/tune_rules.py --config configs/demo.yaml --test-truth data/demo/test_truth.csv
-    .venv/bin/python bench/tune_rules.py --config configs/tgs_salt.yaml --rules 0 0.0005 most_folds fold_se
+    .venv/bin/python bench/tune_rules.py --config configs/tgs_salt.yaml --rules 0,0.0005,most_folds,fold_se
 
 The run must be complete up to the ensemble (``segkit run``); nothing is written. A good rule has the highest
 nested CV; the gap between in-sample and nested is the optimism of the search, which the holdout confirms or not.
@@ -42,7 +42,8 @@ def rule(text: str):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True)
-    parser.add_argument("--rules", nargs="+", default=["0", "0.0005", "0.001", "most_folds", "fold_se"])
+    parser.add_argument("--rules", default="0,0.0005,0.001,most_folds,fold_se",
+                        help="comma-separated tune.min_gain values (numbers or rule names)")
     parser.add_argument("--test-truth", help="a csv (id, rle) of the test images' hidden masks (the demo has one)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
@@ -79,7 +80,7 @@ def main() -> None:
     untuned = [ClassParams() for _ in classes]
     baseline = final_scores(source, metric, untuned, exclusive)["score"].mean()
     print(f"| untuned (p > 0.5) | 0 | {baseline:.4f} | {baseline:.4f} | {holdout_score(untuned)} | | p>0.50 |")
-    for text in args.rules:
+    for text in args.rules.split(","):
         began = time.perf_counter()
         result = tune(source, classes, metric, cfg.tune.model_copy(update={"min_gain": rule(text)}), folds=folds)
         kept = sum(1 for s in result["steps"][1:] if s["kept"])

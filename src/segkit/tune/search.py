@@ -103,22 +103,22 @@ class Greedy:
 
     def offer(self, step: str, best: list[tuple[ClassParams, np.ndarray, str]]) -> None:
         """``best[k]``: class k's best candidate of this step, its per-image scores (N,) and a short description."""
-        before = self.cv()
-        record = {"step": step, "cv_before": before, "classes": {}}
+        record = {"step": step, "cv_before": self.cv(), "classes": {}}
         s = self.metric.sign
         for k, (params, scores, what) in enumerate(best):
             scores = np.asarray(scores, dtype=np.float64)
             gain = s * (scores - self.per_image[:, k])
             kept = self.rule.keeps(gain, self.folds)
-            record["classes"][self.classes[k]] = {
-                "choice": what, "score": float(scores.mean()), "score_before": float(self.per_image[:, k].mean()),
-                "fold_gains": [round(float(g), 6) for g in fold_means(gain, self.folds)], "kept": kept}
+            if self.record:
+                record["classes"][self.classes[k]] = {
+                    "choice": what, "score": float(scores.mean()), "score_before": float(self.per_image[:, k].mean()),
+                    "fold_gains": [round(float(g), 6) for g in fold_means(gain, self.folds)], "kept": kept}
             if kept:
                 self.params[k] = params
                 self.per_image[:, k] = scores
-        record["cv"] = self.cv()
-        record["kept"] = any(c["kept"] for c in record["classes"].values())
         if self.record:
+            record["cv"] = self.cv()
+            record["kept"] = any(c["kept"] for c in record["classes"].values())
             self.steps.append(record)
 
 
