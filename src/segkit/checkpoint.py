@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import os
+import pickle
 from pathlib import Path
 from typing import Any, Optional
 
@@ -22,7 +24,7 @@ from segkit.errors import SegkitError
 from segkit.models import build_model
 
 FORMAT = "segkit-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: the RNG states as tensors and numbers, so the whole file loads with weights_only=True
 
 def weights_payload(
     state_dict: dict[str, torch.Tensor],
@@ -52,10 +54,25 @@ def save(path: Path, payload: dict) -> None:
     atomic.save_torch(path, payload)
 
 
+TRUST_ENV = "SEGKIT_TRUST_CHECKPOINTS"  # =1: also load pickled checkpoints (older segkit); they can run code
+
+
+def trusted() -> bool:
+    return os.environ.get(TRUST_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
 def load(path: Path) -> dict:
-    """Read a checkpoint written by segkit (trusted: it holds numpy RNG states, so not weights_only)."""
+    """Read a checkpoint written by segkit: tensors, numbers, strings, lists and dicts only, loaded with
+    ``weights_only=True``, so a file from anyone else cannot run code here. A file that needs more (a pickled
+    object: a checkpoint of an older segkit, or a hostile one) is refused, unless ``SEGKIT_TRUST_CHECKPOINTS=1``
+    says its owner trusts it."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+        obj = torch.load(path, map_location="cpu", weights_only=not trusted())
+    except pickle.UnpicklingError as err:
+        raise SegkitError(
+            f"{path}: refused: the file holds pickled objects, and unpickling can run any code (torch: "
+            f"{str(err).splitlines()[0][:160]}). A checkpoint of segkit before 2026-12-01 looks like this: delete "
+            f"its fold folder to retrain, or, only for a file you trust, set {TRUST_ENV}=1") from None
     except Exception as err:
         raise SegkitError(f"{path}: unreadable checkpoint ({str(err).splitlines()[0][:200]}); delete it to retrain")
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:

@@ -23,7 +23,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from segkit import atomic
-from segkit.errors import SegkitError
+from segkit.errors import DataError, SegkitError
 
 MANIFEST = "manifest.json"
 SCALE = 255.0
@@ -62,8 +62,13 @@ def image_file(folder: str | os.PathLike, image_id: str) -> Path:
 
 
 def load_image(folder: str | os.PathLike, image_id: str) -> np.ndarray:
-    """One image's probabilities from a store folder, complete or still being filled (a read-only memmap)."""
-    return np.load(image_file(folder, image_id), mmap_mode="r")
+    """One image's probabilities from a store folder, complete or still being filled (a read-only memmap). Plain
+    arrays only (``allow_pickle=False``): a file holding pickled objects, which could run code, is refused."""
+    path = image_file(folder, image_id)
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as err:
+        raise DataError(f"{path}: not a probability array ({err}); a store file must be a plain .npy array") from None
 
 
 def image_files(folder: str | os.PathLike) -> list[Path]:
