@@ -72,3 +72,72 @@ def test_a_store_file_that_is_a_pickle_is_refused(tmp_path):
     with pytest.raises(DataError, match=r"a\.npy: not a probability array"):
         ProbStore(store.folder)["a"]
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("bad", ["../../x", "/etc/passwd", "a/b", ".hidden", "a\0b", "..\\x"])
+def test_an_id_that_is_not_a_plain_file_name_is_refused(bad, tmp_path):
+    from segkit.layout import check_id
+
+    with pytest.raises(DataError, match=r"sample_submission\.csv row 5: id .* is not a plain file name"):
+        check_id(bad, "sample_submission.csv row 5")
+    with pytest.raises(DataError, match="not a plain file name"):
+        ProbWriter(tmp_path / "store", ["fg"]).write(bad, np.zeros((1, 2, 2), np.uint8))
+    assert not list(tmp_path.rglob("*.npy"))
+
+
+def test_csv_ids_pointing_outside_are_refused_naming_the_row(demo_root, demo_cfg, tmp_path, capsys):
+    """A sample submission and a fold file whose ids climb out of the folders: `segkit check` / `folds` exit 2
+    with the file and row named, and write nothing."""
+    import shutil
+
+    import pandas as pd
+
+    from segkit.cli import main
+
+    root = tmp_path / "comp"
+    shutil.copytree(demo_root, root)
+    sample = pd.read_csv(root / "sample_submission.csv", dtype=str, keep_default_na=False)
+    sample.loc[2, sample.columns[0]] = "../../../etc/passwd"
+    sample.to_csv(root / "sample_submission.csv", index=False)
+    cfg = demo_cfg(f"data.root={root}")
+    overrides = [f"data.root={root}", f"paths.runs={tmp_path / 'runs'}", f"paths.folds={tmp_path / 'folds'}",
+                 f"paths.submissions={tmp_path / 'subs'}"]
+    assert main(["check", "--config", "configs/demo.yaml", *overrides]) == 2
+    err = capsys.readouterr().err
+    assert "sample_submission.csv row 4: id '../../../etc/passwd' is not a plain file name" in err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.json"))
+    folds_file = cfg.layout.folds_file
+    folds_file.parent.mkdir(parents=True, exist_ok=True)
+    folds_file.write_text("id,fold\n/abs/path,0\n")
+    from segkit.data.folds import load_folds
+
+    with pytest.raises(DataError, match=r"row 2: id '/abs/path' is not a plain file name"):
+        load_folds(cfg)
+
+
+def _png_header(path, width, height):
+    """A PNG that declares width x height gray pixels and holds none: a few dozen bytes."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) +
+                     chunk(b"IEND", b""))
+    return path
+
+
+def test_a_decompression_bomb_is_refused_from_its_header(tmp_path):
+    import resource
+
+    from segkit.data import imageio
+
+    bomb = _png_header(tmp_path / "bomb.png", 50_000, 50_000)  # 2.5 gigapixels declared
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(DataError, match=r"bomb\.png: refused: the header declares more than"):
+        imageio.read_image(bomb, 1)
+    with pytest.raises(DataError, match=r"bomb\.png: refused"):
+        imageio.image_size(bomb)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # kB: nothing was allocated

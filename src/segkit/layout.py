@@ -38,6 +38,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from segkit.errors import DataError
+
 STAMP = "stamp.json"
 ROUND_SUFFIX = "_pl"  # <model>_pl<r>, ensemble_pl<r>: the models and ensemble of pseudo round r
 _SNAPSHOT = re.compile(r"^snapshot(\d+)\.pt$")
@@ -359,6 +361,18 @@ def round_name(name: str, round: int) -> str:
 def safe_name(name: str) -> str:
     """A name made safe as one file name (class names of plots, unit names of stamps)."""
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(name)).lstrip(".") or "_"
+
+
+def check_id(image_id: str, where: str = "") -> str:
+    """An image id (from a train csv, a sample submission, a fold file) that becomes a file name — a store's
+    ``<id>.npy``, a pseudo label — must be one plain path component: no separator, no ``..``, no leading dot, no NUL
+    byte, not absolute. So no csv can make segkit read or write outside the competition's and the run's folders."""
+    if (not image_id or "/" in image_id or "\\" in image_id or "\0" in image_id or image_id.startswith(".")
+            or Path(image_id).is_absolute()):
+        raise DataError(f"{where + ': ' if where else ''}id {image_id!r} is not a plain file name (a path "
+                        f"separator, '..', a leading dot or a NUL byte); an id may not point outside the "
+                        f"competition's folders")
+    return image_id
 
 
 def check_name(name: str, what: str) -> str:

@@ -24,6 +24,7 @@ import numpy as np
 
 from segkit import atomic
 from segkit.errors import DataError, SegkitError
+from segkit.layout import check_id
 
 MANIFEST = "manifest.json"
 SCALE = 255.0
@@ -50,15 +51,9 @@ def mean_uint8(probs) -> np.ndarray:
     return np.rint(total / len(probs)).astype(np.uint8)
 
 
-def _check_id(image_id: str) -> str:
-    if not image_id or os.sep in image_id or image_id.startswith("."):
-        raise SegkitError(f"image id {image_id!r} cannot name a probability file")
-    return image_id
-
-
 def image_file(folder: str | os.PathLike, image_id: str) -> Path:
     """Where a store keeps one image's probabilities."""
-    return Path(folder) / f"{_check_id(image_id)}.npy"
+    return Path(folder) / f"{check_id(image_id, str(folder))}.npy"
 
 
 def load_image(folder: str | os.PathLike, image_id: str) -> np.ndarray:

@@ -24,6 +24,7 @@ from segkit import rle
 from segkit.config.schema import DataConfig
 from segkit.data import imageio
 from segkit.errors import ConfigError, DataError
+from segkit.layout import check_id
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,7 @@ class Competition:
             where = f"{path.name} row {i + 2}"  # +1 header, +1 one-based: the line number an editor shows
             raw_class = rec.get(spec.class_column) if spec.class_column else None
             image_id, cls = self._split_id(rec[spec.id_column], raw_class, where)
+            check_id(image_id, where)
             if self.train_folder.find(image_id) is None:
                 raise DataError(f"{where}: id {image_id!r} has no image in {self.train_folder.folder}")
             per_image = rows.setdefault(image_id, {})
@@ -239,7 +241,7 @@ class Competition:
                 raise DataError(f"{where}: duplicate id {rec[id_col]!r}")
             seen.add((rec[id_col], raw_class))
             image_id, cls = self._split_id(rec[id_col], raw_class, where)
-            rows.append(SampleRow(rec[id_col], image_id, cls))
+            rows.append(SampleRow(rec[id_col], check_id(image_id, where), cls))
         return rows
 
     def _rows_for(self, ids: list[str]) -> list[SampleRow]:

@@ -7,6 +7,7 @@ import pandas as pd
 
 from segkit.data.competition import Competition, read_csv
 from segkit.errors import ConfigError, DataError
+from segkit.layout import check_id
 
 
 def load_folds(cfg, comp: Competition | None = None) -> pd.DataFrame:
@@ -15,6 +16,8 @@ def load_folds(cfg, comp: Competition | None = None) -> pd.DataFrame:
     if not path.exists():
         raise DataError(f"{path}: fold file missing; run `segkit folds --config {cfg.source or 'CFG'}` first")
     frame = read_csv(path, ["id", "fold"])
+    for i, image_id in enumerate(frame["id"]):
+        check_id(image_id, f"{path} row {i + 2}")
     try:
         frame["fold"] = frame["fold"].astype(int)
     except ValueError:

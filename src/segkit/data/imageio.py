@@ -16,6 +16,12 @@ from segkit.errors import DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 LOSSY_EXTENSIONS = (".jpg", ".jpeg")
+# The most pixels one image may declare: OpenCV's own default limit (2^30, e.g. 32768 x 32768). A file declaring
+# more is refused from its header, before anything is allocated: a decompression bomb (a few kB of PNG that
+# inflate to gigabytes), or a slide that must be tiled before it is a training image. PIL is held to the same
+# limit, so reading a header and reading the pixels agree.
+MAX_IMAGE_PIXELS = 2**30
+Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
 
 # Decoding threads fight the DataLoader workers for the same cores.
 cv2.setNumThreads(1)
@@ -30,8 +36,12 @@ def read_raw(path: str | Path) -> np.ndarray:
         raise DataError(f"{path}: file not found")
     if path.stat().st_size == 0:
         raise DataError(f"{path}: empty file (0 bytes)")
+    _refuse_bombs(path)
     data = np.fromfile(path, dtype=np.uint8)
-    arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    try:
+        arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    except cv2.error as err:  # OpenCV asserts on what its header check refuses, rather than returning None
+        raise DataError(f"{path}: not a readable image ({str(err).strip().splitlines()[-1][:160]})") from None
     if arr is None:
         raise DataError(f"{path}: not a readable image (corrupt, truncated or unsupported format)")
     if arr.ndim == 3:
@@ -44,6 +54,21 @@ def read_raw(path: str | Path) -> np.ndarray:
     return arr
 
 
+class ImageTooLarge(DataError):
+    """A file whose header declares more pixels than segkit reads (MAX_IMAGE_PIXELS)."""
+
+
+def _refuse_bombs(path: Path) -> None:
+    """Refuse a file whose header declares more than MAX_IMAGE_PIXELS, before any pixel is decoded. Formats PIL
+    cannot parse are left to OpenCV, which applies the same limit."""
+    try:
+        image_size(path)
+    except ImageTooLarge:
+        raise
+    except DataError:
+        pass
+
+
 def image_size(path: str | Path) -> tuple[int, int]:
     """(H, W) from the file header only: cheap enough to call for every image of a big set."""
     try:
@@ -51,6 +76,9 @@ def image_size(path: str | Path) -> tuple[int, int]:
             w, h = im.size
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
+    except Image.DecompressionBombError as err:
+        raise ImageTooLarge(f"{path}: refused: the header declares more than {MAX_IMAGE_PIXELS} pixels ({err}); a "
+                        f"decompression bomb, or an image too large to read whole (tile it first)") from None
     except Exception as err:  # PIL raises many types for broken headers
         raise DataError(f"{path}: not a readable image ({type(err).__name__})") from None
     return h, w
