@@ -36,7 +36,7 @@ from segkit import atomic
 from segkit.config import Config
 from segkit.data import Competition
 from segkit.data.folds import fold_of, load_folds
-from segkit.errors import DataError, SegkitError
+from segkit.errors import DataError
 from segkit.freshness import Unit, fingerprint
 from segkit.metrics import get_metric, overlap_counts, roc_auc
 from segkit.metrics.image_scores import COUNT_SCORES, SURFACE_SCORES, surface_class_scores
@@ -48,7 +48,6 @@ from segkit.stages import final_ensemble_maker, final_store
 # The table's metrics in the order it shows them; "rvd" is the only one that is not a competition metric.
 TABLE = ("pixel_accuracy", "mean_pixel_accuracy", "iou", "dice", "sensitivity", "specificity", "voe", "rvd",
          "abs_rvd", "assd", "hd", "hd95", "roc_auc")
-SPLITS = ("oof", "holdout")
 ALL_CLASSES = "all"
 STATS = ("mean", "std", "median", "n")
 
@@ -220,10 +219,7 @@ def run(cfg: Config) -> int:
         print(unit.kept())
         return 0
     if test is not None:
-        missing = [i for i in holdout_ids if i not in test]
-        if missing:
-            raise SegkitError(f"{test.folder}: no probabilities for {len(missing)} of {len(holdout_ids)} holdout "
-                              f"images, e.g. {missing[0]!r}; run `segkit {final_ensemble_maker(layout)}` again")
+        test.require(holdout_ids, "holdout images", f"run `segkit {final_ensemble_maker(layout)}` again")
 
     exclusive = cfg.data.mode == "multiclass"
     splits = {"oof": (oof, list(oof.ids), paths.per_image_oof)}

@@ -124,6 +124,14 @@ class ProbStore:
     def is_complete(folder: str | os.PathLike) -> bool:
         return manifest(folder).exists()
 
+    def require(self, ids: Iterable[str], what: str, remedy: str) -> None:
+        """An error naming the store, how many of ``ids`` (``what``: e.g. "test images") it lacks and ``remedy``."""
+        ids = list(ids)
+        missing = [i for i in ids if i not in self]
+        if missing:
+            raise SegkitError(f"{self.folder}: no probabilities for {len(missing)} of {len(ids)} {what}, e.g. "
+                              f"{missing[0]!r}; {remedy}")
+
     def __len__(self) -> int:
         return len(self.ids)
 

@@ -144,6 +144,8 @@ def select(cfg: Config, r: Optional[int] = None, folds: Optional[list[int]] = No
         writer = ProbWriter(paths.labels(k), sources[k][0].classes)
         content = hashlib.sha1()  # what the labels are, so that labels selected again alike change nothing downstream
         for image_id in chosen:
+            # the mean again rather than kept from the selection pass: a test set's worth of means per fold would
+            # sit in memory until every image was rated (max_images needs them all before it can choose)
             labels = binarize(mean_uint8([s[image_id] for s in sources[k]]), opts.threshold, cfg.data.mode)
             writer.write(image_id, labels)
             content.update(image_id.encode() + b"\0" + labels.tobytes())

@@ -23,7 +23,7 @@ import pandas as pd
 from segkit import atomic, rle
 from segkit.config import Config
 from segkit.data import Competition, read_csv
-from segkit.errors import DataError, SegkitError
+from segkit.errors import DataError
 from segkit.freshness import Unit, fingerprint
 from segkit.metrics import CompetitionMetric, get_metric
 from segkit.postprocess import params_list, postprocess, read_tuned, tuned_cv
@@ -61,10 +61,7 @@ def build_submission(cfg: Config, comp: Competition, store: ProbStore, params,
     by_image: dict[str, list[int]] = {}
     for i, row in enumerate(rows):
         by_image.setdefault(row.image_id, []).append(i)
-    missing = [i for i in by_image if i not in store]
-    if missing:
-        raise SegkitError(f"{store.folder}: no probabilities for {len(missing)} of {len(by_image)} test images, "
-                          f"e.g. {missing[0]!r}; run `segkit ensemble` (and predict) again")
+    store.require(by_image, "test images", "run `segkit ensemble` (and predict) again")
     exclusive = cfg.data.mode == "multiclass"
     order, relative = cfg.data.rle.order, cfg.data.rle.relative
     encoded = [""] * len(rows)

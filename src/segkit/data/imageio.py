@@ -36,13 +36,16 @@ def read_raw(path: str | Path) -> np.ndarray:
         raise DataError(f"{path}: file not found")
     if path.stat().st_size == 0:
         raise DataError(f"{path}: empty file (0 bytes)")
-    _refuse_bombs(path)
     data = np.fromfile(path, dtype=np.uint8)
     try:
+        # OpenCV checks the declared size from the header before it allocates (its limit is MAX_IMAGE_PIXELS), so
+        # the header is read a second time, by PIL, only to say why a file failed.
         arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     except cv2.error as err:  # OpenCV asserts on what its header check refuses, rather than returning None
+        _refuse_bombs(path)
         raise DataError(f"{path}: not a readable image ({str(err).strip().splitlines()[-1][:160]})") from None
     if arr is None:
+        _refuse_bombs(path)
         raise DataError(f"{path}: not a readable image (corrupt, truncated or unsupported format)")
     if arr.ndim == 3:
         if arr.shape[2] == 1:
@@ -59,8 +62,8 @@ class ImageTooLarge(DataError):
 
 
 def _refuse_bombs(path: Path) -> None:
-    """Refuse a file whose header declares more than MAX_IMAGE_PIXELS, before any pixel is decoded. Formats PIL
-    cannot parse are left to OpenCV, which applies the same limit."""
+    """Name a file whose header declares more than MAX_IMAGE_PIXELS for what it is (formats PIL cannot parse are
+    left to the caller's message)."""
     try:
         image_size(path)
     except ImageTooLarge:
