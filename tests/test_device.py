@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 from torch import nn
 
@@ -81,3 +82,43 @@ def test_auto_precision_follows_the_cpu_and_named_ones_pass_through(monkeypatch,
         assert dev.resolve_amp(named, cpu) == named
     with pytest.raises(ConfigError, match="train.amp: unknown precision 'fp8'"):
         dev.resolve_amp("fp8", cpu)
+
+
+def test_asking_for_a_gpu_that_is_not_there_names_the_key(monkeypatch):
+    from segkit.device import resolve_device
+    from segkit.errors import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match=r"^device: 'cuda' asked for but no CUDA GPU"):
+        resolve_device("cuda")
+    with pytest.raises(ConfigError, match=r"^device: 'cuda:1' asked for"):
+        resolve_device("cuda:1")
+
+
+def test_auto_workers_come_from_the_cores_on_a_gpu_and_are_none_on_the_cpu(monkeypatch):
+    from segkit.sizing import loader_workers
+
+    monkeypatch.setattr("segkit.sizing.usable_cores", lambda: 16)
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    assert loader_workers("auto", cuda) == 14 and loader_workers("auto", cpu) == 0
+    assert loader_workers(3, cpu) == 3 and loader_workers(3, cuda) == 3
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # four ranks on the node share its 16 cores
+    assert loader_workers("auto", cuda) == 2
+    monkeypatch.setattr("segkit.sizing.usable_cores", lambda: 200)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert loader_workers("auto", cuda) == 16
+
+
+def test_auto_prediction_batch_fits_the_free_memory():
+    from segkit.sizing import CPU_BATCH, HEADROOM, batch_from_memory, prediction_batch
+
+    mib = 2**20
+    # 100 MiB fixed (the networks' weights, cuDNN workspaces) + 10 MiB an image; 1 GiB free
+    batch = batch_from_memory(2**30, one=110 * mib, two=120 * mib)
+    assert batch == int((2**30 * HEADROOM - 100 * mib) // (10 * mib))
+    assert batch_from_memory(2**40, 110 * mib, 120 * mib) == 256  # capped
+    assert batch_from_memory(50 * mib, 110 * mib, 120 * mib) == 1  # never below one
+    calls = []
+    assert prediction_batch("auto", calls.append, (3, 128, 128), torch.device("cpu")) == CPU_BATCH
+    assert prediction_batch(32, calls.append, (3, 128, 128), torch.device("cpu")) == 32 and not calls
+

@@ -121,3 +121,17 @@ def test_lightgbm_parameter_names_come_from_lightgbm():
     known = lightgbm_parameters()
     assert set(PIXEL_PARAMS) | set(EMPTY_PARAMS) <= known  # segkit's own defaults pass the check
     assert {"num_leaves", "min_child_samples", "reg_lambda", "eta"} <= known and "num_leafs" not in known
+
+
+def test_auto_sizes_resolve_on_the_cpu_and_a_missing_gpu_is_refused(demo_root, tmp_path, capsys, one_torch_thread):
+    import torch
+
+    auto = ("train.workers=auto", "predict.workers=auto", "predict.batch_size=auto")
+    assert main(["run", *args(demo_root, tmp_path, *auto)]) == 0
+    assert (tmp_path / "subs" / "demo.csv").exists()
+    capsys.readouterr()
+    if not torch.cuda.is_available():  # refused before any stage, a finished experiment included
+        for command in ("train", "run"):
+            assert main([command, *args(demo_root, tmp_path, "device=cuda")]) == 2
+            err = capsys.readouterr().err
+            assert "device: 'cuda' asked for but no CUDA GPU is available" in err and "command line" in err

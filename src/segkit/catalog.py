@@ -21,6 +21,7 @@ import torch
 
 from segkit.config import Config
 from segkit.data.augment import AUGMENTS
+from segkit.device import resolve_device
 from segkit.ensemble import check_choice, method_names
 from segkit.errors import ConfigError
 from segkit.losses import LossSchedule
@@ -108,6 +109,8 @@ def lightgbm_parameters() -> set[str]:
 def check(cfg: Config) -> None:
     """Every name of ``cfg`` (see the module docstring); a ConfigError naming file, key and the known names."""
     _at(cfg, "metric", lambda: get_metric(cfg.metric, key="metric"))
+    # A GPU asked for where there is none fails before any stage runs, not when the first one needs the device.
+    _at(cfg, "device", lambda: resolve_device(cfg.device))
     check_models(cfg)
     check_predict(cfg)
     check_ensemble(cfg)

@@ -48,6 +48,7 @@ from segkit.freshness import Unit, fingerprints, kept
 from segkit.layout import part_stamp
 from segkit.probs import ProbStore, ProbWriter, image_file, manifest, mean_uint8
 from segkit.progress import bar
+from segkit.sizing import loader_workers, prediction_batch
 from segkit.tiling import predict_tiled, stack_groups
 from segkit.checkpoint import load_model
 from segkit.distributed import World, barrier, setup
@@ -202,19 +203,31 @@ def predict_ids(cfg: Config, comp, ids: list[str], split: str, predict: Checkpoi
     tile = p.tile_size
     if tile is not None and tile % predict.pad_to:
         raise ConfigError(f"predict.tile_size: {tile} is not a multiple of the network stride pad_to={predict.pad_to}")
+    batch = prediction_batch(p.batch_size, predict, _largest_input(cfg, comp, todo, split, predict.pad_to), device)
     ds = SegDataset(comp, todo, split=split, augment=None, pad_to=predict.pad_to, with_mask=False)
-    loader = DataLoader(ds, batch_size=p.batch_size, shuffle=False, num_workers=p.workers, collate_fn=pad_collate,
-                        pin_memory=device.type == "cuda")
+    # Pinned pages let the copies to a GPU run asynchronously (non_blocking below) while the next batch decodes.
+    loader = DataLoader(ds, batch_size=batch, shuffle=False, num_workers=loader_workers(p.workers, device),
+                        collate_fn=pad_collate, pin_memory=device.type == "cuda")
     began = time.perf_counter()
     with torch.inference_mode():
-        done = _predict_batches(loader, predict, out, tile, p, device, desc, world)
+        done = _predict_batches(loader, predict, out, tile, p, batch, device, desc, world)
     if desc:
         rate = done / max(time.perf_counter() - began, 1e-9)
         print(f"predict: {desc}: {done} images ({rate:.1f} images/s)", flush=True)
     return done
 
 
-def _predict_batches(loader, predict: CheckpointAverage, out: Outputs, tile: Optional[int], p,
+def _largest_input(cfg: Config, comp, ids: list[str], split: str, pad_to: int) -> tuple[int, int, int]:
+    """(C, H, W) of the largest network input among ``ids``: the largest image padded to the stride, or a tile
+    where images larger than ``predict.tile_size`` are cut into tiles."""
+    h, w = max((comp.image_size(i, split) for i in ids), key=lambda s: s[0] * s[1])
+    tile = cfg.predict.tile_size
+    if tile is not None and (h > tile or w > tile):
+        h = w = tile
+    return cfg.data.channels, -(-h // pad_to) * pad_to, -(-w // pad_to) * pad_to
+
+
+def _predict_batches(loader, predict: CheckpointAverage, out: Outputs, tile: Optional[int], p, batch_size: int,
                      device: torch.device, desc: str = "", world=None) -> int:
     done = 0
     batches = loader if world is not None and not world.is_main else \
@@ -231,19 +244,19 @@ def _predict_batches(loader, predict: CheckpointAverage, out: Outputs, tile: Opt
                 out.write(batch["id"][i], unpad(q[j], sizes[i]))
         for size in dict.fromkeys(sizes[i] for i in big):
             same = [i for i in big if sizes[i] == size]
-            for group in stack_groups(same, size, tile, p.tile_overlap, p.batch_size):
-                q = _to_uint8(_tiled(predict, images[group], size, p, device))
+            for group in stack_groups(same, size, tile, p.tile_overlap, batch_size):
+                q = _to_uint8(_tiled(predict, images[group], size, p, batch_size, device))
                 for j, i in enumerate(group):
                     out.write(batch["id"][i], q[j])
         done += len(sizes)
     return done
 
 
-def _tiled(predict: Callable, images: torch.Tensor, size, p, device: torch.device) -> torch.Tensor:
+def _tiled(predict: Callable, images: torch.Tensor, size, p, batch_size: int, device: torch.device) -> torch.Tensor:
     """(N, K, H, W) probabilities of a stack of same-size images, tile by tile."""
     images = unpad(images, size).contiguous()
     return predict_tiled(predict, images, p.tile_size, overlap=p.tile_overlap, blend=p.tile_blend,
-                         batch_size=p.batch_size, device=device)
+                         batch_size=batch_size, device=device)
 
 
 def by_fold(cfg: Config) -> bool:

@@ -20,6 +20,10 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+PositiveInt = Annotated[int, Field(ge=1)]
+Workers = Union[Annotated[int, Field(ge=0)], Literal["auto"]]
+
+
 # ----------------------------------------------------------------------------------------------------------- data
 
 
@@ -122,7 +126,7 @@ class TrainConfig(Section):
     amp: Literal["none", "bf16", "fp16", "auto"] = "none"  # auto: see segkit.device.resolve_amp
     channels_last: bool = False
     compile: bool = False
-    workers: int = Field(0, ge=0)
+    workers: Workers = 0  # DataLoader workers; auto: from the cores on a GPU, 0 on the CPU (segkit.sizing)
     pin_memory: bool = False
     threads: Optional[int] = Field(None, ge=1)  # torch CPU threads (default: torch's choice, one per core)
     deterministic: bool = False
@@ -182,7 +186,7 @@ class ModelConfig(Section):
 class PredictConfig(Section):
     tta: str = "d4"  # none | hflip | flips | d4
     tta_merge: Literal["mean", "gmean", "max"] = "mean"
-    batch_size: int = Field(8, ge=1)
+    batch_size: Union[PositiveInt, Literal["auto"]] = 8  # auto: what fits the GPU's free memory (segkit.sizing)
     tta_chunk: Optional[int] = None  # views per forward batch; default by device
     tile_size: Optional[int] = None  # tiled inference for images larger than this
     tile_overlap: float = Field(0.5, ge=0, lt=1)
@@ -192,7 +196,7 @@ class PredictConfig(Section):
     snapshots: bool = True  # average the cycle snapshots (snapshot<c>.pt) of each fold with its best.pt
     checkpoint: Literal["best", "last"] = "best"  # which end-of-training checkpoint of each fold to use
     channels_last: bool = False
-    workers: int = Field(0, ge=0)  # DataLoader workers reading test images
+    workers: Workers = 0  # DataLoader workers reading test images (auto as train.workers)
 
 
 class EnsembleConfig(Section):

@@ -33,6 +33,7 @@ from segkit.models import build_model, check_output_size
 from segkit.models.weights import looks_like_path
 from segkit.optim import build_optimizer, build_schedule, cycle_end_epochs, group_lrs
 from segkit.probs import ProbWriter, manifest
+from segkit.sizing import loader_workers
 from segkit import checkpoint, distributed
 from segkit.train.data import ExtraTrainData, TrainData, pseudo_train_data, val_loader
 from segkit.train.ema import build_ema
@@ -147,7 +148,8 @@ def train_fold(
         raise SegkitError(f"{where}: {paths.dir} was trained under another config ({_explain(unit.changes())}); "
                           f"restore the config, or delete {paths.dir} to train this fold afresh")
     device = resolve_device(cfg.device)
-    tcfg = tcfg.model_copy(update={"amp": resolve_amp(tcfg.amp, device)})
+    tcfg = tcfg.model_copy(update={"amp": resolve_amp(tcfg.amp, device),
+                                   "workers": loader_workers(tcfg.workers, device)})
     world = distributed.setup(device)
     set_deterministic(tcfg.deterministic)
     if tcfg.threads:
