@@ -76,11 +76,16 @@ def broadcast(world: World, obj: Any) -> Any:
     return box[0]
 
 
-def sync_batchnorm(model: nn.Module, world: World, on: bool) -> nn.Module:
-    """BatchNorm statistics over the global batch (small per-GPU batches); before the optimizer is built."""
-    if on and world.active and world.size > 1:
-        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    return model
+def sync_batchnorm(model: nn.Module, world: World, on: bool, device: torch.device) -> nn.Module:
+    """BatchNorm statistics over the global batch (small per-GPU batches); before the optimizer is built. PyTorch's
+    SyncBatchNorm runs on GPUs only: CPU ranks keep their own statistics, and say so once."""
+    if not (on and world.active and world.size > 1):
+        return model
+    if device.type != "cuda":
+        if world.is_main:
+            print("train.sync_bn: SyncBatchNorm needs GPUs; on the CPU each rank normalises its own batch", flush=True)
+        return model
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
 def wrap(model: nn.Module, world: World, device: torch.device) -> nn.Module:

@@ -167,7 +167,7 @@ def train_fold(
         model = model.to(memory_format=torch.channels_last)
     if device.type == "cpu" and amp_dtype(tcfg.amp) == torch.bfloat16:
         depthwise_float32_when_training(model)
-    model = distributed.sync_batchnorm(model, world, tcfg.sync_bn)
+    model = distributed.sync_batchnorm(model, world, tcfg.sync_bn, device)
     data = TrainData(comp, tcfg, train_ids, base_seed, world, extra)
     vloader = val_loader(comp, tcfg, val_ids, world)
     metric = get_metric(cfg.metric, key="metric")
