@@ -6,7 +6,7 @@
 Times (median over interleaved rounds, so load on a shared machine hits every variant alike): one plain forward
 pass, segkit D4 for each chunk size (views per forward call), ttach D4. All run under torch.inference_mode with
 the model in eval mode. Outputs are compared like with like: ttach merges raw model outputs, so segkit runs with
-activation=None there. Needs `pip install ttach==0.0.3` (bench/requirements.txt).
+activation=None there. ttach is in requirements.txt.
 """
 
 from __future__ import annotations
