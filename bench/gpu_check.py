@@ -2,7 +2,7 @@
 recipe run end to end (train, predict, ensemble, tune, submit) on CUDA.
 
     bash bench/gpu_prepare.sh                                  # on a CPU machine: wheels + data, sizes printed
-    bash bench/gpu_check.sh --out DIR                          # on the GPU machine, about 6 minutes
+    bash bench/gpu_check.sh --out DIR                          # on the GPU machine, under 8 minutes
     .venv/bin/python bench/gpu_check.py --dry-run --out DIR    # anywhere: tiny sizes on the CPU, seconds
 
 Every row is appended to ``DIR/gpu_check.md`` as soon as it is measured, and the recipe slice logs to
