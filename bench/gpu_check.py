@@ -5,8 +5,9 @@ recipe run end to end (train, predict, ensemble, tune, submit) on CUDA.
     bash bench/gpu_check.sh --out DIR                          # on the GPU machine, under 8 minutes
     .venv/bin/python bench/gpu_check.py --dry-run --out DIR    # anywhere: tiny sizes on the CPU, seconds
 
-Every row is appended to ``DIR/gpu_check.md`` as soon as it is measured, and the recipe slice logs to
-``DIR/slice.log``, so a command cut off still returns what it measured. ``--budget-seconds`` bounds the whole
+Every row is appended to ``DIR/gpu_check.md`` as soon as it is measured, everything printed goes to
+``DIR/gpu_check.log`` and the recipe slice logs to ``DIR/slice.log``, so a command cut off still returns what it
+measured; a section that fails is a line of the table and the next one runs. ``--budget-seconds`` bounds the whole
 check: a section that no longer fits is listed as skipped instead of being cut off half-way.
 
 1. Training step of every network of the TGS and DSB gpu budgets at the budget's batch and input size: a bare
@@ -35,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -247,25 +249,34 @@ def section_steps(report: Report, sizes: Sizes, device: torch.device, clock: Clo
             report.row(recipe, net, f"{batch} x {px}", "-", f"skipped: {clock.left():.0f} s of the budget left",
                        "-", "-")
             continue
-        channels = cfg.data.channels
-        plain = synthetic_batches(sizes.warmup + sizes.steps, batch, px, channels, device, channels_last=False)
-        model = build(cfg, m, device)
-        bare_rate, bare_peak = timed_rate(lambda b, model=model: bare_loop(model, b), plain[:sizes.warmup],
-                                          plain[sizes.warmup:], device)
-        del model, plain
-        if not compiled:
-            report.row(recipe, net, f"{batch} x {px}", "bare fp32", f"{bare_rate:.0f}", bare_peak, "1.00")
-        cl = synthetic_batches(sizes.warmup + sizes.steps, batch, px, channels, device, channels_last=True)
-        warm = cl[:sizes.compile_warmup] if compiled else cl[:sizes.warmup]
-        run, amp = segkit_stepper(cfg, m, build(cfg, m, device), device, len(cl), compiled)
-        rate, top = timed_rate(run, warm, cl[sizes.warmup:], device)
-        precision = "float32" if amp == "none" else amp
-        loop = f"segkit {precision} + channels_last" + (" + compile" if compiled else "")
-        report.row(recipe, net, f"{batch} x {px}", loop, f"{rate:.0f}", top, f"{rate / bare_rate:.2f}")
-        rates[(recipe, m.name)] = rate
-        del run, cl
+        try:
+            rates[(recipe, m.name)] = network_rows(report, sizes, device, cfg, m, recipe, net, batch, px, compiled)
+        except Exception as err:  # noqa: BLE001  (one network's failure is its row; the others still run)
+            traceback.print_exc()
+            report.row(recipe, net, f"{batch} x {px}", "-", f"failed: {type(err).__name__}", "-", "-")
         reset_peak(device)
     return rates
+
+
+def network_rows(report: Report, sizes: Sizes, device: torch.device, cfg, m, recipe: str, net: str, batch: int,
+                 px: int, compiled: bool) -> float:
+    """The bare fp32 loop's row (left out under ``compiled``) and segkit's; returns segkit's images/s."""
+    channels = cfg.data.channels
+    plain = synthetic_batches(sizes.warmup + sizes.steps, batch, px, channels, device, channels_last=False)
+    bare = build(cfg, m, device)
+    bare_rate, bare_peak = timed_rate(lambda b: bare_loop(bare, b), plain[:sizes.warmup], plain[sizes.warmup:],
+                                      device)
+    del plain
+    if not compiled:
+        report.row(recipe, net, f"{batch} x {px}", "bare fp32", f"{bare_rate:.0f}", bare_peak, "1.00")
+    cl = synthetic_batches(sizes.warmup + sizes.steps, batch, px, channels, device, channels_last=True)
+    warm = cl[:sizes.compile_warmup] if compiled else cl[:sizes.warmup]  # compiling happens in the warm-up
+    run, amp = segkit_stepper(cfg, m, build(cfg, m, device), device, len(cl), compiled)
+    rate, top = timed_rate(run, warm, cl[sizes.warmup:], device)
+    precision = "float32" if amp == "none" else amp
+    loop = f"segkit {precision} + channels_last" + (" + compile" if compiled else "")
+    report.row(recipe, net, f"{batch} x {px}", loop, f"{rate:.0f}", top, f"{rate / bare_rate:.2f}")
+    return rate
 
 
 def section_loader(report: Report, sizes: Sizes, device: torch.device, data: Path, rates: dict) -> None:
@@ -425,9 +436,38 @@ def section_slice(report: Report, sizes: Sizes, device: torch.device, data: Path
             report.row("log", line.strip().replace("|", "\\|"))
 
 
+class Tee:
+    """stdout / stderr copied to the check's log as they are written, so a cut-off command's log comes back."""
+
+    def __init__(self, stream, log):
+        self.stream, self.log = stream, log
+
+    def write(self, text: str) -> int:
+        self.log.write(text)
+        self.log.flush()
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+def guarded(report: Report, title: str, fn, *args, default=None):
+    """Run one section; a failure is a line of the table (its traceback in the log) and the next section runs:
+    the GPU minutes of the sections after it are not lost with it."""
+    try:
+        return fn(*args)
+    except Exception as err:  # noqa: BLE001  (any failure of a section is reported, not raised)
+        traceback.print_exc()
+        report.line(f"\n**{title} failed**: {type(err).__name__}: {str(err)[:300]}")
+        return default
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, required=True, help="folder for gpu_check.md and slice.log")
+    ap.add_argument("--out", type=Path, required=True, help="folder for gpu_check.md, gpu_check.log and slice.log")
     ap.add_argument("--data", type=Path, default=REPO / ".gpu_data", help="bench/gpu_prepare.sh's data subsets")
     ap.add_argument("--work", type=Path, default=None, help="the slice's runs (default: a temporary folder)")
     ap.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU, synthetic TGS-shaped data")
@@ -444,6 +484,8 @@ def main() -> None:
         raise SystemExit("no CUDA GPU here: run with --dry-run")
     sizes, clock = Sizes(dry), Clock(args.budget_seconds)
     report = Report(args.out)
+    log = (args.out / "gpu_check.log").open("w")
+    sys.stdout, sys.stderr = Tee(sys.stdout, log), Tee(sys.stderr, log)
     work = args.work or Path(tempfile.mkdtemp(prefix="gpu_check_"))
     data = args.data
     if dry:
@@ -452,12 +494,12 @@ def main() -> None:
     report.line("## segkit GPU check")
     for line in environment(device, dry):
         report.line(line)
-    rates = section_steps(report, sizes, device, clock, compiled=False)
-    section_loader(report, sizes, device, data, rates)
-    section_tta(report, sizes, device)
-    section_slice(report, sizes, device, data / "tgs", args.out, work,
-                  min(args.slice_seconds, clock.left() - 30), rates)
-    section_steps(report, sizes, device, clock, compiled=True)
+    rates = guarded(report, "1. training step", section_steps, report, sizes, device, clock, False, default={})
+    guarded(report, "2. data pipeline", section_loader, report, sizes, device, data, rates)
+    guarded(report, "3. D4 TTA", section_tta, report, sizes, device)
+    guarded(report, "4. recipe slice", section_slice, report, sizes, device, data / "tgs", args.out, work,
+            min(args.slice_seconds, clock.left() - 30), rates)
+    guarded(report, "1b. torch.compile", section_steps, report, sizes, device, clock, True)
     report.line(f"\nchecked in {time.perf_counter() - clock.began:.0f} s")
 
 

@@ -62,4 +62,15 @@ def test_the_dry_run_measures_every_section_and_runs_the_recipe_end_to_end(tmp_p
     assert any(line.startswith("submit: wrote") for line in logged)
     assert any(re.search(r"CV tgs: \d\.\d{4} nested", line) for line in logged)
     assert (tmp_path / "out" / "slice.log").exists()
+    assert "CV tgs" in (tmp_path / "out" / "gpu_check.log").read_text()  # what the check printed, as it went
     assert not list((tmp_path / "out").rglob("*.pt"))  # the runs stay in --work: $OUT brings back a few files
+
+
+def test_a_failing_section_is_a_line_of_the_table_and_the_check_goes_on(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    import gpu_check
+
+    report = gpu_check.Report(tmp_path)
+    assert gpu_check.guarded(report, "3. D4 TTA", lambda: 1 / 0, default={}) == {}
+    assert gpu_check.guarded(report, "4. recipe slice", lambda: 7) == 7
+    assert "**3. D4 TTA failed**: ZeroDivisionError: division by zero" in (tmp_path / "gpu_check.md").read_text()
