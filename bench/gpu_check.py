@@ -226,7 +226,7 @@ def timed_rate(run, warm: list[dict], timed: list[dict], device: torch.device) -
 
 def build(cfg, m, device: torch.device) -> torch.nn.Module:
     torch.manual_seed(0)
-    return build_model(m, cfg.data.channels, cfg.data.mode, len(cfg.data.classes), pretrained=False).to(device)
+    return build_model(m, cfg.data.input_channels, cfg.data.mode, len(cfg.data.classes), pretrained=False).to(device)
 
 
 def section_steps(report: Report, sizes: Sizes, device: torch.device, clock: Clock, compiled: bool) -> dict:
@@ -261,7 +261,7 @@ def section_steps(report: Report, sizes: Sizes, device: torch.device, clock: Clo
 def network_rows(report: Report, sizes: Sizes, device: torch.device, cfg, m, recipe: str, net: str, batch: int,
                  px: int, compiled: bool) -> float:
     """The bare fp32 loop's row (left out under ``compiled``) and segkit's; returns segkit's images/s."""
-    channels = cfg.data.channels
+    channels = cfg.data.input_channels
     plain = synthetic_batches(sizes.warmup + sizes.steps, batch, px, channels, device, channels_last=False)
     bare = build(cfg, m, device)
     bare_rate, bare_peak = timed_rate(lambda b: bare_loop(bare, b), plain[:sizes.warmup], plain[sizes.warmup:],
@@ -329,7 +329,7 @@ def section_tta(report: Report, sizes: Sizes, device: torch.device) -> None:
     except ImportError:
         ttach = None
     for px in sizes.tta_sizes:
-        x = torch.randn(sizes.tta_batch, cfg.data.channels, px, px, device=device)
+        x = torch.randn(sizes.tta_batch, cfg.data.input_channels, px, px, device=device)
         ours = TTAPredictor(model, tta="d4", merge="mean", activation=None, amp=amp, channels_last=True)
         variants = {f"segkit, {ours.chunk_for(device, 8)} views a call": lambda: ours(x)}
         if ttach is not None:

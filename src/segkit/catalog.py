@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 
 from segkit.config import Config
-from segkit.data.augment import AUGMENTS
+from segkit.data.augment import check_channels
 from segkit.device import resolve_device
 from segkit.ensemble import check_choice, method_names
 from segkit.errors import ConfigError
@@ -65,13 +65,14 @@ def check_models(cfg: Config) -> None:
         # Built on the meta device (no memory, no weights, a tenth of a second): every constructor error, such as
         # decoder channels that do not fit the depth or a timm argument that does not exist, surfaces now.
         with torch.device("meta"):
-            _at(cfg, f"models.{i}", lambda: build_model(m, cfg.data.channels, cfg.data.mode, len(cfg.data.classes),
-                                                        pretrained=False))
+            _at(cfg, f"models.{i}", lambda: build_model(m, cfg.data.input_channels, cfg.data.mode,
+                                                        len(cfg.data.classes), pretrained=False))
         tcfg = cfg.train_for(m)
         where = f"models.{i}.train" if m.train else "train"
         _at(cfg, f"{where}.optimizer", lambda: OPTIMIZERS.get(tcfg.optimizer, key=f"{key} train.optimizer"))
         _at(cfg, f"{where}.schedule.name", lambda: SCHEDULES.get(tcfg.schedule.name, key=f"{key} train.schedule.name"))
-        _at(cfg, f"{where}.augment", lambda: AUGMENTS.get(tcfg.augment, key=f"{key} train.augment"))
+        _at(cfg, f"{where}.augment", lambda: check_channels(tcfg.augment, cfg.data.input_channels,
+                                                             len(cfg.data.classes), key=f"{key} train.augment"))
         _at(cfg, f"{where}.loss", lambda: LossSchedule(tcfg, cfg.data.mode, len(cfg.data.classes)))
         monitors = {"loss", cfg.metric, *MONITORS}
         if tcfg.monitor is not None and tcfg.monitor not in monitors:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
 from tqdm import tqdm
 
 from segkit import atomic
@@ -24,8 +25,14 @@ def check_competition(comp: Competition, progress: bool = True) -> dict:
     sizes: Counter = Counter()
     empty = 0
     coverage = 0.0
+    sums = squares = None  # per input channel, over the train images: data.mean / data.std for normalize: dataset
+    pixels = 0
     for image_id in tqdm(comp.train_ids + comp.holdout_ids, desc="check train", disable=quiet, leave=False):
         image = comp.read_image(image_id)
+        flat = image.reshape(-1, image.shape[2]).astype(np.float64)
+        sums = flat.sum(0) + (0 if sums is None else sums)
+        squares = (flat ** 2).sum(0) + (0 if squares is None else squares)
+        pixels += flat.shape[0]
         mask = comp.read_mask(image_id)
         if mask.shape[1:] != image.shape[:2]:
             raise DataError(f"id {image_id!r}: mask {mask.shape[1:]} and image {image.shape[:2]} differ in size")
@@ -44,6 +51,8 @@ def check_competition(comp: Competition, progress: bool = True) -> dict:
         "submission_rows": len(comp.sample_rows),
         "train_sizes": dict(sizes.most_common(10)),
         "test_sizes": dict(test_sizes.most_common(10)),
+        "channel_mean": [round(float(v), 4) for v in sums / pixels],
+        "channel_std": [round(float(v), 4) for v in np.sqrt(np.maximum(squares / pixels - (sums / pixels) ** 2, 0))],
         "empty_share": round(empty / max(n, 1), 4),
         "mean_coverage": round(coverage / max(n, 1), 6),
         "classes": comp.classes,
@@ -68,6 +77,8 @@ def run(cfg: Config) -> int:
     unit.done()
     print("check: " + ", ".join(f"{k}={v}" for k, v in summary.items() if not isinstance(v, (dict, list))))
     print(f"check: train sizes {summary['train_sizes']}, test sizes {summary['test_sizes']}")
+    print(f"check: input channels' mean {summary['channel_mean']}, std {summary['channel_std']} "
+          f"(data.mean / data.std for normalize: dataset)")
     return 0
 
 

@@ -3,8 +3,10 @@
 - binary masks: stratified by coverage (empty masks are a bin of their own, non-empty ones binned by coverage
   quantile), so each fold has the same share of empty images and the same spread of object sizes;
 - several classes: by the class-presence vector, with iterative stratification (multilabel);
-- with ``data.group_column``: grouped (no patient / video / mosaic in two folds) and stratified as far as groups
-  allow (StratifiedGroupKFold).
+- with ``data.group_column`` (or ``data.slices``: the volumes): grouped (no patient / video / mosaic / volume in
+  two folds) and stratified as far as groups allow (StratifiedGroupKFold);
+- ``folds.split: blocks``: each volume's slices in index order, cut into contiguous runs, one a fold (the
+  sections of one stack, ISBI 2012's 30 slices say, are near copies of their neighbours).
 
 Output ``folds/<competition>.csv``: id, fold, stratum[, group]. The file is part of the experiment's
 reproducibility (commit it); an existing file is reused, and one that no longer matches the data is an error
@@ -22,7 +24,7 @@ from segkit import atomic
 from segkit.config import Config
 from segkit.data import Competition
 from segkit.data.folds import fold_numbers, load_folds
-from segkit.errors import DataError
+from segkit.errors import ConfigError, DataError
 from segkit.freshness import Unit
 
 
@@ -63,6 +65,22 @@ def _merge_rare(strata: np.ndarray, minimum: int) -> np.ndarray:
     return strata
 
 
+def _blocks(comp: Competition, ids: list[str], n_splits: int) -> np.ndarray:
+    """Fold of each id: its volume's slices in index order, cut into ``n_splits`` contiguous runs."""
+    if comp.cfg.slices is None:
+        raise ConfigError("folds.split: blocks needs data.slices (which volume and index each image is)")
+    where = comp.stacks("train").where_of
+    fold = np.empty(len(ids), dtype=np.int64)
+    by_volume: dict[str, list[int]] = {}
+    for j, image_id in enumerate(ids):
+        by_volume.setdefault(where[image_id].volume, []).append(j)
+    for members in by_volume.values():
+        members.sort(key=lambda j: where[ids[j]].index)
+        for k, run in enumerate(np.array_split(np.asarray(members), n_splits)):
+            fold[run] = k
+    return fold
+
+
 def build_folds(comp: Competition, cfg: Config) -> pd.DataFrame:
     ids = comp.train_ids
     n_splits = cfg.folds.n_splits
@@ -89,9 +107,12 @@ def build_folds(comp: Competition, cfg: Config) -> pd.DataFrame:
         labels = strata.astype(str)
 
     groups = comp.groups(ids)
-    fold = np.full(len(ids), -1, dtype=np.int64)
-    for k, (_, val) in enumerate(_split(strata, groups, presence, n_splits, cfg.folds.seed)):
-        fold[val] = k
+    if cfg.folds.split == "blocks":
+        fold = _blocks(comp, ids, n_splits)
+    else:
+        fold = np.full(len(ids), -1, dtype=np.int64)
+        for k, (_, val) in enumerate(_split(strata, groups, presence, n_splits, cfg.folds.seed)):
+            fold[val] = k
     frame = pd.DataFrame({"id": ids, "fold": fold, "stratum": labels, "coverage": coverage.round(6)})
     if groups is not None:
         frame["group"] = groups

@@ -137,9 +137,9 @@ class CheckpointAverage:
         if list(meta["classes"]) != list(cfg.data.classes) or meta["mode"] != cfg.data.mode:
             raise ConfigError(f"{path}: trained for {meta['mode']} {meta['classes']}, the config has "
                               f"data.mode {cfg.data.mode} with classes {cfg.data.classes}")
-        if meta["channels"] != cfg.data.channels:
-            raise ConfigError(f"{path}: trained on {meta['channels']}-channel images, data.channels is "
-                              f"{cfg.data.channels}")
+        if meta["channels"] != cfg.data.input_channels:
+            raise ConfigError(f"{path}: trained on {meta['channels']}-channel inputs, the config's are "
+                              f"{cfg.data.input_channels} (data.channels, data.context)")
 
     @property
     def pad_to(self) -> int:
@@ -224,7 +224,7 @@ def _largest_input(cfg: Config, comp, ids: list[str], split: str, pad_to: int) -
     tile = cfg.predict.tile_size
     if tile is not None and (h > tile or w > tile):
         h = w = tile
-    return cfg.data.channels, -(-h // pad_to) * pad_to, -(-w // pad_to) * pad_to
+    return cfg.data.input_channels, -(-h // pad_to) * pad_to, -(-w // pad_to) * pad_to
 
 
 def _predict_batches(loader, predict: CheckpointAverage, out: Outputs, tile: Optional[int], p, batch_size: int,

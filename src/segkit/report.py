@@ -383,6 +383,15 @@ def _outline(mask: np.ndarray) -> np.ndarray:
     return (m - cv2.erode(m, np.ones((3, 3), np.uint8), borderType=cv2.BORDER_CONSTANT, borderValue=0)) > 0
 
 
+def _picture(cfg: Config, image: np.ndarray) -> np.ndarray:
+    """What an overlay is drawn on: an RGB image as it is, a 2.5D stack's own slice (its middle channels), the
+    first channel of anything else."""
+    if cfg.data.context:
+        c, k = cfg.data.channels, cfg.data.context
+        image = image[:, :, k * c:(k + 1) * c]
+    return image if image.shape[2] == 3 else image[:, :, 0]
+
+
 def _plot_examples(cfg: Config, tuned: dict | None, store, picks, out: ReportPaths) -> Path:
     plt = _plt()
     comp = Competition(cfg.data, seed=cfg.seed)
@@ -392,8 +401,7 @@ def _plot_examples(cfg: Config, tuned: dict | None, store, picks, out: ReportPat
         probs = np.asarray(store[image_id])
         truth = comp.read_mask(image_id).astype(bool).any(0)
         pred = postprocess(probs, params, exclusive=cfg.data.mode == "multiclass").astype(bool).any(0)
-        image = comp.read_image(image_id)
-        image = image[:, :, 0] if image.shape[2] == 1 else image
+        image = _picture(cfg, comp.read_image(image_id))
         overlay = np.dstack([image] * 3) if image.ndim == 2 else image.copy()
         overlay[_outline(truth)] = (0.1, 0.9, 0.1)
         overlay[_outline(pred)] = (0.95, 0.1, 0.1)

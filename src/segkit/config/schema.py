@@ -6,6 +6,7 @@ Sections map to pipeline stages (data, folds, train + models, predict, ensemble,
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
@@ -38,6 +39,28 @@ class RLESpec(Section):
     relative: bool = False  # SIIM: each start counts from the end of the previous run
 
 
+class SliceSpec(Section):
+    """Where each image sits in its volume, for 2.5D stacks: a regex over the file's id with the named groups
+    ``index`` (and ``volume``; without it every image is one volume), or columns of ``data.extra_csv``."""
+
+    pattern: Optional[str] = None  # e.g. '(?P<volume>.+)_slice_(?P<index>\\d+)' (UW-Madison), '(?P<index>\\d+)'
+    volume_column: Optional[str] = None
+    index_column: Optional[str] = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "SliceSpec":
+        if bool(self.pattern) == bool(self.index_column):
+            raise ValueError("give pattern (a regex with an 'index' group) or index_column (of data.extra_csv)")
+        if self.pattern:
+            try:
+                groups = re.compile(self.pattern).groupindex
+            except re.error as err:
+                raise ValueError(f"pattern: not a regex ({err})") from None
+            if "index" not in groups:
+                raise ValueError("pattern: needs a named group 'index', e.g. (?P<index>\\d+)")
+        return self
+
+
 class DataConfig(Section):
     root: Path = Path("data/demo")
     train_images: str = "train/images"
@@ -48,7 +71,24 @@ class DataConfig(Section):
     sample_submission: Optional[str] = "sample_submission.csv"
     mode: Literal["binary", "multilabel", "multiclass"] = "binary"
     classes: list[str] = Field(default_factory=lambda: ["foreground"], min_length=1)
-    channels: Literal[1, 3] = 3  # images are converted to this many channels on read
+    # Channels of one image file; gray and RGB(A) files are converted to 1 or 3, any other count must match.
+    channels: int = Field(3, ge=1)
+    # Per-channel files: the image <id> is <id><suffix>.<ext> for each suffix, one channel each (HPA-style bands).
+    channel_suffixes: Optional[list[str]] = Field(None, min_length=1)
+    # Clip each channel of an image to these percentiles of its own values and scale it to [0, 1] on read: raw CT,
+    # MRI and float images (augmentations assume [0, 1]).
+    clip_percentiles: Optional[tuple[float, float]] = None
+    # imagenet: the encoders' pretraining statistics (1 or 3 input channels); image: each image's own per-channel
+    # mean and std; dataset: data.mean / data.std (per input channel; `segkit check` prints the train set's); none
+    normalize: Literal["imagenet", "image", "dataset", "none"] = "imagenet"
+    mean: Optional[list[float]] = None
+    std: Optional[list[float]] = None
+    invert_masks: bool = False  # mask images whose foreground is black (ISBI 2012's membranes are 0)
+    # 2.5D: every image is a slice plus its neighbours +-context*stride as channels, in index order
+    slices: Optional[SliceSpec] = None
+    context: int = Field(0, ge=0)
+    context_stride: int = Field(1, ge=1)
+    context_ends: Literal["mirror", "repeat"] = "mirror"  # neighbours past a volume's first / last slice
     extra_csv: Optional[str] = None  # per-image columns (e.g. TGS depths.csv), joined on its first column
     group_column: Optional[str] = None  # column of extra_csv / train csv: no group spans two folds
     # Labelled images held out of training and scored like a hidden test set (public data has no test labels).
@@ -70,7 +110,28 @@ class DataConfig(Section):
             raise ValueError("give train_masks (a folder) or train_csv (RLE), not both")
         if self.mode == "binary" and len(self.classes) != 1:
             raise ValueError("binary mode has exactly one class")
+        if self.context and self.slices is None:
+            raise ValueError("context: needs data.slices (which volume and index each image is)")
+        if self.channel_suffixes and self.channels != len(self.channel_suffixes):
+            raise ValueError(f"channels: {self.channels}, but channel_suffixes names {len(self.channel_suffixes)} "
+                             f"files of one channel each")
+        if self.normalize == "imagenet" and self.input_channels not in (1, 3):
+            raise ValueError(f"normalize: imagenet statistics are for 1 or 3 input channels, these images have "
+                             f"{self.input_channels}; use image, dataset or none")
+        if self.normalize == "dataset":
+            for key in ("mean", "std"):
+                values = getattr(self, key)
+                if values is None or len(values) != self.input_channels:
+                    raise ValueError(f"{key}: normalize: dataset needs {self.input_channels} values (one per input "
+                                     f"channel; `segkit check` prints the train set's)")
+        if self.clip_percentiles is not None and not 0 <= self.clip_percentiles[0] < self.clip_percentiles[1] <= 100:
+            raise ValueError("clip_percentiles: [low, high] with 0 <= low < high <= 100")
         return self
+
+    @property
+    def input_channels(self) -> int:
+        """Channels the network sees: one file's channels times the slices of a 2.5D stack."""
+        return self.channels * (2 * self.context + 1)
 
 
 class FoldsConfig(Section):
@@ -78,6 +139,9 @@ class FoldsConfig(Section):
     seed: int = 42
     coverage_bins: int = Field(5, ge=1)  # non-empty masks are binned by coverage quantile; empty is its own bin
     stratify: Literal["auto", "coverage", "classes", "none"] = "auto"
+    # blocks: each volume's slices (data.slices) cut into n_splits contiguous runs of index, run k in fold k:
+    # neighbouring sections of one stack are near copies, so random folds would validate on their twins
+    split: Literal["stratified", "blocks"] = "stratified"
     file: Optional[str] = None  # default: <paths.folds>/<competition>.csv
 
 

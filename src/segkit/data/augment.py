@@ -21,6 +21,7 @@ import albumentations as A
 import cv2
 import numpy as np
 
+from segkit.errors import ConfigError
 from segkit.registry import Registry
 
 AUGMENTS: Registry[Callable[[], list]] = Registry("augmentation")
@@ -95,3 +96,22 @@ def build_augment(name: str | None, crop_size: int | None = None, key: str = "tr
         ]
     steps += AUGMENTS.get(name or "none", key=key)()
     return A.Compose(steps) if steps else None
+
+
+def check_channels(name: str | None, channels: int, classes: int, key: str = "train.augment") -> None:
+    """Run every transform of the named pipeline once on a ``channels``-channel image (and a mask): a transform that
+    does not work on that many channels is an error naming it, before any training."""
+    rng = np.random.default_rng(0)
+    image = rng.random((64, 64, channels), dtype=np.float32)
+    mask = np.zeros((64, 64, classes), dtype=np.uint8)
+    for transform in AUGMENTS.get(name or "none", key=key)():
+        transform.p = 1.0  # every transform applied, not skipped by its chance
+        try:
+            out = A.Compose([transform])(image=image, mask=mask)
+        except Exception as err:  # albumentations and OpenCV raise many types for a channel count they refuse
+            raise ConfigError(f"{key}: {name}'s {type(transform).__name__} does not work on {channels}-channel "
+                              f"images ({type(err).__name__}: {str(err).splitlines()[0][:160]}); choose another "
+                              f"augmentation") from None
+        if out["image"].shape[-1] != channels and out["image"].shape[:2] == image.shape[:2]:
+            raise ConfigError(f"{key}: {name}'s {type(transform).__name__} changes {channels} channels into "
+                              f"{out['image'].shape[-1]}; choose another augmentation")

@@ -23,6 +23,8 @@ import pandas as pd
 from segkit import rle
 from segkit.config.schema import DataConfig
 from segkit.data import imageio
+from segkit.data.normalize import clip_percentiles
+from segkit.data.stacks import Stacks, positions
 from segkit.errors import ConfigError, DataError
 from segkit.layout import check_id
 
@@ -53,12 +55,14 @@ def read_csv(path: Path, columns: list[str] | tuple[str, ...] = ()) -> pd.DataFr
 
 
 class ImageFolder:
-    """Resolves ids to files of one folder, indexing it once."""
+    """Resolves ids to files of one folder, indexing it once. With ``suffixes`` (one file a channel) an image
+    ``<id>`` is the files ``<id><suffix>.<ext>``, and ``find`` gives its first channel's."""
 
-    def __init__(self, folder: Path, key: str):
+    def __init__(self, folder: Path, key: str, suffixes: list[str] | None = None):
         if not folder.is_dir():
             raise ConfigError(f"{key}: not a folder: {folder}")
         self.folder = folder
+        self.suffixes = suffixes
         self.by_name: dict[str, Path] = {}
         self.by_stem: dict[str, Path] = {}
         for p in sorted(folder.iterdir()):
@@ -70,10 +74,25 @@ class ImageFolder:
                 self.by_stem[p.stem] = p
 
     def ids(self) -> list[str]:
+        if self.suffixes:
+            first = self.suffixes[0]
+            return [stem[: -len(first)] for stem in self.by_stem if stem.endswith(first)]
         return list(self.by_stem)
 
     def find(self, image_id: str) -> Path | None:
+        if self.suffixes:
+            return self.by_stem.get(image_id + self.suffixes[0])
         return self.by_name.get(image_id) or self.by_stem.get(image_id)
+
+    def channel_files(self, image_id: str) -> list[Path]:
+        """The files of ``image_id``'s channels, in the order of the suffixes."""
+        paths = []
+        for suffix in self.suffixes:
+            path = self.by_stem.get(image_id + suffix)
+            if path is None:
+                raise DataError(f"{self.folder}: image {image_id!r} has no channel file {image_id}{suffix}.*")
+            paths.append(path)
+        return paths
 
 
 class Competition:
@@ -85,11 +104,12 @@ class Competition:
         self.num_classes = len(self.classes)
         if not cfg.root.is_dir():
             raise ConfigError(f"data.root: not a folder: {cfg.root}")
+        self._stacks: dict[Path, Stacks] = {}
 
     # ------------------------------------------------------------------------------------------------ train set
     @cached_property
     def train_folder(self) -> ImageFolder:
-        return ImageFolder(self.cfg.path("train_images"), "data.train_images")
+        return ImageFolder(self.cfg.path("train_images"), "data.train_images", self.cfg.channel_suffixes)
 
     @cached_property
     def _rle_rows(self) -> dict[str, dict[int, tuple[str, str]]]:
@@ -163,6 +183,14 @@ class Competition:
             return []
         rng = np.random.default_rng(self.seed)
         ids = self.labelled_ids
+        if self.cfg.slices is not None:  # whole volumes: a slice's neighbours are near copies of it
+            where = self.stacks("train").where_of
+            volumes = sorted({where[i].volume for i in ids})
+            if len(volumes) < 2:
+                raise ConfigError("data.holdout_fraction: the train images are one volume; hold out none (0)")
+            n = max(1, int(round(frac * len(volumes))))
+            chosen = set(rng.choice(volumes, size=n, replace=False).tolist())
+            return [i for i in ids if where[i].volume in chosen]
         n = max(1, int(round(frac * len(ids))))
         chosen = set(rng.choice(len(ids), size=n, replace=False).tolist())
         return [i for k, i in enumerate(ids) if k in chosen]
@@ -173,15 +201,39 @@ class Competition:
         return [i for i in self.labelled_ids if i not in held]
 
     def read_image(self, image_id: str, split: str = "train") -> np.ndarray:
-        """float32 (H, W, C) in [0, 1]."""
-        return imageio.read_image(self.image_path(image_id, split), self.cfg.channels)
+        """float32 (H, W, C) in [0, 1]; C = data.input_channels (a 2.5D stack: the neighbours' channels too)."""
+        if not self.cfg.context:
+            return self._read_one(image_id, split)
+        return np.concatenate([self._read_one(i, split) for i in self.stacks(split).neighbours(image_id)], axis=2)
+
+    def _read_one(self, image_id: str, split: str) -> np.ndarray:
+        folder = self._folder(split)
+        if folder.suffixes:
+            image = np.concatenate([imageio.read_image(p, 1) for p in folder.channel_files(image_id)], axis=2)
+        else:
+            image = imageio.read_image(self.image_path(image_id, split), self.cfg.channels)
+        if self.cfg.clip_percentiles is not None:
+            image = clip_percentiles(image, *self.cfg.clip_percentiles)
+        return image
+
+    def _folder(self, split: str) -> ImageFolder:
+        return self.test_folder if split == "test" and not self.holdout_ids else self.train_folder
 
     def image_path(self, image_id: str, split: str = "train") -> Path:
-        folder = self.test_folder if split == "test" and not self.holdout_ids else self.train_folder
+        folder = self._folder(split)
         path = folder.find(image_id)
         if path is None:
             raise DataError(f"id {image_id!r}: no image in {folder.folder}")
         return path
+
+    def stacks(self, split: str = "train") -> Stacks:
+        """The volumes of the split's image folder (2.5D competitions: ``data.slices``)."""
+        folder = self._folder(split)
+        if folder.folder not in self._stacks:
+            ids = folder.ids()
+            self._stacks[folder.folder] = Stacks(self.cfg, positions(self.cfg, ids, self.extra, str(folder.folder)),
+                                                 str(folder.folder))
+        return self._stacks[folder.folder]
 
     def image_size(self, image_id: str, split: str = "train") -> tuple[int, int]:
         return imageio.image_size(self.image_path(image_id, split))
@@ -194,6 +246,8 @@ class Competition:
             if path is None:
                 raise DataError(f"id {image_id!r}: no mask in {self.mask_folder.folder}")
             mask = imageio.read_mask(path, self.mode, self.num_classes)
+            if self.cfg.invert_masks:
+                mask = 1 - mask
             if mask.shape[1:] != (h, w):
                 raise DataError(f"{path}: mask is {mask.shape[1]}x{mask.shape[2]}, image is {h}x{w}")
             return mask
@@ -291,7 +345,11 @@ class Competition:
         return frame
 
     def groups(self, ids: list[str]) -> list[str] | None:
+        """Each id's group for the folds: ``data.group_column``, else the volume of a 2.5D competition's slice."""
         col = self.cfg.group_column
+        if not col and self.cfg.slices is not None:
+            where = self.stacks("train").where_of
+            return [where[i].volume for i in ids]
         if not col:
             return None
         if self.extra is None or col not in self.extra.columns:

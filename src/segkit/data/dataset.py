@@ -17,11 +17,7 @@ from torch.utils.data import Dataset
 
 from segkit.data.augment import build_augment
 from segkit.data.competition import Competition
-
-# ImageNet statistics: what pretrained encoders expect; harmless for random init.
-MEAN = {3: (0.485, 0.456, 0.406), 1: (0.449,)}
-STD = {3: (0.229, 0.224, 0.225), 1: (0.226,)}
-
+from segkit.data.normalize import Normalizer
 
 def pad_to_multiple(arr: np.ndarray, multiple: int) -> np.ndarray:
     """Pad an (H, W[, C]) array at the bottom/right to multiples of ``multiple`` by reflection."""
@@ -41,11 +37,6 @@ def unpad(pred: torch.Tensor | np.ndarray, size: tuple[int, int]):
     """Crop a (..., H', W') prediction back to the original (H, W)."""
     h, w = int(size[0]), int(size[1])
     return pred[..., :h, :w]
-
-
-def normalize(image: np.ndarray) -> np.ndarray:
-    c = image.shape[2]
-    return (image - np.asarray(MEAN[c], np.float32)) / np.asarray(STD[c], np.float32)
 
 
 class SegDataset(Dataset):
@@ -69,6 +60,7 @@ class SegDataset(Dataset):
         self.pad_to = pad_to
         self.mask_reader = mask_reader or (comp.read_mask if split == "train" else None)
         self.with_mask = (self.mask_reader is not None) if with_mask is None else with_mask
+        self.normalize = Normalizer(comp.cfg)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -88,7 +80,7 @@ class SegDataset(Dataset):
             if image.ndim == 2:
                 image = image[:, :, None]
         size = image.shape[:2]
-        image = pad_to_multiple(normalize(image.astype(np.float32)), self.pad_to)
+        image = pad_to_multiple(self.normalize(image.astype(np.float32)), self.pad_to)
         item = {
             "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
             "id": image_id,

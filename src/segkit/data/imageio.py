@@ -1,7 +1,9 @@
 """Reading images and mask images from disk into the layouts the pipeline uses.
 
-Images become float32 (H, W, C) in [0, 1] with C = 1 or 3, whatever the file holds (grayscale, RGB, RGBA, 8- or
-16-bit, float TIFF). Masks become uint8 (K, H, W) of 0/1. Every failure names the file.
+Images become float32 (H, W, C) in [0, 1]: gray, RGB and RGBA files (8- or 16-bit, float) are converted to the
+1 or 3 channels asked for; a file of any other channel count — a multi-page TIFF (its pages are the channels) or a
+``.npy`` array (H, W[, C]) — must hold exactly the channels asked for. Masks become uint8 (K, H, W) of 0/1. Every
+failure names the file.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from PIL import Image
 
 from segkit.errors import DataError
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".npy")
+TIFF_EXTENSIONS = (".tif", ".tiff")
 LOSSY_EXTENSIONS = (".jpg", ".jpeg")
 # The most pixels one image may declare: OpenCV's own default limit (2^30, e.g. 32768 x 32768). A file declaring
 # more is refused from its header, before anything is allocated: a decompression bomb (a few kB of PNG that
@@ -36,6 +39,12 @@ def read_raw(path: str | Path) -> np.ndarray:
         raise DataError(f"{path}: file not found")
     if path.stat().st_size == 0:
         raise DataError(f"{path}: empty file (0 bytes)")
+    if path.suffix.lower() == ".npy":
+        return _read_npy(path)
+    if path.suffix.lower() in TIFF_EXTENSIONS:
+        pages = _tiff_pages(path)
+        if pages is not None:
+            return pages
     data = np.fromfile(path, dtype=np.uint8)
     try:
         # OpenCV checks the declared size from the header before it allocates (its limit is MAX_IMAGE_PIXELS), so
@@ -57,6 +66,29 @@ def read_raw(path: str | Path) -> np.ndarray:
     return arr
 
 
+def _read_npy(path: Path) -> np.ndarray:
+    """An (H, W) or (H, W, C) array; never unpickled (a .npy of objects is refused)."""
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except ValueError as err:
+        raise DataError(f"{path}: not a plain numeric .npy array ({str(err).splitlines()[0][:120]})") from None
+    if arr.ndim not in (2, 3) or arr.dtype.kind not in "uif":
+        raise DataError(f"{path}: expected an (H, W) or (H, W, C) numeric array, got {arr.dtype} {arr.shape}")
+    return arr
+
+
+def _tiff_pages(path: Path) -> np.ndarray | None:
+    """A multi-page TIFF as (H, W, pages), one channel a page; None for a single page (read as any image)."""
+    ok, pages = cv2.imreadmulti(str(path), flags=cv2.IMREAD_UNCHANGED)
+    if not ok or len(pages) < 2:
+        return None
+    shapes = {p.shape for p in pages}
+    if len(shapes) != 1 or pages[0].ndim != 2:
+        raise DataError(f"{path}: the pages of a multi-page TIFF must be single-channel and alike, found "
+                        f"{sorted(shapes)}")
+    return np.stack(pages, axis=2)
+
+
 class ImageTooLarge(DataError):
     """A file whose header declares more pixels than segkit reads (MAX_IMAGE_PIXELS)."""
 
@@ -74,6 +106,13 @@ def _refuse_bombs(path: Path) -> None:
 
 def image_size(path: str | Path) -> tuple[int, int]:
     """(H, W) from the file header only: cheap enough to call for every image of a big set."""
+    if Path(path).suffix.lower() == ".npy":
+        try:
+            return tuple(np.load(path, mmap_mode="r", allow_pickle=False).shape[:2])
+        except FileNotFoundError:
+            raise DataError(f"{path}: file not found") from None
+        except ValueError as err:
+            raise DataError(f"{path}: not a plain numeric .npy array ({str(err).splitlines()[0][:120]})") from None
     try:
         with Image.open(path) as im:
             w, h = im.size
@@ -111,18 +150,21 @@ def to_float(arr: np.ndarray, path: str | Path) -> np.ndarray:
 def read_image(path: str | Path, channels: int) -> np.ndarray:
     """float32 (H, W, channels) in [0, 1]."""
     arr = read_raw(path)
-    if arr.ndim == 3 and arr.shape[2] == 4:
-        arr = arr[:, :, :3]  # alpha carries no signal for segmentation inputs here
-    if arr.ndim == 3 and arr.shape[2] not in (3,):
-        raise DataError(f"{path}: {arr.shape[2]}-channel image; expected gray, RGB or RGBA")
-    img = to_float(arr, path)
-    if channels == 3 and img.ndim == 2:
-        img = np.repeat(img[:, :, None], 3, axis=2)
-    elif channels == 1 and img.ndim == 3:
-        img = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
-    if img.ndim == 2:
-        img = img[:, :, None]
-    return np.ascontiguousarray(img)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    found = arr.shape[2]
+    if channels in (1, 3) and found in (1, 3, 4):
+        if found == 4:
+            arr = arr[:, :, :3]  # alpha carries no signal for segmentation inputs here
+        img = to_float(arr, path)
+        if channels == 3 and img.shape[2] == 1:
+            img = np.repeat(img, 3, axis=2)
+        elif channels == 1 and img.shape[2] == 3:
+            img = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)[:, :, None]
+        return np.ascontiguousarray(img)
+    if found != channels:
+        raise DataError(f"{path}: {found}-channel image, data.channels is {channels}")
+    return np.ascontiguousarray(to_float(arr, path))
 
 
 def _binarize(arr: np.ndarray, path: Path) -> np.ndarray:

@@ -161,8 +161,8 @@ def train_fold(
     seed_everything(base_seed)  # the same initial weights for every run of this fold
 
     saved = checkpoint.load(paths.last) if paths.last.exists() else None
-    model = build_model(model_cfg, cfg.data.channels, mode, len(classes), pretrained=saved is None).to(device)
-    check_output_size(model, cfg.data.channels, tcfg.pad_to, f"models[{model_cfg.name}]")
+    model = build_model(model_cfg, cfg.data.input_channels, mode, len(classes), pretrained=saved is None).to(device)
+    check_output_size(model, cfg.data.input_channels, tcfg.pad_to, f"models[{model_cfg.name}]")
     if tcfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if device.type == "cpu" and amp_dtype(tcfg.amp) == torch.bfloat16:
@@ -215,7 +215,7 @@ def train_fold(
 
     def payload(epoch: int, scores: dict) -> dict:
         return checkpoint.weights_payload(eval_model.state_dict(), identity["model"], mode, classes,
-                                          cfg.data.channels, tcfg.pad_to, epoch, scores)
+                                          cfg.data.input_channels, tcfg.pad_to, epoch, scores)
 
     final_row: Optional[dict] = None  # the last epoch's validation row, when this process ran it
     for epoch in range(start, tcfg.epochs + 1):
