@@ -119,6 +119,11 @@ class Clock:
         return self.budget - (time.perf_counter() - self.began)
 
 
+def rate(x: float) -> str:
+    """Images/s to three significant figures (a dry run on a busy CPU gives well under one)."""
+    return f"{x:.0f}" if x >= 100 else f"{x:.3g}"
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -268,15 +273,15 @@ def network_rows(report: Report, sizes: Sizes, device: torch.device, cfg, m, rec
                                       device)
     del plain
     if not compiled:
-        report.row(recipe, net, f"{batch} x {px}", "bare fp32", f"{bare_rate:.0f}", bare_peak, "1.00")
+        report.row(recipe, net, f"{batch} x {px}", "bare fp32", rate(bare_rate), bare_peak, "1.00")
     cl = synthetic_batches(sizes.warmup + sizes.steps, batch, px, channels, device, channels_last=True)
     warm = cl[:sizes.compile_warmup] if compiled else cl[:sizes.warmup]  # compiling happens in the warm-up
     run, amp = segkit_stepper(cfg, m, build(cfg, m, device), device, len(cl), compiled)
-    rate, top = timed_rate(run, warm, cl[sizes.warmup:], device)
+    ours, top = timed_rate(run, warm, cl[sizes.warmup:], device)
     precision = "float32" if amp == "none" else amp
     loop = f"segkit {precision} + channels_last" + (" + compile" if compiled else "")
-    report.row(recipe, net, f"{batch} x {px}", loop, f"{rate:.0f}", top, f"{rate / bare_rate:.2f}")
-    return rate
+    report.row(recipe, net, f"{batch} x {px}", loop, rate(ours), top, f"{ours / bare_rate:.2f}")
+    return ours
 
 
 def section_loader(report: Report, sizes: Sizes, device: torch.device, data: Path, rates: dict) -> None:
@@ -310,11 +315,11 @@ def section_loader(report: Report, sizes: Sizes, device: torch.device, data: Pat
                 if batches >= sizes.loader_batches:
                     break
             epoch += 1
-        rate = images / (time.perf_counter() - began)
+        loaded = images / (time.perf_counter() - began)
         step = rates.get((recipe, m.name))
-        ratio = f"{rate / step:.2f}" if step else "-"
-        report.row(recipe, len(comp.train_ids), workers, tcfg.batch_size, f"{first:.1f}", f"{rate:.0f}",
-                   f"{step:.0f}" if step else "-", ratio)
+        ratio = f"{loaded / step:.2f}" if step else "-"
+        report.row(recipe, len(comp.train_ids), workers, tcfg.batch_size, f"{first:.1f}", rate(loaded),
+                   rate(step) if step else "-", ratio)
 
 
 def section_tta(report: Report, sizes: Sizes, device: torch.device) -> None:
@@ -359,7 +364,7 @@ def section_tta(report: Report, sizes: Sizes, device: torch.device) -> None:
                 times_ttach = f"{rates[name] / rates[reference]:.2f}"
             else:
                 diff = times_ttach = "ttach not installed"
-            report.row(px, sizes.tta_batch, name, f"{rates[name]:.0f}", times_ttach, diff,
+            report.row(px, sizes.tta_batch, name, rate(rates[name]), times_ttach, diff,
                        f"{outputs[name].abs().max().item():.1f}")
 
 

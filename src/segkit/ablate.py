@@ -7,6 +7,8 @@ recipe's first model, on the same folds, epochs and augmentation, isolate the tr
     baseline        random-init encoder, BCE alone, no TTA, p > 0.5, no clean-up        (quality/baseline)
     + loss          the recipe's loss (e.g. BCE + Dice, then Lovasz)                      (quality/loss)
     + pretrained    the recipe's encoder weights: the recipe's own first model
+    + 2.5D context  (2.5D recipes) the rows above see single slices (quality/slices: the recipe's first model
+                    with data.context 0); this one is the recipe's model with its neighbouring slices as channels
     + tiles         its best checkpoints re-predicting the images in tiles of ``predict.tile_size``, no TTA
                     (quality/tiles)
     + TTA           its out-of-fold predictions re-made with the recipe's TTA (``predict.repredict_oof``)
@@ -76,10 +78,11 @@ class Row:
 
 def _variant(cfg: Config, name: str, weights: bool, loss: bool) -> Config:
     """The recipe with its runs under <run_dir>/quality/<name>/ and model 0 stripped of pretrained weights and/or
-    its loss (BCE alone)."""
+    its loss (BCE alone); a 2.5D recipe's variants see single slices (the context is a row of its own)."""
     tree = cfg.model_dump()
     tree["paths"]["runs"] = cfg.layout.quality.runs
     tree["experiment"] = name
+    tree["data"]["context"] = 0
     first = tree["models"][0]
     if not weights:
         first["encoder_weights"] = None
@@ -97,8 +100,11 @@ def variants(cfg: Config) -> dict[str, Config]:
     first = cfg.models[0]
     if first.arch.lower() != "unet":
         print(f"ablation: note: the recipe's first model is a {first.arch}, so the baseline is one too")
-    return {"baseline": _variant(cfg, "baseline", weights=False, loss=False),
-            "loss": _variant(cfg, "loss", weights=False, loss=True)}
+    out = {"baseline": _variant(cfg, "baseline", weights=False, loss=False),
+           "loss": _variant(cfg, "loss", weights=False, loss=True)}
+    if cfg.data.context:  # the recipe's own first model on single slices: what the neighbours add is the next row
+        out["slices"] = _variant(cfg, "slices", weights=True, loss=True)
+    return out
 
 
 def fold_ids(cfg: Config, folds: Sequence[int], table: pd.DataFrame | None = None) -> tuple[list[str], list[int]]:
@@ -200,7 +206,17 @@ def rows(cfg: Config, runs: dict[str, Config], folds: Sequence[int], ids: Sequen
             yield Row(row, what, note="not trained in this run (--no-variants)")
     weights = cfg.models[0].encoder_weights
     own = fold_oof(cfg.layout, first, folds, ids)
-    yield Row("+ pretrained encoder", f"encoder_weights: {weights}", scorer.raw(own))
+    d = cfg.data
+    if d.context:
+        if "slices" in runs:
+            yield Row("+ pretrained encoder", f"encoder_weights: {weights}; single slices",
+                      scorer.raw(fold_oof(runs["slices"].layout, first, folds, ids)))
+        else:
+            yield Row("+ pretrained encoder", "", note="not trained in this run (--no-variants)")
+        yield Row("+ 2.5D context", f"data.context: {d.context} (stride {d.context_stride}, ends "
+                  f"{d.context_ends}): {2 * d.context + 1} slices as channels", scorer.raw(own))
+    else:
+        yield Row("+ pretrained encoder", f"encoder_weights: {weights}", scorer.raw(own))
     tile = cfg.predict.tile_size
     if tile is None:
         yield Row("+ tiles", "", note="not in this recipe: predict.tile_size is unset")

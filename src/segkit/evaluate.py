@@ -36,10 +36,12 @@ from segkit import atomic
 from segkit.config import Config
 from segkit.data import Competition
 from segkit.data.folds import fold_of, load_folds
+from segkit.data.volumes import assemble
 from segkit.errors import DataError
 from segkit.freshness import Unit, fingerprint
 from segkit.metrics import get_metric, overlap_counts, roc_auc
 from segkit.metrics.image_scores import COUNT_SCORES, SURFACE_SCORES, surface_class_scores
+from segkit.metrics.volume_scores import VOLUME_METRICS, volume_scores
 from segkit.postprocess import params_list, postprocess, read_tuned
 from segkit.probs import ProbStore, manifest
 from segkit.progress import bar
@@ -117,6 +119,44 @@ def score_split(store: ProbStore, ids: list[str], read_mask, params_of: Callable
     return pd.DataFrame(rows, columns=["id", "class", "truth_px", "pred_px", *TABLE])
 
 
+def score_volumes(comp: Competition, store: ProbStore, ids: list[str], params_of: Callable[[str], list],
+                  classes: list[str], exclusive: bool, split: str) -> pd.DataFrame:
+    """A volume competition's split scored volume by volume: each volume's slices post-processed as the
+    submission makes them, stacked back into the volume, and scored in mm (``segkit.metrics.volume_scores``)."""
+    volumes = comp.volume_set("train")  # OOF and holdout volumes are labelled ones
+    where = volumes.positions
+    by_case: dict[str, set[str]] = {}
+    for image_id in ids:
+        by_case.setdefault(where[image_id].volume, set()).add(image_id)
+    rows = []
+    tolerance = comp.cfg.volumes.nsd_tolerance
+    for case, members in bar(list(by_case.items()), f"evaluate {split} volumes", total=len(by_case)):
+        order = volumes.slices_of(case)
+        if set(order) != members:
+            raise DataError(f"{store.folder}: volume {case!r} has {len(members)} of its {len(order)} slices in the "
+                            f"{split} split; a volume's slices belong to one split")
+        pred = assemble([postprocess(np.asarray(store[i]), params_of(i), exclusive=exclusive) for i in order],
+                        volumes.axis)
+        truth = assemble([comp.read_mask(i) for i in order], volumes.axis)
+        scores = volume_scores(pred, truth, volumes.spacing(case), tolerance)
+        for k, cls in enumerate(classes):
+            rows.append({"volume": case, "class": cls, "truth_voxels": int(truth[k].sum()),
+                         "pred_voxels": int(pred[k].sum()), **{m: float(scores[m][k]) for m in VOLUME_METRICS}})
+    return pd.DataFrame(rows, columns=["volume", "class", "truth_voxels", "pred_voxels", *VOLUME_METRICS])
+
+
+def volume_table(frame: pd.DataFrame, split: str) -> list[dict]:
+    """Per class and metric: mean, std, median over the volumes with a finite value, n of those, and how many
+    were infinite (a distance to an empty mask)."""
+    rows = []
+    for cls, part in frame.groupby("class", sort=False):
+        for name in VOLUME_METRICS:
+            values = part[name].replace([np.inf, -np.inf], np.nan)
+            rows.append({"split": split, "class": cls, "metric": name, **_stats(values),
+                         "infinite": int(np.isinf(part[name]).sum())})
+    return rows
+
+
 # ---------------------------------------------------------------------------------------------------- table
 
 
@@ -152,6 +192,23 @@ def format_table(table: pd.DataFrame, images: dict[str, int]) -> str:
         for row in part.itertuples(index=False):
             cells = " ".join(f"{getattr(row, s):>10.4f}" for s in ("mean", "std", "median"))
             lines.append(f"  {row.metric:<20} {row.best:>6} {cells} {row.n:>6}")
+    return "\n".join(lines)
+
+
+def format_volumes(rows: list[dict], counts: dict[str, int], tolerance: float) -> str:
+    """Per split and class, the mean over volumes of every volume metric (the count of infinite distances aside)."""
+    head = f"per volume (mean over volumes; hd95 and assd in mm; nsd at {tolerance:g} mm)"
+    lines = [head, "split    class          " + "".join(f"{m:>9}" for m in VOLUME_METRICS)]
+    by = {(r["split"], r["class"], r["metric"]): r for r in rows}
+    for split, cls in dict.fromkeys((r["split"], r["class"]) for r in rows):
+        cells = []
+        for m in VOLUME_METRICS:
+            r = by[(split, cls, m)]
+            mark = "*" if r["infinite"] else ""
+            cells.append(f"{r['mean']:>8.4f}{mark or ' '}" if r["n"] else f"{'-':>9}")
+        lines.append(f"{split:<8} {cls:<14} " + "".join(cells) + f"   ({counts[split]} volumes)")
+    if any(r["infinite"] for r in rows):
+        lines.append("* some volumes' distances are infinite (an empty prediction or truth) and left out of the mean")
     return "\n".join(lines)
 
 
@@ -232,23 +289,38 @@ def run(cfg: Config) -> int:
     rows = [row for split, frame in frames.items() for row in summarize(frame, split, classes)]
     table = pd.DataFrame(rows, columns=["split", "class", "metric", "best", *STATS])
     images = {split: len(ids) for split, (_, ids, _) in splits.items()}
+    volumes = {}
+    if cfg.data.volumes is not None:
+        volumes = {split: score_volumes(comp, store, ids, oof_params if split == "oof" else lambda _: params,
+                                        classes, exclusive, split)
+                   for split, (store, ids, _) in splits.items()}
+    volume_rows = [row for split, frame in volumes.items() for row in volume_table(frame, split)]
 
     unit.begin()
     for split, (_, _, path) in splits.items():
         atomic.write_csv(path, frames[split])
     if test is None and paths.per_image_holdout.exists():
         paths.per_image_holdout.unlink()  # a holdout of an earlier config: no longer part of this evaluation
+    for split, frame in volumes.items():
+        atomic.write_csv(paths.per_volume(split), frame)
     atomic.write_csv(paths.metrics, table)
     atomic.write_json(paths.json, {
         "metric": cfg.metric, "tune": str(layout.tune.json), "images": images, "oof_parameters": oof_choice,
         "stores": {split: str(store.folder) for split, (store, _, _) in splits.items()},
         "conventions": CONVENTIONS,
         "table": [{k: _json_value(v) for k, v in row.items()} for row in rows],
+        "volumes": {"nsd_tolerance_mm": cfg.data.volumes.nsd_tolerance,
+                    "counts": {split: int(frame["volume"].nunique()) for split, frame in volumes.items()},
+                    "table": [{k: _json_value(v) for k, v in row.items()} for row in volume_rows]}
+        if volumes else None,
     })
     unit.done()
 
     print(f"evaluate: OOF parameters {oof_choice}")
     print(format_table(table, images))
+    if volumes:
+        print(format_volumes(volume_rows, {split: int(f["volume"].nunique()) for split, f in volumes.items()},
+                             cfg.data.volumes.nsd_tolerance))
     main = get_metric(cfg.metric, key="metric").name  # the table's name of it (an alias names the same metric)
     headline = table[(table["split"] == "oof") & (table["metric"] == main)
                      & (table["class"] == (ALL_CLASSES if len(classes) > 1 else classes[0]))]

@@ -67,8 +67,9 @@ def _merge_rare(strata: np.ndarray, minimum: int) -> np.ndarray:
 
 def _blocks(comp: Competition, ids: list[str], n_splits: int) -> np.ndarray:
     """Fold of each id: its volume's slices in index order, cut into ``n_splits`` contiguous runs."""
-    if comp.cfg.slices is None:
-        raise ConfigError("folds.split: blocks needs data.slices (which volume and index each image is)")
+    if not comp.stacked:
+        raise ConfigError("folds.split: blocks needs data.slices or data.volumes (which volume and index each "
+                          "image is)")
     where = comp.stacks("train").where_of
     fold = np.empty(len(ids), dtype=np.int64)
     by_volume: dict[str, list[int]] = {}

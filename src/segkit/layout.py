@@ -19,13 +19,15 @@
       tune.json, tune/           tune: the chosen post-processing; tune/ holds oof_scores.csv, plots, stamp.json
       holdout_truth.csv          submit, with data.holdout_fraction: the held-out images' truth as a solution file
       evaluate/                  evaluate: metrics.csv (every metric per split and class), per_image_oof.csv,
-                                 per_image_holdout.csv (per image and class), evaluate.json, stamp.json
+                                 per_image_holdout.csv (per image and class), per_volume_<split>.csv (volume
+                                 competitions: per volume and class, in mm), evaluate.json, stamp.json
       report/                    report: report.md, plots, stamp.json
-      quality/                   ablate: baseline/ and loss/ (experiments of their own), tiles/<model>/,
+      quality/                   ablate: baseline/, loss/ (and slices/) (experiments of their own), tiles/<model>/,
                                  quality.json, quality.md
       stamps/                    the stamps of the units whose outputs have no folder of their own (check, submit)
     folds/<competition>.csv      folds (committed with the code: part of reproducibility)
     submissions/<experiment>.csv submit
+    submissions/<experiment>_volumes/<case>.nii.gz   submit, volume competitions: label volumes, the source's affine
 
 A *stamp* (``stamp.json``) is written after the outputs of a unit of work and records what decided them
 (``segkit.freshness``). Probability stores have their own inner layout (``<id>.npy`` + ``manifest.json``,
@@ -211,6 +213,10 @@ class EvaluatePaths:
     def per_image_holdout(self) -> Path:
         return self.dir / "per_image_holdout.csv"
 
+    def per_volume(self, split: str) -> Path:
+        """A volume competition's scores per volume and class (``split``: oof or holdout)."""
+        return self.dir / f"per_volume_{split}.csv"
+
     @property
     def json(self) -> Path:
         return self.dir / "evaluate.json"
@@ -296,6 +302,14 @@ class Layout:
     @property
     def submission(self) -> Path:
         return self.submissions / f"{self.experiment}.csv"
+
+    @property
+    def submission_volumes(self) -> Path:
+        """A volume competition's label volumes (NIfTI, one a test case), beside the csv."""
+        return self.submissions / f"{self.experiment}_volumes"
+
+    def submission_volume(self, case: str) -> Path:
+        return self.submission_volumes / f"{check_id(case, 'a volume name')}.nii.gz"
 
     @property
     def holdout_truth(self) -> Path:

@@ -17,12 +17,15 @@ submission and the RLE settings are those it was made from.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
 from segkit import atomic, rle
 from segkit.config import Config
 from segkit.data import Competition, read_csv
+from segkit.data.volumes import assemble, write_labels
 from segkit.errors import DataError
 from segkit.freshness import Unit, fingerprint
 from segkit.metrics import CompetitionMetric, get_metric
@@ -84,6 +87,32 @@ def build_submission(cfg: Config, comp: Competition, store: ProbStore, params,
     return sub, sample, shapes, scores
 
 
+def volume_files(cfg: Config, comp: Competition) -> dict[str, Path]:
+    """A volume competition's test cases -> the label volume file the submission writes for each."""
+    if cfg.data.volumes is None:
+        return {}
+    volumes = comp.volume_set("test")
+    cases = dict.fromkeys(volumes.positions[r.image_id].volume for r in comp.sample_rows)
+    return {case: cfg.layout.submission_volume(case) for case in cases}
+
+
+def write_volumes(cfg: Config, comp: Competition, store: ProbStore, params, files: dict[str, Path]) -> None:
+    """Each test case's slices post-processed as the csv's rows are, stacked back into a label volume (0 the
+    background, class k as k + 1; where classes overlap, the later wins) with the source image's affine."""
+    if not files:
+        return
+    volumes = comp.volume_set("test")
+    exclusive = cfg.data.mode == "multiclass"
+    for case, path in files.items():
+        masks = assemble([postprocess(np.asarray(store[i]), params, exclusive=exclusive)
+                          for i in volumes.slices_of(case)], volumes.axis)
+        labels = np.zeros(masks.shape[1:], np.uint8)
+        for k in range(masks.shape[0]):
+            labels[masks[k] > 0] = k + 1
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_labels(path, labels, volumes.affine(case), like=volumes.cases[case].images[0])
+
+
 def holdout_truth(cfg: Config, comp: Competition) -> pd.DataFrame:
     """The holdout's masks as a csv in the submission's format (what a competition's hidden solution file is)."""
     rows = comp.sample_rows
@@ -97,7 +126,7 @@ def holdout_truth(cfg: Config, comp: Competition) -> pd.DataFrame:
     return pd.DataFrame({columns[0]: [r.row_id for r in rows], columns[1]: texts})
 
 
-def submit_unit(cfg: Config, holdout: bool) -> Unit:
+def submit_unit(cfg: Config, holdout: bool, volumes: dict[str, Path] | None = None) -> Unit:
     """The submission as a unit of work: the csv (and the holdout's truth), decided by the tuning, the ensemble's
     test probabilities, the sample submission and the RLE format."""
     layout = cfg.layout
@@ -106,7 +135,7 @@ def submit_unit(cfg: Config, holdout: bool) -> Unit:
               "sample": fingerprint(sample) if sample else None, "rle": cfg.data.rle.model_dump(),
               "mode": cfg.data.mode, "classes": cfg.data.classes, "holdout": cfg.data.holdout_fraction,
               "metric": cfg.metric if holdout else None}
-    outputs = ([layout.holdout_truth] if holdout else []) + [layout.submission]
+    outputs = ([layout.holdout_truth] if holdout else []) + [layout.submission] + list((volumes or {}).values())
     return Unit(f"submit: {layout.submission}", layout.stamp("submit"), outputs, inputs)
 
 
@@ -116,7 +145,8 @@ def run(cfg: Config) -> int:
     params = params_list(tuned["classes"], list(cfg.data.classes), where=str(layout.tune.json))
     store = final_store(cfg, "test")
     comp = Competition(cfg.data, seed=cfg.seed)
-    unit = submit_unit(cfg, bool(comp.holdout_ids))
+    volumes = volume_files(cfg, comp)
+    unit = submit_unit(cfg, bool(comp.holdout_ids), volumes)
     if unit.fresh():
         print(unit.kept())
         return 0
@@ -135,10 +165,13 @@ def run(cfg: Config) -> int:
         unit.begin()
         if comp.holdout_ids:
             atomic.write_csv(layout.holdout_truth, holdout_truth(cfg, comp))
+        write_volumes(cfg, comp, store, params, volumes)
     unit.done()
 
     n_images = len({r.image_id for r in comp.sample_rows})
     print(f"submit: wrote {target} ({len(sub)} rows, {n_images} images; validated against the sample)")
+    if volumes:
+        print(f"submit: wrote {len(volumes)} label volumes (NIfTI, the source's affine) -> {layout.submission_volumes}")
     print(f"submit: tuned OOF {tuned.get('metric', cfg.metric)} CV {tuned_cv(tuned)} (raw ensemble OOF p>0.5: "
           f"{tuned.get('cv_baseline', float('nan')):.4f})")
     if comp.holdout_ids:

@@ -61,6 +61,29 @@ class SliceSpec(Section):
         return self
 
 
+class VolumeSpec(Section):
+    """A competition of NIfTI volumes (segkit.data.volumes): folders of image and label volumes, cut into slices."""
+
+    images: str = "imagesTr"
+    labels: Optional[str] = "labelsTr"
+    test_images: Optional[str] = None  # imagesTs; without it, data.holdout_fraction plays the test set
+    axis: int = Field(2, ge=0, le=2)  # the voxel axis the slices are cut along
+    slice_id: str = "{volume}_s{index:03d}"  # a slice's id (and its per-slice submission rows)
+    intensity: Literal["zscore", "none"] = "zscore"  # per volume and modality, after data.clip_percentiles
+    nsd_tolerance: float = Field(1.0, gt=0)  # mm: normalised surface Dice counts surface voxels this close
+
+    @field_validator("slice_id")
+    @classmethod
+    def _names_both(cls, v: str) -> str:
+        try:
+            v.format(volume="v", index=1)
+        except (KeyError, IndexError, ValueError) as err:
+            raise ValueError(f"slice_id: a format with {{volume}} and {{index}} only ({err})") from None
+        if "{volume" not in v or "{index" not in v:
+            raise ValueError("slice_id: must name {volume} and {index}")
+        return v
+
+
 class DataConfig(Section):
     root: Path = Path("data/demo")
     train_images: str = "train/images"
@@ -84,6 +107,7 @@ class DataConfig(Section):
     mean: Optional[list[float]] = None
     std: Optional[list[float]] = None
     invert_masks: bool = False  # mask images whose foreground is black (ISBI 2012's membranes are 0)
+    volumes: Optional[VolumeSpec] = None  # NIfTI volumes, cut into slices (then train_images etc. are unused)
     # 2.5D: every image is a slice plus its neighbours +-context*stride as channels, in index order
     slices: Optional[SliceSpec] = None
     context: int = Field(0, ge=0)
@@ -110,8 +134,10 @@ class DataConfig(Section):
             raise ValueError("give train_masks (a folder) or train_csv (RLE), not both")
         if self.mode == "binary" and len(self.classes) != 1:
             raise ValueError("binary mode has exactly one class")
-        if self.context and self.slices is None:
-            raise ValueError("context: needs data.slices (which volume and index each image is)")
+        if self.context and self.slices is None and self.volumes is None:
+            raise ValueError("context: needs data.slices (which volume and index each image is) or data.volumes")
+        if self.volumes is not None and self.slices is not None:
+            raise ValueError("slices: a volume competition's slices are the volumes'; leave data.slices unset")
         if self.channel_suffixes and self.channels != len(self.channel_suffixes):
             raise ValueError(f"channels: {self.channels}, but channel_suffixes names {len(self.channel_suffixes)} "
                              f"files of one channel each")

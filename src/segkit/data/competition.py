@@ -25,6 +25,7 @@ from segkit.config.schema import DataConfig
 from segkit.data import imageio
 from segkit.data.normalize import clip_percentiles
 from segkit.data.stacks import Stacks, positions
+from segkit.data.volumes import VolumeSet
 from segkit.errors import ConfigError, DataError
 from segkit.layout import check_id
 
@@ -105,6 +106,7 @@ class Competition:
         if not cfg.root.is_dir():
             raise ConfigError(f"data.root: not a folder: {cfg.root}")
         self._stacks: dict[Path, Stacks] = {}
+        self._volumes: dict[str, VolumeSet] = {}
 
     # ------------------------------------------------------------------------------------------------ train set
     @cached_property
@@ -161,7 +163,10 @@ class Competition:
 
     @cached_property
     def labelled_ids(self) -> list[str]:
-        """Every image with a mask (train + holdout), in folder order."""
+        """Every image with a mask (train + holdout), in folder order (a volume competition: every slice of every
+        labelled volume, case by case)."""
+        if self.cfg.volumes is not None:
+            return self.volume_set("train").ids()
         if not self.cfg.train_masks and not self.cfg.train_csv:
             raise ConfigError("data: neither train_masks nor train_csv is set")
         ids = self.train_folder.ids()
@@ -183,7 +188,7 @@ class Competition:
             return []
         rng = np.random.default_rng(self.seed)
         ids = self.labelled_ids
-        if self.cfg.slices is not None:  # whole volumes: a slice's neighbours are near copies of it
+        if self.stacked:  # whole volumes: a slice's neighbours are near copies of it
             where = self.stacks("train").where_of
             volumes = sorted({where[i].volume for i in ids})
             if len(volumes) < 2:
@@ -207,6 +212,8 @@ class Competition:
         return np.concatenate([self._read_one(i, split) for i in self.stacks(split).neighbours(image_id)], axis=2)
 
     def _read_one(self, image_id: str, split: str) -> np.ndarray:
+        if self.cfg.volumes is not None:  # normalised per volume, clipping included
+            return self.volume_set(split).image(image_id)
         folder = self._folder(split)
         if folder.suffixes:
             image = np.concatenate([imageio.read_image(p, 1) for p in folder.channel_files(image_id)], axis=2)
@@ -226,8 +233,19 @@ class Competition:
             raise DataError(f"id {image_id!r}: no image in {folder.folder}")
         return path
 
+    @property
+    def stacked(self) -> bool:
+        """Whether images are slices of volumes (``data.slices`` or ``data.volumes``)."""
+        return self.cfg.slices is not None or self.cfg.volumes is not None
+
     def stacks(self, split: str = "train") -> Stacks:
-        """The volumes of the split's image folder (2.5D competitions: ``data.slices``)."""
+        """The volumes of the split's images (2.5D competitions: ``data.slices`` or ``data.volumes``)."""
+        if self.cfg.volumes is not None:
+            volumes = self.volume_set(split)
+            key = volumes.folder
+            if key not in self._stacks:
+                self._stacks[key] = Stacks(self.cfg, volumes.positions, str(key))
+            return self._stacks[key]
         folder = self._folder(split)
         if folder.folder not in self._stacks:
             ids = folder.ids()
@@ -235,11 +253,36 @@ class Competition:
                                                  str(folder.folder))
         return self._stacks[folder.folder]
 
+    def volume_set(self, split: str = "train") -> VolumeSet:
+        """A volume competition's cases: the labelled ones, or the test ones (``data.volumes.test_images``)."""
+        spec = self.cfg.volumes
+        if spec is None:
+            raise ConfigError("data.volumes: not set (this competition's images are not volumes)")
+        test = split == "test" and not self.holdout_ids
+        name = "test" if test else "train"
+        if name not in self._volumes:
+            if test:
+                if not spec.test_images:
+                    raise ConfigError("data.volumes.test_images: not set, and data.holdout_fraction is 0: no test set")
+                images, labels, key = self.cfg.root / spec.test_images, None, "data.volumes.test_images"
+            else:
+                labels = self.cfg.root / spec.labels if spec.labels else None
+                images, key = self.cfg.root / spec.images, "data.volumes.images"
+                if labels is not None and not labels.is_dir():
+                    raise ConfigError(f"data.volumes.labels: not a folder: {labels}")
+            self._volumes[name] = VolumeSet(self.cfg, images, labels, key)
+        return self._volumes[name]
+
     def image_size(self, image_id: str, split: str = "train") -> tuple[int, int]:
+        if self.cfg.volumes is not None:
+            return self.volume_set(split).slice_size(image_id)
         return imageio.image_size(self.image_path(image_id, split))
 
     def read_mask(self, image_id: str) -> np.ndarray:
         """uint8 (K, H, W) of 0/1 at the image's size."""
+        if self.cfg.volumes is not None:  # a label map: class k is the value k + 1
+            labels = self.volume_set("train").label(image_id)
+            return np.stack([labels == k + 1 for k in range(self.num_classes)]).astype(np.uint8)
         h, w = self.image_size(image_id)
         if self.mask_folder is not None:
             path = self.mask_folder.find(image_id)
@@ -261,7 +304,7 @@ class Competition:
     def mask_stats(self, image_id: str) -> tuple[np.ndarray, int]:
         """(foreground pixels per class, pixels in the image) — from RLE run lengths where possible, so fold
         stratification of a big csv competition needs no mask decoding."""
-        if self.mask_folder is not None:
+        if self.mask_folder is not None or self.cfg.volumes is not None:
             mask = self.read_mask(image_id)
             return mask.reshape(self.num_classes, -1).sum(1), mask.shape[1] * mask.shape[2]
         h, w = self.image_size(image_id)
@@ -282,6 +325,8 @@ class Competition:
         if self.holdout_ids:
             return self._rows_for(self.holdout_ids)
         if not self.cfg.sample_submission:
+            if self.cfg.volumes is not None:
+                return self._rows_for(self.volume_set("test").ids())
             return self._rows_for(self.test_folder.ids())
         path = self.cfg.path("sample_submission")
         frame = read_csv(path)
@@ -299,10 +344,13 @@ class Competition:
         return rows
 
     def _rows_for(self, ids: list[str]) -> list[SampleRow]:
+        """The rows of a sample the competition does not give: one per image, or per image and class with the
+        ids ``<id><sep><class>`` (``data.rle.id_class_sep``, ``_`` when unset: the ids must stay unique)."""
         sep = self.cfg.rle.id_class_sep
         if self.num_classes == 1 and not sep:
             return [SampleRow(i, i, 0) for i in ids]
-        return [SampleRow(f"{i}{sep}{name}" if sep else i, i, c) for i in ids for c, name in enumerate(self.classes)]
+        sep = sep or "_"
+        return [SampleRow(f"{i}{sep}{name}", i, c) for i in ids for c, name in enumerate(self.classes)]
 
     @cached_property
     def test_ids(self) -> list[str]:
@@ -312,6 +360,13 @@ class Competition:
         if not ids:
             source = self.cfg.sample_submission or self.test_folder.folder
             raise DataError(f"{source}: the test set is empty")
+        if self.cfg.volumes is not None:
+            volumes = self.volume_set("test")
+            missing = [i for i in ids if i not in volumes.positions]
+            if missing:
+                raise DataError(f"{self.cfg.sample_submission or volumes.folder}: id {missing[0]!r} is no slice of "
+                                f"a test volume in {volumes.folder} (slice ids: data.volumes.slice_id)")
+            return ids
         for image_id in ids:
             if self.test_folder.find(image_id) is None:
                 raise DataError(
@@ -347,7 +402,7 @@ class Competition:
     def groups(self, ids: list[str]) -> list[str] | None:
         """Each id's group for the folds: ``data.group_column``, else the volume of a 2.5D competition's slice."""
         col = self.cfg.group_column
-        if not col and self.cfg.slices is not None:
+        if not col and self.stacked:
             where = self.stacks("train").where_of
             return [where[i].volume for i in ids]
         if not col:

@@ -195,6 +195,18 @@ class SurfaceDistances:
         a, b = self.pred_to_truth, self.truth_to_pred
         return float((a.sum() + b.sum()) / (a.size + b.size))
 
+    def nsd(self, tolerance: float) -> float:
+        """Normalised surface Dice at ``tolerance`` (physical units): the share of both surfaces' voxels within
+        ``tolerance`` of the other surface (MSD's second metric; here on surface voxels, not surface elements).
+        1 when both masks are empty, 0 when one is."""
+        state = self.empty
+        if state == "both":
+            return 1.0
+        if state != "none":
+            return 0.0
+        a, b = self.pred_to_truth, self.truth_to_pred
+        return float(((a <= tolerance).sum() + (b <= tolerance).sum()) / (a.size + b.size))
+
     def score(
         self, name: str, convention: str = DEFAULT_CONVENTION, empty_fill: EmptyFill = math.inf
     ) -> float:

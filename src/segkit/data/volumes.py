@@ -1,0 +1,232 @@
+"""Volume competitions (NIfTI): each volume is cut into slices along one voxel axis, and every slice is an image
+of the 2D pipeline (with its neighbours as channels: ``data.context``), so folds, training, prediction stores,
+tuning and submissions work unchanged; what needs the whole volume — per-volume scores in millimetres, label
+volumes with the source's affine — assembles it again from the slices (``assemble``).
+
+Folders: the MSD / nnU-Net layout (``imagesTr/``, ``labelsTr/``, ``imagesTs/``) or any other pair
+(``data.volumes.images`` / ``labels`` / ``test_images``). A case is one file, 3D (one modality) or 4D with the
+modalities last (MSD), or one file a modality named ``<case>_0000.nii.gz``, ``<case>_0001.nii.gz``, ... (nnU-Net);
+the modalities are the slice's channels (``data.channels``). Intensities are normalised per volume, as MRI needs:
+clipped to ``data.clip_percentiles`` of the volume when given, then z-scored (``data.volumes.intensity``). Labels
+are integer maps, 0 the background and 1..K the classes; a label volume whose shape or affine differs from its
+image's, or that holds another value, is refused naming the file. A slice's id is
+``data.volumes.slice_id`` (default ``<case>_s<index>``): the id of a per-slice submission row.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from segkit import atomic
+from segkit.config.schema import DataConfig
+from segkit.data.stacks import Position
+from segkit.errors import ConfigError, DataError
+
+NIFTI = (".nii.gz", ".nii")
+_MODALITY = re.compile(r"^(?P<case>.+)_(?P<modality>\d{4})$")
+CACHED_VOLUMES = 4  # per process: training draws slices of a few volumes at a time only in a sorted order
+
+
+def nibabel():
+    import nibabel as nib  # here: only volume competitions need it (and it costs a second to import)
+
+    return nib
+
+
+def case_name(path: Path) -> str:
+    name = path.name
+    for ext in NIFTI:
+        if name.endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    images: tuple[Path, ...]  # one file, or one a modality in order
+    label: Path | None
+
+
+def find_cases(images: Path, labels: Path | None, key: str) -> list[Case]:
+    """The cases of an image folder (and their label files), sorted by name."""
+    if not images.is_dir():
+        raise ConfigError(f"{key}: not a folder: {images}")
+    files = sorted(p for p in images.iterdir() if p.name.endswith(NIFTI) and not p.name.startswith("."))
+    if not files:
+        raise DataError(f"{images}: no NIfTI volumes (.nii, .nii.gz)")
+    by_case: dict[str, list[Path]] = {}
+    for p in files:
+        m = _MODALITY.match(case_name(p))
+        by_case.setdefault(m.group("case") if m else case_name(p), []).append(p)
+    label_files = {case_name(p): p for p in sorted(labels.iterdir()) if p.name.endswith(NIFTI)} if labels else {}
+    cases = []
+    for name, paths in sorted(by_case.items()):
+        label = label_files.get(name)
+        if labels is not None and label is None:
+            raise DataError(f"{paths[0]}: no label volume {name}.nii.gz in {labels}")
+        cases.append(Case(name, tuple(paths), label))
+    return cases
+
+
+class VolumeSet:
+    """The cases of one folder, their slices as ids, and the slices' pixels (a few volumes cached)."""
+
+    def __init__(self, cfg: DataConfig, images: Path, labels: Path | None, key: str):
+        self.cfg = cfg
+        self.spec = cfg.volumes
+        self.axis = self.spec.axis
+        self.folder = images
+        self.cases = {c.name: c for c in find_cases(images, labels, key)}
+        self._cache: OrderedDict[str, tuple[np.ndarray, np.ndarray | None]] = OrderedDict()
+
+    # ------------------------------------------------------------------------------------------------ the ids
+    @cached_property
+    def _headers(self) -> dict[str, tuple[tuple[int, ...], tuple[float, ...], np.ndarray]]:
+        """case -> (3D shape, voxel spacing in mm, affine), from the headers alone."""
+        nib = nibabel()
+        out = {}
+        for name, case in self.cases.items():
+            image = nib.load(case.images[0])
+            out[name] = (tuple(int(s) for s in image.shape[:3]), tuple(float(z) for z in image.header.get_zooms()[:3]),
+                         image.affine)
+        return out
+
+    @cached_property
+    def positions(self) -> dict[str, Position]:
+        """slice id -> (case, index), every case's slices in order."""
+        out: dict[str, Position] = {}
+        for name in self.cases:
+            for i in range(self.shape(name)[self.axis]):
+                out[self.spec.slice_id.format(volume=name, index=i)] = Position(name, i)
+        return out
+
+    def ids(self) -> list[str]:
+        return list(self.positions)
+
+    def shape(self, case: str) -> tuple[int, ...]:
+        return self._headers[case][0]
+
+    def spacing(self, case: str) -> tuple[float, ...]:
+        """Voxel size in mm along the three voxel axes."""
+        return self._headers[case][1]
+
+    def affine(self, case: str) -> np.ndarray:
+        return self._headers[case][2]
+
+    def slice_size(self, slice_id: str) -> tuple[int, int]:
+        shape = list(self.shape(self.positions[slice_id].volume))
+        del shape[self.axis]
+        return shape[0], shape[1]
+
+    def slice_spacing(self, case: str) -> tuple[float, float]:
+        """In-plane spacing of a slice (mm), for distances measured on one slice."""
+        spacing = list(self.spacing(case))
+        del spacing[self.axis]
+        return spacing[0], spacing[1]
+
+    def slices_of(self, case: str) -> list[str]:
+        """The ids of a case's slices in index order."""
+        return [self.spec.slice_id.format(volume=case, index=i) for i in range(self.shape(case)[self.axis])]
+
+    # ------------------------------------------------------------------------------------------------ pixels
+    def _load(self, name: str) -> tuple[np.ndarray, np.ndarray | None]:
+        if name in self._cache:
+            self._cache.move_to_end(name)
+            return self._cache[name]
+        case = self.cases[name]
+        image = self._read_image(case)
+        label = self._read_label(case, image.shape[:3]) if case.label is not None else None
+        self._cache[name] = (image, label)
+        while len(self._cache) > CACHED_VOLUMES:
+            self._cache.popitem(last=False)
+        return image, label
+
+    def _read_image(self, case: Case) -> np.ndarray:
+        """float32 (X, Y, Z, modalities), normalised per volume and modality."""
+        nib = nibabel()
+        parts = []
+        for path in case.images:
+            data = np.asarray(nib.load(path).dataobj, dtype=np.float32)
+            if data.ndim == 3:
+                data = data[..., None]
+            if data.ndim != 4:
+                raise DataError(f"{path}: a {data.ndim}-D image; expected a 3D volume or 4D (modalities last)")
+            parts.append(data)
+        shapes = {p.shape[:3] for p in parts}
+        if len(shapes) != 1:
+            raise DataError(f"{case.images[0]}: the modalities of case {case.name!r} differ in shape {sorted(shapes)}")
+        image = np.concatenate(parts, axis=3)
+        if image.shape[3] != self.cfg.channels:
+            raise DataError(f"{case.images[0]}: {image.shape[3]} modalities, data.channels is {self.cfg.channels}")
+        if not np.isfinite(image).all():
+            raise DataError(f"{case.images[0]}: image contains NaN or infinite values")
+        for m in range(image.shape[3]):
+            image[..., m] = self._normalise(image[..., m])
+        return image
+
+    def _normalise(self, channel: np.ndarray) -> np.ndarray:
+        if self.cfg.clip_percentiles is not None:
+            lo, hi = np.percentile(channel, self.cfg.clip_percentiles)
+            channel = np.clip(channel, lo, hi)
+        if self.spec.intensity == "zscore":
+            channel = (channel - channel.mean()) / max(float(channel.std()), 1e-6)
+        return channel
+
+    def _read_label(self, case: Case, shape: tuple[int, ...]) -> np.ndarray:
+        nib = nibabel()
+        label = nib.load(case.label)
+        if tuple(label.shape[:3]) != tuple(shape):
+            raise DataError(f"{case.label}: label volume {tuple(label.shape)} and image {tuple(shape)} differ in shape")
+        if not np.allclose(label.affine, self.affine(case.name), atol=1e-3):
+            raise DataError(f"{case.label}: its affine differs from the image's ({case.images[0].name})")
+        data = np.asarray(label.dataobj)
+        if data.ndim == 4 and data.shape[3] == 1:
+            data = data[..., 0]
+        values = np.unique(data)
+        k = len(self.cfg.classes)
+        bad = [v for v in values if v != int(v) or not 0 <= v <= k]
+        if bad:
+            raise DataError(f"{case.label}: label value {bad[0]} is not a class (0 = background, 1..{k})")
+        return data.astype(np.uint8)
+
+    def _take(self, volume: np.ndarray, index: int) -> np.ndarray:
+        return np.take(volume, index, axis=self.axis)
+
+    def image(self, slice_id: str) -> np.ndarray:
+        """float32 (H, W, modalities) of one slice."""
+        pos = self.positions[slice_id]
+        image, _ = self._load(pos.volume)
+        return np.ascontiguousarray(self._take(image, pos.index))
+
+    def label(self, slice_id: str) -> np.ndarray:
+        """uint8 (H, W) label map of one slice (0 background, 1..K)."""
+        pos = self.positions[slice_id]
+        _, label = self._load(pos.volume)
+        if label is None:
+            raise DataError(f"case {pos.volume!r}: no label volume")
+        return np.ascontiguousarray(self._take(label, pos.index))
+
+
+def assemble(slices: list[np.ndarray], axis: int) -> np.ndarray:
+    """A volume from its slices in index order: (..., H, W) arrays stacked back along voxel ``axis`` of the last 3."""
+    stacked = np.stack(slices, axis=-3)  # (..., Z', H, W) with Z' the slice axis
+    return np.moveaxis(stacked, -3, stacked.ndim - 3 + axis)
+
+
+def write_labels(path: Path, labels: np.ndarray, affine: np.ndarray, like: Path) -> None:
+    """A uint8 label volume as NIfTI with the source image's affine and header (spacing, orientation)."""
+    nib = nibabel()
+    source = nib.load(like)
+    header = source.header.copy()
+    header.set_data_dtype(np.uint8)
+    image = nib.Nifti1Image(labels.astype(np.uint8), affine, header)
+    with atomic.atomic_path(path) as tmp:
+        nib.save(image, str(tmp) + ".nii.gz")
+        Path(str(tmp) + ".nii.gz").replace(tmp)

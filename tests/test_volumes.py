@@ -1,0 +1,174 @@
+"""NIfTI volume competitions: volumes cut into slices (ids, per-volume normalisation, label maps, stacks,
+grouping), refused inputs, label volumes written with the source's affine, per-volume scores in mm, and a whole
+run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from segkit.config import load_config
+from segkit.data import Competition
+from segkit.errors import DataError
+
+from conftest import CONFIGS
+
+nib = pytest.importorskip("nibabel")
+
+TINY = ("models=[{name: tiny, arch: Unet, encoder: tu-resnet10t, "
+        "params: {encoder_depth: 3, decoder_channels: [16, 8, 4]}}]")
+SHAPE = (20, 24, 10)
+AFFINE = np.diag([1.5, 1.0, 2.0, 1.0])
+AFFINE[:3, 3] = [10.0, -4.0, 7.5]
+
+
+def write_case(folder: Path, name: str, rng, labels_folder: Path | None = None, dtype=np.float32) -> None:
+    """A volume with two touching boxes (class 1 over class 2) brighter than the background."""
+    label = np.zeros(SHAPE, np.uint8)
+    x0, y0, z0 = rng.integers(2, 6), rng.integers(2, 6), rng.integers(1, 3)
+    label[x0:x0 + 8, y0:y0 + 6, z0:z0 + 6] = 1
+    label[x0:x0 + 8, y0 + 6:y0 + 12, z0:z0 + 6] = 2
+    image = (rng.normal(100, 20, SHAPE) + 80 * (label == 1) + 160 * (label == 2)) * rng.uniform(0.5, 50)
+    folder.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(image.astype(dtype), AFFINE), str(folder / f"{name}.nii.gz"))
+    if labels_folder is not None:
+        labels_folder.mkdir(parents=True, exist_ok=True)
+        nib.save(nib.Nifti1Image(label, AFFINE), str(labels_folder / f"{name}.nii.gz"))
+
+
+@pytest.fixture(scope="module")
+def volume_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("volumes")
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        write_case(root / "imagesTr", f"case_{i:03d}", rng, root / "labelsTr")
+    for i in range(6, 8):
+        write_case(root / "imagesTs", f"case_{i:03d}", rng)
+    return root
+
+
+def _args(root: Path, tmp_path: Path, *extra: str) -> list[str]:
+    return ["--config", str(CONFIGS / "demo.yaml"), f"data.root={root}", f"paths.runs={tmp_path / 'runs'}",
+            f"paths.folds={tmp_path / 'folds'}", f"paths.submissions={tmp_path / 'subs'}",
+            "data.volumes={images: imagesTr, labels: labelsTr, test_images: imagesTs}", "data.mode=multiclass",
+            "data.classes=[anterior, posterior]", "data.normalize=none", "data.train_csv=null",
+            "data.test_images=null", "data.sample_submission=null", *extra]
+
+
+def _cfg(root, tmp_path, *extra):
+    args = _args(root, tmp_path, *extra)
+    return load_config(args[1], args[2:])
+
+
+def test_volumes_are_cut_into_slices_that_are_images(volume_root, tmp_path):
+    cfg = _cfg(volume_root, tmp_path, "data.context=1")
+    comp = Competition(cfg.data)
+    assert comp.train_ids[:2] == ["case_000_s000", "case_000_s001"] and len(comp.train_ids) == 6 * SHAPE[2]
+    assert comp.test_ids[0] == "case_006_s000" and len(comp.test_ids) == 2 * SHAPE[2]
+    image = comp.read_image("case_001_s004")
+    assert image.shape == (SHAPE[0], SHAPE[1], 3) and cfg.data.input_channels == 3
+    volume = np.stack([comp.read_image(f"case_001_s{i:03d}")[..., 1] for i in range(SHAPE[2])], axis=2)
+    assert abs(volume.mean()) < 1e-4 and volume.std() == pytest.approx(1, abs=1e-3)  # z-scored per volume
+    mask = comp.read_mask("case_001_s004")
+    truth = np.asarray(nib.load(volume_root / "labelsTr" / "case_001.nii.gz").dataobj)[:, :, 4]
+    assert mask.shape == (2, SHAPE[0], SHAPE[1]) and np.array_equal(mask[1], truth == 2)
+    assert comp.groups(["case_000_s003", "case_004_s009"]) == ["case_000", "case_004"]
+    assert comp.volume_set().spacing("case_000") == (1.5, 1.0, 2.0)
+    along0 = Competition(_cfg(volume_root, tmp_path, "data.volumes.axis=0").data)
+    assert along0.image_size("case_000_s000") == (SHAPE[1], SHAPE[2])
+
+
+def test_folds_and_holdout_keep_volumes_whole(volume_root, tmp_path):
+    from segkit.folds import build_folds
+
+    cfg = _cfg(volume_root, tmp_path, "folds.n_splits=3", "data.holdout_fraction=0.2")
+    comp = Competition(cfg.data)
+    held = {i.rsplit("_s", 1)[0] for i in comp.holdout_ids}
+    assert len(held) == 1 and len(comp.holdout_ids) == SHAPE[2] and comp.test_ids == comp.holdout_ids
+    frame = build_folds(comp, cfg)
+    assert frame.groupby("group")["fold"].nunique().max() == 1 and len(frame) == 5 * SHAPE[2]
+
+
+def test_bad_volumes_are_refused_naming_the_file(tmp_path):
+    rng = np.random.default_rng(1)
+    root = tmp_path / "bad"
+    write_case(root / "imagesTr", "a", rng, root / "labelsTr")
+    write_case(root / "imagesTr", "b", rng, root / "labelsTr")
+
+    def read(name: str):
+        comp = Competition(_cfg(root, tmp_path).data)
+        return comp.read_mask(f"{name}_s000")
+
+    nib.save(nib.Nifti1Image(np.zeros((5, 5, 10), np.uint8), AFFINE), str(root / "labelsTr" / "a.nii.gz"))
+    with pytest.raises(DataError, match=r"labelsTr/a.nii.gz: label volume \(5, 5, 10\) and image .* differ in shape"):
+        read("a")
+    nib.save(nib.Nifti1Image(np.zeros(SHAPE, np.uint8), np.eye(4)), str(root / "labelsTr" / "a.nii.gz"))
+    with pytest.raises(DataError, match=r"labelsTr/a.nii.gz: its affine differs from the image's"):
+        read("a")
+    bad = np.zeros(SHAPE, np.uint8)
+    bad[0, 0, 0] = 3
+    nib.save(nib.Nifti1Image(bad, AFFINE), str(root / "labelsTr" / "a.nii.gz"))
+    with pytest.raises(DataError, match=r"labelsTr/a.nii.gz: label value 3 is not a class"):
+        read("a")
+    image = np.asarray(nib.load(root / "imagesTr" / "b.nii.gz").dataobj).copy()
+    image[3, 3, 3] = np.nan
+    nib.save(nib.Nifti1Image(image, AFFINE), str(root / "imagesTr" / "b.nii.gz"))
+    with pytest.raises(DataError, match=r"imagesTr/b.nii.gz: image contains NaN"):
+        read("b")
+    (root / "labelsTr" / "b.nii.gz").unlink()
+    with pytest.raises(DataError, match=r"imagesTr/b.nii.gz: no label volume b.nii.gz"):
+        read("b")
+
+
+def test_label_volumes_round_trip_with_the_source_affine(volume_root, tmp_path):
+    from segkit.data.volumes import assemble, write_labels
+
+    source = volume_root / "imagesTr" / "case_000.nii.gz"
+    labels = np.random.default_rng(0).integers(0, 3, SHAPE).astype(np.uint8)
+    slices = [labels[:, :, i] for i in range(SHAPE[2])]
+    assert np.array_equal(assemble(slices, 2), labels)
+    assert np.array_equal(assemble([labels[i] for i in range(SHAPE[0])], 0), labels)
+    write_labels(tmp_path / "out.nii.gz", labels, AFFINE, like=source)
+    back = nib.load(tmp_path / "out.nii.gz")
+    assert np.array_equal(np.asarray(back.dataobj), labels) and back.get_data_dtype() == np.uint8
+    assert np.allclose(back.affine, AFFINE) and back.header.get_zooms()[:3] == (1.5, 1.0, 2.0)
+
+
+def test_volume_scores_in_mm():
+    from segkit.metrics.volume_scores import volume_scores
+
+    truth = np.zeros((1, 10, 10, 10), bool)
+    truth[0, 2:6, 2:6, 2:6] = True
+    same = volume_scores(truth, truth, (1, 1, 1))
+    assert same["dice"][0] == 1 and same["nsd"][0] == 1 and same["hd95"][0] == 0
+    shifted = np.roll(truth, 1, axis=1)
+    one = volume_scores(shifted, truth, (1, 1, 1), tolerance=1.0)
+    wide = volume_scores(shifted, truth, (3, 1, 1), tolerance=1.0)
+    assert one["dice"][0] == pytest.approx(0.75) and one["nsd"][0] == 1.0  # every surface voxel within 1 mm
+    assert wide["hd95"][0] == pytest.approx(3.0) and wide["nsd"][0] < 1.0  # the shift is 3 mm along x
+    empty = volume_scores(np.zeros_like(truth), truth, (1, 1, 1))
+    assert empty["dice"][0] == 0 and np.isinf(empty["hd95"][0]) and empty["nsd"][0] == 0
+
+
+def test_a_volume_competition_runs_end_to_end(volume_root, tmp_path, capsys, one_torch_thread):
+    from segkit.cli import main
+
+    args = _args(volume_root, tmp_path, TINY, "device=cpu", "data.context=1", "folds.n_splits=2", "train.epochs=2",
+                 "train.batch_size=8", "train.pad_to=8", "train.progress=false", "train.keep=[best]",
+                 "predict.tta=hflip", "ensemble.methods=[mean]", "tune.morph_radii=[1]", "train.loss={ce: 1}")
+    assert main(["run", *args]) == 0
+    out = capsys.readouterr().out
+    assert "per volume (mean over volumes" in out and "label volumes" in out
+    cfg = load_config(args[1], args[2:])
+    per_volume = pd.read_csv(cfg.layout.evaluate.per_volume("oof"))
+    assert len(per_volume) == 6 * 2 and {"dice", "nsd", "hd95", "assd", "rvd"} <= set(per_volume.columns)
+    for case in ("case_006", "case_007"):
+        written = nib.load(cfg.layout.submission_volumes / f"{case}.nii.gz")
+        assert written.shape == SHAPE and np.allclose(written.affine, AFFINE)
+        assert set(np.unique(np.asarray(written.dataobj))) <= {0, 1, 2}
+    sub = pd.read_csv(cfg.layout.submission, keep_default_na=False)
+    assert len(sub) == 2 * SHAPE[2] * 2 and sub["id"].iloc[:2].tolist() == ["case_006_s000_anterior",
+                                                                          "case_006_s000_posterior"]
