@@ -20,7 +20,7 @@ LIMIT=$((64 * 1024 * 1024))
 
 pinned() {  # the version requirements.txt pins (or the venv has), so both machines run the same code
     local name=$1 v
-    v=$(grep -i "^$name==" requirements.txt | cut -d= -f3 || true)
+    v=$(grep -i "^$name==" requirements.txt | cut -d= -f3 | awk '{print $1}' || true)
     [[ -n "$v" ]] || v=$("$PY" -m pip show "$name" 2>/dev/null | sed -n 's/^Version: //p')
     [[ -n "$v" ]] || { echo "gpu_prepare: no version of $name in requirements.txt or the venv" >&2; exit 2; }
     echo "$name==$v"

@@ -165,6 +165,13 @@ def test_a_volume_competition_runs_end_to_end(volume_root, tmp_path, capsys, one
     cfg = load_config(args[1], args[2:])
     per_volume = pd.read_csv(cfg.layout.evaluate.per_volume("oof"))
     assert len(per_volume) == 6 * 2 and {"dice", "nsd", "hd95", "assd", "rvd"} <= set(per_volume.columns)
+    import json
+
+    cleanup = json.loads(cfg.layout.tune.json.read_text())["volume_cleanup"]
+    assert cleanup["volumes"] == 6 and set(cleanup["nested"]) == {"0", "1"}
+    # evaluate scores each OOF volume with its fold's nested choices, slice-wise and 3D: tune's nested estimate
+    assert per_volume["dice"].mean() == pytest.approx(cleanup["cv_nested"], abs=1e-9)
+    assert "tune: per-volume dice, 3D clean-up:" in out
     for case in ("case_006", "case_007"):
         written = nib.load(cfg.layout.submission_volumes / f"{case}.nii.gz")
         assert written.shape == SHAPE and np.allclose(written.affine, AFFINE)
@@ -172,3 +179,48 @@ def test_a_volume_competition_runs_end_to_end(volume_root, tmp_path, capsys, one
     sub = pd.read_csv(cfg.layout.submission, keep_default_na=False)
     assert len(sub) == 2 * SHAPE[2] * 2 and sub["id"].iloc[:2].tolist() == ["case_006_s000_anterior",
                                                                           "case_006_s000_posterior"]
+
+
+def test_3d_cleanup_keeps_the_largest_body_or_drops_small_ones():
+    from segkit.postprocess3d import VolumeParams, clean_volume
+
+    masks = np.zeros((2, 12, 12, 12), np.uint8)
+    masks[0, 1:6, 1:6, 1:6] = 1  # 125 voxels
+    masks[0, 9:11, 9:11, 9:11] = 1  # 8 voxels, apart
+    masks[0, 6, 6, 6] = 1  # touches the big box diagonally: the same component
+    masks[1, 2:4, 2:4, 2:4] = 1
+    largest = clean_volume(masks, [VolumeParams(largest=True), VolumeParams()])
+    assert largest[0].sum() == 126 and np.array_equal(largest[1], masks[1])
+    small = clean_volume(masks, [VolumeParams(min_volume=10), VolumeParams(min_volume=10)])
+    assert small[0].sum() == 126 and small[1].sum() == 0
+    assert clean_volume(masks, [VolumeParams(), VolumeParams()]) is masks
+
+
+def test_the_3d_cleanup_choice_and_its_nested_estimate():
+    from segkit.tune.volumes import choose
+
+    table = np.zeros((4, 1, 3))
+    table[:, 0, 0] = 0.5  # nothing
+    table[:, 0, 1] = [0.6, 0.6, 0.4, 0.4]  # largest: helps volumes 0 and 1 only
+    table[:, 0, 2] = 0.45
+    assert choose(table, np.array([0, 1])).tolist() == [1]
+    assert choose(table, np.array([2, 3])).tolist() == [0]  # nothing beats doing nothing there
+
+
+def test_a_per_slice_sample_submission_names_slices_and_classes(volume_root, tmp_path):
+    """The UW-Madison form: one row per slice and class, the class in a column of its own."""
+    rows = [(f"case_006_slice_{i:04d}", cls) for i in range(SHAPE[2]) for cls in ("anterior", "posterior")]
+    sample = tmp_path / "sample.csv"
+    pd.DataFrame({"id": [r[0] for r in rows], "class": [r[1] for r in rows], "segmentation": ""}).to_csv(
+        sample, index=False)
+    cfg = _cfg(volume_root, tmp_path, f"data.sample_submission={sample}", "data.rle.class_column=class",
+               "data.volumes.slice_id='{volume}_slice_{index:04d}'")
+    comp = Competition(cfg.data)
+    assert comp.test_ids == [f"case_006_slice_{i:04d}" for i in range(SHAPE[2])]  # case_007 is not asked for
+    assert [(r.image_id, r.class_index) for r in comp.sample_rows[:2]] == [("case_006_slice_0000", 0),
+                                                                           ("case_006_slice_0000", 1)]
+    assert comp.sample_columns == ["id", "class", "segmentation"]
+    pd.DataFrame({"id": ["case_009_slice_0000"], "class": ["anterior"], "segmentation": ""}).to_csv(sample,
+                                                                                                   index=False)
+    with pytest.raises(DataError, match=r"id 'case_009_slice_0000' is no slice of a test volume"):
+        Competition(cfg.data).test_ids

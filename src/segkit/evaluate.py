@@ -16,6 +16,11 @@ a row's mean is the CV that ``metric: <name>`` would report for these masks. A v
 row's statistics (``n`` counts the values that are not), only where a metric is undefined: the signed RVD on an
 empty truth with a non-empty prediction, the ROC-AUC on a truth with one label.
 
+A volume competition (``data.volumes``) is also scored volume by volume: each volume's slices post-processed as
+above, stacked back, cleaned in 3D as tuned (an OOF volume with its fold's nested choice) and scored in mm with
+the header's voxel spacing (``segkit.metrics.volume_scores``: Dice, IoU, RVD, HD95, ASSD, normalised surface
+Dice), one row per volume and class in ``per_volume_<split>.csv`` and a table of means in evaluate.json.
+
 Images are read, scored and dropped one at a time: memory holds only the per-image values. Outputs
 (``segkit.layout.EvaluatePaths``): ``per_image_<split>.csv`` (id, class, true and predicted pixels, every metric),
 ``metrics.csv`` (per split, class and metric: best direction, mean, std, median, n; with several classes also the
@@ -43,6 +48,7 @@ from segkit.metrics import get_metric, overlap_counts, roc_auc
 from segkit.metrics.image_scores import COUNT_SCORES, SURFACE_SCORES, surface_class_scores
 from segkit.metrics.volume_scores import VOLUME_METRICS, volume_scores
 from segkit.postprocess import params_list, postprocess, read_tuned
+from segkit.postprocess3d import clean_volume, volume_params
 from segkit.probs import ProbStore, manifest
 from segkit.progress import bar
 from segkit.stages import final_ensemble_maker, final_store
@@ -120,9 +126,11 @@ def score_split(store: ProbStore, ids: list[str], read_mask, params_of: Callable
 
 
 def score_volumes(comp: Competition, store: ProbStore, ids: list[str], params_of: Callable[[str], list],
-                  classes: list[str], exclusive: bool, split: str) -> pd.DataFrame:
+                  cleanup_of: Callable[[str], list], classes: list[str], exclusive: bool, split: str
+                  ) -> pd.DataFrame:
     """A volume competition's split scored volume by volume: each volume's slices post-processed as the
-    submission makes them, stacked back into the volume, and scored in mm (``segkit.metrics.volume_scores``)."""
+    submission makes them, stacked back into the volume, cleaned in 3D as tuned (``cleanup_of(first slice id)``)
+    and scored in mm (``segkit.metrics.volume_scores``)."""
     volumes = comp.volume_set("train")  # OOF and holdout volumes are labelled ones
     where = volumes.positions
     by_case: dict[str, set[str]] = {}
@@ -137,6 +145,7 @@ def score_volumes(comp: Competition, store: ProbStore, ids: list[str], params_of
                             f"{split} split; a volume's slices belong to one split")
         pred = assemble([postprocess(np.asarray(store[i]), params_of(i), exclusive=exclusive) for i in order],
                         volumes.axis)
+        pred = clean_volume(pred, cleanup_of(order[0]))
         truth = assemble([comp.read_mask(i) for i in order], volumes.axis)
         scores = volume_scores(pred, truth, volumes.spacing(case), tolerance)
         for k, cls in enumerate(classes):
@@ -261,6 +270,19 @@ def _oof_params(cfg: Config, tuned: dict, params: list, classes: list[str]) -> t
     return of, "nested: each fold's images with what tuning chose on the other folds"
 
 
+def _cleanup_of(cfg: Config, tuned: dict, classes: list[str]) -> tuple[Callable[[str], list], list]:
+    """The 3D clean-up of an OOF volume (by its first slice's fold: the nested choice made without that fold,
+    where tune made one) and the submission's."""
+    saved = tuned.get("volume_cleanup") or {}
+    full = volume_params(saved.get("classes"), classes)
+    nested = saved.get("nested") or {}
+    if not nested or not cfg.layout.folds_file.exists():
+        return (lambda _: full), full
+    fold = fold_of(load_folds(cfg))
+    chosen = {int(f): volume_params(v, classes) for f, v in nested.items()}
+    return (lambda image_id: chosen.get(fold.get(image_id), full)), full
+
+
 def run(cfg: Config) -> int:
     layout = cfg.layout
     paths = layout.evaluate
@@ -291,7 +313,9 @@ def run(cfg: Config) -> int:
     images = {split: len(ids) for split, (_, ids, _) in splits.items()}
     volumes = {}
     if cfg.data.volumes is not None:
+        oof_cleanup, full_cleanup = _cleanup_of(cfg, tuned, classes)
         volumes = {split: score_volumes(comp, store, ids, oof_params if split == "oof" else lambda _: params,
+                                        oof_cleanup if split == "oof" else lambda _: full_cleanup,
                                         classes, exclusive, split)
                    for split, (store, ids, _) in splits.items()}
     volume_rows = [row for split, frame in volumes.items() for row in volume_table(frame, split)]

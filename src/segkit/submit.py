@@ -30,6 +30,7 @@ from segkit.errors import DataError
 from segkit.freshness import Unit, fingerprint
 from segkit.metrics import CompetitionMetric, get_metric
 from segkit.postprocess import params_list, postprocess, read_tuned, tuned_cv
+from segkit.postprocess3d import VolumeParams, clean_volume, volume_params
 from segkit.probs import ProbStore, manifest
 from segkit.stages import final_store
 from segkit.validate import rle_column, validate_frame
@@ -54,10 +55,41 @@ def _encode(mask: np.ndarray, order: str, relative: bool) -> str:
     return SIIM_EMPTY if relative and not text else text
 
 
+class FinalMasks:
+    """An image's submitted masks: its probabilities post-processed with the tuned parameters, and, in a volume
+    competition with a 3D clean-up, cleaned with its whole volume (computed once a volume, one in memory)."""
+
+    def __init__(self, cfg: Config, comp: Competition, store: ProbStore, params, cleanup: list[VolumeParams]):
+        self.store, self.params = store, params
+        self.exclusive = cfg.data.mode == "multiclass"
+        self.cleanup = cleanup if any(p.active for p in cleanup) else None
+        self.volumes = comp.volume_set("test") if cfg.data.volumes is not None else None
+        self._case, self._slices = None, {}
+
+    def __call__(self, image_id: str) -> np.ndarray:
+        if self.volumes is None or self.cleanup is None:
+            return postprocess(np.asarray(self.store[image_id]), self.params, exclusive=self.exclusive)
+        case = self.volumes.positions[image_id].volume
+        if case != self._case:
+            order = self.volumes.slices_of(case)
+            masks = self.volume(case, cleaned=True)
+            self._case = case
+            self._slices = {i: np.ascontiguousarray(np.take(masks, j, axis=1 + self.volumes.axis))
+                            for j, i in enumerate(order)}
+        return self._slices[image_id]
+
+    def volume(self, case: str, cleaned: bool = False) -> np.ndarray:
+        """(K, X, Y, Z) masks of a test case, slice-wise post-processed (and, ``cleaned``, cleaned in 3D)."""
+        masks = assemble([postprocess(np.asarray(self.store[i]), self.params, exclusive=self.exclusive)
+                          for i in self.volumes.slices_of(case)], self.volumes.axis)
+        return clean_volume(masks, self.cleanup) if cleaned and self.cleanup else masks
+
+
 def build_submission(cfg: Config, comp: Competition, store: ProbStore, params,
-                     metric: CompetitionMetric | None = None
+                     metric: CompetitionMetric | None = None, cleanup: list[VolumeParams] | None = None
                      ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, tuple[int, int]], list[float]]:
     """(submission frame, sample frame, shape per row id, per-image holdout scores when ``metric`` is given)."""
+    cleanup = cleanup or []
     sample = sample_frame(cfg, comp)
     rle_name = rle_column(list(sample.columns), cfg.data.rle.rle_column)
     rows = comp.sample_rows
@@ -65,17 +97,17 @@ def build_submission(cfg: Config, comp: Competition, store: ProbStore, params,
     for i, row in enumerate(rows):
         by_image.setdefault(row.image_id, []).append(i)
     store.require(by_image, "test images", "run `segkit ensemble` (and predict) again")
-    exclusive = cfg.data.mode == "multiclass"
     order, relative = cfg.data.rle.order, cfg.data.rle.relative
     encoded = [""] * len(rows)
     shapes: dict[str, tuple[int, int]] = {}
     scores: list[float] = []
+    masks_of = FinalMasks(cfg, comp, store, params, cleanup)
     for image_id, indices in by_image.items():
         probs = np.asarray(store[image_id])
         if probs.ndim != 3 or probs.shape[0] != len(params):
             raise DataError(f"{store.folder}: {image_id!r} has probabilities of shape {probs.shape}; expected "
                             f"({len(params)}, H, W)")
-        masks = postprocess(probs, params, exclusive=exclusive)
+        masks = masks_of(image_id)
         for i in indices:
             encoded[i] = _encode(masks[rows[i].class_index], order, relative)
             shapes[rows[i].row_id] = masks.shape[1:]
@@ -96,21 +128,16 @@ def volume_files(cfg: Config, comp: Competition) -> dict[str, Path]:
     return {case: cfg.layout.submission_volume(case) for case in cases}
 
 
-def write_volumes(cfg: Config, comp: Competition, store: ProbStore, params, files: dict[str, Path]) -> None:
-    """Each test case's slices post-processed as the csv's rows are, stacked back into a label volume (0 the
-    background, class k as k + 1; where classes overlap, the later wins) with the source image's affine."""
-    if not files:
-        return
-    volumes = comp.volume_set("test")
-    exclusive = cfg.data.mode == "multiclass"
+def write_volumes(final: FinalMasks, files: dict[str, Path]) -> None:
+    """Each test case's label volume, made of the very masks of the csv's rows (0 the background, class k as
+    k + 1; where classes overlap, the later wins), written with the source image's affine."""
     for case, path in files.items():
-        masks = assemble([postprocess(np.asarray(store[i]), params, exclusive=exclusive)
-                          for i in volumes.slices_of(case)], volumes.axis)
+        masks = final.volume(case, cleaned=True)
         labels = np.zeros(masks.shape[1:], np.uint8)
         for k in range(masks.shape[0]):
             labels[masks[k] > 0] = k + 1
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_labels(path, labels, volumes.affine(case), like=volumes.cases[case].images[0])
+        write_labels(path, labels, final.volumes.affine(case), like=final.volumes.cases[case].images[0])
 
 
 def holdout_truth(cfg: Config, comp: Competition) -> pd.DataFrame:
@@ -151,7 +178,8 @@ def run(cfg: Config) -> int:
         print(unit.kept())
         return 0
     metric = get_metric(cfg.metric, key="metric") if comp.holdout_ids else None
-    sub, sample, shapes, holdout_scores = build_submission(cfg, comp, store, params, metric)
+    cleanup = volume_params((tuned.get("volume_cleanup") or {}).get("classes"), list(cfg.data.classes))
+    sub, sample, shapes, holdout_scores = build_submission(cfg, comp, store, params, metric, cleanup)
     rle_name = rle_column(list(sample.columns), cfg.data.rle.rle_column)
 
     target = layout.submission
@@ -165,7 +193,7 @@ def run(cfg: Config) -> int:
         unit.begin()
         if comp.holdout_ids:
             atomic.write_csv(layout.holdout_truth, holdout_truth(cfg, comp))
-        write_volumes(cfg, comp, store, params, volumes)
+        write_volumes(FinalMasks(cfg, comp, store, params, cleanup), volumes)
     unit.done()
 
     n_images = len({r.image_id for r in comp.sample_rows})

@@ -333,6 +333,9 @@ class TuneConfig(Section):
     morphology: bool = True
     morph_radii: list[int] = Field(default_factory=lambda: [1, 2, 3])
     keep_largest: bool = True  # try keeping only the largest component (one object per image)
+    # volume competitions: after the slice-wise search, per class the largest 3D component or a minimum volume
+    volume_cleanup: bool = True
+    min_volumes: list[int] = Field(default_factory=lambda: [10, 50, 100, 250, 500, 1000])
     # When a step is kept (segkit.tune.search.KeepRule): a number g (its mean gain exceeds g), "most_folds" (its
     # gain is positive on more than half of the folds) or "fold_se" (its mean gain exceeds the standard error of
     # its per-fold gains). The default, any positive mean gain, scored the best nested CV of these rules on six
@@ -346,7 +349,7 @@ class TuneConfig(Section):
             raise ValueError("thresholds must lie in [0, 1)")
         return v
 
-    @field_validator("min_areas", "empty_pixels", "morph_radii")
+    @field_validator("min_areas", "empty_pixels", "morph_radii", "min_volumes")
     @classmethod
     def _non_negative(cls, v: list[int]) -> list[int]:
         if any(x < 0 for x in v):

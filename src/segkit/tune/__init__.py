@@ -36,11 +36,15 @@ submission's parameters still come from the search on every fold. ``nested`` in 
 and score. The nested searches share the summary tables and a cache of candidate scores with the full one: on 4000
 TGS masks in 5 folds the whole nested estimate doubles the time of the search alone (bench/tune.py).
 
+Volume competitions add one step after these, on whole volumes: a 3D clean-up per class (the largest 3D
+component, or a minimum volume), chosen by per-volume Dice with its own nested estimate (``volumes``).
+
 Modules, one job each: ``stream`` (the OOF images, cached across passes), ``tables`` (the one-pass summary of the
 first three steps), ``candidates`` (scoring parameter sets image by image), ``search`` (the keep rules, the greedy
-steps, the nested searches and the final exact scores), ``plots`` (the curves) and ``stage`` (``segkit tune``: the
-final ensemble's OOF and the fold file in, ``tune.json`` out). The metric is the competition's metric object
-(``segkit.metrics.get_metric``); what it can count (confusion counts, objects) decides the fast paths, not its name.
+steps, the nested searches and the final exact scores), ``volumes`` (the 3D clean-up step), ``plots`` (the curves)
+and ``stage`` (``segkit tune``: the final ensemble's OOF and the fold file in, ``tune.json`` out). The metric is
+the competition's metric object (``segkit.metrics.get_metric``); what it can count (confusion counts, objects)
+decides the fast paths, not its name.
 """
 
 from segkit.tune.search import Greedy, KeepRule, final_scores, tune

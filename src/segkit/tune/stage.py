@@ -21,12 +21,13 @@ from segkit.data.folds import fold_numbers, fold_of, load_folds
 from segkit.freshness import Unit, fingerprint, fingerprints
 from segkit.metrics import CompetitionMetric, get_metric
 from segkit.oof import fold_oof, score_frame
-from segkit.postprocess import tuned_cv
+from segkit.postprocess import params_list, tuned_cv
 from segkit.probs import ProbStore, manifest
 from segkit.stages import final_store
 from segkit.tune.plots import plot_curves
 from segkit.tune.search import tune
 from segkit.tune.stream import OOFStream
+from segkit.tune.volumes import tune_volumes
 
 
 def plain_score(cfg: Config, metric: CompetitionMetric, truth: Callable[[str], np.ndarray],
@@ -80,6 +81,14 @@ def run(cfg: Config) -> int:
                           "plain_model": plain[0] if plain else None}
     # the fold file the nested choices are keyed by (evaluate refuses to apply them to other folds)
     result["folds_file"] = fingerprint(layout.folds_file)
+    if cfg.data.volumes is not None and cfg.tune.volume_cleanup:
+        classes = list(cfg.data.classes)
+        nested = {int(f): params_list(v["classes"], classes, where=f"nested fold {f}")
+                  for f, v in (result.get("nested") or {}).items()}
+        result["volume_cleanup"] = tune_volumes(
+            comp.volume_set("train"), store.ids, fold_of(folds) if folds is not None else None,
+            lambda i: np.asarray(store[i]), comp.read_mask, classes, params_list(result["classes"], classes),
+            nested, exclusive, cfg.tune.min_volumes)
     unit.begin()
     write_per_image(paths.scores, per_image, list(cfg.data.classes))
     result["plots"] = [str(p) for p in plot_curves(result["curves"], paths, metric.name)]
@@ -93,6 +102,14 @@ def run(cfg: Config) -> int:
         print(f"tune: {name}: {text}")
     if plain:
         print(f"tune: plain pipeline ({plain[0]}, raw OOF p>0.5): {plain[1]:.4f}")
+    volume = result.get("volume_cleanup")
+    if volume:
+        for name, text in volume["summary"].items():
+            print(f"tune: {name}: {text}")
+        nested_text = (f"{volume['dice_before_nested']:.4f} -> {volume['cv_nested']:.4f} nested, "
+                       if volume["cv_nested"] is not None else "")
+        print(f"tune: per-volume dice, 3D clean-up: {nested_text}{volume['dice_before']:.4f} -> "
+              f"{volume['dice_after']:.4f} in-sample, on {volume['volumes']} OOF volumes")
     print(f"tune: {metric.name} CV {tuned_cv(result)} (ensemble OOF p>0.5: {result['cv_baseline']:.4f}; keep rule "
           f"{result['keep_rule']}) on {result['n_images']} images in {result['seconds']['total']:.1f} s "
           f"-> {paths.json}")

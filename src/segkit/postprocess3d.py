@@ -1,0 +1,65 @@
+"""Clean-up of whole volumes, after the slice-wise post-processing: what 2D rules cannot see, a blob of a few
+voxels floating slices away from the organ, or a second body where anatomy has one.
+
+Per class: keep only the largest connected component in 3D (``largest``), or drop the components smaller than
+``min_volume`` voxels. Connectivity is full (26 neighbours): touching diagonally is touching. ``segkit tune``
+chooses each class's rule on the OOF volumes by per-volume Dice (segkit.tune.volumes), keeps it only where it
+gains, and ``segkit evaluate`` / ``segkit submit`` apply it to every volume they write or score.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+FULL = np.ones((3, 3, 3), dtype=bool)
+
+
+@dataclass(frozen=True)
+class VolumeParams:
+    largest: bool = False
+    min_volume: int = 0
+
+    @property
+    def active(self) -> bool:
+        return self.largest or self.min_volume > 0
+
+    def describe(self) -> str:
+        if self.largest:
+            return "largest 3D component only"
+        return f"3D components of at least {self.min_volume} voxels" if self.min_volume else "no 3D clean-up"
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def volume_params(saved: Mapping[str, Any] | None, classes: Sequence[str]) -> list[VolumeParams]:
+    """Each class's rule from tune.json's ``volume_cleanup.classes`` (none where it holds no rule)."""
+    saved = saved or {}
+    return [VolumeParams(**saved[c]) if c in saved else VolumeParams() for c in classes]
+
+
+def clean_class(mask: np.ndarray, params: VolumeParams) -> np.ndarray:
+    """One class's (X, Y, Z) 0/1 mask after its rule."""
+    if not params.active or not mask.any():
+        return mask
+    labels, n = ndimage.label(mask, structure=FULL)
+    if n <= 1 and not params.min_volume:
+        return mask
+    sizes = np.bincount(labels.ravel())[1:]
+    if params.largest:
+        keep = np.zeros(n + 1, dtype=bool)
+        keep[1 + int(np.argmax(sizes))] = True
+    else:
+        keep = np.concatenate([[False], sizes >= params.min_volume])
+    return keep[labels].astype(mask.dtype)
+
+
+def clean_volume(masks: np.ndarray, params: Sequence[VolumeParams]) -> np.ndarray:
+    """(K, X, Y, Z) 0/1 masks, each class after its rule."""
+    if not any(p.active for p in params):
+        return masks
+    return np.stack([clean_class(masks[k], params[k]) for k in range(masks.shape[0])])
