@@ -12,6 +12,8 @@ from segkit.errors import ConfigError, SegkitError
 from segkit.oof import MeanStore, StoreUnion
 from segkit.probs import ProbWriter
 
+from conftest import CONFIGS
+
 TINY = ("{name: %s, arch: %s, encoder: tu-resnet10t, encoder_weights: %s, "
         "params: {encoder_depth: 3, decoder_channels: [16, 8, 4]}}")
 
@@ -134,3 +136,18 @@ def test_pseudo_row_scores_the_round_models(demo_cfg, one_torch_thread):
     assert 0 <= table["+ pseudo-labels"].scores["dice"] <= 1
     # The pipeline's own tuned ensemble after the round is the last line.
     assert set(table["segkit run"].scores) == {"dice"}
+
+
+def test_a_25d_recipe_ablates_on_single_slices_and_adds_the_context_as_a_row(tmp_path):
+    from segkit.config import load_config
+
+    cfg = load_config(CONFIGS / "isbi2012_membrane.yaml", [f"paths.runs={tmp_path}"])
+    runs = ablation.variants(cfg)
+    assert set(runs) == {"baseline", "loss", "slices"}
+    assert all(v.data.context == 0 and v.data.input_channels == 1 for v in runs.values())
+    slices = runs["slices"]
+    assert slices.models[0].encoder_weights == cfg.models[0].encoder_weights  # the recipe's model, one slice
+    assert slices.train.loss == cfg.train.loss and runs["baseline"].train.loss == {"bce": 1.0}
+    assert slices.layout.run_dir != cfg.layout.run_dir
+    flat = load_config(CONFIGS / "tgs_salt.yaml", [f"paths.runs={tmp_path}"])
+    assert set(ablation.variants(flat)) == {"baseline", "loss"}
