@@ -119,6 +119,7 @@ def test_auto_prediction_batch_fits_the_free_memory():
     assert batch_from_memory(2**40, 110 * mib, 120 * mib) == 256  # capped
     assert batch_from_memory(50 * mib, 110 * mib, 120 * mib) == 1  # never below one
     calls = []
-    assert prediction_batch("auto", calls.append, (3, 128, 128), torch.device("cpu")) == CPU_BATCH
-    assert prediction_batch(32, calls.append, (3, 128, 128), torch.device("cpu")) == 32 and not calls
+    assert prediction_batch("auto", calls.append, lambda: calls.append("shape"), torch.device("cpu")) == CPU_BATCH
+    assert prediction_batch(32, calls.append, lambda: calls.append("shape"), torch.device("cpu")) == 32
+    assert not calls  # neither the forward nor the shape (every image's header) is needed off a GPU
 

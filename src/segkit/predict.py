@@ -203,7 +203,8 @@ def predict_ids(cfg: Config, comp, ids: list[str], split: str, predict: Checkpoi
     tile = p.tile_size
     if tile is not None and tile % predict.pad_to:
         raise ConfigError(f"predict.tile_size: {tile} is not a multiple of the network stride pad_to={predict.pad_to}")
-    batch = prediction_batch(p.batch_size, predict, _largest_input(cfg, comp, todo, split, predict.pad_to), device)
+    batch = prediction_batch(p.batch_size, predict, lambda: _largest_input(cfg, comp, todo, split, predict.pad_to),
+                             device)
     ds = SegDataset(comp, todo, split=split, augment=None, pad_to=predict.pad_to, with_mask=False)
     # Pinned pages let the copies to a GPU run asynchronously (non_blocking below) while the next batch decodes.
     loader = DataLoader(ds, batch_size=batch, shuffle=False, num_workers=loader_workers(p.workers, device),

@@ -4,7 +4,7 @@ free memory. A config's ``auto`` is resolved here, once, by the stage that knows
 - ``loader_workers("auto", device)``: on a GPU, the cores this rank may use minus two (the training process and
   the GPU's feeding thread keep one each), at most 16; on the CPU 0, because there the network's own threads use
   every core and a worker process decoding beside them only takes cores from it.
-- ``prediction_batch("auto", forward, shape, device)``: on a GPU, measured: the memory one and two images take
+- ``prediction_batch("auto", forward, shape_of, device)``: on a GPU, measured: the memory one and two images take
   through the real forward (TTA views and all checkpoints included) gives a per-image cost and a fixed cost, and
   the batch is what fits 70 % of the free memory, at most 256; on the CPU ``CPU_BATCH``. Batch size never changes
   what is predicted, so it is no part of a store's identity.
@@ -51,14 +51,17 @@ def batch_from_memory(free: int, one: int, two: int, cap: int = MAX_BATCH) -> in
     return int(max(1, min(cap, (free * HEADROOM - fixed) // per_image)))
 
 
-def prediction_batch(setting: Setting, forward: Callable[[torch.Tensor], torch.Tensor], shape: Sequence[int],
-                     device: torch.device, key: str = "predict.batch_size") -> int:
-    """Images per forward call for ``setting``; ``auto`` on a GPU measures ``forward`` on zeros of ``shape``
-    (C, H, W: the largest input it will see) and prints the choice."""
+def prediction_batch(setting: Setting, forward: Callable[[torch.Tensor], torch.Tensor],
+                     shape_of: Callable[[], Sequence[int]], device: torch.device, key: str = "predict.batch_size"
+                     ) -> int:
+    """Images per forward call for ``setting``; ``auto`` on a GPU measures ``forward`` on zeros of ``shape_of()``
+    (C, H, W: the largest input it will see; asked for only then, since finding it reads every image's header) and
+    prints the choice."""
     if setting != "auto":
         return int(setting)
     if device.type != "cuda":
         return CPU_BATCH
+    shape = tuple(shape_of())
     peaks = []
     with torch.inference_mode():
         for n in (1, 2):
