@@ -41,14 +41,13 @@ from segkit import atomic
 from segkit.config import Config
 from segkit.data import Competition
 from segkit.data.folds import fold_of, load_folds
-from segkit.data.volumes import assemble
 from segkit.errors import DataError
 from segkit.freshness import Unit, fingerprint
 from segkit.metrics import get_metric, overlap_counts, roc_auc
 from segkit.metrics.image_scores import COUNT_SCORES, SURFACE_SCORES, surface_class_scores
 from segkit.metrics.volume_scores import VOLUME_METRICS, volume_scores
 from segkit.postprocess import params_list, postprocess, read_tuned
-from segkit.postprocess3d import clean_volume, volume_params
+from segkit.postprocess3d import case_masks, case_truth, clean_volume, volume_params
 from segkit.probs import ProbStore, manifest
 from segkit.progress import bar
 from segkit.stages import final_ensemble_maker, final_store
@@ -143,10 +142,8 @@ def score_volumes(comp: Competition, store: ProbStore, ids: list[str], params_of
         if set(order) != members:
             raise DataError(f"{store.folder}: volume {case!r} has {len(members)} of its {len(order)} slices in the "
                             f"{split} split; a volume's slices belong to one split")
-        pred = assemble([postprocess(np.asarray(store[i]), params_of(i), exclusive=exclusive) for i in order],
-                        volumes.axis)
-        pred = clean_volume(pred, cleanup_of(order[0]))
-        truth = assemble([comp.read_mask(i) for i in order], volumes.axis)
+        pred = clean_volume(case_masks(volumes, case, store.__getitem__, params_of, exclusive), cleanup_of(order[0]))
+        truth = case_truth(volumes, case, comp.read_mask)
         scores = volume_scores(pred, truth, volumes.spacing(case), tolerance)
         for k, cls in enumerate(classes):
             rows.append({"volume": case, "class": cls, "truth_voxels": int(truth[k].sum()),

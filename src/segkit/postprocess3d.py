@@ -10,10 +10,13 @@ gains, and ``segkit evaluate`` / ``segkit submit`` apply it to every volume they
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from scipy import ndimage
+
+from segkit.data.volumes import VolumeSet, assemble
+from segkit.postprocess import postprocess
 
 FULL = np.ones((3, 3, 3), dtype=bool)
 
@@ -63,3 +66,16 @@ def clean_volume(masks: np.ndarray, params: Sequence[VolumeParams]) -> np.ndarra
     if not any(p.active for p in params):
         return masks
     return np.stack([clean_class(masks[k], params[k]) for k in range(masks.shape[0])])
+
+
+def case_masks(volumes: VolumeSet, case: str, probs_of: Callable[[str], np.ndarray], params_of: Callable[[str], Any],
+               exclusive: bool) -> np.ndarray:
+    """(K, X, Y, Z) 0/1 masks of a case: each slice's probabilities post-processed with ``params_of(slice id)``, as
+    the submission makes them, and stacked back into the volume (not yet cleaned in 3D)."""
+    return assemble([postprocess(np.asarray(probs_of(i)), params_of(i), exclusive=exclusive)
+                     for i in volumes.slices_of(case)], volumes.axis)
+
+
+def case_truth(volumes: VolumeSet, case: str, read_mask: Callable[[str], np.ndarray]) -> np.ndarray:
+    """(K, X, Y, Z) 0/1 truth of a labelled case, from its slices' masks."""
+    return assemble([read_mask(i) for i in volumes.slices_of(case)], volumes.axis)

@@ -25,12 +25,12 @@ import pandas as pd
 from segkit import atomic, rle
 from segkit.config import Config
 from segkit.data import Competition, read_csv
-from segkit.data.volumes import assemble, write_labels
+from segkit.data.volumes import write_labels
 from segkit.errors import DataError
 from segkit.freshness import Unit, fingerprint
 from segkit.metrics import CompetitionMetric, get_metric
 from segkit.postprocess import params_list, postprocess, read_tuned, tuned_cv
-from segkit.postprocess3d import VolumeParams, clean_volume, volume_params
+from segkit.postprocess3d import VolumeParams, case_masks, clean_volume, volume_params
 from segkit.probs import ProbStore, manifest
 from segkit.stages import final_store
 from segkit.validate import rle_column, validate_frame
@@ -80,8 +80,7 @@ class FinalMasks:
 
     def volume(self, case: str, cleaned: bool = False) -> np.ndarray:
         """(K, X, Y, Z) masks of a test case, slice-wise post-processed (and, ``cleaned``, cleaned in 3D)."""
-        masks = assemble([postprocess(np.asarray(self.store[i]), self.params, exclusive=self.exclusive)
-                          for i in self.volumes.slices_of(case)], self.volumes.axis)
+        masks = case_masks(self.volumes, case, self.store.__getitem__, lambda _: self.params, self.exclusive)
         return clean_volume(masks, self.cleanup) if cleaned and self.cleanup else masks
 
 

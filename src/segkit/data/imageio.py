@@ -66,12 +66,19 @@ def read_raw(path: str | Path) -> np.ndarray:
     return arr
 
 
-def _read_npy(path: Path) -> np.ndarray:
-    """An (H, W) or (H, W, C) array; never unpickled (a .npy of objects is refused)."""
+def _load_npy(path: str | Path, mmap_mode: str | None = None) -> np.ndarray:
+    """np.load that never unpickles: a .npy of objects is refused, naming the file."""
     try:
-        arr = np.load(path, allow_pickle=False)
+        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
     except ValueError as err:
         raise DataError(f"{path}: not a plain numeric .npy array ({str(err).splitlines()[0][:120]})") from None
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    """An (H, W) or (H, W, C) array."""
+    arr = _load_npy(path)
     if arr.ndim not in (2, 3) or arr.dtype.kind not in "uif":
         raise DataError(f"{path}: expected an (H, W) or (H, W, C) numeric array, got {arr.dtype} {arr.shape}")
     return arr
@@ -107,12 +114,7 @@ def _refuse_bombs(path: Path) -> None:
 def image_size(path: str | Path) -> tuple[int, int]:
     """(H, W) from the file header only: cheap enough to call for every image of a big set."""
     if Path(path).suffix.lower() == ".npy":
-        try:
-            return tuple(np.load(path, mmap_mode="r", allow_pickle=False).shape[:2])
-        except FileNotFoundError:
-            raise DataError(f"{path}: file not found") from None
-        except ValueError as err:
-            raise DataError(f"{path}: not a plain numeric .npy array ({str(err).splitlines()[0][:120]})") from None
+        return tuple(_load_npy(path, mmap_mode="r").shape[:2])  # the header: nothing read but the shape
     try:
         with Image.open(path) as im:
             w, h = im.size

@@ -21,18 +21,28 @@ from segkit.metrics.surface import surface_distances
 VOLUME_METRICS = ("dice", "iou", "rvd", "hd95", "assd", "nsd")
 
 
+def overlap(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per class (K,) Dice and IoU of bool (K, ...) masks; 1 where both are empty."""
+    p = np.asarray(pred, bool).reshape(len(pred), -1)
+    t = np.asarray(truth, bool).reshape(len(truth), -1)
+    inter = (p & t).sum(1).astype(np.float64)
+    total = (p.sum(1) + t.sum(1)).astype(np.float64)
+    union = total - inter
+    dice = np.where(total == 0, 1.0, 2 * inter / np.maximum(total, 1))
+    iou = np.where(union == 0, 1.0, inter / np.maximum(union, 1))
+    return dice, iou
+
+
 def volume_scores(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float], tolerance: float = 1.0
                   ) -> dict[str, np.ndarray]:
     """Per class (K,): every VOLUME_METRICS score of bool (K, X, Y, Z) masks."""
     pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
     k = pred.shape[0]
     out = {name: np.empty(k, np.float64) for name in VOLUME_METRICS}
+    out["dice"], out["iou"] = overlap(pred, truth)
     for c in range(k):
         p, t = pred[c], truth[c]
-        inter, ps, ts = float((p & t).sum()), float(p.sum()), float(t.sum())
-        union = ps + ts - inter
-        out["dice"][c] = 1.0 if ps + ts == 0 else 2 * inter / (ps + ts)
-        out["iou"][c] = 1.0 if union == 0 else inter / union
+        ps, ts = float(p.sum()), float(t.sum())
         out["rvd"][c] = (ps - ts) / ts if ts else (0.0 if ps == 0 else math.inf)
         dist = surface_distances(p, t, tuple(spacing))
         out["hd95"][c] = dist.hd95()

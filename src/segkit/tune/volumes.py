@@ -16,21 +16,14 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from segkit.data.volumes import VolumeSet, assemble
-from segkit.postprocess import postprocess
-from segkit.postprocess3d import VolumeParams, clean_volume
+from segkit.data.volumes import VolumeSet
+from segkit.metrics.volume_scores import overlap
+from segkit.postprocess3d import VolumeParams, case_masks, case_truth, clean_volume
 from segkit.progress import bar
 
 
 def candidates(min_volumes: Sequence[int]) -> list[VolumeParams]:
     return [VolumeParams(), VolumeParams(largest=True)] + [VolumeParams(min_volume=v) for v in min_volumes if v > 0]
-
-
-def _dice(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """Per class (K,) Dice of (K, X, Y, Z) masks; 1 when both are empty."""
-    p, t = pred.reshape(pred.shape[0], -1).astype(bool), truth.reshape(truth.shape[0], -1).astype(bool)
-    inter, total = (p & t).sum(1), p.sum(1) + t.sum(1)
-    return np.where(total == 0, 1.0, 2 * inter / np.maximum(total, 1))
 
 
 def score_table(volumes: VolumeSet, cases: list[str], read_probs: Callable[[str], np.ndarray],
@@ -39,14 +32,13 @@ def score_table(volumes: VolumeSet, cases: list[str], read_probs: Callable[[str]
     """(V, K, C): the Dice of every case, class and candidate, the slices post-processed with ``params``."""
     table = None
     for v, case in enumerate(bar(cases, desc, total=len(cases))):
-        order = volumes.slices_of(case)
-        pred = assemble([postprocess(read_probs(i), params, exclusive=exclusive) for i in order], volumes.axis)
-        truth = assemble([read_mask(i) for i in order], volumes.axis)
+        pred = case_masks(volumes, case, read_probs, lambda _: params, exclusive)
+        truth = case_truth(volumes, case, read_mask)
         k = pred.shape[0]
         if table is None:
             table = np.empty((len(cases), k, len(options)), np.float64)
         for c, option in enumerate(options):
-            table[v, :, c] = _dice(clean_volume(pred, [option] * k), truth)
+            table[v, :, c] = overlap(clean_volume(pred, [option] * k), truth)[0]
     return table
 
 
