@@ -224,3 +224,99 @@ def test_a_per_slice_sample_submission_names_slices_and_classes(volume_root, tmp
                                                                                                    index=False)
     with pytest.raises(DataError, match=r"id 'case_009_slice_0000' is no slice of a test volume"):
         Competition(cfg.data).test_ids
+
+
+def test_orthogonal_views_cut_cases_along_every_axis(volume_root, tmp_path):
+    from segkit.errors import ConfigError
+
+    cfg = _cfg(volume_root, tmp_path, "data.context=1", "data.volumes.train_axes=[2, 0]",
+               "data.volumes.predict_axes=[0, 2]")
+    comp = Competition(cfg.data)
+    volumes = comp.volume_set()
+    assert len(comp.train_ids) == 6 * SHAPE[2]  # the fold file's ids stay the slices along axis 2
+    stack = np.stack([comp.read_image(f"case_001_s{i:03d}")[..., 1] for i in range(SHAPE[2])], axis=2)
+    first = comp.read_image("case_001@axis0_0000")
+    assert first.shape == (SHAPE[1], SHAPE[2], 3)
+    assert np.allclose(first[..., 1], stack[0]) and np.allclose(first[..., 0], stack[1])  # index -1 mirrors to 1
+    mask = comp.read_mask("case_001@axis0_0005")
+    truth = np.asarray(nib.load(volume_root / "labelsTr" / "case_001.nii.gz").dataobj)[5]
+    assert np.array_equal(mask[0], truth == 1) and comp.image_size("case_001@axis0_0005") == (SHAPE[1], SHAPE[2])
+    trains = comp.training_slices(volumes.slices_of("case_002"))
+    assert len(trains) == SHAPE[2] + SHAPE[0] and trains[-1] == "case_002@axis0_0019"  # that case's views only
+    with pytest.raises(ConfigError, match=r"predict_axes: axis 1 is not among train_axes \[2, 0\]"):
+        _cfg(volume_root, tmp_path, "data.volumes.train_axes=[2, 0]", "data.volumes.predict_axes=[1]")
+    with pytest.raises(ConfigError, match=r"train_axes: \[0\] leaves out axis 2"):
+        _cfg(volume_root, tmp_path, "data.volumes.train_axes=[0]")
+
+
+def test_views_are_averaged_voxel_by_voxel_back_into_the_slices(volume_root, tmp_path):
+    """A stand-in network that outputs each voxel's label (and, in a second channel, the view's axis) per slice:
+    the views agree on the first channel, so its mean is the label volume itself, laid out along axis 2 again;
+    the second is the mean of the axes' numbers."""
+    from segkit.predict import _predict_views
+
+    cfg = _cfg(volume_root, tmp_path, "data.volumes.train_axes=[0, 1, 2]", "data.volumes.predict_axes=[0, 1, 2]")
+    volumes = Competition(cfg.data).volume_set()
+    labels = np.asarray(nib.load(volume_root / "labelsTr" / "case_003.nii.gz").dataobj)
+
+    def predict_slices(ids, into, label):
+        axis = int(label.rsplit(" ", 1)[1])
+        for i in ids:
+            view = np.take(labels, int(i.rsplit("_", 1)[1].lstrip("s")), axis=axis) * 100
+            into.write(i, np.stack([view, np.full_like(view, 10 * axis)]).astype(np.uint8))
+        return len(ids)
+
+    class Out(dict):
+        def has(self, i):
+            return i in self
+
+        def write(self, i, q):
+            self[i] = q
+
+    out = Out()
+    assert _predict_views(volumes, [0, 1, 2], volumes.slices_of("case_003")[:1], out, predict_slices) == SHAPE[2]
+    assert list(out) == volumes.slices_of("case_003")
+    for j, slice_id in enumerate(out):
+        assert np.array_equal(out[slice_id][0], labels[:, :, j] * 100) and (out[slice_id][1] == 10).all()
+
+
+def test_a_run_trains_and_predicts_along_several_axes(volume_root, tmp_path, capsys, one_torch_thread):
+    from segkit.cli import main
+    from segkit.probs import ProbStore
+
+    args = _args(volume_root, tmp_path, TINY, "device=cpu", "folds.n_splits=2", "train.epochs=1",
+                 "train.batch_size=8", "train.pad_to=8", "train.progress=false", "train.keep=[best]",
+                 "train.crop_size=null", "predict.tta=none", "predict.repredict_oof=true", "ensemble.methods=[mean]",
+                 "tune.morph_radii=[1]", "train.loss={ce: 1}", "data.volumes.train_axes=[2, 0]",
+                 "data.volumes.predict_axes=[2, 0]")
+    assert main(["run", *args]) == 0
+    cfg = load_config(args[1], args[2:])
+    summary = pd.read_json(cfg.layout.fold("tiny", 0).summary, typ="series")
+    assert summary["train_images"] == 3 * SHAPE[2]  # the fold file's ids; the views come on top of them
+    history = pd.read_csv(cfg.layout.fold("tiny", 0).metrics)
+    assert history["steps"].iloc[0] == 3 * (SHAPE[2] + SHAPE[0]) // 8  # slices along axes 2 and 0, full batches
+    store = ProbStore(cfg.layout.model("tiny").oof_tta)
+    assert len(store.ids) == 6 * SHAPE[2] and store[store.ids[0]].shape == (2, SHAPE[0], SHAPE[1])
+    assert ProbStore(cfg.layout.model("tiny").test).ids == [f"case_00{c}_s{i:03d}" for c in (6, 7)
+                                                             for i in range(SHAPE[2])]
+    assert "case_006 along axis 0" not in capsys.readouterr().out  # per-case bars never reach a log
+    assert (cfg.layout.submission_volumes / "case_007.nii.gz").exists()
+
+
+def test_the_ablation_rows_split_tta_along_one_axis_from_the_views(volume_root, tmp_path, one_torch_thread):
+    from segkit import ablate
+    from segkit.probs import ProbStore
+
+    args = _args(volume_root, tmp_path, TINY, "device=cpu", "folds.n_splits=2", "train.epochs=1",
+                 "train.batch_size=8", "train.pad_to=8", "train.progress=false", "train.keep=[best]",
+                 "train.crop_size=null", "predict.tta=hflip", "predict.repredict_oof=true", "ensemble.methods=[mean]",
+                 "tune.morph_radii=[1]", "train.loss={ce: 1}", "data.volumes.train_axes=[2, 1]",
+                 "data.volumes.predict_axes=[2, 1]")
+    cfg = load_config(args[1], args[2:])
+    table = {r.name: r for r in ablate.run(cfg, with_variants=False)}
+    one, both = table["+ TTA"], table["+ orthogonal views"]
+    assert one.what.endswith("slices along axis 2 alone") and "[2, 1]" in both.what
+    assert one.scores["dice"] != both.scores["dice"]
+    assert both.scores["dice"] == ablate.Scorer(cfg, [], Competition(cfg.data)).raw(
+        ablate.tta_oof(cfg.layout, "tiny", list(ProbStore(cfg.layout.model("tiny").oof_tta).ids)))["dice"]
+    assert len(ProbStore(cfg.layout.quality.one_axis("tiny")).ids) == 6 * SHAPE[2]

@@ -11,7 +11,10 @@ recipe's first model, on the same folds, epochs and augmentation, isolate the tr
                     with data.context 0); this one is the recipe's model with its neighbouring slices as channels
     + tiles         its best checkpoints re-predicting the images in tiles of ``predict.tile_size``, no TTA
                     (quality/tiles)
-    + TTA           its out-of-fold predictions re-made with the recipe's TTA (``predict.repredict_oof``)
+    + TTA           its out-of-fold predictions re-made with the recipe's TTA (``predict.repredict_oof``); with
+                    orthogonal views (``data.volumes.predict_axes``), along ``data.volumes.axis`` alone
+                    (quality/one_axis)
+    + views         (orthogonal views) the same averaged over every axis of ``predict_axes``: the recipe's OOF
     + ensemble      the mean of every recipe model's TTA OOF (when the recipe has more than one)
     + threshold     tuned threshold, minimum area and empty-mask rule (segkit.tune, morphology off)
     + morphology    the whole tune search (hole filling, opening, closing, keep-largest, ...)
@@ -126,6 +129,21 @@ def predict_tiles(cfg: Config, comp: Competition, folds: Sequence[int], table: p
                 World(), folder=cfg.layout.quality.tiles(cfg.models[0].name))
 
 
+def views(cfg: Config) -> bool:
+    """Whether the recipe predicts volumes along more than one axis (its TTA row is then one axis alone)."""
+    v = cfg.data.volumes
+    return v is not None and v.prediction_axes != [v.axis]
+
+
+def predict_one_axis(cfg: Config, comp: Competition, folds: Sequence[int], table: pd.DataFrame) -> None:
+    """The first model's OOF re-predicted with the recipe's TTA along ``data.volumes.axis`` alone, so the views
+    row shows what the other axes add on the same checkpoints."""
+    spec = cfg.data.volumes.model_copy(update={"predict_axes": None})
+    one = cfg.model_copy(update={"data": cfg.data.model_copy(update={"volumes": spec})})
+    predict_oof(one, comp, cfg.models[0], table[table["fold"].isin(list(folds))], resolve_device(cfg.device),
+                World(), folder=cfg.layout.quality.one_axis(cfg.models[0].name))
+
+
 def _tta_store(cfg: Config, model: str, ids: Sequence[str]) -> StoreUnion:
     try:
         return tta_oof(cfg.layout, model, ids)
@@ -224,7 +242,15 @@ def rows(cfg: Config, runs: dict[str, Config], folds: Sequence[int], ids: Sequen
         what = f"predict.tile_size: {tile} ({cfg.predict.tile_blend}, overlap {cfg.predict.tile_overlap})"
         yield Row("+ tiles", what, scorer.raw(StoreUnion([cfg.layout.quality.tiles(first)], ids)))
     tta = _tta_store(cfg, first, ids)
-    yield Row("+ TTA", f"predict.tta: {cfg.predict.tta} ({cfg.predict.tta_merge})", scorer.raw(tta))
+    what = f"predict.tta: {cfg.predict.tta} ({cfg.predict.tta_merge})"
+    if views(cfg):
+        v = d.volumes
+        yield Row("+ TTA", f"{what}; slices along axis {v.axis} alone",
+                  scorer.raw(StoreUnion([cfg.layout.quality.one_axis(first)], ids)))
+        yield Row("+ orthogonal views", f"data.volumes.predict_axes: {v.prediction_axes} averaged per voxel "
+                  f"(trained along {v.training_axes})", scorer.raw(tta))
+    else:
+        yield Row("+ TTA", what, scorer.raw(tta))
     if len(base_models) > 1:
         store = MeanStore([_tta_store(cfg, m, ids) for m in base_models])
         yield Row("+ ensemble", f"mean of {len(base_models)} models: {', '.join(base_models)}", scorer.raw(store))
@@ -310,6 +336,10 @@ def run(cfg: Config, folds: Sequence[int] = (), metrics: Sequence[str] = (), tra
         began = time.perf_counter()
         predict_tiles(cfg, comp, chosen, table)
         timings["tiles"] = time.perf_counter() - began
+    if views(cfg):
+        began = time.perf_counter()
+        predict_one_axis(cfg, comp, chosen, table)
+        timings["one_axis"] = time.perf_counter() - began
     if train_only:
         return []
     result = []

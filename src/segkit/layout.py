@@ -23,7 +23,7 @@
                                  competitions: per volume and class, in mm), evaluate.json, stamp.json
       report/                    report: report.md, plots, stamp.json
       quality/                   ablate: baseline/, loss/ (and slices/) (experiments of their own), tiles/<model>/,
-                                 quality.json, quality.md
+                                 one_axis/<model>/, quality.json, quality.md
       stamps/                    the stamps of the units whose outputs have no folder of their own (check, submit)
     folds/<competition>.csv      folds (committed with the code: part of reproducibility)
     submissions/<experiment>.csv submit
@@ -245,7 +245,8 @@ class ReportPaths:
 @dataclass(frozen=True)
 class QualityPaths:
     """The ablation (``segkit ablate``): its extra experiments live under ``runs`` (they are experiments with a
-    layout of their own), the tiled re-prediction under ``tiles/<model>``."""
+    layout of their own), the tiled re-prediction under ``tiles/<model>``, the one-axis one under
+    ``one_axis/<model>``."""
 
     dir: Path
 
@@ -255,6 +256,10 @@ class QualityPaths:
 
     def tiles(self, model: str) -> Path:
         return self.dir / "tiles" / model
+
+    def one_axis(self, model: str) -> Path:
+        """The OOF re-predicted with the recipe's TTA along data.volumes.axis alone (no orthogonal views)."""
+        return self.dir / "one_axis" / model
 
     @property
     def json(self) -> Path:

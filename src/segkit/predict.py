@@ -41,6 +41,7 @@ from segkit import atomic
 from segkit.config import Config
 from segkit.config.schema import ModelConfig
 from segkit.data import Competition, SegDataset, by_size, pad_collate, unpad
+from segkit.data.volumes import assemble
 from segkit.data.folds import check_fold, fold_numbers, load_folds
 from segkit.device import resolve_device
 from segkit.errors import ConfigError, DataError
@@ -72,9 +73,12 @@ def fold_checkpoints(cfg: Config, model: str, fold: int) -> list[Path]:
 def _inputs(cfg: Config, checkpoints: dict[int, list[Path]], kind: str) -> dict:
     """What decides a store's probabilities: the checkpoints (as files on disk) and the prediction settings."""
     p = cfg.predict
-    return {"kind": kind, "tta": p.tta, "tta_merge": p.tta_merge, "amp": p.amp, "tile_size": p.tile_size,
-            "tile_overlap": p.tile_overlap, "tile_blend": p.tile_blend,
-            "checkpoints": {str(k): fingerprints(v) for k, v in checkpoints.items()}}
+    inputs = {"kind": kind, "tta": p.tta, "tta_merge": p.tta_merge, "amp": p.amp, "tile_size": p.tile_size,
+              "tile_overlap": p.tile_overlap, "tile_blend": p.tile_blend,
+              "checkpoints": {str(k): fingerprints(v) for k, v in checkpoints.items()}}
+    if cfg.data.volumes is not None and cfg.data.volumes.predict_axes is not None:
+        inputs["volume_axes"] = cfg.data.volumes.prediction_axes
+    return inputs
 
 
 def store_unit(cfg: Config, model: str, per_fold: dict[int, list[Path]]) -> Unit:
@@ -193,9 +197,10 @@ def predict_ids(cfg: Config, comp, ids: list[str], split: str, predict: Checkpoi
     """Predict the ids not yet in every store of ``out`` and write them; returns how many were predicted. Under
     DDP each rank takes its share of all ``ids`` first and then skips what is on disk, so the shares never depend on
     how far another rank has got."""
+    views = cfg.data.volumes is not None and cfg.data.volumes.prediction_axes != [cfg.data.volumes.axis]
     todo = by_size(comp, ids, split)
     if world is not None and world.size > 1:
-        todo = todo[world.rank::world.size]
+        todo = _cases_share(comp.volume_set(split), todo, world) if views else todo[world.rank::world.size]
     todo = [i for i in todo if not out.has(i)]
     if not todo:
         return 0
@@ -203,18 +208,74 @@ def predict_ids(cfg: Config, comp, ids: list[str], split: str, predict: Checkpoi
     tile = p.tile_size
     if tile is not None and tile % predict.pad_to:
         raise ConfigError(f"predict.tile_size: {tile} is not a multiple of the network stride pad_to={predict.pad_to}")
-    batch = prediction_batch(p.batch_size, predict, lambda: _largest_input(cfg, comp, todo, split, predict.pad_to),
+    sized = _view_ids(comp.volume_set(split), cfg.data.volumes.prediction_axes, todo) if views else todo
+    batch = prediction_batch(p.batch_size, predict, lambda: _largest_input(cfg, comp, sized, split, predict.pad_to),
                              device)
-    ds = SegDataset(comp, todo, split=split, augment=None, pad_to=predict.pad_to, with_mask=False)
-    # Pinned pages let the copies to a GPU run asynchronously (non_blocking below) while the next batch decodes.
-    loader = DataLoader(ds, batch_size=batch, shuffle=False, num_workers=loader_workers(p.workers, device),
-                        collate_fn=pad_collate, pin_memory=device.type == "cuda")
+
+    def predict_slices(slice_ids: list[str], into, label: str = desc) -> int:
+        ds = SegDataset(comp, slice_ids, split=split, augment=None, pad_to=predict.pad_to, with_mask=False)
+        # Pinned pages let the copies to a GPU run asynchronously (non_blocking below) while the next batch decodes.
+        loader = DataLoader(ds, batch_size=batch, shuffle=False, num_workers=loader_workers(p.workers, device),
+                            collate_fn=pad_collate, pin_memory=device.type == "cuda")
+        with torch.inference_mode():
+            return _predict_batches(loader, predict, into, tile, p, batch, device, label, world)
+
     began = time.perf_counter()
-    with torch.inference_mode():
-        done = _predict_batches(loader, predict, out, tile, p, batch, device, desc, world)
+    if views:
+        done = _predict_views(comp.volume_set(split), cfg.data.volumes.prediction_axes, todo, out, predict_slices)
+    else:
+        done = predict_slices(todo, out)
     if desc:
         rate = done / max(time.perf_counter() - began, 1e-9)
         print(f"predict: {desc}: {done} images ({rate:.1f} images/s)", flush=True)
+    return done
+
+
+def _cases_share(volumes, ids: list[str], world) -> list[str]:
+    """This rank's share of ``ids`` when whole cases are the unit (orthogonal views): every slice of its cases."""
+    cases = list(dict.fromkeys(volumes.case_of(i) for i in ids))[world.rank::world.size]
+    mine = set(cases)
+    return [i for i in ids if volumes.case_of(i) in mine]
+
+
+class _Collected(dict):
+    """A pass's uint8 probabilities kept in memory, id -> (G * K, H, W), where Outputs would write them."""
+
+    def has(self, image_id: str) -> bool:
+        return image_id in self
+
+    def write(self, image_id: str, q: np.ndarray) -> None:
+        self[image_id] = q
+
+
+def _view_ids(volumes, axes: list[int], ids: list[str]) -> list[str]:
+    """Every slice the orthogonal views of ``ids``' cases predict."""
+    return [i for case in dict.fromkeys(volumes.case_of(i) for i in ids) for a in axes for i in volumes.cut(case, a)]
+
+
+def _predict_views(volumes, axes: list[int], todo: list[str], out: Outputs,
+                   predict_slices: Callable[[list[str], object], int]) -> int:
+    """Orthogonal-view TTA: each case of ``todo`` predicted slice by slice along every axis of ``axes``; a voxel's
+    probability is the mean of its views (each quantised, like the folds of a store), written slice by slice along
+    ``volumes.axis``. One case is in memory at a time: a uint8 volume of the view being predicted and a uint16 sum
+    of the views, per output channel. Returns the slices written."""
+    done = 0
+    for case in dict.fromkeys(volumes.case_of(i) for i in todo):
+        total: Optional[np.ndarray] = None
+        for axis in axes:
+            ids = volumes.cut(case, axis)
+            views = _Collected()
+            predict_slices(ids, views, f"{case} along axis {axis}")
+            view = assemble([views.pop(i) for i in ids], axis)  # (G * K, X, Y, Z)
+            if total is None:
+                total = np.zeros(view.shape, np.uint16)
+            total += view
+            del view
+        for j, slice_id in enumerate(volumes.slices_of(case)):
+            if not out.has(slice_id):
+                mean = np.take(total, j, axis=1 + volumes.axis).astype(np.float64) / len(axes)
+                out.write(slice_id, np.rint(mean).astype(np.uint8))  # rounds as segkit.probs.mean_uint8
+                done += 1
     return done
 
 

@@ -71,6 +71,10 @@ class VolumeSpec(Section):
     slice_id: str = "{volume}_s{index:03d}"  # a slice's id (and its per-slice submission rows)
     intensity: Literal["zscore", "none"] = "zscore"  # per volume and modality, after data.clip_percentiles
     nsd_tolerance: float = Field(1.0, gt=0)  # mm: normalised surface Dice counts surface voxels this close
+    # Orthogonal views: training cuts the training cases along each of train_axes (validation stays on `axis`),
+    # and prediction predicts every case along each of predict_axes and averages them (default: `axis` alone).
+    train_axes: Optional[list[int]] = None
+    predict_axes: Optional[list[int]] = None
 
     @field_validator("slice_id")
     @classmethod
@@ -82,6 +86,28 @@ class VolumeSpec(Section):
         if "{volume" not in v or "{index" not in v:
             raise ValueError("slice_id: must name {volume} and {index}")
         return v
+
+    @model_validator(mode="after")
+    def _views(self) -> "VolumeSpec":
+        for key in ("train_axes", "predict_axes"):
+            axes = getattr(self, key)
+            if axes is not None and (not axes or len(set(axes)) != len(axes) or not set(axes) <= {0, 1, 2}):
+                raise ValueError(f"{key}: distinct voxel axes among 0, 1, 2, got {axes}")
+        if self.axis not in self.training_axes:
+            raise ValueError(f"train_axes: {self.train_axes} leaves out axis {self.axis}, which validation cuts along")
+        unseen = [a for a in self.prediction_axes if a not in self.training_axes]
+        if unseen:
+            raise ValueError(f"predict_axes: axis {unseen[0]} is not among train_axes {self.training_axes}: the "
+                             f"networks never saw slices cut along it")
+        return self
+
+    @property
+    def training_axes(self) -> list[int]:
+        return list(self.train_axes or [self.axis])
+
+    @property
+    def prediction_axes(self) -> list[int]:
+        return list(self.predict_axes or [self.axis])
 
 
 class DataConfig(Section):

@@ -244,7 +244,7 @@ class Competition:
             volumes = self.volume_set(split)
             key = volumes.folder
             if key not in self._stacks:
-                self._stacks[key] = Stacks(self.cfg, volumes.positions, str(key))
+                self._stacks[key] = Stacks(self.cfg, {**volumes.positions, **volumes.view_positions}, str(key))
             return self._stacks[key]
         folder = self._folder(split)
         if folder.folder not in self._stacks:
@@ -252,6 +252,16 @@ class Competition:
             self._stacks[folder.folder] = Stacks(self.cfg, positions(self.cfg, ids, self.extra, str(folder.folder)),
                                                  str(folder.folder))
         return self._stacks[folder.folder]
+
+    def training_slices(self, ids: list[str]) -> list[str]:
+        """What a fold trains on, given its training ids: the ids, and for a volume competition trained along
+        several axes (``data.volumes.train_axes``) the same cases' slices along the other axes too."""
+        if self.cfg.volumes is None or self.cfg.volumes.training_axes == [self.cfg.volumes.axis]:
+            return list(ids)
+        volumes = self.volume_set("train")
+        cases = dict.fromkeys(volumes.case_of(i) for i in ids)
+        others = [a for a in self.cfg.volumes.training_axes if a != volumes.axis]
+        return list(ids) + [i for a in others for case in cases for i in volumes.cut(case, a)]
 
     def volume_set(self, split: str = "train") -> VolumeSet:
         """A volume competition's cases: the labelled ones, or the test ones (``data.volumes.test_images``)."""

@@ -3,6 +3,10 @@ of the 2D pipeline (with its neighbours as channels: ``data.context``), so folds
 tuning and submissions work unchanged; what needs the whole volume — per-volume scores in millimetres, label
 volumes with the source's affine — assembles it again from the slices (``assemble``).
 
+Orthogonal views (``data.volumes.train_axes`` / ``predict_axes``): a case is also cut along the other voxel axes.
+Those slices have ids of their own (``<case>@axis<a>_<index>``, never in a fold file or a submission) that
+training draws from and prediction predicts, averaging each voxel's views back into the slices of ``axis``.
+
 Folders: the MSD / nnU-Net layout (``imagesTr/``, ``labelsTr/``, ``imagesTs/``) or any other pair
 (``data.volumes.images`` / ``labels`` / ``test_images``). A case is one file, 3D (one modality) or 4D with the
 modalities last (MSD), or one file a modality named ``<case>_0000.nii.gz``, ``<case>_0001.nii.gz``, ... (nnU-Net);
@@ -30,6 +34,7 @@ from segkit.errors import ConfigError, DataError
 
 NIFTI = (".nii.gz", ".nii")
 _MODALITY = re.compile(r"^(?P<case>.+)_(?P<modality>\d{4})$")
+VIEW_ID = "{volume}@axis{axis}_{index:04d}"  # a slice cut along another axis than data.volumes.axis
 # Volumes kept decoded per process. Validation, prediction and evaluation go volume by volume, so each volume is
 # read once; training draws slices from any volume, and reads a small volume (MSD: 60k voxels, a few ms) again for
 # nearly every slice. Volumes of hundreds of MB would need a slice-addressable cache (not built yet).
@@ -48,6 +53,15 @@ def case_name(path: Path) -> str:
         if name.endswith(ext):
             return name[: -len(ext)]
     return name
+
+
+@dataclass(frozen=True)
+class Cut:
+    """Where a slice is: its case, the voxel axis it is cut along and its index on that axis."""
+
+    case: str
+    axis: int
+    index: int
 
 
 @dataclass(frozen=True)
@@ -102,13 +116,40 @@ class VolumeSet:
         return out
 
     @cached_property
-    def positions(self) -> dict[str, Position]:
-        """slice id -> (case, index), every case's slices in order."""
-        out: dict[str, Position] = {}
-        for name in self.cases:
-            for i in range(self.shape(name)[self.axis]):
-                out[self.spec.slice_id.format(volume=name, index=i)] = Position(name, i)
+    def _cuts(self) -> dict[str, Cut]:
+        """slice id -> where it is, for the slices along ``axis`` (case by case, in index order) and then along
+        the other axes of the views."""
+        out: dict[str, Cut] = {}
+        for axis in [self.axis] + [a for a in self.view_axes if a != self.axis]:
+            for name in self.cases:
+                for i, slice_id in enumerate(self.cut(name, axis)):
+                    out[slice_id] = Cut(name, axis, i)
         return out
+
+    @property
+    def view_axes(self) -> list[int]:
+        """Every axis a slice is cut along, for training or prediction."""
+        return sorted({self.axis, *self.spec.training_axes, *self.spec.prediction_axes})
+
+    @cached_property
+    def positions(self) -> dict[str, Position]:
+        """slice id -> (case, index) of the slices along ``axis``, every case's slices in order."""
+        return {i: Position(c.case, c.index) for i, c in self._cuts.items() if c.axis == self.axis}
+
+    @cached_property
+    def view_positions(self) -> dict[str, Position]:
+        """The same for the slices along the other axes; each (case, axis) is a stack of its own for 2.5D."""
+        return {i: Position(f"{c.case}@axis{c.axis}", c.index) for i, c in self._cuts.items() if c.axis != self.axis}
+
+    def cut(self, case: str, axis: int) -> list[str]:
+        """The ids of a case's slices along ``axis``, in index order."""
+        n = self.shape(case)[axis]
+        if axis == self.axis:
+            return [self.spec.slice_id.format(volume=case, index=i) for i in range(n)]
+        return [VIEW_ID.format(volume=case, axis=axis, index=i) for i in range(n)]
+
+    def case_of(self, slice_id: str) -> str:
+        return self._cuts[slice_id].case
 
     def ids(self) -> list[str]:
         return list(self.positions)
@@ -124,8 +165,9 @@ class VolumeSet:
         return self._headers[case][2]
 
     def slice_size(self, slice_id: str) -> tuple[int, int]:
-        shape = list(self.shape(self.positions[slice_id].volume))
-        del shape[self.axis]
+        cut = self._cuts[slice_id]
+        shape = list(self.shape(cut.case))
+        del shape[cut.axis]
         return shape[0], shape[1]
 
     def slice_spacing(self, case: str) -> tuple[float, float]:
@@ -135,8 +177,8 @@ class VolumeSet:
         return spacing[0], spacing[1]
 
     def slices_of(self, case: str) -> list[str]:
-        """The ids of a case's slices in index order."""
-        return [self.spec.slice_id.format(volume=case, index=i) for i in range(self.shape(case)[self.axis])]
+        """The ids of a case's slices along ``axis`` in index order."""
+        return self.cut(case, self.axis)
 
     # ------------------------------------------------------------------------------------------------ pixels
     def _load(self, name: str) -> tuple[np.ndarray, np.ndarray | None]:
@@ -199,22 +241,19 @@ class VolumeSet:
             raise DataError(f"{case.label}: label value {bad[0]} is not a class (0 = background, 1..{k})")
         return data.astype(np.uint8)
 
-    def _take(self, volume: np.ndarray, index: int) -> np.ndarray:
-        return np.take(volume, index, axis=self.axis)
-
     def image(self, slice_id: str) -> np.ndarray:
         """float32 (H, W, modalities) of one slice."""
-        pos = self.positions[slice_id]
-        image, _ = self._load(pos.volume)
-        return np.ascontiguousarray(self._take(image, pos.index))
+        cut = self._cuts[slice_id]
+        image, _ = self._load(cut.case)
+        return np.ascontiguousarray(np.take(image, cut.index, axis=cut.axis))
 
     def label(self, slice_id: str) -> np.ndarray:
         """uint8 (H, W) label map of one slice (0 background, 1..K)."""
-        pos = self.positions[slice_id]
-        _, label = self._load(pos.volume)
+        cut = self._cuts[slice_id]
+        _, label = self._load(cut.case)
         if label is None:
-            raise DataError(f"case {pos.volume!r}: no label volume")
-        return np.ascontiguousarray(self._take(label, pos.index))
+            raise DataError(f"case {cut.case!r}: no label volume")
+        return np.ascontiguousarray(np.take(label, cut.index, axis=cut.axis))
 
 
 def assemble(slices: list[np.ndarray], axis: int) -> np.ndarray:

@@ -138,6 +138,8 @@ def train_fold(
     identity = {"model": model_cfg.model_dump(mode="json"), "train": tcfg.model_dump(mode="json"),
                 "seed": cfg.seed, "metric": cfg.metric, "mode": mode, "classes": classes,
                 "extra": {"images": len(extra.ids), "share": extra.share} if extra is not None else None}
+    if cfg.data.volumes is not None and cfg.data.volumes.train_axes is not None:
+        identity["train_axes"] = cfg.data.volumes.training_axes  # the slices a fold trains on
     unit = fold_unit(where, paths, identity, val_ids, extra)
     status = unit.status()
     if status in (FRESH, UNSTAMPED):
@@ -168,7 +170,7 @@ def train_fold(
     if device.type == "cpu" and amp_dtype(tcfg.amp) == torch.bfloat16:
         depthwise_float32_when_training(model)
     model = distributed.sync_batchnorm(model, world, tcfg.sync_bn, device)
-    data = TrainData(comp, tcfg, train_ids, base_seed, world, extra)
+    data = TrainData(comp, tcfg, comp.training_slices(train_ids), base_seed, world, extra)
     vloader = val_loader(comp, tcfg, val_ids, world)
     metric = get_metric(cfg.metric, key="metric")
     monitor, monitor_mode = monitor_of(cfg, tcfg, metric)
