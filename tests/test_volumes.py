@@ -92,14 +92,15 @@ def test_folds_and_holdout_keep_volumes_whole(volume_root, tmp_path):
     assert frame.groupby("group")["fold"].nunique().max() == 1 and len(frame) == 5 * SHAPE[2]
 
 
-def test_bad_volumes_are_refused_naming_the_file(tmp_path):
+@pytest.mark.parametrize("stream_above_mb", [512, 0], ids=["decoded", "streamed"])
+def test_bad_volumes_are_refused_naming_the_file(tmp_path, stream_above_mb):
     rng = np.random.default_rng(1)
     root = tmp_path / "bad"
     write_case(root / "imagesTr", "a", rng, root / "labelsTr")
     write_case(root / "imagesTr", "b", rng, root / "labelsTr")
 
     def read(name: str):
-        comp = Competition(_cfg(root, tmp_path).data)
+        comp = Competition(_cfg(root, tmp_path, f"data.volumes.stream_above_mb={stream_above_mb}").data)
         return comp.read_mask(f"{name}_s000")
 
     nib.save(nib.Nifti1Image(np.zeros((5, 5, 10), np.uint8), AFFINE), str(root / "labelsTr" / "a.nii.gz"))
@@ -171,7 +172,7 @@ def test_a_volume_competition_runs_end_to_end(volume_root, tmp_path, capsys, one
     assert cleanup["volumes"] == 6 and set(cleanup["nested"]) == {"0", "1"}
     # evaluate scores each OOF volume with its fold's nested choices, slice-wise and 3D: tune's nested estimate
     assert per_volume["dice"].mean() == pytest.approx(cleanup["cv_nested"], abs=1e-9)
-    assert "tune: per-volume dice, 3D clean-up:" in out
+    assert "tune: per-volume dice, threshold and 3D clean-up:" in out
     for case in ("case_006", "case_007"):
         written = nib.load(cfg.layout.submission_volumes / f"{case}.nii.gz")
         assert written.shape == SHAPE and np.allclose(written.affine, AFFINE)
@@ -196,15 +197,24 @@ def test_3d_cleanup_keeps_the_largest_body_or_drops_small_ones():
     assert clean_volume(masks, [VolumeParams(), VolumeParams()]) is masks
 
 
-def test_the_3d_cleanup_choice_and_its_nested_estimate():
-    from segkit.tune.volumes import choose
+def test_the_volume_step_chooses_a_threshold_and_a_3d_cleanup_per_class():
+    from segkit.postprocess import ClassParams
+    from segkit.postprocess3d import VolumeParams
+    from segkit.tune.volumes import candidates, chosen_params, choose, shifts_of
 
-    table = np.zeros((4, 1, 3))
-    table[:, 0, 0] = 0.5  # nothing
-    table[:, 0, 1] = [0.6, 0.6, 0.4, 0.4]  # largest: helps volumes 0 and 1 only
-    table[:, 0, 2] = 0.45
-    assert choose(table, np.array([0, 1])).tolist() == [1]
-    assert choose(table, np.array([2, 3])).tolist() == [0]  # nothing beats doing nothing there
+    table = np.zeros((4, 2, 2, 3))  # volumes, classes, threshold shifts (0 first), 3D candidates
+    table[:, :, 0, 0] = 0.5  # the slice-wise choice alone
+    table[:, 0, 0, 1] = [0.6, 0.6, 0.4, 0.4]  # class 0, largest: helps volumes 0 and 1 only
+    table[:, 0, 0, 2] = 0.45
+    table[:, 1, 1, 0] = 0.55  # class 1: the shifted threshold helps everywhere
+    assert choose(table, np.array([0, 1])) == [(0, 1), (1, 0)]
+    assert choose(table, np.array([2, 3])) == [(0, 0), (1, 0)]  # nothing beats doing nothing there for class 0
+    shifts = shifts_of([0.1, -0.1])
+    assert shifts == [0.0, -0.1, 0.1]
+    params = [ClassParams(threshold=0.45), ClassParams(threshold=0.5)]
+    picked = chosen_params(params, [(0, 1), (1, 0)], shifts, candidates([10]))
+    assert picked == [VolumeParams(largest=True), VolumeParams(threshold=0.4)]
+    assert picked[1].changes and not picked[1].active and picked[1].describe() == "p>0.40, no 3D clean-up"
 
 
 def test_a_per_slice_sample_submission_names_slices_and_classes(volume_root, tmp_path):
@@ -320,3 +330,21 @@ def test_the_ablation_rows_split_tta_along_one_axis_from_the_views(volume_root, 
     assert both.scores["dice"] == ablate.Scorer(cfg, [], Competition(cfg.data)).raw(
         ablate.tta_oof(cfg.layout, "tiny", list(ProbStore(cfg.layout.model("tiny").oof_tta).ids)))["dice"]
     assert len(ProbStore(cfg.layout.quality.one_axis("tiny")).ids) == 6 * SHAPE[2]
+
+
+def test_large_volumes_are_read_slice_by_slice_like_decoded_ones(volume_root, tmp_path):
+    """Above data.volumes.stream_above_mb a case is never decoded whole: its slices along every axis, and its
+    labels, are read from the file, normalised like a decoded case's (the percentiles here are exact: the sample
+    is the whole of so small a volume)."""
+    from segkit.data.volume_readers import DecodedCase, StreamedCase
+
+    extra = ("data.clip_percentiles=[1, 99]", "data.volumes.train_axes=[2, 0, 1]")
+    decoded = Competition(_cfg(volume_root, tmp_path, *extra).data).volume_set()
+    streamed = Competition(_cfg(volume_root, tmp_path, *extra, "data.volumes.stream_above_mb=0").data).volume_set()
+    for slice_id in ("case_002_s000", "case_002_s007", "case_002@axis0_0003", "case_002@axis1_0023"):
+        assert np.allclose(streamed.image(slice_id), decoded.image(slice_id), atol=1e-5)
+        assert np.array_equal(streamed.label(slice_id), decoded.label(slice_id))
+    assert isinstance(decoded.reader("case_002"), DecodedCase)
+    reader = streamed.reader("case_002")
+    assert isinstance(reader, StreamedCase) and not hasattr(reader, "image")
+    assert len(reader._recent) == reader.kept == 2  # no context: the slice and the next one

@@ -128,7 +128,8 @@ def score_volumes(comp: Competition, store: ProbStore, ids: list[str], params_of
                   cleanup_of: Callable[[str], list], classes: list[str], exclusive: bool, split: str
                   ) -> pd.DataFrame:
     """A volume competition's split scored volume by volume: each volume's slices post-processed as the
-    submission makes them, stacked back into the volume, cleaned in 3D as tuned (``cleanup_of(first slice id)``)
+    submission makes them (at the volume step's thresholds), stacked back into the volume, cleaned in 3D as tuned
+    (``cleanup_of(first slice id)``)
     and scored in mm (``segkit.metrics.volume_scores``)."""
     volumes = comp.volume_set("train")  # OOF and holdout volumes are labelled ones
     where = volumes.positions
@@ -142,7 +143,8 @@ def score_volumes(comp: Competition, store: ProbStore, ids: list[str], params_of
         if set(order) != members:
             raise DataError(f"{store.folder}: volume {case!r} has {len(members)} of its {len(order)} slices in the "
                             f"{split} split; a volume's slices belong to one split")
-        pred = clean_volume(case_masks(volumes, case, store.__getitem__, params_of, exclusive), cleanup_of(order[0]))
+        cleanup = cleanup_of(order[0])
+        pred = clean_volume(case_masks(volumes, case, store.__getitem__, params_of, exclusive, cleanup), cleanup)
         truth = case_truth(volumes, case, comp.read_mask)
         scores = volume_scores(pred, truth, volumes.spacing(case), tolerance)
         for k, cls in enumerate(classes):
@@ -268,8 +270,8 @@ def _oof_params(cfg: Config, tuned: dict, params: list, classes: list[str]) -> t
 
 
 def _cleanup_of(cfg: Config, tuned: dict, classes: list[str]) -> tuple[Callable[[str], list], list]:
-    """The 3D clean-up of an OOF volume (by its first slice's fold: the nested choice made without that fold,
-    where tune made one) and the submission's."""
+    """The volume step's choice (thresholds, 3D clean-up) for an OOF volume (by its first slice's fold: the nested
+    choice made without that fold, where tune made one) and the submission's."""
     saved = tuned.get("volume_cleanup") or {}
     full = volume_params(saved.get("classes"), classes)
     nested = saved.get("nested") or {}

@@ -57,12 +57,13 @@ def _encode(mask: np.ndarray, order: str, relative: bool) -> str:
 
 class FinalMasks:
     """An image's submitted masks: its probabilities post-processed with the tuned parameters, and, in a volume
-    competition with a 3D clean-up, cleaned with its whole volume (computed once a volume, one in memory)."""
+    competition whose volume step chose anything (a threshold, a 3D clean-up), made from its whole volume
+    (computed once a volume, one in memory)."""
 
     def __init__(self, cfg: Config, comp: Competition, store: ProbStore, params, cleanup: list[VolumeParams]):
         self.store, self.params = store, params
         self.exclusive = cfg.data.mode == "multiclass"
-        self.cleanup = cleanup if any(p.active for p in cleanup) else None
+        self.cleanup = cleanup if any(p.changes for p in cleanup) else None
         self.volumes = comp.volume_set("test") if cfg.data.volumes is not None else None
         self._case, self._slices = None, {}
 
@@ -72,16 +73,18 @@ class FinalMasks:
         case = self.volumes.positions[image_id].volume
         if case != self._case:
             order = self.volumes.slices_of(case)
-            masks = self.volume(case, cleaned=True)
+            masks = self.volume(case)
             self._case = case
             self._slices = {i: np.ascontiguousarray(np.take(masks, j, axis=1 + self.volumes.axis))
                             for j, i in enumerate(order)}
         return self._slices[image_id]
 
-    def volume(self, case: str, cleaned: bool = False) -> np.ndarray:
-        """(K, X, Y, Z) masks of a test case, slice-wise post-processed (and, ``cleaned``, cleaned in 3D)."""
-        masks = case_masks(self.volumes, case, self.store.__getitem__, lambda _: self.params, self.exclusive)
-        return clean_volume(masks, self.cleanup) if cleaned and self.cleanup else masks
+    def volume(self, case: str) -> np.ndarray:
+        """(K, X, Y, Z) masks of a test case: its slices post-processed (at the volume step's thresholds, where it
+        chose any) and cleaned in 3D as tuned."""
+        cleanup = self.cleanup or ()
+        masks = case_masks(self.volumes, case, self.store.__getitem__, lambda _: self.params, self.exclusive, cleanup)
+        return clean_volume(masks, cleanup) if cleanup else masks
 
 
 def build_submission(cfg: Config, comp: Competition, store: ProbStore, params,
@@ -131,7 +134,7 @@ def write_volumes(final: FinalMasks, files: dict[str, Path]) -> None:
     """Each test case's label volume, made of the very masks of the csv's rows (0 the background, class k as
     k + 1; where classes overlap, the later wins), written with the source image's affine."""
     for case, path in files.items():
-        masks = final.volume(case, cleaned=True)
+        masks = final.volume(case)
         labels = np.zeros(masks.shape[1:], np.uint8)
         for k in range(masks.shape[0]):
             labels[masks[k] > 0] = k + 1

@@ -75,6 +75,9 @@ class VolumeSpec(Section):
     # and prediction predicts every case along each of predict_axes and averages them (default: `axis` alone).
     train_axes: Optional[list[int]] = None
     predict_axes: Optional[list[int]] = None
+    # A case whose decoded float32 image is larger is read slice by slice from its file, never held whole
+    # (segkit.data.volume_readers); plain .nii files then, since a .nii.gz is decompressed up to every slice read.
+    stream_above_mb: float = Field(256.0, ge=0)
 
     @field_validator("slice_id")
     @classmethod
@@ -362,6 +365,8 @@ class TuneConfig(Section):
     # volume competitions: after the slice-wise search, per class the largest 3D component or a minimum volume
     volume_cleanup: bool = True
     min_volumes: list[int] = Field(default_factory=lambda: [10, 50, 100, 250, 500, 1000])
+    # ... and with it, per class, the slice-wise threshold shifted by one of these (0 is always tried)
+    volume_threshold_shifts: list[float] = Field(default_factory=lambda: [-0.2, -0.1, 0.1, 0.2])
     # When a step is kept (segkit.tune.search.KeepRule): a number g (its mean gain exceeds g), "most_folds" (its
     # gain is positive on more than half of the folds) or "fold_se" (its mean gain exceeds the standard error of
     # its per-fold gains). The default, any positive mean gain, scored the best nested CV of these rules on six

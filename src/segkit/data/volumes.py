@@ -30,6 +30,7 @@ import numpy as np
 from segkit import atomic
 from segkit.config.schema import DataConfig
 from segkit.data.stacks import Position
+from segkit.data.volume_readers import DecodedCase, StreamedCase, nibabel
 from segkit.errors import ConfigError, DataError
 
 NIFTI = (".nii.gz", ".nii")
@@ -37,14 +38,8 @@ _MODALITY = re.compile(r"^(?P<case>.+)_(?P<modality>\d{4})$")
 VIEW_ID = "{volume}@axis{axis}_{index:04d}"  # a slice cut along another axis than data.volumes.axis
 # Volumes kept decoded per process. Validation, prediction and evaluation go volume by volume, so each volume is
 # read once; training draws slices from any volume, and reads a small volume (MSD: 60k voxels, a few ms) again for
-# nearly every slice. Volumes of hundreds of MB would need a slice-addressable cache (not built yet).
+# nearly every slice. Large volumes are never decoded whole (segkit.data.volume_readers.StreamedCase).
 CACHED_VOLUMES = 4
-
-
-def nibabel():
-    import nibabel as nib  # here: only volume competitions need it (and it costs a second to import)
-
-    return nib
 
 
 def case_name(path: Path) -> str:
@@ -101,7 +96,8 @@ class VolumeSet:
         self.axis = self.spec.axis
         self.folder = images
         self.cases = {c.name: c for c in find_cases(images, labels, key)}
-        self._cache: OrderedDict[str, tuple[np.ndarray, np.ndarray | None]] = OrderedDict()
+        self._decoded: OrderedDict[str, DecodedCase] = OrderedDict()
+        self._streamed: dict[str, StreamedCase] = {}
 
     # ------------------------------------------------------------------------------------------------ the ids
     @cached_property
@@ -181,79 +177,38 @@ class VolumeSet:
         return self.cut(case, self.axis)
 
     # ------------------------------------------------------------------------------------------------ pixels
-    def _load(self, name: str) -> tuple[np.ndarray, np.ndarray | None]:
-        if name in self._cache:
-            self._cache.move_to_end(name)
-            return self._cache[name]
-        case = self.cases[name]
-        image = self._read_image(case)
-        label = self._read_label(case, image.shape[:3]) if case.label is not None else None
-        self._cache[name] = (image, label)
-        while len(self._cache) > CACHED_VOLUMES:
-            self._cache.popitem(last=False)
-        return image, label
-
-    def _read_image(self, case: Case) -> np.ndarray:
-        """float32 (X, Y, Z, modalities), normalised per volume and modality."""
-        nib = nibabel()
-        parts = []
-        for path in case.images:
-            data = np.asarray(nib.load(path).dataobj, dtype=np.float32)
-            if data.ndim == 3:
-                data = data[..., None]
-            if data.ndim != 4:
-                raise DataError(f"{path}: a {data.ndim}-D image; expected a 3D volume or 4D (modalities last)")
-            parts.append(data)
-        shapes = {p.shape[:3] for p in parts}
-        if len(shapes) != 1:
-            raise DataError(f"{case.images[0]}: the modalities of case {case.name!r} differ in shape {sorted(shapes)}")
-        image = np.concatenate(parts, axis=3)
-        if image.shape[3] != self.cfg.channels:
-            raise DataError(f"{case.images[0]}: {image.shape[3]} modalities, data.channels is {self.cfg.channels}")
-        if not np.isfinite(image).all():
-            raise DataError(f"{case.images[0]}: image contains NaN or infinite values")
-        for m in range(image.shape[3]):
-            image[..., m] = self._normalise(image[..., m])
-        return image
-
-    def _normalise(self, channel: np.ndarray) -> np.ndarray:
-        if self.cfg.clip_percentiles is not None:
-            lo, hi = np.percentile(channel, self.cfg.clip_percentiles)
-            channel = np.clip(channel, lo, hi)
-        if self.spec.intensity == "zscore":
-            channel = (channel - channel.mean()) / max(float(channel.std()), 1e-6)
-        return channel
-
-    def _read_label(self, case: Case, shape: tuple[int, ...]) -> np.ndarray:
-        nib = nibabel()
-        label = nib.load(case.label)
-        if tuple(label.shape[:3]) != tuple(shape):
-            raise DataError(f"{case.label}: label volume {tuple(label.shape)} and image {tuple(shape)} differ in shape")
-        if not np.allclose(label.affine, self.affine(case.name), atol=1e-3):
-            raise DataError(f"{case.label}: its affine differs from the image's ({case.images[0].name})")
-        data = np.asarray(label.dataobj)
-        if data.ndim == 4 and data.shape[3] == 1:
-            data = data[..., 0]
-        values = np.unique(data)
-        k = len(self.cfg.classes)
-        bad = [v for v in values if v != int(v) or not 0 <= v <= k]
-        if bad:
-            raise DataError(f"{case.label}: label value {bad[0]} is not a class (0 = background, 1..{k})")
-        return data.astype(np.uint8)
+    def reader(self, name: str) -> DecodedCase | StreamedCase:
+        """The voxels of a case: decoded whole (the last CACHED_VOLUMES kept) or, above
+        ``data.volumes.stream_above_mb``, read slice by slice (every streamed case kept: it holds a few slices)."""
+        if name in self._streamed:
+            return self._streamed[name]
+        if name in self._decoded:
+            self._decoded.move_to_end(name)
+            return self._decoded[name]
+        case, shape = self.cases[name], self.shape(name)
+        classes = len(self.cfg.classes)
+        if np.prod(shape) * self.cfg.channels * 4 > self.spec.stream_above_mb * 2**20:
+            kept = 2 * self.cfg.context + 2  # a 2.5D stack and the next slice
+            self._streamed[name] = StreamedCase(self.cfg, case.images, case.label, self.affine(name), classes,
+                                                shape, kept)
+            return self._streamed[name]
+        self._decoded[name] = DecodedCase(self.cfg, case.images, case.label, self.affine(name), classes)
+        while len(self._decoded) > CACHED_VOLUMES:
+            self._decoded.popitem(last=False)
+        return self._decoded[name]
 
     def image(self, slice_id: str) -> np.ndarray:
         """float32 (H, W, modalities) of one slice."""
         cut = self._cuts[slice_id]
-        image, _ = self._load(cut.case)
-        return np.ascontiguousarray(np.take(image, cut.index, axis=cut.axis))
+        return self.reader(cut.case).image_slice(cut.axis, cut.index)
 
     def label(self, slice_id: str) -> np.ndarray:
         """uint8 (H, W) label map of one slice (0 background, 1..K)."""
         cut = self._cuts[slice_id]
-        _, label = self._load(cut.case)
+        label = self.reader(cut.case).label_slice(cut.axis, cut.index)
         if label is None:
             raise DataError(f"case {cut.case!r}: no label volume")
-        return np.ascontiguousarray(np.take(label, cut.index, axis=cut.axis))
+        return label
 
 
 def assemble(slices: list[np.ndarray], axis: int) -> np.ndarray:

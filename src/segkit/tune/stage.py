@@ -88,7 +88,7 @@ def run(cfg: Config) -> int:
         result["volume_cleanup"] = tune_volumes(
             comp.volume_set("train"), store.ids, fold_of(folds) if folds is not None else None,
             lambda i: np.asarray(store[i]), comp.read_mask, classes, params_list(result["classes"], classes),
-            nested, exclusive, cfg.tune.min_volumes)
+            nested, exclusive, cfg.tune.min_volumes, cfg.tune.volume_threshold_shifts)
     unit.begin()
     write_per_image(paths.scores, per_image, list(cfg.data.classes))
     result["plots"] = [str(p) for p in plot_curves(result["curves"], paths, metric.name)]
@@ -108,7 +108,7 @@ def run(cfg: Config) -> int:
             print(f"tune: {name}: {text}")
         nested_text = (f"{volume['dice_before_nested']:.4f} -> {volume['cv_nested']:.4f} nested, "
                        if volume["cv_nested"] is not None else "")
-        print(f"tune: per-volume dice, 3D clean-up: {nested_text}{volume['dice_before']:.4f} -> "
+        print(f"tune: per-volume dice, threshold and 3D clean-up: {nested_text}{volume['dice_before']:.4f} -> "
               f"{volume['dice_after']:.4f} in-sample, on {volume['volumes']} OOF volumes")
     print(f"tune: {metric.name} CV {tuned_cv(result)} (ensemble OOF p>0.5: {result['cv_baseline']:.4f}; keep rule "
           f"{result['keep_rule']}) on {result['n_images']} images in {result['seconds']['total']:.1f} s "
