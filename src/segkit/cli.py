@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--images", default=None, help="folder of the images (their sizes), instead of --shape")
     score.add_argument("--order", choices=["F", "C"], default="F", help="RLE pixel order (F: Kaggle column-major)")
     score.add_argument("--relative", action="store_true", help="SIIM-style relative RLE starts")
+    score.add_argument("--instances", action="store_true", help="one row per object (DSB): each image's rows are "
+                       "its objects, scored as label maps (object_ap)")
 
     val = sub.add_parser("validate-submission", help="check a submission against the sample submission")
     val.add_argument("submission")
@@ -85,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("--shape", default=None, help="HxW to check RLE runs against, e.g. 101x101")
     val.add_argument("--images", default=None, help="folder of the images (their sizes), instead of --shape")
     val.add_argument("--relative", action="store_true", help="SIIM-style relative RLE starts")
+    val.add_argument("--instances", action="store_true", help="one row per object (DSB, Airbus): objects of an "
+                     "image may not overlap; an image without objects has one empty row")
     return parser
 
 

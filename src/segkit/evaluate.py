@@ -21,6 +21,11 @@ above, stacked back, cleaned in 3D as tuned (an OOF volume with its fold's neste
 the header's voxel spacing (``segkit.metrics.volume_scores``: Dice, IoU, RVD, HD95, ASSD, normalised surface
 Dice), one row per volume and class in ``per_volume_<split>.csv`` and a table of means in evaluate.json.
 
+An instance competition (``data.instances``) is also scored object by object: each image decoded with the tuned
+decoder (an OOF image with its fold's nested choice), one row per image in ``objects_<split>.csv``: object AP and
+the precision at each IoU threshold, the objects true and predicted, and the split and merged objects
+(``segkit.metrics.competition.object_scores``).
+
 Images are read, scored and dropped one at a time: memory holds only the per-image values. Outputs
 (``segkit.layout.EvaluatePaths``): ``per_image_<split>.csv`` (id, class, true and predicted pixels, every metric),
 ``metrics.csv`` (per split, class and metric: best direction, mean, std, median, n; with several classes also the
@@ -43,7 +48,9 @@ from segkit.data import Competition
 from segkit.data.folds import fold_of, load_folds
 from segkit.errors import DataError
 from segkit.freshness import Unit, fingerprint
+from segkit.instance_decoders import DecodeParams, decode, tuned_decoders
 from segkit.metrics import get_metric, overlap_counts, roc_auc
+from segkit.metrics.competition import object_scores
 from segkit.metrics.image_scores import COUNT_SCORES, SURFACE_SCORES, surface_class_scores
 from segkit.metrics.volume_scores import VOLUME_METRICS, volume_scores
 from segkit.postprocess import params_list, postprocess, read_tuned
@@ -151,6 +158,29 @@ def score_volumes(comp: Competition, store: ProbStore, ids: list[str], params_of
             rows.append({"volume": case, "class": cls, "truth_voxels": int(truth[k].sum()),
                          "pred_voxels": int(pred[k].sum()), **{m: float(scores[m][k]) for m in VOLUME_METRICS}})
     return pd.DataFrame(rows, columns=["volume", "class", "truth_voxels", "pred_voxels", *VOLUME_METRICS])
+
+
+def score_objects(comp: Competition, store: ProbStore, ids: list[str], decoder_of: Callable[[str], DecodeParams],
+                  split: str) -> pd.DataFrame:
+    """An instance competition's split scored object by object: each image decoded as the submission decodes it
+    (an OOF image with its fold's nested decoder) and compared with its instance map (``object_scores``)."""
+    rows = []
+    for image_id in bar(ids, f"evaluate {split} objects", total=len(ids)):
+        found = decode(np.asarray(store[image_id]), decoder_of(image_id))
+        rows.append({"id": image_id, **object_scores(found, comp.instance_map(image_id))})
+    return pd.DataFrame(rows)
+
+
+def object_table(frames: dict[str, pd.DataFrame]) -> str:
+    """Means per image of the objects' scores, a line per split."""
+    lines = ["objects (means over images; split: true objects cut in two or more, merged: predicted objects "
+             "holding two or more)", f"{'split':<9}{'AP':>8}{'AP50':>8}{'AP75':>8}{'true':>8}{'pred':>8}"
+             f"{'split':>8}{'merged':>8}"]
+    for split, f in frames.items():
+        lines.append(f"{split:<9}{f['ap'].mean():>8.4f}{f['ap50'].mean():>8.4f}{f['ap75'].mean():>8.4f}"
+                     f"{f['true_objects'].mean():>8.1f}{f['pred_objects'].mean():>8.1f}{f['split'].mean():>8.2f}"
+                     f"{f['merged'].mean():>8.2f}    ({len(f)} images)")
+    return "\n".join(lines)
 
 
 def volume_table(frame: pd.DataFrame, split: str) -> list[dict]:
@@ -318,6 +348,12 @@ def run(cfg: Config) -> int:
                                         classes, exclusive, split)
                    for split, (store, ids, _) in splits.items()}
     volume_rows = [row for split, frame in volumes.items() for row in volume_table(frame, split)]
+    objects = {}
+    if cfg.data.instances is not None:
+        fold = fold_of(load_folds(cfg)) if layout.folds_file.exists() else None
+        oof_decoder, full_decoder = tuned_decoders(tuned, fold, str(layout.tune.json))
+        objects = {split: score_objects(comp, store, ids, oof_decoder if split == "oof" else lambda _: full_decoder,
+                                        split) for split, (store, ids, _) in splits.items()}
 
     unit.begin()
     for split, (_, _, path) in splits.items():
@@ -326,6 +362,8 @@ def run(cfg: Config) -> int:
         paths.per_image_holdout.unlink()  # a holdout of an earlier config: no longer part of this evaluation
     for split, frame in volumes.items():
         atomic.write_csv(paths.per_volume(split), frame)
+    for split, frame in objects.items():
+        atomic.write_csv(paths.objects(split), frame)
     atomic.write_csv(paths.metrics, table)
     atomic.write_json(paths.json, {
         "metric": cfg.metric, "tune": str(layout.tune.json), "images": images, "oof_parameters": oof_choice,
@@ -336,6 +374,8 @@ def run(cfg: Config) -> int:
                     "counts": {split: int(frame["volume"].nunique()) for split, frame in volumes.items()},
                     "table": [{k: _json_value(v) for k, v in row.items()} for row in volume_rows]}
         if volumes else None,
+        "objects": {split: {k: float(frame[k].mean()) for k in frame.columns if k != "id"}
+                    for split, frame in objects.items()} or None,
     })
     unit.done()
 
@@ -344,6 +384,8 @@ def run(cfg: Config) -> int:
     if volumes:
         print(format_volumes(volume_rows, {split: int(f["volume"].nunique()) for split, f in volumes.items()},
                              cfg.data.volumes.nsd_tolerance))
+    if objects:
+        print(object_table(objects))
     main = get_metric(cfg.metric, key="metric").name  # the table's name of it (an alias names the same metric)
     headline = table[(table["split"] == "oof") & (table["metric"] == main)
                      & (table["class"] == (ALL_CLASSES if len(classes) > 1 else classes[0]))]

@@ -20,7 +20,8 @@
       holdout_truth.csv          submit, with data.holdout_fraction: the held-out images' truth as a solution file
       evaluate/                  evaluate: metrics.csv (every metric per split and class), per_image_oof.csv,
                                  per_image_holdout.csv (per image and class), per_volume_<split>.csv (volume
-                                 competitions: per volume and class, in mm), evaluate.json, stamp.json
+                                 competitions: per volume and class, in mm), objects_<split>.csv (instance
+                                 competitions: per image), evaluate.json, stamp.json
       report/                    report: report.md, plots, stamp.json
       quality/                   ablate: baseline/, loss/ (and slices/) (experiments of their own), tiles/<model>/,
                                  one_axis/<model>/, quality.json, quality.md
@@ -212,6 +213,10 @@ class EvaluatePaths:
     @property
     def per_image_holdout(self) -> Path:
         return self.dir / "per_image_holdout.csv"
+
+    def objects(self, split: str) -> Path:
+        """Instance competitions: one row per image of its decoded objects' scores."""
+        return self.dir / f"objects_{split}.csv"
 
     def per_volume(self, split: str) -> Path:
         """A volume competition's scores per volume and class (``split``: oof or holdout)."""

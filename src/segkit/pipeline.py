@@ -25,7 +25,7 @@ from segkit.data import Competition
 from segkit.data.folds import check_fold, fold_numbers, ids_of, load_folds
 from segkit.metrics import get_metric
 from segkit.oof import PartStore, score_frame
-from segkit.postprocess import tuned_cv
+from segkit.postprocess import scored_as, tuned_cv
 from segkit.predict import oof_part_unit
 from segkit.probs import ProbStore
 from segkit.stages import BY_NAME, STAGES, load
@@ -116,7 +116,7 @@ def _summary(cfg: Config) -> None:
     tuned = json.loads(layout.tune.json.read_text())
     plain = (tuned.get("baseline") or {}).get("plain_pipeline")
     print(f"submission: {layout.submission}")
-    print(f"CV {cfg.metric}: {tuned_cv(tuned)}  (TTA + ensemble + tuned post-processing)")
+    print(f"CV {scored_as(tuned, cfg.metric)}: {tuned_cv(tuned)}  (TTA + ensemble + tuned post-processing)")
     if plain is not None:
         print(f"CV {cfg.metric}: {plain:.4f}  (plain: one model, no TTA, no ensemble, threshold 0.5)")
 

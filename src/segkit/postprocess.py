@@ -279,10 +279,17 @@ def describe(params: ClassParams) -> str:
 def tuned_cv(tuned: dict) -> str:
     """tune.json's tuned CV as every log and report quotes it: the nested estimate first (each fold scored with
     what tuning chose on the other folds), the in-sample figure (chosen on the same OOF) beside it."""
+    if tuned.get("instances"):  # an instance competition's CV is that of its decoded objects
+        return tuned_cv(tuned["instances"])
     nested, cv = tuned.get("cv_nested"), tuned.get("cv", float("nan"))
     if nested is None:
         return f"{cv:.4f} in-sample (chosen on the same OOF; no folds for a nested estimate)"
     return f"{nested:.4f} nested, {cv:.4f} in-sample"
+
+
+def scored_as(tuned: dict, metric: str) -> str:
+    """The name of what ``tuned_cv`` quotes: the config's metric, or object AP for an instance competition."""
+    return "object AP" if tuned.get("instances") else metric
 
 
 def read_tuned(path: Path, remedy: str = "run `segkit tune` first") -> dict:

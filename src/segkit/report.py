@@ -9,6 +9,8 @@ Sections, each written from whatever artifact exists (a missing one leaves a not
   threshold / min-area curves the tune stage drew;
 - final CV: tuned, raw ensemble, plain pipeline, and the submission file;
 - evaluation: every metric of the tuned predictions per split and class, from ``segkit evaluate``'s table;
+- objects (instance competitions): object AP at each IoU threshold, objects true against predicted per image, the
+  split and merged objects, and OOF images with every object's outline;
 - examples: OOF predictions against the truth on the best, median and worst images by the tuned per-image score.
 
 The report reads artifacts only (through ``segkit.layout``) and scores with the competition's metric object. It
@@ -29,7 +31,10 @@ import pandas as pd
 from segkit import atomic
 from segkit.config import Config
 from segkit.data import Competition
+from segkit.data.folds import fold_of, load_folds
+from segkit.data.instances import contour
 from segkit.freshness import Unit, fingerprints
+from segkit.instance_decoders import decode, tuned_decoders
 from segkit.layout import ReportPaths
 from segkit.metrics import get_metric
 from segkit.oof import score_frame
@@ -289,6 +294,70 @@ def evaluation_section(cfg: Config) -> list[str]:
     return lines
 
 
+def objects_section(cfg: Config, tuned: dict | None, out: ReportPaths) -> tuple[list[str], list[Path]]:
+    """Instance competitions: object AP at each IoU threshold, true against predicted objects per image, the split
+    and merged objects (``segkit evaluate``'s objects_<split>.csv), and the best, median and worst OOF images with
+    every object's outline."""
+    if cfg.data.instances is None:
+        return [], []
+    lines = ["## Objects", ""]
+    frames = {split: pd.read_csv(cfg.layout.evaluate.objects(split), dtype={"id": str})
+              for split in ("oof", "holdout") if cfg.layout.evaluate.objects(split).exists()}
+    if not frames:
+        return lines + [f"_No object scores (`{cfg.layout.evaluate.objects('oof')}`; run `segkit evaluate`)._", ""], []
+    thresholds = [c for c in next(iter(frames.values())).columns if c.startswith("ap") and c != "ap"]
+    table = pd.DataFrame([{"split": split, "images": len(f), "AP": f["ap"].mean(),
+                           **{f"@{int(c[2:]) / 100:.2f}": f[c].mean() for c in thresholds},
+                           "true / image": f["true_objects"].mean(), "pred / image": f["pred_objects"].mean(),
+                           "split objects": int(f["split"].sum()), "merged objects": int(f["merged"].sum())}
+                          for split, f in frames.items()])
+    lines += ["Object AP per image (the competition's precision TP / (TP + FP + FN) at each IoU threshold, then "
+              "averaged), OOF with each fold's nested decoder. Split: true objects cut into two or more predicted "
+              "ones; merged: predicted objects holding two or more true ones.", "", md_table(table), ""]
+    plt = _plt()
+    fig, (curve, counts) = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
+    for split, f in frames.items():
+        curve.plot([int(c[2:]) / 100 for c in thresholds], [f[c].mean() for c in thresholds], marker="o", label=split)
+        counts.scatter(f["true_objects"], f["pred_objects"], s=8, alpha=0.6, label=split)
+    top = max(float(f[["true_objects", "pred_objects"]].to_numpy().max()) for f in frames.values()) + 1
+    counts.plot([0, top], [0, top], color="gray", lw=0.8)
+    curve.set(xlabel="IoU threshold", ylabel="precision", title="object AP by IoU threshold")
+    counts.set(xlabel="true objects", ylabel="predicted objects", title="objects per image")
+    curve.legend()
+    plots = [_save(fig, out.plot("objects"))]
+    lines += [f"![objects]({plots[0].name})", ""]
+    folder = cfg.layout.final_ensemble.oof
+    if "oof" in frames and tuned and ProbStore.is_complete(folder):
+        scores = frames["oof"].rename(columns={"ap": "score"})[["id", "score"]]
+        picks = pick_examples(scores, True)
+        plots.append(_plot_objects(cfg, tuned, ProbStore(folder), picks, out))
+        lines += ["Rows: " + "; ".join(f"{label} `{i}` (AP {v:.3f})" for label, i, v in picks) + ". Left: true "
+                  "objects' outlines (green); right: the decoded objects' (red).", "",
+                  f"![object examples]({plots[-1].name})", ""]
+    return lines, plots
+
+
+def _plot_objects(cfg: Config, tuned: dict, store, picks, out: ReportPaths) -> Path:
+    plt = _plt()
+    comp = Competition(cfg.data, seed=cfg.seed)
+    fold = fold_of(load_folds(cfg)) if cfg.layout.folds_file.exists() else None
+    decoder_of, _ = tuned_decoders(tuned, fold, str(cfg.layout.tune.json))
+    fig, axes = plt.subplots(len(picks), 2, figsize=(7, 3.3 * len(picks)), dpi=100, squeeze=False)
+    for row, (label, image_id, score) in enumerate(picks):
+        image = _picture(cfg, comp.read_image(image_id))
+        base = np.dstack([image] * 3) if image.ndim == 2 else image
+        for col, (labels, colour) in enumerate([(comp.instance_map(image_id), (0.1, 0.9, 0.1)),
+                                                (decode(np.asarray(store[image_id]), decoder_of(image_id)),
+                                                 (0.95, 0.1, 0.1))]):
+            overlay = np.clip(base, 0, 1).copy()
+            overlay[contour(labels, 1)] = colour
+            axes[row, col].imshow(overlay)
+            axes[row, col].set_title(f"{label}: {image_id}, {int(labels.max())} objects"
+                                     + (f" (AP {score:.3f})" if col else ""), fontsize=9)
+            axes[row, col].axis("off")
+    return _save(fig, out.plot("object_examples"))
+
+
 # -------------------------------------------------------------------------------------------------------- examples
 
 
@@ -429,7 +498,8 @@ def report_unit(cfg: Config) -> Unit:
     ensemble = layout.final_ensemble
     read = [f.metrics for m in cfg.models for _, f in layout.model(m.name).folds()]
     read += [ensemble.cv, ensemble.choice, manifest(ensemble.oof), layout.tune.json, layout.tune.scores,
-             layout.submission, layout.evaluate.metrics]
+             layout.submission, layout.evaluate.metrics, layout.evaluate.objects("oof"),
+             layout.evaluate.objects("holdout")]
     inputs = {"experiment": cfg.experiment, "competition": cfg.competition, "metric": cfg.metric,
               "models": [m.name for m in cfg.models], "data": cfg.data.model_dump(mode="json"),
               "read": fingerprints(read)}
@@ -453,6 +523,7 @@ def run(cfg: Config) -> int:
     for section in (lambda: training_section(cfg, out), lambda: (ensemble_section(cfg), []),
                     lambda: tuning_section(tuned, out), lambda: (final_section(cfg, tuned), []),
                     lambda: (evaluation_section(cfg), []),
+                    lambda: objects_section(cfg, tuned, out),
                     lambda: (size_section(scores, higher), []),
                     lambda: examples_section(cfg, scores, higher, tuned, out)):
         part, made = section()

@@ -463,6 +463,43 @@ def decode(rle, shape, order: str = "F", relative: bool = False, where: str | No
     return out
 
 
+def runs(rle, shape, where: str | None = None, relative: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The runs of an RLE string as 0-based (starts, exclusive ends) in its pixel numbering, checked like
+    :func:`decode`; empty arrays for an empty mask. Two masks of one image overlap where their runs intersect,
+    in either pixel order, so overlaps can be found without building masks."""
+    height, width = _check_shape(shape)
+    data = _rle_bytes(rle, relative, where)
+    if data is None:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    starts, ends, nruns, _ = _parse_checked(data, (height, width), bool(relative), where)
+    return np.asarray(starts[:nruns], np.int64), np.asarray(ends[:nruns], np.int64)
+
+
+def encode_labels(labels: np.ndarray, order: str = "F") -> list[str]:
+    """RLE strings of the objects 1..N of an (H, W) label map (0 the background), object n at index n - 1; an
+    id with no pixel gets ``""``. One pass over the image, not one per object."""
+    _check_order(order)
+    labels = np.asarray(labels)
+    n = int(labels.max()) if labels.size else 0
+    flat = labels.ravel(order="F" if order == "F" else "C")
+    where = np.flatnonzero(flat)
+    ids = flat[where]
+    by_object = np.argsort(ids, kind="stable")  # each object's pixels stay in pixel order
+    where, ids = where[by_object], ids[by_object]
+    cuts = np.searchsorted(ids, np.arange(1, n + 2))
+    out = []
+    for k in range(n):
+        pixels = where[cuts[k]:cuts[k + 1]]
+        if not len(pixels):
+            out.append("")
+            continue
+        breaks = np.flatnonzero(np.diff(pixels) != 1) + 1
+        starts = pixels[np.concatenate([[0], breaks])]
+        lengths = np.diff(np.concatenate([[0], breaks, [len(pixels)]]))
+        out.append(" ".join(f"{a} {b}" for a, b in zip((starts + 1).tolist(), lengths.tolist())))
+    return out
+
+
 def validate(rle, shape, where: str | None = None, relative: bool = False) -> int:
     """Check an RLE string against a mask shape without building the mask; returns its foreground pixel count.
 

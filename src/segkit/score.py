@@ -4,7 +4,8 @@ Rows are matched on every column but the RLE column (the truth file's last colum
 ``<image>_<class>`` id, or an id + class column pair. Each matched row is one mask, scored with the metric's
 per-image function, and the score is the mean over the truth's rows — Kaggle's rule for TGS (one row per image),
 Severstal, SIIM and Clouds (one row per image and class). Several truth (or submission) rows with the same key are
-merged into one mask (DSB 2018 lists one row per nucleus).
+merged into one mask; ``--instances`` scores them as objects instead (DSB 2018 lists one row per nucleus): each
+image's rows become a label map, scored with ``object_ap``.
 
 RLE alone does not know the image size: give ``--shape HxW`` (all images alike) or ``--images DIR`` (sizes read
 from the image files). ``--sample`` first validates the submission against the sample submission.
@@ -21,8 +22,9 @@ import pandas as pd
 from segkit import rle
 from segkit.errors import DataError, SegkitError
 from segkit.metrics import get_metric
+from segkit.metrics.competition import object_ap_labels
 from segkit.validate import (Shapes, key_text, read_table, rle_column, shape_lookup, shapes_from_args,
-                             validate_submission)
+                             validate_instances, validate_submission)
 
 BATCH = 512  # masks scored per call of the metric's batch path
 
@@ -89,17 +91,64 @@ def score_files(sub_path: str | Path, truth_path: str | Path, metric: str, shape
     return float(np.mean(scores)) if scores else float("nan"), len(scores), notes
 
 
+def score_instances(sub_path: str | Path, truth_path: str | Path, shapes: Shapes, order: str = "F"
+                    ) -> tuple[float, int, list[str]]:
+    """Object AP of a per-object submission against a per-object truth csv: each image's rows are its objects
+    (numbered in row order; an empty row, no object), scored as label maps; the mean over the truth's images."""
+    sub_path, truth_path = Path(sub_path), Path(truth_path)
+    truth = read_table(truth_path)
+    rle_name = rle_column(list(truth.columns))
+    id_col = next(c for c in truth.columns if c != rle_name)
+    sub = read_table(sub_path, [id_col, rle_name])
+    truth_rows = _grouped(truth, [id_col], rle_name)
+    sub_rows = _grouped(sub, [id_col], rle_name)
+    missing = [k for k in truth_rows if k not in sub_rows]
+    if missing:
+        raise DataError(f"{sub_path}: {len(missing)} truth image(s) have no row, e.g. {key_text(missing[0])}")
+    shape_of = shape_lookup(shapes)
+    scores = []
+    for key, texts in truth_rows.items():
+        shape = shape_of(key[0])
+        if shape is None:
+            raise SegkitError(f"image size of id {key_text(key)} unknown: pass --shape HxW or --images DIR")
+        scores.append(object_ap_labels(_labels(sub_rows[key], shape, order, sub_path, key),
+                                       _labels(texts, shape, order, truth_path, key)))
+    notes = [f"{len(sub_rows) - len(truth_rows)} submission image(s) not in the truth were ignored"] \
+        if len(sub_rows) > len(truth_rows) else []
+    return float(np.mean(scores)) if scores else float("nan"), len(scores), notes
+
+
+def _labels(texts: list[tuple[str, int]], shape, order: str, path: Path, key) -> np.ndarray:
+    """An image's label map from its rows, object n the n-th non-empty row (a later object takes shared pixels)."""
+    labels = np.zeros(shape, np.int32)
+    n = 0
+    for text, row in texts:
+        if isinstance(text, str) and text.strip():
+            n += 1
+            labels[rle.decode(text, shape, order=order, where=f"{path.name} row {row} (id {key_text(key)})") > 0] = n
+    return labels
+
+
 def main(args: argparse.Namespace) -> int:
     shapes = shapes_from_args(args)
     relative = bool(getattr(args, "relative", False))
     order = getattr(args, "order", None) or "F"
     if getattr(args, "sample", None):
-        report = validate_submission(args.submission, args.sample, shapes=shapes, relative=relative)
+        if getattr(args, "instances", False):
+            report, _ = validate_instances(args.submission, args.sample, shapes=shapes)
+        else:
+            report = validate_submission(args.submission, args.sample, shapes=shapes, relative=relative)
         if not report.ok:
             print(report.summary())
             print("not scored: the submission does not match the sample")
             return 1
-    value, n, notes = score_files(args.submission, args.truth, args.metric, shapes, order=order, relative=relative)
+    if getattr(args, "instances", False):
+        if get_metric(args.metric, key="--metric").name != "object_ap":
+            raise SegkitError(f"--instances scores objects: --metric object_ap, not {args.metric}")
+        value, n, notes = score_instances(args.submission, args.truth, shapes, order=order)
+    else:
+        value, n, notes = score_files(args.submission, args.truth, args.metric, shapes, order=order,
+                                      relative=relative)
     for note in notes:
         print(f"note: {note}")
     print(f"{args.metric}: {value:.6f} ({n} rows of {args.truth})")

@@ -28,12 +28,14 @@ from segkit.data import Competition, read_csv
 from segkit.data.volumes import write_labels
 from segkit.errors import DataError
 from segkit.freshness import Unit, fingerprint
+from segkit.instance_decoders import DecodeParams, decode, tuned_decoders
 from segkit.metrics import CompetitionMetric, get_metric
-from segkit.postprocess import params_list, postprocess, read_tuned, tuned_cv
+from segkit.metrics.competition import object_ap_labels
+from segkit.postprocess import params_list, postprocess, read_tuned, scored_as, tuned_cv
 from segkit.postprocess3d import VolumeParams, case_masks, clean_volume, volume_params
 from segkit.probs import ProbStore, manifest
 from segkit.stages import final_store
-from segkit.validate import rle_column, validate_frame
+from segkit.validate import rle_column, validate_frame, validate_instances_frame
 
 SIIM_EMPTY = "-1"
 
@@ -155,6 +157,35 @@ def holdout_truth(cfg: Config, comp: Competition) -> pd.DataFrame:
     return pd.DataFrame({columns[0]: [r.row_id for r in rows], columns[1]: texts})
 
 
+def build_instance_submission(cfg: Config, comp: Competition, store: ProbStore, params: DecodeParams
+                              ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, tuple[int, int]], list[float]]:
+    """An instance competition's submission: each sample image decoded into objects with the tuned decoder, one
+    row per object (in the sample's image order, objects in label order), one empty row for an image without any.
+    Returns what ``build_submission`` does; the holdout scores are object AP against the instance maps."""
+    sample = sample_frame(cfg, comp)
+    id_col, rle_name = sample.columns[0], rle_column(list(sample.columns), cfg.data.rle.rle_column)
+    ids = list(dict.fromkeys(sample[id_col]))
+    store.require({i: [] for i in ids}, "test images", "run `segkit ensemble` (and predict) again")
+    rows, shapes, scores = [], {}, []
+    for image_id in ids:
+        labels = decode(np.asarray(store[image_id]), params)
+        shapes[image_id] = labels.shape
+        rows += [(image_id, text) for text in rle.encode_labels(labels, cfg.data.rle.order) or [""]]
+        if comp.holdout_ids:
+            scores.append(object_ap_labels(labels, comp.instance_map(image_id)))
+    return pd.DataFrame(rows, columns=[id_col, rle_name]), sample, shapes, scores
+
+
+def instance_truth(cfg: Config, comp: Competition) -> pd.DataFrame:
+    """The holdout's objects as a per-object csv in the submission's format (the hidden solution file)."""
+    columns = comp.sample_columns
+    rows = []
+    for image_id in dict.fromkeys(r.image_id for r in comp.sample_rows):
+        texts = rle.encode_labels(comp.instance_map(image_id), cfg.data.rle.order)
+        rows += [(image_id, text) for text in texts if text] or [(image_id, "")]
+    return pd.DataFrame(rows, columns=columns[:2])
+
+
 def submit_unit(cfg: Config, holdout: bool, volumes: dict[str, Path] | None = None) -> Unit:
     """The submission as a unit of work: the csv (and the holdout's truth), decided by the tuning, the ensemble's
     test probabilities, the sample submission and the RLE format."""
@@ -181,30 +212,41 @@ def run(cfg: Config) -> int:
         return 0
     metric = get_metric(cfg.metric, key="metric") if comp.holdout_ids else None
     cleanup = volume_params((tuned.get("volume_cleanup") or {}).get("classes"), list(cfg.data.classes))
-    sub, sample, shapes, holdout_scores = build_submission(cfg, comp, store, params, metric, cleanup)
+    objects = cfg.data.instances is not None
+    if objects:
+        _, decoder = tuned_decoders(tuned, None, str(layout.tune.json))
+        sub, sample, shapes, holdout_scores = build_instance_submission(cfg, comp, store, decoder)
+    else:
+        sub, sample, shapes, holdout_scores = build_submission(cfg, comp, store, params, metric, cleanup)
     rle_name = rle_column(list(sample.columns), cfg.data.rle.rle_column)
 
     target = layout.submission
     with atomic.atomic_path(target) as tmp:
         sub.to_csv(tmp, index=False)
         # Check the file as written (what the competition will read), before it may replace an earlier one.
-        report = validate_frame(read_csv(tmp), sample, target, shapes=shapes, relative=cfg.data.rle.relative,
-                                rle_col=rle_name)
+        if objects:
+            report, _ = validate_instances_frame(read_csv(tmp), sample, target, shapes=shapes, rle_col=rle_name)
+        else:
+            report = validate_frame(read_csv(tmp), sample, target, shapes=shapes, relative=cfg.data.rle.relative,
+                                    rle_col=rle_name)
         if not report.ok:
             raise DataError(f"the new submission is invalid, {target} left as it was:\n{report.summary()}")
         unit.begin()
         if comp.holdout_ids:
-            atomic.write_csv(layout.holdout_truth, holdout_truth(cfg, comp))
+            atomic.write_csv(layout.holdout_truth, instance_truth(cfg, comp) if objects else holdout_truth(cfg, comp))
         write_volumes(FinalMasks(cfg, comp, store, params, cleanup), volumes)
     unit.done()
 
     n_images = len({r.image_id for r in comp.sample_rows})
     print(f"submit: wrote {target} ({len(sub)} rows, {n_images} images; validated against the sample)")
+    if objects:
+        print(f"submit: {report.notes[-1]}; decoder {decoder.describe()}")
     if volumes:
         print(f"submit: wrote {len(volumes)} label volumes (NIfTI, the source's affine) -> {layout.submission_volumes}")
-    print(f"submit: tuned OOF {tuned.get('metric', cfg.metric)} CV {tuned_cv(tuned)} (raw ensemble OOF p>0.5: "
-          f"{tuned.get('cv_baseline', float('nan')):.4f})")
+    print(f"submit: tuned OOF {scored_as(tuned, tuned.get('metric', cfg.metric))} CV {tuned_cv(tuned)} (raw "
+          f"ensemble OOF p>0.5: {tuned.get('cv_baseline', float('nan')):.4f})")
     if comp.holdout_ids:
-        print(f"submit: holdout {cfg.metric} {np.mean(holdout_scores):.4f} on {len(holdout_scores)} images "
+        print(f"submit: holdout {'object AP' if objects else cfg.metric} {np.mean(holdout_scores):.4f} on "
+              f"{len(holdout_scores)} images "
               f"(truth in {layout.holdout_truth})")
     return 0

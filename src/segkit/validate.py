@@ -9,6 +9,10 @@ What is checked, each problem reported with the csv row (the line number an edit
   relative form), sorted, non-overlapping runs and — when image sizes are known — no run past the last pixel.
 
 Row order is not checked (Kaggle matches rows by id); it is reported as a note when it differs from the sample.
+
+``--instances`` checks a per-object submission instead (DSB 2018, Airbus: one row per object, an image without
+objects one row with an empty mask): every sample image present, well-formed runs, no empty row beside objects,
+and no two objects of an image sharing a pixel (the image and both rows named); the objects per image are noted.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Union
 
+import numpy as np
 import pandas as pd
 
 from segkit import rle
@@ -139,6 +144,69 @@ def validate_frame(sub: pd.DataFrame, sample: pd.DataFrame, path: Path, shapes: 
     return report
 
 
+def validate_instances_frame(sub: pd.DataFrame, sample: pd.DataFrame, path: Path, shapes: Shapes = None,
+                             rle_col: str | None = None) -> tuple[Validation, dict[str, int]]:
+    """Check a per-object submission (DSB, Airbus: one row per object, an image without objects one row with an
+    empty mask) against a sample of one row per image; also returns the objects of each image. Problems: an id not
+    in the sample, an image missing, a malformed RLE or one past the image, an empty row beside objects, and two
+    objects of an image that share pixels (naming the image and both rows)."""
+    report = Validation(Path(path), rows=len(sub))
+    sample_cols = [str(c) for c in sample.columns]
+    rle_name = rle_column(sample_cols, rle_col)
+    missing = [c for c in sample_cols if c not in sub.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {missing}; the sample has {sample_cols}, this file "
+                        f"{list(sub.columns)}")
+    id_col = next(c for c in sample_cols if c != rle_name)
+    sample_ids = {i: n + 2 for n, i in enumerate(sample[id_col].astype(str))}
+    shape_of = shape_lookup(shapes)
+    by_image: dict[str, list[tuple[int, str]]] = {}
+    for i, (image_id, text) in enumerate(zip(sub[id_col].astype(str), sub[rle_name])):
+        if image_id not in sample_ids:
+            report.problems.append(f"row {i + 2} (id {image_id}): id not in the sample submission")
+            continue
+        by_image.setdefault(image_id, []).append((i + 2, text if isinstance(text, str) else ""))
+    counts: dict[str, int] = {}
+    for image_id, rows in by_image.items():
+        shape = shape_of(image_id) or UNBOUNDED
+        objects = [(row, text) for row, text in rows if text.strip()]
+        if len(objects) < len(rows) and objects:
+            empty = next(row for row, text in rows if not text.strip())
+            report.problems.append(f"row {empty} (id {image_id}): an empty row beside {len(objects)} object(s); "
+                                   f"only an image without objects has one")
+        counts[image_id] = len(objects)
+        spans = []
+        for row, text in objects:
+            try:
+                starts, ends = rle.runs(text, shape, where=f"row {row} (id {image_id})")
+            except rle.RLEError as err:
+                report.problems.append(str(err))
+                continue
+            spans += [(a, b, row) for a, b in zip(starts.tolist(), ends.tolist())]
+        spans.sort()
+        reach, owner = -1, None  # the furthest end of the runs so far, and whose run it is
+        clashes: set[tuple[int, int]] = set()
+        for a, b, row in spans:
+            if a < reach and owner != row and (owner, row) not in clashes:
+                clashes.add((owner, row))
+                report.problems.append(f"image {image_id}: the objects of rows {owner} and {row} overlap; objects "
+                                       f"may not share pixels")
+            if b > reach:
+                reach, owner = b, row
+    for image_id, sample_row in sample_ids.items():
+        if image_id not in by_image:
+            report.problems.append(f"id {image_id} (sample row {sample_row}): missing from the submission (an image "
+                                   f"without objects needs one row with an empty mask)")
+    first = list(by_image)
+    if first != [i for i in sample_ids if i in by_image]:
+        report.notes.append("images are not in the sample's order")
+    if counts:
+        values = np.array(list(counts.values()))
+        report.notes.append(f"objects per image: {int(values.sum())} in {len(values)} images (median "
+                            f"{int(np.median(values))}, max {int(values.max())}; {int((values == 0).sum())} without)")
+    return report, counts
+
+
 def read_table(path: str | Path, columns: list[str] | tuple[str, ...] = ()) -> pd.DataFrame:
     """A csv as strings, with one-line errors for a missing, unreadable, non-UTF-8 or malformed file."""
     path = Path(path)
@@ -193,11 +261,22 @@ def shapes_from_args(args: argparse.Namespace) -> Shapes:
     return parse_shape(getattr(args, "shape", None))
 
 
+def validate_instances(sub_path: str | Path, sample: str | Path | pd.DataFrame, shapes: Shapes = None
+                       ) -> tuple[Validation, dict[str, int]]:
+    """``validate_instances_frame`` of the csv at ``sub_path``."""
+    sub_path = Path(sub_path)
+    sample_frame = sample if isinstance(sample, pd.DataFrame) else read_table(sample)
+    return validate_instances_frame(read_table(sub_path), sample_frame, sub_path, shapes)
+
+
 def main(args: argparse.Namespace) -> int:
     """Print the report; exit status 1 when the submission is invalid."""
     shapes = shapes_from_args(args)
-    report = validate_submission(args.submission, args.sample, shapes=shapes,
-                                 relative=bool(getattr(args, "relative", False)))
+    if getattr(args, "instances", False):
+        report, _ = validate_instances(args.submission, args.sample, shapes=shapes)
+    else:
+        report = validate_submission(args.submission, args.sample, shapes=shapes,
+                                     relative=bool(getattr(args, "relative", False)))
     for note in report.notes:
         print(f"note: {note}")
     if shapes is None:

@@ -39,6 +39,26 @@ class RLESpec(Section):
     relative: bool = False  # SIIM: each start counts from the end of the previous run
 
 
+class InstanceSpec(Section):
+    """An instance competition (segkit.data.instances): objects from label maps or a per-object RLE csv; the
+    network learns per-pixel targets (its channels, which data.classes then names) that a decoder turns into
+    objects (segkit.instance_decoders)."""
+
+    labels: Optional[str] = None  # folder of instance label maps (16-bit PNG/TIF) named like the images ...
+    csv: Optional[str] = None  # ... or one RLE row per object (data.rle's columns and order; '' = no object)
+    overlaps: Literal["error", "later_wins"] = "error"  # csv objects sharing pixels: refused, or the later wins
+    targets: list[Literal["mask", "contour"]] = Field(default_factory=lambda: ["mask", "contour"], min_length=1)
+    contour_width: int = Field(2, ge=1)  # px of each object's border band (where it meets another label)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "InstanceSpec":
+        if bool(self.labels) == bool(self.csv):
+            raise ValueError("give labels (a folder of instance label maps) or csv (one RLE row per object)")
+        if len(set(self.targets)) != len(self.targets) or self.targets[0] != "mask":
+            raise ValueError(f"targets: mask first, each once, got {self.targets}")
+        return self
+
+
 class SliceSpec(Section):
     """Where each image sits in its volume, for 2.5D stacks: a regex over the file's id with the named groups
     ``index`` (and ``volume``; without it every image is one volume), or columns of ``data.extra_csv``."""
@@ -137,6 +157,7 @@ class DataConfig(Section):
     std: Optional[list[float]] = None
     invert_masks: bool = False  # mask images whose foreground is black (ISBI 2012's membranes are 0)
     volumes: Optional[VolumeSpec] = None  # NIfTI volumes, cut into slices (then train_images etc. are unused)
+    instances: Optional[InstanceSpec] = None  # one mask per object (then train_masks / train_csv are unused)
     # 2.5D: every image is a slice plus its neighbours +-context*stride as channels, in index order
     slices: Optional[SliceSpec] = None
     context: int = Field(0, ge=0)
@@ -157,6 +178,19 @@ class DataConfig(Section):
             raise ConfigError(f"data.{key}: path does not exist: {p}")
         return p
 
+    @model_validator(mode="before")
+    @classmethod
+    def _instance_channels(cls, data: Any) -> Any:
+        """An instance competition's network channels are its targets: multilabel, data.classes named after them."""
+        if not isinstance(data, dict) or not data.get("instances"):
+            return data
+        spec = data["instances"]
+        names = list((spec.get("targets") if isinstance(spec, dict) else spec.targets) or ["mask", "contour"])
+        if data.get("classes") not in (None, names):
+            raise ValueError(f"classes: an instance competition's channels are data.instances.targets {names}; "
+                             f"leave data.classes unset")
+        return {**data, "classes": names, "mode": "multilabel"}
+
     @model_validator(mode="after")
     def _masks_source(self) -> "DataConfig":
         if self.train_masks and self.train_csv:
@@ -165,6 +199,8 @@ class DataConfig(Section):
             raise ValueError("binary mode has exactly one class")
         if self.context and self.slices is None and self.volumes is None:
             raise ValueError("context: needs data.slices (which volume and index each image is) or data.volumes")
+        if self.instances is not None and (self.train_masks or self.train_csv or self.volumes is not None):
+            raise ValueError("instances: its objects are the masks; leave train_masks, train_csv and volumes unset")
         if self.volumes is not None and self.slices is not None:
             raise ValueError("slices: a volume competition's slices are the volumes'; leave data.slices unset")
         if self.channel_suffixes and self.channels != len(self.channel_suffixes):
@@ -350,6 +386,17 @@ class PseudoConfig(Section):
         return self
 
 
+class InstanceTune(Section):
+    """The instance decoder's search grids (segkit.tune.instances); p > 0.5 and 0 are the starting point."""
+
+    masks: list[float] = Field(default_factory=lambda: [0.3, 0.4, 0.5, 0.6, 0.7])
+    seeds: list[float] = Field(default_factory=lambda: [0.2, 0.3, 0.4, 0.5, 0.6, 0.7])
+    min_seeds: list[int] = Field(default_factory=lambda: [0, 4, 8, 16, 32])
+    min_sizes: list[int] = Field(default_factory=lambda: [0, 8, 16, 32, 64])
+    dilations: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    max_images: Optional[int] = Field(400, ge=2)  # an even sample of the OOF images the search decodes
+
+
 class TuneConfig(Section):
     """Post-processing search on the ensemble OOF (segkit.tune); 0.5 and 0 are always added to the grids, being
     the untuned baseline."""
@@ -367,6 +414,7 @@ class TuneConfig(Section):
     min_volumes: list[int] = Field(default_factory=lambda: [10, 50, 100, 250, 500, 1000])
     # ... and with it, per class, the slice-wise threshold shifted by one of these (0 is always tried)
     volume_threshold_shifts: list[float] = Field(default_factory=lambda: [-0.2, -0.1, 0.1, 0.2])
+    instances: InstanceTune = Field(default_factory=InstanceTune)  # instance competitions: the decoder's search
     # When a step is kept (segkit.tune.search.KeepRule): a number g (its mean gain exceeds g), "most_folds" (its
     # gain is positive on more than half of the folds) or "fold_se" (its mean gain exceeds the standard error of
     # its per-fold gains). The default, any positive mean gain, scored the best nested CV of these rules on six

@@ -22,7 +22,7 @@ import pandas as pd
 
 from segkit import rle
 from segkit.config.schema import DataConfig
-from segkit.data import imageio
+from segkit.data import imageio, instances
 from segkit.data.normalize import clip_percentiles
 from segkit.data.stacks import Stacks, positions
 from segkit.data.volumes import VolumeSet
@@ -167,11 +167,14 @@ class Competition:
         labelled volume, case by case)."""
         if self.cfg.volumes is not None:
             return self.volume_set("train").ids()
-        if not self.cfg.train_masks and not self.cfg.train_csv:
-            raise ConfigError("data: neither train_masks nor train_csv is set")
+        if not self.cfg.train_masks and not self.cfg.train_csv and self.cfg.instances is None:
+            raise ConfigError("data: neither train_masks nor train_csv (nor instances) is set")
         ids = self.train_folder.ids()
         if not ids:
             raise DataError(f"{self.train_folder.folder}: no images")
+        if self.cfg.instances is not None:
+            self._check_instances(ids)
+            return ids
         if self.mask_folder is not None:
             for image_id in ids:
                 if self.mask_folder.find(image_id) is None:
@@ -180,6 +183,59 @@ class Competition:
         else:
             self._rle_rows  # parse and check the csv up front: errors surface before any training
         return ids
+
+    # ------------------------------------------------------------------------------------------------ instances
+    @cached_property
+    def instance_folder(self) -> ImageFolder | None:
+        spec = self.cfg.instances
+        if spec is None or not spec.labels:
+            return None
+        return ImageFolder(self.cfg.root / spec.labels, "data.instances.labels")
+
+    @cached_property
+    def _object_rows(self) -> dict[str, list[tuple[str, str]]]:
+        """id -> [(rle, where)] of the per-object csv, in file order."""
+        spec = self.cfg.rle
+        path = self.cfg.root / self.cfg.instances.csv
+        if not path.is_file():
+            raise ConfigError(f"data.instances.csv: not a file: {path}")
+        frame = read_csv(path, [spec.id_column, spec.rle_column])
+        rows: dict[str, list[tuple[str, str]]] = {}
+        for i, (image_id, text) in enumerate(zip(frame[spec.id_column], frame[spec.rle_column])):
+            where = f"{path.name} row {i + 2}"
+            check_id(image_id, where)
+            if self.train_folder.find(image_id) is None:
+                raise DataError(f"{where}: id {image_id!r} has no image in {self.train_folder.folder}")
+            rows.setdefault(image_id, []).append((text, f"{where} (id {image_id})"))
+        return rows
+
+    def _check_instances(self, ids: list[str]) -> None:
+        if self.instance_folder is not None:
+            for image_id in ids:
+                if self.instance_folder.find(image_id) is None:
+                    raise DataError(f"{self.train_folder.find(image_id)}: no instance label map in "
+                                    f"{self.instance_folder.folder}")
+            return
+        rows = self._object_rows
+        missing = [i for i in ids if i not in rows]
+        if missing:
+            raise DataError(f"{self.cfg.instances.csv}: no row for image {missing[0]!r} (an image without objects "
+                            f"has one row with an empty mask)")
+
+    def instance_map(self, image_id: str) -> np.ndarray:
+        """int32 (H, W) object labels of a labelled image: 0 the background, 1..N its objects."""
+        spec = self.cfg.instances
+        h, w = self.image_size(image_id)
+        if self.instance_folder is not None:
+            path = self.instance_folder.find(image_id)
+            if path is None:
+                raise DataError(f"id {image_id!r}: no instance label map in {self.instance_folder.folder}")
+            labels = instances.read_label_map(path)
+            if labels.shape != (h, w):
+                raise DataError(f"{path}: label map is {labels.shape[0]}x{labels.shape[1]}, image is {h}x{w}")
+            return labels
+        return instances.objects_from_rows(self._object_rows.get(image_id, []), (h, w), self.cfg.rle.order,
+                                           self.cfg.rle.relative, spec.overlaps, image_id)
 
     @cached_property
     def holdout_ids(self) -> list[str]:
@@ -293,6 +349,8 @@ class Competition:
         if self.cfg.volumes is not None:  # a label map: class k is the value k + 1
             labels = self.volume_set("train").label(image_id)
             return np.stack([labels == k + 1 for k in range(self.num_classes)]).astype(np.uint8)
+        if self.cfg.instances is not None:  # the targets of its objects: mask, contour
+            return instances.targets(self.instance_map(image_id), self.cfg.instances)
         h, w = self.image_size(image_id)
         if self.mask_folder is not None:
             path = self.mask_folder.find(image_id)
@@ -314,7 +372,7 @@ class Competition:
     def mask_stats(self, image_id: str) -> tuple[np.ndarray, int]:
         """(foreground pixels per class, pixels in the image) — from RLE run lengths where possible, so fold
         stratification of a big csv competition needs no mask decoding."""
-        if self.mask_folder is not None or self.cfg.volumes is not None:
+        if self.mask_folder is not None or self.cfg.volumes is not None or self.cfg.instances is not None:
             mask = self.read_mask(image_id)
             return mask.reshape(self.num_classes, -1).sum(1), mask.shape[1] * mask.shape[2]
         h, w = self.image_size(image_id)
@@ -357,6 +415,8 @@ class Competition:
         """The rows of a sample the competition does not give: one per image, or per image and class with the
         ids ``<id><sep><class>`` (``data.rle.id_class_sep``, ``_`` when unset: the ids must stay unique)."""
         sep = self.cfg.rle.id_class_sep
+        if self.cfg.instances is not None:  # one row per image; the submission writes one per object
+            return [SampleRow(i, i, 0) for i in ids]
         if self.num_classes == 1 and not sep:
             return [SampleRow(i, i, 0) for i in ids]
         sep = sep or "_"

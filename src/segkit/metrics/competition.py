@@ -107,12 +107,20 @@ def object_ap_labels(pred_labels: np.ndarray, truth_labels: np.ndarray) -> float
         )
     ):
         raise DataError("object_ap_labels takes integer instance label maps; use object_ap for binary masks")
-    p, n_pred = _consecutive(pred_labels)
-    t, n_true = _consecutive(truth_labels)
+    n_true, n_pred, precisions, _ = _matched(pred_labels, truth_labels)
     if n_pred == 0 and n_true == 0:
         return 1.0
+    return float(precisions.mean())
+
+
+def _matched(pred_labels: np.ndarray, truth_labels: np.ndarray):
+    """(true objects, predicted objects, precision TP / (TP + FP + FN) at each IoU threshold, and the (n_true,
+    n_pred) pixel overlaps with the objects' areas, or None where either side has no object)."""
+    p, n_pred = _consecutive(pred_labels)
+    t, n_true = _consecutive(truth_labels)
     if n_pred == 0 or n_true == 0:
-        return 0.0
+        value = 1.0 if n_pred == n_true else 0.0
+        return n_true, n_pred, np.full(len(AP_TWENTIETHS), value), None
     joint = np.bincount((t.ravel() * (n_pred + 1) + p.ravel()), minlength=(n_true + 1) * (n_pred + 1))
     joint = joint.reshape(n_true + 1, n_pred + 1)
     inter = joint[1:, 1:]
@@ -124,7 +132,25 @@ def object_ap_labels(pred_labels: np.ndarray, truth_labels: np.ndarray) -> float
     tp = match.any(axis=2).sum(axis=1)
     fp = n_pred - match.any(axis=1).sum(axis=1)
     fn = n_true - tp
-    return float((tp / (tp + fp + fn)).mean())
+    return n_true, n_pred, tp / (tp + fp + fn), (inter, true_area, pred_area)
+
+
+def object_scores(pred_labels: np.ndarray, truth_labels: np.ndarray) -> dict:
+    """What went right and wrong with one image's objects: object AP, the precision at each IoU threshold
+    (``ap50`` .. ``ap95``), the objects true and predicted, and two kinds of error: ``split`` (true objects of which
+    two or more predicted objects lie mostly inside: over-segmentation) and ``merged`` (predicted objects holding
+    two or more true objects mostly inside: under-segmentation, touching objects not separated)."""
+    n_true, n_pred, precisions, pairs = _matched(np.asarray(pred_labels), np.asarray(truth_labels))
+    out = {"true_objects": n_true, "pred_objects": n_pred,
+           "ap": 1.0 if n_true == n_pred == 0 else float(precisions.mean())}
+    out.update({f"ap{5 * int(t)}": float(v) for t, v in zip(AP_TWENTIETHS, precisions)})
+    split = merged = 0
+    if pairs is not None:
+        inter, true_area, pred_area = pairs
+        split = int(((2 * inter > pred_area[None, :]).sum(axis=1) >= 2).sum())
+        merged = int(((2 * inter > true_area[:, None]).sum(axis=0) >= 2).sum())
+    out.update(split=split, merged=merged)
+    return out
 
 
 def object_ap(pred, truth, *, connectivity: int | None = None) -> float:

@@ -21,12 +21,13 @@ from segkit.data.folds import fold_numbers, fold_of, load_folds
 from segkit.freshness import Unit, fingerprint, fingerprints
 from segkit.metrics import CompetitionMetric, get_metric
 from segkit.oof import fold_oof, score_frame
-from segkit.postprocess import params_list, tuned_cv
+from segkit.postprocess import params_list, scored_as, tuned_cv
 from segkit.probs import ProbStore, manifest
 from segkit.stages import final_store
 from segkit.tune.plots import plot_curves
 from segkit.tune.search import tune
 from segkit.tune.stream import OOFStream
+from segkit.tune.instances import tune_instances
 from segkit.tune.volumes import tune_volumes
 
 
@@ -67,7 +68,8 @@ def run(cfg: Config) -> int:
     unit = tune_unit(cfg, fold_numbers(folds) if folds is not None else [])
     paths = layout.tune
     if unit.fresh():
-        print(unit.kept("CV " + tuned_cv(json.loads(paths.json.read_text()))))
+        saved = json.loads(paths.json.read_text())
+        print(unit.kept(f"{scored_as(saved, cfg.metric)} CV {tuned_cv(saved)}"))
         return 0
     metric = get_metric(cfg.metric, key="metric")
     exclusive = cfg.data.mode == "multiclass"
@@ -89,6 +91,10 @@ def run(cfg: Config) -> int:
             comp.volume_set("train"), store.ids, fold_of(folds) if folds is not None else None,
             lambda i: np.asarray(store[i]), comp.read_mask, classes, params_list(result["classes"], classes),
             nested, exclusive, cfg.tune.min_volumes, cfg.tune.volume_threshold_shifts)
+    if cfg.data.instances is not None:
+        result["instances"] = tune_instances(store.ids, folds_of(store.ids, folds), lambda i: np.asarray(store[i]),
+                                             comp.instance_map, cfg.tune.instances,
+                                             "contour" in cfg.data.instances.targets)
     unit.begin()
     write_per_image(paths.scores, per_image, list(cfg.data.classes))
     result["plots"] = [str(p) for p in plot_curves(result["curves"], paths, metric.name)]
@@ -110,9 +116,15 @@ def run(cfg: Config) -> int:
                        if volume["cv_nested"] is not None else "")
         print(f"tune: per-volume dice, threshold and 3D clean-up: {nested_text}{volume['dice_before']:.4f} -> "
               f"{volume['dice_after']:.4f} in-sample, on {volume['volumes']} OOF volumes")
-    print(f"tune: {metric.name} CV {tuned_cv(result)} (ensemble OOF p>0.5: {result['cv_baseline']:.4f}; keep rule "
-          f"{result['keep_rule']}) on {result['n_images']} images in {result['seconds']['total']:.1f} s "
-          f"-> {paths.json}")
+    objects = result.get("instances")
+    if objects:
+        nested_text = f"{objects['cv_nested']:.4f} nested, " if objects["cv_nested"] is not None else ""
+        print(f"tune: instances: {objects['summary']}; object AP {nested_text}{objects['cv']:.4f} in-sample "
+              f"(connected components p>0.5: {objects['components_p0.5']:.4f}) on {objects['images']} OOF images "
+              f"in {objects['seconds']:.0f} s")
+    print(f"tune: {scored_as(result, metric.name)} CV {tuned_cv(result)} (ensemble OOF p>0.5: "
+          f"{result['cv_baseline']:.4f}; keep rule {result['keep_rule']}) on {result['n_images']} images in "
+          f"{result['seconds']['total']:.1f} s -> {paths.json}")
     return 0
 
 
