@@ -214,3 +214,20 @@ def test_an_instance_competition_runs_end_to_end(instance_root, tmp_path, capsys
     assert "## Objects" in report and "![object examples](object_examples.png)" in report
     scored = capsys.readouterr().out
     assert f"object_ap: {held['ap'].mean():.6f} (4 rows" in scored  # what evaluate and submit report
+
+
+def test_the_ablation_of_an_instance_recipe_is_in_object_ap(instance_root, tmp_path, one_torch_thread):
+    from segkit import ablate
+
+    args = _args(instance_root, tmp_path, TINY, "device=cpu", "folds.n_splits=2", "train.epochs=1",
+                 "train.batch_size=8", "train.pad_to=8", "train.progress=false", "train.keep=[best]",
+                 "predict.tta=hflip", "predict.repredict_oof=true", "ensemble.methods=[mean]",
+                 "data.holdout_fraction=0.25", "tune.morphology=false", "tune.instances={masks: [0.5], seeds: [0.5], min_seeds: [0], "
+                 "min_sizes: [0, 8], dilations: [0]}")
+    cfg = load_config(args[1], args[2:])
+    table = {r.name: r for r in ablate.run(cfg, with_variants=False)}
+    assert list(table) == ["connected components", "+ contour, watershed", "+ TTA", "+ tuned decoder",
+                           "+ distance channel", "segkit run"]
+    assert all(0 <= r.scores["object_ap"] <= 1 for r in table.values() if r.scores)
+    assert table["segkit run"].scores["object_ap"] == pytest.approx(table["+ tuned decoder"].scores["object_ap"])
+    assert "| object_ap in-sample |" in cfg.layout.quality.markdown.read_text()

@@ -25,6 +25,10 @@ the same images, the validation images of the chosen folds (``folds``, default a
 train its extra baselines on one fold and still compare like with like. The last line is what ``segkit run``
 itself reports (its chosen ensemble method and tuned post-processing) on those same images.
 
+An instance recipe (``data.instances``) is scored in object AP instead, each row decoding the images into objects:
+connected components of the mask channel (no TTA) -> + the contour channel and the watershed (defaults) -> + TTA
+-> + ensemble -> + the decoder tuned on every fold's OOF (nested), and segkit run's own choice.
+
 The tuned rows (threshold, morphology, pseudo, segkit run) are nested: the search runs on every fold's OOF (the
 recipe's stores cover them all) and each scored image gets what the search chose on the other folds; the column
 beside gives the main metric in-sample (chosen on all folds, the scored images included), the optimistic figure.
@@ -40,11 +44,13 @@ metric object and the tune package's public search.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
+import numpy as np
 import pandas as pd
 
 from segkit import atomic, pipeline
@@ -54,13 +60,16 @@ from segkit.data.folds import fold_numbers, fold_of, ids_of, load_folds
 from segkit.device import resolve_device
 from segkit.distributed import World
 from segkit.errors import ConfigError, SegkitError
+from segkit.instance_decoders import DecodeParams, decode
 from segkit.layout import round_name
 from segkit.metrics import get_metric
+from segkit.metrics.competition import object_ap_labels
 from segkit.oof import MeanStore, StoreUnion, fold_oof, tta_oof
 from segkit.postprocess import ClassParams
 from segkit.predict import predict_oof
 from segkit.stages import BY_NAME, load
 from segkit.tune import OOFStream, final_scores, tune
+from segkit.tune.instances import Candidates, search
 
 # A trick's delta within this of zero is reported as "no change": below the noise of one CV run.
 NOISE = 0.001
@@ -210,8 +219,73 @@ def pipeline_scores(cfg: Config, ids: Sequence[str]) -> tuple[dict[str, float], 
     return {cfg.metric: float(frame["score"].mean())}, None
 
 
+def instance_rows(cfg: Config, runs: dict[str, Config], folds: Sequence[int], ids: Sequence[str],
+                  comp: Competition, table: pd.DataFrame) -> Iterator[Row]:
+    """An instance recipe's rows, in object AP on ``ids``: connected components of the mask channel, the
+    watershed from the contour channel, TTA, the ensemble, and the decoder tuned on every fold's OOF (nested:
+    each scored image with what the search chose on the other folds)."""
+    first = cfg.models[0].name
+    truths = {i: comp.instance_map(i) for i in ids}
+
+    def ap(store, params: DecodeParams) -> dict[str, float]:
+        return {"object_ap": float(np.mean([object_ap_labels(decode(np.asarray(store[i]), params), truths[i])
+                                            for i in ids]))}
+
+    components, watershed = DecodeParams("components"), DecodeParams("watershed")
+    for name, row in (("baseline", "baseline"), ("loss", "+ loss")):
+        if name in runs:
+            yield Row(row, "its mask channel's connected components, p > 0.5",
+                      ap(fold_oof(runs[name].layout, first, folds, ids), components))
+    own = fold_oof(cfg.layout, first, folds, ids)
+    yield Row("connected components", "the recipe's model, its mask channel's components at p > 0.5, no TTA",
+              ap(own, components))
+    contour = "contour" in cfg.data.instances.targets
+    if contour:
+        yield Row("+ contour, watershed", f"seeds where P(mask) - P(contour) > 0.5 (contour band "
+                  f"{cfg.data.instances.contour_width} px), flooding P(mask) > 0.5", ap(own, watershed))
+    decoder = watershed if contour else components
+    yield Row("+ TTA", f"predict.tta: {cfg.predict.tta} ({cfg.predict.tta_merge})",
+              ap(_tta_store(cfg, first, ids), decoder))
+    every = list(table["id"])
+    names = [m.name for m in cfg.models]
+    if len(names) > 1:
+        yield Row("+ ensemble", f"mean of {len(names)} models", ap(MeanStore([_tta_store(cfg, m, ids)
+                                                                               for m in names]), decoder))
+    store = MeanStore([_tta_store(cfg, m, every) for m in names]) if len(names) > 1 else \
+        _tta_store(cfg, first, every)
+    fold = fold_of(table)
+    cands = Candidates([np.asarray(store[i]) for i in every], [comp.instance_map(i) for i in every])
+    keys = np.array([fold[i] for i in every])
+    wanted = np.isin(np.array(every), list(ids))
+    nested = np.full(len(every), np.nan)
+    for k in sorted(set(keys[wanted].tolist())):
+        pick, _ = search(cands, np.flatnonzero(keys != k), cfg.tune.instances, contour)
+        rows_k = (keys == k) & wanted
+        nested[rows_k] = cands.scores(pick, [(pick.min_size, pick.dilate)])[rows_k, 0]
+    pick, _ = search(cands, np.arange(len(every)), cfg.tune.instances, contour)
+    in_sample = float(cands.scores(pick, [(pick.min_size, pick.dilate)])[wanted, 0].mean())
+    yield Row("+ tuned decoder", pick.describe() + " (chosen on all folds)",
+              {"object_ap": float(np.nanmean(nested[wanted]))}, in_sample=in_sample)
+    yield Row("+ distance channel", "", note="not built: the targets are mask and contour")
+    saved = (_read_tuned(cfg) or {}).get("instances") or {}
+    if saved.get("per_image_nested"):
+        scored = dict(zip(saved["ids"], saved["per_image_nested"]))
+        mine = [scored[i] for i in ids if i in scored]
+        if mine:
+            yield Row("segkit run", f"tune's own choice, on the {len(mine)} of these images its sample holds",
+                      {"object_ap": float(np.mean(mine))})
+
+
+def _read_tuned(cfg: Config) -> dict | None:
+    path = cfg.layout.tune.json
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def rows(cfg: Config, runs: dict[str, Config], folds: Sequence[int], ids: Sequence[str],
          metrics: Sequence[str], comp: Competition, table: pd.DataFrame) -> Iterator[Row]:
+    if cfg.data.instances is not None:
+        yield from instance_rows(cfg, runs, folds, ids, comp, table)
+        return
     scorer = Scorer(cfg, metrics, comp)
     first = cfg.models[0].name
     base_models = [m.name for m in cfg.models]
@@ -354,7 +428,7 @@ def run(cfg: Config, folds: Sequence[int] = (), metrics: Sequence[str] = (), tra
 
 def write(cfg: Config, table: list[Row], folds: Sequence[int], n_images: int, timings: dict) -> Path:
     out = cfg.layout.quality
-    main = cfg.metric
+    main = "object_ap" if cfg.data.instances is not None else cfg.metric
     payload = {"experiment": cfg.experiment, "budget": cfg.budget, "config": cfg.source, "folds": list(folds),
                "n_images": n_images, "metric": main, "seconds": {k: round(v, 1) for k, v in timings.items()},
                "rows": [{"name": r.name, "what": r.what, "scores": r.scores, "in_sample": r.in_sample,

@@ -127,7 +127,7 @@ def _dispatch(args: argparse.Namespace) -> int | None:
         table = ablate.run(cfg, folds=args.folds, metrics=args.metrics, with_variants=not args.no_variants,
                            train_only=args.train_only)
         if table:
-            print("\n" + ablate.markdown(table, cfg.metric))
+            print("\n" + ablate.markdown(table, "object_ap" if cfg.data.instances is not None else cfg.metric))
         return 0
     return load(BY_NAME[args.command])(cfg, **options)
 
