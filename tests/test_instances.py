@@ -222,8 +222,8 @@ def test_the_ablation_of_an_instance_recipe_is_in_object_ap(instance_root, tmp_p
     args = _args(instance_root, tmp_path, TINY, "device=cpu", "folds.n_splits=2", "train.epochs=1",
                  "train.batch_size=8", "train.pad_to=8", "train.progress=false", "train.keep=[best]",
                  "predict.tta=hflip", "predict.repredict_oof=true", "ensemble.methods=[mean]",
-                 "data.holdout_fraction=0.25", "tune.morphology=false", "tune.instances={masks: [0.5], seeds: [0.5], min_seeds: [0], "
-                 "min_sizes: [0, 8], dilations: [0]}")
+                 "data.holdout_fraction=0.25", "tune.morphology=false",
+                 "tune.instances={masks: [0.5], seeds: [0.5], min_seeds: [0], min_sizes: [0, 8], dilations: [0]}")
     cfg = load_config(args[1], args[2:])
     table = {r.name: r for r in ablate.run(cfg, with_variants=False)}
     assert list(table) == ["connected components", "+ contour, watershed", "+ TTA", "+ tuned decoder",

@@ -96,17 +96,22 @@ def key_text(key: tuple[str, ...]) -> str:
     return " ".join(repr(k) for k in key) if len(key) > 1 else repr(key[0])
 
 
+def _columns(sub: pd.DataFrame, sample: pd.DataFrame, path: Path, rle_col: str | None) -> tuple[list[str], str]:
+    """The sample's columns and its RLE column; a submission that lacks one of them is unusable (a one-line error)."""
+    sample_cols = [str(c) for c in sample.columns]
+    missing = [c for c in sample_cols if c not in sub.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {missing}; the sample has {sample_cols}, this file "
+                        f"{list(sub.columns)}")
+    return sample_cols, rle_column(sample_cols, rle_col)
+
+
 def validate_frame(sub: pd.DataFrame, sample: pd.DataFrame, path: Path, shapes: Shapes = None, relative: bool = False,
                    rle_col: str | None = None) -> Validation:
     """Check a submission frame against a sample frame (both read as strings). ``shapes``: one (H, W) for every
     row, or a mapping / function from the row's id (first column) to (H, W); unknown -> only the form is checked."""
     report = Validation(Path(path), rows=len(sub))
-    sample_cols = [str(c) for c in sample.columns]
-    rle_name = rle_column(sample_cols, rle_col)
-    missing = [c for c in sample_cols if c not in sub.columns]
-    if missing:
-        raise DataError(f"{path}: missing column(s) {missing}; the sample has {sample_cols}, this file "
-                        f"{list(sub.columns)}")
+    sample_cols, rle_name = _columns(sub, sample, path, rle_col)
     extra_cols = [c for c in sub.columns if c not in sample_cols]
     if extra_cols:
         report.problems.append(f"header: extra column(s) {extra_cols} not in the sample")
@@ -151,12 +156,7 @@ def validate_instances_frame(sub: pd.DataFrame, sample: pd.DataFrame, path: Path
     in the sample, an image missing, a malformed RLE or one past the image, an empty row beside objects, and two
     objects of an image that share pixels (naming the image and both rows)."""
     report = Validation(Path(path), rows=len(sub))
-    sample_cols = [str(c) for c in sample.columns]
-    rle_name = rle_column(sample_cols, rle_col)
-    missing = [c for c in sample_cols if c not in sub.columns]
-    if missing:
-        raise DataError(f"{path}: missing column(s) {missing}; the sample has {sample_cols}, this file "
-                        f"{list(sub.columns)}")
+    sample_cols, rle_name = _columns(sub, sample, path, rle_col)
     id_col = next(c for c in sample_cols if c != rle_name)
     sample_ids = {i: n + 2 for n, i in enumerate(sample[id_col].astype(str))}
     shape_of = shape_lookup(shapes)

@@ -161,6 +161,7 @@ class StreamedCase:
             source = nib.load(label)
             check_label_header(label, source, shape, affine, images[0])
             self.label = source.dataobj
+            self._label_tail = (0,) if len(source.shape) == 4 else ()  # (X, Y, Z, 1) label files exist
             for _, block in _slabs(self.label, None, shape[2], shape[0] * shape[1], dtype=None):  # as stored
                 check_label_values(label, block, classes)
         self.kept = max(kept, 1)
@@ -193,7 +194,7 @@ class StreamedCase:
             return self._recent[key]
         at = tuple(index if a == axis else slice(None) for a in range(3))
         if what == "label":
-            out = np.asarray(self.label[at]).astype(np.uint8)
+            out = np.asarray(self.label[at + self._label_tail]).astype(np.uint8)
         else:
             out = np.stack([stats.apply(np.asarray(proxy[at + (() if m is None else (m,))], dtype=np.float32))
                             for (_, proxy, m), stats in zip(self.modalities, self.stats)], axis=2)

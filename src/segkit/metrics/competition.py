@@ -87,7 +87,17 @@ def _pixel_accuracy_counts(c: OverlapCounts) -> np.ndarray:
 
 
 def _consecutive(labels: np.ndarray) -> tuple[np.ndarray, int]:
-    """Relabel 1..n in order of the original ids (0 stays background)."""
+    """Relabel 1..n in order of the original ids (0 stays background). Label maps usually are 0..n already
+    (decoders number their objects so, instance maps mostly do): then a count of the ids is all it costs."""
+    flat = labels.ravel()
+    if flat.size and flat.min() >= 0 and flat.max() <= 4 * flat.size:
+        present = np.flatnonzero(np.bincount(flat))
+        objects = present[present > 0]
+        if len(objects) == 0 or objects[-1] == len(objects):
+            return labels, len(objects)
+        lookup = np.zeros(int(objects[-1]) + 1, np.int64)
+        lookup[objects] = np.arange(1, len(objects) + 1)
+        return lookup[labels], len(objects)
     ids, inverse = np.unique(labels, return_inverse=True)
     if ids[0] != 0:
         return inverse.reshape(labels.shape) + 1, len(ids)
@@ -121,7 +131,7 @@ def _matched(pred_labels: np.ndarray, truth_labels: np.ndarray):
     if n_pred == 0 or n_true == 0:
         value = 1.0 if n_pred == n_true else 0.0
         return n_true, n_pred, np.full(len(AP_TWENTIETHS), value), None
-    joint = np.bincount((t.ravel() * (n_pred + 1) + p.ravel()), minlength=(n_true + 1) * (n_pred + 1))
+    joint = np.bincount(t.ravel().astype(np.int64) * (n_pred + 1) + p.ravel(), minlength=(n_true + 1) * (n_pred + 1))
     joint = joint.reshape(n_true + 1, n_pred + 1)
     inter = joint[1:, 1:]
     true_area = joint[1:, :].sum(axis=1)
