@@ -41,6 +41,7 @@ from segkit import atomic
 from segkit.config import Config
 from segkit.config.schema import ModelConfig
 from segkit.data import Competition, SegDataset, by_size, pad_collate, unpad
+from segkit.data.volume_readers import cut
 from segkit.data.volumes import assemble
 from segkit.data.folds import check_fold, fold_numbers, load_folds
 from segkit.device import resolve_device
@@ -273,7 +274,7 @@ def _predict_views(volumes, axes: list[int], todo: list[str], out: Outputs,
             del view
         for j, slice_id in enumerate(volumes.slices_of(case)):
             if not out.has(slice_id):
-                mean = np.take(total, j, axis=1 + volumes.axis).astype(np.float64) / len(axes)
+                mean = cut(total, 1 + volumes.axis, j).astype(np.float64) / len(axes)
                 out.write(slice_id, np.rint(mean).astype(np.uint8))  # rounds as segkit.probs.mean_uint8
                 done += 1
     return done

@@ -25,6 +25,7 @@ import pandas as pd
 from segkit import atomic, rle
 from segkit.config import Config
 from segkit.data import Competition, read_csv
+from segkit.data.volume_readers import cut
 from segkit.data.volumes import write_labels
 from segkit.errors import DataError
 from segkit.freshness import Unit, fingerprint
@@ -77,7 +78,7 @@ class FinalMasks:
             order = self.volumes.slices_of(case)
             masks = self.volume(case)
             self._case = case
-            self._slices = {i: np.ascontiguousarray(np.take(masks, j, axis=1 + self.volumes.axis))
+            self._slices = {i: np.ascontiguousarray(cut(masks, 1 + self.volumes.axis, j))
                             for j, i in enumerate(order)}
         return self._slices[image_id]
 

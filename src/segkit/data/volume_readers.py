@@ -50,6 +50,12 @@ class Intensity:
         return ((x - self.mean) / self.std).astype(np.float32, copy=False)
 
 
+def cut(array: np.ndarray, axis: int, index: int) -> np.ndarray:
+    """The slice ``index`` of ``array`` along ``axis``, as a view. (``np.take`` would copy a non-contiguous array
+    whole first, for every slice: a volume decoded from a NIfTI file is Fortran-ordered.)"""
+    return array[(slice(None),) * axis + (index,)]
+
+
 def _bounds(cfg: DataConfig, sample: np.ndarray) -> tuple[Optional[float], Optional[float]]:
     if cfg.clip_percentiles is None:
         return None, None
@@ -133,10 +139,10 @@ class DecodedCase:
             self.label = data.astype(np.uint8)
 
     def image_slice(self, axis: int, index: int) -> np.ndarray:
-        return np.ascontiguousarray(np.take(self.image, index, axis=axis))
+        return np.ascontiguousarray(cut(self.image, axis, index))
 
     def label_slice(self, axis: int, index: int) -> Optional[np.ndarray]:
-        return None if self.label is None else np.ascontiguousarray(np.take(self.label, index, axis=axis))
+        return None if self.label is None else np.ascontiguousarray(cut(self.label, axis, index))
 
 
 def _slabs(proxy, m: Optional[int], depth: int, per_slice: int, dtype=np.float32) -> Iterator[tuple[int, np.ndarray]]:
