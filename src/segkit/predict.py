@@ -41,9 +41,9 @@ from segkit import atomic
 from segkit.config import Config
 from segkit.config.schema import ModelConfig
 from segkit.data import Competition, SegDataset, by_size, pad_collate, unpad
+from segkit.data.folds import check_fold, fold_numbers, load_folds
 from segkit.data.volume_readers import cut
 from segkit.data.volumes import assemble
-from segkit.data.folds import check_fold, fold_numbers, load_folds
 from segkit.device import resolve_device
 from segkit.errors import ConfigError, DataError
 from segkit.freshness import Unit, fingerprints, kept
