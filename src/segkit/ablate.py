@@ -69,7 +69,7 @@ from segkit.postprocess import ClassParams
 from segkit.predict import predict_oof
 from segkit.stages import BY_NAME, load
 from segkit.tune import OOFStream, final_scores, tune
-from segkit.tune.instances import Candidates, search
+from segkit.tune.instances import Candidates, nested, search
 
 # A trick's delta within this of zero is reported as "no change": below the noise of one CV run.
 NOISE = 0.001
@@ -257,15 +257,10 @@ def instance_rows(cfg: Config, runs: dict[str, Config], folds: Sequence[int], id
     cands = Candidates([np.asarray(store[i]) for i in every], [comp.instance_map(i) for i in every])
     keys = np.array([fold[i] for i in every])
     wanted = np.isin(np.array(every), list(ids))
-    nested = np.full(len(every), np.nan)
-    for k in sorted(set(keys[wanted].tolist())):
-        pick, _ = search(cands, np.flatnonzero(keys != k), cfg.tune.instances, contour)
-        rows_k = (keys == k) & wanted
-        nested[rows_k] = cands.scores(pick, [(pick.min_size, pick.dilate)])[rows_k, 0]
+    per_fold, _ = nested(cands, keys, cfg.tune.instances, contour, scored=sorted(set(keys[wanted].tolist())))
     pick, _ = search(cands, np.arange(len(every)), cfg.tune.instances, contour)
-    in_sample = float(cands.scores(pick, [(pick.min_size, pick.dilate)])[wanted, 0].mean())
     yield Row("+ tuned decoder", pick.describe() + " (chosen on all folds)",
-              {"object_ap": float(np.nanmean(nested[wanted]))}, in_sample=in_sample)
+              {"object_ap": float(per_fold[wanted].mean())}, in_sample=float(cands.of(pick)[wanted].mean()))
     yield Row("+ distance channel", "", note="not built: the targets are mask and contour")
     saved = (_read_tuned(cfg) or {}).get("instances") or {}
     if saved.get("per_image_nested"):

@@ -45,7 +45,7 @@ import pandas as pd
 from segkit import atomic
 from segkit.config import Config
 from segkit.data import Competition
-from segkit.data.folds import fold_of, load_folds
+from segkit.data.folds import by_fold, fold_of, load_folds
 from segkit.errors import DataError
 from segkit.freshness import Unit, fingerprint
 from segkit.instance_decoders import DecodeParams, decode, tuned_decoders
@@ -136,8 +136,7 @@ def score_volumes(comp: Competition, store: ProbStore, ids: list[str], params_of
                   ) -> pd.DataFrame:
     """A volume competition's split scored volume by volume: each volume's slices post-processed as the
     submission makes them (at the volume step's thresholds), stacked back into the volume, cleaned in 3D as tuned
-    (``cleanup_of(first slice id)``)
-    and scored in mm (``segkit.metrics.volume_scores``)."""
+    (``cleanup_of(first slice id)``) and scored in mm (``segkit.metrics.volume_scores``)."""
     volumes = comp.volume_set("train")  # OOF and holdout volumes are labelled ones
     where = volumes.positions
     by_case: dict[str, set[str]] = {}
@@ -277,15 +276,15 @@ def evaluate_unit(cfg: Config, holdout: bool) -> Unit:
     return Unit(f"evaluate: {paths.dir}", paths.stamp, outputs, inputs)
 
 
-def _oof_params(cfg: Config, tuned: dict, params: list, classes: list[str]) -> tuple[Callable[[str], list], str]:
+def _oof_params(cfg: Config, tuned: dict, params: list, classes: list[str], fold: dict[str, int] | None
+                ) -> tuple[Callable[[str], list], str]:
     """Each OOF image's parameters: its fold's nested choice where tune made one, else the submission's."""
     nested = tuned.get("nested") or {}
-    if not nested or not cfg.layout.folds_file.exists():
+    if not nested or fold is None:
         return (lambda _: params), "in-sample: chosen on every fold (no nested estimate in tune.json)"
     if tuned.get("folds_file") is not None and tuned["folds_file"] != fingerprint(cfg.layout.folds_file):
         raise DataError(f"{cfg.layout.tune.json}: its nested choices were made on another fold file than "
                         f"{cfg.layout.folds_file}; run `segkit tune` again")
-    fold = fold_of(load_folds(cfg))
     chosen = {int(f): params_list(v["classes"], classes, where=f"{cfg.layout.tune.json} nested fold {f}")
               for f, v in nested.items()}
 
@@ -299,17 +298,14 @@ def _oof_params(cfg: Config, tuned: dict, params: list, classes: list[str]) -> t
     return of, "nested: each fold's images with what tuning chose on the other folds"
 
 
-def _cleanup_of(cfg: Config, tuned: dict, classes: list[str]) -> tuple[Callable[[str], list], list]:
+def _cleanup_of(tuned: dict, classes: list[str], fold: dict[str, int] | None
+                ) -> tuple[Callable[[str], list], list]:
     """The volume step's choice (thresholds, 3D clean-up) for an OOF volume (by its first slice's fold: the nested
     choice made without that fold, where tune made one) and the submission's."""
     saved = tuned.get("volume_cleanup") or {}
     full = volume_params(saved.get("classes"), classes)
-    nested = saved.get("nested") or {}
-    if not nested or not cfg.layout.folds_file.exists():
-        return (lambda _: full), full
-    fold = fold_of(load_folds(cfg))
-    chosen = {int(f): volume_params(v, classes) for f, v in nested.items()}
-    return (lambda image_id: chosen.get(fold.get(image_id), full)), full
+    chosen = {int(f): volume_params(v, classes) for f, v in (saved.get("nested") or {}).items()}
+    return by_fold(fold, chosen, full), full
 
 
 def run(cfg: Config) -> int:
@@ -333,7 +329,8 @@ def run(cfg: Config) -> int:
     splits = {"oof": (oof, list(oof.ids), paths.per_image_oof)}
     if test is not None:
         splits["holdout"] = (test, holdout_ids, paths.per_image_holdout)
-    oof_params, oof_choice = _oof_params(cfg, tuned, params, classes)
+    fold = fold_of(load_folds(cfg)) if layout.folds_file.exists() else None  # the nested choices' keys
+    oof_params, oof_choice = _oof_params(cfg, tuned, params, classes, fold)
     frames = {split: score_split(store, ids, comp.read_mask, oof_params if split == "oof" else lambda _: params,
                                  classes, exclusive, split)
               for split, (store, ids, _) in splits.items()}
@@ -342,7 +339,7 @@ def run(cfg: Config) -> int:
     images = {split: len(ids) for split, (_, ids, _) in splits.items()}
     volumes = {}
     if cfg.data.volumes is not None:
-        oof_cleanup, full_cleanup = _cleanup_of(cfg, tuned, classes)
+        oof_cleanup, full_cleanup = _cleanup_of(tuned, classes, fold)
         volumes = {split: score_volumes(comp, store, ids, oof_params if split == "oof" else lambda _: params,
                                         oof_cleanup if split == "oof" else lambda _: full_cleanup,
                                         classes, exclusive, split)
@@ -350,7 +347,6 @@ def run(cfg: Config) -> int:
     volume_rows = [row for split, frame in volumes.items() for row in volume_table(frame, split)]
     objects = {}
     if cfg.data.instances is not None:
-        fold = fold_of(load_folds(cfg)) if layout.folds_file.exists() else None
         oof_decoder, full_decoder = tuned_decoders(tuned, fold, str(layout.tune.json))
         objects = {split: score_objects(comp, store, ids, oof_decoder if split == "oof" else lambda _: full_decoder,
                                         split) for split, (store, ids, _) in splits.items()}

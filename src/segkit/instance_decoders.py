@@ -22,6 +22,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 from scipy import ndimage
 
+from segkit.data.folds import by_fold
 from segkit.errors import ConfigError, DataError
 from segkit.registry import Registry
 
@@ -131,9 +132,7 @@ def tuned_decoders(tuned: Mapping[str, Any], fold: Mapping[str, int] | None, whe
     full = DecodeParams.from_json(saved["params"], f"{where}: instances.params")
     nested = {int(f): DecodeParams.from_json(v, f"{where}: instances.nested.{f}")
               for f, v in (saved.get("nested") or {}).items()}
-    if not nested or not fold:
-        return (lambda _: full), full
-    return (lambda image_id: nested.get(fold.get(image_id), full)), full
+    return by_fold(fold, nested, full), full
 
 
 __all__ = ["DECODERS", "DecodeParams", "components", "decode", "finish", "tuned_decoders", "watershed"]

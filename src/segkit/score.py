@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from segkit import rle
+from segkit.data.instances import objects_from_rows
 from segkit.errors import DataError, SegkitError
 from segkit.metrics import get_metric
 from segkit.metrics.competition import object_ap_labels
@@ -120,13 +121,8 @@ def score_instances(sub_path: str | Path, truth_path: str | Path, shapes: Shapes
 
 def _labels(texts: list[tuple[str, int]], shape, order: str, path: Path, key) -> np.ndarray:
     """An image's label map from its rows, object n the n-th non-empty row (a later object takes shared pixels)."""
-    labels = np.zeros(shape, np.int32)
-    n = 0
-    for text, row in texts:
-        if isinstance(text, str) and text.strip():
-            n += 1
-            labels[rle.decode(text, shape, order=order, where=f"{path.name} row {row} (id {key_text(key)})") > 0] = n
-    return labels
+    rows = [(text, f"{path.name} row {row} (id {key_text(key)})") for text, row in texts]
+    return objects_from_rows(rows, shape, order, False, "later_wins", key_text(key))
 
 
 def main(args: argparse.Namespace) -> int:

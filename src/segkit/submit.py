@@ -86,8 +86,8 @@ class FinalMasks:
         """(K, X, Y, Z) masks of a test case: its slices post-processed (at the volume step's thresholds, where it
         chose any) and cleaned in 3D as tuned."""
         cleanup = self.cleanup or ()
-        masks = case_masks(self.volumes, case, self.store.__getitem__, lambda _: self.params, self.exclusive, cleanup)
-        return clean_volume(masks, cleanup) if cleanup else masks
+        return clean_volume(case_masks(self.volumes, case, self.store.__getitem__, lambda _: self.params,
+                                       self.exclusive, cleanup), cleanup)
 
 
 def build_submission(cfg: Config, comp: Competition, store: ProbStore, params,

@@ -117,15 +117,13 @@ def object_ap_labels(pred_labels: np.ndarray, truth_labels: np.ndarray) -> float
         )
     ):
         raise DataError("object_ap_labels takes integer instance label maps; use object_ap for binary masks")
-    n_true, n_pred, precisions, _ = _matched(pred_labels, truth_labels)
-    if n_pred == 0 and n_true == 0:
-        return 1.0
-    return float(precisions.mean())
+    return float(_matched(pred_labels, truth_labels)[2].mean())
 
 
 def _matched(pred_labels: np.ndarray, truth_labels: np.ndarray):
-    """(true objects, predicted objects, precision TP / (TP + FP + FN) at each IoU threshold, and the (n_true,
-    n_pred) pixel overlaps with the objects' areas, or None where either side has no object)."""
+    """(true objects, predicted objects, precision TP / (TP + FP + FN) at each IoU threshold (1 where neither side
+    has an object, 0 where one side has none), and the (n_true, n_pred) pixel overlaps with the objects' areas, or
+    None where either side has no object)."""
     p, n_pred = _consecutive(pred_labels)
     t, n_true = _consecutive(truth_labels)
     if n_pred == 0 or n_true == 0:
@@ -151,8 +149,7 @@ def object_scores(pred_labels: np.ndarray, truth_labels: np.ndarray) -> dict:
     two or more predicted objects lie mostly inside: over-segmentation) and ``merged`` (predicted objects holding
     two or more true objects mostly inside: under-segmentation, touching objects not separated)."""
     n_true, n_pred, precisions, pairs = _matched(np.asarray(pred_labels), np.asarray(truth_labels))
-    out = {"true_objects": n_true, "pred_objects": n_pred,
-           "ap": 1.0 if n_true == n_pred == 0 else float(precisions.mean())}
+    out = {"true_objects": n_true, "pred_objects": n_pred, "ap": float(precisions.mean())}
     out.update({f"ap{5 * int(t)}": float(v) for t, v in zip(AP_TWENTIETHS, precisions)})
     split = merged = 0
     if pairs is not None:

@@ -55,6 +55,10 @@ class Candidates:
                 self._cache[seeding + f] = table[:, j]
         return np.stack([self._cache[seeding + f] for f in finishes], axis=1)
 
+    def of(self, params: DecodeParams) -> np.ndarray:
+        """(images,): the AP of every image decoded with exactly ``params``."""
+        return self.scores(params, [(params.min_size, params.dilate)])[:, 0]
+
 
 def search(cands: Candidates, rows: np.ndarray, grid: InstanceTune, contour: bool) -> tuple[DecodeParams, list]:
     """The choice made on ``rows`` of the candidates' images, and its steps (for tune.json)."""
@@ -88,6 +92,19 @@ def search(cands: Candidates, rows: np.ndarray, grid: InstanceTune, contour: boo
     return best, steps
 
 
+def nested(cands: Candidates, keys: np.ndarray, grid: InstanceTune, contour: bool,
+           scored: Sequence[int] | None = None) -> tuple[np.ndarray, dict[int, DecodeParams]]:
+    """Per image, its AP with what the search chose on the other folds' images, for the folds ``scored`` (default:
+    every fold of ``keys``, the images' folds; the others' images are NaN), and each fold's choice."""
+    out = np.full(len(keys), np.nan)
+    picks = {}
+    for k in sorted(set(keys.tolist()) if scored is None else scored):
+        rows = keys == k
+        picks[k], _ = search(cands, np.flatnonzero(~rows), grid, contour)
+        out[rows] = cands.of(picks[k])[rows]
+    return out, picks
+
+
 def sample(ids: Sequence[str], folds: Sequence[int] | None, cap: int | None) -> list[int]:
     """Indices of at most ``cap`` of ``ids``: every fold alike (a fixed stride through each fold's images)."""
     if cap is None or len(ids) <= cap:
@@ -115,20 +132,15 @@ def tune_instances(ids: Sequence[str], folds: Sequence[int] | None, read_probs: 
     cands = Candidates(probs, truths)
     every = np.arange(len(chosen))
     params, steps = search(cands, every, grid, contour)
-    per_image = cands.scores(params, [(params.min_size, params.dilate)])[:, 0]
+    per_image = cands.of(params)
     out = {"images": len(chosen), "params": params.to_json(), "summary": params.describe(), "steps": steps,
            "cv": float(per_image.mean()), "components_p0.5": float(cands.scores(DecodeParams("components")).mean()),
            "cv_nested": None, "nested": {}, "ids": [ids[i] for i in chosen]}
     if folds is not None and len(set(folds)) > 1:
-        fold_of = np.asarray([folds[i] for i in chosen])
-        nested = np.empty(len(chosen))
-        for k in sorted(set(fold_of.tolist())):
-            rows = fold_of == k
-            pick, _ = search(cands, np.flatnonzero(~rows), grid, contour)
-            nested[rows] = cands.scores(pick, [(pick.min_size, pick.dilate)])[rows, 0]
-            out["nested"][str(k)] = pick.to_json()
-        out["cv_nested"] = float(nested.mean())
-        out["per_image_nested"] = nested.tolist()
+        per_fold, picks = nested(cands, np.asarray([folds[i] for i in chosen]), grid, contour)
+        out["nested"] = {str(k): pick.to_json() for k, pick in picks.items()}
+        out["cv_nested"] = float(per_fold.mean())
+        out["per_image_nested"] = per_fold.tolist()
     out["per_image"] = per_image.tolist()
     out["seconds"] = round(time.perf_counter() - began, 1)
     out["decoded_images"] = cands.decoded
