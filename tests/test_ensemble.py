@@ -447,3 +447,40 @@ def test_choose_can_name_a_single_model_and_bad_names_fail_first(stage_cfg):
     bad = cfg.model_copy(update={"ensemble": cfg.ensemble.model_copy(update={"choose": "stack"})})
     with pytest.raises(ConfigError, match="ensemble.choose.*stack"):
         ensemble.run(bad)
+
+
+# ------------------------------------------------------------------------------------------- test-time state
+
+def _fitted(name: str, setup):
+    rng = np.random.default_rng(3)
+    truths = [(rng.random((1, 16, 16)) > 0.6).astype(np.uint8) for _ in range(12)]
+    probs = [[quantize(np.clip(t + rng.normal(0, s, t.shape), 0, 1).astype(np.float32)) for s in (0.3, 0.6)]
+             for t in truths]
+    method, sample = METHODS.get(name)(setup), FitSample(10**9)
+    for i, (t, p) in enumerate(zip(truths, probs)):
+        sample.offer(f"i{i}", i % 3, p, t)
+        method.observe(f"i{i}", i % 3, p, t)
+    method.fit(sample)
+    return method, probs
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_every_method_restores_its_test_combination_exactly(name):
+    setup = setup_for(n_oof=12, stack_pixels=2000, stack_rounds=5, stack_scales=[3], empty_classifier=True,
+                      stack_params={"min_data_in_leaf": 5})
+    fitted, probs = _fitted(name, setup)
+    state = json.loads(json.dumps(fitted.state()))  # through JSON, as state.json holds it
+    restored = ensemble.restore(setup, {"method": name, "models": setup.models}, state)
+    for i, p in enumerate(probs):
+        want, got = np.asarray(fitted.combine(p, f"i{i}", None)), np.asarray(restored.combine(p, f"i{i}", None))
+        assert want.dtype == got.dtype and np.array_equal(want, got)
+
+
+def test_a_restored_weighted_mean_renormalises_over_the_models_kept_and_a_stack_refuses():
+    setup = setup_for(n_oof=12, stack_pixels=2000, stack_rounds=5, stack_scales=[3])
+    state = {"weights": [0.75, 0.25]}
+    one = ensemble.restore(setup_for(models=("b",)), {"method": "wmean", "models": ["a", "b"]}, state)
+    assert one.weights[None].tolist() == [1.0]
+    fitted, _ = _fitted("stack", setup)
+    with pytest.raises(DataError, match="needs every model it was fitted on"):
+        ensemble.restore(setup_for(models=("a",)), {"method": "stack", "models": ["a", "b"]}, fitted.state())

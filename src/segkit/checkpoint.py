@@ -20,8 +20,9 @@ from torch import nn
 
 from segkit import atomic
 from segkit.config.schema import ModelConfig
-from segkit.errors import SegkitError
+from segkit.errors import DataError, SegkitError
 from segkit.models import build_model
+from segkit.probs import ProbStore
 
 FORMAT = "segkit-checkpoint"
 VERSION = 2  # 2: the RNG states as tensors and numbers, so the whole file loads with weights_only=True
@@ -90,3 +91,15 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     model.load_state_dict(ckpt["model"])
     meta = {k: v for k, v in ckpt.items() if k not in ("model", "train_state")}
     return model.to(device).eval(), meta
+
+
+def fold_checkpoints(cfg, model: str, fold: int) -> list[Path]:
+    """The checkpoints one fold predicts with: its best (or last) and, if asked, its cycle snapshots in order."""
+    paths = cfg.layout.fold(model, fold)
+    if not ProbStore.is_complete(paths.oof):
+        raise DataError(f"{paths.dir}: fold {fold} of model {model!r} has not finished training (no complete oof/); "
+                        f"run `segkit train` first")
+    main = paths.checkpoint(cfg.predict.checkpoint)
+    if not main.exists():
+        raise DataError(f"{main}: missing; set predict.checkpoint to a kept checkpoint (train.keep) or retrain")
+    return [main] + (paths.snapshots() if cfg.predict.snapshots else [])

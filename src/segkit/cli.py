@@ -20,6 +20,8 @@ from segkit.stages import BY_NAME, STAGES, load
 RUN_HELP = "every stage in order, skipping what is complete"
 TOOLS = {"score": "segkit.score", "validate-submission": "segkit.validate"}
 ABLATE_HELP = "what each trick of a recipe is worth: a baseline, the recipe, one trick added at a time"
+EXPORT_HELP = "every checkpoint the ensemble predicts with as TorchScript / ONNX, checked against PyTorch"
+PACKAGE_HELP = "an offline bundle for a code competition: models, config, tuning, ensemble, wheels, infer.py"
 
 
 def _config_parser(sub, name: str, help_text: str, description: str = "", narrows: bool = False):
@@ -67,6 +69,20 @@ def build_parser() -> argparse.ArgumentParser:
     ablate.add_argument("--no-variants", action="store_true",
                         help="skip the baseline and loss-only trainings: score only the recipe's own rows")
     ablate.add_argument("--train-only", action="store_true", help="train and predict, do not score")
+
+    export = _config_parser(sub, "export", EXPORT_HELP, f"{EXPORT_HELP} (runs/<experiment>/export/)")
+    export.add_argument("--format", default="both", choices=["torchscript", "onnx", "both"])
+    export.add_argument("--tolerance", type=float, default=1e-3,
+                        help="largest difference of probabilities from PyTorch (float32) an export may have")
+    package = _config_parser(sub, "package", PACKAGE_HELP, f"{PACKAGE_HELP}; the README's \"Submitting to a code "
+                             f"competition\" shows how a notebook runs it")
+    package.add_argument("--out", required=True, help="the bundle's folder (must not exist, or be an earlier bundle)")
+    package.add_argument("--models", default="eager", choices=["eager", "torchscript", "onnx"],
+                         help="which files the bundle carries: the checkpoints (eager, the default: the submission "
+                         "equals `segkit submit`'s byte for byte) or the exports of `segkit export`")
+    package.add_argument("--no-wheels", action="store_true", help="leave out the wheels (the target has the packages)")
+    package.add_argument("--python-version", default=None,
+                         help="wheels for this Python (e.g. 3.12) instead of the running one's")
 
     score = sub.add_parser("score", help="score an RLE csv against a truth csv as the competition would")
     score.add_argument("submission")
@@ -122,6 +138,11 @@ def _dispatch(args: argparse.Namespace) -> int | None:
     options = {k: getattr(args, k) for k in ("model", "fold") if getattr(args, k, None) is not None}
     if args.command == "run":
         return _tool("segkit.pipeline", "run")(cfg, **options)
+    if args.command == "export":
+        return _tool("segkit.export", "run")(cfg, format=args.format, tolerance=args.tolerance)
+    if args.command == "package":
+        return _tool("segkit.package", "run")(cfg, out=args.out, models=args.models, wheels=not args.no_wheels,
+                                             python_version=args.python_version)
     if args.command == "ablate":
         ablate = importlib.import_module("segkit.ablate")
         table = ablate.run(cfg, folds=args.folds, metrics=args.metrics, with_variants=not args.no_variants,

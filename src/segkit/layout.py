@@ -11,7 +11,7 @@
                                  fold's checkpoints with TTA; fold<k>.stamp.json per fold
       <model>/test_folds/        predict, when a pseudo round follows: fold<k>/, the test images predicted by fold
                                  k's checkpoints alone (what the next round's fold k takes its labels from)
-      ensemble/                  ensemble: oof/, test/, cv.csv, choice.json, stamp.json
+      ensemble/                  ensemble: oof/, test/, cv.csv, choice.json, state.json, stamp.json
       pseudo/round<r>/           pseudo: fold<k>/ (the labels fold k trains on: a store of 0/255 masks from fold
                                  k's models of the round before), selection.csv, stamp.json
       <model>_pl<r>/             the models of pseudo round r, laid out like <model>/
@@ -23,6 +23,8 @@
                                  competitions: per volume and class, in mm), objects_<split>.csv (instance
                                  competitions: per image), evaluate.json, stamp.json
       report/                    report: report.md, plots, stamp.json
+      export/                    export: <model>/fold<k>/<checkpoint>.ts and .onnx, each with a .json (its meta
+                                 and its check against PyTorch), export.json, stamp.json
       quality/                   ablate: baseline/, loss/ (and slices/) (experiments of their own), tiles/<model>/,
                                  one_axis/<model>/, quality.json, quality.md
       stamps/                    the stamps of the units whose outputs have no folder of their own (check, submit)
@@ -154,6 +156,31 @@ class EnsemblePaths:
     @property
     def choice(self) -> Path:
         return self.dir / "choice.json"
+
+    @property
+    def state(self) -> Path:
+        """What the chosen method combines test images with (``Method.state``): what an offline bundle restores."""
+        return self.dir / "state.json"
+
+    @property
+    def stamp(self) -> Path:
+        return self.dir / STAMP
+
+
+@dataclass(frozen=True)
+class ExportPaths:
+    """``segkit export``: every fold checkpoint the ensemble predicts with, as TorchScript and / or ONNX."""
+
+    dir: Path
+
+    def file(self, model: str, k: int, checkpoint: Path, suffix: str) -> Path:
+        """The export of fold k's ``checkpoint`` (its file name, e.g. best.pt) ending in ``suffix``."""
+        return self.dir / model / f"fold{k}" / (checkpoint.stem + suffix)
+
+    @property
+    def json(self) -> Path:
+        """What was exported, with each export's check against PyTorch (written last)."""
+        return self.dir / "export.json"
 
     @property
     def stamp(self) -> Path:
@@ -365,6 +392,10 @@ class Layout:
     @property
     def evaluate(self) -> EvaluatePaths:
         return EvaluatePaths(self.run_dir / "evaluate")
+
+    @property
+    def export(self) -> ExportPaths:
+        return ExportPaths(self.run_dir / "export")
 
     @property
     def report(self) -> ReportPaths:

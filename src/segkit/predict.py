@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader
 from segkit import atomic
 from segkit.config import Config
 from segkit.config.schema import ModelConfig
-from segkit.data import Competition, SegDataset, by_size, pad_collate, unpad
+from segkit.data import Competition, SegDataset, by_size, pad_collate, same_size_batches, unpad
 from segkit.data.folds import check_fold, fold_numbers, load_folds
 from segkit.data.volume_readers import cut
 from segkit.data.volumes import assemble
@@ -52,23 +52,11 @@ from segkit.probs import ProbStore, ProbWriter, image_file, manifest, mean_uint8
 from segkit.progress import bar
 from segkit.sizing import loader_workers, prediction_batch
 from segkit.tiling import predict_tiled, stack_groups
-from segkit.checkpoint import load_model
+from segkit.checkpoint import fold_checkpoints, load_model
 from segkit.distributed import World, barrier, setup
 from segkit.tta import TTAPredictor, average_predictions
 
 # ------------------------------------------------------------------------------------------------ checkpoints
-
-
-def fold_checkpoints(cfg: Config, model: str, fold: int) -> list[Path]:
-    """The checkpoints one fold predicts with: its best (or last) and, if asked, its cycle snapshots in order."""
-    paths = cfg.layout.fold(model, fold)
-    if not ProbStore.is_complete(paths.oof):
-        raise DataError(f"{paths.dir}: fold {fold} of model {model!r} has not finished training (no complete oof/); "
-                        f"run `segkit train` first")
-    main = paths.checkpoint(cfg.predict.checkpoint)
-    if not main.exists():
-        raise DataError(f"{main}: missing; set predict.checkpoint to a kept checkpoint (train.keep) or retrain")
-    return [main] + (paths.snapshots() if cfg.predict.snapshots else [])
 
 
 def _inputs(cfg: Config, checkpoints: dict[int, list[Path]], kind: str) -> dict:
@@ -117,22 +105,30 @@ def _prepare(unit: Unit, folder: Path, is_main: bool, images: Optional[list[Path
 class CheckpointAverage:
     """The networks of one model's checkpoints in groups (a fold's checkpoints are one group), each wrapped in TTA;
     a call gives every group's mean, side by side: the folds of a model are predicted in one pass over the images,
-    and each fold's probabilities stay apart for the stores that want them (``Outputs``)."""
+    and each fold's probabilities stay apart for the stores that want them (``Outputs``).
 
-    def __init__(self, cfg: Config, groups: list[list[Path]], device: torch.device):
+    ``loader`` (path, device) -> (network, meta) replaces the checkpoint's PyTorch model by another runtime's
+    (``segkit.runtimes``): an exported network that takes images as read and gives probabilities, so it runs
+    without activation or autocast here and wants its inputs unnormalised (``normalizes``). ``max_views``: the
+    first views of the TTA only (what a time budget leaves)."""
+
+    def __init__(self, cfg: Config, groups: list[list[Path]], device: torch.device,
+                 loader: Optional[Callable] = None, max_views: Optional[int] = None):
         self.device = device
         self.groups: list[list[TTAPredictor]] = []
         self.meta: dict = {}
+        self.normalizes = loader is not None
         for paths in groups:
             predictors = []
             for path in paths:
-                model, meta = load_model(path, device)
+                model, meta = load_model(path, device) if loader is None else loader(path, device)
                 self._check(cfg, path, meta)
                 self.meta = meta
-                activation = "softmax" if meta["mode"] == "multiclass" else "sigmoid"
+                activation = None if loader else "softmax" if meta["mode"] == "multiclass" else "sigmoid"
                 predictors.append(TTAPredictor(
                     model, tta=cfg.predict.tta, merge=cfg.predict.tta_merge, chunk=cfg.predict.tta_chunk,
-                    activation=activation, amp=cfg.predict.amp, channels_last=cfg.predict.channels_last,
+                    activation=activation, amp=None if loader else cfg.predict.amp,
+                    channels_last=cfg.predict.channels_last and loader is None, max_views=max_views,
                 ))
             self.groups.append(predictors)
         self.multiclass = self.meta.get("mode") == "multiclass"
@@ -214,10 +210,14 @@ def predict_ids(cfg: Config, comp, ids: list[str], split: str, predict: Checkpoi
                              device)
 
     def predict_slices(slice_ids: list[str], into, label: str = desc) -> int:
-        ds = SegDataset(comp, slice_ids, split=split, augment=None, pad_to=predict.pad_to, with_mask=False)
+        ds = SegDataset(comp, slice_ids, split=split, augment=None, pad_to=predict.pad_to, with_mask=False,
+                        normalize=not predict.normalizes)
+        # A network that normalises its inputs itself gets batches of one image size (no zero padding between).
+        batching = ({"batch_sampler": same_size_batches(comp, slice_ids, batch, split)} if predict.normalizes
+                    else {"batch_size": batch, "shuffle": False})
         # Pinned pages let the copies to a GPU run asynchronously (non_blocking below) while the next batch decodes.
-        loader = DataLoader(ds, batch_size=batch, shuffle=False, num_workers=loader_workers(p.workers, device),
-                            collate_fn=pad_collate, pin_memory=device.type == "cuda")
+        loader = DataLoader(ds, num_workers=loader_workers(p.workers, device), collate_fn=pad_collate,
+                            pin_memory=device.type == "cuda", **batching)
         with torch.inference_mode():
             return _predict_batches(loader, predict, into, tile, p, batch, device, label, world)
 

@@ -200,10 +200,43 @@ def submit_unit(cfg: Config, holdout: bool, volumes: dict[str, Path] | None = No
     return Unit(f"submit: {layout.submission}", layout.stamp("submit"), outputs, inputs)
 
 
+class Submission:
+    """A submission built from tuned probabilities: its frame and what checking it needs."""
+
+    def __init__(self, cfg: Config, comp: Competition, store: ProbStore, tuned: dict, where: str):
+        self.objects = cfg.data.instances is not None
+        self.params = params_list(tuned["classes"], list(cfg.data.classes), where=where)
+        self.cleanup = volume_params((tuned.get("volume_cleanup") or {}).get("classes"), list(cfg.data.classes))
+        metric = get_metric(cfg.metric, key="metric") if comp.holdout_ids else None
+        if self.objects:
+            _, self.decoder = tuned_decoders(tuned, None, where)
+            self.frame, self.sample, self.shapes, self.holdout_scores = build_instance_submission(
+                cfg, comp, store, self.decoder)
+        else:
+            self.frame, self.sample, self.shapes, self.holdout_scores = build_submission(
+                cfg, comp, store, self.params, metric, self.cleanup)
+        self.rle_column = rle_column(list(self.sample.columns), cfg.data.rle.rle_column)
+        self.relative = cfg.data.rle.relative
+
+    def write(self, tmp: Path, target: Path):
+        """Write the csv to ``tmp`` and check the file as written (what the competition will read), before the
+        caller may let it replace ``target``; an invalid file is an error and ``target`` stays as it was."""
+        self.frame.to_csv(tmp, index=False)
+        if self.objects:
+            report, _ = validate_instances_frame(read_csv(tmp), self.sample, target, shapes=self.shapes,
+                                                 rle_col=self.rle_column)
+        else:
+            report = validate_frame(read_csv(tmp), self.sample, target, shapes=self.shapes, relative=self.relative,
+                                    rle_col=self.rle_column)
+        if not report.ok:
+            raise DataError(f"the new submission is invalid, {target} left as it was:\n{report.summary()}")
+        return report
+
+
 def run(cfg: Config) -> int:
     layout = cfg.layout
     tuned = read_tuned(layout.tune.json, f"run `segkit tune --config {cfg.source or 'CFG'}` first")
-    params = params_list(tuned["classes"], list(cfg.data.classes), where=str(layout.tune.json))
+    params_list(tuned["classes"], list(cfg.data.classes), where=str(layout.tune.json))
     store = final_store(cfg, "test")
     comp = Competition(cfg.data, seed=cfg.seed)
     volumes = volume_files(cfg, comp)
@@ -211,43 +244,27 @@ def run(cfg: Config) -> int:
     if unit.fresh():
         print(unit.kept())
         return 0
-    metric = get_metric(cfg.metric, key="metric") if comp.holdout_ids else None
-    cleanup = volume_params((tuned.get("volume_cleanup") or {}).get("classes"), list(cfg.data.classes))
-    objects = cfg.data.instances is not None
-    if objects:
-        _, decoder = tuned_decoders(tuned, None, str(layout.tune.json))
-        sub, sample, shapes, holdout_scores = build_instance_submission(cfg, comp, store, decoder)
-    else:
-        sub, sample, shapes, holdout_scores = build_submission(cfg, comp, store, params, metric, cleanup)
-    rle_name = rle_column(list(sample.columns), cfg.data.rle.rle_column)
-
+    built = Submission(cfg, comp, store, tuned, str(layout.tune.json))
+    objects = built.objects
     target = layout.submission
     with atomic.atomic_path(target) as tmp:
-        sub.to_csv(tmp, index=False)
-        # Check the file as written (what the competition will read), before it may replace an earlier one.
-        if objects:
-            report, _ = validate_instances_frame(read_csv(tmp), sample, target, shapes=shapes, rle_col=rle_name)
-        else:
-            report = validate_frame(read_csv(tmp), sample, target, shapes=shapes, relative=cfg.data.rle.relative,
-                                    rle_col=rle_name)
-        if not report.ok:
-            raise DataError(f"the new submission is invalid, {target} left as it was:\n{report.summary()}")
+        report = built.write(tmp, target)
         unit.begin()
         if comp.holdout_ids:
             atomic.write_csv(layout.holdout_truth, instance_truth(cfg, comp) if objects else holdout_truth(cfg, comp))
-        write_volumes(FinalMasks(cfg, comp, store, params, cleanup), volumes)
+        write_volumes(FinalMasks(cfg, comp, store, built.params, built.cleanup), volumes)
     unit.done()
 
     n_images = len({r.image_id for r in comp.sample_rows})
-    print(f"submit: wrote {target} ({len(sub)} rows, {n_images} images; validated against the sample)")
+    print(f"submit: wrote {target} ({len(built.frame)} rows, {n_images} images; validated against the sample)")
     if objects:
-        print(f"submit: {report.notes[-1]}; decoder {decoder.describe()}")
+        print(f"submit: {report.notes[-1]}; decoder {built.decoder.describe()}")
     if volumes:
         print(f"submit: wrote {len(volumes)} label volumes (NIfTI, the source's affine) -> {layout.submission_volumes}")
     print(f"submit: tuned OOF {scored_as(tuned, tuned.get('metric', cfg.metric))} CV {tuned_cv(tuned)} (raw "
           f"ensemble OOF p>0.5: {tuned.get('cv_baseline', float('nan')):.4f})")
     if comp.holdout_ids:
-        print(f"submit: holdout {'object AP' if objects else cfg.metric} {np.mean(holdout_scores):.4f} on "
-              f"{len(holdout_scores)} images "
+        print(f"submit: holdout {'object AP' if objects else cfg.metric} {np.mean(built.holdout_scores):.4f} on "
+              f"{len(built.holdout_scores)} images "
               f"(truth in {layout.holdout_truth})")
     return 0

@@ -132,6 +132,7 @@ class TTAPredictor:
     - ``chunk``: views per forward call (1..n_views). None: all views on CUDA, CPU_CHUNK elsewhere.
     - ``amp``: autocast dtype (``"bf16"``, ``"fp16"``, a torch dtype, or None) for the forward pass.
     - ``channels_last``: converts the model (in place) and every forward batch to channels_last memory format.
+    - ``max_views``: only the first views of the set (what a time budget leaves; None: all of them).
 
     The model is switched to eval mode (batch statistics would otherwise depend on how views are chunked) and
     runs under ``torch.inference_mode``. Memory: one forward batch plus one merge accumulator of the output size.
@@ -146,6 +147,7 @@ class TTAPredictor:
         activation: Activation = "sigmoid",
         amp: Union[None, str, torch.dtype] = None,
         channels_last: bool = False,
+        max_views: Optional[int] = None,
     ):
         if merge not in _MERGES:
             raise ConfigError(f"predict.tta_merge: unknown merge {merge!r}; known: {', '.join(_MERGES)}")
@@ -163,13 +165,16 @@ class TTAPredictor:
             amp_dtype(amp, key="predict.amp")  # fail on a bad name now, not at the first batch
         self.amp = amp
         self.channels_last = channels_last
+        if max_views is not None and max_views < 1:
+            raise ConfigError(f"TTA: max_views must be >= 1, got {max_views}")
+        self.max_views = max_views
         if isinstance(model, nn.Module):
             model.eval()
             if channels_last:
                 model.to(memory_format=torch.channels_last)
 
     def views(self, x: torch.Tensor) -> tuple[View, ...]:
-        return views_for(self.tta, x.shape)
+        return views_for(self.tta, x.shape)[:self.max_views]
 
     def chunk_for(self, device: torch.device, n_views: int) -> int:
         if self.chunk is not None:

@@ -50,9 +50,13 @@ class SegDataset(Dataset):
         pad_to: int = 32,
         with_mask: bool | None = None,
         mask_reader: Callable[[str], np.ndarray] | None = None,
+        normalize: bool = True,
     ):
         """``split`` picks the image folder (train / test). Masks come from the competition unless ``mask_reader``
-        (e.g. pseudo labels for test images) is given; ``with_mask`` defaults to "train split or a reader"."""
+        (e.g. pseudo labels for test images) is given; ``with_mask`` defaults to "train split or a reader". With
+        ``normalize=False`` images stay as read (in [0, 1]): for exported networks, which normalise themselves
+        (``segkit.runtimes``). The reflection padding commutes with a per-channel normalisation, so the network
+        sees the same values either way."""
         self.comp = comp
         self.ids = list(ids)
         self.split = split
@@ -60,7 +64,7 @@ class SegDataset(Dataset):
         self.pad_to = pad_to
         self.mask_reader = mask_reader or (comp.read_mask if split == "train" else None)
         self.with_mask = (self.mask_reader is not None) if with_mask is None else with_mask
-        self.normalize = Normalizer(comp.cfg)
+        self.normalize = Normalizer(comp.cfg) if normalize else _as_read
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -93,6 +97,25 @@ class SegDataset(Dataset):
             mask = pad_to_multiple(mask, self.pad_to).reshape(*image.shape[:2], -1)
             item["mask"] = torch.from_numpy(np.ascontiguousarray(mask.transpose(2, 0, 1))).float()
         return item
+
+
+def _as_read(image: np.ndarray) -> np.ndarray:
+    return image
+
+
+def same_size_batches(comp, ids: list[str], batch_size: int, split: str = "train") -> list[list[int]]:
+    """Indices of ``ids`` in batches of at most ``batch_size`` that never mix image sizes (``ids`` ordered by size
+    first): for inputs that are not normalised yet, where the zeros ``pad_collate`` pads with would not be the
+    normalised zeros the networks were trained with."""
+    batches: list[list[int]] = []
+    last = None
+    for i, image_id in enumerate(ids):
+        size = comp.image_size(image_id, split)
+        if size != last or len(batches[-1]) == batch_size:
+            batches.append([])
+        batches[-1].append(i)
+        last = size
+    return batches
 
 
 def by_size(comp, ids: list[str], split: str = "train") -> list[str]:

@@ -11,8 +11,9 @@ Inputs per model: its OOF probabilities over every train id (``segkit.oof.ModelO
 3. the chosen method (``ensemble.choose`` or the best CV) writes the ensemble's ``oof/`` and ``test/`` stores.
 
 Outputs, in ``<run_dir>/ensemble/`` (``ensemble_pl<r>/`` for pseudo round r): ``oof/`` and ``test/`` (probability
-stores), ``cv.csv`` (one row per method and per single model), ``choice.json`` (method, CV, learnt parameters,
-written last). The ensemble is one unit of work (``segkit.freshness``): skipped while its models' stores, the fold
+stores), ``cv.csv`` (one row per method and per single model), ``state.json`` (what the chosen method combines
+test images with, exactly: weights, lookup tables, LightGBM text models; what ``restore`` reads back for an offline
+bundle), ``choice.json`` (method, CV, learnt parameters, written last). The ensemble is one unit of work (``segkit.freshness``): skipped while its models' stores, the fold
 file and the ensemble settings are those it was made from, redone when a model's stores were rewritten.
 """
 
@@ -41,7 +42,7 @@ from segkit.progress import bar
 from segkit.probs import ProbWriter, manifest, quantize
 from segkit.threshold import binarize
 
-__all__ = ["METHODS", "MODEL_PREFIX", "Method", "check_choice", "method_names", "run"]
+__all__ = ["METHODS", "MODEL_PREFIX", "Method", "check_choice", "method_names", "restore", "run", "write_store"]
 
 MODEL_PREFIX = "model:"
 
@@ -67,7 +68,7 @@ def ensemble_unit(cfg: Config, models: list[str], names: list[str], sources) -> 
         "options": cfg.ensemble.model_dump(), "folds": fingerprint(cfg.layout.folds_file),
         "stores": [[s.model, s.kind, fingerprints(s.markers())] for s in sources],
     }
-    outputs = [manifest(paths.oof), manifest(paths.test), paths.cv, paths.choice]
+    outputs = [manifest(paths.oof), manifest(paths.test), paths.cv, paths.state, paths.choice]
     return Unit(f"ensemble: {paths.dir}", paths.stamp, outputs, inputs)
 
 
@@ -208,6 +209,42 @@ class _SingleModel:
     def params(self):
         return {}
 
+    def state(self):
+        return {}
+
+    def load_state(self, state):
+        pass
+
+
+def restore(setup: Setup, choice: dict, state: dict):
+    """The method ``choice.json`` names, with its test-time ``state.json`` loaded: it combines test images
+    (``fold=None``) as the ensemble stage did, without the OOF it was fitted on. ``setup.models`` may be a subset of
+    the models it was fitted on only for the averages that stay defined on one (mean, gmean, rms; wmean with its
+    weights renormalised over the models kept)."""
+    picked, fitted = choice["method"], list(choice["models"])
+    if picked.startswith(MODEL_PREFIX):
+        name = picked[len(MODEL_PREFIX):]
+        if name not in setup.models:
+            raise DataError(f"ensemble: the chosen model {name!r} is not among {setup.models}")
+        return _SingleModel(setup.models.index(name))
+    method = METHODS.get(picked, key="choice.json method")(setup)
+    method.name = picked
+    if setup.models != fitted:
+        if picked not in SUBSETTABLE:
+            raise DataError(f"ensemble: method {picked!r} needs every model it was fitted on ({fitted}); "
+                            f"got {setup.models}")
+        if picked == "wmean":
+            weights = np.asarray([state["weights"][fitted.index(m)] for m in setup.models], np.float64)
+            state = {"weights": (weights / weights.sum() if weights.sum() > 0 else
+                                 np.full(len(weights), 1 / len(weights))).tolist()}
+    method.load_state(state)
+    return method
+
+
+# Methods still defined on a subset of their models (what a time budget may drop): averages with no learnt
+# per-model state but weights.
+SUBSETTABLE = ("mean", "gmean", "rms", "wmean")
+
 
 def write_store(folder: Path, classes: list[str], ids: list[str], folds: Optional[dict], sources, method) -> None:
     """Write one output store into a temporary folder and move it into place when complete."""
@@ -265,6 +302,7 @@ def run(cfg: Config) -> int:
     write_store(paths.oof, classes, list(folds["id"]), fold_of, oof, method)
     write_store(paths.test, classes, test_ids, None, test, method)
     atomic.write_csv(paths.cv, table)
+    atomic.write_json(paths.state, {"method": picked, "models": models, "state": method.state()})
     cv = float(table.loc[table["method"] == picked, "cv"].iloc[0])
     atomic.write_json(paths.choice, {
         "method": picked, "cv": cv, "metric": cfg.metric, "threshold": 0.5, "models": models,

@@ -103,6 +103,13 @@ class RankMean(Method):
     def params(self):
         return {"oof_pixels_per_model": int(self.hist[0].sum())}
 
+    def state(self):
+        return {"to_rank": self.to_rank.tolist(), "back": [[xp.tolist(), fp.tolist()] for xp, fp in self.back]}
+
+    def load_state(self, state):
+        self.to_rank = np.asarray(state["to_rank"], np.float32)
+        self.back = [(np.asarray(xp, np.float64), np.asarray(fp, np.float64)) for xp, fp in state["back"]]
+
 
 # --------------------------------------------------------------------------------------------- weighted mean
 
@@ -186,3 +193,9 @@ class WeightedMean(Method):
             "weights": {m: round(float(v), 4) for m, v in zip(names, self.weights[None])},
             "fold_weights": {str(k): [round(float(v), 4) for v in self.weights[k]] for k in self.setup.folds},
         }
+
+    def state(self):
+        return {"weights": [float(v) for v in self.weights[None]]}
+
+    def load_state(self, state):
+        self.weights[None] = np.asarray(state["weights"], np.float64)

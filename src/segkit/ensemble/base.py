@@ -109,6 +109,14 @@ class Method:
         """What was learnt, JSON-serialisable, for choice.json."""
         return {}
 
+    def state(self) -> dict:
+        """Everything ``combine(..., fold=None)`` needs, JSON-serialisable and exact (no rounding): what an offline
+        bundle restores to combine hidden test images as the ensemble stage combined the test store."""
+        return {}
+
+    def load_state(self, state: dict) -> None:
+        """Restore what ``state`` gave, so that test images combine as they did in the fitted method."""
+
 
 def as_float(probs: list[np.ndarray]) -> np.ndarray:
     """(M, K, H, W) float32 probabilities from M uint8 arrays."""

@@ -85,6 +85,21 @@ class Booster:
         return self.booster.feature_importance(importance_type=importance_type)
 
 
+def booster_state(model) -> dict:
+    """A trained booster (or Constant) as JSON: LightGBM's own text model, which holds its thresholds exactly."""
+    if isinstance(model, Constant):
+        return {"constant": model.value}
+    return {"lightgbm": model.booster.model_to_string(), "threads": model.threads}
+
+
+def booster_from(state: dict):
+    if "constant" in state:
+        return Constant(state["constant"])
+    import lightgbm as lgb  # here: as in train_booster, only ensembles that stack pay for it
+
+    return Booster(lgb.Booster(model_str=state["lightgbm"]), state["threads"])
+
+
 def train_booster(x: np.ndarray, y: np.ndarray, params: dict, rounds: int, names: list[str]):
     if len(y) == 0:
         return Constant(0.0)
@@ -259,6 +274,26 @@ class Stacker(Method):
             x = pixel_features(p, k, self.scales, row)
             out[k] = self._predict(self.boosters, fold, k, x).reshape(h, w)
         return out
+
+    def _test_entries(self, table: dict) -> dict:
+        """The entries of ``table`` that test images use (``_predict`` with fold None), keyed "<fold>:<class>"."""
+        keys = [(f, k) for (f, k) in table if f is None]
+        if not keys:  # no refit: test images take the mean of the fold models
+            keys = list(table)
+        return {f"{'' if f is None else f}:{k}": booster_state(table[(f, k)]) for f, k in keys}
+
+    def state(self):
+        return {"boosters": self._test_entries(self.boosters), "empty_models": self._test_entries(self.empty_models)}
+
+    def load_state(self, state):
+        def table(entries: dict) -> dict:
+            out = {}
+            for key, value in entries.items():
+                fold, k = key.split(":")
+                out[(int(fold) if fold else None, int(k))] = booster_from(value)
+            return out
+
+        self.boosters, self.empty_models = table(state["boosters"]), table(state["empty_models"])
 
     def params(self):
         out = {"pixels_per_image": self.per_image, "features": self.feature_names,

@@ -84,3 +84,9 @@ class MajorityVote(Method):
             "thresholds": {m: [float(v) for v in t[i]] for i, m in enumerate(self.setup.models)},
             "fold_thresholds": {str(k): self.thresholds[k].tolist() for k in self.setup.folds},
         }
+
+    def state(self):
+        return {"thresholds": self.thresholds[None].tolist()}
+
+    def load_state(self, state):
+        self.thresholds[None] = np.asarray(state["thresholds"], np.float64)

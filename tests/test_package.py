@@ -1,0 +1,197 @@
+"""Code-competition submissions: ``segkit export`` (TorchScript / ONNX checked against PyTorch), ``segkit package``
+(an offline bundle) and the bundle's inference, which must write ``segkit submit``'s file byte for byte, fit its
+TTA to a time budget, and refuse bad input without leaving anything half-written."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from segkit.cli import main
+from segkit.errors import ConfigError
+from segkit.offline import BudgetError, parse_budget, plan_views
+
+from conftest import CONFIGS
+
+TINY = ("models=[{name: tiny, arch: Unet, encoder: tu-resnet10t, params: {encoder_depth: 3, decoder_channels: "
+        "[16, 8, 4]}}, {name: tiny2, arch: Unet, encoder: tu-resnet10t, params: {encoder_depth: 3, decoder_channels: [8, 8, 4]}}]")
+
+
+@pytest.fixture(scope="module")
+def experiment(demo_root, tmp_path_factory):
+    """A finished tiny experiment (two models, two folds, a LightGBM stack chosen) and its submission."""
+    tmp = tmp_path_factory.mktemp("package")
+    args = ["--config", str(CONFIGS / "demo.yaml"), f"data.root={demo_root}", f"paths.runs={tmp / 'runs'}",
+            f"paths.folds={tmp / 'folds'}", f"paths.submissions={tmp / 'subs'}", TINY, "device=cpu",
+            "folds.n_splits=2", "train.epochs=12", "train.batch_size=4", "train.lr=0.01",
+            "train.progress=false", "train.keep=[best]", "predict.tta=flips", "ensemble.methods=[mean, stack]",
+            "ensemble.choose=stack", "ensemble.stack_rounds=5", "tune.morph_radii=[1]"]
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["run", *args]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return {"args": args, "tmp": tmp, "root": demo_root, "submission": tmp / "subs" / "demo.csv",
+            "test": demo_root / "test" / "images", "sample": demo_root / "sample_submission.csv"}
+
+
+def infer(bundle: Path, experiment: dict, out: Path, *extra: str) -> int:
+    from segkit.offline import main as offline
+
+    return offline(["--test", str(experiment["test"]), "--sample", str(experiment["sample"]), "--out", str(out),
+                    "--device", "cpu", *extra], bundle=bundle)
+
+
+def test_exports_match_pytorch_and_an_export_that_fails_names_the_network(experiment, monkeypatch, capsys):
+    assert main(["export", *experiment["args"]]) == 0
+    export = experiment["tmp"] / "runs" / "demo" / "export"
+    listing = json.loads((export / "export.json").read_text())
+    assert sorted(listing["models"]) == ["tiny", "tiny2"] and listing["formats"] == ["torchscript", "onnx"]
+    for fmt, suffix in (("torchscript", ".ts"), ("onnx", ".onnx")):
+        meta = json.loads((export / "tiny" / "fold1" / f"best{suffix}.json").read_text())
+        assert meta["export"]["dynamic"] is True and meta["classes"] == ["object"]
+        assert 0 <= meta["export"]["max_abs_diff"] <= 1e-3
+        assert len(meta["export"]["checked_on"]) == 2  # the images' size and a larger one, another batch size
+    assert main(["export", *experiment["args"]]) == 0
+    assert "keeping it" in capsys.readouterr().out
+
+    from segkit import runtimes
+
+    def broken(graph, example, path):
+        raise RuntimeError("Exporting the operator 'aten::weird' to ONNX opset version 17 is not supported")
+
+    monkeypatch.setitem(runtimes.EXPORTERS, "onnx", broken)
+    assert main(["export", *experiment["args"], "--format", "onnx", "--tolerance", "0.01"]) == 2
+    err = capsys.readouterr().err
+    assert "models[tiny] fold 0 (best.pt): onnx export failed" in err and "aten::weird" in err
+
+
+def test_the_bundle_writes_segkit_submits_file_byte_for_byte(experiment, tmp_path, capsys):
+    bundle = tmp_path / "bundle"
+    assert main(["package", *experiment["args"], "--out", str(bundle), "--no-wheels"]) == 0
+    manifest = json.loads((bundle / "bundle.json").read_text())
+    assert [m["name"] for m in manifest["models"]] and manifest["runtime"] == "eager"
+    for name in ("config.yaml", "tune.json", "ensemble/choice.json", "ensemble/state.json", "infer.py",
+                 "notebook.ipynb", "requirements.txt"):
+        assert (bundle / name).is_file(), name
+    assert "torch==" in (bundle / "requirements.txt").read_text()
+    out = tmp_path / "submission.csv"
+    assert infer(bundle, experiment, out) == 0
+    assert out.read_bytes() == experiment["submission"].read_bytes()
+    assert not (tmp_path / ".segkit_work").exists()  # the work folder goes once the file is in
+    # the plan under a generous budget keeps the whole TTA, and so the same bytes
+    again = tmp_path / "again.csv"
+    assert infer(bundle, experiment, again, "--time-budget", "2h") == 0
+    assert "4 of 4 TTA views" in capsys.readouterr().out
+    assert again.read_bytes() == out.read_bytes()
+
+
+@pytest.mark.parametrize("runtime", ["onnx", "torchscript"])
+def test_a_bundle_of_exports_writes_a_valid_submission_close_to_segkit_submits(experiment, tmp_path, runtime):
+    assert main(["export", *experiment["args"]]) == 0
+    bundle = tmp_path / "bundle"
+    assert main(["package", *experiment["args"], "--out", str(bundle), "--no-wheels", "--models", runtime]) == 0
+    assert list((bundle / "models" / "tiny" / "fold0").glob("*.pt")) == []  # the exports only
+    out = tmp_path / "submission.csv"
+    assert infer(bundle, experiment, out) == 0
+    want = experiment["submission"].read_text().splitlines()
+    got = out.read_text().splitlines()
+    assert len(got) == len(want) and got[0] == want[0]
+    # float32 exports against the pipeline's bf16 / float32 PyTorch: most rows agree exactly
+    assert sum(a == b for a, b in zip(got, want)) >= 0.5 * len(want)
+
+
+def test_time_budget_plans_drop_tta_views_first_then_the_lighter_models():
+    seconds = {"heavy": 0.1, "light": 0.1}
+    assert plan_views(["heavy", "light"], seconds, 100, None, 8, True) == {"heavy": 8, "light": 8}
+    assert plan_views(["heavy", "light"], seconds, 100, 160, 8, True) == {"heavy": 8, "light": 8}
+    assert plan_views(["heavy", "light"], seconds, 100, 100, 8, True) == {"heavy": 8, "light": 2}
+    assert plan_views(["heavy", "light"], seconds, 100, 50, 8, True) == {"heavy": 4, "light": 1}
+    assert plan_views(["heavy", "light"], seconds, 100, 15, 8, True) == {"heavy": 1, "light": 0}
+    with pytest.raises(BudgetError, match="cannot hold one TTA view of heavy, light"):
+        plan_views(["heavy", "light"], seconds, 100, 15, 8, False)  # a stack needs both models
+    assert parse_budget("1h30m") == 5400 and parse_budget("90m") == 5400 and parse_budget("45s") == 45
+    with pytest.raises(ConfigError, match="--time-budget"):
+        parse_budget("soon")
+
+
+def test_dry_run_prints_the_plan_and_bad_input_leaves_nothing(experiment, tmp_path, capsys):
+    bundle = tmp_path / "bundle"
+    assert main(["package", *experiment["args"], "--out", str(bundle), "--no-wheels"]) == 0
+    out = tmp_path / "submission.csv"
+    assert infer(bundle, experiment, out, "--dry-run", "--images", "18000", "--time-budget", "9h") == 0
+    printed = capsys.readouterr().out
+    assert "for 18000 images" in printed and "tiny:" in printed and not out.exists()
+    # a budget too small for one view of both models of a stack
+    assert infer(bundle, experiment, out, "--time-budget", "0.001s") == 2
+    assert "cannot hold one TTA view" in capsys.readouterr().err and not out.exists()
+    # a sample id without an image
+    test = tmp_path / "test"
+    shutil.copytree(experiment["test"], test)
+    first = sorted(test.iterdir())[0]
+    first.unlink()
+    from segkit.offline import main as offline
+
+    args = ["--sample", str(experiment["sample"]), "--out", str(out), "--device", "cpu"]
+    assert offline(["--test", str(test), *args], bundle=bundle) == 2
+    assert f"id {first.stem!r} has no image in {test}" in capsys.readouterr().err and not out.exists()
+    # an image of another channel count (5 bands; gray and RGB files the reader converts)
+    import numpy as np
+
+    np.save(first.with_suffix(".npy"), np.zeros((32, 32, 5), np.float32))
+    assert offline(["--test", str(test), *args], bundle=bundle) == 2
+    assert first.stem in capsys.readouterr().err and not out.exists()
+
+
+def test_package_refuses_an_incomplete_experiment_and_leaves_no_bundle(experiment, tmp_path, capsys):
+    state = experiment["tmp"] / "runs" / "demo" / "ensemble" / "state.json"
+    saved = state.read_bytes()
+    state.unlink()
+    try:
+        assert main(["package", *experiment["args"], "--out", str(tmp_path / "b"), "--no-wheels"]) == 2
+        assert "state.json: missing" in capsys.readouterr().err
+    finally:
+        state.write_bytes(saved)
+    best = experiment["tmp"] / "runs" / "demo" / "tiny2" / "fold1" / "best.pt"
+    best.rename(best.with_suffix(".away"))
+    try:
+        assert main(["package", *experiment["args"], "--out", str(tmp_path / "b"), "--no-wheels"]) == 2
+        assert "tiny2/fold1/best.pt: missing" in capsys.readouterr().err
+    finally:
+        best.with_suffix(".away").rename(best)
+    assert not (tmp_path / "b").exists() and list(tmp_path.iterdir()) == []
+    (tmp_path / "mine").mkdir()
+    assert main(["package", *experiment["args"], "--out", str(tmp_path / "mine"), "--no-wheels"]) == 2
+    assert "is not a segkit bundle" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_bundle_installs_offline_in_a_fresh_venv_and_writes_the_same_submission(experiment, tmp_path):
+    bundle = tmp_path / "bundle"
+    assert main(["package", *experiment["args"], "--out", str(bundle)]) == 0
+    wheels = sorted(p.name for p in (bundle / "wheels").glob("*.whl"))
+    assert any(w.startswith("segkit-") for w in wheels) and any(w.startswith("torch-") for w in wheels)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    # No pip configuration (no index, no extra find-links) and no index at all: the bundle's wheels alone.
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "PIP_CONFIG_FILE": os.devnull, "PIP_NO_INDEX": "1",
+           "HF_HUB_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1"}
+    out = tmp_path / "submission.csv"
+    done = subprocess.run([str(venv / "bin" / "python"), str(bundle / "infer.py"), "--test", str(experiment["test"]),
+                           "--sample", str(experiment["sample"]), "--out", str(out), "--device", "cpu"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert out.read_bytes() == experiment["submission"].read_bytes()
+    # the installed segkit is the wheel's, not this checkout's
+    where = subprocess.run([str(venv / "bin" / "python"), "-c", "import segkit; print(segkit.__file__)"],
+                           env=env, capture_output=True, text=True, check=True).stdout
+    assert str(venv) in where
