@@ -16,8 +16,9 @@ PACKAGE = REPO / "src" / "segkit"
 
 # Modules that may spell path parts, and why: the layout itself; the config's defaults of the layout's roots (runs,
 # folds, submissions) and of the data folder; a probability store's own inner format (<id>.npy, manifest.json);
-# the demo, which writes a competition's files, not a run's; torch hub's cache folder.
-OWN_PATHS = {"layout.py", "config/schema.py", "probs.py", "demo.py", "models/weights.py"}
+# the demo, which writes a competition's files, not a run's; torch hub's cache folder; an offline bundle's own inner
+# layout (and the source files its segkit wheel is built from).
+OWN_PATHS = {"layout.py", "config/schema.py", "probs.py", "demo.py", "models/weights.py", "bundle.py"}
 
 
 def _modules():

@@ -20,7 +20,8 @@ from segkit.offline import BudgetError, parse_budget, plan_views
 from conftest import CONFIGS
 
 TINY = ("models=[{name: tiny, arch: Unet, encoder: tu-resnet10t, params: {encoder_depth: 3, decoder_channels: "
-        "[16, 8, 4]}}, {name: tiny2, arch: Unet, encoder: tu-resnet10t, params: {encoder_depth: 3, decoder_channels: [8, 8, 4]}}]")
+        "[16, 8, 4]}}, {name: tiny2, arch: Unet, encoder: tu-resnet10t, params: {encoder_depth: 3, "
+        "decoder_channels: [8, 8, 4]}}]")
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,10 @@
       notebook.ipynb       a notebook that installs the wheels and calls infer.py
 
 The manifest lists, per model in the order a time budget keeps them (heaviest OOF weight first), its weight and
-the files of each fold. Loading a bundle reads only JSON, YAML (``safe_load``) and the model files (checkpoints as
-``weights_only`` payloads): a bundle from a stranger runs nothing on load.
+the files of each fold. This module owns the bundle's inner layout (as ``segkit.probs`` owns a store's), the
+offline work folder inference fills, and which files of the source tree segkit's own wheel is built from.
+Loading a bundle reads only JSON, YAML (``safe_load``) and the model files (checkpoints as ``weights_only``
+payloads, ONNX graphs; a TorchScript file is a program, so a bundle of those is only as safe as its maker).
 """
 
 from __future__ import annotations
@@ -44,6 +46,30 @@ NOTEBOOK = "notebook.ipynb"
 def model_file(model: str, k: int, name: str) -> str:
     """A fold's model file inside the bundle (relative)."""
     return f"models/{model}/fold{k}/{name}"
+
+
+def work_dir(out: Path) -> Path:
+    """Where inference keeps its probability stores unless told (beside the submission it writes)."""
+    return Path(out).resolve().parent / ".segkit_work"
+
+
+def work_paths(work: Path) -> dict[str, str]:
+    """The config's ``paths`` for an offline run: every store under ``work``."""
+    return {"runs": str(Path(work) / "runs"), "folds": str(work), "submissions": str(work)}
+
+
+def stage_source(root: Path, into: Path) -> Path:
+    """Copy what segkit's wheel is built from (``src/``, pyproject.toml, README.md) from the source tree ``root``
+    into ``into``; returns the copy's root. Raises FileNotFoundError where ``root`` is no source tree."""
+    import shutil  # here: only packaging copies the tree
+
+    if not (root / "pyproject.toml").exists():
+        raise FileNotFoundError(root / "pyproject.toml")
+    copy = into / "project"
+    shutil.copytree(root / "src", copy / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(root / name, copy / name)
+    return copy
 
 
 @dataclass
@@ -90,4 +116,4 @@ class Bundle:
 
 
 __all__ = ["Bundle", "BundleModel", "CHOICE", "CONFIG", "EXTRA", "INFER", "MANIFEST", "NOTEBOOK", "REQUIREMENTS",
-           "STATE", "TUNE", "WHEELS", "model_file"]
+           "STATE", "TUNE", "WHEELS", "model_file", "stage_source", "work_dir", "work_paths"]

@@ -33,7 +33,7 @@ from typing import Optional
 import yaml
 
 from segkit import atomic
-from segkit.bundle import CHOICE, CONFIG, EXTRA, STATE, TUNE, Bundle
+from segkit.bundle import CHOICE, CONFIG, EXTRA, STATE, TUNE, Bundle, work_dir, work_paths
 from segkit.config import Config
 from segkit.data import Competition
 from segkit.device import resolve_device
@@ -95,7 +95,8 @@ def plan_views(order: list[str], seconds: dict[str, float], n_images: int, budge
             views[m] = 0
     if cost() > budget:
         need = n_images * sum(seconds[m] for m, v in views.items() if v)
-        raise BudgetError(f"--time-budget: {budget:.0f} s (x{SAFETY} for the networks) cannot hold one TTA view of "
+        raise BudgetError(f"--time-budget: the {budget:.0f} s it leaves the networks ({SAFETY:.0%} of the time left) "
+                          f"cannot hold one TTA view of "
                           f"{', '.join(m for m, v in views.items() if v)} for {n_images} images: that takes about "
                           f"{need:.0f} s")
     return views
@@ -131,7 +132,7 @@ class Offline:
         if self.runtime != bundle.runtime:
             raise ConfigError(f"--runtime {self.runtime}: this bundle carries {bundle.runtime} model files "
                               f"(`segkit package --models {self.runtime}` makes one that carries those)")
-        self.work = Path(args.work) if args.work else Path(args.out).resolve().parent / ".segkit_work"
+        self.work = Path(args.work) if args.work else work_dir(Path(args.out))
         self.cfg = self._config()
         self.comp = Competition(self.cfg.data, seed=self.cfg.seed)
         self.ids = self.comp.test_ids
@@ -150,7 +151,7 @@ class Offline:
         # The competition's folder is --test; train data is absent, and no image is held out of it.
         data.update(root=str(test), test_images=".", sample_submission=str(sample), holdout_fraction=0.0,
                     extra_csv=str(self.bundle.path(EXTRA)) if data.get("extra_csv") else None)
-        tree["paths"] = {"runs": str(self.work / "runs"), "folds": str(self.work), "submissions": str(self.work)}
+        tree["paths"] = work_paths(self.work)
         tree["device"] = self.args.device or "auto"
         try:
             return Config.model_validate(tree)
@@ -196,7 +197,7 @@ class Offline:
     def predict(self, name: str, views: int) -> None:
         folder = self.cfg.layout.model(name).test
         groups = self.groups(name)
-        unit = Unit(f"infer: models[{name}] test", folder / "stamp.json", [manifest(folder)],
+        unit = Unit(f"infer: models[{name}] test", self.cfg.layout.model(name).test_stamp, [manifest(folder)],
                     {"runtime": self.runtime, "views": views, "files": [fingerprints(g) for g in groups],
                      "ids": self.ids, "device": str(self.device)})
         if unit.fresh():

@@ -29,7 +29,7 @@ import yaml
 
 from segkit import atomic
 from segkit.bundle import (CHOICE, CONFIG, EXTRA, INFER, MANIFEST, NOTEBOOK, REQUIREMENTS, STATE, TUNE, WHEELS,
-                           Bundle, BundleModel, model_file)
+                           Bundle, BundleModel, model_file, stage_source)
 from segkit.checkpoint import fold_checkpoints
 from segkit.config import Config
 from segkit.data import Competition
@@ -168,15 +168,6 @@ def model_sources(cfg: Config, comp: Competition, runtime: str) -> dict[str, dic
 # ---------------------------------------------------------------------------------------------------- wheels
 
 
-def project_root() -> Path:
-    """The source tree segkit runs from (an editable install), whose wheel the bundle carries."""
-    root = Path(__file__).resolve().parents[2]
-    if not (root / "pyproject.toml").exists():
-        raise ConfigError(f"package: segkit at {Path(__file__).parent} is not installed from its source tree, so "
-                          f"its wheel cannot be built here; install it with `pip install -e` from a checkout")
-    return root
-
-
 def pip(*args: str) -> None:
     command = [sys.executable, "-m", "pip", *args, "--disable-pip-version-check", "--quiet"]
     done = subprocess.run(command, capture_output=True, text=True)
@@ -191,12 +182,14 @@ def write_wheels(folder: Path, lines: list[str], python_version: Optional[str]) 
     target = ["--only-binary=:all:", "--python-version", python_version] if python_version else []
     pip("download", "--dest", str(folder), "-r", str(requirements_file), *target)
     with tempfile.TemporaryDirectory() as build:
-        # What the wheel is built from, copied, so that the build's own files (build/, *.egg-info) never land in
-        # the checkout.
-        root, src = project_root(), Path(build) / "project"
-        shutil.copytree(root / "src", src / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        for name in ("pyproject.toml", "README.md"):
-            shutil.copy2(root / name, src / name)
+        # Built from a copy of the source tree segkit runs from (an editable install), so that the build's own
+        # files (build/, *.egg-info) never land in the checkout.
+        here = Path(__file__).resolve()
+        try:
+            src = stage_source(here.parents[2], Path(build))
+        except FileNotFoundError:
+            raise ConfigError(f"package: segkit at {here.parent} is not installed from its source tree, so its "
+                              f"wheel cannot be built here; install it with `pip install -e` from a checkout") from None
         pip("wheel", "--no-deps", "--no-build-isolation", "--wheel-dir", str(folder), str(src))
 
 

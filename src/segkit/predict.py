@@ -45,7 +45,7 @@ from segkit.data.folds import check_fold, fold_numbers, load_folds
 from segkit.data.volume_readers import cut
 from segkit.data.volumes import assemble
 from segkit.device import resolve_device
-from segkit.errors import ConfigError, DataError
+from segkit.errors import ConfigError
 from segkit.freshness import Unit, fingerprints, kept
 from segkit.layout import part_stamp
 from segkit.probs import ProbStore, ProbWriter, image_file, manifest, mean_uint8

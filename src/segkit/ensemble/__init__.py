@@ -13,8 +13,9 @@ Inputs per model: its OOF probabilities over every train id (``segkit.oof.ModelO
 Outputs, in ``<run_dir>/ensemble/`` (``ensemble_pl<r>/`` for pseudo round r): ``oof/`` and ``test/`` (probability
 stores), ``cv.csv`` (one row per method and per single model), ``state.json`` (what the chosen method combines
 test images with, exactly: weights, lookup tables, LightGBM text models; what ``restore`` reads back for an offline
-bundle), ``choice.json`` (method, CV, learnt parameters, written last). The ensemble is one unit of work (``segkit.freshness``): skipped while its models' stores, the fold
-file and the ensemble settings are those it was made from, redone when a model's stores were rewritten.
+bundle), ``choice.json`` (method, CV, learnt parameters, written last). The ensemble is one unit of work
+(``segkit.freshness``): skipped while its models' stores, the fold file and the ensemble settings are those it was
+made from, redone when a model's stores were rewritten.
 """
 
 from __future__ import annotations
