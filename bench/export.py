@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fold", type=int, default=0)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--dynamo", action="store_true",
+                        help="also time torch.export's ONNX exporter with dynamic batch, height and width (minutes)")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value")
     args = parser.parse_args(argv)
     import torch
@@ -90,10 +92,14 @@ def main(argv: list[str] | None = None) -> int:
         p = as_predict(normalised)
         rows.append((f"eager as predict (amp {cfg.predict.amp}, channels_last {cfg.predict.channels_last})",
                      timed(lambda: as_predict(normalised)), float((p - reference).abs().max()), None))
+    exported = []
     with tempfile.TemporaryDirectory() as work:
         for fmt in ("torchscript", "onnx"):
             path = Path(work) / f"net{SUFFIX[fmt]}"
+            began = time.perf_counter()
             record = EXPORTERS[fmt](graph, x[:1], path)
+            exported.append((f"{fmt} as segkit export writes it (dynamic: {record['dynamic']})",
+                             {"seconds": time.perf_counter() - began}))
             import json
 
             meta_path(path).write_text(json.dumps({**{k: meta[k] for k in ("mode", "classes", "channels")},
@@ -103,6 +109,13 @@ def main(argv: list[str] | None = None) -> int:
                 out = network(x)
                 rows.append((f"{fmt} float32", timed(lambda: network(x)), float((out - reference).abs().max()),
                              path.stat().st_size))
+        exports = [(fmt, rec) for fmt, rec in exported]
+        if args.dynamo:
+            b, h, w = (torch.export.Dim(n, min=1, max=4096) for n in ("batch", "height", "width"))
+            began = time.perf_counter()
+            torch.onnx.export(graph, (x[:1],), str(Path(work) / "dynamo.onnx"), dynamo=True,
+                              dynamic_shapes={"image": {0: b, 2: pad_to * h, 3: pad_to * w}})
+            exports.append(("onnx, torch.export (dynamo), dynamic sizes", {"seconds": time.perf_counter() - began}))
     base = rows[1][1]
     print(f"# {cfg.experiment} {model_name} fold {args.fold}: batch {tuple(x.shape)}, torch "
           f"{torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()} "
@@ -112,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, seconds, diff, size in rows:
         print(f"| {name} | {len(x) / seconds:.1f} | {base / seconds:.2f}x | {diff:.1e} | "
               f"{'' if size is None else f'{size / 2**20:.1f}'} |")
+    print("\n| export | seconds |\n|---|---|")
+    for name, rec in exports:
+        print(f"| {name} | {rec['seconds']:.1f} |")
     return 0
 
 

@@ -235,7 +235,7 @@ class Offline:
         order = [m.name for m in self.bundle.models]
         seconds = {m: self.measure(m) for m in order} if budget is not None or args.dry_run else {m: 0.0 for m in
                                                                                                   order}
-        n = args.images or len(self.ids)
+        n = args.images if args.dry_run and args.images else len(self.ids)
         left = None if budget is None else budget - (time.perf_counter() - began)
         views = plan_views(order, seconds, n, None if left is None else left * SAFETY, self.full, self.droppable)
         print(f"infer: plan ({self.runtime} on {self.device}, budget "

@@ -86,7 +86,7 @@ def notebook(name: str) -> dict:
                        "id": f"cell{i}", "source": text} for i, text in enumerate(cells)]}
 
 
-def requirements(runtime: str, method: str) -> list[str]:
+def requirements(runtime: str) -> list[str]:
     """The pinned requirement lines of inference: the versions installed here (what the experiment ran with)."""
     names = INFER_PACKAGES + RUNTIME_PACKAGES[runtime]
     lines = []
@@ -123,22 +123,23 @@ def ensemble_files(cfg: Config) -> tuple[dict, dict]:
     return choice, state
 
 
-def weights(choice: dict, cv: Optional[Path]) -> dict[str, float]:
-    """Each model's share of the ensemble: wmean's weights; else equal shares, ordered by each model's own OOF CV
-    where the ensemble's table has it (a time budget drops the weakest first)."""
+def ranked(choice: dict, cv: Optional[Path]) -> list[tuple[str, float]]:
+    """The models with their share of the ensemble (wmean's weights; else equal shares), heaviest first, equal
+    shares in the order of each model's own OOF CV in the ensemble's table: the order a time budget keeps them in."""
     models = list(choice["models"])
     if choice["method"] == "wmean":
-        return {m: float(choice["params"]["weights"][m]) for m in models}
-    if choice["method"].startswith("model:"):
-        return {m: float(m == choice["method"][len("model:"):]) for m in models}
-    share = {m: 1.0 / len(models) for m in models}
+        share = {m: float(choice["params"]["weights"][m]) for m in models}
+    elif choice["method"].startswith("model:"):
+        share = {m: float(m == choice["method"][len("model:"):]) for m in models}
+    else:
+        share = {m: 1.0 / len(models) for m in models}
+    own = {}
     if cv is not None and cv.exists():
-        import pandas as pd  # here: the CV table is read only to order equal shares
+        import pandas as pd  # here: the CV table is read only to order the models
 
         table = pd.read_csv(cv).set_index("method")["cv"]
-        rank = sorted(models, key=lambda m: -float(table.get(f"model:{m}", 0.0)))
-        share = {m: share[m] * (1 - 1e-6 * i) for i, m in enumerate(rank)}  # equal, in the order of their CV
-    return share
+        own = {m: float(table.get(f"model:{m}", 0.0)) for m in models}
+    return sorted(((m, share[m]) for m in models), key=lambda x: (-x[1], -own.get(x[0], 0.0)))
 
 
 def model_sources(cfg: Config, comp: Competition, runtime: str) -> dict[str, dict[int, list[Path]]]:
@@ -215,13 +216,13 @@ def run(cfg: Config, out: str, models: str = "eager", wheels: bool = True,
                         f"{[m.name for m in cfg.models]}; run `segkit ensemble` again")
     comp = Competition(cfg.data, seed=cfg.seed)
     sources = model_sources(cfg, comp, models)
-    share = weights(choice, layout.final_ensemble.cv)
+    order = ranked(choice, layout.final_ensemble.cv)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=atomic.TMP_SUFFIX, dir=out_dir.parent))
     try:
         entries = []
-        for name in sorted(sources, key=lambda m: -share[m]):
+        for name, share in order:
             folds = {}
             for k, files in sources[name].items():
                 folds[k] = []
@@ -230,7 +231,7 @@ def run(cfg: Config, out: str, models: str = "eager", wheels: bool = True,
                     (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy2(f, tmp / rel)
                     folds[k].append(rel)
-            entries.append(BundleModel(name, round(share[name], 6), folds))
+            entries.append(BundleModel(name, share, folds))
         (tmp / CONFIG).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
         shutil.copy2(tuned_path, tmp / TUNE)
         (tmp / CHOICE).parent.mkdir(parents=True, exist_ok=True)
@@ -238,7 +239,7 @@ def run(cfg: Config, out: str, models: str = "eager", wheels: bool = True,
         shutil.copy2(layout.final_ensemble.state, tmp / STATE)
         if cfg.data.extra_csv:
             shutil.copy2(cfg.data.path("extra_csv"), tmp / EXTRA)
-        lines = requirements(models, choice["method"])
+        lines = requirements(models)
         (tmp / REQUIREMENTS).write_text("\n".join(lines) + "\n")
         (tmp / INFER).write_text(INFER_PY)
         (tmp / NOTEBOOK).write_text(json.dumps(notebook(cfg.experiment.replace("_", "-")), indent=1) + "\n")
