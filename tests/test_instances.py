@@ -214,6 +214,15 @@ def test_an_instance_competition_runs_end_to_end(instance_root, tmp_path, capsys
     assert "## Objects" in report and "![object examples](object_examples.png)" in report
     scored = capsys.readouterr().out
     assert f"object_ap: {held['ap'].mean():.6f} (4 rows" in scored  # what evaluate and submit report
+    # As an offline bundle, on the held-out images with the submission as the sample (an image's id repeats, one
+    # row per object): the same file, byte for byte.
+    from segkit.offline import main as offline
+
+    assert main(["package", *args, "--out", str(tmp_path / "bundle"), "--no-wheels"]) == 0
+    again = tmp_path / "bundle.csv"
+    assert offline(["--test", str(instance_root / "images"), "--sample", str(cfg.layout.submission), "--out",
+                    str(again), "--device", "cpu"], bundle=tmp_path / "bundle") == 0
+    assert again.read_bytes() == cfg.layout.submission.read_bytes()
 
 
 def test_the_ablation_of_an_instance_recipe_is_in_object_ap(instance_root, tmp_path, one_torch_thread):

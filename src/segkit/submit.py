@@ -48,6 +48,8 @@ def sample_frame(cfg: Config, comp: Competition) -> pd.DataFrame:
         columns = comp.sample_columns
         return pd.DataFrame({columns[0]: [r.row_id for r in rows], columns[1]: [""] * len(rows)}, dtype=str)
     frame = read_csv(cfg.data.path("sample_submission"))
+    if cfg.data.instances is not None:  # a per-object sample repeats an image's id: its first row stands for it
+        frame = frame.drop_duplicates(subset=frame.columns[0]).reset_index(drop=True)
     if len(frame) != len(rows):
         raise DataError(f"{cfg.data.sample_submission}: {len(frame)} rows but {len(rows)} parsed sample rows")
     return frame

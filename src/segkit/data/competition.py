@@ -399,6 +399,8 @@ class Competition:
         path = self.cfg.path("sample_submission")
         frame = read_csv(path)
         id_col = frame.columns[0]
+        if self.cfg.instances is not None:  # rows are objects: an image may repeat; the submission writes its own
+            return [SampleRow(i, check_id(i, f"{path.name} (id {i!r})"), 0) for i in dict.fromkeys(frame[id_col])]
         class_col = self.cfg.rle.class_column if self.cfg.rle.class_column in frame.columns else None
         rows, seen = [], set()
         for i, rec in enumerate(frame.to_dict("records")):
