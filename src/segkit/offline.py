@@ -23,6 +23,7 @@ goes to ``--work`` (default: beside ``--out``); a killed run started again with 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import shutil
 import sys
@@ -133,10 +134,11 @@ class Offline:
             raise ConfigError(f"--runtime {self.runtime}: this bundle carries {bundle.runtime} model files "
                               f"(`segkit package --models {self.runtime}` makes one that carries those)")
         self.work = Path(args.work) if args.work else work_dir(Path(args.out))
+        self.choice = read_json(bundle.path(CHOICE))
         self.cfg = self._config()
         self.comp = Competition(self.cfg.data, seed=self.cfg.seed)
         self.ids = self.comp.test_ids
-        self.device = resolve_device(args.device or self.cfg.device)
+        self.device = resolve_device(self.cfg.device)
         self.loader = loader(self.runtime)
         self.full = len(views_for(self.cfg.predict.tta))
 
@@ -152,7 +154,7 @@ class Offline:
         data.update(root=str(test), test_images=".", sample_submission=str(sample), holdout_fraction=0.0,
                     extra_csv=str(self.bundle.path(EXTRA)) if data.get("extra_csv") else None)
         tree["paths"] = work_paths(self.work)
-        tree["device"] = self.args.device or "auto"
+        tree["device"] = self.args.device or "auto"  # where it runs now, not where it trained
         try:
             return Config.model_validate(tree)
         except Exception as err:  # noqa: BLE001 - pydantic's error, said as a bundle error
@@ -186,11 +188,8 @@ class Offline:
         return (time.perf_counter() - began) / len(ids)
 
     @property
-    def choice(self) -> dict:
-        return atomic_json(self.bundle.path(CHOICE))
-
-    @property
     def droppable(self) -> bool:
+        """Whether the ensemble stays defined without its lighter models (a time budget may drop them)."""
         return self.choice["method"] in SUBSETTABLE
 
     # ------------------------------------------------------------------------------------------ predict
@@ -221,7 +220,7 @@ class Offline:
         setup = Setup(models=kept, classes=classes, mode=cfg.data.mode, folds=sorted(self.bundle.models[0].folds),
                       metric=get_metric(cfg.metric, key="metric"), seed=cfg.seed, options=cfg.ensemble,
                       extra=self.comp.extra, n_oof=0)
-        method = restore(setup, self.choice, atomic_json(self.bundle.path(STATE))["state"])
+        method = restore(setup, self.choice, read_json(self.bundle.path(STATE))["state"])
         folder = cfg.layout.ensemble.test
         sources = [TestSource(cfg.layout, m, self.ids, classes) for m in kept]
         write_store(folder, classes, self.ids, None, sources, method)
@@ -270,9 +269,7 @@ class Offline:
         return 0
 
 
-def atomic_json(path: Path) -> dict:
-    import json  # here: the two ensemble files are the only JSON read outside segkit.bundle
-
+def read_json(path: Path) -> dict:
     if not path.exists():
         raise DataError(f"{path}: missing from the bundle")
     return json.loads(path.read_text())
