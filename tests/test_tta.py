@@ -240,3 +240,16 @@ def test_auto_precision_is_chosen_by_the_batch_device(monkeypatch):
     assert torch.equal(TTAPredictor(model, tta="hflip", amp="auto")(x), plain)
     monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: True)
     assert torch.equal(TTAPredictor(model, tta="hflip", amp="auto")(x), in_bf16)
+
+
+def test_a_network_that_activates_itself_merges_like_its_logits():
+    """An exported network gives probabilities: with ``activated`` it is not activated twice, and gmean still
+    renormalises its softmax."""
+    torch.manual_seed(0)
+    net = torch.nn.Conv2d(2, 3, 3, padding=1)
+    x = torch.rand(2, 2, 8, 8)
+    for merge in ("mean", "gmean", "max"):
+        want = TTAPredictor(net, tta="d4", merge=merge, activation="softmax")(x)
+        got = TTAPredictor(lambda t: torch.softmax(net(t), dim=1), tta="d4", merge=merge, activation="softmax",
+                           activated=True)(x)
+        assert torch.allclose(want, got, atol=1e-6), merge

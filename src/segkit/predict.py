@@ -109,7 +109,7 @@ class CheckpointAverage:
 
     ``loader`` (path, device) -> (network, meta) replaces the checkpoint's PyTorch model by another runtime's
     (``segkit.runtimes``): an exported network that takes images as read and gives probabilities, so it runs
-    without activation or autocast here and wants its inputs unnormalised (``normalizes``). ``max_views``: the
+    without autocast, its activation is not applied again, and it wants its inputs unnormalised (``normalizes``). ``max_views``: the
     first views of the TTA only (what a time budget leaves)."""
 
     def __init__(self, cfg: Config, groups: list[list[Path]], device: torch.device,
@@ -124,11 +124,11 @@ class CheckpointAverage:
                 model, meta = load_model(path, device) if loader is None else loader(path, device)
                 self._check(cfg, path, meta)
                 self.meta = meta
-                activation = None if loader else "softmax" if meta["mode"] == "multiclass" else "sigmoid"
                 predictors.append(TTAPredictor(
                     model, tta=cfg.predict.tta, merge=cfg.predict.tta_merge, chunk=cfg.predict.tta_chunk,
-                    activation=activation, amp=None if loader else cfg.predict.amp,
-                    channels_last=cfg.predict.channels_last and loader is None, max_views=max_views,
+                    activation="softmax" if meta["mode"] == "multiclass" else "sigmoid",
+                    amp=None if loader else cfg.predict.amp, channels_last=cfg.predict.channels_last and loader is None,
+                    max_views=max_views, activated=loader is not None,
                 ))
             self.groups.append(predictors)
         self.multiclass = self.meta.get("mode") == "multiclass"

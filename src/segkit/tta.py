@@ -133,6 +133,8 @@ class TTAPredictor:
     - ``amp``: autocast dtype (``"bf16"``, ``"fp16"``, a torch dtype, or None) for the forward pass.
     - ``channels_last``: converts the model (in place) and every forward batch to channels_last memory format.
     - ``max_views``: only the first views of the set (what a time budget leaves; None: all of them).
+    - ``activated``: the model applies ``activation`` itself (an exported network): it is not applied again, and
+      gmean still renormalises a softmax.
 
     The model is switched to eval mode (batch statistics would otherwise depend on how views are chunked) and
     runs under ``torch.inference_mode``. Memory: one forward batch plus one merge accumulator of the output size.
@@ -148,6 +150,7 @@ class TTAPredictor:
         amp: Union[None, str, torch.dtype] = None,
         channels_last: bool = False,
         max_views: Optional[int] = None,
+        activated: bool = False,
     ):
         if merge not in _MERGES:
             raise ConfigError(f"predict.tta_merge: unknown merge {merge!r}; known: {', '.join(_MERGES)}")
@@ -168,6 +171,7 @@ class TTAPredictor:
         if max_views is not None and max_views < 1:
             raise ConfigError(f"TTA: max_views must be >= 1, got {max_views}")
         self.max_views = max_views
+        self.activated = activated
         if isinstance(model, nn.Module):
             model.eval()
             if channels_last:
@@ -189,6 +193,8 @@ class TTAPredictor:
         with autocast:
             out, _ = split_output(self.model(batch))  # smp's aux head adds image logits
         out = out.float()
+        if self.activated:
+            return out
         if self.activation == "sigmoid":
             out = torch.sigmoid(out)
         elif self.activation == "softmax":
