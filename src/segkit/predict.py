@@ -109,8 +109,8 @@ class CheckpointAverage:
 
     ``loader`` (path, device) -> (network, meta) replaces the checkpoint's PyTorch model by another runtime's
     (``segkit.runtimes``): an exported network that takes images as read and gives probabilities, so it runs
-    without autocast, its activation is not applied again, and it wants its inputs unnormalised (``normalizes``). ``max_views``: the
-    first views of the TTA only (what a time budget leaves)."""
+    without autocast, its activation is not applied again, and it wants its inputs unnormalised (``normalizes``).
+    ``max_views``: the first views of the TTA only (what a time budget leaves)."""
 
     def __init__(self, cfg: Config, groups: list[list[Path]], device: torch.device,
                  loader: Optional[Callable] = None, max_views: Optional[int] = None):
