@@ -125,6 +125,21 @@ def test_time_budget_plans_drop_tta_views_first_then_the_lighter_models():
         parse_budget("soon")
 
 
+def test_past_the_budget_the_rest_runs_at_the_least_that_still_submits():
+    from types import SimpleNamespace
+
+    from segkit.offline import Offline
+
+    seconds = {"a": 0.1, "b": 0.1, "c": 0.1}
+    for droppable, want in ((True, {"b": 0, "c": 0}), (False, {"b": 1, "c": 1})):
+        views = {"a": 8, "b": 8, "c": 8}
+        Offline.replan(SimpleNamespace(droppable=droppable, full=8), ["b", "c"], views, seconds, 100, left=-5.0)
+        assert views == {"a": 8, **want}
+    views = {"a": 8, "b": 8, "c": 8}
+    Offline.replan(SimpleNamespace(droppable=True, full=8), ["b", "c"], views, seconds, 100, left=100.0)
+    assert views == {"a": 8, "b": 7, "c": 1}  # 85 s for b and c: c loses its views first, then b one
+
+
 def test_dry_run_prints_the_plan_and_bad_input_leaves_nothing(experiment, tmp_path, capsys):
     bundle = tmp_path / "bundle"
     assert main(["package", *experiment["args"], "--out", str(bundle), "--no-wheels"]) == 0
@@ -162,6 +177,13 @@ def test_package_refuses_an_incomplete_experiment_and_leaves_no_bundle(experimen
         assert "state.json: missing" in capsys.readouterr().err
     finally:
         state.write_bytes(saved)
+    tune = experiment["tmp"] / "runs" / "demo" / "tune.json"
+    tune.rename(tune.with_suffix(".away"))
+    try:
+        assert main(["package", *experiment["args"], "--out", str(tmp_path / "b"), "--no-wheels"]) == 2
+        assert "tune.json" in capsys.readouterr().err
+    finally:
+        tune.with_suffix(".away").rename(tune)
     best = experiment["tmp"] / "runs" / "demo" / "tiny2" / "fold1" / "best.pt"
     best.rename(best.with_suffix(".away"))
     try:

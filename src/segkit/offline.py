@@ -226,14 +226,28 @@ class Offline:
         write_store(folder, classes, self.ids, None, sources, method)
         return ProbStore(folder)
 
+    def replan(self, todo: list[str], views: dict[str, int], seconds: dict[str, float], n: int, left: float) -> None:
+        """Fit the views of the models ``todo`` (the heaviest already done) to the ``left`` seconds. Past the
+        budget, the least that still gives a submission: the averages drop the rest, the others keep one view."""
+        todo = [x for x in todo if views[x]]
+        if not todo:
+            return
+        try:
+            again = plan_views(todo, seconds, n, max(left, 0.0) * SAFETY, self.full, self.droppable)
+        except BudgetError:
+            again = {x: 0 if self.droppable else 1 for x in todo}
+        if again != {x: views[x] for x in todo}:
+            print(f"infer: re-planned with {left:.0f} s left:\n{describe(again, seconds, n, self.full)}", flush=True)
+        views.update(again)
+
     def run(self) -> int:
         args = self.args
         began = time.perf_counter()
         budget = parse_budget(args.time_budget)
         self.check_test()
         order = [m.name for m in self.bundle.models]
-        seconds = {m: self.measure(m) for m in order} if budget is not None or args.dry_run else {m: 0.0 for m in
-                                                                                                  order}
+        measure = budget is not None or args.dry_run  # without a budget no plan needs the speeds
+        seconds = {m: self.measure(m) if measure else 0.0 for m in order}
         n = args.images if args.dry_run and args.images else len(self.ids)
         left = None if budget is None else budget - (time.perf_counter() - began)
         views = plan_views(order, seconds, n, None if left is None else left * SAFETY, self.full, self.droppable)
@@ -244,14 +258,7 @@ class Offline:
             return 0
         for i, m in enumerate(order):
             if budget is not None and i:  # the plan again, for the models still to run, from the time left
-                left = budget - (time.perf_counter() - began)
-                todo = [x for x in order[i:] if views[x]]
-                if todo:
-                    again = plan_views(todo, seconds, n, max(left, 0.0) * SAFETY, self.full,
-                                       self.droppable) if left > 0 else {x: 0 for x in todo}
-                    if again != {x: views[x] for x in todo}:
-                        print(f"infer: re-planned with {left:.0f} s left:\n{describe(again, seconds, n, self.full)}")
-                    views.update(again)
+                self.replan(order[i:], views, seconds, n, budget - (time.perf_counter() - began))
             if views[m]:
                 self.predict(m, views[m])
         kept = [m for m in self.choice["models"] if views[m]]  # in the order the ensemble was fitted on
