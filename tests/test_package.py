@@ -64,6 +64,9 @@ def test_exports_match_pytorch_and_an_export_that_fails_names_the_network(experi
         assert len(meta["export"]["checked_on"]) == 2  # the images' size and a larger one, another batch size
     assert main(["export", *experiment["args"]]) == 0
     assert "keeping it" in capsys.readouterr().out
+    (export / "tiny2" / "fold0" / "best.onnx").unlink()  # an export gone: made again
+    assert main(["export", *experiment["args"]]) == 0
+    assert "keeping it" not in capsys.readouterr().out and (export / "tiny2" / "fold0" / "best.onnx").exists()
 
     from segkit import runtimes
 

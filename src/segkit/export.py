@@ -101,7 +101,9 @@ def export_unit(cfg: Config, checkpoints: dict, formats: list[str], tolerance: f
     inputs = {"formats": formats, "tolerance": tolerance,
               "normalize": [data.normalize, data.mean, data.std, data.input_channels],
               "checkpoints": {f"{m}/{k}": fingerprints(c) for (m, k), c in checkpoints.items()}}
-    return Unit(f"export: {paths.dir}", paths.stamp, [paths.json], inputs)
+    files = [f for (m, k), c in checkpoints.items() for ckpt in c for fmt in formats
+             for f in (paths.file(m, k, ckpt, SUFFIX[fmt]), meta_path(paths.file(m, k, ckpt, SUFFIX[fmt])))]
+    return Unit(f"export: {paths.dir}", paths.stamp, files + [paths.json], inputs)
 
 
 def run(cfg: Config, format: str = "both", tolerance: float = TOLERANCE) -> int:
