@@ -24,11 +24,6 @@ from pathlib import Path
 import numpy as np
 
 
-def cpu_kind() -> str:
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    return "with native bf16 (avx512_bf16)" if "avx512_bf16" in flags else "without native bf16"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True)
@@ -45,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     from segkit.checkpoint import fold_checkpoints, load_model
     from segkit.config import load_config
     from segkit.data import Competition, pad_to_multiple
-    from segkit.runtimes import EXPORTERS, SUFFIX, ProbabilityGraph, loader, meta_path
+    from segkit.device import cpu_has_native_bf16
+    from segkit.runtimes import EXPORTERS, SUFFIX, ProbabilityGraph, loader, write_meta
     from segkit.tta import TTAPredictor
 
     cfg = load_config(args.config, args.overrides)
@@ -80,12 +76,11 @@ def main(argv: list[str] | None = None) -> int:
             seconds.append(time.perf_counter() - began)
         return statistics.median(seconds)
 
-    normalise = ProbabilityGraph(torch.nn.Identity(), cfg.data, meta["mode"])  # its normalisation alone
     # The forward pass as predict runs it: the network on normalised input, predict.amp, channels_last, one view.
     as_predict = TTAPredictor(net, tta="none", activation="softmax" if meta["mode"] == "multiclass" else "sigmoid",
                               amp=cfg.predict.amp, channels_last=cfg.predict.channels_last)
     with torch.inference_mode():
-        normalised = (x - normalise.mean) / normalise.std if cfg.data.normalize in ("imagenet", "dataset") else x
+        normalised = graph.normalise(x)
     rows = []
     with torch.inference_mode():
         rows.append(("eager float32", timed(lambda: graph(x)), 0.0, None))
@@ -100,10 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             record = EXPORTERS[fmt](graph, x[:1], path)
             exported.append((f"{fmt} as segkit export writes it (dynamic: {record['dynamic']})",
                              {"seconds": time.perf_counter() - began}))
-            import json
-
-            meta_path(path).write_text(json.dumps({**{k: meta[k] for k in ("mode", "classes", "channels")},
-                                                   "pad_to": pad_to, "export": record}))
+            write_meta(path, meta, record)
             network, _ = loader(fmt)(path, torch.device("cpu"))
             with torch.inference_mode():
                 out = network(x)
@@ -119,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     base = rows[1][1]
     print(f"# {cfg.experiment} {model_name} fold {args.fold}: batch {tuple(x.shape)}, torch "
           f"{torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()} "
-          f"CPU {cpu_kind()}")
+          f"CPU {'with' if cpu_has_native_bf16() else 'without'} native bf16")
     print("| runtime | images/s | vs eager as predict | max abs diff of p vs fp32 eager | file MiB |")
     print("|---|---|---|---|---|")
     for name, seconds, diff, size in rows:

@@ -172,28 +172,15 @@ def test_dry_run_prints_the_plan_and_bad_input_leaves_nothing(experiment, tmp_pa
 
 
 def test_package_refuses_an_incomplete_experiment_and_leaves_no_bundle(experiment, tmp_path, capsys):
-    state = experiment["tmp"] / "runs" / "demo" / "ensemble" / "state.json"
-    saved = state.read_bytes()
-    state.unlink()
-    try:
-        assert main(["package", *experiment["args"], "--out", str(tmp_path / "b"), "--no-wheels"]) == 2
-        assert "state.json: missing" in capsys.readouterr().err
-    finally:
-        state.write_bytes(saved)
-    tune = experiment["tmp"] / "runs" / "demo" / "tune.json"
-    tune.rename(tune.with_suffix(".away"))
-    try:
-        assert main(["package", *experiment["args"], "--out", str(tmp_path / "b"), "--no-wheels"]) == 2
-        assert "tune.json" in capsys.readouterr().err
-    finally:
-        tune.with_suffix(".away").rename(tune)
-    best = experiment["tmp"] / "runs" / "demo" / "tiny2" / "fold1" / "best.pt"
-    best.rename(best.with_suffix(".away"))
-    try:
-        assert main(["package", *experiment["args"], "--out", str(tmp_path / "b"), "--no-wheels"]) == 2
-        assert "tiny2/fold1/best.pt: missing" in capsys.readouterr().err
-    finally:
-        best.with_suffix(".away").rename(best)
+    run = experiment["tmp"] / "runs" / "demo"
+    for gone, said in ((run / "ensemble" / "state.json", "state.json: missing"), (run / "tune.json", "tune.json"),
+                       (run / "tiny2" / "fold1" / "best.pt", "tiny2/fold1/best.pt: missing")):
+        gone.rename(gone.with_suffix(".away"))
+        try:
+            assert main(["package", *experiment["args"], "--out", str(tmp_path / "b"), "--no-wheels"]) == 2
+            assert said in capsys.readouterr().err
+        finally:
+            gone.with_suffix(".away").rename(gone)
     assert not (tmp_path / "b").exists() and list(tmp_path.iterdir()) == []
     (tmp_path / "mine").mkdir()
     assert main(["package", *experiment["args"], "--out", str(tmp_path / "mine"), "--no-wheels"]) == 2

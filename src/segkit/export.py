@@ -29,7 +29,7 @@ from segkit.data import Competition, pad_to_multiple
 from segkit.data.folds import fold_numbers, load_folds
 from segkit.errors import ConfigError, SegkitError
 from segkit.freshness import Unit, fingerprints
-from segkit.runtimes import EXPORTERS, FORMATS, SUFFIX, ProbabilityGraph, loader, meta_path
+from segkit.runtimes import EXPORTERS, FORMATS, SUFFIX, ProbabilityGraph, loader, meta_path, write_meta
 
 TOLERANCE = 1e-3
 CHECK_IMAGES = 4
@@ -133,11 +133,11 @@ def run(cfg: Config, format: str = "both", tolerance: float = TOLERANCE) -> int:
             for fmt in formats:
                 path = paths.file(model, k, checkpoint, SUFFIX[fmt])
                 record = export_one(graph, batches, fmt, path, what)
-                atomic.write_json(meta_path(path), {**_meta(meta), "export": record})  # the loader reads it
+                write_meta(path, meta, record)  # the loader reads it
                 network, _ = loader(fmt)(path, device)
                 record["max_abs_diff"] = check_one(graph, network, batches, record, what, fmt, tolerance)
                 record["checked_on"] = [list(x.shape) for x in batches]
-                atomic.write_json(meta_path(path), {**_meta(meta), "export": record})
+                write_meta(path, meta, record)
                 entry["files"][fmt] = str(path.relative_to(paths.dir))
                 print(f"export: {what} -> {path} ({path.stat().st_size / 2**20:.1f} MiB, max |dp| "
                       f"{record['max_abs_diff']:.1e} on {sum(len(x) for x in batches)} images)")
@@ -146,11 +146,6 @@ def run(cfg: Config, format: str = "both", tolerance: float = TOLERANCE) -> int:
     unit.done()
     print(f"export: {sum(len(v) for v in checkpoints.values())} checkpoint(s) x {', '.join(formats)} -> {paths.dir}")
     return 0
-
-
-def _meta(meta: dict) -> dict:
-    """What a runtime needs to know of the network besides the file (the checkpoint's own meta, minus scores)."""
-    return {k: meta[k] for k in ("model_cfg", "mode", "classes", "channels", "pad_to", "epoch") if k in meta}
 
 
 __all__ = ["ExportError", "TOLERANCE", "check_batches", "formats_of", "run"]

@@ -45,7 +45,7 @@ from segkit.errors import ConfigError, DataError, SegkitError
 from segkit.freshness import Unit, fingerprints
 from segkit.metrics import get_metric
 from segkit.postprocess import read_tuned
-from segkit.predict import CheckpointAverage, Outputs, predict_ids
+from segkit.predict import CheckpointAverage, Collected, Outputs, predict_ids
 from segkit.probs import ProbStore, ProbWriter, manifest
 from segkit.runtimes import loader
 from segkit.submit import Submission
@@ -115,16 +115,6 @@ def describe(views: dict[str, int], seconds: dict[str, float], n_images: int, fu
 # ------------------------------------------------------------------------------------------------------ the run
 
 
-class _Sink(dict):
-    """Probabilities of a measurement, kept in memory and thrown away."""
-
-    def has(self, image_id: str) -> bool:
-        return image_id in self
-
-    def write(self, image_id: str, q) -> None:
-        self[image_id] = q
-
-
 class Offline:
     def __init__(self, bundle: Bundle, args: argparse.Namespace):
         self.bundle = bundle
@@ -174,17 +164,17 @@ class Offline:
 
     def groups(self, name: str) -> list[list[Path]]:
         model = next(m for m in self.bundle.models if m.name == name)
-        return [[self.bundle.path(f) for f in files if not f.endswith(".json")] for _, files in
-                sorted(model.folds.items())]
+        return [[self.bundle.path(f) for f in files] for _, files in sorted(model.folds.items())]
 
     # ----------------------------------------------------------------------------------------------- plan
     def measure(self, name: str) -> float:
         """Seconds per image and TTA view of model ``name`` (every fold), on the first test images."""
         predictor = CheckpointAverage(self.cfg, self.groups(name), self.device, self.loader, max_views=1)
         ids = self.ids[:MEASURE_IMAGES]
-        predict_ids(self.cfg, self.comp, ids[:1], "test", predictor, _Sink(), self.device)  # warm-up
+        # The probabilities are kept in memory and thrown away.
+        predict_ids(self.cfg, self.comp, ids[:1], "test", predictor, Collected(), self.device)  # warm-up
         began = time.perf_counter()
-        predict_ids(self.cfg, self.comp, ids, "test", predictor, _Sink(), self.device)
+        predict_ids(self.cfg, self.comp, ids, "test", predictor, Collected(), self.device)
         return (time.perf_counter() - began) / len(ids)
 
     @property

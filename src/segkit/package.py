@@ -143,7 +143,7 @@ def ranked(choice: dict, cv: Optional[Path]) -> list[tuple[str, float]]:
 
 
 def model_sources(cfg: Config, comp: Competition, runtime: str) -> dict[str, dict[int, list[Path]]]:
-    """model -> fold -> the files the bundle carries for it (checkpoints, or exports and their .json)."""
+    """model -> fold -> the model files the bundle carries for it (the checkpoints, or their exports)."""
     folds = fold_numbers(load_folds(cfg, comp))
     out: dict[str, dict[int, list[Path]]] = {}
     for m in cfg.models:
@@ -153,16 +153,13 @@ def model_sources(cfg: Config, comp: Competition, runtime: str) -> dict[str, dic
             if runtime == "eager":
                 out[m.name][k] = checkpoints
                 continue
-            files = []
-            for c in checkpoints:
-                export = cfg.layout.export.file(m.name, k, c, SUFFIX[runtime])
+            out[m.name][k] = [cfg.layout.export.file(m.name, k, c, SUFFIX[runtime]) for c in checkpoints]
+            for c, export in zip(checkpoints, out[m.name][k]):
                 if not export.exists() or not meta_path(export).exists():
                     raise DataError(f"{export}: missing; run `segkit export --config {cfg.source or 'CFG'} "
                                     f"--format {runtime}` first")
                 if export.stat().st_mtime < c.stat().st_mtime:
                     raise DataError(f"{export}: older than {c}; run `segkit export` again")
-                files += [export, meta_path(export)]
-            out[m.name][k] = files
     return out
 
 
@@ -230,6 +227,8 @@ def run(cfg: Config, out: str, models: str = "eager", wheels: bool = True,
                     rel = model_file(name, k, f.name)
                     (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy2(f, tmp / rel)
+                    if meta_path(f).exists():  # an export's record travels beside it (its runtime reads it)
+                        shutil.copy2(meta_path(f), meta_path(tmp / rel))
                     folds[k].append(rel)
             entries.append(BundleModel(name, share, folds))
         (tmp / CONFIG).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

@@ -239,7 +239,7 @@ def _cases_share(volumes, ids: list[str], world) -> list[str]:
     return [i for i in ids if volumes.case_of(i) in mine]
 
 
-class _Collected(dict):
+class Collected(dict):
     """A pass's uint8 probabilities kept in memory, id -> (G * K, H, W), where Outputs would write them."""
 
     def has(self, image_id: str) -> bool:
@@ -265,7 +265,7 @@ def _predict_views(volumes, axes: list[int], todo: list[str], out: Outputs,
         total: Optional[np.ndarray] = None
         for axis in axes:
             ids = volumes.cut(case, axis)
-            views = _Collected()
+            views = Collected()
             predict_slices(ids, views, f"{case} along axis {axis}")
             view = assemble([views.pop(i) for i in ids], axis)  # (G * K, X, Y, Z)
             if total is None:
@@ -449,5 +449,5 @@ def run(cfg: Config, model: Optional[str] = None, fold: Optional[int] = None) ->
     return 0
 
 
-__all__ = ["CheckpointAverage", "by_fold", "fold_checkpoints", "fold_test_unit", "oof_part_unit", "predict_ids",
-           "predict_oof", "predict_test", "run", "store_unit"]
+__all__ = ["CheckpointAverage", "Collected", "by_fold", "fold_checkpoints", "fold_test_unit", "oof_part_unit",
+           "predict_ids", "predict_oof", "predict_test", "run", "store_unit"]

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from segkit import atomic
 from segkit.data.normalize import IMAGENET_MEAN, IMAGENET_STD
 from segkit.errors import ConfigError, DataError
 from segkit.models import split_output
@@ -51,16 +52,18 @@ class ProbabilityGraph(nn.Module):
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
+    def normalise(self, image: torch.Tensor) -> torch.Tensor:
+        """What the network sees of ``image``: the config's normalisation, as ``segkit.data.normalize`` does it."""
         if self.kind == "image":
             mean = image.mean(dim=(2, 3), keepdim=True)
             std = (image - mean).pow(2).mean(dim=(2, 3), keepdim=True).sqrt().clamp_min(1e-6)
-            x = (image - mean) / std
-        elif self.kind == "none":
-            x = image
-        else:
-            x = (image - self.mean) / self.std
-        out, _ = split_output(self.net(x))
+            return (image - mean) / std
+        if self.kind == "none":
+            return image
+        return (image - self.mean) / self.std
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        out, _ = split_output(self.net(self.normalise(image)))
         return torch.softmax(out, dim=1) if self.softmax else torch.sigmoid(out)
 
 
@@ -98,6 +101,13 @@ EXPORTERS: dict[str, Callable[[nn.Module, torch.Tensor, Path], dict]] = {
 
 def meta_path(export: Path) -> Path:
     return export.with_name(export.name + ".json")
+
+
+def write_meta(export: Path, meta: dict, record: dict) -> None:
+    """``export``'s record beside it: what a runtime needs of the network besides the file (the checkpoint's meta,
+    less its scores) and how it was exported and checked."""
+    kept = {k: meta[k] for k in ("model_cfg", "mode", "classes", "channels", "pad_to", "epoch") if k in meta}
+    atomic.write_json(meta_path(export), {**kept, "export": record})
 
 
 def read_meta(export: Path) -> dict:
@@ -158,4 +168,4 @@ def loader(runtime: str) -> Optional[Callable]:
 
 
 __all__ = ["EXPORTERS", "FORMATS", "OnnxNetwork", "ProbabilityGraph", "RUNTIMES", "SUFFIX", "loader", "meta_path",
-           "read_meta"]
+           "read_meta", "write_meta"]

@@ -238,6 +238,8 @@ class Submission:
 def run(cfg: Config) -> int:
     layout = cfg.layout
     tuned = read_tuned(layout.tune.json, f"run `segkit tune --config {cfg.source or 'CFG'}` first")
+    # Checked before the freshness check, so that a bad tune.json fails even where the submission is up to date
+    # (Submission reads it again when it builds one).
     params_list(tuned["classes"], list(cfg.data.classes), where=str(layout.tune.json))
     store = final_store(cfg, "test")
     comp = Competition(cfg.data, seed=cfg.seed)

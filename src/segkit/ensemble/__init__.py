@@ -217,6 +217,11 @@ class _SingleModel:
         pass
 
 
+# Methods still defined on a subset of their models (what a time budget may drop): averages with no learnt
+# per-model state but weights.
+SUBSETTABLE = ("mean", "gmean", "rms", "wmean")
+
+
 def restore(setup: Setup, choice: dict, state: dict):
     """The method ``choice.json`` names, with its test-time ``state.json`` loaded: it combines test images
     (``fold=None``) as the ensemble stage did, without the OOF it was fitted on. ``setup.models`` may be a subset of
@@ -240,11 +245,6 @@ def restore(setup: Setup, choice: dict, state: dict):
                                  np.full(len(weights), 1 / len(weights))).tolist()}
     method.load_state(state)
     return method
-
-
-# Methods still defined on a subset of their models (what a time budget may drop): averages with no learnt
-# per-model state but weights.
-SUBSETTABLE = ("mean", "gmean", "rms", "wmean")
 
 
 def write_store(folder: Path, classes: list[str], ids: list[str], folds: Optional[dict], sources, method) -> None:
