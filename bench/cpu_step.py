@@ -24,7 +24,7 @@ import sys
 import time
 
 # Each row: a label and its changes to DEFAULTS. "depthwise float32" is what segkit's CPU bf16 training does
-# (segkit.device.depthwise_float32_when_training); the rows without it show the plain bf16 network.
+# (segkit.compute.device.depthwise_float32_when_training); the rows without it show the plain bf16 network.
 DEFAULTS = {"threads": 2, "attention": None, "size": 128, "decoder": None, "depthwise_fp32": False, "compile": False,
             "bf16": True, "encoder": "tu-tf_efficientnet_lite0"}
 ROWS = [
@@ -56,7 +56,7 @@ def one(threads: int, attention: str | None, size: int, decoder: list[int] | Non
 
     import segkit  # noqa: F401  (import fix for torchvision before smp)
     import segmentation_models_pytorch as smp
-    from segkit.device import depthwise_float32_when_training
+    from segkit.compute.device import depthwise_float32_when_training
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -117,7 +117,7 @@ DEPTHWISE = [(96, 49, 3, 2), (144, 27, 5, 2), (240, 12, 5, 1), (672, 6, 5, 1), (
 
 def depthwise(repeats: int = 5) -> None:
     """Milliseconds for the backward (input and weight gradients) of single depthwise convolutions, channels_last,
-    in bf16 and in float32: the measurement behind ``segkit.device.depthwise_float32_when_training``."""
+    in bf16 and in float32: the measurement behind ``segkit.compute.device.depthwise_float32_when_training``."""
     import torch
 
     torch.set_num_threads(2)
@@ -143,7 +143,7 @@ def depthwise(repeats: int = 5) -> None:
 
 def _native_bf16() -> bool:
     import segkit  # noqa: F401  (import fix for torchvision)
-    from segkit.device import cpu_has_native_bf16
+    from segkit.compute.device import cpu_has_native_bf16
 
     return cpu_has_native_bf16()
 

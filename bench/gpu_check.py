@@ -11,7 +11,7 @@ measured; a section that fails is a line of the table and the next one runs. ``-
 check: a section that no longer fits is listed as skipped instead of being cut off half-way.
 
 1. Training step of every network of the TGS and DSB gpu budgets at the budget's batch and input size: a bare
-   fp32 loop (``model(x)``, BCE + Dice, ``backward``, AdamW) against segkit's loop (``segkit.train.loop``, the
+   fp32 loop (``model(x)``, BCE + Dice, ``backward``, AdamW) against segkit's loop (``segkit.stages.train.loop``, the
    recipe's loss, schedule and EMA) in bf16 + channels_last, and (last, as time allows) under ``torch.compile``;
    images/s and peak GPU memory. Synthetic batches already on the device: the loader is measured on its own.
 2. The data pipeline alone, as training builds it (decode, augment, crop, collate, pinned memory) with the budget's
@@ -50,16 +50,16 @@ import torch  # noqa: E402
 import segkit  # noqa: E402,F401  (import fix for torchvision before smp)
 from segkit.config import load_config  # noqa: E402
 from segkit.data import Competition  # noqa: E402
-from segkit.device import amp_dtype, depthwise_float32_when_training, grad_scaler, resolve_amp  # noqa: E402
-from segkit.distributed import World  # noqa: E402
+from segkit.compute.device import amp_dtype, depthwise_float32_when_training, grad_scaler, resolve_amp  # noqa: E402
+from segkit.compute.distributed import World  # noqa: E402
 from segkit.losses import LossSchedule  # noqa: E402
 from segkit.models import build_model  # noqa: E402
 from segkit.optim import build_optimizer, build_schedule  # noqa: E402
-from segkit.sizing import usable_cores  # noqa: E402
-from segkit.train.data import TrainData  # noqa: E402
-from segkit.train.ema import build_ema  # noqa: E402
-from segkit.train.loop import Stepper, train_epoch  # noqa: E402
-from segkit.tta import TTAPredictor  # noqa: E402
+from segkit.compute.sizing import usable_cores  # noqa: E402
+from segkit.stages.train.data import TrainData  # noqa: E402
+from segkit.stages.train.ema import build_ema  # noqa: E402
+from segkit.stages.train.loop import Stepper, train_epoch  # noqa: E402
+from segkit.inference.tta import TTAPredictor  # noqa: E402
 
 import gpu_data  # noqa: E402  (bench/, beside this file)
 
@@ -153,7 +153,7 @@ def environment(device: torch.device, dry: bool) -> list[str]:
         p = torch.cuda.get_device_properties(device)
         lines.append(f"- GPU: {p.name}, {p.total_memory / 2**30:.0f} GiB, {p.multi_processor_count} SMs")
     else:
-        from segkit.device import cpu_has_native_bf16
+        from segkit.compute.device import cpu_has_native_bf16
 
         lines.append(f"- CPU: {platform.processor() or platform.machine()}, native bf16: {cpu_has_native_bf16()}")
     return lines

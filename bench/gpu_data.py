@@ -52,7 +52,7 @@ def subset_dsb(out: Path, n: int, source: Path = SHARED / "dsb2018-nuclei") -> P
 def synthetic_tgs(out: Path, n: int = 40, seed: int = 0) -> Path:
     """A TGS-shaped competition of ``n`` synthetic 101 px tiles (the demo's shapes): images/, train.csv (RLE) and
     depths.csv, so the dry run drives the TGS recipe's own config unchanged but for its data root."""
-    from segkit.demo import write_competition
+    from segkit.data.demo import write_competition
 
     out = Path(out)
     demo = write_competition(out / "_demo", n_train=n, n_test=1, size=101, seed=seed)

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from segkit.config.schema import InstanceSpec
     from segkit.data.instances import targets
-    from segkit.instance_decoders import DecodeParams, decode
+    from segkit.postprocess.instances import DecodeParams, decode
     from segkit.metrics.competition import object_ap_labels
 
     cv2.setNumThreads(1)

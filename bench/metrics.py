@@ -30,7 +30,7 @@ from scipy import ndimage as ndi  # noqa: E402
 
 import segkit  # noqa: E402, F401  (import fixes for torchvision come first)
 from segkit import metrics as M  # noqa: E402
-from segkit.probs import dequantize, quantize  # noqa: E402
+from segkit.artifacts.probs import dequantize, quantize  # noqa: E402
 
 torch.set_num_threads(1)
 

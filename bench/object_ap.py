@@ -11,7 +11,6 @@ one after the other; the table gives the mean ms per image of each, their ratio 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -51,12 +50,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from segkit.config import load_config
     from segkit.data import Competition
-    from segkit.instance_decoders import decode, tuned_decoders
+    from segkit.postprocess.instances import decode
+    from segkit.postprocess.tuned import Tuned
     from segkit.metrics.competition import object_ap_labels
-    from segkit.probs import ProbStore
+    from segkit.artifacts.probs import ProbStore
 
     cfg = load_config(args.config, args.overrides)
-    _, decoder = tuned_decoders(json.loads(cfg.layout.tune.json.read_text()), None, str(cfg.layout.tune.json))
+    decoder = Tuned.read(cfg.layout.tune.json, cfg.data.classes).choice().decoder("")
     store = ProbStore(cfg.layout.final_ensemble.oof)
     comp = Competition(cfg.data, seed=cfg.seed)
     ids = store.ids[:: max(1, len(store.ids) // args.images)][: args.images]

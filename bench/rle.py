@@ -1,4 +1,4 @@
-"""RLE codec: segkit.rle against the usual numpy encoder/decoder, side by side in one process.
+"""RLE codec: segkit.data.rle against the usual numpy encoder/decoder, side by side in one process.
 
     .venv/bin/python bench/rle.py
     .venv/bin/python bench/rle.py --size 2048 --rounds 21
@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from segkit import rle
+from segkit.data import rle
 
 
 # --- the reference: the numpy RLE functions most Kaggle kernels start from ---
@@ -85,7 +85,7 @@ def time_rounds(variants: dict, rounds: int) -> dict[str, float]:
 
 ONE_TIME_PROBE = """
 import time, numpy as np
-from segkit import rle
+from segkit.data import rle
 m = np.zeros((64, 64), np.uint8); m[5:20, 7:30] = 1
 t0 = time.perf_counter()
 for order in "FC":

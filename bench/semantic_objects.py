@@ -28,9 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from segkit.config import load_config
     from segkit.data import Competition
-    from segkit.instance_decoders import DecodeParams, decode
+    from segkit.postprocess.instances import DecodeParams, decode
     from segkit.metrics.competition import object_scores
-    from segkit.probs import ProbStore
+    from segkit.artifacts.probs import ProbStore
 
     semantic = load_config(args.semantic, args.overrides)
     instances = load_config(args.instances, args.overrides)

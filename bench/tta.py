@@ -1,4 +1,4 @@
-"""D4 test-time augmentation: segkit.tta.TTAPredictor against ttach's SegmentationTTAWrapper, side by side.
+"""D4 test-time augmentation: segkit.inference.tta.TTAPredictor against ttach's SegmentationTTAWrapper, side by side.
 
     .venv/bin/python bench/tta.py                      # CPU, Unet resnet18, 8x3x128x128
     .venv/bin/python bench/tta.py --device cuda --amp bf16 --batch 32 --size 256
@@ -23,8 +23,8 @@ import segmentation_models_pytorch as smp  # noqa: E402
 import torch  # noqa: E402
 import ttach  # noqa: E402
 
-from segkit.device import amp_dtype  # noqa: E402
-from segkit.tta import TTAPredictor  # noqa: E402
+from segkit.compute.device import amp_dtype  # noqa: E402
+from segkit.inference.tta import TTAPredictor  # noqa: E402
 
 
 def sync(device: torch.device) -> None:

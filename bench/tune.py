@@ -1,4 +1,4 @@
-"""Post-processing search: segkit.tune against the plain way of scoring a threshold x min-area grid.
+"""Post-processing search: segkit.stages.tune against the plain way of scoring a threshold x min-area grid.
 
     .venv/bin/python bench/tune.py                      # 4000 TGS masks, reference on 400 of them
     .venv/bin/python bench/tune.py --n 1000 --ref-n 200
@@ -11,7 +11,7 @@ Rows:
 - ``tables`` (ours): the one streamed pass that scores every threshold x min area for every image (components once
   per threshold, counts for every min area from the component areas, metric from the counts);
 - ``plain`` (reference): for every (threshold, min area) pair, post-process every image with
-  ``segkit.postprocess.apply_class`` and score it with the metric's per-image function — what a tuning loop does
+  ``segkit.postprocess.masks.apply_class`` and score it with the metric's per-image function — what a tuning loop does
   without precomputation. It runs on the first ``--ref-n`` images; its curve is checked equal to ours there, and
   its time is scaled to ``--n`` images for the ratio;
 - ``full tune``: everything ``segkit tune`` does on ``--n`` images (tables, empty rule, 6 morphology passes,
@@ -31,13 +31,13 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from segkit import rle
+from segkit.data import rle
 from segkit.config.schema import TuneConfig
-from segkit.postprocess import ClassParams, apply_class
-from segkit.probs import ProbWriter
+from segkit.postprocess.masks import ClassParams, apply_class
+from segkit.artifacts.probs import ProbWriter
 from segkit.metrics import get_metric
-from segkit.tune import OOFStream, tune
-from segkit.tune.tables import summarize
+from segkit.stages.tune import OOFStream, tune
+from segkit.stages.tune.tables import summarize
 
 TGS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "tgs-salt"
 
@@ -93,13 +93,13 @@ def main() -> None:
         assert np.allclose(plain, sub.score[:, 0].mean(0)), "fast tables disagree with the plain scoring"
 
         start = time.perf_counter()
-        result = tune(OOFStream(store, truths.__getitem__), ["salt"], metric, cfg)
+        result = tune(OOFStream(store, truths.__getitem__), ["salt"], metric, cfg).record
         t_full = time.perf_counter() - start
 
         # the same search with the nested estimate over 5 folds (the images dealt round-robin)
         start = time.perf_counter()
         nested = tune(OOFStream(store, truths.__getitem__), ["salt"], metric, cfg,
-                      folds=[i % 5 for i in range(args.n)])
+                      folds=[i % 5 for i in range(args.n)]).record
         t_nested = time.perf_counter() - start
 
     grid = f"{len(thresholds)} thresholds x {len(min_areas)} min areas"

@@ -40,14 +40,14 @@ def main(argv: list[str] | None = None) -> int:
     from segkit.config import load_config
     from segkit.data import Competition
     from segkit.data.folds import load_folds
-    from segkit.device import resolve_device
-    from segkit.distributed import World
+    from segkit.compute.device import resolve_device
+    from segkit.compute.distributed import World
     from segkit.metrics.volume_scores import overlap
     from segkit.oof import StoreUnion
-    from segkit.postprocess import ClassParams
-    from segkit.postprocess3d import case_masks, case_truth
-    from segkit.predict import predict_oof
-    from segkit.probs import ProbStore
+    from segkit.postprocess.masks import ClassParams
+    from segkit.postprocess.volumes import case_masks, case_truth
+    from segkit.inference.repredict import predict_oof
+    from segkit.artifacts.probs import ProbStore
 
     cfg = load_config(args.config, args.overrides)
     spec = cfg.data.volumes

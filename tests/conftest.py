@@ -29,14 +29,14 @@ def one_torch_thread():
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory) -> Path:
     """A 24 + 8 image, 32 px binary demo competition."""
-    from segkit.demo import write_competition
+    from segkit.data.demo import write_competition
 
     return write_competition(tmp_path_factory.mktemp("demo"), n_train=24, n_test=8, size=32, seed=1)
 
 
 @pytest.fixture(scope="session")
 def demo_multiclass_root(tmp_path_factory) -> Path:
-    from segkit.demo import write_competition
+    from segkit.data.demo import write_competition
 
     return write_competition(tmp_path_factory.mktemp("demo_mc"), n_train=18, n_test=6, size=32, classes=2, seed=2)
 

@@ -20,9 +20,9 @@ def note(**event) -> None:
 
 
 def trace() -> None:
-    import segkit.train.fold as fold
-    from segkit import checkpoint, probs
-
+    import segkit.stages.train.fold as fold
+    from segkit.models import checkpoint
+    from segkit.artifacts import probs
     train_epoch, save = fold.train_epoch, checkpoint.save
     finish, write = probs.ProbWriter.finish, probs.ProbWriter.write
 

@@ -10,7 +10,7 @@ import pytest
 from segkit import ablate as ablation
 from segkit.errors import ConfigError, SegkitError
 from segkit.oof import MeanStore, StoreUnion
-from segkit.probs import ProbWriter
+from segkit.artifacts.probs import ProbWriter
 
 from conftest import CONFIGS
 
@@ -114,7 +114,7 @@ def test_ablation_end_to_end_on_one_fold(demo_cfg, one_torch_thread):
 
 
 def test_tiles_row_re_predicts_the_chosen_fold_in_tiles_without_tta(demo_cfg, one_torch_thread):
-    from segkit.probs import ProbStore
+    from segkit.artifacts.probs import ProbStore
 
     # 32 px images, a network of stride 8 padded to 16, tiles of 16: four tiles an image
     cfg = _cfg(demo_cfg, "train.pad_to=16", "predict.tile_size=16", "predict.tile_blend=linear")

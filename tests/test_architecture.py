@@ -1,4 +1,4 @@
-"""The shape of the package: its import layers (import-linter), artifact paths that come from segkit.layout
+"""The shape of the package: its import layers (import-linter), artifact paths that come from segkit.artifacts.layout
 only, imports inside functions that say why they are there, and a README whose pipeline table and layout tree are
 the code's."""
 
@@ -18,7 +18,8 @@ PACKAGE = REPO / "src" / "segkit"
 # folds, submissions) and of the data folder; a probability store's own inner format (<id>.npy, manifest.json);
 # the demo, which writes a competition's files, not a run's; torch hub's cache folder; an offline bundle's own inner
 # layout (and the source files its segkit wheel is built from).
-OWN_PATHS = {"layout.py", "config/schema.py", "probs.py", "demo.py", "models/weights.py", "bundle.py"}
+OWN_PATHS = {"artifacts/layout.py", "config/schema.py", "artifacts/probs.py", "data/demo.py", "models/weights.py",
+             "bundle/files.py"}
 
 
 def _modules():
@@ -27,13 +28,31 @@ def _modules():
 
 
 def test_import_contracts_hold():
-    """Layers (command line > ablation > pipeline > name checks > independent stages > shared pieces) and no
-    cycles between sibling modules, as pyproject.toml declares them."""
+    """Layers (command line > ablation > pipeline > name checks > stages and tools > offline bundle > building
+    blocks), stages that never import each other, and no cycles between sibling modules, as pyproject.toml
+    declares them."""
     lint = Path(sys.executable).with_name("lint-imports")
     proc = subprocess.run([str(lint), "--config", str(REPO / "pyproject.toml"), "--no-cache"], cwd=REPO,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-    assert "2 kept, 0 broken" in proc.stdout
+    assert "3 kept, 0 broken" in proc.stdout
+
+
+# Reading tune.json: its text or bytes, a handle on it, or the JSON of it.
+TUNE_READ = re.compile(r"tune\.json\)?\.(read_text|read_bytes|open)\(|json\.loads?\([^)]*tune")
+
+
+def test_only_postprocess_reads_tune_json():
+    """tune.json has one owner (segkit.postprocess.tuned): every other module goes through ``Tuned``."""
+    found = [f"{name}:{n + 1}: {line.strip()}" for name, text in _modules() if not name.startswith("postprocess/")
+             for n, line in enumerate(text.splitlines()) if TUNE_READ.search(line)]
+    assert not found, "tune.json read outside segkit.postprocess:\n" + "\n".join(found)
+    assert TUNE_READ.search("saved = json.loads(cfg.layout.tune.json.read_text())")
+
+
+def test_the_predict_stage_is_only_a_stage():
+    """The engine lives in segkit.inference; the stage keeps its units and its run."""
+    assert len((PACKAGE / "stages" / "predict.py").read_text().splitlines()) < 200
 
 
 def _literal(node: ast.AST) -> bool:
@@ -63,7 +82,7 @@ def test_no_module_builds_an_artifact_path_by_hand():
         if name in OWN_PATHS:
             continue
         found += [f"{name}:{n}: {text.splitlines()[n - 1].strip()}" for n in _hand_made_paths(ast.parse(text))]
-    assert not found, "paths built outside segkit.layout:\n" + "\n".join(found)
+    assert not found, "paths built outside segkit.artifacts.layout:\n" + "\n".join(found)
 
 
 def test_the_scan_catches_a_hand_made_path():
@@ -100,22 +119,22 @@ def _readme_block(marker: str) -> str:
 
 
 def test_readme_pipeline_table_is_the_stage_registry():
-    from segkit.stages import markdown_table
+    from segkit.commands import markdown_table
 
     assert _readme_block("stages").strip() == markdown_table().strip()
 
 
 def test_readme_layout_is_the_layout_modules():
-    import segkit.layout
+    import segkit.artifacts.layout
 
-    tree = segkit.layout.__doc__.split("::\n\n", 1)[1].split("\n\n", 1)[0]
+    tree = segkit.artifacts.layout.__doc__.split("::\n\n", 1)[1].split("\n\n", 1)[0]
     block = _readme_block("layout").strip().removeprefix("```").removesuffix("```").strip("\n")
     assert [line.rstrip() for line in block.splitlines()] == [line[4:].rstrip() for line in tree.splitlines()]
 
 
 def test_every_declared_artifact_is_a_place_of_the_layout():
-    from segkit.layout import pattern
-    from segkit.stages import ARTIFACTS, STAGES
+    from segkit.artifacts.layout import pattern
+    from segkit.commands import ARTIFACTS, STAGES
 
     for stage in STAGES:
         for name in stage.reads + stage.writes:

@@ -5,7 +5,9 @@ import os
 import numpy as np
 import pytest
 
-from segkit import atomic, probs
+from segkit.artifacts import atomic
+
+from segkit.artifacts import probs
 from segkit.errors import SegkitError
 
 

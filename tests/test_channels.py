@@ -199,7 +199,7 @@ def test_a_25d_image_is_its_slice_and_the_neighbours_as_channels(tmp_path, stack
 
 
 def test_volumes_never_span_two_folds_and_blocks_are_contiguous(tmp_path, stack_root):
-    from segkit.folds import build_folds
+    from segkit.stages.folds import build_folds
 
     cfg = _stack_config(tmp_path, stack_root)
     grouped = build_folds(Competition(cfg.data), cfg)
@@ -234,8 +234,7 @@ def test_a_25d_competition_runs_end_to_end(tmp_path, stack_root, capsys, one_tor
     assert sub["id"].tolist() == [f"v04_s{i:02d}" for i in range(8)]
     import torch
 
-    from segkit import checkpoint
-
+    from segkit.models import checkpoint
     _, meta = checkpoint.load_model(Path(tmp_path / "runs" / "demo" / "tiny" / "fold0" / "best.pt"),
                                     torch.device("cpu"))
     assert meta["channels"] == 3

@@ -1,4 +1,4 @@
-"""segkit.device: the float32 depthwise convolutions of bf16 training on the CPU."""
+"""segkit.compute.device: the float32 depthwise convolutions of bf16 training on the CPU."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from segkit.device import depthwise_float32_when_training
+from segkit.compute.device import depthwise_float32_when_training
 
 
 def _net() -> nn.Sequential:
@@ -65,7 +65,7 @@ def test_a_deep_copy_runs_its_own_weights():
 def test_auto_precision_follows_the_cpu_and_named_ones_pass_through(monkeypatch, capsys):
     import pytest
 
-    from segkit import device as dev
+    from segkit.compute import device as dev
     from segkit.errors import ConfigError
 
     cpu = torch.device("cpu")
@@ -85,7 +85,7 @@ def test_auto_precision_follows_the_cpu_and_named_ones_pass_through(monkeypatch,
 
 
 def test_asking_for_a_gpu_that_is_not_there_names_the_key(monkeypatch):
-    from segkit.device import resolve_device
+    from segkit.compute.device import resolve_device
     from segkit.errors import ConfigError
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -96,21 +96,21 @@ def test_asking_for_a_gpu_that_is_not_there_names_the_key(monkeypatch):
 
 
 def test_auto_workers_come_from_the_cores_on_a_gpu_and_are_none_on_the_cpu(monkeypatch):
-    from segkit.sizing import loader_workers
+    from segkit.compute.sizing import loader_workers
 
-    monkeypatch.setattr("segkit.sizing.usable_cores", lambda: 16)
+    monkeypatch.setattr("segkit.compute.sizing.usable_cores", lambda: 16)
     cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
     assert loader_workers("auto", cuda) == 14 and loader_workers("auto", cpu) == 0
     assert loader_workers(3, cpu) == 3 and loader_workers(3, cuda) == 3
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # four ranks on the node share its 16 cores
     assert loader_workers("auto", cuda) == 2
-    monkeypatch.setattr("segkit.sizing.usable_cores", lambda: 200)
+    monkeypatch.setattr("segkit.compute.sizing.usable_cores", lambda: 200)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
     assert loader_workers("auto", cuda) == 16
 
 
 def test_auto_prediction_batch_fits_the_free_memory():
-    from segkit.sizing import CPU_BATCH, HEADROOM, batch_from_memory, prediction_batch
+    from segkit.compute.sizing import CPU_BATCH, HEADROOM, batch_from_memory, prediction_batch
 
     mib = 2**20
     # 100 MiB fixed (the networks' weights, cuDNN workspaces) + 10 MiB an image; 1 GiB free

@@ -6,14 +6,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from segkit import ensemble, folds
+from segkit.stages import ensemble
+
+from segkit.stages import folds
 from segkit.data import Competition
+from segkit.ensemble import restore
 from segkit.ensemble.averaging import fit_weights
 from segkit.ensemble.base import METHODS, FitSample, Setup, sample_stride
 from segkit.ensemble.voting import vote_share
 from segkit.errors import ConfigError, DataError
 from segkit.metrics import CompetitionMetric
-from segkit.probs import ProbStore, ProbWriter, quantize
+from segkit.artifacts.probs import ProbStore, ProbWriter, quantize
 from segkit.threshold import binarize
 
 
@@ -470,7 +473,7 @@ def test_every_method_restores_its_test_combination_exactly(name):
                       stack_params={"min_data_in_leaf": 5})
     fitted, probs = _fitted(name, setup)
     state = json.loads(json.dumps(fitted.state()))  # through JSON, as state.json holds it
-    restored = ensemble.restore(setup, {"method": name, "models": setup.models}, state)
+    restored = restore(setup, {"method": name, "models": setup.models}, state)
     for i, p in enumerate(probs):
         want, got = np.asarray(fitted.combine(p, f"i{i}", None)), np.asarray(restored.combine(p, f"i{i}", None))
         assert want.dtype == got.dtype and np.array_equal(want, got)
@@ -479,8 +482,8 @@ def test_every_method_restores_its_test_combination_exactly(name):
 def test_a_restored_weighted_mean_renormalises_over_the_models_kept_and_a_stack_refuses():
     setup = setup_for(n_oof=12, stack_pixels=2000, stack_rounds=5, stack_scales=[3])
     state = {"weights": [0.75, 0.25]}
-    one = ensemble.restore(setup_for(models=("b",)), {"method": "wmean", "models": ["a", "b"]}, state)
+    one = restore(setup_for(models=("b",)), {"method": "wmean", "models": ["a", "b"]}, state)
     assert one.weights[None].tolist() == [1.0]
     fitted, _ = _fitted("stack", setup)
     with pytest.raises(DataError, match="needs every model it was fitted on"):
-        ensemble.restore(setup_for(models=("a",)), {"method": "stack", "models": ["a", "b"]}, fitted.state())
+        restore(setup_for(models=("a",)), {"method": "stack", "models": ["a", "b"]}, fitted.state())

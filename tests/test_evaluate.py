@@ -11,8 +11,8 @@ import pytest
 
 from segkit.data import Competition
 from segkit.errors import SegkitError
-from segkit.evaluate import TABLE, summarize
-from segkit.probs import ProbWriter
+from segkit.stages.evaluate import TABLE, summarize
+from segkit.artifacts.probs import ProbWriter
 from test_submit import write_tune
 from test_tune import fake_ensemble
 
@@ -47,8 +47,7 @@ def row(table, metric, split="oof", cls="object"):
 
 
 def test_every_metric_on_a_known_case(demo_cfg, capsys):
-    from segkit import evaluate
-
+    from segkit.stages import evaluate
     cfg = demo_cfg("data.holdout_fraction=0.25")
     comp = Competition(cfg.data, seed=cfg.seed)
     areas = {i: int(comp.read_mask(i).sum()) for i in comp.train_ids}
@@ -104,8 +103,7 @@ def test_every_metric_on_a_known_case(demo_cfg, capsys):
 
 
 def test_kept_when_current_and_made_again_when_the_tuning_changes(demo_cfg, capsys):
-    from segkit import evaluate
-
+    from segkit.stages import evaluate
     cfg = demo_cfg()
     perfect_stores(cfg)
     write_tune(cfg, {"object": {}})
@@ -126,8 +124,8 @@ def test_kept_when_current_and_made_again_when_the_tuning_changes(demo_cfg, caps
 
 
 def test_holdout_agrees_with_submit_on_noisy_predictions(demo_cfg, capsys):
-    from segkit import evaluate, submit
-
+    from segkit.stages import evaluate
+    from segkit.stages import submit
     cfg = demo_cfg("data.holdout_fraction=0.25")
     fake_ensemble(cfg)
     write_tune(cfg, {"object": {"threshold": 0.55, "min_area": 3}})
@@ -140,8 +138,7 @@ def test_holdout_agrees_with_submit_on_noisy_predictions(demo_cfg, capsys):
 
 
 def test_missing_inputs_name_the_file_and_the_stage(demo_cfg):
-    from segkit import evaluate
-
+    from segkit.stages import evaluate
     cfg = demo_cfg()
     with pytest.raises(SegkitError, match=r"tune\.json: missing; run `segkit tune"):
         evaluate.run(cfg)
@@ -160,8 +157,8 @@ def test_all_classes_row_is_the_per_image_class_mean():
 
 
 def test_report_shows_the_evaluation(demo_cfg):
-    from segkit import evaluate, report
-
+    from segkit.stages import evaluate
+    from segkit.stages import report
     cfg = demo_cfg()
     assert report.run(cfg) == 0
     assert "No evaluation table" in cfg.layout.report.markdown.read_text()
@@ -177,9 +174,9 @@ def test_report_shows_the_evaluation(demo_cfg):
 def test_oof_table_is_out_of_fold_its_metric_row_is_the_nested_cv(demo_cfg, capsys):
     """After a real tune, each OOF image is scored with what tuning chose without its fold: the OOF row of the
     competition metric equals tune.json's cv_nested, not its in-sample cv."""
-    from segkit import evaluate, folds
-    from segkit import tune as tune_stage
-
+    from segkit.stages import evaluate
+    from segkit.stages import folds
+    from segkit.stages import tune as tune_stage
     cfg = demo_cfg("tune.morph_radii=[1]", "tune.min_gain=0")
     folds.run(cfg)
     fake_ensemble(cfg, folds_for=cfg.models[0].name)
@@ -194,8 +191,8 @@ def test_oof_table_is_out_of_fold_its_metric_row_is_the_nested_cv(demo_cfg, caps
 def test_each_fold_is_scored_with_its_own_nested_choice(demo_cfg):
     """A hand-made tune.json whose nested choice for fold 0 predicts nothing on these probabilities: fold 0's OOF
     images come out empty, the other folds' and the holdout (the submission's parameters) exact."""
-    from segkit import evaluate, folds
-
+    from segkit.stages import evaluate
+    from segkit.stages import folds
     cfg = demo_cfg("data.holdout_fraction=0.25")
     folds.run(cfg)
     comp = perfect_stores(cfg)

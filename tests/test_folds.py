@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from segkit import folds
+from segkit.stages import folds
 from segkit.data import Competition
 from segkit.errors import DataError
 

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from segkit import rle
+from segkit.data import rle
 from segkit.config import load_config
 from segkit.data import Competition
 from segkit.errors import ConfigError, DataError
@@ -135,7 +135,7 @@ def test_bad_instances_are_refused_naming_the_image_and_rows(instance_root, tmp_
 def test_the_watershed_splits_what_connected_components_merge():
     from segkit.config.schema import InstanceSpec
     from segkit.data.instances import targets
-    from segkit.instance_decoders import DecodeParams, decode
+    from segkit.postprocess.instances import DecodeParams, decode
     from segkit.metrics.competition import object_ap_labels
 
     labels = touching_pair()
@@ -153,8 +153,8 @@ def test_the_watershed_splits_what_connected_components_merge():
 
 
 def test_objects_are_written_one_row_each_and_checked(tmp_path):
-    from segkit.score import score_instances
-    from segkit.validate import validate_instances_frame
+    from segkit.tools.score import score_instances
+    from segkit.submission.validate import validate_instances_frame
 
     labels = touching_pair()
     texts = rle.encode_labels(labels)
@@ -182,7 +182,7 @@ def test_objects_are_written_one_row_each_and_checked(tmp_path):
 
 def test_an_instance_competition_runs_end_to_end(instance_root, tmp_path, capsys, one_torch_thread):
     from segkit.cli import main
-    from segkit.validate import validate_instances
+    from segkit.submission.validate import validate_instances
 
     args = _args(instance_root, tmp_path, TINY, "device=cpu", "folds.n_splits=2", "train.epochs=2",
                  "train.batch_size=8", "train.pad_to=8", "train.progress=false", "train.keep=[best]",
@@ -216,7 +216,7 @@ def test_an_instance_competition_runs_end_to_end(instance_root, tmp_path, capsys
     assert f"object_ap: {held['ap'].mean():.6f} (4 rows" in scored  # what evaluate and submit report
     # As an offline bundle, on the held-out images with the submission as the sample (an image's id repeats, one
     # row per object): the same file, byte for byte.
-    from segkit.offline import main as offline
+    from segkit.bundle.infer import main as offline
 
     assert main(["package", *args, "--out", str(tmp_path / "bundle"), "--no-wheels"]) == 0
     again = tmp_path / "bundle.csv"

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from segkit import rle
+from segkit.data import rle
 from segkit.cli import main as cli
 from segkit.errors import ConfigError
 from segkit.metrics import counts_at_thresholds, get_metric, metric_names, overlap_counts, roc_auc

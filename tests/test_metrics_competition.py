@@ -5,7 +5,7 @@ import pytest
 
 from segkit.errors import ConfigError, DataError
 from segkit.metrics import competition as cm
-from segkit.probs import dequantize, quantize
+from segkit.artifacts.probs import dequantize, quantize
 
 
 def image(*masks):

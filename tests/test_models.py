@@ -60,9 +60,9 @@ def test_every_architecture_at_an_odd_size_round_trips_a_checkpoint_and_takes_tt
     """The checks every registered decoder goes through, as smp's own tester does for its models: an image whose
     size is no multiple of the stride, padded the way the pipeline pads it, trains a step and comes back at its
     own size; the weights survive a checkpoint; and TTA of the plain view is the plain forward."""
-    from segkit import checkpoint
+    from segkit.models import checkpoint
     from segkit.data import pad_to_multiple, unpad
-    from segkit.tta import TTAPredictor
+    from segkit.inference.tta import TTAPredictor
 
     torch.manual_seed(0)
     cfg = tiny(ARCHS.get(arch).name)

@@ -15,7 +15,7 @@ import pytest
 
 from segkit.cli import main
 from segkit.errors import ConfigError
-from segkit.offline import BudgetError, parse_budget, plan_views
+from segkit.bundle.infer import BudgetError, parse_budget, plan_views
 
 from conftest import CONFIGS
 
@@ -46,7 +46,7 @@ def experiment(demo_root, tmp_path_factory):
 
 
 def infer(bundle: Path, experiment: dict, out: Path, *extra: str) -> int:
-    from segkit.offline import main as offline
+    from segkit.bundle.infer import main as offline
 
     return offline(["--test", str(experiment["test"]), "--sample", str(experiment["sample"]), "--out", str(out),
                     "--device", "cpu", *extra], bundle=bundle)
@@ -68,8 +68,7 @@ def test_exports_match_pytorch_and_an_export_that_fails_names_the_network(experi
     assert main(["export", *experiment["args"]]) == 0
     assert "keeping it" not in capsys.readouterr().out and (export / "tiny2" / "fold0" / "best.onnx").exists()
 
-    from segkit import runtimes
-
+    from segkit.inference import runtimes
     def broken(graph, example, path):
         raise RuntimeError("Exporting the operator 'aten::weird' to ONNX opset version 17 is not supported")
 
@@ -131,7 +130,7 @@ def test_time_budget_plans_drop_tta_views_first_then_the_lighter_models():
 def test_past_the_budget_the_rest_runs_at_the_least_that_still_submits():
     from types import SimpleNamespace
 
-    from segkit.offline import Offline
+    from segkit.bundle.infer import Offline
 
     seconds = {"a": 0.1, "b": 0.1, "c": 0.1}
     for droppable, want in ((True, {"b": 0, "c": 0}), (False, {"b": 1, "c": 1})):
@@ -158,7 +157,7 @@ def test_dry_run_prints_the_plan_and_bad_input_leaves_nothing(experiment, tmp_pa
     shutil.copytree(experiment["test"], test)
     first = sorted(test.iterdir())[0]
     first.unlink()
-    from segkit.offline import main as offline
+    from segkit.bundle.infer import main as offline
 
     args = ["--sample", str(experiment["sample"]), "--out", str(out), "--device", "cpu"]
     assert offline(["--test", str(test), *args], bundle=bundle) == 2
@@ -205,7 +204,7 @@ def test_the_bundle_installs_offline_in_a_fresh_venv_and_writes_the_same_submiss
     assert done.returncode == 0, done.stderr[-3000:]
     assert out.read_bytes() == experiment["submission"].read_bytes()
     # the installed segkit is the wheel's, not this checkout's, and inference reaches no training code
-    probe = ("import sys, segkit, segkit.offline as o; o.main(sys.argv[2:], bundle=sys.argv[1]); "
+    probe = ("import sys, segkit, segkit.bundle.infer as o; o.main(sys.argv[2:], bundle=sys.argv[1]); "
              "print(segkit.__file__); print([m for m in sys.modules if m.split('.')[:2] in "
              "(['segkit', 'train'], ['segkit', 'tune'], ['segkit', 'pseudo'], ['segkit', 'ablate'])])")
     done = subprocess.run([str(venv / "bin" / "python"), "-c", probe, str(bundle), "--test", str(experiment["test"]),

@@ -50,7 +50,7 @@ def test_a_second_run_on_a_finished_experiment_does_no_work(demo_root, tmp_path,
 def test_a_narrowed_run_does_its_slice_and_stops_before_the_stages_that_need_every_fold(demo_root, tmp_path, capsys,
                                                                                        one_torch_thread):
     from segkit.config import load_config
-    from segkit.probs import ProbStore
+    from segkit.artifacts.probs import ProbStore
 
     assert main(["run", "--model", "tiny", "--fold", "0", *args(demo_root, tmp_path)]) == 0
     out = capsys.readouterr().out

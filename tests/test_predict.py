@@ -6,14 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from segkit import folds, predict
+from segkit.stages import folds
+
+from segkit.stages import predict
 from segkit.config.schema import ModelConfig
 from segkit.data import Competition, SegDataset
 from segkit.errors import ConfigError, DataError
 from segkit.models import build_model
-from segkit.probs import ProbStore, ProbWriter
-from segkit import checkpoint
-
+from segkit.artifacts.probs import ProbStore, ProbWriter
+from segkit.models import checkpoint
 TINY = {"name": "tiny", "arch": "Unet", "encoder": "tu-resnet10t",
         "params": {"encoder_depth": 3, "decoder_channels": [16, 8, 4]}}
 TINY_YAML = ("models=[{name: tiny, arch: Unet, encoder: tu-resnet10t, "
@@ -112,7 +113,7 @@ def test_fold_stores_come_from_the_same_pass_and_average_to_the_model_store(trai
     """A finished experiment that adds a pseudo round: predict writes each fold's own test store (fold k's
     checkpoint alone) and leaves the model's store as it was, since that store is the mean of the fold stores,
     quantised fold by fold, with or without them."""
-    from segkit.probs import mean_uint8
+    from segkit.artifacts.probs import mean_uint8
 
     cfg, comp, frame = trained("predict.tta=none")
     assert predict.run(cfg) == 0
@@ -172,11 +173,11 @@ def test_repredicted_oof_uses_each_folds_own_checkpoint(trained):
 
 
 # 64 px: 9 tiles an image, more than a batch of 3, so one image at a time; 40 px: 4 tiles an image, so a batch of 8
-# tiles two images together (segkit.tiling.stack_groups)
+# tiles two images together (segkit.inference.tiling.stack_groups)
 @pytest.mark.parametrize("size,batch_size", [(64, 3), (40, 8)])
 def test_tiled_prediction_for_images_larger_than_the_tile(demo_cfg, tmp_path, size, batch_size):
-    from segkit.demo import write_competition
-    from segkit.tiling import predict_tiled
+    from segkit.data.demo import write_competition
+    from segkit.inference.tiling import predict_tiled
 
     root = write_competition(tmp_path / "big", n_train=6, n_test=5, size=size, seed=3)
     cfg = demo_cfg(f"data.root={root}", TINY_YAML, "device=cpu", "predict.amp=none", "predict.tta=none",
@@ -208,8 +209,7 @@ def test_bf16_prediction_is_bf16_close_to_float32_and_auto_follows_the_cpu(train
     """bf16 autocast runs on every CPU (in hardware or emulated), so both precisions are tested on either kind:
     bf16 must differ from float32 (it really ran) by no more than bf16's rounding, and `auto` must give the
     float32 store on a CPU without native bf16 and the bf16 store on one with it."""
-    from segkit import device
-
+    from segkit.compute import device
     stores = {}
     for amp in ("none", "bf16"):
         cfg, comp, frame = trained("predict.tta=none", f"predict.amp={amp}", f"paths.runs={tmp_path / amp}")

@@ -6,11 +6,13 @@ import pandas as pd
 import pytest
 import torch
 
-from segkit import folds, pseudo
+from segkit.stages import folds
+
+from segkit.stages import pseudo
 from segkit.data import Competition
-from segkit.train import data as train_data
+from segkit.stages.train import data as train_data
 from segkit.errors import DataError
-from segkit.probs import ProbStore, ProbWriter, quantize
+from segkit.artifacts.probs import ProbStore, ProbWriter, quantize
 
 
 @pytest.fixture
@@ -83,8 +85,8 @@ def test_selection_rule_writes_only_confident_images(demo_cfg):
 
 def test_training_hook_mixes_labels_and_never_leaks_into_validation(demo_cfg):
     from segkit.data.folds import fold_ids
-    from segkit.distributed import World
-    from segkit.train.data import TrainData
+    from segkit.compute.distributed import World
+    from segkit.stages.train.data import TrainData
 
     cfg = demo_cfg("pseudo.batch_share=0.25", "train.batch_size=8")
     folds.run(cfg)
@@ -160,7 +162,7 @@ def test_round_config_names_new_models():
 
 def test_a_pseudo_round_trains_validates_on_train_folds_only(demo_cfg, one_thread):
     """One real fold of round 1: the OOF it writes holds exactly that fold's train ids, no pseudo id."""
-    from segkit.train import train_fold
+    from segkit.stages.train import train_fold
 
     cfg = demo_cfg("models=[{name: tiny, arch: Unet, encoder: tu-resnet10t, "
                    "params: {encoder_depth: 3, decoder_channels: [16, 8, 4]}}]", "device=cpu",
@@ -187,9 +189,8 @@ TINY = ("models=[{name: tiny, arch: Unet, encoder: tu-resnet10t, params: {encode
 
 def _round_labels(cfg) -> dict[int, dict]:
     """Train every fold of round 0, predict the test images fold by fold, select round 1: fold -> {id: labels}."""
-    from segkit import predict as predict_stage
-    from segkit import train as train_stage
-
+    from segkit.stages import predict as predict_stage
+    from segkit.stages import train as train_stage
     assert train_stage.run(cfg) == 0 and predict_stage.run(cfg) == 0
     pseudo.select(cfg, 1)
     comp = Competition(cfg.data, seed=cfg.seed)
@@ -206,8 +207,7 @@ def test_fold_k_labels_do_not_depend_on_fold_k_truth(demo_root, demo_cfg, tmp_pa
     trained on fold 0's images, change (so the change is one the models do see)."""
     import shutil
 
-    from segkit import rle
-
+    from segkit.data import rle
     cfg = demo_cfg(*TINY)
     folds.run(cfg)
     before = _round_labels(cfg)

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from segkit.report import md_table, pick_examples, score_by_size
+from segkit.stages.report import md_table, pick_examples, score_by_size
 from test_tune import fake_ensemble
 
 
@@ -23,8 +23,8 @@ def fake_training(cfg, model: str, folds=(0, 1)) -> None:
 
 
 def test_report_from_a_full_fake_run(demo_cfg, capsys):
-    from segkit import report, tune
-
+    from segkit.stages import report
+    from segkit.stages import tune
     cfg = demo_cfg("tune.morph_radii=[1]")
     fake_training(cfg, "unet_r18")
     fake_ensemble(cfg)
@@ -53,8 +53,7 @@ def test_report_from_a_full_fake_run(demo_cfg, capsys):
 
 
 def test_report_with_nothing_yet_only_notes(demo_cfg):
-    from segkit import report
-
+    from segkit.stages import report
     cfg = demo_cfg()
     assert report.run(cfg) == 0
     text = (cfg.run_dir / "report" / "report.md").read_text()

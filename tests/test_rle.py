@@ -1,4 +1,4 @@
-"""segkit.rle: round trips, agreement with the usual numpy codec, SIIM relative form, errors, TGS data."""
+"""segkit.data.rle: round trips, agreement with the usual numpy codec, SIIM relative form, errors, TGS data."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from segkit import rle
+from segkit.data import rle
 from segkit.errors import DataError
 
 TGS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "tgs-salt"

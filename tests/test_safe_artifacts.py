@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from segkit import checkpoint
+from segkit.models import checkpoint
 from segkit.errors import DataError, SegkitError
-from segkit.probs import ProbStore, ProbWriter
-from segkit.train.seeding import rng_state, set_rng_state
+from segkit.artifacts.probs import ProbStore, ProbWriter
+from segkit.stages.train.seeding import rng_state, set_rng_state
 
 
 class Plant:
@@ -76,7 +76,7 @@ def test_a_store_file_that_is_a_pickle_is_refused(tmp_path):
 
 @pytest.mark.parametrize("bad", ["../../x", "/etc/passwd", "a/b", ".hidden", "a\0b", "..\\x"])
 def test_an_id_that_is_not_a_plain_file_name_is_refused(bad, tmp_path):
-    from segkit.layout import check_id
+    from segkit.artifacts.layout import check_id
 
     with pytest.raises(DataError, match=r"sample_submission\.csv row 5: id .* is not a plain file name"):
         check_id(bad, "sample_submission.csv row 5")

@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 
 from conftest import CONFIGS, SHARED
-from segkit import rle
+from segkit.data import rle
 from segkit.cli import main as cli
 from segkit.errors import DataError
-from segkit.postprocess import params_list, postprocess
-from segkit.probs import ProbStore
+from segkit.postprocess.masks import params_list, postprocess
+from segkit.artifacts.probs import ProbStore
 from test_tune import fake_ensemble
 
 TGS = SHARED / "tgs-salt"
@@ -21,7 +21,7 @@ TGS = SHARED / "tgs-salt"
 
 def write_tune(cfg, classes: dict) -> None:
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
-    (cfg.run_dir / "tune.json").write_text(json.dumps({"metric": cfg.metric, "cv": 0.75, "cv_baseline": 0.7,
+    (cfg.run_dir / "tune.json").write_text(json.dumps({"version": 1, "metric": cfg.metric, "cv": 0.75, "cv_baseline": 0.7,
                                                        "classes": classes}))
 
 
@@ -33,8 +33,7 @@ def read(path) -> pd.DataFrame:
 
 
 def test_binary_submission_matches_sample_and_tuned_masks(demo_cfg, demo_root, capsys):
-    from segkit import submit
-
+    from segkit.stages import submit
     cfg = demo_cfg()
     fake_ensemble(cfg)
     params = {"threshold": 0.45, "min_area": 3, "morphology": [["closing", 1]]}
@@ -64,10 +63,8 @@ def multiclass_cfg(root, tmp_path, *extra):
 
 
 def test_compound_per_class_ids_in_sample_order(demo_multiclass_root, tmp_path):
-    from segkit import submit
-
-    from segkit import tune
-
+    from segkit.stages import submit
+    from segkit.stages import tune
     cfg = multiclass_cfg(demo_multiclass_root, tmp_path, "tune.morph_radii=[1]", f"paths.folds={tmp_path}")
     fake_ensemble(cfg)
     assert tune.run(cfg) == 0  # exclusive classes: searched on argmax-restricted probabilities
@@ -87,8 +84,7 @@ def test_compound_per_class_ids_in_sample_order(demo_multiclass_root, tmp_path):
 
 def test_id_and_class_column_sample(demo_multiclass_root, tmp_path):
     """Severstal's layout: ImageId, ClassId, EncodedPixels — one row per image and class, ClassId kept verbatim."""
-    from segkit import submit
-
+    from segkit.stages import submit
     root = tmp_path / "comp"
     shutil.copytree(demo_multiclass_root, root)
     for name in ("train.csv", "sample_submission.csv"):
@@ -111,15 +107,15 @@ def test_id_and_class_column_sample(demo_multiclass_root, tmp_path):
 
 
 def test_broken_submission_never_replaces_a_good_one(demo_cfg, monkeypatch):
-    from segkit import submit
-
+    from segkit.stages import submit
     cfg = demo_cfg()
     fake_ensemble(cfg)
     write_tune(cfg, {"object": {}})
     submit.run(cfg)
     good = cfg.submission_file.read_bytes()
     write_tune(cfg, {"object": {"threshold": 0.4}})  # a new tuning: the submission is made again ...
-    monkeypatch.setattr(submit, "_encode", lambda mask, order, relative: "5 3 1 2")  # ... with unsorted runs
+    from segkit.submission import build
+    monkeypatch.setattr(build, "_encode", lambda mask, order, relative: "5 3 1 2")  # ... with unsorted runs
     with pytest.raises(DataError, match=r"invalid.*left as it was(.|\n)*row 2 .*sorted"):
         submit.run(cfg)
     assert cfg.submission_file.read_bytes() == good
@@ -127,8 +123,7 @@ def test_broken_submission_never_replaces_a_good_one(demo_cfg, monkeypatch):
 
 
 def test_holdout_submission_scores_like_the_scorer(demo_cfg, capsys):
-    from segkit import submit
-
+    from segkit.stages import submit
     cfg = demo_cfg("data.holdout_fraction=0.25")
     comp = fake_ensemble(cfg)
     write_tune(cfg, {"object": {"threshold": 0.55}})

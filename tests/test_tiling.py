@@ -3,9 +3,9 @@ import torch
 from torch import nn
 
 from segkit.errors import ConfigError
-from segkit.tiling import (GAUSSIAN_FLOOR, predict_tiled, stack_groups, tile_boxes, tile_starts, tile_weights,
+from segkit.inference.tiling import (GAUSSIAN_FLOOR, predict_tiled, stack_groups, tile_boxes, tile_starts, tile_weights,
                            tiles_per_image)
-from segkit.tta import TTAPredictor
+from segkit.inference.tta import TTAPredictor
 
 
 def conv_model(seed=0):

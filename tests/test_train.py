@@ -13,12 +13,12 @@ import pandas as pd
 import pytest
 import torch
 
-from segkit import folds as folds_stage
+from segkit.stages import folds as folds_stage
 from segkit.errors import SegkitError
-from segkit.probs import ProbStore
-from segkit import checkpoint
-from segkit.train import run, train_fold
-from segkit.train.sampler import BatchPlan, split_counts
+from segkit.artifacts.probs import ProbStore
+from segkit.models import checkpoint
+from segkit.stages.train import run, train_fold
+from segkit.stages.train.sampler import BatchPlan, split_counts
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -93,11 +93,11 @@ def test_oof_holds_best_pt_predictions_with_one_pass_less_when_the_last_epoch_is
     """The last epoch's validation writes the OOF store; a second pass with best.pt runs only when an earlier
     epoch was the best, and either way the store holds exactly what best.pt predicts."""
     from segkit.data import Competition
-    from segkit.probs import ProbWriter
-    from segkit.train import fold as fold_module
-    from segkit.train.data import val_loader
-    from segkit.distributed import World
-    from segkit.train.validate import evaluate
+    from segkit.artifacts.probs import ProbWriter
+    from segkit.stages.train import fold as fold_module
+    from segkit.stages.train.data import val_loader
+    from segkit.compute.distributed import World
+    from segkit.stages.train.validate import evaluate
 
     calls = []
     monkeypatch.setattr(fold_module, "evaluate", lambda *a, **k: calls.append(1) or evaluate(*a, **k))
@@ -171,8 +171,7 @@ def test_a_changed_config_refuses_to_resume(make_cfg, monkeypatch, tmp_path):
 
 def test_a_killed_fold_does_not_resume_on_other_validation_images(make_cfg, monkeypatch, tmp_path):
     """The checkpoint's identity says nothing of which images the fold validates on; the fold's stamp does."""
-    from segkit import folds as folds_module
-
+    from segkit.stages import folds as folds_module
     cfg = make_cfg("train.epochs=2")
     train_killed_after_first_epoch(monkeypatch, cfg, cfg.models[0], 0)
     cfg.folds_file.unlink()
@@ -223,8 +222,8 @@ def test_only_the_asked_checkpoints_are_kept(make_cfg, tmp_path):
 
 def test_extra_images_take_their_share_of_every_batch(make_cfg, monkeypatch, tmp_path):
     from segkit.data import Competition
-    from segkit.train import ExtraTrainData
-    from segkit.train import data as train_data
+    from segkit.stages.train import ExtraTrainData
+    from segkit.stages.train import data as train_data
 
     cfg = make_cfg("train.epochs=1", "train.amp=fp16")
     test_ids = Competition(cfg.data).test_folder.ids()
@@ -271,8 +270,7 @@ def _free_port() -> int:
 def test_ddp_code_path_with_a_world_of_one(make_cfg, monkeypatch, tmp_path):
     import torch.distributed as dist
 
-    from segkit import distributed
-
+    from segkit.compute import distributed
     for key, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
                        "MASTER_PORT": str(_free_port())}.items():
         monkeypatch.setenv(key, value)
@@ -321,8 +319,7 @@ def test_cli_trains_one_model_and_fold(make_cfg, demo_root, tmp_path):
 
 
 def test_auto_precision_trains_in_float32_on_a_cpu_without_native_bf16(make_cfg, monkeypatch, tmp_path):
-    from segkit import device
-
+    from segkit.compute import device
     monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: False)
     runs = {}
     for amp in ("none", "auto"):
@@ -337,8 +334,7 @@ def test_auto_precision_trains_in_float32_on_a_cpu_without_native_bf16(make_cfg,
 def test_auto_precision_trains_in_bf16_on_a_cpu_with_native_bf16(make_cfg, monkeypatch, tmp_path):
     """The other CPU kind's branch of `auto`, exercised whatever this machine is: bf16 autocast runs on every CPU
     (emulated where it is not native), so `auto` on a CPU said to have native bf16 must be the bf16 run."""
-    from segkit import device
-
+    from segkit.compute import device
     monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: True)
     runs = {}
     for amp in ("bf16", "auto", "none"):

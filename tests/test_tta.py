@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from segkit.errors import ConfigError
-from segkit.tta import CPU_CHUNK, TTA, GMEAN_EPS, RunningMean, TTAPredictor, View, average_predictions, views_for
+from segkit.inference.tta import CPU_CHUNK, TTA, GMEAN_EPS, RunningMean, TTAPredictor, View, average_predictions, views_for
 
 
 def conv_net(in_ch=3, out_ch=2, seed=0):
@@ -229,8 +229,7 @@ def test_running_mean_rejects_shape_change():
 
 
 def test_auto_precision_is_chosen_by_the_batch_device(monkeypatch):
-    from segkit import device
-
+    from segkit.compute import device
     model = conv_net()
     x = torch.randn(2, 3, 12, 12)
     plain = TTAPredictor(model, tta="hflip", amp="none")(x)

@@ -11,11 +11,11 @@ import pytest
 from segkit.config.schema import TuneConfig
 from segkit.errors import ConfigError, SegkitError
 from segkit.metrics import CompetitionMetric, ObjectOverlaps, get_metric
-from segkit.postprocess import ClassParams, apply_class
-from segkit.probs import ProbWriter
-from segkit.tune import Greedy, KeepRule, OOFStream, final_scores, tune
-from segkit.tune.candidates import Staged, score_params
-from segkit.tune.tables import summarize
+from segkit.postprocess.masks import ClassParams, apply_class
+from segkit.artifacts.probs import ProbWriter
+from segkit.stages.tune import Greedy, KeepRule, OOFStream, final_scores, tune
+from segkit.stages.tune.candidates import Staged, score_params
+from segkit.stages.tune.tables import summarize
 
 resolve_metric = get_metric
 
@@ -89,7 +89,7 @@ def test_every_step_rejected_on_perfect_thin_predictions(tmp_path):
         t[rng.integers(2, 20), 2:22] = 1  # a one-pixel line
         t[rng.integers(0, 24), rng.integers(0, 24)] = 1  # a dot
         probs[f"i{i}"], truths[f"i{i}"] = t[None].astype(np.float32) * 0.9, t[None]
-    result = tune(make_source(tmp_path, probs, truths), ["obj"], resolve_metric("dice"), TuneConfig(**SMALL))
+    result = tune(make_source(tmp_path, probs, truths), ["obj"], resolve_metric("dice"), TuneConfig(**SMALL)).record
     assert result["cv_baseline"] == pytest.approx(1.0) and result["cv"] == pytest.approx(1.0)
     assert not any(s.get("kept") for s in result["steps"][1:])
     assert ClassParams.from_dict(result["classes"]["obj"]) == ClassParams()
@@ -108,7 +108,7 @@ def test_min_area_kept_when_it_removes_false_specks(tmp_path):
             if not t[max(y - 1, 0):y + 3, max(x - 1, 0):x + 3].any():
                 p[y:y + 2, x:x + 2] = 0.9
         probs[f"i{i}"], truths[f"i{i}"] = p[None], t[None]
-    result = tune(make_source(tmp_path, probs, truths), ["obj"], resolve_metric("dice"), TuneConfig(**SMALL))
+    result = tune(make_source(tmp_path, probs, truths), ["obj"], resolve_metric("dice"), TuneConfig(**SMALL)).record
     assert not step(result, "threshold")["kept"]  # every threshold gives the same masks: no improvement
     assert step(result, "min_area")["kept"]
     assert result["classes"]["obj"]["min_area"] == 10  # 50 would remove the 36-pixel objects too
@@ -129,7 +129,7 @@ def test_empty_rule_kept_when_confident_core_separates_empty_images(tmp_path):
             p, t = blob * 0.6, blob.astype(np.uint8)
             p[y + 1:y + 5, x + 1:x + 5] = 0.95
         probs[f"i{i}"], truths[f"i{i}"] = p[None], t[None]
-    result = tune(make_source(tmp_path, probs, truths), ["obj"], resolve_metric("dice"), TuneConfig(**SMALL))
+    result = tune(make_source(tmp_path, probs, truths), ["obj"], resolve_metric("dice"), TuneConfig(**SMALL)).record
     assert step(result, "threshold")["kept"] and step(result, "threshold")["cv"] < 0.85
     assert not step(result, "min_area")["kept"]
     assert step(result, "empty_rule")["kept"]
@@ -145,7 +145,7 @@ def test_fill_holes_kept_when_predictions_have_holes(tmp_path):
         p = t.astype(np.float32) * 0.9
         p[6 + i:9 + i, 7:10] = 0.1  # a 3x3 hole inside: IoU 72/81 misses TGS's top two IoU thresholds
         probs[f"i{i}"], truths[f"i{i}"] = p[None], t[None]
-    result = tune(make_source(tmp_path, probs, truths), ["obj"], resolve_metric("tgs"), TuneConfig(**SMALL))
+    result = tune(make_source(tmp_path, probs, truths), ["obj"], resolve_metric("tgs"), TuneConfig(**SMALL)).record
     assert step(result, "fill_holes")["kept"]
     assert ["fill_holes", 0] in result["classes"]["obj"]["morphology"]
     assert not step(result, "closing")["kept"]  # nothing left to improve once the holes are filled
@@ -163,8 +163,8 @@ def test_lower_is_better_metric_picks_the_same_params(tmp_path):
     dice = resolve_metric("dice")
     loss = CompetitionMetric("1-dice", lambda p, t: 1 - dice.per_image(p, t), False,
                              from_counts=lambda c: 1 - dice.from_counts(c))
-    a = tune(source, ["obj"], dice, TuneConfig(**SMALL))
-    b = tune(source, ["obj"], loss, TuneConfig(**SMALL))
+    a = tune(source, ["obj"], dice, TuneConfig(**SMALL)).record
+    b = tune(source, ["obj"], loss, TuneConfig(**SMALL)).record
     assert a["classes"] == b["classes"]
     assert b["cv"] == pytest.approx(1 - a["cv"]) and b["cv"] < b["cv_baseline"]
 
@@ -223,7 +223,7 @@ def test_object_overlaps_match_metric_object_ap():
 
 
 def test_steps_cv_equals_exact_final_cv(tmp_path):
-    result = tune(noisy_source(tmp_path, classes=("a",)), ["a"], resolve_metric("tgs"), TuneConfig(**SMALL))
+    result = tune(noisy_source(tmp_path, classes=("a",)), ["a"], resolve_metric("tgs"), TuneConfig(**SMALL)).record
     assert result["steps"][-1]["cv"] == pytest.approx(result["cv"], abs=1e-12)
     assert result["steps"][0]["cv"] == pytest.approx(result["cv_baseline"], abs=1e-12)
     assert result["cv"] >= result["cv_baseline"]
@@ -271,8 +271,7 @@ def fake_ensemble(cfg, quality=1.5, seed=0, folds_for=None):
 
 
 def test_tune_stage_writes_json_plots_and_skips_when_current(demo_cfg, capsys):
-    from segkit import tune as stage
-
+    from segkit.stages import tune as stage
     cfg = demo_cfg("tune.morph_radii=[1]")
     with pytest.raises(SegkitError, match="ensemble OOF"):
         stage.run(cfg)
@@ -319,33 +318,34 @@ def test_nested_cv_scores_each_fold_with_a_search_on_the_other_folds(tmp_path):
     source, truths = _noisy_oof(tmp_path)
     folds = [i % 3 for i in range(len(source))]
     tcfg = TuneConfig(**SMALL, min_gain=0.0)
-    result = tune(source, ["obj"], resolve_metric("dice"), tcfg, folds=folds)
-    assert result["classes"] == tune(source, ["obj"], resolve_metric("dice"), tcfg)["classes"]
+    searched = tune(source, ["obj"], resolve_metric("dice"), tcfg, folds=folds)
+    result = searched.record
+    assert result["classes"] == tune(source, ["obj"], resolve_metric("dice"), tcfg).record["classes"]
     expected = []
     for f in range(3):
         inner = [i for i, k in zip(source.ids, folds) if k != f]
         outer = [i for i, k in zip(source.ids, folds) if k == f]
-        chosen = tune(OOFStream(source.store, source.truth, ids=inner), ["obj"], resolve_metric("dice"), tcfg)
+        chosen = tune(OOFStream(source.store, source.truth, ids=inner), ["obj"], resolve_metric("dice"), tcfg).record
         params = [ClassParams.from_dict(chosen["classes"]["obj"])]
         scored = final_scores(OOFStream(source.store, source.truth, ids=outer), resolve_metric("dice"), params,
                               False)
         expected += scored["score"].tolist()
         assert result["nested"][str(f)]["summary"]["obj"] == chosen["summary"]["obj"]
     assert result["cv_nested"] == pytest.approx(np.mean(expected), abs=1e-12)
-    assert result["_per_image"]["nested"].shape == (len(source),)
+    assert searched.per_image["nested"].shape == (len(source),)
 
 
 def test_no_nested_estimate_without_folds(tmp_path):
     source, _ = _noisy_oof(tmp_path, n=6)
-    result = tune(source, ["obj"], resolve_metric("dice"), TuneConfig(**SMALL))
-    assert result["cv_nested"] is None and "nested" not in result["_per_image"]
-    one_fold = tune(source, ["obj"], resolve_metric("dice"), TuneConfig(**SMALL), folds=[0] * 6)
+    searched = tune(source, ["obj"], resolve_metric("dice"), TuneConfig(**SMALL))
+    assert searched.record["cv_nested"] is None and "nested" not in searched.per_image
+    one_fold = tune(source, ["obj"], resolve_metric("dice"), TuneConfig(**SMALL), folds=[0] * 6).record
     assert one_fold["cv_nested"] is None
 
 
 def test_threshold_sweep_equals_labelling_each_threshold():
     from segkit.components import components_in
-    from segkit.tune.tables import _threshold_sweep
+    from segkit.stages.tune.tables import _threshold_sweep
 
     rng = np.random.default_rng(11)
     q = (rng.random((37, 23)) * 255).astype(np.uint8)  # white noise: thousands of merges and tiny components

@@ -82,7 +82,7 @@ def test_volumes_are_cut_into_slices_that_are_images(volume_root, tmp_path):
 
 
 def test_folds_and_holdout_keep_volumes_whole(volume_root, tmp_path):
-    from segkit.folds import build_folds
+    from segkit.stages.folds import build_folds
 
     cfg = _cfg(volume_root, tmp_path, "folds.n_splits=3", "data.holdout_fraction=0.2")
     comp = Competition(cfg.data)
@@ -183,7 +183,7 @@ def test_a_volume_competition_runs_end_to_end(volume_root, tmp_path, capsys, one
 
 
 def test_3d_cleanup_keeps_the_largest_body_or_drops_small_ones():
-    from segkit.postprocess3d import VolumeParams, clean_volume
+    from segkit.postprocess.volumes import VolumeParams, clean_volume
 
     masks = np.zeros((2, 12, 12, 12), np.uint8)
     masks[0, 1:6, 1:6, 1:6] = 1  # 125 voxels
@@ -198,9 +198,9 @@ def test_3d_cleanup_keeps_the_largest_body_or_drops_small_ones():
 
 
 def test_the_volume_step_chooses_a_threshold_and_a_3d_cleanup_per_class():
-    from segkit.postprocess import ClassParams
-    from segkit.postprocess3d import VolumeParams
-    from segkit.tune.volumes import candidates, chosen_params, choose, shifts_of
+    from segkit.postprocess.masks import ClassParams
+    from segkit.postprocess.volumes import VolumeParams
+    from segkit.stages.tune.volumes import candidates, chosen_params, choose, shifts_of
 
     table = np.zeros((4, 2, 2, 3))  # volumes, classes, threshold shifts (0 first), 3D candidates
     table[:, :, 0, 0] = 0.5  # the slice-wise choice alone
@@ -263,7 +263,7 @@ def test_views_are_averaged_voxel_by_voxel_back_into_the_slices(volume_root, tmp
     """A stand-in network that outputs each voxel's label (and, in a second channel, the view's axis) per slice:
     the views agree on the first channel, so its mean is the label volume itself, laid out along axis 2 again;
     the second is the mean of the axes' numbers."""
-    from segkit.predict import _predict_views
+    from segkit.inference.views import predict_views
 
     cfg = _cfg(volume_root, tmp_path, "data.volumes.train_axes=[0, 1, 2]", "data.volumes.predict_axes=[0, 1, 2]")
     volumes = Competition(cfg.data).volume_set()
@@ -284,7 +284,7 @@ def test_views_are_averaged_voxel_by_voxel_back_into_the_slices(volume_root, tmp
             self[i] = q
 
     out = Out()
-    assert _predict_views(volumes, [0, 1, 2], volumes.slices_of("case_003")[:1], out, predict_slices) == SHAPE[2]
+    assert predict_views(volumes, [0, 1, 2], volumes.slices_of("case_003")[:1], out, predict_slices) == SHAPE[2]
     assert list(out) == volumes.slices_of("case_003")
     for j, slice_id in enumerate(out):
         assert np.array_equal(out[slice_id][0], labels[:, :, j] * 100) and (out[slice_id][1] == 10).all()
@@ -292,7 +292,7 @@ def test_views_are_averaged_voxel_by_voxel_back_into_the_slices(volume_root, tmp
 
 def test_a_run_trains_and_predicts_along_several_axes(volume_root, tmp_path, capsys, one_torch_thread):
     from segkit.cli import main
-    from segkit.probs import ProbStore
+    from segkit.artifacts.probs import ProbStore
 
     args = _args(volume_root, tmp_path, TINY, "device=cpu", "folds.n_splits=2", "train.epochs=1",
                  "train.batch_size=8", "train.pad_to=8", "train.progress=false", "train.keep=[best]",
@@ -315,7 +315,7 @@ def test_a_run_trains_and_predicts_along_several_axes(volume_root, tmp_path, cap
 
 def test_the_ablation_rows_split_tta_along_one_axis_from_the_views(volume_root, tmp_path, one_torch_thread):
     from segkit import ablate
-    from segkit.probs import ProbStore
+    from segkit.artifacts.probs import ProbStore
 
     args = _args(volume_root, tmp_path, TINY, "device=cpu", "folds.n_splits=2", "train.epochs=1",
                  "train.batch_size=8", "train.pad_to=8", "train.progress=false", "train.keep=[best]",

@@ -16,7 +16,7 @@ recipe's first model, on the same folds, epochs and augmentation, isolate the tr
                     (quality/one_axis)
     + views         (orthogonal views) the same averaged over every axis of ``predict_axes``: the recipe's OOF
     + ensemble      the mean of every recipe model's TTA OOF (when the recipe has more than one)
-    + threshold     tuned threshold, minimum area and empty-mask rule (segkit.tune, morphology off)
+    + threshold     tuned threshold, minimum area and empty-mask rule (segkit.stages.tune, morphology off)
     + morphology    the whole tune search (hole filling, opening, closing, keep-largest, ...)
     + pseudo        the pseudo-labelled round's models in place of the originals, tuned the same way
 
@@ -33,7 +33,7 @@ The tuned rows (threshold, morphology, pseudo, segkit run) are nested: the searc
 recipe's stores cover them all) and each scored image gets what the search chose on the other folds; the column
 beside gives the main metric in-sample (chosen on all folds, the scored images included), the optimistic figure.
 
-Outputs under ``<run_dir>/quality/`` (``segkit.layout.QualityPaths``): ``baseline/`` and ``loss/`` (experiments of
+Outputs under ``<run_dir>/quality/`` (``segkit.artifacts.layout.QualityPaths``): ``baseline/`` and ``loss/`` (experiments of
 their own), ``tiles/<model>/`` (a probability store of the chosen folds' images), ``quality.json`` and
 ``quality.md`` (the table).
 
@@ -44,7 +44,6 @@ metric object and the tune package's public search.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,23 +52,26 @@ from typing import Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from segkit import atomic, pipeline
+from segkit import pipeline
+
+from segkit.artifacts import atomic
 from segkit.config import Config
 from segkit.data import Competition
 from segkit.data.folds import fold_numbers, fold_of, ids_of, load_folds
-from segkit.device import resolve_device
-from segkit.distributed import World
+from segkit.compute.device import resolve_device
+from segkit.compute.distributed import World
+from segkit.inference.repredict import predict_oof
 from segkit.errors import ConfigError, SegkitError
-from segkit.instance_decoders import DecodeParams, decode
-from segkit.layout import round_name
+from segkit.postprocess.instances import DecodeParams, decode
+from segkit.artifacts.layout import round_name
 from segkit.metrics import get_metric
 from segkit.metrics.competition import object_ap_labels
 from segkit.oof import MeanStore, StoreUnion, fold_oof, tta_oof
-from segkit.postprocess import ClassParams
-from segkit.predict import predict_oof
-from segkit.stages import BY_NAME, load
-from segkit.tune import OOFStream, final_scores, tune
-from segkit.tune.instances import Candidates, nested, search
+from segkit.postprocess.masks import ClassParams
+from segkit.postprocess.tuned import Tuned
+from segkit.commands import BY_NAME, load
+from segkit.stages.tune import OOFStream, final_scores, tune
+from segkit.stages.tune.instances import Candidates, nested, search
 
 # A trick's delta within this of zero is reported as "no change": below the noise of one CV run.
 NOISE = 0.001
@@ -187,12 +189,11 @@ class Scorer:
         tcfg = self.cfg.tune if morphology else self.cfg.tune.model_copy(
             update={"morphology": False, "keep_largest": False})
         source = self._source(store)
-        result = tune(source, list(self.cfg.data.classes), self.metrics[0], tcfg,
-                      folds=[folds[i] for i in source.ids])
+        searched = tune(source, list(self.cfg.data.classes), self.metrics[0], tcfg,
+                        folds=[folds[i] for i in source.ids])
         wanted = set(ids)
         rows = [n for n, i in enumerate(source.ids) if i in wanted]
-        per_image = result["_per_image"]
-        nested = result["_nested_params"]
+        per_image, nested, result = searched.per_image, searched.nested_params, searched.record
         if nested is None:
             raise ConfigError("the tuned rows need at least two folds in the fold file (a nested estimate)")
         scores = {self.metrics[0].name: float(per_image["nested"][rows].mean())}
@@ -262,18 +263,13 @@ def instance_rows(cfg: Config, runs: dict[str, Config], folds: Sequence[int], id
     yield Row("+ tuned decoder", pick.describe() + " (chosen on all folds)",
               {"object_ap": float(per_fold[wanted].mean())}, in_sample=float(cands.of(pick)[wanted].mean()))
     yield Row("+ distance channel", "", note="not built: the targets are mask and contour")
-    saved = (_read_tuned(cfg) or {}).get("instances") or {}
-    if saved.get("per_image_nested"):
-        scored = dict(zip(saved["ids"], saved["per_image_nested"]))
+    saved = Tuned.read_if_any(cfg.layout.tune.json, cfg.data.classes)
+    scored = saved.per_image_nested() if saved is not None else {}
+    if scored:
         mine = [scored[i] for i in ids if i in scored]
         if mine:
             yield Row("segkit run", f"tune's own choice, on the {len(mine)} of these images its sample holds",
                       {"object_ap": float(np.mean(mine))})
-
-
-def _read_tuned(cfg: Config) -> dict | None:
-    path = cfg.layout.tune.json
-    return json.loads(path.read_text()) if path.exists() else None
 
 
 def rows(cfg: Config, runs: dict[str, Config], folds: Sequence[int], ids: Sequence[str],

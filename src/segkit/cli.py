@@ -1,4 +1,4 @@
-"""The ``segkit`` command: one sub-command per pipeline stage (``segkit.stages``), ``run`` for all of them,
+"""The ``segkit`` command: one sub-command per pipeline stage (``segkit.commands``), ``run`` for all of them,
 ``ablate`` for what each trick of a recipe is worth, and the stand-alone tools (demo-data, score,
 validate-submission). Config commands take ``--config FILE`` plus ``key.sub=value`` overrides; every name the config
 picks is checked (``segkit.catalog``) before any work starts. Stage modules are imported only when their command
@@ -14,11 +14,11 @@ import importlib
 import sys
 
 from segkit.errors import SegkitError
-from segkit.layout import pattern
-from segkit.stages import BY_NAME, STAGES, load
+from segkit.artifacts.layout import pattern
+from segkit.commands import BY_NAME, STAGES, load
 
 RUN_HELP = "every stage in order, skipping what is complete"
-TOOLS = {"score": "segkit.score", "validate-submission": "segkit.validate"}
+TOOLS = {"score": "segkit.tools.score", "validate-submission": "segkit.submission.validate"}
 ABLATE_HELP = "what each trick of a recipe is worth: a baseline, the recipe, one trick added at a time"
 EXPORT_HELP = "every checkpoint the ensemble predicts with as TorchScript / ONNX, checked against PyTorch"
 PACKAGE_HELP = "an offline bundle for a code competition: models, config, tuning, ensemble, wheels, infer.py"
@@ -128,7 +128,7 @@ def _tool(module: str, func: str = "main"):
 def _dispatch(args: argparse.Namespace) -> int | None:
     if args.command == "demo-data":
         options = {k: v for k, v in vars(args).items() if k not in ("command", "out") and v is not None}
-        return _tool("segkit.demo", "write_competition")(args.out, **options) and 0
+        return _tool("segkit.data.demo", "write_competition")(args.out, **options) and 0
     if args.command in TOOLS:
         return _tool(TOOLS[args.command])(args)
 
@@ -139,9 +139,9 @@ def _dispatch(args: argparse.Namespace) -> int | None:
     if args.command == "run":
         return _tool("segkit.pipeline", "run")(cfg, **options)
     if args.command == "export":
-        return _tool("segkit.export", "run")(cfg, format=args.format, tolerance=args.tolerance)
+        return _tool("segkit.stages.export", "run")(cfg, format=args.format, tolerance=args.tolerance)
     if args.command == "package":
-        return _tool("segkit.package", "run")(cfg, out=args.out, models=args.models, wheels=not args.no_wheels,
+        return _tool("segkit.stages.package", "run")(cfg, out=args.out, models=args.models, wheels=not args.no_wheels,
                                              python_version=args.python_version)
     if args.command == "ablate":
         ablate = importlib.import_module("segkit.ablate")

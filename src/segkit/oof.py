@@ -20,10 +20,10 @@ import numpy as np
 import pandas as pd
 
 from segkit.errors import DataError, SegkitError
-from segkit.layout import Layout
+from segkit.artifacts.layout import Layout
 from segkit.metrics import CompetitionMetric
-from segkit.postprocess import ClassParams, postprocess
-from segkit.probs import ProbStore, load_image, manifest, mean_uint8
+from segkit.postprocess.masks import ClassParams, postprocess
+from segkit.artifacts.probs import ProbStore, load_image, manifest, mean_uint8
 
 
 class StoreUnion:

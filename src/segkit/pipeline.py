@@ -1,5 +1,5 @@
-"""``segkit run``: every stage of ``segkit.stages`` in order. Each stage skips the units of work that are already
-complete and up to date (``segkit.freshness``), so running this again after a crash (or a kill) resumes where it
+"""``segkit run``: every stage of ``segkit.commands`` in order. Each stage skips the units of work that are already
+complete and up to date (``segkit.artifacts.freshness``), so running this again after a crash (or a kill) resumes where it
 stopped, and running it on a finished experiment does nothing but say what it kept.
 
 ``--model M`` / ``--fold K`` narrow the run to a slice: the stages that work per model x fold run for that slice
@@ -8,27 +8,26 @@ store), the slice's out-of-fold scores are printed, and the run stops with one l
 needs every fold of every model.
 
 Pseudo-labelling rounds (``pseudo.rounds``) are run here too, since a round is other stages again: for each round,
-select its labels (``segkit.pseudo``), then train, predict and ensemble the round's models (``round_config``).
+select its labels (``segkit.stages.pseudo``), then train, predict and ensemble the round's models (``round_config``).
 """
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Optional
 
-from segkit import pseudo
-from segkit.atomic import clean_tmp
+from segkit.stages import pseudo
+from segkit.artifacts.atomic import clean_tmp
 from segkit.catalog import check
 from segkit.config import Config
 from segkit.data import Competition
 from segkit.data.folds import check_fold, fold_numbers, ids_of, load_folds
 from segkit.metrics import get_metric
 from segkit.oof import PartStore, score_frame
-from segkit.postprocess import scored_as, tuned_cv
-from segkit.predict import oof_part_unit
-from segkit.probs import ProbStore
-from segkit.stages import BY_NAME, STAGES, load
+from segkit.postprocess.tuned import Tuned
+from segkit.inference.repredict import oof_part_unit
+from segkit.artifacts.probs import ProbStore
+from segkit.commands import BY_NAME, STAGES, load
 
 
 def run(cfg: Config, model: Optional[str] = None, fold: Optional[int] = None) -> int:
@@ -108,15 +107,15 @@ def slice_scores(cfg: Config, model: Optional[str], fold: Optional[int]) -> None
 
 def _summary(cfg: Config) -> None:
     """The closing lines: where the submission is, its CV (the nested estimate first, the in-sample one beside it:
-    ``postprocess.tuned_cv``), and what the same models score with TTA, ensembling and tuning switched off (the
+    ``Tuned.cv_text``), and what the same models score with TTA, ensembling and tuning switched off (the
     first model's own out-of-fold predictions at threshold 0.5)."""
     layout = cfg.layout
     if not (layout.tune.json.exists() and layout.submission.exists()):
         return
-    tuned = json.loads(layout.tune.json.read_text())
-    plain = (tuned.get("baseline") or {}).get("plain_pipeline")
+    tuned = Tuned.read(layout.tune.json, cfg.data.classes)
+    plain = (tuned.record.get("baseline") or {}).get("plain_pipeline")
     print(f"submission: {layout.submission}")
-    print(f"CV {scored_as(tuned, cfg.metric)}: {tuned_cv(tuned)}  (TTA + ensemble + tuned post-processing)")
+    print(f"CV {tuned.scored_as(cfg.metric)}: {tuned.cv_text()}  (TTA + ensemble + tuned post-processing)")
     if plain is not None:
         print(f"CV {cfg.metric}: {plain:.4f}  (plain: one model, no TTA, no ensemble, threshold 0.5)")
 

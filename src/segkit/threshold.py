@@ -62,7 +62,7 @@ def count_above(prob, threshold: float) -> int:
 
 def sweep_level(threshold: float) -> float:
     """The threshold t' with ``dequantize(q) >= t'`` <=> ``q > uint8_cut(threshold)`` for every uint8 q: the
-    stored level just above the cut, as float32 computes it (``segkit.probs.dequantize``)."""
+    stored level just above the cut, as float32 computes it (``segkit.artifacts.probs.dequantize``)."""
     cut = uint8_cut(threshold)
     if cut >= 255:
         return float(np.nextafter(np.float32(1.0), np.float32(2.0)))  # nothing is above the top level

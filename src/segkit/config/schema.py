@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from segkit.config.merge import merge
 from segkit.errors import ConfigError
-from segkit.layout import Layout
+from segkit.artifacts.layout import Layout
 
 
 class Section(BaseModel):
@@ -42,7 +42,7 @@ class RLESpec(Section):
 class InstanceSpec(Section):
     """An instance competition (segkit.data.instances): objects from label maps or a per-object RLE csv; the
     network learns per-pixel targets (its channels, which data.classes then names) that a decoder turns into
-    objects (segkit.instance_decoders)."""
+    objects (segkit.postprocess.instances)."""
 
     labels: Optional[str] = None  # folder of instance label maps (16-bit PNG/TIF) named like the images ...
     csv: Optional[str] = None  # ... or one RLE row per object (data.rle's columns and order; '' = no object)
@@ -278,10 +278,10 @@ class TrainConfig(Section):
     augment: str = "light"
     crop_size: Optional[int] = None  # random crops of this size for training (big images)
     pad_to: int = 32  # pad inputs to a multiple of the network stride, un-pad predictions
-    amp: Literal["none", "bf16", "fp16", "auto"] = "none"  # auto: see segkit.device.resolve_amp
+    amp: Literal["none", "bf16", "fp16", "auto"] = "none"  # auto: see segkit.compute.device.resolve_amp
     channels_last: bool = False
     compile: bool = False
-    workers: Workers = 0  # DataLoader workers; auto: from the cores on a GPU, 0 on the CPU (segkit.sizing)
+    workers: Workers = 0  # DataLoader workers; auto: from the cores on a GPU, 0 on the CPU (segkit.compute.sizing)
     pin_memory: bool = False
     threads: Optional[int] = Field(None, ge=1)  # torch CPU threads (default: torch's choice, one per core)
     deterministic: bool = False
@@ -341,13 +341,13 @@ class ModelConfig(Section):
 class PredictConfig(Section):
     tta: str = "d4"  # none | hflip | flips | d4
     tta_merge: Literal["mean", "gmean", "max"] = "mean"
-    batch_size: Union[PositiveInt, Literal["auto"]] = 8  # auto: what fits the GPU's free memory (segkit.sizing)
+    batch_size: Union[PositiveInt, Literal["auto"]] = 8  # auto: what fits the GPU's free memory (segkit.compute.sizing)
     tta_chunk: Optional[int] = None  # views per forward batch; default by device
     tile_size: Optional[int] = None  # tiled inference for images larger than this
     tile_overlap: float = Field(0.5, ge=0, lt=1)
     tile_blend: Literal["gaussian", "linear"] = "gaussian"
     repredict_oof: bool = False  # also re-predict each fold's validation ids with TTA into <model>/oof_tta/
-    amp: Literal["none", "bf16", "fp16", "auto"] = "none"  # auto: see segkit.device.resolve_amp
+    amp: Literal["none", "bf16", "fp16", "auto"] = "none"  # auto: see segkit.compute.device.resolve_amp
     snapshots: bool = True  # average the cycle snapshots (snapshot<c>.pt) of each fold with its best.pt
     checkpoint: Literal["best", "last"] = "best"  # which end-of-training checkpoint of each fold to use
     channels_last: bool = False
@@ -387,7 +387,7 @@ class PseudoConfig(Section):
 
 
 class InstanceTune(Section):
-    """The instance decoder's search grids (segkit.tune.instances); p > 0.5 and 0 are the starting point."""
+    """The instance decoder's search grids (segkit.stages.tune.instances); p > 0.5 and 0 are the starting point."""
 
     masks: list[float] = Field(default_factory=lambda: [0.3, 0.4, 0.5, 0.6, 0.7])
     seeds: list[float] = Field(default_factory=lambda: [0.2, 0.3, 0.4, 0.5, 0.6, 0.7])
@@ -398,7 +398,7 @@ class InstanceTune(Section):
 
 
 class TuneConfig(Section):
-    """Post-processing search on the ensemble OOF (segkit.tune); 0.5 and 0 are always added to the grids, being
+    """Post-processing search on the ensemble OOF (segkit.stages.tune); 0.5 and 0 are always added to the grids, being
     the untuned baseline."""
 
     thresholds: list[float] = Field(default_factory=lambda: [round(0.05 * i, 2) for i in range(2, 19)], min_length=1)
@@ -415,7 +415,7 @@ class TuneConfig(Section):
     # ... and with it, per class, the slice-wise threshold shifted by one of these (0 is always tried)
     volume_threshold_shifts: list[float] = Field(default_factory=lambda: [-0.2, -0.1, 0.1, 0.2])
     instances: InstanceTune = Field(default_factory=InstanceTune)  # instance competitions: the decoder's search
-    # When a step is kept (segkit.tune.search.KeepRule): a number g (its mean gain exceeds g), "most_folds" (its
+    # When a step is kept (segkit.stages.tune.search.KeepRule): a number g (its mean gain exceeds g), "most_folds" (its
     # gain is positive on more than half of the folds) or "fold_se" (its mean gain exceeds the standard error of
     # its per-fold gains). The default, any positive mean gain, scored the best nested CV of these rules on six
     # runs (bench/tune_rules.py, BENCHMARKS.md).
@@ -502,7 +502,7 @@ class Config(Section):
 
     @property
     def layout(self) -> Layout:
-        """Where every artifact of this experiment lives (``segkit.layout``)."""
+        """Where every artifact of this experiment lives (``segkit.artifacts.layout``)."""
         return Layout.of(self)
 
     # The three roots of the layout, for convenience (notebooks, tests).

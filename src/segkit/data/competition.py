@@ -20,14 +20,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from segkit import rle
+from segkit.data import rle
 from segkit.config.schema import DataConfig
 from segkit.data import imageio, instances
 from segkit.data.normalize import clip_percentiles
 from segkit.data.stacks import Stacks, positions
 from segkit.data.volumes import VolumeSet
 from segkit.errors import ConfigError, DataError
-from segkit.layout import check_id
+from segkit.artifacts.layout import check_id
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,7 @@ class SegDataset(Dataset):
         """``split`` picks the image folder (train / test). Masks come from the competition unless ``mask_reader``
         (e.g. pseudo labels for test images) is given; ``with_mask`` defaults to "train split or a reader". With
         ``normalize=False`` images stay as read (in [0, 1]): for exported networks, which normalise themselves
-        (``segkit.runtimes``). The reflection padding commutes with a per-channel normalisation, so the network
+        (``segkit.inference.runtimes``). The reflection padding commutes with a per-channel normalisation, so the network
         sees the same values either way."""
         self.comp = comp
         self.ids = list(ids)

@@ -3,13 +3,13 @@ every later stage reads it through here, checked against the competition's train
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, TypeVar
+from typing import TypeVar
 
 import pandas as pd
 
 from segkit.data.competition import Competition, read_csv
 from segkit.errors import ConfigError, DataError
-from segkit.layout import check_id
+from segkit.artifacts.layout import check_id
 
 T = TypeVar("T")
 
@@ -69,12 +69,4 @@ def fold_of(frame: pd.DataFrame) -> dict[str, int]:
     return dict(zip(frame["id"].astype(str), frame["fold"].astype(int)))
 
 
-def by_fold(fold: Mapping[str, int] | None, nested: Mapping[int, T], default: T) -> Callable[[str], T]:
-    """id -> what was chosen without its fold (``nested[fold of id]``), or ``default`` (the choice made on every
-    fold) for an id no fold holds, a fold without a choice, or no fold table at all."""
-    if not nested or not fold:
-        return lambda _: default
-    return lambda image_id: nested.get(fold.get(image_id), default)
-
-
-__all__ = ["by_fold", "check_fold", "fold_ids", "fold_numbers", "fold_of", "ids_of", "load_folds"]
+__all__ = ["check_fold", "fold_ids", "fold_numbers", "fold_of", "ids_of", "load_folds"]

@@ -7,7 +7,7 @@ unless ``data.instances.overlaps: later_wins`` (the rule where a competition has
 shared pixels, as in DSB's label maps.
 
 The network does not learn label maps; it learns per-pixel targets that a decoder turns back into objects
-(``segkit.instance_decoders``): ``mask``, the union of the objects, and ``contour``, the band of each object
+(``segkit.postprocess.instances``): ``mask``, the union of the objects, and ``contour``, the band of each object
 within ``data.instances.contour_width`` px of a pixel that is not its own (the background or a touching object).
 ``mask - contour`` is then every object's interior, apart from its neighbours even where they touch: the seeds of
 a watershed (the DSB winners' masks + contours). Targets are made from the map before augmentation, so crops and
@@ -22,7 +22,7 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
-from segkit import rle
+from segkit.data import rle
 from segkit.config.schema import InstanceSpec
 from segkit.data import imageio
 from segkit.errors import DataError

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segkit import atomic
+from segkit.artifacts import atomic
 from segkit.config.schema import DataConfig
 from segkit.data.stacks import Position
 from segkit.data.volume_readers import DecodedCase, StreamedCase, nibabel

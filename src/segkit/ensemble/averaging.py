@@ -24,7 +24,7 @@ import numpy as np
 
 from segkit.ensemble.base import METHODS, FitSample, Method, as_float
 from segkit.metrics import CompetitionMetric
-from segkit.probs import mean_uint8, quantize
+from segkit.artifacts.probs import mean_uint8, quantize
 from segkit.threshold import binarize
 
 # A stored 0 means p < 1/510: use half a quantisation step instead of log(0).
@@ -33,12 +33,16 @@ GMEAN_EPS = 1.0 / 510
 
 @METHODS.register("mean")
 class Mean(Method):
+    subsettable = True
+
     def combine(self, probs, image_id, fold):
         return mean_uint8(probs)
 
 
 @METHODS.register("gmean")
 class GeometricMean(Method):
+    subsettable = True
+
     def combine(self, probs, image_id, fold):
         p = as_float(probs)  # (M, K, H, W)
         if self.setup.mode == "multiclass":
@@ -52,6 +56,8 @@ class GeometricMean(Method):
 
 @METHODS.register("rms")
 class RootMeanSquare(Method):
+    subsettable = True
+
     def combine(self, probs, image_id, fold):
         p = as_float(probs)
         return np.sqrt((p * p).mean(0))
@@ -173,6 +179,7 @@ def fit_weights(metric: CompetitionMetric, images, n_models: int, steps=(0.2, 0.
 @METHODS.register("wmean")
 class WeightedMean(Method):
     uses_sample = True
+    subsettable = True  # its weights renormalised over the models kept
 
     def __init__(self, setup):
         super().__init__(setup)
@@ -199,3 +206,8 @@ class WeightedMean(Method):
 
     def load_state(self, state):
         self.weights[None] = np.asarray(state["weights"], np.float64)
+
+    def restrict(self, state, fitted, kept):
+        weights = np.asarray([state["weights"][fitted.index(m)] for m in kept], np.float64)
+        weights = weights / weights.sum() if weights.sum() > 0 else np.full(len(weights), 1 / len(weights))
+        return {"weights": weights.tolist()}

@@ -19,8 +19,9 @@ from typing import Optional
 
 import numpy as np
 
+from segkit.errors import DataError
 from segkit.metrics import CompetitionMetric
-from segkit.probs import dequantize
+from segkit.artifacts.probs import dequantize
 from segkit.registry import Registry
 
 METHODS: Registry[type["Method"]] = Registry("ensemble method")
@@ -87,10 +88,15 @@ class FitSample:
 
 
 class Method:
-    """Base class: a registered method overrides ``combine`` and, if it learns anything, ``observe``/``fit``."""
+    """Base class: a registered method overrides ``combine`` and, if it learns anything, ``observe``/``fit``, and
+    saves what test images need in ``state`` / ``load_state``. Its facts are class attributes, read by the stage
+    and the offline bundle without building it."""
 
     name = ""
     uses_sample = False  # fit() reads the in-memory sample of whole OOF images
+    # still defined on a subset of the models it was fitted on (what an offline time budget may drop): the
+    # averages, whose only learnt state is per-model weights (``restrict`` maps the state onto the subset)
+    subsettable = False
 
     def __init__(self, setup: Setup):
         self.setup = setup
@@ -116,6 +122,43 @@ class Method:
 
     def load_state(self, state: dict) -> None:
         """Restore what ``state`` gave, so that test images combine as they did in the fitted method."""
+
+    def restrict(self, state: dict, fitted: list[str], kept: list[str]) -> dict:
+        """``state`` (fitted on the models ``fitted``) for the subset ``kept``; only for subsettable methods."""
+        return state
+
+
+class SingleModel(Method):
+    """One model's probabilities passed through (``ensemble.choose: model:<name>``); not registered, named by the
+    model instead."""
+
+    def __init__(self, setup: Setup, model: str):
+        super().__init__(setup)
+        self.name = MODEL_PREFIX + model
+        self.index = setup.models.index(model)
+
+    def combine(self, probs, image_id, fold):
+        return np.asarray(probs[self.index])
+
+
+MODEL_PREFIX = "model:"
+
+
+def build_method(name: str, setup: Setup, key: str = "ensemble.methods") -> Method:
+    """The method ``name`` names (a registered method, or ``model:<name>``), built for ``setup``, unfitted."""
+    if name.startswith(MODEL_PREFIX):
+        model = name[len(MODEL_PREFIX):]
+        if model not in setup.models:
+            raise DataError(f"{key}: the chosen model {model!r} is not among {setup.models}")
+        return SingleModel(setup, model)
+    method = METHODS.get(name, key=key)(setup)
+    method.name = name
+    return method
+
+
+def is_subsettable(name: str) -> bool:
+    """Whether the method ``name`` stays defined on a subset of its models (a single model does not drop any)."""
+    return not name.startswith(MODEL_PREFIX) and METHODS.get(name, key="ensemble method").subsettable
 
 
 def as_float(probs: list[np.ndarray]) -> np.ndarray:

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from segkit.errors import DataError
-from segkit.layout import Layout
-from segkit.probs import ProbStore, manifest
+from segkit.artifacts.layout import Layout
+from segkit.artifacts.probs import ProbStore, manifest
 
 
 class TestSource:

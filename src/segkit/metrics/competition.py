@@ -28,7 +28,7 @@ Each entry is a :class:`CompetitionMetric` that knows whether higher is better. 
 images at dozens of thresholds: ``score_many`` scores a batch from per-image intersection and areas counted
 once in numpy, and ``counts_at_thresholds`` gets those counts for every threshold from one histogram pass over
 the probabilities (a pixel is predicted at threshold t when p >= t, smp's convention; uint8 values q count as
-``segkit.probs.dequantize(q) >= np.float32(t)``), after which ``OverlapCounts.with_min_area`` applies a
+``segkit.artifacts.probs.dequantize(q) >= np.float32(t)``), after which ``OverlapCounts.with_min_area`` applies a
 min-area rule for free and ``score_counts`` turns counts into per-image scores. ``score_above`` sweeps with the
 pipeline's own rule, p > t (``segkit.threshold``). Object AP has its own fast path for tuners
 (``segkit.metrics.objects``).
@@ -47,7 +47,7 @@ from segkit.metrics.counts import OverlapCounts, as_batch, counts_at_thresholds,
 from segkit.metrics.image_scores import class_mean, surface_metric
 from segkit.metrics.inputs import as_mask, check_same_shape
 from segkit.metrics.objects import AP_TWENTIETHS, ObjectOverlaps
-from segkit.probs import dequantize
+from segkit.artifacts.probs import dequantize
 from segkit.registry import Registry
 from segkit.threshold import sweep_level
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from segkit.errors import DataError
 from segkit.metrics.inputs import as_mask, check_same_shape
-from segkit.probs import dequantize
+from segkit.artifacts.probs import dequantize
 
 
 @dataclass(frozen=True)

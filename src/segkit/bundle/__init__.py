@@ -1,0 +1,1 @@
+"""The offline bundle: what it holds and the inference script that runs it in a notebook."""

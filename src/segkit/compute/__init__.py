@@ -1,0 +1,1 @@
+"""The machine: devices, precision, distributed ranks and memory sizing."""

@@ -1,0 +1,1 @@
+"""The prediction engine: checkpoints, test-time augmentation, tiles, runtimes, writers."""

@@ -1,0 +1,167 @@
+"""The prediction engine: one model's checkpoints, with test-time augmentation, over a competition's images.
+
+``Predictor`` holds the networks of a model's checkpoints in groups (a fold's checkpoints are one group), each
+wrapped in TTA (``segkit.inference.tta``); calling it on a batch gives every group's mean side by side, and
+``predict`` runs it over image ids: batched by size, tiled where an image is larger than ``predict.tile_size``
+(``segkit.inference.tiling``), along orthogonal views for volumes (``segkit.inference.views``), written to stores
+or memory (``segkit.inference.outputs``). The predict stage, the offline bundle and the ablation all predict
+through it; another predictor (3D patches in a sliding window) would sit beside it with the same ``predict``.
+
+``loader`` (path, device) -> (network, meta) replaces the checkpoint's PyTorch model by another runtime's
+(``segkit.inference.runtimes``): an exported network that takes images as read and gives probabilities, so it runs
+without autocast, its activation is not applied again, and it wants its inputs unnormalised (``normalizes``).
+``max_views``: the first views of the TTA only (what a time budget leaves).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from torch.utils.data import DataLoader
+
+from segkit.compute.sizing import loader_workers, prediction_batch
+from segkit.config import Config
+from segkit.data import SegDataset, by_size, pad_collate, same_size_batches, unpad
+from segkit.errors import ConfigError
+from segkit.inference.outputs import to_uint8
+from segkit.inference.tiling import predict_tiled, stack_groups
+from segkit.inference.tta import TTAPredictor, average_predictions
+from segkit.inference.views import cases_share, predict_views, view_ids
+from segkit.models.checkpoint import load_model
+from segkit.progress import bar
+
+
+class Predictor:
+    """A model's checkpoints in groups, with TTA: ``self(x)`` on a batch, ``predict`` over image ids."""
+
+    def __init__(self, cfg: Config, groups: list[list[Path]], device: torch.device,
+                 loader: Optional[Callable] = None, max_views: Optional[int] = None):
+        self.cfg = cfg
+        self.device = device
+        self.groups: list[list[TTAPredictor]] = []
+        self.meta: dict = {}
+        self.normalizes = loader is not None
+        for paths in groups:
+            predictors = []
+            for path in paths:
+                model, meta = load_model(path, device) if loader is None else loader(path, device)
+                self._check(cfg, path, meta)
+                self.meta = meta
+                predictors.append(TTAPredictor(
+                    model, tta=cfg.predict.tta, merge=cfg.predict.tta_merge, chunk=cfg.predict.tta_chunk,
+                    activation="softmax" if meta["mode"] == "multiclass" else "sigmoid",
+                    amp=None if loader else cfg.predict.amp, channels_last=cfg.predict.channels_last and loader is None,
+                    max_views=max_views, activated=loader is not None,
+                ))
+            self.groups.append(predictors)
+        self.multiclass = self.meta.get("mode") == "multiclass"
+
+    @staticmethod
+    def _check(cfg: Config, path: Path, meta: dict) -> None:
+        if list(meta["classes"]) != list(cfg.data.classes) or meta["mode"] != cfg.data.mode:
+            raise ConfigError(f"{path}: trained for {meta['mode']} {meta['classes']}, the config has "
+                              f"data.mode {cfg.data.mode} with classes {cfg.data.classes}")
+        if meta["channels"] != cfg.data.input_channels:
+            raise ConfigError(f"{path}: trained on {meta['channels']}-channel inputs, the config's are "
+                              f"{cfg.data.input_channels} (data.channels, data.context)")
+
+    @property
+    def pad_to(self) -> int:
+        return int(self.meta.get("pad_to", 32))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, G * K, H, W) float32: group g's mean foreground probabilities in channels [g K, (g + 1) K)."""
+        means = []
+        for predictors in self.groups:
+            p = average_predictions(predictors, x)
+            means.append(p[:, 1:] if self.multiclass else p)
+        return means[0] if len(means) == 1 else torch.cat(means, dim=1)
+
+
+    def predict(self, comp, ids: list[str], split: str, out, world=None, desc: str = "") -> int:
+        """Predict the ids not yet in every store of ``out`` and write them; returns how many were predicted. Under
+        DDP each rank takes its share of all ``ids`` first and then skips what is on disk, so the shares never depend on
+        how far another rank has got."""
+        cfg = self.cfg
+        views = cfg.data.volumes is not None and cfg.data.volumes.prediction_axes != [cfg.data.volumes.axis]
+        todo = by_size(comp, ids, split)
+        if world is not None and world.size > 1:
+            todo = cases_share(comp.volume_set(split), todo, world) if views else todo[world.rank::world.size]
+        todo = [i for i in todo if not out.has(i)]
+        if not todo:
+            return 0
+        p = cfg.predict
+        tile = p.tile_size
+        if tile is not None and tile % self.pad_to:
+            raise ConfigError(f"predict.tile_size: {tile} is not a multiple of the network stride pad_to={self.pad_to}")
+        sized = view_ids(comp.volume_set(split), cfg.data.volumes.prediction_axes, todo) if views else todo
+        batch = prediction_batch(p.batch_size, self, lambda: self._largest_input(comp, sized, split), self.device)
+
+        def predict_slices(slice_ids: list[str], into, label: str = desc) -> int:
+            ds = SegDataset(comp, slice_ids, split=split, augment=None, pad_to=self.pad_to, with_mask=False,
+                            normalize=not self.normalizes)
+            # A network that normalises its inputs itself gets batches of one image size (no zero padding between).
+            batching = ({"batch_sampler": same_size_batches(comp, slice_ids, batch, split)} if self.normalizes
+                        else {"batch_size": batch, "shuffle": False})
+            # Pinned pages let the copies to a GPU run asynchronously (non_blocking below) while the next batch decodes.
+            loader = DataLoader(ds, num_workers=loader_workers(p.workers, self.device), collate_fn=pad_collate,
+                                pin_memory=self.device.type == "cuda", **batching)
+            with torch.inference_mode():
+                return self._batches(loader, into, batch, label, world)
+
+        began = time.perf_counter()
+        if views:
+            done = predict_views(comp.volume_set(split), cfg.data.volumes.prediction_axes, todo, out, predict_slices)
+        else:
+            done = predict_slices(todo, out)
+        if desc:
+            rate = done / max(time.perf_counter() - began, 1e-9)
+            print(f"predict: {desc}: {done} images ({rate:.1f} images/s)", flush=True)
+        return done
+
+    def _largest_input(self, comp, ids: list[str], split: str) -> tuple[int, int, int]:
+        """(C, H, W) of the largest network input among ``ids``: the largest image padded to the stride, or a tile
+        where images larger than ``predict.tile_size`` are cut into tiles."""
+        h, w = max((comp.image_size(i, split) for i in ids), key=lambda s: s[0] * s[1])
+        tile = self.cfg.predict.tile_size
+        if tile is not None and (h > tile or w > tile):
+            h = w = tile
+        return self.cfg.data.input_channels, -(-h // self.pad_to) * self.pad_to, -(-w // self.pad_to) * self.pad_to
+
+    def _batches(self, loader, out, batch_size: int, desc: str = "", world=None) -> int:
+        p, device = self.cfg.predict, self.device
+        tile = p.tile_size
+        done = 0
+        batches = loader if world is not None and not world.is_main else \
+            bar(loader, f"predict: {desc}" if desc else "predict", unit="batch")  # one bar, not one per rank
+        for batch in batches:
+            sizes = [tuple(s) for s in batch["size"].tolist()]
+            images = batch["image"]
+            big = [i for i, (h, w) in enumerate(sizes) if tile is not None and (h > tile or w > tile)]
+            small = [i for i in range(len(sizes)) if i not in big]
+            if small:
+                x = images[small].to(device, non_blocking=True)
+                q = to_uint8(self(x))  # one copy back per batch
+                for j, i in enumerate(small):
+                    out.write(batch["id"][i], unpad(q[j], sizes[i]))
+            for size in dict.fromkeys(sizes[i] for i in big):
+                same = [i for i in big if sizes[i] == size]
+                for group in stack_groups(same, size, tile, p.tile_overlap, batch_size):
+                    q = to_uint8(self._tiled(images[group], size, batch_size))
+                    for j, i in enumerate(group):
+                        out.write(batch["id"][i], q[j])
+            done += len(sizes)
+        return done
+
+    def _tiled(self, images: torch.Tensor, size, batch_size: int) -> torch.Tensor:
+        """(N, K, H, W) probabilities of a stack of same-size images, tile by tile."""
+        images = unpad(images, size).contiguous()
+        p = self.cfg.predict
+        return predict_tiled(self, images, p.tile_size, overlap=p.tile_overlap, blend=p.tile_blend,
+                             batch_size=batch_size, device=self.device)
+
+
+__all__ = ["Predictor"]

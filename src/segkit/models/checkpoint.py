@@ -1,0 +1,105 @@
+"""Checkpoints of a fold: what they hold, how they are written (atomically) and read back.
+
+- ``best.pt`` / ``snapshot<c>.pt``: the weights to predict with (the EMA weights when EMA is on) plus what is needed
+  to rebuild the network without the config: the model section, mode, classes, channels, pad multiple.
+  ``load_model(path)`` returns a ready model in eval mode — what the predict stage uses.
+- ``last.pt``: the same, plus the full training state at the end of an epoch (raw weights, optimizer, LR schedule,
+  grad scaler, EMA, sampler position, RNG states, metric history, best value so far), so a killed run resumes as if
+  never interrupted. Written after everything else of its epoch: its existence marks the epoch as finished.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from segkit.artifacts import atomic
+from segkit.config.schema import ModelConfig
+from segkit.errors import DataError, SegkitError
+from segkit.models import build_model
+from segkit.artifacts.probs import ProbStore
+
+FORMAT = "segkit-checkpoint"
+VERSION = 2  # 2: the RNG states as tensors and numbers, so the whole file loads with weights_only=True
+
+def weights_payload(
+    state_dict: dict[str, torch.Tensor],
+    model_cfg: dict,
+    mode: str,
+    classes: list[str],
+    channels: int,
+    pad_to: int,
+    epoch: int,
+    scores: Optional[dict[str, float]] = None,
+) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "model": {k: v.detach().cpu() for k, v in state_dict.items()},
+        "model_cfg": model_cfg,
+        "mode": mode,
+        "classes": list(classes),
+        "channels": channels,
+        "pad_to": pad_to,
+        "epoch": epoch,
+        "scores": dict(scores or {}),
+    }
+
+
+def save(path: Path, payload: dict) -> None:
+    atomic.save_torch(path, payload)
+
+
+TRUST_ENV = "SEGKIT_TRUST_CHECKPOINTS"  # =1: also load pickled checkpoints (older segkit); they can run code
+
+
+def trusted() -> bool:
+    return os.environ.get(TRUST_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def load(path: Path) -> dict:
+    """Read a checkpoint written by segkit: tensors, numbers, strings, lists and dicts only, loaded with
+    ``weights_only=True``, so a file from anyone else cannot run code here. A file that needs more (a pickled
+    object: a checkpoint of an older segkit, or a hostile one) is refused, unless ``SEGKIT_TRUST_CHECKPOINTS=1``
+    says its owner trusts it."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=not trusted())
+    except pickle.UnpicklingError as err:
+        raise SegkitError(
+            f"{path}: refused: the file holds pickled objects, and unpickling can run any code (torch: "
+            f"{str(err).splitlines()[0][:160]}). A checkpoint of segkit before 2026-12-01 looks like this: delete "
+            f"its fold folder to retrain, or, only for a file you trust, set {TRUST_ENV}=1") from None
+    except Exception as err:
+        raise SegkitError(f"{path}: unreadable checkpoint ({str(err).splitlines()[0][:200]}); delete it to retrain")
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise SegkitError(f"{path}: not a segkit checkpoint")
+    return obj
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild the network of a checkpoint (no pretrained download: every weight comes from the file) and load its
+    weights. Returns (model in eval mode on ``device``, the checkpoint's metadata without the weights)."""
+    path = Path(path)
+    ckpt = load(path)
+    model_cfg = ModelConfig.model_validate(ckpt["model_cfg"])
+    model = build_model(model_cfg, ckpt["channels"], ckpt["mode"], len(ckpt["classes"]), pretrained=False)
+    model.load_state_dict(ckpt["model"])
+    meta = {k: v for k, v in ckpt.items() if k not in ("model", "train_state")}
+    return model.to(device).eval(), meta
+
+
+def fold_checkpoints(cfg, model: str, fold: int) -> list[Path]:
+    """The checkpoints one fold predicts with: its best (or last) and, if asked, its cycle snapshots in order."""
+    paths = cfg.layout.fold(model, fold)
+    if not ProbStore.is_complete(paths.oof):
+        raise DataError(f"{paths.dir}: fold {fold} of model {model!r} has not finished training (no complete oof/); "
+                        f"run `segkit train` first")
+    main = paths.checkpoint(cfg.predict.checkpoint)
+    if not main.exists():
+        raise DataError(f"{main}: missing; set predict.checkpoint to a kept checkpoint (train.keep) or retrain")
+    return [main] + (paths.snapshots() if cfg.predict.snapshots else [])

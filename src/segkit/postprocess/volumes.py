@@ -1,0 +1,99 @@
+"""Clean-up of whole volumes, after the slice-wise post-processing: what 2D rules cannot see, a blob of a few
+voxels floating slices away from the organ, or a second body where anatomy has one.
+
+Per class: keep only the largest connected component in 3D (``largest``), or drop the components smaller than
+``min_volume`` voxels; and the probability threshold of the class's volume outputs (``threshold``). Connectivity
+is full (26 neighbours): touching diagonally is touching. ``segkit tune`` chooses each class's rule and threshold
+on the OOF volumes by per-volume Dice (segkit.stages.tune.volumes), keeps them only where they gain, and
+``segkit evaluate`` / ``segkit submit`` apply them to every volume they write or score.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from segkit.data.volumes import VolumeSet, assemble
+from segkit.postprocess.masks import ClassParams, params_list, postprocess
+
+FULL = np.ones((3, 3, 3), dtype=bool)
+
+
+@dataclass(frozen=True)
+class VolumeParams:
+    largest: bool = False
+    min_volume: int = 0
+    # The class's probability threshold for whatever is made of whole volumes (label volumes, the rows of a
+    # volume's slices, per-volume scores), chosen by per-volume Dice; None: the slice-wise search's.
+    threshold: Optional[float] = None
+
+    @property
+    def active(self) -> bool:
+        """Whether the 3D component rule removes anything."""
+        return self.largest or self.min_volume > 0
+
+    @property
+    def changes(self) -> bool:
+        """Whether a volume's masks differ from its slices' slice-wise post-processing."""
+        return self.active or self.threshold is not None
+
+    def describe(self) -> str:
+        rule = "largest 3D component only" if self.largest else \
+            f"3D components of at least {self.min_volume} voxels" if self.min_volume else "no 3D clean-up"
+        return rule if self.threshold is None else f"p>{self.threshold:.2f}, {rule}"
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def volume_params(saved: Mapping[str, Any] | None, classes: Sequence[str]) -> list[VolumeParams]:
+    """Each class's rule from tune.json's ``volume_cleanup.classes`` (none where it holds no rule)."""
+    saved = saved or {}
+    return [VolumeParams(**saved[c]) if c in saved else VolumeParams() for c in classes]
+
+
+def clean_class(mask: np.ndarray, params: VolumeParams) -> np.ndarray:
+    """One class's (X, Y, Z) 0/1 mask after its rule."""
+    if not params.active or not mask.any():
+        return mask
+    labels, n = ndimage.label(mask, structure=FULL)
+    if n <= 1 and not params.min_volume:
+        return mask
+    sizes = np.bincount(labels.ravel())[1:]
+    if params.largest:
+        keep = np.zeros(n + 1, dtype=bool)
+        keep[1 + int(np.argmax(sizes))] = True
+    else:
+        keep = np.concatenate([[False], sizes >= params.min_volume])
+    return keep[labels].astype(mask.dtype)
+
+
+def clean_volume(masks: np.ndarray, params: Sequence[VolumeParams]) -> np.ndarray:
+    """(K, X, Y, Z) 0/1 masks, each class after its rule."""
+    if not any(p.active for p in params):
+        return masks
+    return np.stack([clean_class(masks[k], params[k]) for k in range(masks.shape[0])])
+
+
+def with_thresholds(params: Sequence[ClassParams], volume: Sequence[VolumeParams]) -> list[ClassParams]:
+    """The slice-wise parameters with each class's volume threshold, where the volume step chose one."""
+    if not volume:
+        return list(params)
+    return [p if v.threshold is None else p.replace(threshold=v.threshold) for p, v in zip(params, volume)]
+
+
+def case_masks(volumes: VolumeSet, case: str, probs_of: Callable[[str], np.ndarray], params_of: Callable[[str], Any],
+               exclusive: bool, volume: Sequence[VolumeParams] = ()) -> np.ndarray:
+    """(K, X, Y, Z) 0/1 masks of a case: each slice's probabilities post-processed with ``params_of(slice id)`` (its
+    thresholds replaced by ``volume``'s, where set), as the submission makes them, and stacked back into the
+    volume (not yet cleaned in 3D)."""
+    return assemble([postprocess(np.asarray(probs_of(i)), with_thresholds(params_list(params_of(i)), volume),
+                                 exclusive=exclusive) for i in volumes.slices_of(case)], volumes.axis)
+
+
+def case_truth(volumes: VolumeSet, case: str, read_mask: Callable[[str], np.ndarray]) -> np.ndarray:
+    """(K, X, Y, Z) 0/1 truth of a labelled case, from its slices' masks."""
+    return assemble([read_mask(i) for i in volumes.slices_of(case)], volumes.axis)

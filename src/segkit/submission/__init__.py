@@ -1,0 +1,1 @@
+"""Submission files: building and validating them against the sample submission."""

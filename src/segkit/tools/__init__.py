@@ -1,0 +1,1 @@
+"""Commands outside the pipeline that read files and write nothing of an experiment's."""
