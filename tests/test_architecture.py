@@ -124,6 +124,12 @@ def test_readme_pipeline_table_is_the_stage_registry():
     assert _readme_block("stages").strip() == markdown_table().strip()
 
 
+def test_readme_command_table_is_the_command_registry():
+    from segkit.commands import commands_table
+
+    assert _readme_block("commands").strip() == commands_table().strip()
+
+
 def test_readme_layout_is_the_layout_modules():
     import segkit.artifacts.layout
 
@@ -139,5 +145,5 @@ def test_every_declared_artifact_is_a_place_of_the_layout():
     for stage in STAGES:
         for name in stage.reads + stage.writes:
             assert name in ARTIFACTS, (stage.name, name)
-        reads, writes = stage.describe(pattern())
+        reads, writes = stage.paths(pattern())
         assert writes and all(w.startswith(("runs/", "folds/", "submissions/")) for w in writes), (stage.name, writes)

@@ -430,6 +430,15 @@ def write(cfg: Config, table: list[Row], folds: Sequence[int], n_images: int, ti
     return out.dir
 
 
+def main(cfg: Config, folds: Sequence[int] = (), metrics: Sequence[str] = (), with_variants: bool = True,
+         train_only: bool = False) -> int:
+    """``segkit ablate``: the ablation, and its table printed."""
+    table = run(cfg, folds=folds, metrics=metrics, with_variants=with_variants, train_only=train_only)
+    if table:
+        print("\n" + markdown(table, "object_ap" if cfg.data.instances is not None else cfg.metric))
+    return 0
+
+
 def markdown(table: list[Row], main: str) -> str:
     """The table; a tuned row's scores are nested (chosen without the scored fold), its in-sample score beside."""
     metrics = list(dict.fromkeys(m for r in table for m in r.scores))
@@ -451,4 +460,4 @@ def markdown(table: list[Row], main: str) -> str:
     return head + "\n".join(lines) + "\n"
 
 
-__all__ = ["Row", "Scorer", "fold_ids", "markdown", "rows", "run", "variants"]
+__all__ = ["Row", "Scorer", "fold_ids", "main", "markdown", "rows", "run", "variants"]

@@ -6,7 +6,8 @@ Checked: each model's architecture (smp's own mapping, ``segkit.models.ARCHS``),
 ``tu-<timm model>``), constructor ``params`` (against the smp class's signature, and by building the network on
 the meta device, which costs no memory), and its train section's
 optimizer, schedule, augmentation, losses and monitor; ``predict.tta``; ``ensemble.methods`` and
-``ensemble.choose``; ``ensemble.stack_params`` (against LightGBM's own parameter list and aliases); ``metric``.
+``ensemble.choose``; ``ensemble.stack_params`` (against LightGBM's own parameter list and aliases);
+``data.mask_source``; ``tune.morph_steps``; ``metric``.
 Each error names the file (or the command line) that set the key, the key and the known names.
 
 The command line and ``segkit run`` call ``check`` right after ``load_config``.
@@ -21,6 +22,7 @@ import torch
 
 from segkit.config import Config
 from segkit.data.augment import check_channels
+from segkit.data.sources import SOURCES
 from segkit.compute.device import resolve_device
 from segkit.ensemble import check_choice, method_names
 from segkit.errors import ConfigError
@@ -28,6 +30,7 @@ from segkit.losses import LossSchedule
 from segkit.metrics import get_metric
 from segkit.models import ARCHS, RESERVED_PARAMS, TIMM_PREFIX, build_model, encoder_names, is_encoder
 from segkit.optim import OPTIMIZERS, SCHEDULES
+from segkit.postprocess.masks import MASK_STEPS
 from segkit.stages.train.fold import MONITORS
 from segkit.inference.tta import TTA
 
@@ -107,14 +110,26 @@ def lightgbm_parameters() -> set[str]:
     return names
 
 
+def check_data(cfg: Config) -> None:
+    if cfg.data.mask_source is not None:
+        _at(cfg, "data.mask_source", lambda: SOURCES.get(cfg.data.mask_source, key="data.mask_source"))
+
+
+def check_tune(cfg: Config) -> None:
+    for i, name in enumerate(cfg.tune.morph_steps):
+        _at(cfg, "tune.morph_steps", lambda: MASK_STEPS.get(name, key=f"tune.morph_steps[{i}]"))
+
+
 def check(cfg: Config) -> None:
     """Every name of ``cfg`` (see the module docstring); a ConfigError naming file, key and the known names."""
     _at(cfg, "metric", lambda: get_metric(cfg.metric, key="metric"))
+    check_data(cfg)
     # A GPU asked for where there is none fails before any stage runs, not when the first one needs the device.
     _at(cfg, "device", lambda: resolve_device(cfg.device))
     check_models(cfg)
     check_predict(cfg)
     check_ensemble(cfg)
+    check_tune(cfg)
 
 
 __all__ = ["check", "lightgbm_parameters"]

@@ -19,7 +19,7 @@ print one line saying so. Otherwise it is
 - *unstamped*: the outputs exist but no stamp does (made by an older segkit, or by hand) — derived outputs are
   made again; a training fold is kept, since nothing says it is wrong and retraining costs hours.
 
-The protocol, the same in every stage: ``Unit.begin()`` before the first output is written (it stamps the new
+The protocol, the same in every stage (``Unit.skip`` and ``with Unit.writing()`` spell it): ``Unit.begin()`` before the first output is written (it stamps the new
 inputs as *begun*, so from then on the unit counts as unfinished whatever the outputs on disk), and
 ``Unit.done()`` once the work is complete (or just before the one file whose existence completes it, such as a
 store's manifest). A kill at any moment therefore leaves the unit missing or stale, never fresh with a mix of old
@@ -37,7 +37,8 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from contextlib import contextmanager
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
 from segkit.artifacts import atomic
 FRESH, MISSING, STALE, UNSTAMPED = "fresh", "missing", "stale", "unstamped"
@@ -153,6 +154,24 @@ class Unit:
     def kept(self, detail: str = "") -> str:
         """The line a stage prints when it skips this unit."""
         return kept(self.what, detail)
+
+    def skip(self, detail: str | Callable[[], str] = "") -> bool:
+        """Whether the unit is fresh (nothing to do); if so, the line saying it is kept is printed. ``detail``: what
+        to say of the kept outputs, or a function reading it from them (called only then)."""
+        if not self.fresh():
+            return False
+        print(self.kept(detail() if callable(detail) else detail), flush=True)
+        return True
+
+    @contextmanager
+    def writing(self) -> Iterator[dict]:
+        """The block that writes the unit's outputs: stamped begun on entry, done on a clean exit with the facts the
+        block put in the dict it is given (see ``done``). An error or a kill inside leaves the unit begun, so the
+        next run does it again."""
+        facts: dict = {}
+        self.begin()
+        yield facts
+        self.done(**facts)
 
 
 def recorded(stamp: Path, fact: str) -> Any:

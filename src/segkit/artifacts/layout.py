@@ -28,6 +28,8 @@
       quality/                   ablate: baseline/, loss/ (and slices/) (experiments of their own), tiles/<model>/,
                                  one_axis/<model>/, quality.json, quality.md
       stamps/                    the stamps of the units whose outputs have no folder of their own (check, submit)
+      extensions/<name>/         what a stage added by a config's imports writes (README: Extending segkit)
+      lock.json                  held while a command writes the experiment: its PID, host, start and command
     folds/<competition>.csv      folds (committed with the code: part of reproducibility)
     submissions/<experiment>.csv submit
     submissions/<experiment>_volumes/<case>.nii.gz   submit, volume competitions: label volumes, the source's affine
@@ -335,6 +337,15 @@ class Layout:
     def stamp(self, unit: str) -> Path:
         """The stamp of a unit whose outputs have no folder of their own (``check``, ``submit``)."""
         return self.run_dir / "stamps" / f"{safe_name(unit)}.json"
+
+    @property
+    def lock(self) -> Path:
+        """Held while a command writes the experiment (``segkit.artifacts.lock``)."""
+        return self.run_dir / "lock.json"
+
+    def extension(self, name: str) -> Path:
+        """The folder of a stage added from outside segkit (a module of the config's ``imports``)."""
+        return self.run_dir / "extensions" / safe_name(name)
 
     @property
     def submission(self) -> Path:

@@ -44,7 +44,8 @@ def _launch() -> Optional[str]:
 def _process_start(pid: int) -> Optional[str]:
     """When process ``pid`` started, in clock ticks since boot (Linux), to tell a reused PID from the holder."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+        with open(f"/proc/{pid}/stat") as f:  # a process's facts, not an artifact
+            return f.read().rsplit(")", 1)[1].split()[19]
     except (OSError, IndexError):
         return None
 
@@ -70,6 +71,7 @@ class ExperimentLock:
         self.path = Path(path)
         self.command = command or " ".join(sys.argv)
         self.owned = False
+        self.made: list[Path] = []
 
     def _record(self) -> dict:
         pid = os.getpid()
@@ -99,6 +101,8 @@ class ExperimentLock:
         if key in _HELD:
             _HELD[key] += 1
             return self
+        # Folders made only to hold the lock go again with it when the command wrote nothing (a config error).
+        self.made = [d for d in (self.path.parent, *self.path.parent.parents) if not d.exists()]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(50):  # a few rounds: another process may take over or release between two looks
             if self._create():
@@ -140,6 +144,11 @@ class ExperimentLock:
         del _HELD[key]
         if self.owned and (self._holder() or {}).get("pid") == os.getpid():
             self.path.unlink(missing_ok=True)
+            for folder in self.made:  # deepest first
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break  # holds what the command wrote
         self.owned = False
 
     def __enter__(self) -> "ExperimentLock":

@@ -190,8 +190,7 @@ class Offline:
         unit = Unit(f"infer: models[{name}] test", self.cfg.layout.model(name).test_stamp, [manifest(folder)],
                     {"runtime": self.runtime, "views": views, "files": [fingerprints(g) for g in groups],
                      "ids": self.ids, "device": str(self.device)})
-        if unit.fresh():
-            print(unit.kept())
+        if unit.skip():
             return
         prepare_store(unit, folder, is_main=True)
         writer = ProbWriter(folder, list(self.cfg.data.classes))

@@ -12,6 +12,8 @@ overrides), so a budget states only what differs and everything else stays share
 
 from __future__ import annotations
 
+import importlib
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +46,29 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise ConfigError(_explain(err, origins, path)) from None
     cfg.source = str(path)
     cfg.origins = origins
+    import_modules(cfg.imports, path.parent)
     return cfg
+
+
+def import_modules(names: list[str], folder: Path) -> None:
+    """Import the config's ``imports`` (where its own components register themselves), looking beside the config
+    file first. Imported once per process, as any module."""
+    for i, name in enumerate(names):
+        if name in sys.modules:
+            continue
+        added = str(folder.resolve()) not in sys.path
+        if added:
+            sys.path.insert(0, str(folder.resolve()))
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name != name.split(".")[0] and err.name != name:
+                raise  # the module was found; something it imports is missing: its own error says what
+            raise ConfigError(f"imports[{i}]: no module {name!r} (looked beside {folder} and on the Python path)"
+                              ) from None
+        finally:
+            if added:
+                sys.path.remove(str(folder.resolve()))
 
 
 def _apply_budget(tree: dict, origins: dict[str, str], pairs: list[tuple[str, Any]],

@@ -138,6 +138,11 @@ class DataConfig(Section):
     train_images: str = "train/images"
     train_masks: Optional[str] = None  # folder of mask images named like the train images ...
     train_csv: Optional[str] = None  # ... or an RLE csv
+    # Where the masks come from, by the name of a registered source (segkit.data.sources); unset: implied by the
+    # keys set (volumes, instances, train_masks, train_csv). mask_options: settings of a source added by a module
+    # of `imports`.
+    mask_source: Optional[str] = None
+    mask_options: dict[str, Any] = Field(default_factory=dict)
     rle: RLESpec = Field(default_factory=RLESpec)
     test_images: Optional[str] = "test/images"
     sample_submission: Optional[str] = "sample_submission.csv"
@@ -408,6 +413,8 @@ class TuneConfig(Section):
     empty_pixels: list[int] = Field(default_factory=lambda: [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000])
     morphology: bool = True
     morph_radii: list[int] = Field(default_factory=lambda: [1, 2, 3])
+    # the morphology steps tried, in this order (segkit.postprocess.masks.MASK_STEPS: a module may add its own)
+    morph_steps: list[str] = Field(default_factory=lambda: ["fill_holes", "opening", "closing", "dilation", "erosion"])
     keep_largest: bool = True  # try keeping only the largest component (one object per image)
     # volume competitions: after the slice-wise search, per class the largest 3D component or a minimum volume
     volume_cleanup: bool = True
@@ -447,6 +454,9 @@ class PathsConfig(Section):
 
 class Config(Section):
     competition: str = "demo"  # names folds/<competition>.csv
+    # Modules imported when the config loads, before any name it picks is checked: where an experiment's own
+    # components register themselves (README: Extending segkit). A module may also be a .py file beside the config.
+    imports: list[str] = Field(default_factory=list)
     experiment: str = "demo"  # names runs/<experiment>/ and submissions/<experiment>.csv
     budget: Optional[str] = None  # the `budgets:` entry merged over this file (config/loader.py); for the record
     metric: str = "dice"  # the competition's own score (segkit.metrics registry)

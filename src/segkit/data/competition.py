@@ -1,10 +1,10 @@
 """A competition as the config describes it: which images exist, where each mask comes from, what the test set and
-the sample submission look like.
+the sample submission look like. The front the stages use.
 
 Ids are the image ids the competition's csv files use (TGS: ``a266a2a9df``; Severstal: ``0002cc93b.jpg``); an id
-names the file ``<folder>/<id>`` or ``<folder>/<id>.<ext>``. Masks come from a folder of mask images or from an RLE
-csv; in the csv an image may have one row, one row per class (class column or ``<id><sep><class>`` compound ids),
-or no row at all (= empty mask, as in Severstal).
+names the file ``<folder>/<id>`` or ``<folder>/<id>.<ext>``. Masks come from the competition's mask source
+(``segkit.data.sources``: a mask folder, an RLE csv, instance maps or per-object rows, volumes), chosen by the
+config; a source whose files hold the images too (volumes) gives them as well.
 
 With ``data.holdout_fraction`` > 0 a deterministic share of the labelled images plays the hidden test set: it is
 excluded from training and folds, predicted and submitted like test images, and scored with ``segkit score``.
@@ -12,7 +12,6 @@ excluded from training and folds, predicted and submitted like test images, and 
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -20,14 +19,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from segkit.data import rle
+from segkit.artifacts.layout import check_id
 from segkit.config.schema import DataConfig
-from segkit.data import imageio, instances
+from segkit.data import imageio
+from segkit.data.folder import ImageFolder, read_csv
 from segkit.data.normalize import clip_percentiles
+from segkit.data.sources import MaskSource, source_class, source_for
 from segkit.data.stacks import Stacks, positions
 from segkit.data.volumes import VolumeSet
 from segkit.errors import ConfigError, DataError
-from segkit.artifacts.layout import check_id
 
 
 @dataclass(frozen=True)
@@ -37,63 +37,6 @@ class SampleRow:
     row_id: str
     image_id: str
     class_index: int  # 0-based index into data.classes
-
-
-def read_csv(path: Path, columns: list[str] | tuple[str, ...] = ()) -> pd.DataFrame:
-    """A csv as strings (ids stay ids: no '007' -> 7), with a clear error for encoding or missing columns."""
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not UTF-8 text (byte {err.start})") from None
-    except pd.errors.EmptyDataError:
-        raise DataError(f"{path}: empty csv") from None
-    except (pd.errors.ParserError, csv.Error) as err:
-        raise DataError(f"{path}: malformed csv: {str(err).splitlines()[0]}") from None
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise DataError(f"{path}: missing column(s) {missing}; has {list(frame.columns)}")
-    return frame
-
-
-class ImageFolder:
-    """Resolves ids to files of one folder, indexing it once. With ``suffixes`` (one file a channel) an image
-    ``<id>`` is the files ``<id><suffix>.<ext>``, and ``find`` gives its first channel's."""
-
-    def __init__(self, folder: Path, key: str, suffixes: list[str] | None = None):
-        if not folder.is_dir():
-            raise ConfigError(f"{key}: not a folder: {folder}")
-        self.folder = folder
-        self.suffixes = suffixes
-        self.by_name: dict[str, Path] = {}
-        self.by_stem: dict[str, Path] = {}
-        for p in sorted(folder.iterdir()):
-            if p.suffix.lower() in imageio.IMAGE_EXTENSIONS and not p.name.startswith("."):
-                self.by_name[p.name] = p
-                if p.stem in self.by_stem:
-                    other = self.by_stem[p.stem].name
-                    raise DataError(f"{folder}: two images share the id {p.stem!r} ({other}, {p.name})")
-                self.by_stem[p.stem] = p
-
-    def ids(self) -> list[str]:
-        if self.suffixes:
-            first = self.suffixes[0]
-            return [stem[: -len(first)] for stem in self.by_stem if stem.endswith(first)]
-        return list(self.by_stem)
-
-    def find(self, image_id: str) -> Path | None:
-        if self.suffixes:
-            return self.by_stem.get(image_id + self.suffixes[0])
-        return self.by_name.get(image_id) or self.by_stem.get(image_id)
-
-    def channel_files(self, image_id: str) -> list[Path]:
-        """The files of ``image_id``'s channels, in the order of the suffixes."""
-        paths = []
-        for suffix in self.suffixes:
-            path = self.by_stem.get(image_id + suffix)
-            if path is None:
-                raise DataError(f"{self.folder}: image {image_id!r} has no channel file {image_id}{suffix}.*")
-            paths.append(path)
-        return paths
 
 
 class Competition:
@@ -106,36 +49,21 @@ class Competition:
         if not cfg.root.is_dir():
             raise ConfigError(f"data.root: not a folder: {cfg.root}")
         self._stacks: dict[Path, Stacks] = {}
-        self._volumes: dict[str, VolumeSet] = {}
+
+    @cached_property
+    def source(self) -> MaskSource:
+        """Where the masks come from (made on first use: a test-only competition, as an offline bundle reads it,
+        has none)."""
+        return source_for(self)
 
     # ------------------------------------------------------------------------------------------------ train set
     @cached_property
     def train_folder(self) -> ImageFolder:
         return ImageFolder(self.cfg.path("train_images"), "data.train_images", self.cfg.channel_suffixes)
 
-    @cached_property
-    def _rle_rows(self) -> dict[str, dict[int, tuple[str, str]]]:
-        """id -> {class index: (rle, where)} from the train csv."""
-        spec = self.cfg.rle
-        path = self.cfg.path("train_csv")
-        cols = [spec.id_column, spec.rle_column] + ([spec.class_column] if spec.class_column else [])
-        frame = read_csv(path, cols)
-        rows: dict[str, dict[int, tuple[str, str]]] = {}
-        for i, rec in enumerate(frame.itertuples(index=False)):
-            rec = rec._asdict() if hasattr(rec, "_asdict") else dict(zip(frame.columns, rec))
-            where = f"{path.name} row {i + 2}"  # +1 header, +1 one-based: the line number an editor shows
-            raw_class = rec.get(spec.class_column) if spec.class_column else None
-            image_id, cls = self._split_id(rec[spec.id_column], raw_class, where)
-            check_id(image_id, where)
-            if self.train_folder.find(image_id) is None:
-                raise DataError(f"{where}: id {image_id!r} has no image in {self.train_folder.folder}")
-            per_image = rows.setdefault(image_id, {})
-            if cls in per_image:
-                raise DataError(f"{where}: duplicate row for id {image_id!r} class {self.classes[cls]!r}")
-            per_image[cls] = (rec[spec.rle_column], f"{where} (id {image_id})")
-        return rows
-
-    def _split_id(self, raw_id: str, raw_class: str | None, where: str) -> tuple[str, int]:
+    def split_id(self, raw_id: str, raw_class: str | None, where: str) -> tuple[str, int]:
+        """(image id, class index) of a csv id: ``<id><sep><class>`` (``data.rle.id_class_sep``) or the id with its
+        class from a class column (``raw_class``); a one-class competition needs neither."""
         sep = self.cfg.rle.id_class_sep
         if sep:
             image_id, found, raw_class = raw_id.rpartition(sep)
@@ -158,84 +86,14 @@ class Competition:
         raise DataError(f"{where}: unknown class {raw!r}; classes are {self.classes} (or 1..{self.num_classes})")
 
     @cached_property
-    def mask_folder(self) -> ImageFolder | None:
-        return ImageFolder(self.cfg.path("train_masks"), "data.train_masks") if self.cfg.train_masks else None
-
-    @cached_property
     def labelled_ids(self) -> list[str]:
         """Every image with a mask (train + holdout), in folder order (a volume competition: every slice of every
-        labelled volume, case by case)."""
-        if self.cfg.volumes is not None:
-            return self.volume_set("train").ids()
-        if not self.cfg.train_masks and not self.cfg.train_csv and self.cfg.instances is None:
-            raise ConfigError("data: neither train_masks nor train_csv (nor instances) is set")
-        ids = self.train_folder.ids()
-        if not ids:
-            raise DataError(f"{self.train_folder.folder}: no images")
-        if self.cfg.instances is not None:
-            self._check_instances(ids)
-            return ids
-        if self.mask_folder is not None:
-            for image_id in ids:
-                if self.mask_folder.find(image_id) is None:
-                    image = self.train_folder.find(image_id)
-                    raise DataError(f"{image}: no mask for this image in {self.mask_folder.folder}")
-        else:
-            self._rle_rows  # parse and check the csv up front: errors surface before any training
-        return ids
-
-    # ------------------------------------------------------------------------------------------------ instances
-    @cached_property
-    def instance_folder(self) -> ImageFolder | None:
-        spec = self.cfg.instances
-        if spec is None or not spec.labels:
-            return None
-        return ImageFolder(self.cfg.root / spec.labels, "data.instances.labels")
-
-    @cached_property
-    def _object_rows(self) -> dict[str, list[tuple[str, str]]]:
-        """id -> [(rle, where)] of the per-object csv, in file order."""
-        spec = self.cfg.rle
-        path = self.cfg.root / self.cfg.instances.csv
-        if not path.is_file():
-            raise ConfigError(f"data.instances.csv: not a file: {path}")
-        frame = read_csv(path, [spec.id_column, spec.rle_column])
-        rows: dict[str, list[tuple[str, str]]] = {}
-        for i, (image_id, text) in enumerate(zip(frame[spec.id_column], frame[spec.rle_column])):
-            where = f"{path.name} row {i + 2}"
-            check_id(image_id, where)
-            if self.train_folder.find(image_id) is None:
-                raise DataError(f"{where}: id {image_id!r} has no image in {self.train_folder.folder}")
-            rows.setdefault(image_id, []).append((text, f"{where} (id {image_id})"))
-        return rows
-
-    def _check_instances(self, ids: list[str]) -> None:
-        if self.instance_folder is not None:
-            for image_id in ids:
-                if self.instance_folder.find(image_id) is None:
-                    raise DataError(f"{self.train_folder.find(image_id)}: no instance label map in "
-                                    f"{self.instance_folder.folder}")
-            return
-        rows = self._object_rows
-        missing = [i for i in ids if i not in rows]
-        if missing:
-            raise DataError(f"{self.cfg.instances.csv}: no row for image {missing[0]!r} (an image without objects "
-                            f"has one row with an empty mask)")
+        labelled volume, case by case), each checked to have its mask."""
+        return self.source.labelled_ids()
 
     def instance_map(self, image_id: str) -> np.ndarray:
         """int32 (H, W) object labels of a labelled image: 0 the background, 1..N its objects."""
-        spec = self.cfg.instances
-        h, w = self.image_size(image_id)
-        if self.instance_folder is not None:
-            path = self.instance_folder.find(image_id)
-            if path is None:
-                raise DataError(f"id {image_id!r}: no instance label map in {self.instance_folder.folder}")
-            labels = instances.read_label_map(path)
-            if labels.shape != (h, w):
-                raise DataError(f"{path}: label map is {labels.shape[0]}x{labels.shape[1]}, image is {h}x{w}")
-            return labels
-        return instances.objects_from_rows(self._object_rows.get(image_id, []), (h, w), self.cfg.rle.order,
-                                           self.cfg.rle.relative, spec.overlaps, image_id)
+        return self.source.instance_map(image_id)
 
     @cached_property
     def holdout_ids(self) -> list[str]:
@@ -267,9 +125,16 @@ class Competition:
             return self._read_one(image_id, split)
         return np.concatenate([self._read_one(i, split) for i in self.stacks(split).neighbours(image_id)], axis=2)
 
+    @cached_property
+    def _source_images(self) -> bool:
+        """Whether the images come from the mask source's files (volumes) rather than the image folders (known
+        from the source's class: a test-only competition never builds a source it does not need)."""
+        kind = source_class(self.cfg)
+        return kind is not None and kind.has_images
+
     def _read_one(self, image_id: str, split: str) -> np.ndarray:
-        if self.cfg.volumes is not None:  # normalised per volume, clipping included
-            return self.volume_set(split).image(image_id)
+        if self._source_images:
+            return self.source.read_image(image_id, split)
         folder = self._folder(split)
         if folder.suffixes:
             image = np.concatenate([imageio.read_image(p, 1) for p in folder.channel_files(image_id)], axis=2)
@@ -321,71 +186,34 @@ class Competition:
 
     def volume_set(self, split: str = "train") -> VolumeSet:
         """A volume competition's cases: the labelled ones, or the test ones (``data.volumes.test_images``)."""
-        spec = self.cfg.volumes
-        if spec is None:
+        volume_set = getattr(self.source, "volume_set", None) if self._source_images else None
+        if volume_set is None:
             raise ConfigError("data.volumes: not set (this competition's images are not volumes)")
-        test = split == "test" and not self.holdout_ids
-        name = "test" if test else "train"
-        if name not in self._volumes:
-            if test:
-                if not spec.test_images:
-                    raise ConfigError("data.volumes.test_images: not set, and data.holdout_fraction is 0: no test set")
-                images, labels, key = self.cfg.root / spec.test_images, None, "data.volumes.test_images"
-            else:
-                labels = self.cfg.root / spec.labels if spec.labels else None
-                images, key = self.cfg.root / spec.images, "data.volumes.images"
-                if labels is not None and not labels.is_dir():
-                    raise ConfigError(f"data.volumes.labels: not a folder: {labels}")
-            self._volumes[name] = VolumeSet(self.cfg, images, labels, key)
-        return self._volumes[name]
+        return volume_set(split)
 
     def image_size(self, image_id: str, split: str = "train") -> tuple[int, int]:
-        if self.cfg.volumes is not None:
-            return self.volume_set(split).slice_size(image_id)
+        if self._source_images:
+            return self.source.image_size(image_id, split)
         return imageio.image_size(self.image_path(image_id, split))
 
     def read_mask(self, image_id: str) -> np.ndarray:
         """uint8 (K, H, W) of 0/1 at the image's size."""
-        if self.cfg.volumes is not None:  # a label map: class k is the value k + 1
-            labels = self.volume_set("train").label(image_id)
-            return np.stack([labels == k + 1 for k in range(self.num_classes)]).astype(np.uint8)
-        if self.cfg.instances is not None:  # the targets of its objects: mask, contour
-            return instances.targets(self.instance_map(image_id), self.cfg.instances)
-        h, w = self.image_size(image_id)
-        if self.mask_folder is not None:
-            path = self.mask_folder.find(image_id)
-            if path is None:
-                raise DataError(f"id {image_id!r}: no mask in {self.mask_folder.folder}")
-            mask = imageio.read_mask(path, self.mode, self.num_classes)
-            if self.cfg.invert_masks:
-                mask = 1 - mask
-            if mask.shape[1:] != (h, w):
-                raise DataError(f"{path}: mask is {mask.shape[1]}x{mask.shape[2]}, image is {h}x{w}")
-            return mask
-        mask = np.zeros((self.num_classes, h, w), dtype=np.uint8)
-        for cls, (text, where) in self._rle_rows.get(image_id, {}).items():
-            mask[cls] = rle.decode(text, (h, w), order=self.cfg.rle.order, relative=self.cfg.rle.relative, where=where)
-        if self.mode == "multiclass" and (mask.sum(0) > 1).any():
-            raise DataError(f"id {image_id!r}: classes overlap, which multiclass mode does not allow")
-        return mask
+        return self.source.read_mask(image_id)
 
     def mask_stats(self, image_id: str) -> tuple[np.ndarray, int]:
-        """(foreground pixels per class, pixels in the image) — from RLE run lengths where possible, so fold
+        """(foreground pixels per class, pixels in the image) — from RLE run lengths where the source can, so fold
         stratification of a big csv competition needs no mask decoding."""
-        if self.mask_folder is not None or self.cfg.volumes is not None or self.cfg.instances is not None:
-            mask = self.read_mask(image_id)
-            return mask.reshape(self.num_classes, -1).sum(1), mask.shape[1] * mask.shape[2]
-        h, w = self.image_size(image_id)
-        areas = np.zeros(self.num_classes, dtype=np.int64)
-        for cls, (text, where) in self._rle_rows.get(image_id, {}).items():
-            # validate counts the run lengths without building the mask, and checks the row on the way.
-            areas[cls] = rle.validate(text, (h, w), where=where, relative=self.cfg.rle.relative)
-        return areas, h * w
+        return self.source.mask_stats(image_id)
 
     # ------------------------------------------------------------------------------------------------- test set
     @cached_property
     def test_folder(self) -> ImageFolder:
         return ImageFolder(self.cfg.path("test_images"), "data.test_images")
+
+    @property
+    def _objects(self) -> bool:
+        """Whether a submission has one row per object (an instance competition)."""
+        return self.cfg.instances is not None
 
     @cached_property
     def sample_rows(self) -> list[SampleRow]:
@@ -393,13 +221,11 @@ class Competition:
         if self.holdout_ids:
             return self._rows_for(self.holdout_ids)
         if not self.cfg.sample_submission:
-            if self.cfg.volumes is not None:
-                return self._rows_for(self.volume_set("test").ids())
-            return self._rows_for(self.test_folder.ids())
+            return self._rows_for(self.source.test_image_ids() if self._source_images else self.test_folder.ids())
         path = self.cfg.path("sample_submission")
         frame = read_csv(path)
         id_col = frame.columns[0]
-        if self.cfg.instances is not None:  # rows are objects: an image may repeat; the submission writes its own
+        if self._objects:  # rows are objects: an image may repeat; the submission writes its own
             return [SampleRow(i, check_id(i, f"{path.name} (id {i!r})"), 0) for i in dict.fromkeys(frame[id_col])]
         class_col = self.cfg.rle.class_column if self.cfg.rle.class_column in frame.columns else None
         rows, seen = [], set()
@@ -409,7 +235,7 @@ class Competition:
             if (rec[id_col], raw_class) in seen:
                 raise DataError(f"{where}: duplicate id {rec[id_col]!r}")
             seen.add((rec[id_col], raw_class))
-            image_id, cls = self._split_id(rec[id_col], raw_class, where)
+            image_id, cls = self.split_id(rec[id_col], raw_class, where)
             rows.append(SampleRow(rec[id_col], check_id(image_id, where), cls))
         return rows
 
@@ -417,9 +243,7 @@ class Competition:
         """The rows of a sample the competition does not give: one per image, or per image and class with the
         ids ``<id><sep><class>`` (``data.rle.id_class_sep``, ``_`` when unset: the ids must stay unique)."""
         sep = self.cfg.rle.id_class_sep
-        if self.cfg.instances is not None:  # one row per image; the submission writes one per object
-            return [SampleRow(i, i, 0) for i in ids]
-        if self.num_classes == 1 and not sep:
+        if self._objects or (self.num_classes == 1 and not sep):  # objects: the submission writes one per object
             return [SampleRow(i, i, 0) for i in ids]
         sep = sep or "_"
         return [SampleRow(f"{i}{sep}{name}", i, c) for i in ids for c, name in enumerate(self.classes)]
@@ -432,12 +256,8 @@ class Competition:
         if not ids:
             source = self.cfg.sample_submission or self.test_folder.folder
             raise DataError(f"{source}: the test set is empty")
-        if self.cfg.volumes is not None:
-            volumes = self.volume_set("test")
-            missing = [i for i in ids if i not in volumes.positions]
-            if missing:
-                raise DataError(f"{self.cfg.sample_submission or volumes.folder}: id {missing[0]!r} is no slice of "
-                                f"a test volume in {volumes.folder} (slice ids: data.volumes.slice_id)")
+        if self._source_images:
+            self.source.check_test_ids(ids)
             return ids
         for image_id in ids:
             if self.test_folder.find(image_id) is None:
@@ -485,3 +305,6 @@ class Competition:
         if missing:
             raise DataError(f"{self.cfg.extra_csv}: no row for id {missing[0]!r} (needed for its group)")
         return [str(v) for v in self.extra.loc[ids, col]]
+
+
+__all__ = ["Competition", "ImageFolder", "SampleRow", "read_csv"]

@@ -115,3 +115,10 @@ def write_competition(out: str | Path, **options) -> Path:
     print(f"demo competition: {opts['n_train']} train + {opts['n_test']} test images of {opts['size']}px, "
           f"{opts['classes']} class(es) -> {out}")
     return out
+def main(args) -> int:
+    """``segkit demo-data``: the competition under ``--out``, with the options given (the others: DEFAULTS)."""
+    options = {k: v for k, v in vars(args).items() if k not in ("command", "out") and v is not None}
+    write_competition(args.out, **options)
+    return 0
+
+

@@ -62,8 +62,7 @@ def predict_oof(cfg: Config, comp: Competition, model_cfg: ModelConfig, folds: p
         print(kept(f"predict: models[{model_cfg.name}] OOF re-prediction ({folder})"))
         return
     for k, ids, unit in parts:
-        if unit.fresh():
-            print(unit.kept())
+        if unit.skip():
             continue
         prepare_store(unit, folder, world.is_main, images=list(unit.outputs))
         barrier_if_many(world)

@@ -7,8 +7,9 @@ Each class goes through the same fixed chain; a parameter at its neutral value s
    This is the SIIM pneumothorax winners' triplet: a confident core decides *whether* there is an object, a lower
    threshold decides *where* it is, which a single threshold cannot do for both small and empty masks.
 2. binarise: p > ``threshold`` (the pipeline's one rule, ``segkit.threshold``).
-3. ``morphology``: operations in the order listed: ``opening`` / ``closing`` / ``dilation`` / ``erosion`` with a
-   disk of radius r (the pixels within distance r), and ``fill_holes`` (background not 4-connected to the border).
+3. ``morphology``: steps in the order listed: ``opening`` / ``closing`` / ``dilation`` / ``erosion`` with a
+   disk of radius r (the pixels within distance r), and ``fill_holes`` (background not 4-connected to the border);
+   every step is a ``MaskStep`` of the ``MASK_STEPS`` registry, so a module may add its own (``register_step``).
 4. ``min_area``: connected components (8-connectivity) smaller than this many pixels are removed.
 5. ``keep_largest``: only the largest component survives (one object per image, as in TGS).
 
@@ -27,17 +28,36 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import cv2
 import numpy as np
 from segkit.components import components
 from segkit.errors import ConfigError
+from segkit.registry import Registry
 from segkit.threshold import binarize, count_above
 
-MORPH_OPS = ("fill_holes", "opening", "closing", "dilation", "erosion")
-_CV_OPS = {"opening": cv2.MORPH_OPEN, "closing": cv2.MORPH_CLOSE, "dilation": cv2.MORPH_DILATE,
-           "erosion": cv2.MORPH_ERODE}
+@dataclass(frozen=True)
+class MaskStep:
+    """A step of the morphology chain: ``apply(mask, radius)`` on one class's uint8 0/1 (H, W) mask. The tune
+    search offers it once per radius of ``tune.morph_radii`` (``radius=False``: once, with radius 0)."""
+
+    name: str
+    apply: Callable[[np.ndarray, int], np.ndarray]
+    radius: bool = True
+
+
+# The morphology steps by name: what ``ClassParams.morphology`` lists and ``tune.morph_steps`` searches.
+MASK_STEPS: Registry[MaskStep] = Registry("post-processing step")
+
+
+def register_step(name: str, radius: bool = True) -> Callable:
+    """``@register_step("name")`` on a function (mask, radius) -> mask adds it to the chain's steps."""
+    def add(fn: Callable[[np.ndarray, int], np.ndarray]) -> Callable[[np.ndarray, int], np.ndarray]:
+        MASK_STEPS.register(name)(MaskStep(name, fn, radius))
+        return fn
+
+    return add
 
 
 @dataclass(frozen=True)
@@ -90,8 +110,8 @@ class ClassParams:
                     if not isinstance(item, (list, tuple)) or len(item) != 2:
                         raise ConfigError(f"{key}: expected [operation, radius], got {item!r}")
                     op, radius = item
-                    if op not in MORPH_OPS:
-                        raise ConfigError(f"{key}: unknown operation {op!r}; known: {', '.join(MORPH_OPS)}")
+                    if op not in MASK_STEPS:
+                        raise ConfigError(f"{key}: unknown operation {op!r}; known: {', '.join(MASK_STEPS)}")
                     ops.append((str(op), _count(radius, f"{key} radius")))
                 out["morphology"] = tuple(ops)
         except TypeError:
@@ -122,16 +142,29 @@ def _kernel(radius: int) -> np.ndarray:
 
 
 def morph(mask: np.ndarray, op: str, radius: int = 1) -> np.ndarray:
-    """One morphological operation on a uint8 0/1 mask. Pixels outside the image count as neither foreground nor
-    background (OpenCV's default border), so an object touching the edge is not eroded from outside."""
-    mask = np.ascontiguousarray(mask, dtype=np.uint8)
-    if op == "fill_holes":
-        return fill_holes(mask)
-    if op not in _CV_OPS:
-        raise ConfigError(f"morphology: unknown operation {op!r}; known: {', '.join(MORPH_OPS)}")
-    if radius <= 0:
-        return mask
-    return cv2.morphologyEx(mask, _CV_OPS[op], _kernel(radius))
+    """One step of the morphology chain (``MASK_STEPS``) on a uint8 0/1 mask."""
+    step = MASK_STEPS.get(op, key="morphology")
+    return np.ascontiguousarray(step.apply(np.ascontiguousarray(mask, dtype=np.uint8), radius), dtype=np.uint8)
+
+
+def _opencv(op: int) -> Callable[[np.ndarray, int], np.ndarray]:
+    """An OpenCV morphological operation with a disk of the radius. Pixels outside the image count as neither
+    foreground nor background (OpenCV's default border), so an object touching the edge is not eroded from
+    outside."""
+    def apply(mask: np.ndarray, radius: int) -> np.ndarray:
+        return mask if radius <= 0 else cv2.morphologyEx(mask, op, _kernel(radius))
+
+    return apply
+
+
+for _name, _op in (("opening", cv2.MORPH_OPEN), ("closing", cv2.MORPH_CLOSE), ("dilation", cv2.MORPH_DILATE),
+                   ("erosion", cv2.MORPH_ERODE)):
+    register_step(_name)(_opencv(_op))
+
+
+@register_step("fill_holes", radius=False)
+def _fill_holes_step(mask: np.ndarray, radius: int) -> np.ndarray:
+    return fill_holes(mask)
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:

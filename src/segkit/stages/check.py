@@ -68,13 +68,11 @@ def check_unit(cfg: Config) -> Unit:
 
 def run(cfg: Config) -> int:
     unit = check_unit(cfg)
-    if unit.fresh():
-        print(unit.kept("data already checked"))
+    if unit.skip("data already checked"):
         return 0
     summary = check_competition(Competition(cfg.data, seed=cfg.seed))
-    unit.begin()
-    atomic.write_json(cfg.layout.data_check, summary)
-    unit.done()
+    with unit.writing():
+        atomic.write_json(cfg.layout.data_check, summary)
     print("check: " + ", ".join(f"{k}={v}" for k, v in summary.items() if not isinstance(v, (dict, list))))
     print(f"check: train sizes {summary['train_sizes']}, test sizes {summary['test_sizes']}")
     print(f"check: input channels' mean {summary['channel_mean']}, std {summary['channel_std']} "

@@ -154,6 +154,10 @@ def choose(cfg: Config, table: pd.DataFrame, names: list[str], higher_is_better:
     return str(ranked.iloc[0]["method"])
 
 
+def _kept(choice: dict) -> str:
+    return f"method {choice['method']}, CV {choice['cv']:.5f}"
+
+
 def run(cfg: Config) -> int:
     if not cfg.models:
         raise ConfigError("models: no models to ensemble")
@@ -168,9 +172,7 @@ def run(cfg: Config) -> int:
     test = [TestSource(cfg.layout, m, test_ids, classes) for m in models]
     paths = cfg.layout.ensemble
     unit = ensemble_unit(cfg, models, names, oof + test)
-    if unit.fresh():
-        choice = json.loads(paths.choice.read_text())
-        print(unit.kept(f"method {choice['method']}, CV {choice['cv']:.5f}"))
+    if unit.skip(lambda: _kept(json.loads(paths.choice.read_text()))):
         return 0
     atomic.clean_tmp(paths.dir)
 
@@ -192,17 +194,16 @@ def run(cfg: Config) -> int:
 
     method = build_method(chosen, setup) if chosen.startswith(MODEL_PREFIX) else methods[names.index(chosen)]
     fold_of = {i: int(f) for i, f in zip(folds["id"], folds["fold"])}
-    unit.begin()
-    write_store(paths.oof, classes, list(folds["id"]), fold_of, oof, method)
-    write_store(paths.test, classes, test_ids, None, test, method)
-    atomic.write_csv(paths.cv, table)
-    atomic.write_json(paths.state, {"method": chosen, "models": models, "state": method.state()})
-    cv = float(table.loc[table["method"] == chosen, "cv"].iloc[0])
-    atomic.write_json(paths.choice, {
-        "method": chosen, "cv": cv, "metric": cfg.metric, "threshold": 0.5, "models": models,
-        "chosen_by": "ensemble.choose" if cfg.ensemble.choose else "best CV", "params": method.params(),
-    })
-    unit.done()
+    with unit.writing():
+        write_store(paths.oof, classes, list(folds["id"]), fold_of, oof, method)
+        write_store(paths.test, classes, test_ids, None, test, method)
+        atomic.write_csv(paths.cv, table)
+        atomic.write_json(paths.state, {"method": chosen, "models": models, "state": method.state()})
+        cv = float(table.loc[table["method"] == chosen, "cv"].iloc[0])
+        atomic.write_json(paths.choice, {
+            "method": chosen, "cv": cv, "metric": cfg.metric, "threshold": 0.5, "models": models,
+            "chosen_by": "ensemble.choose" if cfg.ensemble.choose else "best CV", "params": method.params(),
+        })
     print(f"ensemble: chose {chosen} (CV {cv:.5f}); wrote {paths.oof}, {paths.test}, {paths.cv.name}, "
           f"{paths.choice.name}")
     return 0

@@ -287,8 +287,7 @@ def run(cfg: Config) -> int:
     holdout_ids = list(comp.holdout_ids)
     test = final_store(cfg, "test") if holdout_ids else None
     unit = evaluate_unit(cfg, bool(holdout_ids))
-    if unit.fresh():
-        print(unit.kept())
+    if unit.skip():
         return 0
     if test is not None:
         test.require(holdout_ids, "holdout images", f"run `segkit {final_ensemble_maker(layout)}` again")
@@ -317,29 +316,28 @@ def run(cfg: Config) -> int:
         objects = {split: score_objects(comp, store, ids, choices[split].decoder, split)
                    for split, (store, ids, _) in splits.items()}
 
-    unit.begin()
-    for split, (_, _, path) in splits.items():
-        atomic.write_csv(path, frames[split])
-    if test is None and paths.per_image_holdout.exists():
-        paths.per_image_holdout.unlink()  # a holdout of an earlier config: no longer part of this evaluation
-    for split, frame in volumes.items():
-        atomic.write_csv(paths.per_volume(split), frame)
-    for split, frame in objects.items():
-        atomic.write_csv(paths.objects(split), frame)
-    atomic.write_csv(paths.metrics, table)
-    atomic.write_json(paths.json, {
-        "metric": cfg.metric, "tune": str(layout.tune.json), "images": images, "oof_parameters": oof_choice,
-        "stores": {split: str(store.folder) for split, (store, _, _) in splits.items()},
-        "conventions": CONVENTIONS,
-        "table": [{k: _json_value(v) for k, v in row.items()} for row in rows],
-        "volumes": {"nsd_tolerance_mm": cfg.data.volumes.nsd_tolerance,
-                    "counts": {split: int(frame["volume"].nunique()) for split, frame in volumes.items()},
-                    "table": [{k: _json_value(v) for k, v in row.items()} for row in volume_rows]}
-        if volumes else None,
-        "objects": {split: {k: float(frame[k].mean()) for k in frame.columns if k != "id"}
-                    for split, frame in objects.items()} or None,
-    })
-    unit.done()
+    with unit.writing():
+        for split, (_, _, path) in splits.items():
+            atomic.write_csv(path, frames[split])
+        if test is None and paths.per_image_holdout.exists():
+            paths.per_image_holdout.unlink()  # a holdout of an earlier config: no longer part of this evaluation
+        for split, frame in volumes.items():
+            atomic.write_csv(paths.per_volume(split), frame)
+        for split, frame in objects.items():
+            atomic.write_csv(paths.objects(split), frame)
+        atomic.write_csv(paths.metrics, table)
+        atomic.write_json(paths.json, {
+            "metric": cfg.metric, "tune": str(layout.tune.json), "images": images, "oof_parameters": oof_choice,
+            "stores": {split: str(store.folder) for split, (store, _, _) in splits.items()},
+            "conventions": CONVENTIONS,
+            "table": [{k: _json_value(v) for k, v in row.items()} for row in rows],
+            "volumes": {"nsd_tolerance_mm": cfg.data.volumes.nsd_tolerance,
+                        "counts": {split: int(frame["volume"].nunique()) for split, frame in volumes.items()},
+                        "table": [{k: _json_value(v) for k, v in row.items()} for row in volume_rows]}
+            if volumes else None,
+            "objects": {split: {k: float(frame[k].mean()) for k in frame.columns if k != "id"}
+                        for split, frame in objects.items()} or None,
+        })
 
     print(f"evaluate: OOF parameters {oof_choice}")
     print(format_table(table, images))

@@ -115,35 +115,33 @@ def run(cfg: Config, format: str = "both", tolerance: float = TOLERANCE) -> int:
     checkpoints = {(m.name, k): fold_checkpoints(cfg, m.name, k) for m in cfg.models for k in folds}
     paths = cfg.layout.export
     unit = export_unit(cfg, checkpoints, formats, tolerance)
-    if unit.fresh():
-        print(unit.kept())
+    if unit.skip():
         return 0
-    unit.begin()
-    device = torch.device("cpu")  # exports are traced on the CPU: the files run anywhere
-    listing: dict = {"formats": formats, "tolerance": tolerance, "models": {}}
-    batches = None
-    for (model, k), files in checkpoints.items():
-        for checkpoint in files:
-            what = f"models[{model}] fold {k} ({checkpoint.name})"
-            net, meta = load_model(checkpoint, device)
-            graph = ProbabilityGraph(net, cfg.data, meta["mode"]).eval()
-            if batches is None:
-                batches = check_batches(cfg, comp, int(meta.get("pad_to", 32)))
-            entry = {"checkpoint": checkpoint.name, "files": {}}
-            for fmt in formats:
-                path = paths.file(model, k, checkpoint, SUFFIX[fmt])
-                record = export_one(graph, batches, fmt, path, what)
-                write_meta(path, meta, record)  # the loader reads it
-                network, _ = loader(fmt)(path, device)
-                record["max_abs_diff"] = check_one(graph, network, batches, record, what, fmt, tolerance)
-                record["checked_on"] = [list(x.shape) for x in batches]
-                write_meta(path, meta, record)
-                entry["files"][fmt] = str(path.relative_to(paths.dir))
-                print(f"export: {what} -> {path} ({path.stat().st_size / 2**20:.1f} MiB, max |dp| "
-                      f"{record['max_abs_diff']:.1e} on {sum(len(x) for x in batches)} images)")
-            listing["models"].setdefault(model, {}).setdefault(str(k), []).append(entry)
-    atomic.write_json(paths.json, listing)
-    unit.done()
+    with unit.writing():
+        device = torch.device("cpu")  # exports are traced on the CPU: the files run anywhere
+        listing: dict = {"formats": formats, "tolerance": tolerance, "models": {}}
+        batches = None
+        for (model, k), files in checkpoints.items():
+            for checkpoint in files:
+                what = f"models[{model}] fold {k} ({checkpoint.name})"
+                net, meta = load_model(checkpoint, device)
+                graph = ProbabilityGraph(net, cfg.data, meta["mode"]).eval()
+                if batches is None:
+                    batches = check_batches(cfg, comp, int(meta.get("pad_to", 32)))
+                entry = {"checkpoint": checkpoint.name, "files": {}}
+                for fmt in formats:
+                    path = paths.file(model, k, checkpoint, SUFFIX[fmt])
+                    record = export_one(graph, batches, fmt, path, what)
+                    write_meta(path, meta, record)  # the loader reads it
+                    network, _ = loader(fmt)(path, device)
+                    record["max_abs_diff"] = check_one(graph, network, batches, record, what, fmt, tolerance)
+                    record["checked_on"] = [list(x.shape) for x in batches]
+                    write_meta(path, meta, record)
+                    entry["files"][fmt] = str(path.relative_to(paths.dir))
+                    print(f"export: {what} -> {path} ({path.stat().st_size / 2**20:.1f} MiB, max |dp| "
+                          f"{record['max_abs_diff']:.1e} on {sum(len(x) for x in batches)} images)")
+                listing["models"].setdefault(model, {}).setdefault(str(k), []).append(entry)
+        atomic.write_json(paths.json, listing)
     print(f"export: {sum(len(v) for v in checkpoints.values())} checkpoint(s) x {', '.join(formats)} -> {paths.dir}")
     return 0
 

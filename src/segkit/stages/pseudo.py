@@ -124,36 +124,35 @@ def select(cfg: Config, r: Optional[int] = None, folds: Optional[list[int]] = No
     if folds is None:
         folds = fold_numbers(load_folds(cfg, Competition(cfg.data, seed=cfg.seed)))
     unit, paths = selection_unit(cfg, r, folds)
-    if unit.fresh():
-        print(unit.kept(f"{sum(len(ProbStore(paths.labels(k))) for k in folds)} labels over {len(folds)} folds"))
+    if unit.skip(lambda: f"{sum(len(ProbStore(paths.labels(k))) for k in folds)} labels over {len(folds)} folds"):
         return paths.dir
     opts = cfg.pseudo
     sources = {k: _fold_sources(cfg, r, k) for k in folds}
     tables = {k: _select_fold(sources[k], k, opts) for k in folds}
-    unit.begin()
-    # Every fold's store stops counting as complete before any of them changes, so a kill mid-way never leaves a
-    # store that looks complete with the labels of two selections in it.
-    for k in folds:
-        manifest(paths.labels(k)).unlink(missing_ok=True)
-    digests = {}
-    for k in folds:
-        # Labels of an earlier selection go: each store must hold exactly this round's images.
-        for old in image_files(paths.labels(k)):
-            old.unlink()
-        chosen = tables[k].loc[tables[k]["selected"], "id"].tolist()
-        writer = ProbWriter(paths.labels(k), sources[k][0].classes)
-        content = hashlib.sha1()  # what the labels are, so that labels selected again alike change nothing downstream
-        for image_id in chosen:
-            # the mean again rather than kept from the selection pass: a test set's worth of means per fold would
-            # sit in memory until every image was rated (max_images needs them all before it can choose)
-            labels = binarize(mean_uint8([s[image_id] for s in sources[k]]), opts.threshold, cfg.data.mode)
-            writer.write(image_id, labels)
-            content.update(image_id.encode() + b"\0" + labels.tobytes())
-        writer.finish(chosen)
-        digests[str(k)] = content.hexdigest()
-    table = pd.concat(list(tables.values()), ignore_index=True)
-    atomic.write_csv(paths.selection, table)
-    unit.done(labels=digests)
+    with unit.writing() as facts:
+        # Every fold's store stops counting as complete before any of them changes, so a kill mid-way never leaves a
+        # store that looks complete with the labels of two selections in it.
+        for k in folds:
+            manifest(paths.labels(k)).unlink(missing_ok=True)
+        digests = {}
+        for k in folds:
+            # Labels of an earlier selection go: each store must hold exactly this round's images.
+            for old in image_files(paths.labels(k)):
+                old.unlink()
+            chosen = tables[k].loc[tables[k]["selected"], "id"].tolist()
+            writer = ProbWriter(paths.labels(k), sources[k][0].classes)
+            content = hashlib.sha1()  # what the labels are, so that labels selected again alike change nothing downstream
+            for image_id in chosen:
+                # the mean again rather than kept from the selection pass: a test set's worth of means per fold would
+                # sit in memory until every image was rated (max_images needs them all before it can choose)
+                labels = binarize(mean_uint8([s[image_id] for s in sources[k]]), opts.threshold, cfg.data.mode)
+                writer.write(image_id, labels)
+                content.update(image_id.encode() + b"\0" + labels.tobytes())
+            writer.finish(chosen)
+            digests[str(k)] = content.hexdigest()
+        table = pd.concat(list(tables.values()), ignore_index=True)
+        atomic.write_csv(paths.selection, table)
+        facts['labels'] = digests
     per_fold = ", ".join(f"fold {k} {int(t['selected'].sum())}" for k, t in tables.items())
     print(f"pseudo: round {r}: confident test images (>= {opts.confident_share:.0%} of pixels below {opts.low} or "
           f"above {opts.high}) by each fold's models of round {r - 1}: {per_fold} of {len(tables[folds[0]])} "

@@ -498,28 +498,26 @@ def report_unit(cfg: Config) -> Unit:
 def run(cfg: Config) -> int:
     out = cfg.layout.report
     unit = report_unit(cfg)
-    if unit.fresh():
-        print(unit.kept())
+    if unit.skip():
         return 0
-    unit.begin()
-    tuned = Tuned.read_if_any(cfg.layout.tune.json, cfg.data.classes)
-    record = tuned.record if tuned else None  # what the tuning sections show
-    lines = [f"# Report: {cfg.experiment}", "",
-             f"Competition `{cfg.competition}`, metric `{cfg.metric}`, models: "
-             f"{', '.join(m.name for m in cfg.models) or 'none'}.", ""]
-    plots: list[Path] = []
-    scores = _oof_scores(cfg, tuned)  # per image, for the size table and the examples
-    higher = tuned.higher_is_better if tuned else True
-    for section in (lambda: training_section(cfg, out), lambda: (ensemble_section(cfg), []),
-                    lambda: tuning_section(record, out), lambda: (final_section(cfg, record), []),
-                    lambda: (evaluation_section(cfg), []),
-                    lambda: objects_section(cfg, tuned, out),
-                    lambda: (size_section(scores, higher), []),
-                    lambda: examples_section(cfg, scores, higher, tuned, out)):
-        part, made = section()
-        lines += part
-        plots += made
-    atomic.write_text(out.markdown, "\n".join(lines).rstrip() + "\n")
-    unit.done()
+    with unit.writing():
+        tuned = Tuned.read_if_any(cfg.layout.tune.json, cfg.data.classes)
+        record = tuned.record if tuned else None  # what the tuning sections show
+        lines = [f"# Report: {cfg.experiment}", "",
+                 f"Competition `{cfg.competition}`, metric `{cfg.metric}`, models: "
+                 f"{', '.join(m.name for m in cfg.models) or 'none'}.", ""]
+        plots: list[Path] = []
+        scores = _oof_scores(cfg, tuned)  # per image, for the size table and the examples
+        higher = tuned.higher_is_better if tuned else True
+        for section in (lambda: training_section(cfg, out), lambda: (ensemble_section(cfg), []),
+                        lambda: tuning_section(record, out), lambda: (final_section(cfg, record), []),
+                        lambda: (evaluation_section(cfg), []),
+                        lambda: objects_section(cfg, tuned, out),
+                        lambda: (size_section(scores, higher), []),
+                        lambda: examples_section(cfg, scores, higher, tuned, out)):
+            part, made = section()
+            lines += part
+            plots += made
+        atomic.write_text(out.markdown, "\n".join(lines).rstrip() + "\n")
     print(f"report: {out.markdown} ({len(plots)} plots)")
     return 0

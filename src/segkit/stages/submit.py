@@ -53,8 +53,7 @@ def run(cfg: Config) -> int:
     comp = Competition(cfg.data, seed=cfg.seed)
     volumes = volume_files(cfg, comp)
     unit = submit_unit(cfg, bool(comp.holdout_ids), volumes)
-    if unit.fresh():
-        print(unit.kept())
+    if unit.skip():
         return 0
     built = Submission(cfg, comp, store, tuned)
     objects = built.objects

@@ -20,12 +20,11 @@ import numpy as np
 from segkit.errors import ConfigError, DataError
 from segkit.metrics import CompetitionMetric
 from segkit.postprocess.tuned import SearchResult
-from segkit.postprocess.masks import ClassParams, describe, postprocess
+from segkit.postprocess.masks import MASK_STEPS, ClassParams, describe, postprocess
 from segkit.stages.tune.candidates import score_params
 from segkit.stages.tune.stream import OOFStream
 from segkit.stages.tune.tables import Tables, summarize
 
-MORPH_STEPS = ("fill_holes", "opening", "closing", "dilation", "erosion")
 KEEP_RULES = ("most_folds", "fold_se")  # the rule names tune.min_gain takes besides a number
 EPS = 1e-12  # float noise never counts as an improvement
 
@@ -217,11 +216,11 @@ def search_morphology(scorer: CandidateScores, rows: np.ndarray, metric: Competi
     steps: list[tuple[str, list[tuple[str, Callable[[ClassParams], ClassParams]]]]] = []
     if tcfg.morphology:
         radii = sorted(set(r for r in tcfg.morph_radii if r > 0))
-        fill = ("fill_holes", 0)
-        steps.append(("fill_holes", [("fill_holes", lambda p: p.replace(morphology=p.morphology + (fill,)))]))
-        for op in MORPH_STEPS[1:]:
-            steps.append((op, [(f"{op}({r})", lambda p, op=op, r=r: p.replace(morphology=p.morphology + ((op, r),)))
-                               for r in radii]))
+        for op in tcfg.morph_steps:  # in the order listed; a step without a radius is one candidate
+            sizes = radii if MASK_STEPS.get(op, key="tune.morph_steps").radius else [0]
+            steps.append((op, [(f"{op}({r})" if r else op,
+                                lambda p, op=op, r=r: p.replace(morphology=p.morphology + ((op, r),)))
+                               for r in sizes]))
     if tcfg.keep_largest:
         steps.append(("keep_largest", [("largest only", lambda p: p.replace(keep_largest=True))]))
     for step, variants in steps:
@@ -354,5 +353,5 @@ def _nested_summary(chosen: dict[int, list[ClassParams]], folds: np.ndarray, per
     return out
 
 
-__all__ = ["CandidateScores", "Greedy", "KEEP_RULES", "KeepRule", "MORPH_STEPS", "final_scores", "fold_means",
+__all__ = ["CandidateScores", "Greedy", "KEEP_RULES", "KeepRule", "final_scores", "fold_means",
            "search_morphology", "search_tables", "tune"]

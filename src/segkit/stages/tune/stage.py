@@ -68,9 +68,7 @@ def run(cfg: Config) -> int:
     folds = load_folds(cfg, comp) if layout.folds_file.exists() else None
     unit = tune_unit(cfg, fold_numbers(folds) if folds is not None else [])
     paths = layout.tune
-    if unit.fresh():
-        saved = Tuned.read(paths.json, cfg.data.classes)
-        print(unit.kept(f"{saved.scored_as(cfg.metric)} CV {saved.cv_text()}"))
+    if unit.skip(lambda: _kept(Tuned.read(paths.json, cfg.data.classes), cfg.metric)):
         return 0
     metric = get_metric(cfg.metric, key="metric")
     exclusive = cfg.data.mode == "multiclass"
@@ -95,11 +93,10 @@ def run(cfg: Config) -> int:
         result["instances"] = tune_instances(store.ids, folds_of(store.ids, folds), lambda i: np.asarray(store[i]),
                                              comp.instance_map, cfg.tune.instances,
                                              "contour" in cfg.data.instances.targets)
-    unit.begin()
-    write_per_image(paths.scores, per_image, list(cfg.data.classes))
-    result["plots"] = [str(p) for p in plot_curves(result["curves"], paths, metric.name)]
-    tune_json.write(paths.json, result, cfg.data.classes)
-    unit.done()
+    with unit.writing():
+        write_per_image(paths.scores, per_image, list(cfg.data.classes))
+        result["plots"] = [str(p) for p in plot_curves(result["curves"], paths, metric.name)]
+        tune_json.write(paths.json, result, cfg.data.classes)
 
     for step in result["steps"]:
         kept = "" if step["step"] == "baseline" else ("  kept" if step["kept"] else "  rejected")
@@ -127,6 +124,10 @@ def run(cfg: Config) -> int:
           f"{result['cv_baseline']:.4f}; keep rule {result['keep_rule']}) on {result['n_images']} images in "
           f"{result['seconds']['total']:.1f} s -> {paths.json}")
     return 0
+
+
+def _kept(saved: Tuned, metric: str) -> str:
+    return f"{saved.scored_as(metric)} CV {saved.cv_text()}"
 
 
 def folds_of(ids: list[str], folds: pd.DataFrame | None) -> list[int] | None:
