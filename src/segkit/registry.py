@@ -1,7 +1,14 @@
-"""Small name -> component registries, so configs can name models, losses, schedules and augmentations."""
+"""Name -> component registries, so configs can name models, losses, schedules, ensemble methods... and the index
+of every one of them (``INDEX``): what it holds, where it lives, which config key picks from it and how to add an
+entry. The README's "Extending segkit" table is made from the index and a test keeps every ``Registry`` in it.
+
+A component added from outside segkit is registered by a module the config lists under ``imports:`` (imported when
+the config loads, before any name is checked); the README's recipes show one of each kind.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Generic, Iterator, Optional, TypeVar
 
 from segkit.errors import ConfigError
@@ -55,3 +62,58 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
+
+
+@dataclass(frozen=True)
+class ExtensionPoint:
+    """One registry as the index lists it."""
+
+    what: str  # what an entry is
+    where: str  # "module:attribute" of the registry (or of the function that adds one)
+    key: str  # the config key (or option) that picks entries
+    add: str  # how to add one
+
+
+INDEX: tuple[ExtensionPoint, ...] = (
+    ExtensionPoint("loss", "segkit.losses:LOSSES", "train.loss",
+                   "`@LOSSES.register(name)` on `build(mode, num_classes, class_weights=None, **params)` returning a "
+                   "module `(logits, Target) -> loss`"),
+    ExtensionPoint("architecture (decoder)", "segkit.models:ARCHS", "models[].arch",
+                   "every smp decoder is there; `ARCHS.register(name)(Arch(name, cls))` for another"),
+    ExtensionPoint("encoder", "timm.models:register_model", "models[].encoder",
+                   "a timm model registered with `@register_model` is `tu-<name>`; smp's own encoders by name"),
+    ExtensionPoint("optimizer", "segkit.optim:OPTIMIZERS", "train.optimizer",
+                   "`@OPTIMIZERS.register(name)` on `build(param_groups, train_cfg)`"),
+    ExtensionPoint("learning-rate schedule", "segkit.optim:SCHEDULES", "train.schedule.name",
+                   "`@SCHEDULES.register(name)` on `(step, total, schedule_cfg, floor) -> lr factor`"),
+    ExtensionPoint("augmentation", "segkit.data.augment:AUGMENTS", "train.augment",
+                   "`@AUGMENTS.register(name)` on a function returning albumentations transforms"),
+    ExtensionPoint("mask source", "segkit.data.sources.base:SOURCES", "data.mask_source (data.mask_options)",
+                   "a `MaskSource` subclass with `@SOURCES.register(name)`"),
+    ExtensionPoint("test-time augmentation", "segkit.inference.tta:TTA", "predict.tta",
+                   "`@TTA.register(name)` on a function returning the views"),
+    ExtensionPoint("runtime", "segkit.inference.runtimes:RUNTIMES", "package --models, infer.py --runtime",
+                   "`@RUNTIMES.register(name)` on a loader `(path, device) -> (network, meta)`"),
+    ExtensionPoint("ensemble method", "segkit.ensemble.base:METHODS", "ensemble.methods, ensemble.choose",
+                   "a `Method` subclass (its facts: `subsettable`, `state`/`load_state`/`restrict`) with "
+                   "`@METHODS.register(name)`"),
+    ExtensionPoint("post-processing step", "segkit.postprocess.masks:MASK_STEPS", "tune.morph_steps",
+                   "`@register_step(name)` on `(mask, radius) -> mask`"),
+    ExtensionPoint("instance decoder", "segkit.postprocess.instances:DECODERS", "chosen by tune (tune.instances)",
+                   "`@DECODERS.register(name)` on `(probs, DecodeParams) -> labels`"),
+    ExtensionPoint("competition metric", "segkit.metrics.competition:COMPETITION_METRICS", "metric",
+                   "`COMPETITION_METRICS.register(name)(CompetitionMetric(...))`"),
+    ExtensionPoint("stage", "segkit.commands:register_stage", "segkit run, segkit <name>",
+                   "`register_stage(Stage(...), after=...)`, with `register_artifact` for what it writes"),
+    ExtensionPoint("command", "segkit.commands:register", "segkit <name>", "`register(Command(...))`"),
+)
+
+
+def index_table() -> str:
+    """The index as the README's "Extending segkit" table shows it (a test keeps the two equal)."""
+    rows = ["| extension point | registry | picked by | to add one |", "|---|---|---|---|"]
+    rows += [f"| {e.what} | `{e.where}` | `{e.key}` | {e.add} |" for e in INDEX]
+    return "\n".join(rows) + "\n"
+
+
+__all__ = ["INDEX", "ExtensionPoint", "Registry", "index_table"]

@@ -103,6 +103,9 @@ def requirements(runtime: str) -> list[str]:
 
 def check_experiment(cfg: Config) -> None:
     """Refuse what a bundle cannot carry yet, before anything is read."""
+    if cfg.imports:
+        raise ConfigError(f"imports: {cfg.imports}: a bundle carries segkit's own components only (its wheel); put "
+                          f"the experiment's components into segkit itself to package it")
     if cfg.data.volumes is not None:
         raise ConfigError("data.volumes: volume competitions cannot be packaged yet (their test cases are NIfTI "
                           "files that infer.py does not cut)")
