@@ -52,10 +52,10 @@ ROWS = [
 
 def one(threads: int, attention: str | None, size: int, decoder: list[int] | None, depthwise_fp32: bool,
         compile: bool, bf16: bool, encoder: str, steps: int) -> float:
+    import segmentation_models_pytorch as smp
     import torch
 
     import segkit  # noqa: F401  (import fix for torchvision before smp)
-    import segmentation_models_pytorch as smp
     from segkit.compute.device import depthwise_float32_when_training
 
     torch.set_num_threads(threads)
@@ -90,11 +90,11 @@ def one(threads: int, attention: str | None, size: int, decoder: list[int] | Non
 
 def flops(size: int = 96) -> None:
     """Where the forward pass's FLOPs go at ``size`` px (torch's FlopCounterMode): encoder, decoder + head."""
+    import segmentation_models_pytorch as smp
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     import segkit  # noqa: F401  (import fix for torchvision before smp)
-    import segmentation_models_pytorch as smp
 
     for label, extra in (("256-128-64-32-16 (smp's default)", {}),
                          ("128-64-32-16-8", {"decoder_channels": [128, 64, 32, 16, 8]})):

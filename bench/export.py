@@ -37,12 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import torch
 
-    from segkit.models.checkpoint import fold_checkpoints, load_model
+    from segkit.compute.device import cpu_has_native_bf16
     from segkit.config import load_config
     from segkit.data import Competition, pad_to_multiple
-    from segkit.compute.device import cpu_has_native_bf16
     from segkit.inference.runtimes import EXPORTERS, SUFFIX, ProbabilityGraph, loader, write_meta
     from segkit.inference.tta import TTAPredictor
+    from segkit.models.checkpoint import fold_checkpoints, load_model
 
     cfg = load_config(args.config, args.overrides)
     model_name = args.model or cfg.models[0].name

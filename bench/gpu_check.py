@@ -45,23 +45,22 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))  # segkit from this checkout: the GPU machine runs it uninstalled
 
+import gpu_data  # noqa: E402  (bench/, beside this file)
 import torch  # noqa: E402
 
 import segkit  # noqa: E402,F401  (import fix for torchvision before smp)
-from segkit.config import load_config  # noqa: E402
-from segkit.data import Competition  # noqa: E402
 from segkit.compute.device import amp_dtype, depthwise_float32_when_training, grad_scaler, resolve_amp  # noqa: E402
 from segkit.compute.distributed import World  # noqa: E402
+from segkit.compute.sizing import usable_cores  # noqa: E402
+from segkit.config import load_config  # noqa: E402
+from segkit.data import Competition  # noqa: E402
+from segkit.inference.tta import TTAPredictor  # noqa: E402
 from segkit.losses import LossSchedule  # noqa: E402
 from segkit.models import build_model  # noqa: E402
 from segkit.optim import build_optimizer, build_schedule  # noqa: E402
-from segkit.compute.sizing import usable_cores  # noqa: E402
 from segkit.stages.train.data import TrainData  # noqa: E402
 from segkit.stages.train.ema import build_ema  # noqa: E402
 from segkit.stages.train.loop import Stepper, train_epoch  # noqa: E402
-from segkit.inference.tta import TTAPredictor  # noqa: E402
-
-import gpu_data  # noqa: E402  (bench/, beside this file)
 
 CONFIGS = REPO / "configs"
 RECIPES = ("tgs_salt", "dsb2018_nuclei")

@@ -47,8 +47,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from segkit.config.schema import InstanceSpec
     from segkit.data.instances import targets
-    from segkit.postprocess.instances import DecodeParams, decode
     from segkit.metrics.competition import object_ap_labels
+    from segkit.postprocess.instances import DecodeParams, decode
 
     cv2.setNumThreads(1)
     labels = nuclei(args.size, args.objects)

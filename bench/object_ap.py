@@ -48,12 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=100)
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value")
     args = parser.parse_args(argv)
+    from segkit.artifacts.probs import ProbStore
     from segkit.config import load_config
     from segkit.data import Competition
+    from segkit.metrics.competition import object_ap_labels
     from segkit.postprocess.instances import decode
     from segkit.postprocess.tuned import Tuned
-    from segkit.metrics.competition import object_ap_labels
-    from segkit.artifacts.probs import ProbStore
 
     cfg = load_config(args.config, args.overrides)
     decoder = Tuned.read(cfg.layout.tune.json, cfg.data.classes).choice().decoder("")

@@ -21,7 +21,6 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from segkit.cli import main  # noqa: E402  (after the environment is set)
 
-
 if __name__ == "__main__":
     began = time.perf_counter()
     code = main(["ablate", *sys.argv[1:]])

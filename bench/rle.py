@@ -25,7 +25,6 @@ import numpy as np
 
 from segkit.data import rle
 
-
 # --- the reference: the numpy RLE functions most Kaggle kernels start from ---
 
 

@@ -26,11 +26,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--instances", required=True)
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value")
     args = parser.parse_args(argv)
+    from segkit.artifacts.probs import ProbStore
     from segkit.config import load_config
     from segkit.data import Competition
-    from segkit.postprocess.instances import DecodeParams, decode
     from segkit.metrics.competition import object_scores
-    from segkit.artifacts.probs import ProbStore
+    from segkit.postprocess.instances import DecodeParams, decode
 
     semantic = load_config(args.semantic, args.overrides)
     instances = load_config(args.instances, args.overrides)

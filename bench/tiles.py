@@ -9,8 +9,8 @@ at p > 0.5: the whole image padded bottom/right by reflection to the network str
 does), and ``--tile`` px tiles blended ``gaussian`` or ``linear`` (``segkit.inference.tiling``, overlap
 ``predict.tile_overlap``). Images of several sizes (DSB's nine) are batched by size, as ``segkit predict`` does.
 Then the linear tiles without TTA are timed twice on the same images: stacks of same-size images sharing each
-batch of ``predict.batch_size`` tiles (``segkit.inference.tiling.stack_groups``, as ``segkit predict`` makes them), against
-one image per call, and so is the whole padded image. Two threads, one after the other in one process.
+batch of ``predict.batch_size`` tiles (``segkit.inference.tiling.stack_groups``, as ``segkit predict`` makes them),
+against one image per call, and so is the whole padded image. Two threads, one after the other in one process.
 """
 
 from __future__ import annotations
@@ -38,12 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value")
     args = parser.parse_args(argv)
 
-    from segkit.models.checkpoint import load_model
     from segkit.data import Competition, SegDataset, unpad
     from segkit.data.folds import load_folds
-    from segkit.metrics import get_metric
     from segkit.inference.tiling import predict_tiled, stack_groups
     from segkit.inference.tta import TTAPredictor
+    from segkit.metrics import get_metric
+    from segkit.models.checkpoint import load_model
 
     torch.set_num_threads(2)
     cfg = load_config(args.config, args.overrides)

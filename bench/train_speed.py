@@ -5,10 +5,10 @@
 Reference: the loop a notebook writes — ``model(x)``, BCE-with-logits + smp Dice, ``backward``, AdamW ``step`` —
 in fp32. segkit: ``segkit.stages.train.loop.train_epoch`` (weighted loss terms in fp32, per-step LR schedule, gradient
 clipping, NaN check, EMA off) in fp32, and with ``amp: bf16`` + ``channels_last`` + float32 depthwise
-convolutions (what ``segkit train`` does for bf16 on the CPU: ``segkit.compute.device.depthwise_float32_when_training``).
-Each round times every variant once, in turn, so load from other processes hits them alike; the table shows
-medians (ms per step) over rounds, the loop's overhead (segkit fp32 / bare fp32) and the bf16 speed-up (segkit
-fp32 / segkit bf16).
+convolutions (what ``segkit train`` does for bf16 on the CPU:
+``segkit.compute.device.depthwise_float32_when_training``). Each round times every variant once, in turn, so load from
+other processes hits them alike; the table shows medians (ms per step) over rounds, the loop's overhead (segkit fp32 /
+bare fp32) and the bf16 speed-up (segkit fp32 / segkit bf16).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ warnings.filterwarnings("ignore")
 import torch  # noqa: E402
 
 import segkit  # noqa: E402, F401  (import fixes for torchvision come first)
-from segkit.config.schema import ModelConfig, TrainConfig  # noqa: E402
 from segkit.compute.device import depthwise_float32_when_training  # noqa: E402
+from segkit.config.schema import ModelConfig, TrainConfig  # noqa: E402
 from segkit.losses import build_loss  # noqa: E402
 from segkit.models import build_model  # noqa: E402
 from segkit.optim import build_optimizer, build_schedule  # noqa: E402

@@ -18,11 +18,11 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import segkit  # noqa: F401,E402  (import fix for torchvision before smp)
 import segmentation_models_pytorch as smp  # noqa: E402
 import torch  # noqa: E402
 import ttach  # noqa: E402
 
+import segkit  # noqa: F401,E402  (import fix for torchvision before smp)
 from segkit.compute.device import amp_dtype  # noqa: E402
 from segkit.inference.tta import TTAPredictor  # noqa: E402
 

@@ -31,11 +31,11 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from segkit.data import rle
-from segkit.config.schema import TuneConfig
-from segkit.postprocess.masks import ClassParams, apply_class
 from segkit.artifacts.probs import ProbWriter
+from segkit.config.schema import TuneConfig
+from segkit.data import rle
 from segkit.metrics import get_metric
+from segkit.postprocess.masks import ClassParams, apply_class
 from segkit.stages.tune import OOFStream, tune
 from segkit.stages.tune.tables import summarize
 

@@ -21,13 +21,12 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import numpy as np  # noqa: E402  (after the environment is set)
 import pandas as pd  # noqa: E402
 
-from segkit.data import rle  # noqa: E402
+from segkit.artifacts.probs import ProbStore  # noqa: E402
 from segkit.config import load_config  # noqa: E402
-from segkit.data import Competition  # noqa: E402
+from segkit.data import Competition, rle  # noqa: E402
 from segkit.data.folds import load_folds  # noqa: E402
 from segkit.metrics import get_metric  # noqa: E402
 from segkit.postprocess.masks import ClassParams  # noqa: E402
-from segkit.artifacts.probs import ProbStore  # noqa: E402
 from segkit.stages.tune import OOFStream, final_scores, tune  # noqa: E402
 from segkit.stages.tune.stage import folds_of  # noqa: E402
 

@@ -37,17 +37,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value")
     args = parser.parse_args(argv)
     from segkit.ablate import Scorer
+    from segkit.artifacts.probs import ProbStore
+    from segkit.compute.device import resolve_device
+    from segkit.compute.distributed import World
     from segkit.config import load_config
     from segkit.data import Competition
     from segkit.data.folds import load_folds
-    from segkit.compute.device import resolve_device
-    from segkit.compute.distributed import World
+    from segkit.inference.repredict import predict_oof
     from segkit.metrics.volume_scores import overlap
     from segkit.oof import StoreUnion
     from segkit.postprocess.masks import ClassParams
     from segkit.postprocess.volumes import case_masks, case_truth
-    from segkit.inference.repredict import predict_oof
-    from segkit.artifacts.probs import ProbStore
 
     cfg = load_config(args.config, args.overrides)
     spec = cfg.data.volumes

@@ -21,8 +21,8 @@ def note(**event) -> None:
 
 def trace() -> None:
     import segkit.stages.train.fold as fold
-    from segkit.models import checkpoint
     from segkit.artifacts import probs
+    from segkit.models import checkpoint
     train_epoch, save = fold.train_epoch, checkpoint.save
     finish, write = probs.ProbWriter.finish, probs.ProbWriter.write
 

@@ -6,13 +6,12 @@ import json
 
 import numpy as np
 import pytest
+from conftest import CONFIGS
 
 from segkit import ablate as ablation
+from segkit.artifacts.probs import ProbWriter
 from segkit.errors import ConfigError, SegkitError
 from segkit.oof import MeanStore, StoreUnion
-from segkit.artifacts.probs import ProbWriter
-
-from conftest import CONFIGS
 
 TINY = ("{name: %s, arch: %s, encoder: tu-resnet10t, encoder_weights: %s, "
         "params: {encoder_depth: 3, decoder_channels: [16, 8, 4]}}")

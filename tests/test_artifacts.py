@@ -5,9 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from segkit.artifacts import atomic
-
-from segkit.artifacts import probs
+from segkit.artifacts import atomic, probs
 from segkit.errors import SegkitError
 
 

@@ -15,10 +15,9 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import CONFIGS
 
 from segkit import cli
-
-from conftest import CONFIGS
 
 TRAIN_ID = "tr00003"  # a train image with a non-empty mask in the tiny demo (seed 1)
 

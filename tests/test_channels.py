@@ -10,12 +10,11 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import CONFIGS
 
 from segkit.config import load_config
 from segkit.data import Competition
 from segkit.errors import ConfigError, DataError
-
-from conftest import CONFIGS
 
 TINY = ("models=[{name: tiny, arch: Unet, encoder: tu-resnet10t, "
         "params: {encoder_depth: 3, decoder_channels: [16, 8, 4]}}]")

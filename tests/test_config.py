@@ -1,11 +1,10 @@
 from pathlib import Path
 
 import pytest
+from conftest import CONFIGS
 
 from segkit.config import load_config, parse_overrides
 from segkit.errors import ConfigError
-
-from conftest import CONFIGS
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:

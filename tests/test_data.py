@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from segkit.config.schema import DataConfig
-from segkit.data import Competition, SegDataset, pad_collate, unpad
-from segkit.data import imageio
+from segkit.data import Competition, SegDataset, imageio, pad_collate, unpad
 from segkit.data.augment import AUGMENTS, build_augment
 from segkit.errors import ConfigError, DataError
 

@@ -14,7 +14,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-
 from conftest import CONFIGS
 
 HERE = Path(__file__).resolve().parent
@@ -124,12 +123,12 @@ def test_checkpoints_and_manifests_are_written_once_by_rank_zero(ddp):
 def test_the_gathered_validation_score_is_a_single_process_evaluation_of_the_checkpoint(ddp):
     import torch
 
-    from segkit.models import checkpoint
+    from segkit.artifacts.probs import ProbStore
+    from segkit.compute.distributed import World
     from segkit.data import Competition
     from segkit.losses import LossSchedule
     from segkit.metrics import get_metric
-    from segkit.artifacts.probs import ProbStore
-    from segkit.compute.distributed import World
+    from segkit.models import checkpoint
     from segkit.stages.train.data import val_loader
     from segkit.stages.train.validate import evaluate
 
@@ -152,9 +151,9 @@ def test_the_gathered_validation_score_is_a_single_process_evaluation_of_the_che
 
 
 def test_predict_under_torchrun_shards_the_test_images_and_equals_one_process(ddp, capsys):
+    from segkit.artifacts.probs import ProbStore
     from segkit.cli import main
     from segkit.data import Competition
-    from segkit.artifacts.probs import ProbStore
 
     assert ddp.predicted.rc == 0, ddp.predicted.log[-3000:]
     cfg = ddp.cfg

@@ -6,9 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from segkit.stages import ensemble
-
-from segkit.stages import folds
+from segkit.artifacts.probs import ProbStore, ProbWriter, quantize
 from segkit.data import Competition
 from segkit.ensemble import restore
 from segkit.ensemble.averaging import fit_weights
@@ -16,7 +14,7 @@ from segkit.ensemble.base import METHODS, FitSample, Setup, sample_stride
 from segkit.ensemble.voting import vote_share
 from segkit.errors import ConfigError, DataError
 from segkit.metrics import CompetitionMetric
-from segkit.artifacts.probs import ProbStore, ProbWriter, quantize
+from segkit.stages import ensemble, folds
 from segkit.threshold import binarize
 
 
@@ -400,9 +398,9 @@ def test_missing_or_stale_inputs_are_clear_errors(stage_cfg):
 
 
 def test_multiclass_stage_runs_every_method(demo_multiclass_root, tmp_path):
-    from segkit.config import load_config
-
     from conftest import CONFIGS
+
+    from segkit.config import load_config
 
     cfg = load_config(CONFIGS / "demo.yaml", [
         f"data.root={demo_multiclass_root}", "data.mode=multiclass", "data.classes=[round,streak]",

@@ -8,13 +8,13 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from test_submit import write_tune
+from test_tune import fake_ensemble
 
+from segkit.artifacts.probs import ProbWriter
 from segkit.data import Competition
 from segkit.errors import SegkitError
 from segkit.stages.evaluate import TABLE, summarize
-from segkit.artifacts.probs import ProbWriter
-from test_submit import write_tune
-from test_tune import fake_ensemble
 
 
 def perfect_stores(cfg, empty_id=None, full_id=None):
@@ -124,8 +124,7 @@ def test_kept_when_current_and_made_again_when_the_tuning_changes(demo_cfg, caps
 
 
 def test_holdout_agrees_with_submit_on_noisy_predictions(demo_cfg, capsys):
-    from segkit.stages import evaluate
-    from segkit.stages import submit
+    from segkit.stages import evaluate, submit
     cfg = demo_cfg("data.holdout_fraction=0.25")
     fake_ensemble(cfg)
     write_tune(cfg, {"object": {"threshold": 0.55, "min_area": 3}})
@@ -157,8 +156,7 @@ def test_all_classes_row_is_the_per_image_class_mean():
 
 
 def test_report_shows_the_evaluation(demo_cfg):
-    from segkit.stages import evaluate
-    from segkit.stages import report
+    from segkit.stages import evaluate, report
     cfg = demo_cfg()
     assert report.run(cfg) == 0
     assert "No evaluation table" in cfg.layout.report.markdown.read_text()
@@ -174,8 +172,7 @@ def test_report_shows_the_evaluation(demo_cfg):
 def test_oof_table_is_out_of_fold_its_metric_row_is_the_nested_cv(demo_cfg, capsys):
     """After a real tune, each OOF image is scored with what tuning chose without its fold: the OOF row of the
     competition metric equals tune.json's cv_nested, not its in-sample cv."""
-    from segkit.stages import evaluate
-    from segkit.stages import folds
+    from segkit.stages import evaluate, folds
     from segkit.stages import tune as tune_stage
     cfg = demo_cfg("tune.morph_radii=[1]", "tune.min_gain=0")
     folds.run(cfg)
@@ -191,8 +188,7 @@ def test_oof_table_is_out_of_fold_its_metric_row_is_the_nested_cv(demo_cfg, caps
 def test_each_fold_is_scored_with_its_own_nested_choice(demo_cfg):
     """A hand-made tune.json whose nested choice for fold 0 predicts nothing on these probabilities: fold 0's OOF
     images come out empty, the other folds' and the holdout (the submission's parameters) exact."""
-    from segkit.stages import evaluate
-    from segkit.stages import folds
+    from segkit.stages import evaluate, folds
     cfg = demo_cfg("data.holdout_fraction=0.25")
     folds.run(cfg)
     comp = perfect_stores(cfg)

@@ -15,11 +15,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import CONFIGS, REPO
 
 from segkit.cli import main
 from segkit.registry import INDEX, Registry
-
-from conftest import CONFIGS, REPO
 
 README = (REPO / "README.md").read_text()
 TINY = {"name": "tiny", "arch": "Unet", "encoder": "tu-resnet10t", "encoder_weights": None,
@@ -111,8 +110,9 @@ def test_an_encoder(extension, tmp_path, capsys, one_torch_thread):
     config = extension("encoder")
     assert main(["run", "--model", "toy", "--fold", "0", "--config", config]) == 0
     assert (tmp_path / "runs" / "demo" / "toy" / "fold0" / "best.pt").exists()
-    from segkit.models.checkpoint import load_model
     import torch
+
+    from segkit.models.checkpoint import load_model
 
     model, meta = load_model(tmp_path / "runs" / "demo" / "toy" / "fold0" / "best.pt", torch.device("cpu"))
     keys = list(model.encoder.state_dict())

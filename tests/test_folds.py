@@ -1,12 +1,11 @@
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import CONFIGS, SHARED
 
-from segkit.stages import folds
 from segkit.data import Competition
 from segkit.errors import DataError
-
-from conftest import CONFIGS, SHARED
+from segkit.stages import folds
 
 
 def test_coverage_strata_puts_empty_alone():

@@ -9,13 +9,11 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
-
-from segkit.data import rle
-from segkit.config import load_config
-from segkit.data import Competition
-from segkit.errors import ConfigError, DataError
-
 from conftest import CONFIGS
+
+from segkit.config import load_config
+from segkit.data import Competition, rle
+from segkit.errors import ConfigError, DataError
 
 TINY = ("models=[{name: tiny, arch: Unet, encoder: tu-resnet10t, "
         "params: {encoder_depth: 3, decoder_channels: [16, 8, 4]}}]")
@@ -76,9 +74,10 @@ def _cfg(root, tmp_path, *extra):
 
 
 def test_targets_separate_touching_objects():
+    from scipy import ndimage
+
     from segkit.config.schema import InstanceSpec
     from segkit.data.instances import targets
-    from scipy import ndimage
 
     labels = touching_pair()
     mask, contour = targets(labels, InstanceSpec(labels="x", contour_width=1))
@@ -135,8 +134,8 @@ def test_bad_instances_are_refused_naming_the_image_and_rows(instance_root, tmp_
 def test_the_watershed_splits_what_connected_components_merge():
     from segkit.config.schema import InstanceSpec
     from segkit.data.instances import targets
-    from segkit.postprocess.instances import DecodeParams, decode
     from segkit.metrics.competition import object_ap_labels
+    from segkit.postprocess.instances import DecodeParams, decode
 
     labels = touching_pair()
     probs = (targets(labels, InstanceSpec(labels="x", contour_width=1)) * 255).astype(np.uint8)
@@ -153,8 +152,8 @@ def test_the_watershed_splits_what_connected_components_merge():
 
 
 def test_objects_are_written_one_row_each_and_checked(tmp_path):
-    from segkit.tools.score import score_instances
     from segkit.submission.validate import validate_instances_frame
+    from segkit.tools.score import score_instances
 
     labels = touching_pair()
     texts = rle.encode_labels(labels)

@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from conftest import CONFIGS
 
 TINY_MODEL = ("models=[{name: tiny, arch: Unet, encoder: resnet18, "

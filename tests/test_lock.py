@@ -13,11 +13,10 @@ import sys
 import time
 
 import pytest
+from conftest import CONFIGS, REPO
 
 from segkit.artifacts.lock import ExperimentLock, LockedError
 from segkit.cli import main
-
-from conftest import CONFIGS, REPO
 
 TINY = ("models=[{name: tiny, arch: Unet, encoder: tu-resnet10t, "
         "params: {encoder_depth: 3, decoder_channels: [16, 8, 4]}}]")

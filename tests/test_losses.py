@@ -11,7 +11,6 @@ from segkit.config.schema import TrainConfig
 from segkit.errors import ConfigError
 from segkit.losses import LOSSES, LossSchedule, Target, build_loss, signed_distance
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 MODES = [("binary", 1), ("multilabel", 3), ("multiclass", 3)]

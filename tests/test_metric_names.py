@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from segkit.data import rle
 from segkit.cli import main as cli
+from segkit.data import rle
 from segkit.errors import ConfigError
 from segkit.metrics import counts_at_thresholds, get_metric, metric_names, overlap_counts, roc_auc
 

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
+from segkit.artifacts.probs import dequantize, quantize
 from segkit.errors import ConfigError, DataError
 from segkit.metrics import competition as cm
-from segkit.artifacts.probs import dequantize, quantize
 
 
 def image(*masks):

@@ -14,7 +14,6 @@ from segkit.errors import ConfigError
 from segkit.models import ARCHS, build_model, num_outputs, probabilities, split_output
 from segkit.models import weights as W
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 TINY = "tu-mobilenetv3_small_050"
@@ -60,9 +59,9 @@ def test_every_architecture_at_an_odd_size_round_trips_a_checkpoint_and_takes_tt
     """The checks every registered decoder goes through, as smp's own tester does for its models: an image whose
     size is no multiple of the stride, padded the way the pipeline pads it, trains a step and comes back at its
     own size; the weights survive a checkpoint; and TTA of the plain view is the plain forward."""
-    from segkit.models import checkpoint
     from segkit.data import pad_to_multiple, unpad
     from segkit.inference.tta import TTAPredictor
+    from segkit.models import checkpoint
 
     torch.manual_seed(0)
     cfg = tiny(ARCHS.get(arch).name)

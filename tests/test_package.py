@@ -12,12 +12,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import CONFIGS
 
+from segkit.bundle.infer import BudgetError, parse_budget, plan_views
 from segkit.cli import main
 from segkit.errors import ConfigError
-from segkit.bundle.infer import BudgetError, parse_budget, plan_views
-
-from conftest import CONFIGS
 
 TINY = ("models=[{name: tiny, arch: Unet, encoder: tu-resnet10t, params: {encoder_depth: 3, decoder_channels: "
         "[16, 8, 4]}}, {name: tiny2, arch: Unet, encoder: tu-resnet10t, params: {encoder_depth: 3, "

@@ -5,10 +5,9 @@ that need every fold; a finished fold is never retrained under another config.""
 from __future__ import annotations
 
 import pytest
+from conftest import CONFIGS
 
 from segkit.cli import main
-
-from conftest import CONFIGS
 
 TINY = ("models=[{name: tiny, arch: Unet, encoder: tu-resnet10t, "
         "params: {encoder_depth: 3, decoder_channels: [16, 8, 4]}}]")
@@ -49,8 +48,8 @@ def test_a_second_run_on_a_finished_experiment_does_no_work(demo_root, tmp_path,
 
 def test_a_narrowed_run_does_its_slice_and_stops_before_the_stages_that_need_every_fold(demo_root, tmp_path, capsys,
                                                                                        one_torch_thread):
-    from segkit.config import load_config
     from segkit.artifacts.probs import ProbStore
+    from segkit.config import load_config
 
     assert main(["run", "--model", "tiny", "--fold", "0", *args(demo_root, tmp_path)]) == 0
     out = capsys.readouterr().out

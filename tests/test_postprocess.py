@@ -6,8 +6,18 @@ import pytest
 from scipy import ndimage
 
 from segkit.errors import ConfigError
-from segkit.postprocess.masks import (ClassParams, apply_class, describe, fill_holes, keep_largest, morph,
-                                params_list, postprocess, remove_small, restrict_to_argmax)
+from segkit.postprocess.masks import (
+    ClassParams,
+    apply_class,
+    describe,
+    fill_holes,
+    keep_largest,
+    morph,
+    params_list,
+    postprocess,
+    remove_small,
+    restrict_to_argmax,
+)
 from segkit.threshold import binarize, uint8_cut
 
 

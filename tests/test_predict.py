@@ -6,15 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from segkit.stages import folds
-
-from segkit.stages import predict
+from segkit.artifacts.probs import ProbStore, ProbWriter
 from segkit.config.schema import ModelConfig
 from segkit.data import Competition, SegDataset
 from segkit.errors import ConfigError, DataError
-from segkit.models import build_model
-from segkit.artifacts.probs import ProbStore, ProbWriter
-from segkit.models import checkpoint
+from segkit.models import build_model, checkpoint
+from segkit.stages import folds, predict
+
 TINY = {"name": "tiny", "arch": "Unet", "encoder": "tu-resnet10t",
         "params": {"encoder_depth": 3, "decoder_channels": [16, 8, 4]}}
 TINY_YAML = ("models=[{name: tiny, arch: Unet, encoder: tu-resnet10t, "

@@ -6,13 +6,11 @@ import pandas as pd
 import pytest
 import torch
 
-from segkit.stages import folds
-
-from segkit.stages import pseudo
-from segkit.data import Competition
-from segkit.stages.train import data as train_data
-from segkit.errors import DataError
 from segkit.artifacts.probs import ProbStore, ProbWriter, quantize
+from segkit.data import Competition
+from segkit.errors import DataError
+from segkit.stages import folds, pseudo
+from segkit.stages.train import data as train_data
 
 
 @pytest.fixture
@@ -84,8 +82,8 @@ def test_selection_rule_writes_only_confident_images(demo_cfg):
 
 
 def test_training_hook_mixes_labels_and_never_leaks_into_validation(demo_cfg):
-    from segkit.data.folds import fold_ids
     from segkit.compute.distributed import World
+    from segkit.data.folds import fold_ids
     from segkit.stages.train.data import TrainData
 
     cfg = demo_cfg("pseudo.batch_share=0.25", "train.batch_size=8")

@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from test_tune import fake_ensemble
 
 from segkit.stages.report import md_table, pick_examples, score_by_size
-from test_tune import fake_ensemble
 
 
 def fake_training(cfg, model: str, folds=(0, 1)) -> None:
@@ -23,8 +23,7 @@ def fake_training(cfg, model: str, folds=(0, 1)) -> None:
 
 
 def test_report_from_a_full_fake_run(demo_cfg, capsys):
-    from segkit.stages import report
-    from segkit.stages import tune
+    from segkit.stages import report, tune
     cfg = demo_cfg("tune.morph_radii=[1]")
     fake_training(cfg, "unet_r18")
     fake_ensemble(cfg)

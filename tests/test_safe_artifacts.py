@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from segkit.models import checkpoint
-from segkit.errors import DataError, SegkitError
 from segkit.artifacts.probs import ProbStore, ProbWriter
+from segkit.errors import DataError, SegkitError
+from segkit.models import checkpoint
 from segkit.stages.train.seeding import rng_state, set_rng_state
 
 

@@ -7,22 +7,22 @@ import shutil
 
 import pandas as pd
 import pytest
-
 from conftest import CONFIGS, SHARED
-from segkit.data import rle
+from test_tune import fake_ensemble
+
+from segkit.artifacts.probs import ProbStore
 from segkit.cli import main as cli
+from segkit.data import rle
 from segkit.errors import DataError
 from segkit.postprocess.masks import params_list, postprocess
-from segkit.artifacts.probs import ProbStore
-from test_tune import fake_ensemble
 
 TGS = SHARED / "tgs-salt"
 
 
 def write_tune(cfg, classes: dict) -> None:
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
-    (cfg.run_dir / "tune.json").write_text(json.dumps({"version": 1, "metric": cfg.metric, "cv": 0.75, "cv_baseline": 0.7,
-                                                       "classes": classes}))
+    (cfg.run_dir / "tune.json").write_text(json.dumps({"version": 1, "metric": cfg.metric, "cv": 0.75,
+                                                       "cv_baseline": 0.7, "classes": classes}))
 
 
 def read(path) -> pd.DataFrame:
@@ -63,8 +63,7 @@ def multiclass_cfg(root, tmp_path, *extra):
 
 
 def test_compound_per_class_ids_in_sample_order(demo_multiclass_root, tmp_path):
-    from segkit.stages import submit
-    from segkit.stages import tune
+    from segkit.stages import submit, tune
     cfg = multiclass_cfg(demo_multiclass_root, tmp_path, "tune.morph_radii=[1]", f"paths.folds={tmp_path}")
     fake_ensemble(cfg)
     assert tune.run(cfg) == 0  # exclusive classes: searched on argmax-restricted probabilities

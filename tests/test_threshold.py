@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from segkit.artifacts.probs import dequantize
 from segkit.metrics import get_metric
 from segkit.postprocess.masks import ClassParams, apply_class
-from segkit.artifacts.probs import dequantize
 from segkit.threshold import binarize, count_above, sweep_level, uint8_cut
 
 ON_LEVELS = [0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 51 / 255, 0.35, 0.999]
@@ -74,9 +74,9 @@ def test_pseudo_labels_use_the_rule():
 
 
 def test_weighted_mean_fits_on_the_output_as_it_will_be_stored():
+    from segkit.artifacts.probs import quantize
     from segkit.ensemble.averaging import sample_score, weighted_mean
     from segkit.ensemble.base import SampleImage
-    from segkit.artifacts.probs import quantize
 
     rng = np.random.default_rng(3)
     metric = get_metric("dice")
@@ -90,8 +90,8 @@ def test_weighted_mean_fits_on_the_output_as_it_will_be_stored():
 def test_validation_uses_the_rule(demo_cfg, one_torch_thread):
     """A network whose every logit is 0 predicts p = 0.5 exactly: at threshold 0.5 nothing is above it, so every
     image is predicted empty, and Dice is 1 on the empty images and 0 on the others."""
-    from segkit.data import Competition
     from segkit.compute.distributed import World
+    from segkit.data import Competition
     from segkit.metrics import get_metric as metric_of
     from segkit.stages.train.data import val_loader
     from segkit.stages.train.validate import evaluate

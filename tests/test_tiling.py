@@ -3,8 +3,15 @@ import torch
 from torch import nn
 
 from segkit.errors import ConfigError
-from segkit.inference.tiling import (GAUSSIAN_FLOOR, predict_tiled, stack_groups, tile_boxes, tile_starts, tile_weights,
-                           tiles_per_image)
+from segkit.inference.tiling import (
+    GAUSSIAN_FLOOR,
+    predict_tiled,
+    stack_groups,
+    tile_boxes,
+    tile_starts,
+    tile_weights,
+    tiles_per_image,
+)
 from segkit.inference.tta import TTAPredictor
 
 

@@ -13,13 +13,12 @@ import pandas as pd
 import pytest
 import torch
 
-from segkit.stages import folds as folds_stage
-from segkit.errors import SegkitError
 from segkit.artifacts.probs import ProbStore
+from segkit.errors import SegkitError
 from segkit.models import checkpoint
+from segkit.stages import folds as folds_stage
 from segkit.stages.train import run, train_fold
 from segkit.stages.train.sampler import BatchPlan, split_counts
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -92,11 +91,11 @@ def test_oof_holds_best_pt_predictions_with_one_pass_less_when_the_last_epoch_is
                                                                                        tmp_path, monitor):
     """The last epoch's validation writes the OOF store; a second pass with best.pt runs only when an earlier
     epoch was the best, and either way the store holds exactly what best.pt predicts."""
-    from segkit.data import Competition
     from segkit.artifacts.probs import ProbWriter
+    from segkit.compute.distributed import World
+    from segkit.data import Competition
     from segkit.stages.train import fold as fold_module
     from segkit.stages.train.data import val_loader
-    from segkit.compute.distributed import World
     from segkit.stages.train.validate import evaluate
 
     calls = []
@@ -244,9 +243,9 @@ def test_extra_images_take_their_share_of_every_batch(make_cfg, monkeypatch, tmp
 
 
 def test_multiclass_fold(demo_multiclass_root, tmp_path):
-    from segkit.config import load_config
-
     from conftest import CONFIGS
+
+    from segkit.config import load_config
 
     cfg = load_config(CONFIGS / "demo.yaml", [
         f"data.root={demo_multiclass_root}", f"paths.runs={tmp_path / 'runs'}", f"paths.folds={tmp_path / 'folds'}",
@@ -306,9 +305,9 @@ def test_batch_plan_shares_determinism_and_sharding():
 
 
 def test_cli_trains_one_model_and_fold(make_cfg, demo_root, tmp_path):
-    from segkit.cli import main
-
     from conftest import CONFIGS
+
+    from segkit.cli import main
 
     cfg = make_cfg()
     code = main(["train", "--config", str(CONFIGS / "demo.yaml"), "--model", "tiny", "--fold", "9",

@@ -3,7 +3,16 @@ import torch
 from torch import nn
 
 from segkit.errors import ConfigError
-from segkit.inference.tta import CPU_CHUNK, TTA, GMEAN_EPS, RunningMean, TTAPredictor, View, average_predictions, views_for
+from segkit.inference.tta import (
+    CPU_CHUNK,
+    GMEAN_EPS,
+    TTA,
+    RunningMean,
+    TTAPredictor,
+    View,
+    average_predictions,
+    views_for,
+)
 
 
 def conv_net(in_ch=3, out_ch=2, seed=0):

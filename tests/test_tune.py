@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from segkit.artifacts.probs import ProbWriter
 from segkit.config.schema import TuneConfig
 from segkit.errors import ConfigError, SegkitError
 from segkit.metrics import CompetitionMetric, ObjectOverlaps, get_metric
 from segkit.postprocess.masks import ClassParams, apply_class
-from segkit.artifacts.probs import ProbWriter
 from segkit.stages.tune import Greedy, KeepRule, OOFStream, final_scores, tune
 from segkit.stages.tune.candidates import Staged, score_params
 from segkit.stages.tune.tables import summarize

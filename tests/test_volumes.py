@@ -9,12 +9,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import CONFIGS
 
 from segkit.config import load_config
 from segkit.data import Competition
 from segkit.errors import DataError
-
-from conftest import CONFIGS
 
 nib = pytest.importorskip("nibabel")
 
@@ -200,7 +199,7 @@ def test_3d_cleanup_keeps_the_largest_body_or_drops_small_ones():
 def test_the_volume_step_chooses_a_threshold_and_a_3d_cleanup_per_class():
     from segkit.postprocess.masks import ClassParams
     from segkit.postprocess.volumes import VolumeParams
-    from segkit.stages.tune.volumes import candidates, chosen_params, choose, shifts_of
+    from segkit.stages.tune.volumes import candidates, choose, chosen_params, shifts_of
 
     table = np.zeros((4, 2, 2, 3))  # volumes, classes, threshold shifts (0 first), 3D candidates
     table[:, :, 0, 0] = 0.5  # the slice-wise choice alone
@@ -291,8 +290,8 @@ def test_views_are_averaged_voxel_by_voxel_back_into_the_slices(volume_root, tmp
 
 
 def test_a_run_trains_and_predicts_along_several_axes(volume_root, tmp_path, capsys, one_torch_thread):
-    from segkit.cli import main
     from segkit.artifacts.probs import ProbStore
+    from segkit.cli import main
 
     args = _args(volume_root, tmp_path, TINY, "device=cpu", "folds.n_splits=2", "train.epochs=1",
                  "train.batch_size=8", "train.pad_to=8", "train.progress=false", "train.keep=[best]",

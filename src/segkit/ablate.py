@@ -33,8 +33,8 @@ The tuned rows (threshold, morphology, pseudo, segkit run) are nested: the searc
 recipe's stores cover them all) and each scored image gets what the search chose on the other folds; the column
 beside gives the main metric in-sample (chosen on all folds, the scored images included), the optimistic figure.
 
-Outputs under ``<run_dir>/quality/`` (``segkit.artifacts.layout.QualityPaths``): ``baseline/`` and ``loss/`` (experiments of
-their own), ``tiles/<model>/`` (a probability store of the chosen folds' images), ``quality.json`` and
+Outputs under ``<run_dir>/quality/`` (``segkit.artifacts.layout.QualityPaths``): ``baseline/`` and ``loss/``
+(experiments of their own), ``tiles/<model>/`` (a probability store of the chosen folds' images), ``quality.json`` and
 ``quality.md`` (the table).
 
 The ablation sits beside ``segkit.pipeline`` above the stages: it runs the pipeline and the train and predict
@@ -53,23 +53,22 @@ import numpy as np
 import pandas as pd
 
 from segkit import pipeline
-
 from segkit.artifacts import atomic
+from segkit.artifacts.layout import round_name
+from segkit.commands import BY_NAME, load
+from segkit.compute.device import resolve_device
+from segkit.compute.distributed import World
 from segkit.config import Config
 from segkit.data import Competition
 from segkit.data.folds import fold_numbers, fold_of, ids_of, load_folds
-from segkit.compute.device import resolve_device
-from segkit.compute.distributed import World
-from segkit.inference.repredict import predict_oof
 from segkit.errors import ConfigError, SegkitError
-from segkit.postprocess.instances import DecodeParams, decode
-from segkit.artifacts.layout import round_name
+from segkit.inference.repredict import predict_oof
 from segkit.metrics import get_metric
 from segkit.metrics.competition import object_ap_labels
 from segkit.oof import MeanStore, StoreUnion, fold_oof, tta_oof
+from segkit.postprocess.instances import DecodeParams, decode
 from segkit.postprocess.masks import ClassParams
 from segkit.postprocess.tuned import Tuned
-from segkit.commands import BY_NAME, load
 from segkit.stages.tune import OOFStream, final_scores, tune
 from segkit.stages.tune.instances import Candidates, nested, search
 

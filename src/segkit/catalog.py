@@ -20,19 +20,19 @@ from typing import Callable
 
 import torch
 
+from segkit.compute.device import resolve_device
 from segkit.config import Config
 from segkit.data.augment import check_channels
 from segkit.data.sources import SOURCES
-from segkit.compute.device import resolve_device
 from segkit.ensemble import check_choice, method_names
 from segkit.errors import ConfigError
+from segkit.inference.tta import TTA
 from segkit.losses import LossSchedule
 from segkit.metrics import get_metric
 from segkit.models import ARCHS, RESERVED_PARAMS, TIMM_PREFIX, build_model, encoder_names, is_encoder
 from segkit.optim import OPTIMIZERS, SCHEDULES
 from segkit.postprocess.masks import MASK_STEPS
 from segkit.stages.train.fold import MONITORS
-from segkit.inference.tta import TTA
 
 
 def _at(cfg: Config, key: str, check: Callable[[], object]) -> None:

@@ -19,11 +19,11 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from segkit.errors import DataError, SegkitError
 from segkit.artifacts.layout import Layout
+from segkit.artifacts.probs import ProbStore, load_image, manifest, mean_uint8
+from segkit.errors import DataError, SegkitError
 from segkit.metrics import CompetitionMetric
 from segkit.postprocess.masks import ClassParams, postprocess
-from segkit.artifacts.probs import ProbStore, load_image, manifest, mean_uint8
 
 
 class StoreUnion:

@@ -1,6 +1,6 @@
 """``segkit run``: every stage of ``segkit.commands`` in order. Each stage skips the units of work that are already
-complete and up to date (``segkit.artifacts.freshness``), so running this again after a crash (or a kill) resumes where it
-stopped, and running it on a finished experiment does nothing but say what it kept.
+complete and up to date (``segkit.artifacts.freshness``), so running this again after a crash (or a kill) resumes where
+it stopped, and running it on a finished experiment does nothing but say what it kept.
 
 ``--model M`` / ``--fold K`` narrow the run to a slice: the stages that work per model x fold run for that slice
 (train; predict's OOF re-prediction of the slice's folds, and with ``--model`` alone also that model's test
@@ -16,18 +16,18 @@ from __future__ import annotations
 import time
 from typing import Optional
 
-from segkit.stages import pseudo
 from segkit.artifacts.atomic import clean_tmp
+from segkit.artifacts.probs import ProbStore
 from segkit.catalog import check
+from segkit.commands import BY_NAME, STAGES, load
 from segkit.config import Config
 from segkit.data import Competition
 from segkit.data.folds import check_fold, fold_numbers, ids_of, load_folds
+from segkit.inference.repredict import oof_part_unit
 from segkit.metrics import get_metric
 from segkit.oof import PartStore, score_frame
 from segkit.postprocess.tuned import Tuned
-from segkit.inference.repredict import oof_part_unit
-from segkit.artifacts.probs import ProbStore
-from segkit.commands import BY_NAME, STAGES, load
+from segkit.stages import pseudo
 
 
 def run(cfg: Config, model: Optional[str] = None, fold: Optional[int] = None) -> int:

@@ -19,12 +19,12 @@ print one line saying so. Otherwise it is
 - *unstamped*: the outputs exist but no stamp does (made by an older segkit, or by hand) — derived outputs are
   made again; a training fold is kept, since nothing says it is wrong and retraining costs hours.
 
-The protocol, the same in every stage (``Unit.skip`` and ``with Unit.writing()`` spell it): ``Unit.begin()`` before the first output is written (it stamps the new
-inputs as *begun*, so from then on the unit counts as unfinished whatever the outputs on disk), and
-``Unit.done()`` once the work is complete (or just before the one file whose existence completes it, such as a
-store's manifest). A kill at any moment therefore leaves the unit missing or stale, never fresh with a mix of old
-and new outputs, while the earlier outputs stay on disk until each is replaced (a submission is never deleted
-before its successor is in place). Work begun under the same inputs may resume from what it left
+The protocol, the same in every stage (``Unit.skip`` and ``with Unit.writing()`` spell it): ``Unit.begin()`` before the
+first output is written (it stamps the new inputs as *begun*, so from then on the unit counts as unfinished whatever
+the outputs on disk), and ``Unit.done()`` once the work is complete (or just before the one file whose existence
+completes it, such as a store's manifest). A kill at any moment therefore leaves the unit missing or stale, never fresh
+with a mix of old and new outputs, while the earlier outputs stay on disk until each is replaced (a submission is never
+deleted before its successor is in place). Work begun under the same inputs may resume from what it left
 (``Unit.resumable``: a store filled image by image, a fold trained epoch by epoch). ``marker``, when given, is a
 file that must stop counting as complete the moment the unit begins (the manifest of a store that several units
 fill). A unit without a stamp path (the fold file, which is committed and reused as long as it exists) is fresh
@@ -35,12 +35,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from contextlib import contextmanager
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
 from segkit.artifacts import atomic
+
 FRESH, MISSING, STALE, UNSTAMPED = "fresh", "missing", "stale", "unstamped"
 
 

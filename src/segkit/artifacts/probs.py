@@ -23,8 +23,8 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from segkit.artifacts import atomic
-from segkit.errors import DataError, SegkitError
 from segkit.artifacts.layout import check_id
+from segkit.errors import DataError, SegkitError
 
 MANIFEST = "manifest.json"
 SCALE = 255.0

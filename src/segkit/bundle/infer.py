@@ -34,23 +34,23 @@ from typing import Optional
 import yaml
 
 from segkit.artifacts import atomic
+from segkit.artifacts.freshness import Unit, fingerprints
+from segkit.artifacts.probs import ProbStore, ProbWriter, manifest
 from segkit.bundle.files import CHOICE, CONFIG, EXTRA, STATE, TUNE, Bundle, work_dir, work_paths
+from segkit.compute.device import resolve_device
 from segkit.config import Config
 from segkit.data import Competition
-from segkit.compute.device import resolve_device
 from segkit.ensemble import is_subsettable, restore, write_store
 from segkit.ensemble.base import Setup
 from segkit.ensemble.sources import TestSource
 from segkit.errors import ConfigError, DataError, SegkitError
-from segkit.artifacts.freshness import Unit, fingerprints
-from segkit.metrics import get_metric
-from segkit.postprocess.tuned import Tuned
-from segkit.artifacts.probs import ProbStore, ProbWriter, manifest
 from segkit.inference.engine import Predictor
 from segkit.inference.outputs import Collected, Outputs, prepare_store
 from segkit.inference.runtimes import loader
-from segkit.submission.build import Submission
 from segkit.inference.tta import views_for
+from segkit.metrics import get_metric
+from segkit.postprocess.tuned import Tuned
+from segkit.submission.build import Submission
 
 # The share of the budget the plan spends on networks: the rest is for reading, ensembling, post-processing and
 # writing, and for the error of a speed measured on a few images.

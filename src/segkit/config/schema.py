@@ -12,9 +12,9 @@ from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from segkit.artifacts.layout import Layout
 from segkit.config.merge import merge
 from segkit.errors import ConfigError
-from segkit.artifacts.layout import Layout
 
 
 class Section(BaseModel):

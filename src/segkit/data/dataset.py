@@ -19,6 +19,7 @@ from segkit.data.augment import build_augment
 from segkit.data.competition import Competition
 from segkit.data.normalize import Normalizer
 
+
 def pad_to_multiple(arr: np.ndarray, multiple: int) -> np.ndarray:
     """Pad an (H, W[, C]) array at the bottom/right to multiples of ``multiple`` by reflection."""
     h, w = arr.shape[:2]
@@ -55,8 +56,8 @@ class SegDataset(Dataset):
         """``split`` picks the image folder (train / test). Masks come from the competition unless ``mask_reader``
         (e.g. pseudo labels for test images) is given; ``with_mask`` defaults to "train split or a reader". With
         ``normalize=False`` images stay as read (in [0, 1]): for exported networks, which normalise themselves
-        (``segkit.inference.runtimes``). The reflection padding commutes with a per-channel normalisation, so the network
-        sees the same values either way."""
+        (``segkit.inference.runtimes``). The reflection padding commutes with a per-channel normalisation, so the
+        network sees the same values either way."""
         self.comp = comp
         self.ids = list(ids)
         self.split = split

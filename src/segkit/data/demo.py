@@ -24,8 +24,8 @@ import numpy as np
 import pandas as pd
 
 from segkit.artifacts import atomic
-
 from segkit.data import rle
+
 DEFAULTS = dict(n_train=240, n_test=80, size=96, classes=1, seed=0)
 EMPTY_SHARE = 1 / 3
 

@@ -7,9 +7,9 @@ from typing import TypeVar
 
 import pandas as pd
 
+from segkit.artifacts.layout import check_id
 from segkit.data.competition import Competition, read_csv
 from segkit.errors import ConfigError, DataError
-from segkit.artifacts.layout import check_id
 
 T = TypeVar("T")
 

@@ -22,9 +22,8 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
-from segkit.data import rle
 from segkit.config.schema import InstanceSpec
-from segkit.data import imageio
+from segkit.data import imageio, rle
 from segkit.errors import DataError
 
 

@@ -22,9 +22,9 @@ from typing import Optional
 
 import numpy as np
 
+from segkit.artifacts.probs import mean_uint8, quantize
 from segkit.ensemble.base import METHODS, FitSample, Method, as_float
 from segkit.metrics import CompetitionMetric
-from segkit.artifacts.probs import mean_uint8, quantize
 from segkit.threshold import binarize
 
 # A stored 0 means p < 1/510: use half a quantisation step instead of log(0).

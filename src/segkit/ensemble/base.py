@@ -19,9 +19,9 @@ from typing import Optional
 
 import numpy as np
 
+from segkit.artifacts.probs import dequantize
 from segkit.errors import DataError
 from segkit.metrics import CompetitionMetric
-from segkit.artifacts.probs import dequantize
 from segkit.registry import Registry
 
 METHODS: Registry[type["Method"]] = Registry("ensemble method")

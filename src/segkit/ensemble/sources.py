@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from segkit.errors import DataError
 from segkit.artifacts.layout import Layout
 from segkit.artifacts.probs import ProbStore, manifest
+from segkit.errors import DataError
 
 
 class TestSource:

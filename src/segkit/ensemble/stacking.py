@@ -28,9 +28,15 @@ from typing import Optional
 import numpy as np
 
 from segkit.ensemble.base import METHODS, FitSample, Method, as_float
+from segkit.ensemble.features import (
+    extra_columns,
+    extra_values,
+    image_stat_names,
+    image_stats,
+    pixel_feature_names,
+    pixel_features,
+)
 from segkit.errors import ConfigError
-from segkit.ensemble.features import (extra_columns, extra_values, image_stat_names, image_stats,
-                                      pixel_feature_names, pixel_features)
 
 PIXEL_PARAMS = dict(
     objective="binary", learning_rate=0.1, num_leaves=31, min_data_in_leaf=100, feature_fraction=0.8,

@@ -52,7 +52,8 @@ class Collected(dict):
 
 
 def to_uint8(p: torch.Tensor) -> np.ndarray:
-    """Quantise on the device (a quarter of the bytes to copy back); same rounding as segkit.artifacts.probs.quantize."""
+    """Quantise on the device (a quarter of the bytes to copy back); same rounding as
+    segkit.artifacts.probs.quantize."""
     p = torch.nan_to_num(p, nan=0.0)
     return torch.round(p * 255.0).clamp_(0, 255).to(torch.uint8).cpu().numpy()
 

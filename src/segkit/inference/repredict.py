@@ -39,8 +39,8 @@ def oof_part_unit(cfg: Config, model: str, folder: Path, k: int, ids: list[str])
     prediction settings. Its completion marker is the store's manifest, which the store gets once every part is
     in."""
     return Unit(f"predict: models[{model}] fold {k} OOF re-prediction", part_stamp(folder, k),
-                [image_file(folder, i) for i in ids], store_inputs(cfg, {k: fold_checkpoints(cfg, model, k)}, "oof_tta"),
-                marker=manifest(folder))
+                [image_file(folder, i) for i in ids],
+                store_inputs(cfg, {k: fold_checkpoints(cfg, model, k)}, "oof_tta"), marker=manifest(folder))
 
 
 def predict_oof(cfg: Config, comp: Competition, model_cfg: ModelConfig, folds: pd.DataFrame, device,
@@ -68,7 +68,8 @@ def predict_oof(cfg: Config, comp: Competition, model_cfg: ModelConfig, folds: p
         barrier_if_many(world)
         writer = ProbWriter(folder, list(cfg.data.classes))
         predictor = Predictor(cfg, [fold_checkpoints(cfg, model_cfg.name, k)], device)
-        predictor.predict(comp, ids, "train", Outputs(writer), world, desc=f"{model_cfg.name} fold {k} OOF re-prediction")
+        predictor.predict(comp, ids, "train", Outputs(writer), world,
+                          desc=f"{model_cfg.name} fold {k} OOF re-prediction")
         del predictor
         barrier_if_many(world)  # every rank's images of this part are in before the part is stamped done
         if world.is_main:

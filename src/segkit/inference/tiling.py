@@ -7,8 +7,8 @@ together with the weights; the canvas divided by the summed weights is the predi
 one (H, W) weight sum and one batch of tiles, so a 5000x5000 image predicts in bounded memory, and because every
 pixel is a weighted average of tiles whose weights fade in and out smoothly there are no seams.
 
-The predictor is any ``fn(batch (B, C, th, tw)) -> probs (B, K, th, tw)``, e.g. a ``segkit.inference.tta.TTAPredictor``, so
-tiling and TTA compose.
+The predictor is any ``fn(batch (B, C, th, tw)) -> probs (B, K, th, tw)``, e.g. a
+``segkit.inference.tta.TTAPredictor``, so tiling and TTA compose.
 
 Tiling pays for images only a little larger than the tile, too. A network trained on random crops has never seen
 padding: TGS's 101 px tiles padded to 128 by reflection score 0.7782 on fold 0 with a network trained on 96 px

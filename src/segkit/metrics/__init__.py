@@ -25,8 +25,8 @@ from segkit.metrics.competition import (
     score_many,
     score_thresholds,
 )
-from segkit.metrics.objects import AP_THRESHOLDS, ObjectOverlaps
 from segkit.metrics.counts import OverlapCounts, counts_at_thresholds, overlap_counts
+from segkit.metrics.objects import AP_THRESHOLDS, ObjectOverlaps
 from segkit.metrics.overlap import (
     OVERLAP_SCORES,
     REDUCTIONS,

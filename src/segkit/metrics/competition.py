@@ -42,16 +42,14 @@ from typing import Callable, Sequence
 import numpy as np
 from scipy import ndimage as ndi
 
+from segkit.artifacts.probs import dequantize
 from segkit.errors import ConfigError, DataError
 from segkit.metrics.counts import OverlapCounts, as_batch, counts_at_thresholds, overlap_counts
 from segkit.metrics.image_scores import class_mean, surface_metric
 from segkit.metrics.inputs import as_mask, check_same_shape
 from segkit.metrics.objects import AP_TWENTIETHS, ObjectOverlaps
-from segkit.artifacts.probs import dequantize
 from segkit.registry import Registry
 from segkit.threshold import sweep_level
-
-
 
 # ----------------------------------------------------------------------------------------- scores from counts
 

@@ -22,9 +22,9 @@ from typing import Sequence
 import numba
 import numpy as np
 
+from segkit.artifacts.probs import dequantize
 from segkit.errors import DataError
 from segkit.metrics.inputs import as_mask, check_same_shape
-from segkit.artifacts.probs import dequantize
 
 
 @dataclass(frozen=True)

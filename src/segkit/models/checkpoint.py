@@ -19,10 +19,10 @@ import torch
 from torch import nn
 
 from segkit.artifacts import atomic
+from segkit.artifacts.probs import ProbStore
 from segkit.config.schema import ModelConfig
 from segkit.errors import DataError, SegkitError
 from segkit.models import build_model
-from segkit.artifacts.probs import ProbStore
 
 FORMAT = "segkit-checkpoint"
 VERSION = 2  # 2: the RNG states as tensors and numbers, so the whole file loads with weights_only=True

@@ -32,10 +32,12 @@ from typing import Any, Callable, Mapping, Sequence
 
 import cv2
 import numpy as np
+
 from segkit.components import components
 from segkit.errors import ConfigError
 from segkit.registry import Registry
 from segkit.threshold import binarize, count_above
+
 
 @dataclass(frozen=True)
 class MaskStep:

@@ -14,10 +14,10 @@ import numpy as np
 from tqdm import tqdm
 
 from segkit.artifacts import atomic
+from segkit.artifacts.freshness import Unit
 from segkit.config import Config
 from segkit.data import Competition
 from segkit.errors import DataError
-from segkit.artifacts.freshness import Unit
 
 
 def check_competition(comp: Competition, progress: bool = True) -> dict:

@@ -14,8 +14,8 @@ Outputs, in ``<run_dir>/ensemble/`` (``ensemble_pl<r>/`` for pseudo round r): ``
 stores), ``cv.csv`` (one row per method and per single model), ``state.json`` (what the chosen method combines
 test images with, exactly: weights, lookup tables, LightGBM text models; what ``restore`` reads back for an offline
 bundle), ``choice.json`` (method, CV, learnt parameters, written last). The ensemble is one unit of work
-(``segkit.artifacts.freshness``): skipped while its models' stores, the fold file and the ensemble settings are those it was
-made from, redone when a model's stores were rewritten.
+(``segkit.artifacts.freshness``): skipped while its models' stores, the fold file and the ensemble settings are those
+it was made from, redone when a model's stores were rewritten.
 """
 
 from __future__ import annotations
@@ -28,17 +28,25 @@ import pandas as pd
 
 from segkit.artifacts import atomic
 from segkit.artifacts.freshness import Unit, fingerprint, fingerprints
-from segkit.oof import ModelOOF
 from segkit.artifacts.probs import manifest
 from segkit.config import Config
 from segkit.data import Competition
 from segkit.data.folds import fold_numbers, load_folds
-from segkit.ensemble import (MODEL_PREFIX, Method, as_uint8, build_method, check_choice, method_names, picked,
-                             write_store)
+from segkit.ensemble import (
+    MODEL_PREFIX,
+    Method,
+    as_uint8,
+    build_method,
+    check_choice,
+    method_names,
+    picked,
+    write_store,
+)
 from segkit.ensemble.base import FitSample, Setup, sample_stride
 from segkit.ensemble.sources import TestSource, read_all
 from segkit.errors import ConfigError, DataError
 from segkit.metrics import CompetitionMetric, get_metric
+from segkit.oof import ModelOOF
 from segkit.progress import bar
 from segkit.threshold import binarize
 

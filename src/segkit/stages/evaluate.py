@@ -27,9 +27,9 @@ the precision at each IoU threshold, the objects true and predicted, and the spl
 (``segkit.metrics.competition.object_scores``).
 
 Images are read, scored and dropped one at a time: memory holds only the per-image values. Outputs
-(``segkit.artifacts.layout.EvaluatePaths``): ``per_image_<split>.csv`` (id, class, true and predicted pixels, every metric),
-``metrics.csv`` (per split, class and metric: best direction, mean, std, median, n; with several classes also the
-class ``all``, the per-image mean over classes, which is what a competition metric scores) and ``evaluate.json``
+(``segkit.artifacts.layout.EvaluatePaths``): ``per_image_<split>.csv`` (id, class, true and predicted pixels, every
+metric), ``metrics.csv`` (per split, class and metric: best direction, mean, std, median, n; with several classes also
+the class ``all``, the per-image mean over classes, which is what a competition metric scores) and ``evaluate.json``
 (the same table with the conventions). The evaluation is a unit of work (``segkit.artifacts.freshness``): skipped while
 tune.json, the stores and the data settings are those it was made from.
 """
@@ -43,22 +43,22 @@ import numpy as np
 import pandas as pd
 
 from segkit.artifacts import atomic
+from segkit.artifacts.freshness import Unit, fingerprint
+from segkit.artifacts.probs import ProbStore, manifest
+from segkit.commands import final_ensemble_maker, final_store
 from segkit.config import Config
 from segkit.data import Competition
 from segkit.data.folds import fold_of, load_folds
 from segkit.errors import DataError
-from segkit.artifacts.freshness import Unit, fingerprint
-from segkit.postprocess.instances import DecodeParams, decode
 from segkit.metrics import get_metric, overlap_counts, roc_auc
 from segkit.metrics.competition import object_scores
 from segkit.metrics.image_scores import COUNT_SCORES, SURFACE_SCORES, surface_class_scores
 from segkit.metrics.volume_scores import VOLUME_METRICS, volume_scores
+from segkit.postprocess.instances import DecodeParams, decode
 from segkit.postprocess.masks import postprocess
 from segkit.postprocess.tuned import Tuned
 from segkit.postprocess.volumes import case_masks, case_truth, clean_volume
-from segkit.artifacts.probs import ProbStore, manifest
 from segkit.progress import bar
-from segkit.commands import final_ensemble_maker, final_store
 
 # The table's metrics in the order it shows them; "rvd" is the only one that is not a competition metric.
 TABLE = ("pixel_accuracy", "mean_pixel_accuracy", "iou", "dice", "sensitivity", "specificity", "voe", "rvd",

@@ -10,8 +10,8 @@ must stay within ``--tolerance`` (1e-3), else the command stops naming the model
 when an operator does not export. Every export's ``.json`` holds its model's meta (mode, classes, channels, stride)
 and its check; ``export.json`` lists them all and is written last.
 
-One unit of work (``segkit.artifacts.freshness``): skipped while the checkpoints, formats and normalisation are those it was
-made from.
+One unit of work (``segkit.artifacts.freshness``): skipped while the checkpoints, formats and normalisation are those
+it was made from.
 """
 
 from __future__ import annotations
@@ -23,13 +23,13 @@ import numpy as np
 import torch
 
 from segkit.artifacts import atomic
-from segkit.models.checkpoint import fold_checkpoints, load_model
+from segkit.artifacts.freshness import Unit, fingerprints
 from segkit.config import Config
 from segkit.data import Competition, pad_to_multiple
 from segkit.data.folds import fold_numbers, load_folds
 from segkit.errors import ConfigError, SegkitError
-from segkit.artifacts.freshness import Unit, fingerprints
 from segkit.inference.runtimes import EXPORTERS, FORMATS, SUFFIX, ProbabilityGraph, loader, meta_path, write_meta
+from segkit.models.checkpoint import fold_checkpoints, load_model
 
 TOLERANCE = 1e-3
 CHECK_IMAGES = 4

@@ -21,11 +21,11 @@ from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 from sklearn.model_selection import KFold, StratifiedGroupKFold, StratifiedKFold
 
 from segkit.artifacts import atomic
+from segkit.artifacts.freshness import Unit
 from segkit.config import Config
 from segkit.data import Competition
 from segkit.data.folds import fold_numbers, load_folds
 from segkit.errors import ConfigError, DataError
-from segkit.artifacts.freshness import Unit
 
 
 def coverage_strata(coverage: np.ndarray, bins: int) -> np.ndarray:

@@ -28,15 +28,29 @@ from typing import Optional
 import yaml
 
 from segkit.artifacts import atomic
-from segkit.bundle.files import (CHOICE, CONFIG, EXTRA, INFER, MANIFEST, NOTEBOOK, REQUIREMENTS, STATE, TUNE, WHEELS,
-                           Bundle, BundleModel, model_file, stage_source)
-from segkit.models.checkpoint import fold_checkpoints
+from segkit.bundle.files import (
+    CHOICE,
+    CONFIG,
+    EXTRA,
+    INFER,
+    MANIFEST,
+    NOTEBOOK,
+    REQUIREMENTS,
+    STATE,
+    TUNE,
+    WHEELS,
+    Bundle,
+    BundleModel,
+    model_file,
+    stage_source,
+)
 from segkit.config import Config
 from segkit.data import Competition
 from segkit.data.folds import fold_numbers, load_folds
 from segkit.errors import ConfigError, DataError
-from segkit.postprocess.tuned import Tuned
 from segkit.inference.runtimes import SUFFIX, meta_path
+from segkit.models.checkpoint import fold_checkpoints
+from segkit.postprocess.tuned import Tuned
 
 # What inference imports (segkit.bundle.infer and what it reaches), by distribution; pip adds their own dependencies.
 INFER_PACKAGES = ["torch", "torchvision", "timm", "segmentation-models-pytorch", "safetensors", "numpy", "scipy",

@@ -16,13 +16,14 @@ For each model of the config:
   unit of its own, so ``--fold K`` re-predicts one fold; the store is complete once every fold is in.
 
 Stores are uint8 at each image's original size (the stride padding is cropped off). Images larger than
-``predict.tile_size`` are predicted in overlapping blended tiles (``segkit.inference.tiling``). All checkpoints of a model are
-held on the device together, so each image is read and predicted in one go; memory is one network per checkpoint.
+``predict.tile_size`` are predicted in overlapping blended tiles (``segkit.inference.tiling``). All checkpoints of a
+model are held on the device together, so each image is read and predicted in one go; memory is one network per
+checkpoint.
 
-Each store (and each fold's part of the OOF store) is a unit of work (``segkit.artifacts.freshness``) whose stamp records the
-checkpoints and the prediction settings: images already in a store made from the same ones are kept (a killed run
-resumes), a store made from others is predicted afresh. Under ``torchrun`` each rank predicts its share of the ids
-and rank 0 finishes the store.
+Each store (and each fold's part of the OOF store) is a unit of work (``segkit.artifacts.freshness``) whose stamp
+records the checkpoints and the prediction settings: images already in a store made from the same ones are kept (a
+killed run resumes), a store made from others is predicted afresh. Under ``torchrun`` each rank predicts its share of
+the ids and rank 0 finishes the store.
 """
 
 from __future__ import annotations

@@ -18,8 +18,8 @@ masks, with ``selection.csv`` listing every (fold, test image) pair's confident 
 (``segkit.artifacts.freshness``): kept while the test stores it selected from and the selection settings are unchanged.
 
 Training with them: a config with ``pseudo.round: r`` trains fold k on its usual training ids *plus* round r's fold-k
-labels (``segkit.stages.train.data.pseudo_train_data``). They are test images: they never enter the fold file, so no fold
-validates on them. The submission's own test prediction still uses every fold of every model (the ensemble).
+labels (``segkit.stages.train.data.pseudo_train_data``). They are test images: they never enter the fold file, so no
+fold validates on them. The submission's own test prediction still uses every fold of every model (the ensemble).
 
 Rounds (``pseudo.rounds`` = N): ``segkit pseudo`` (and ``segkit run``) go through rounds 1..N, each selecting from
 the models of the round before, then training, predicting and ensembling the models again as ``<model>_pl<r>``
@@ -38,13 +38,13 @@ import numpy as np
 import pandas as pd
 
 from segkit.artifacts import atomic
-from segkit.config import Config
-from segkit.errors import DataError
-from segkit.data import Competition
-from segkit.data.folds import fold_numbers, load_folds
 from segkit.artifacts.freshness import Unit, fingerprints
 from segkit.artifacts.layout import PseudoPaths, round_name
 from segkit.artifacts.probs import ProbStore, ProbWriter, dequantize, image_files, manifest, mean_uint8
+from segkit.config import Config
+from segkit.data import Competition
+from segkit.data.folds import fold_numbers, load_folds
+from segkit.errors import DataError
 from segkit.threshold import below
 from segkit.threshold import binarize as above
 
@@ -141,7 +141,8 @@ def select(cfg: Config, r: Optional[int] = None, folds: Optional[list[int]] = No
                 old.unlink()
             chosen = tables[k].loc[tables[k]["selected"], "id"].tolist()
             writer = ProbWriter(paths.labels(k), sources[k][0].classes)
-            content = hashlib.sha1()  # what the labels are, so that labels selected again alike change nothing downstream
+            # what the labels are, so that labels selected again alike change nothing downstream
+            content = hashlib.sha1()
             for image_id in chosen:
                 # the mean again rather than kept from the selection pass: a test set's worth of means per fold would
                 # sit in memory until every image was rated (max_images needs them all before it can choose)

@@ -13,8 +13,8 @@ Sections, each written from whatever artifact exists (a missing one leaves a not
   split and merged objects, and OOF images with every object's outline;
 - examples: OOF predictions against the truth on the best, median and worst images by the tuned per-image score.
 
-The report reads artifacts only (through ``segkit.artifacts.layout``) and scores with the competition's metric object. It
-is a unit of work (``segkit.artifacts.freshness``): rewritten only when something it reads has changed.
+The report reads artifacts only (through ``segkit.artifacts.layout``) and scores with the competition's metric object.
+It is a unit of work (``segkit.artifacts.freshness``): rewritten only when something it reads has changed.
 """
 
 from __future__ import annotations
@@ -29,18 +29,18 @@ import numpy as np
 import pandas as pd
 
 from segkit.artifacts import atomic
+from segkit.artifacts.freshness import Unit, fingerprints
+from segkit.artifacts.layout import ReportPaths
+from segkit.artifacts.probs import ProbStore, manifest
 from segkit.config import Config
 from segkit.data import Competition
 from segkit.data.folds import fold_of, load_folds
 from segkit.data.instances import contour
-from segkit.artifacts.freshness import Unit, fingerprints
-from segkit.postprocess.instances import decode
-from segkit.artifacts.layout import ReportPaths
 from segkit.metrics import get_metric
 from segkit.oof import score_frame
+from segkit.postprocess.instances import decode
 from segkit.postprocess.masks import postprocess
 from segkit.postprocess.tuned import Tuned, default_params
-from segkit.artifacts.probs import ProbStore, manifest
 
 EXAMPLES = ("best", "median", "worst")
 

@@ -11,8 +11,8 @@ With ``data.holdout_fraction`` the "test" images are labelled train images: the 
 same format to ``runs/<experiment>/holdout_truth.csv`` so ``segkit score`` can score the submission.
 
 The probabilities are those of the experiment's final ensemble (the last pseudo-labelling round's, if any). The
-submission is a unit of work (``segkit.artifacts.freshness``): skipped while tune.json, the ensemble's test store, the sample
-submission and the RLE settings are those it was made from.
+submission is a unit of work (``segkit.artifacts.freshness``): skipped while tune.json, the ensemble's test store, the
+sample submission and the RLE settings are those it was made from.
 """
 
 from __future__ import annotations
@@ -28,8 +28,7 @@ from segkit.commands import final_store
 from segkit.config import Config
 from segkit.data import Competition
 from segkit.postprocess.tuned import Tuned
-from segkit.submission.build import (Submission, final_masks, holdout_truth, instance_truth, volume_files,
-                                     write_volumes)
+from segkit.submission.build import Submission, final_masks, holdout_truth, instance_truth, volume_files, write_volumes
 
 
 def submit_unit(cfg: Config, holdout: bool, volumes: dict[str, Path] | None = None) -> Unit:

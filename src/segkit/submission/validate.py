@@ -25,8 +25,7 @@ from typing import Callable, Mapping, Union
 import numpy as np
 import pandas as pd
 
-from segkit.data import rle
-from segkit.data import read_csv
+from segkit.data import read_csv, rle
 from segkit.data.imageio import IMAGE_EXTENSIONS, image_size
 from segkit.errors import DataError, SegkitError
 

@@ -24,8 +24,16 @@ from segkit.data.instances import objects_from_rows
 from segkit.errors import DataError, SegkitError
 from segkit.metrics import get_metric
 from segkit.metrics.competition import object_ap_labels
-from segkit.submission.validate import (Shapes, key_text, read_table, rle_column, shape_lookup, shapes_from_args,
-                             validate_instances, validate_submission)
+from segkit.submission.validate import (
+    Shapes,
+    key_text,
+    read_table,
+    rle_column,
+    shape_lookup,
+    shapes_from_args,
+    validate_instances,
+    validate_submission,
+)
 
 BATCH = 512  # masks scored per call of the metric's batch path
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import Optional
 
+from segkit.compute import distributed
 from segkit.config.schema import Config
 from segkit.data import Competition
 from segkit.data.folds import check_fold, fold_numbers, load_folds
 from segkit.errors import ConfigError
-from segkit.compute import distributed
 from segkit.stages.train.data import ExtraTrainData
 from segkit.stages.train.fold import train_fold
 

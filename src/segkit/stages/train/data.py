@@ -2,8 +2,8 @@
 
 Pseudo labels are an artifact of the pseudo stage (``runs/<experiment>/pseudo/round<r>/fold<k>/``, a store of 0/255
 masks per fold); a config with ``pseudo.round: r`` reads round r's labels of the fold it trains here and mixes them
-into every batch: fold k's labels come from models that never saw fold k's labels (``segkit.stages.pseudo``). They are test
-images: they never enter the fold file, so no fold validates on them.
+into every batch: fold k's labels come from models that never saw fold k's labels (``segkit.stages.pseudo``). They are
+test images: they never enter the fold file, so no fold validates on them.
 """
 
 from __future__ import annotations
@@ -15,15 +15,15 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, DataLoader
 
+from segkit.artifacts.freshness import fingerprint, recorded
+from segkit.artifacts.probs import ProbStore, manifest
+from segkit.compute.distributed import World
 from segkit.config.schema import Config, TrainConfig
 from segkit.data import Competition, SegDataset, by_size, pad_collate
 from segkit.errors import DataError
-from segkit.artifacts.freshness import fingerprint, recorded
-from segkit.artifacts.probs import ProbStore, manifest
-from segkit.threshold import binarize
-from segkit.compute.distributed import World
 from segkit.stages.train.sampler import BatchPlan
 from segkit.stages.train.seeding import derive_seed, worker_init
+from segkit.threshold import binarize
 
 
 @dataclass

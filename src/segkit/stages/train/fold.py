@@ -20,22 +20,21 @@ import pandas as pd
 import torch
 
 from segkit.artifacts import atomic
+from segkit.artifacts.freshness import FRESH, STALE, UNSTAMPED, Unit, differences, digest
+from segkit.artifacts.layout import FoldPaths
+from segkit.artifacts.probs import ProbWriter, manifest
+from segkit.compute import distributed
+from segkit.compute.device import amp_dtype, depthwise_float32_when_training, grad_scaler, resolve_amp, resolve_device
+from segkit.compute.sizing import loader_workers
 from segkit.config.schema import Config, ModelConfig, TrainConfig
 from segkit.data import Competition
 from segkit.data.folds import fold_ids, load_folds
-from segkit.compute.device import amp_dtype, depthwise_float32_when_training, grad_scaler, resolve_amp, resolve_device
 from segkit.errors import ConfigError, SegkitError
-from segkit.artifacts.freshness import FRESH, STALE, UNSTAMPED, Unit, differences, digest
-from segkit.artifacts.layout import FoldPaths
 from segkit.losses import LossSchedule
 from segkit.metrics import get_metric
-from segkit.models import build_model, check_output_size
+from segkit.models import build_model, check_output_size, checkpoint
 from segkit.models.weights import looks_like_path
 from segkit.optim import build_optimizer, build_schedule, cycle_end_epochs, group_lrs
-from segkit.artifacts.probs import ProbWriter, manifest
-from segkit.compute.sizing import loader_workers
-from segkit.models import checkpoint
-from segkit.compute import distributed
 from segkit.stages.train.data import ExtraTrainData, TrainData, pseudo_train_data, val_loader
 from segkit.stages.train.ema import build_ema
 from segkit.stages.train.loop import Stepper, train_epoch
@@ -123,7 +122,8 @@ def train_fold(
     extra: Optional[ExtraTrainData] = None,
 ) -> dict:
     """Train (or resume, or skip) one fold; returns its summary (best epoch, scores). ``extra``: images mixed
-    into every batch (default: the pseudo labels of ``pseudo.round``, ``segkit.stages.train.data.pseudo_train_data``)."""
+    into every batch (default: the pseudo labels of ``pseudo.round``,
+    ``segkit.stages.train.data.pseudo_train_data``)."""
     tcfg = cfg.train_for(model_cfg)
     paths = FoldPaths(Path(out_dir)) if out_dir else cfg.layout.fold(model_cfg.name, fold)
     where = f"models[{model_cfg.name}] fold {fold}"

@@ -12,13 +12,13 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from segkit.config.schema import TrainConfig
 from segkit.compute.device import autocast, to_device
+from segkit.compute.distributed import World, gather
+from segkit.config.schema import TrainConfig
 from segkit.errors import SegkitError
 from segkit.losses import SegLoss
 from segkit.models import split_output
 from segkit.optim import LRSchedule
-from segkit.compute.distributed import World, gather
 from segkit.stages.train.ema import EMA
 
 

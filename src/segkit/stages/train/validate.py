@@ -16,15 +16,15 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from segkit.data import unpad
+from segkit.artifacts.probs import ProbWriter
 from segkit.compute.device import autocast, to_device
+from segkit.compute.distributed import World, gather
+from segkit.data import unpad
 from segkit.losses import SegLoss
 from segkit.metrics import CompetitionMetric
 from segkit.metrics.overlap import overlap_scores
 from segkit.models import probabilities, split_output
-from segkit.artifacts.probs import ProbWriter
 from segkit.threshold import binarize
-from segkit.compute.distributed import World, gather
 
 
 @torch.inference_mode()

@@ -10,7 +10,14 @@ import numpy as np
 
 from segkit.components import components_in
 from segkit.metrics import CompetitionMetric, ObjectOverlaps
-from segkit.postprocess.masks import ClassParams, component_filter, has_empty_rule, morph, restrict_to_argmax, stage_mask
+from segkit.postprocess.masks import (
+    ClassParams,
+    component_filter,
+    has_empty_rule,
+    morph,
+    restrict_to_argmax,
+    stage_mask,
+)
 from segkit.stages.tune.stream import OOFStream
 
 

@@ -24,8 +24,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from segkit.config.schema import InstanceTune
-from segkit.postprocess.instances import DECODERS, DecodeParams, finish
 from segkit.metrics.competition import object_ap_labels
+from segkit.postprocess.instances import DECODERS, DecodeParams, finish
 from segkit.progress import bar
 
 Finish = tuple[int, int]  # (min_size, dilate)

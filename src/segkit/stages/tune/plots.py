@@ -7,6 +7,7 @@ from pathlib import Path
 from segkit.artifacts import atomic
 from segkit.artifacts.layout import TunePaths
 
+
 def plot_curves(curves: dict, paths: TunePaths, metric_name: str) -> list[Path]:
     """score vs threshold and score vs min area, one PNG per class and search."""
     import matplotlib  # here, not at the top: the search is used without plots (ablation), and pyplot costs 0.5 s

@@ -19,8 +19,8 @@ import numpy as np
 
 from segkit.errors import ConfigError, DataError
 from segkit.metrics import CompetitionMetric
-from segkit.postprocess.tuned import SearchResult
 from segkit.postprocess.masks import MASK_STEPS, ClassParams, describe, postprocess
+from segkit.postprocess.tuned import SearchResult
 from segkit.stages.tune.candidates import score_params
 from segkit.stages.tune.stream import OOFStream
 from segkit.stages.tune.tables import Tables, summarize

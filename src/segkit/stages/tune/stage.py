@@ -2,8 +2,8 @@
 
 ``tune.json`` holds the chosen parameters per class, every step's CV, the curves, the plain-pipeline baseline and
 the time taken; ``tune/oof_scores.csv`` the tuned and baseline score of every OOF image; ``tune/*.png`` the curves.
-The tuning is one unit of work (``segkit.artifacts.freshness``): skipped while the ensemble OOF, the truth and the search
-settings are those it was made from.
+The tuning is one unit of work (``segkit.artifacts.freshness``): skipped while the ensemble OOF, the truth and the
+search settings are those it was made from.
 """
 
 from __future__ import annotations
@@ -14,21 +14,21 @@ import numpy as np
 import pandas as pd
 
 from segkit.artifacts import atomic
+from segkit.artifacts.freshness import Unit, fingerprint, fingerprints
+from segkit.artifacts.probs import ProbStore, manifest
+from segkit.commands import final_store
 from segkit.config import Config
 from segkit.data import Competition
 from segkit.data.folds import fold_numbers, fold_of, load_folds
-from segkit.artifacts.freshness import Unit, fingerprint, fingerprints
 from segkit.metrics import CompetitionMetric, get_metric
 from segkit.oof import fold_oof, score_frame
 from segkit.postprocess import tuned as tune_json
 from segkit.postprocess.masks import params_list
 from segkit.postprocess.tuned import Tuned, cv_text
-from segkit.artifacts.probs import ProbStore, manifest
-from segkit.commands import final_store
+from segkit.stages.tune.instances import tune_instances
 from segkit.stages.tune.plots import plot_curves
 from segkit.stages.tune.search import tune
 from segkit.stages.tune.stream import OOFStream
-from segkit.stages.tune.instances import tune_instances
 from segkit.stages.tune.volumes import tune_volumes
 
 

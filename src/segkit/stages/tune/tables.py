@@ -23,8 +23,8 @@ from segkit.errors import DataError
 from segkit.metrics import CompetitionMetric
 from segkit.postprocess.masks import restrict_to_argmax
 from segkit.progress import bar
-from segkit.threshold import uint8_cut
 from segkit.stages.tune.stream import OOFStream
+from segkit.threshold import uint8_cut
 
 
 @dataclass
