@@ -130,6 +130,15 @@ def test_readme_command_table_is_the_command_registry():
     assert _readme_block("commands").strip() == commands_table().strip()
 
 
+def test_readme_package_map_is_the_package():
+    """Every folder and top-level module of src/segkit has its line in the README's map, and nothing else does."""
+    block = _readme_block("package").strip().removeprefix("```").removesuffix("```").strip("\n")
+    mapped = {line.split()[0].rstrip("/") for line in block.splitlines() if line and not line.startswith(" ")}
+    present = {p.name.removesuffix(".py") if p.is_file() else p.name for p in PACKAGE.iterdir()
+               if (p.is_dir() and p.name != "__pycache__") or (p.suffix == ".py" and not p.name.startswith("__"))}
+    assert {m.removesuffix(".py") for m in mapped} == present
+
+
 def test_readme_layout_is_the_layout_modules():
     import segkit.artifacts.layout
 

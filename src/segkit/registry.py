@@ -74,39 +74,55 @@ class ExtensionPoint:
     add: str  # how to add one
 
 
-INDEX: tuple[ExtensionPoint, ...] = (
-    ExtensionPoint("loss", "segkit.losses:LOSSES", "train.loss",
-                   "`@LOSSES.register(name)` on `build(mode, num_classes, class_weights=None, **params)` returning a "
-                   "module `(logits, Target) -> loss`"),
-    ExtensionPoint("architecture (decoder)", "segkit.models:ARCHS", "models[].arch",
-                   "every smp decoder is there; `ARCHS.register(name)(Arch(name, cls))` for another"),
-    ExtensionPoint("encoder", "timm.models:register_model", "models[].encoder",
-                   "a timm model registered with `@register_model` is `tu-<name>`; smp's own encoders by name"),
-    ExtensionPoint("optimizer", "segkit.optim:OPTIMIZERS", "train.optimizer",
-                   "`@OPTIMIZERS.register(name)` on `build(param_groups, train_cfg)`"),
-    ExtensionPoint("learning-rate schedule", "segkit.optim:SCHEDULES", "train.schedule.name",
-                   "`@SCHEDULES.register(name)` on `(step, total, schedule_cfg, floor) -> lr factor`"),
-    ExtensionPoint("augmentation", "segkit.data.augment:AUGMENTS", "train.augment",
-                   "`@AUGMENTS.register(name)` on a function returning albumentations transforms"),
-    ExtensionPoint("mask source", "segkit.data.sources.base:SOURCES", "data.mask_source (data.mask_options)",
-                   "a `MaskSource` subclass with `@SOURCES.register(name)`"),
-    ExtensionPoint("test-time augmentation", "segkit.inference.tta:TTA", "predict.tta",
-                   "`@TTA.register(name)` on a function returning the views"),
-    ExtensionPoint("runtime", "segkit.inference.runtimes:RUNTIMES", "package --models, infer.py --runtime",
-                   "`@RUNTIMES.register(name)` on a loader `(path, device) -> (network, meta)`"),
-    ExtensionPoint("ensemble method", "segkit.ensemble.base:METHODS", "ensemble.methods, ensemble.choose",
-                   "a `Method` subclass (its facts: `subsettable`, `state`/`load_state`/`restrict`) with "
-                   "`@METHODS.register(name)`"),
-    ExtensionPoint("post-processing step", "segkit.postprocess.masks:MASK_STEPS", "tune.morph_steps",
-                   "`@register_step(name)` on `(mask, radius) -> mask`"),
-    ExtensionPoint("instance decoder", "segkit.postprocess.instances:DECODERS", "chosen by tune (tune.instances)",
-                   "`@DECODERS.register(name)` on `(probs, DecodeParams) -> labels`"),
-    ExtensionPoint("competition metric", "segkit.metrics.competition:COMPETITION_METRICS", "metric",
-                   "`COMPETITION_METRICS.register(name)(CompetitionMetric(...))`"),
-    ExtensionPoint("stage", "segkit.commands:register_stage", "segkit run, segkit <name>",
-                   "`register_stage(Stage(...), after=...)`, with `register_artifact` for what it writes"),
-    ExtensionPoint("command", "segkit.commands:register", "segkit <name>", "`register(Command(...))`"),
-)
+# One extension point a paragraph: "what an entry is | where the registry lives | what picks entries", then, indented,
+# how to add one.
+_POINTS = """
+loss | segkit.losses:LOSSES | train.loss
+    `@LOSSES.register(name)` on `build(mode, num_classes, class_weights=None, **params)` returning a module
+    `(logits, Target) -> loss`
+architecture (decoder) | segkit.models:ARCHS | models[].arch
+    every smp decoder is there; `ARCHS.register(name)(Arch(name, cls))` for another
+encoder | timm.models:register_model | models[].encoder
+    a timm model registered with `@register_model` is `tu-<name>`; smp's own encoders by name
+optimizer | segkit.optim:OPTIMIZERS | train.optimizer
+    `@OPTIMIZERS.register(name)` on `build(param_groups, train_cfg)`
+learning-rate schedule | segkit.optim:SCHEDULES | train.schedule.name
+    `@SCHEDULES.register(name)` on `(step, total, schedule_cfg, floor) -> lr factor`
+augmentation | segkit.data.augment:AUGMENTS | train.augment
+    `@AUGMENTS.register(name)` on a function returning albumentations transforms
+mask source | segkit.data.sources.base:SOURCES | data.mask_source (data.mask_options)
+    a `MaskSource` subclass with `@SOURCES.register(name)`
+test-time augmentation | segkit.inference.tta:TTA | predict.tta
+    `@TTA.register(name)` on a function returning the views
+runtime | segkit.inference.runtimes:RUNTIMES | package --models, infer.py --runtime
+    `@RUNTIMES.register(name)` on a loader `(path, device) -> (network, meta)`
+ensemble method | segkit.ensemble.base:METHODS | ensemble.methods, ensemble.choose
+    a `Method` subclass (its facts: `subsettable`, `state`/`load_state`/`restrict`) with
+    `@METHODS.register(name)`
+post-processing step | segkit.postprocess.masks:MASK_STEPS | tune.morph_steps
+    `@register_step(name)` on `(mask, radius) -> mask`
+instance decoder | segkit.postprocess.instances:DECODERS | chosen by tune (tune.instances)
+    `@DECODERS.register(name)` on `(probs, DecodeParams) -> labels`
+competition metric | segkit.metrics.competition:COMPETITION_METRICS | metric
+    `COMPETITION_METRICS.register(name)(CompetitionMetric(...))`
+stage | segkit.commands:register_stage | segkit run, segkit <name>
+    `register_stage(Stage(...), after=...)`, with `register_artifact` for what it writes
+command | segkit.commands:register | segkit <name>
+    `register(Command(...))`
+"""
+
+
+def _parse(text: str) -> tuple[ExtensionPoint, ...]:
+    rows: list[list[str]] = []
+    for line in text.strip().splitlines():
+        if line.startswith(" "):
+            rows[-1][3] = f"{rows[-1][3]} {line.strip()}".strip()
+        else:
+            rows.append([part.strip() for part in line.split(" | ")] + [""])
+    return tuple(ExtensionPoint(*row) for row in rows)
+
+
+INDEX: tuple[ExtensionPoint, ...] = _parse(_POINTS)
 
 
 def index_table() -> str:

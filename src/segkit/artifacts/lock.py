@@ -92,6 +92,8 @@ class ExperimentLock:
             fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             return False
+        except OSError as err:
+            raise SegkitError(f"cannot write {self.path}: {err.strerror or err}") from None
         with os.fdopen(fd, "w") as f:
             json.dump(self._record(), f, indent=1)
         return True
@@ -103,7 +105,10 @@ class ExperimentLock:
             return self
         # Folders made only to hold the lock go again with it when the command wrote nothing (a config error).
         self.made = [d for d in (self.path.parent, *self.path.parent.parents) if not d.exists()]
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise SegkitError(f"cannot write {self.path}: {err.strerror or err}") from None
         for _ in range(50):  # a few rounds: another process may take over or release between two looks
             if self._create():
                 self.owned = True
