@@ -70,8 +70,13 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text)
 
 
+def dumps(obj: Any) -> str:
+    """JSON text as every artifact is written (NumPy scalars and arrays as numbers and lists)."""
+    return json.dumps(obj, indent=2, sort_keys=False, default=_json_default)
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    write_text(path, dumps(obj) + "\n")
 
 
 def write_csv(path: str | os.PathLike, frame) -> None:

@@ -8,7 +8,7 @@ run it with the runtime alone.
 
 Runtimes, by name (``RUNTIMES``), each a loader ``(path, device) -> (callable on a torch batch, meta)``:
 
-- ``eager``: the checkpoint in PyTorch, as ``segkit predict`` runs it (no loader: ``segkit.inference.engine.Predictor``'s own);
+- ``eager``: the checkpoint in PyTorch, as ``segkit predict`` runs it (no loader: ``Predictor``'s own);
 - ``torchscript``: ``torch.jit`` of the graph (no segkit, timm or smp needed to load it);
 - ``onnx``: ONNX Runtime, the CUDA execution provider on a GPU where it is installed, else the CPU one.
 

@@ -55,7 +55,7 @@ def write(path: Path, record: Mapping[str, Any], classes: Sequence[str]) -> "Tun
     """Write ``record`` as tune.json (atomically), with this module's version; it is parsed first, so a file this
     module would refuse is never written. Returns it as read."""
     record = {"version": VERSION, **{k: v for k, v in record.items() if k != "version"}}
-    tuned = Tuned.parse(Path(path), json.loads(json.dumps(record)), classes)
+    tuned = Tuned.parse(Path(path), json.loads(atomic.dumps(record)), classes)
     atomic.write_json(path, record)
     return tuned
 
