@@ -95,22 +95,41 @@ def test_a_pid_reused_by_another_process_does_not_hold_the_lock(tmp_path):
 
 
 def test_ranks_of_one_launch_share_a_lock_and_other_launches_are_refused(tmp_path, monkeypatch):
+    from segkit.artifacts import lock as locks
+
     path = tmp_path / "exp" / "lock.json"
     parent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         path.parent.mkdir()
+        for name, value in (("TORCHELASTIC_RUN_ID", "none"), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29500")):
+            monkeypatch.setenv(name, value)
+        # rank 0 of this launch (the parent stands in for it) holds the lock
         path.write_text(json.dumps({"pid": parent.pid, "host": socket.gethostname(), "started": "now",
-                                    "command": "torchrun ... segkit train", "launch": "launch-1"}))
-        monkeypatch.setenv("TORCHELASTIC_RUN_ID", "launch-1")
+                                    "command": "torchrun ... segkit train", "launch": locks._launch()}))
+        monkeypatch.setenv("RANK", "1")
         with ExperimentLock(path, "segkit train") as lock:
             assert not lock.owned
-        assert path.exists()  # the rank that made it removes it, not this one
-        monkeypatch.setenv("TORCHELASTIC_RUN_ID", "launch-2")
+        assert path.exists()  # rank 0 removes it, not this rank
+        # another launch: "none" is torchrun's run id whenever it has no rendezvous id; the port tells them apart
+        monkeypatch.setenv("MASTER_PORT", "29501")
         with pytest.raises(LockedError, match=f"PID {parent.pid}"):
             ExperimentLock(path, "segkit train").acquire()
     finally:
         parent.kill()
         parent.wait()
+
+
+def test_a_rank_waits_for_its_rank_0_and_never_takes_the_lock_itself(tmp_path, monkeypatch):
+    from segkit.artifacts import lock as locks
+
+    path = tmp_path / "exp" / "lock.json"
+    path.parent.mkdir()
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "abc")
+    monkeypatch.setenv("RANK", "2")
+    monkeypatch.setattr(locks, "RANK_WAIT_S", 0.3)
+    with pytest.raises(LockedError, match="rank 2 waited"):
+        ExperimentLock(path).acquire()
+    assert not path.exists()
 
 
 def test_a_lock_from_another_host_is_refused_with_the_file_to_delete(tmp_path):

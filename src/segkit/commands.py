@@ -77,6 +77,7 @@ class Command:
     help: str
     options: tuple[Option, ...] = ()
     usage: str = ""  # how the README's command table shows a call of it
+    description: str = ""  # --help's longer text (default: help)
     config: bool = True  # takes --config CFG and overrides
     # writes the experiment: holds its lock (segkit.artifacts.lock) for the length of the command
     locks: bool = True
@@ -89,7 +90,7 @@ class Command:
 
     def describe(self, layout: Layout) -> str:
         """The command's --help description."""
-        return self.help
+        return self.description or self.help
 
 
 @dataclass(frozen=True)
@@ -169,7 +170,7 @@ OTHERS: list[Command] = [
                      option("--size", type=int), option("--classes", type=int, help="1 = binary; more = multiclass"),
                      option("--seed", type=int))),
     Command("run", "segkit.pipeline:run", RUN_HELP, scope="fold", usage="segkit run --config CFG"),
-    Command("ablate", "segkit.ablate:main", ABLATE_HELP,
+    Command("ablate", "segkit.ablate:main", ABLATE_HELP, description=f"{ABLATE_HELP} (runs/<experiment>/quality/)",
             usage="segkit ablate --config CFG [--folds 0,1] [--metrics iou]",
             options=(option("--folds", type=_ints, default=[],
                             help="folds the ablation trains and scores, e.g. 0,1 (default: all)"),
@@ -178,12 +179,14 @@ OTHERS: list[Command] = [
                      option("--no-variants", dest="with_variants", action="store_false",
                             help="skip the baseline and loss-only trainings: score only the recipe's own rows"),
                      option("--train-only", action="store_true", help="train and predict, do not score"))),
-    Command("export", "segkit.stages.export:run", EXPORT_HELP,
+    Command("export", "segkit.stages.export:run", EXPORT_HELP, description=f"{EXPORT_HELP} (runs/<experiment>/export/)",
             usage="segkit export --config CFG [--format torchscript|onnx|both]",
             options=(option("--format", default="both", choices=["torchscript", "onnx", "both"]),
                      option("--tolerance", type=float, default=1e-3,
                             help="largest difference of probabilities from PyTorch (float32) an export may have"))),
     Command("package", "segkit.stages.package:run", PACKAGE_HELP, locks=False,
+            description=f"{PACKAGE_HELP}; the README's \"Submitting to a code competition\" shows how a "
+                        f"notebook runs it",
             usage="segkit package --config CFG --out DIR",
             options=(option("--out", required=True, help="the bundle's folder (must not exist, or be an earlier "
                             "bundle)"),

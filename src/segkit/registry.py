@@ -95,7 +95,8 @@ mask source | segkit.data.sources.base:SOURCES | data.mask_source (data.mask_opt
 test-time augmentation | segkit.inference.tta:TTA | predict.tta
     `@TTA.register(name)` on a function returning the views
 runtime | segkit.inference.runtimes:RUNTIMES | package --models, infer.py --runtime
-    `@RUNTIMES.register(name)` on a loader `(path, device) -> (network, meta)`
+    built in (eager, torchscript, onnx): a bundle carries segkit alone, so a new runtime is a loader
+    `(path, device) -> (network, meta)` registered in segkit itself with `@RUNTIMES.register(name)`
 ensemble method | segkit.ensemble.base:METHODS | ensemble.methods, ensemble.choose
     a `Method` subclass (its facts: `subsettable`, `state`/`load_state`/`restrict`) with
     `@METHODS.register(name)`

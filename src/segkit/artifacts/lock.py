@@ -4,20 +4,25 @@ Two commands writing one experiment at once (two terminals, a relaunch while the
 interleave their stamps and stores; the units of work protect against kills, not against a second writer. So a
 command that writes an experiment takes ``runs/<experiment>/lock.json`` first:
 
-- the file is created exclusively (``O_CREAT | O_EXCL``), holding the holder's PID, host, start time, command and
-  launch; a second command finds it and stops at once, naming them, before it reads or writes anything;
-- a lock whose process is gone (same host, no such PID, or a PID reused by a later process) is taken over with a
-  line saying so: a killed command never blocks the next. A lock held from another host cannot be checked and
-  is refused with the file to delete once that command is known to be gone;
-- the ranks of one ``torchrun`` launch (the same ``TORCHELASTIC_RUN_ID``) share their launch's lock: whichever
-  rank creates it owns it and removes it when its command ends;
+- the file appears whole or not at all (written beside it, then hard-linked into place, which fails when it
+  exists), holding the holder's PID, host, start time, command and launch; a second command finds it and stops at
+  once, naming them, before it reads or writes anything;
+- a lock whose process is gone (same host, no such PID, or a PID reused by a later process: its start time in
+  ``/proc`` differs) is taken over with a line saying so, under a ``flock`` that lets one taker in at a time: a
+  killed command never blocks the next, and two next commands never both take it;
+- the ranks of one ``torchrun`` launch share their launch's lock (the launch: ``TORCHELASTIC_RUN_ID`` with the
+  master's address and port, which no two live launches share): rank 0 takes and releases it, the other ranks
+  wait for it to be their launch's;
 - within one process the lock is reentrant (a command that runs others on the same experiment holds it once).
 
-Commands that only read (``score``, ``validate-submission``, ``report``, ``package``) take none.
+Commands that write nothing of the experiment's take none: ``score``, ``validate-submission``, ``package`` (it
+writes its bundle elsewhere) and ``report``, which writes only its own ``report/`` folder, so that a report can be
+made while a long command runs.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import socket
@@ -30,6 +35,8 @@ from segkit.errors import SegkitError
 
 # Locks this process holds: path -> how many times taken (reentrant).
 _HELD: dict[Path, int] = {}
+# How long ranks other than 0 wait for rank 0 to take their launch's lock.
+RANK_WAIT_S = 300.0
 
 
 class LockedError(SegkitError):
@@ -38,7 +45,14 @@ class LockedError(SegkitError):
 
 def _launch() -> Optional[str]:
     """The torchrun launch this process belongs to (its ranks share a lock), or None."""
-    return os.environ.get("TORCHELASTIC_RUN_ID") or None
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID")
+    if not run_id:
+        return None
+    return f"{run_id}@{os.environ.get('MASTER_ADDR', '')}:{os.environ.get('MASTER_PORT', '')}"
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0") or 0)
 
 
 def _process_start(pid: int) -> Optional[str]:
@@ -51,6 +65,9 @@ def _process_start(pid: int) -> Optional[str]:
 
 
 def _alive(holder: dict) -> bool:
+    """Whether the holder's process still runs (only checkable on its own host: elsewhere it counts as alive)."""
+    if holder.get("host") != socket.gethostname():
+        return True
     pid = int(holder.get("pid", -1))
     if pid <= 0:
         return False
@@ -62,6 +79,10 @@ def _alive(holder: dict) -> bool:
         pass
     started = holder.get("process_start")
     return started is None or _process_start(pid) in (None, started)
+
+
+def _cannot(path: Path, err: OSError) -> SegkitError:
+    return SegkitError(f"cannot write {path}: {err.strerror or err}")
 
 
 class ExperimentLock:
@@ -84,19 +105,41 @@ class ExperimentLock:
         except FileNotFoundError:
             return None
         except (OSError, ValueError):
-            return {}  # being written this instant, or damaged: treated as a holder we cannot identify
+            return {}  # damaged (it is never seen half-written): a holder that cannot be identified
         return record if isinstance(record, dict) else {}
 
     def _create(self) -> bool:
+        """Put this process's record in place, whole, unless a lock is there."""
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
         try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            tmp.write_text(json.dumps(self._record(), indent=1))
+            os.link(tmp, self.path)
+            return True
         except FileExistsError:
             return False
         except OSError as err:
-            raise SegkitError(f"cannot write {self.path}: {err.strerror or err}") from None
-        with os.fdopen(fd, "w") as f:
-            json.dump(self._record(), f, indent=1)
-        return True
+            raise _cannot(self.path, err) from None
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _take_over(self, dead: dict) -> None:
+        """Remove the lock of a holder that is gone, if it is still that holder's: one taker at a time."""
+        with open(self.path.with_name(f".{self.path.name}.takeover"), "w") as guard:
+            fcntl.flock(guard, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+            if self._holder() == dead:
+                print(f"lock: taking over {self.path}: its holder (PID {dead.get('pid')}, started "
+                      f"{dead.get('started')}) is gone", flush=True)
+                self.path.unlink(missing_ok=True)
+
+    def _refuse(self, holder: dict) -> LockedError:
+        if not holder:
+            return LockedError(f"{self.path}: unreadable lock; if no segkit command is writing this experiment, "
+                               f"delete it")
+        here = holder.get("host") == socket.gethostname()
+        where = "" if here else f"; it cannot be checked from here: once that command is gone, delete {self.path}"
+        return LockedError(f"{self.path.parent}: another segkit command is writing this experiment: PID "
+                           f"{holder.get('pid')} on {holder.get('host')}, started {holder.get('started')} "
+                           f"({holder.get('command')}){where}")
 
     def acquire(self) -> "ExperimentLock":
         key = self.path.resolve()
@@ -108,34 +151,28 @@ class ExperimentLock:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise SegkitError(f"cannot write {self.path}: {err.strerror or err}") from None
-        for _ in range(50):  # a few rounds: another process may take over or release between two looks
-            if self._create():
+            raise _cannot(self.path, err) from None
+        launch, leader = _launch(), _launch() is None or _rank() == 0
+        deadline = time.monotonic() + RANK_WAIT_S
+        while True:
+            if leader and self._create():
                 self.owned = True
                 break
             holder = self._holder()
-            if holder is None:
+            if holder is None and leader:
                 continue  # released between the two looks
-            if not holder:
-                time.sleep(0.05)  # written this instant: look again
-                if self._holder() == {}:
-                    raise LockedError(f"{self.path}: unreadable lock; if no segkit command is writing this "
-                                      f"experiment, delete it")
-                continue
-            if _launch() is not None and holder.get("launch") == _launch():
-                break  # a rank of the same torchrun launch holds it for us all
-            if holder.get("host") == socket.gethostname() and not _alive(holder):
-                print(f"lock: taking over {self.path}: its holder (PID {holder.get('pid')}, started "
-                      f"{holder.get('started')}) is gone", flush=True)
-                self.path.unlink(missing_ok=True)
-                continue
-            where = "" if holder.get("host") == socket.gethostname() else \
-                f"; it cannot be checked from here: once that command is gone, delete {self.path}"
-            raise LockedError(f"{self.path.parent}: another segkit command is writing this experiment: PID "
-                              f"{holder.get('pid')} on {holder.get('host')}, started {holder.get('started')} "
-                              f"({holder.get('command')}){where}")
-        else:
-            raise LockedError(f"{self.path}: could not take the lock")
+            if holder and launch is not None and holder.get("launch") == launch and _alive(holder):
+                break  # rank 0 of this launch holds it for all its ranks
+            if holder and not _alive(holder):
+                if leader:
+                    self._take_over(holder)
+                    continue
+            elif holder is not None:
+                raise self._refuse(holder)
+            if time.monotonic() > deadline:  # a rank waiting for its rank 0
+                raise LockedError(f"{self.path}: rank {_rank()} waited {RANK_WAIT_S:.0f} s for rank 0 of its "
+                                  f"launch to take the experiment's lock")
+            time.sleep(0.1)
         _HELD[key] = 1
         return self
 
@@ -149,6 +186,7 @@ class ExperimentLock:
         del _HELD[key]
         if self.owned and (self._holder() or {}).get("pid") == os.getpid():
             self.path.unlink(missing_ok=True)
+            self.path.with_name(f".{self.path.name}.takeover").unlink(missing_ok=True)
             for folder in self.made:  # deepest first
                 try:
                     folder.rmdir()

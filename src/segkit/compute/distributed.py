@@ -58,6 +58,12 @@ def barrier(world: World) -> None:
         dist.barrier()
 
 
+def barrier_if_many(world: World) -> None:
+    """A barrier where there are several ranks (one process waits for no one)."""
+    if world.size > 1:
+        barrier(world)
+
+
 def gather(world: World, obj: Any) -> list[Any]:
     """Every rank's ``obj``, in rank order (a list of one without DDP)."""
     if not world.active or world.size == 1:

@@ -186,9 +186,12 @@ class Competition:
 
     def volume_set(self, split: str = "train") -> VolumeSet:
         """A volume competition's cases: the labelled ones, or the test ones (``data.volumes.test_images``)."""
-        volume_set = getattr(self.source, "volume_set", None) if self._source_images else None
-        if volume_set is None:
+        if self.cfg.volumes is None:
             raise ConfigError("data.volumes: not set (this competition's images are not volumes)")
+        volume_set = getattr(self.source, "volume_set", None)
+        if volume_set is None:
+            raise ConfigError(f"data.mask_source: {type(self.source).__name__} holds no volumes; data.volumes needs "
+                              f"the volumes source")
         return volume_set(split)
 
     def image_size(self, image_id: str, split: str = "train") -> tuple[int, int]:
@@ -210,10 +213,11 @@ class Competition:
     def test_folder(self) -> ImageFolder:
         return ImageFolder(self.cfg.path("test_images"), "data.test_images")
 
-    @property
+    @cached_property
     def _objects(self) -> bool:
-        """Whether a submission has one row per object (an instance competition)."""
-        return self.cfg.instances is not None
+        """Whether a submission has one row per object (the source's masks are made of instances)."""
+        kind = source_class(self.cfg)
+        return kind is not None and kind.objects
 
     @cached_property
     def sample_rows(self) -> list[SampleRow]:

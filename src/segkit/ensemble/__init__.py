@@ -61,7 +61,7 @@ def restore(setup: Setup, choice: dict, state: dict) -> Method:
     the models it was fitted on only for a subsettable method (``Method.subsettable``), whose state is restricted
     to the models kept."""
     picked_name, fitted = choice["method"], list(choice["models"])
-    method = build_method(picked_name, setup, key="choice.json method")
+    method = build_method(picked_name, setup, key="ensemble")
     if setup.models != fitted:
         if not method.subsettable:
             raise DataError(f"ensemble: method {picked_name!r} needs every model it was fitted on ({fitted}); "

@@ -132,6 +132,8 @@ class SingleModel(Method):
     """One model's probabilities passed through (``ensemble.choose: model:<name>``); not registered, named by the
     model instead."""
 
+    subsettable = True  # defined whatever other models are there (build_method checks its own is)
+
     def __init__(self, setup: Setup, model: str):
         super().__init__(setup)
         self.name = MODEL_PREFIX + model
@@ -157,7 +159,8 @@ def build_method(name: str, setup: Setup, key: str = "ensemble.methods") -> Meth
 
 
 def is_subsettable(name: str) -> bool:
-    """Whether the method ``name`` stays defined on a subset of its models (a single model does not drop any)."""
+    """Whether the method ``name`` stays defined on a subset of its models, as an offline time budget may drop
+    them (a single model is planned without drops: its plan keeps the models the ensemble was fitted on)."""
     return not name.startswith(MODEL_PREFIX) and METHODS.get(name, key="ensemble method").subsettable
 
 

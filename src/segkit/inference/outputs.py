@@ -1,5 +1,5 @@
-"""Where a prediction pass's probabilities go: probability stores (``Outputs``), or memory (``Collected``); and a
-store's folder readied for a unit of work (``prepare_store``)."""
+"""Where a prediction pass's probabilities go: probability stores (``Outputs``), or memory (``Collected``); a
+store's folder readied for a unit of work (``prepare_store``), and what decides a store (``store_inputs``)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import numpy as np
 import torch
 
 from segkit.artifacts import atomic
-from segkit.artifacts.freshness import Unit
+from segkit.artifacts.freshness import Unit, fingerprints
 from segkit.artifacts.probs import ProbWriter, mean_uint8
+from segkit.config import Config
 
 
 class Outputs:
@@ -75,4 +76,15 @@ def prepare_store(unit: Unit, folder: Path, is_main: bool, images: Optional[list
 
 
 
-__all__ = ["Collected", "Outputs", "prepare_store", "to_uint8"]
+def store_inputs(cfg: Config, checkpoints: dict[int, list[Path]], kind: str) -> dict:
+    """What decides a store's probabilities: the checkpoints (as files on disk) and the prediction settings."""
+    p = cfg.predict
+    inputs = {"kind": kind, "tta": p.tta, "tta_merge": p.tta_merge, "amp": p.amp, "tile_size": p.tile_size,
+              "tile_overlap": p.tile_overlap, "tile_blend": p.tile_blend,
+              "checkpoints": {str(k): fingerprints(v) for k, v in checkpoints.items()}}
+    if cfg.data.volumes is not None and cfg.data.volumes.predict_axes is not None:
+        inputs["volume_axes"] = cfg.data.volumes.prediction_axes
+    return inputs
+
+
+__all__ = ["Collected", "Outputs", "prepare_store", "store_inputs", "to_uint8"]

@@ -10,28 +10,17 @@ from typing import Optional
 
 import pandas as pd
 
-from segkit.artifacts.freshness import Unit, fingerprints, kept
+from segkit.artifacts.freshness import Unit, kept
 from segkit.artifacts.layout import part_stamp
 from segkit.artifacts.probs import ProbStore, ProbWriter, image_file, manifest
-from segkit.compute.distributed import World, barrier
+from segkit.compute.distributed import World, barrier_if_many
 from segkit.config import Config
 from segkit.config.schema import ModelConfig
 from segkit.data import Competition
 from segkit.data.folds import fold_numbers
 from segkit.inference.engine import Predictor
-from segkit.inference.outputs import Outputs, prepare_store
+from segkit.inference.outputs import Outputs, prepare_store, store_inputs
 from segkit.models.checkpoint import fold_checkpoints
-
-
-def store_inputs(cfg: Config, checkpoints: dict[int, list[Path]], kind: str) -> dict:
-    """What decides a store's probabilities: the checkpoints (as files on disk) and the prediction settings."""
-    p = cfg.predict
-    inputs = {"kind": kind, "tta": p.tta, "tta_merge": p.tta_merge, "amp": p.amp, "tile_size": p.tile_size,
-              "tile_overlap": p.tile_overlap, "tile_blend": p.tile_blend,
-              "checkpoints": {str(k): fingerprints(v) for k, v in checkpoints.items()}}
-    if cfg.data.volumes is not None and cfg.data.volumes.predict_axes is not None:
-        inputs["volume_axes"] = cfg.data.volumes.prediction_axes
-    return inputs
 
 
 def oof_part_unit(cfg: Config, model: str, folder: Path, k: int, ids: list[str]) -> Unit:
@@ -78,9 +67,4 @@ def predict_oof(cfg: Config, comp: Competition, model_cfg: ModelConfig, folds: p
         ProbWriter(folder, list(cfg.data.classes)).finish(all_ids)
 
 
-def barrier_if_many(world: World) -> None:
-    if world.size > 1:
-        barrier(world)
-
-
-__all__ = ["barrier_if_many", "oof_part_unit", "predict_oof", "store_inputs"]
+__all__ = ["oof_part_unit", "predict_oof"]

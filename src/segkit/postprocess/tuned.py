@@ -12,11 +12,11 @@ what is applied to probabilities, read here strictly and typed:
 - ``instances``: an instance competition's decoder (``segkit.postprocess.instances``), chosen on every fold and
   nested.
 
-``Tuned.choice(fold)`` gives an image's parameters (its fold's nested choice, or the full one) and its final masks;
-``FinalMasks`` the masks of a store's images as the submission writes them (whole volumes cleaned in 3D where the
-volume step chose anything). Submit, evaluate, report, the ablation, the offline bundle and package all read the
-file through ``Tuned.read``; ``write`` is the tune stage's. The file carries ``version``: a file of another version
-is refused with the remedy (tune again), never half-read.
+``Tuned.choice(fold)`` gives an image's parameters (its fold's nested choice, or the full one), ``Tuned.masks`` an
+image's masks with the full choice, and ``FinalMasks`` the masks of a store's images as the submission writes them
+(whole volumes cleaned in 3D where the volume step chose anything). Submit, evaluate, report, the ablation, the offline
+bundle and package all read the file through ``Tuned.read``; ``write`` is the tune stage's. The file carries
+``version``: a file of another version is refused with the remedy (tune again), never half-read.
 """
 
 from __future__ import annotations
@@ -90,21 +90,24 @@ class Tuned:
 
     @classmethod
     def read_if_any(cls, path: Path, classes: Sequence[str]) -> Optional["Tuned"]:
-        """tune.json if there is a readable one, else None (for the report, which shows what exists)."""
-        try:
-            return cls.read(path, classes)
-        except SegkitError:
-            return None
+        """tune.json, or None where there is none yet; a file there that cannot be read is still an error."""
+        return cls.read(path, classes) if Path(path).exists() else None
 
     @classmethod
     def parse(cls, path: Path, record: Any, classes: Sequence[str]) -> "Tuned":
+        try:
+            return cls._parse(path, record, list(classes))
+        except (AttributeError, TypeError, ValueError) as err:  # a value of the wrong kind, e.g. edited by hand
+            raise DataError(f"{path}: malformed ({err})") from None
+
+    @classmethod
+    def _parse(cls, path: Path, record: Any, classes: list[str]) -> "Tuned":
         where = str(path)
         if not isinstance(record, dict) or not isinstance(record.get("classes"), dict):
             raise DataError(f"{where}: no 'classes' mapping of post-processing parameters")
         if record.get("version") != VERSION:
             raise DataError(f"{where}: version {record.get('version')!r}, this segkit reads version {VERSION}; "
                             f"run `segkit tune` again")
-        classes = list(classes)
         tuned = cls(path, classes, params_list(record["classes"], classes, where=where), record,
                     folds_file=record.get("folds_file"))
         nested = record.get("nested") or {}
@@ -157,10 +160,10 @@ class Tuned:
                 and self.folds_file != fingerprint(folds_file):
             raise DataError(f"{self.path}: its nested choices were made on another fold file than {folds_file}; "
                             f"run `segkit tune` again")
-        return Choice(self, fold if self.nested else None)
+        return Choice(self, fold)
 
     def masks(self, probs: np.ndarray, exclusive: bool) -> np.ndarray:
-        """One image's final slice-wise masks with the full choice."""
+        """One image's final slice-wise masks with the full choice (what the report draws)."""
         return postprocess(np.asarray(probs), self.params, exclusive=exclusive)
 
 
@@ -170,13 +173,14 @@ class Choice:
     def __init__(self, tuned: Tuned, fold: Optional[Mapping[str, int]]):
         self.tuned = tuned
         self.fold = fold
-        self.text = ("nested: each fold's images with what tuning chose on the other folds" if fold is not None else
+        nested = fold is not None and bool(tuned.nested)
+        self.text = ("nested: each fold's images with what tuning chose on the other folds" if nested else
                      "in-sample: chosen on every fold (no nested estimate in tune.json)")
 
     def params(self, image_id: str) -> list[ClassParams]:
         """The slice-wise parameters. A nested choice is strict: an OOF image of a fold tune made no choice for is
         an error (the fold file changed), never silently scored in-sample."""
-        if self.fold is None:
+        if self.fold is None or not self.tuned.nested:
             return self.tuned.params
         k = self.fold.get(image_id)
         if k not in self.tuned.nested:
@@ -200,10 +204,6 @@ class Choice:
         if self.fold is None or not nested:
             return full
         return nested.get(self.fold.get(image_id), full)
-
-    def masks(self, image_id: str, probs: np.ndarray, exclusive: bool) -> np.ndarray:
-        """An image's final slice-wise masks: uint8 (K, H, W) 0/1."""
-        return postprocess(np.asarray(probs), self.params(image_id), exclusive=exclusive)
 
 
 class FinalMasks:

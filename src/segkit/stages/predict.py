@@ -35,15 +35,15 @@ from typing import Optional
 from segkit.artifacts.freshness import Unit
 from segkit.artifacts.probs import ProbWriter, manifest
 from segkit.compute.device import resolve_device
-from segkit.compute.distributed import World, setup
+from segkit.compute.distributed import World, barrier_if_many, setup
 from segkit.config import Config
 from segkit.config.schema import ModelConfig
 from segkit.data import Competition
 from segkit.data.folds import check_fold, fold_numbers, load_folds
 from segkit.errors import ConfigError
 from segkit.inference.engine import Predictor
-from segkit.inference.outputs import Outputs, prepare_store
-from segkit.inference.repredict import barrier_if_many, predict_oof, store_inputs
+from segkit.inference.outputs import Outputs, prepare_store, store_inputs
+from segkit.inference.repredict import predict_oof
 from segkit.models.checkpoint import fold_checkpoints
 
 

@@ -36,6 +36,7 @@ from segkit.config import Config
 from segkit.data import Competition
 from segkit.data.folds import fold_of, load_folds
 from segkit.data.instances import contour
+from segkit.errors import SegkitError
 from segkit.metrics import get_metric
 from segkit.oof import score_frame
 from segkit.postprocess.instances import decode
@@ -193,8 +194,10 @@ def ensemble_section(cfg: Config) -> list[str]:
 # ---------------------------------------------------------------------------------------------------------- tuning
 
 
-def tuning_section(tuned: dict | None, out: ReportPaths) -> tuple[list[str], list[Path]]:
+def tuning_section(tuned: dict | None, out: ReportPaths, refused: str | None = None) -> tuple[list[str], list[Path]]:
     lines = ["## Post-processing (tuned on the ensemble OOF)", ""]
+    if refused is not None:
+        return lines + [f"_tune.json not shown: {refused}._", ""], []
     if tuned is None:
         return lines + ["_No tune.json (run `segkit tune`)._", ""], []
     rows = []
@@ -331,7 +334,7 @@ def _plot_objects(cfg: Config, tuned: Tuned, store, picks, out: ReportPaths) -> 
     plt = _plt()
     comp = Competition(cfg.data, seed=cfg.seed)
     fold = fold_of(load_folds(cfg)) if cfg.layout.folds_file.exists() else None
-    decoder_of = tuned.choice(fold, cfg.layout.folds_file).decoder
+    decoder_of = tuned.choice(fold).decoder  # drawn as tune chose them, whatever the fold file is now
     fig, axes = plt.subplots(len(picks), 2, figsize=(7, 3.3 * len(picks)), dpi=100, squeeze=False)
     for row, (label, image_id, score) in enumerate(picks):
         image = _picture(cfg, comp.read_image(image_id))
@@ -458,7 +461,9 @@ def _plot_examples(cfg: Config, tuned: Tuned | None, store, picks, out: ReportPa
     for row, (label, image_id, score) in enumerate(picks):
         probs = np.asarray(store[image_id])
         truth = comp.read_mask(image_id).astype(bool).any(0)
-        pred = postprocess(probs, params, exclusive=cfg.data.mode == "multiclass").astype(bool).any(0)
+        exclusive = cfg.data.mode == "multiclass"
+        pred = (tuned.masks(probs, exclusive) if tuned else postprocess(probs, params, exclusive=exclusive))
+        pred = pred.astype(bool).any(0)
         image = _picture(cfg, comp.read_image(image_id))
         overlay = np.dstack([image] * 3) if image.ndim == 2 else image.copy()
         overlay[_outline(truth)] = (0.1, 0.9, 0.1)
@@ -501,7 +506,10 @@ def run(cfg: Config) -> int:
     if unit.skip():
         return 0
     with unit.writing():
-        tuned = Tuned.read_if_any(cfg.layout.tune.json, cfg.data.classes)
+        try:
+            tuned, refused = Tuned.read_if_any(cfg.layout.tune.json, cfg.data.classes), None
+        except SegkitError as err:  # the report shows what there is: an unreadable tune.json is said, not fatal
+            tuned, refused = None, str(err)
         record = tuned.record if tuned else None  # what the tuning sections show
         lines = [f"# Report: {cfg.experiment}", "",
                  f"Competition `{cfg.competition}`, metric `{cfg.metric}`, models: "
@@ -510,7 +518,7 @@ def run(cfg: Config) -> int:
         scores = _oof_scores(cfg, tuned)  # per image, for the size table and the examples
         higher = tuned.higher_is_better if tuned else True
         for section in (lambda: training_section(cfg, out), lambda: (ensemble_section(cfg), []),
-                        lambda: tuning_section(record, out), lambda: (final_section(cfg, record), []),
+                        lambda: tuning_section(record, out, refused), lambda: (final_section(cfg, record), []),
                         lambda: (evaluation_section(cfg), []),
                         lambda: objects_section(cfg, tuned, out),
                         lambda: (size_section(scores, higher), []),

@@ -24,7 +24,6 @@ from segkit.metrics import CompetitionMetric, get_metric
 from segkit.oof import fold_oof, score_frame
 from segkit.postprocess import tuned as tune_json
 from segkit.postprocess.masks import params_list
-from segkit.postprocess.tuned import Tuned, cv_text
 from segkit.stages.tune.instances import tune_instances
 from segkit.stages.tune.plots import plot_curves
 from segkit.stages.tune.search import tune
@@ -68,7 +67,7 @@ def run(cfg: Config) -> int:
     folds = load_folds(cfg, comp) if layout.folds_file.exists() else None
     unit = tune_unit(cfg, fold_numbers(folds) if folds is not None else [])
     paths = layout.tune
-    if unit.skip(lambda: _kept(Tuned.read(paths.json, cfg.data.classes), cfg.metric)):
+    if unit.skip(lambda: _kept(tune_json.Tuned.read(paths.json, cfg.data.classes), cfg.metric)):
         return 0
     metric = get_metric(cfg.metric, key="metric")
     exclusive = cfg.data.mode == "multiclass"
@@ -96,7 +95,7 @@ def run(cfg: Config) -> int:
     with unit.writing():
         write_per_image(paths.scores, per_image, list(cfg.data.classes))
         result["plots"] = [str(p) for p in plot_curves(result["curves"], paths, metric.name)]
-        tune_json.write(paths.json, result, cfg.data.classes)
+        written = tune_json.write(paths.json, result, cfg.data.classes)
 
     for step in result["steps"]:
         kept = "" if step["step"] == "baseline" else ("  kept" if step["kept"] else "  rejected")
@@ -119,14 +118,13 @@ def run(cfg: Config) -> int:
         print(f"tune: instances: {objects['summary']}; object AP {nested_text}{objects['cv']:.4f} in-sample "
               f"(connected components p>0.5: {objects['components_p0.5']:.4f}) on {objects['images']} OOF images "
               f"in {objects['seconds']:.0f} s")
-    scored_as = "object AP" if result.get("instances") else metric.name
-    print(f"tune: {scored_as} CV {cv_text(result)} (ensemble OOF p>0.5: "
+    print(f"tune: {written.scored_as(metric.name)} CV {written.cv_text()} (ensemble OOF p>0.5: "
           f"{result['cv_baseline']:.4f}; keep rule {result['keep_rule']}) on {result['n_images']} images in "
           f"{result['seconds']['total']:.1f} s -> {paths.json}")
     return 0
 
 
-def _kept(saved: Tuned, metric: str) -> str:
+def _kept(saved: tune_json.Tuned, metric: str) -> str:
     return f"{saved.scored_as(metric)} CV {saved.cv_text()}"
 
 
