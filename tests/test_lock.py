@@ -119,17 +119,17 @@ def test_ranks_of_one_launch_share_a_lock_and_other_launches_are_refused(tmp_pat
         parent.wait()
 
 
-def test_a_rank_waits_for_its_rank_0_and_never_takes_the_lock_itself(tmp_path, monkeypatch):
-    from segkit.artifacts import lock as locks
-
+def test_a_rank_other_than_0_never_takes_the_lock(tmp_path, monkeypatch):
     path = tmp_path / "exp" / "lock.json"
     path.parent.mkdir()
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "abc")
     monkeypatch.setenv("RANK", "2")
-    monkeypatch.setattr(locks, "RANK_WAIT_S", 0.3)
-    with pytest.raises(LockedError, match="rank 2 waited"):
-        ExperimentLock(path).acquire()
-    assert not path.exists()
+    with ExperimentLock(path) as lock:
+        assert not lock.owned and not path.exists()  # rank 0 takes it for the launch
+    path.write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname(), "started": "now",
+                                "command": "segkit run", "launch": None}))
+    with pytest.raises(LockedError, match="another segkit command is writing"):
+        ExperimentLock(path).acquire()  # another command's lock stops every rank
 
 
 def test_a_lock_from_another_host_is_refused_with_the_file_to_delete(tmp_path):

@@ -11,8 +11,9 @@ command that writes an experiment takes ``runs/<experiment>/lock.json`` first:
   ``/proc`` differs) is taken over with a line saying so, under a ``flock`` that lets one taker in at a time: a
   killed command never blocks the next, and two next commands never both take it;
 - the ranks of one ``torchrun`` launch share their launch's lock (the launch: ``TORCHELASTIC_RUN_ID`` with the
-  master's address and port, which no two live launches share): rank 0 takes and releases it, the other ranks
-  wait for it to be their launch's;
+  master's address and port, which no two live launches share): rank 0 takes and releases it; another rank never
+  takes one, it only stops where another command holds the experiment (it cannot wait for rank 0: a short command
+  may be done and gone before a slow rank looks);
 - within one process the lock is reentrant (a command that runs others on the same experiment holds it once).
 
 Commands that write nothing of the experiment's take none: ``score``, ``validate-submission``, ``package`` (it
@@ -35,8 +36,6 @@ from segkit.errors import SegkitError
 
 # Locks this process holds: path -> how many times taken (reentrant).
 _HELD: dict[Path, int] = {}
-# How long ranks other than 0 wait for rank 0 to take their launch's lock.
-RANK_WAIT_S = 300.0
 
 
 class LockedError(SegkitError):
@@ -153,26 +152,23 @@ class ExperimentLock:
         except OSError as err:
             raise _cannot(self.path, err) from None
         launch, leader = _launch(), _launch() is None or _rank() == 0
-        deadline = time.monotonic() + RANK_WAIT_S
         while True:
             if leader and self._create():
                 self.owned = True
                 break
             holder = self._holder()
-            if holder is None and leader:
-                continue  # released between the two looks
-            if holder and launch is not None and holder.get("launch") == launch and _alive(holder):
-                break  # rank 0 of this launch holds it for all its ranks
-            if holder and not _alive(holder):
+            if holder is None:
                 if leader:
-                    self._take_over(holder)
-                    continue
-            elif holder is not None:
-                raise self._refuse(holder)
-            if time.monotonic() > deadline:  # a rank waiting for its rank 0
-                raise LockedError(f"{self.path}: rank {_rank()} waited {RANK_WAIT_S:.0f} s for rank 0 of its "
-                                  f"launch to take the experiment's lock")
-            time.sleep(0.1)
+                    continue  # released between the two looks
+                break  # not taken yet, or already given back: rank 0 answers for the launch
+            if holder and launch is not None and holder.get("launch") == launch and (not leader or _alive(holder)):
+                break  # rank 0 of this launch holds it for all its ranks (a dead one's is taken over below)
+            if holder and not _alive(holder):
+                if not leader:
+                    break  # rank 0 takes it over
+                self._take_over(holder)
+                continue
+            raise self._refuse(holder)
         _HELD[key] = 1
         return self
 
