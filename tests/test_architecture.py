@@ -42,6 +42,18 @@ def test_import_contracts_hold():
 TUNE_READ = re.compile(r"tune\.json\)?\.(read_text|read_bytes|open)\(|json\.loads?\([^)]*tune")
 
 
+# Reading the ensemble's choice.json or state.json.
+CHOICE_READ = re.compile(r"(choice|state)\)?\.(read_text|read_bytes|open)\(|json\.loads?\([^)]*(choice|state)")
+
+
+def test_only_the_ensembles_own_module_reads_its_choice():
+    """choice.json and state.json have one owner (segkit.ensemble.chosen)."""
+    found = [f"{name}:{n + 1}: {line.strip()}" for name, text in _modules() if name != "ensemble/chosen.py"
+             for n, line in enumerate(text.splitlines()) if CHOICE_READ.search(line)]
+    assert not found, "the ensemble's choice read outside segkit.ensemble.chosen:\n" + "\n".join(found)
+    assert CHOICE_READ.search("choice = json.loads(paths.choice.read_text())")
+
+
 def test_only_postprocess_reads_tune_json():
     """tune.json has one owner (segkit.postprocess.tuned): every other module goes through ``Tuned``."""
     found = [f"{name}:{n + 1}: {line.strip()}" for name, text in _modules() if not name.startswith("postprocess/")

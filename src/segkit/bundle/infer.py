@@ -23,7 +23,6 @@ goes to ``--work`` (default: beside ``--out``); a killed run started again with 
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import shutil
 import sys
@@ -40,7 +39,7 @@ from segkit.bundle.files import CHOICE, CONFIG, EXTRA, STATE, TUNE, Bundle, work
 from segkit.compute.device import resolve_device
 from segkit.config import Config
 from segkit.data import Competition
-from segkit.ensemble import is_subsettable, restore, write_store
+from segkit.ensemble import chosen, is_subsettable, restore, write_store
 from segkit.ensemble.base import Setup
 from segkit.ensemble.sources import TestSource
 from segkit.errors import ConfigError, DataError, SegkitError
@@ -125,7 +124,8 @@ class Offline:
             raise ConfigError(f"--runtime {self.runtime}: this bundle carries {bundle.runtime} model files "
                               f"(`segkit package --models {self.runtime}` makes one that carries those)")
         self.work = Path(args.work) if args.work else work_dir(Path(args.out))
-        self.choice = read_json(bundle.path(CHOICE))
+        self.chosen = chosen.read(bundle.path(CHOICE), bundle.path(STATE), "package the bundle again")
+        self.choice = self.chosen.choice
         self.cfg = self._config()
         self.comp = Competition(self.cfg.data, seed=self.cfg.seed)
         self.ids = self.comp.test_ids
@@ -206,7 +206,7 @@ class Offline:
         setup = Setup(models=kept, classes=classes, mode=cfg.data.mode, folds=sorted(self.bundle.models[0].folds),
                       metric=get_metric(cfg.metric, key="metric"), seed=cfg.seed, options=cfg.ensemble,
                       extra=self.comp.extra, n_oof=0)
-        method = restore(setup, self.choice, read_json(self.bundle.path(STATE))["state"])
+        method = restore(setup, self.choice, self.chosen.state["state"])
         folder = cfg.layout.ensemble.test
         sources = [TestSource(cfg.layout, m, self.ids, classes) for m in kept]
         write_store(folder, classes, self.ids, None, sources, method)
@@ -260,12 +260,6 @@ class Offline:
         print(f"infer: wrote {target} ({len(built.frame)} rows, {len(self.ids)} images) in "
               f"{time.perf_counter() - began:.0f} s; models {', '.join(f'{m} x{views[m]}' for m in kept)}")
         return 0
-
-
-def read_json(path: Path) -> dict:
-    if not path.exists():
-        raise DataError(f"{path}: missing from the bundle")
-    return json.loads(path.read_text())
 
 
 def build_parser() -> argparse.ArgumentParser:

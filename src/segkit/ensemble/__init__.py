@@ -4,7 +4,7 @@ The methods live one family a module (``averaging``, ``voting``, ``stacking``), 
 each declares its own facts (``Method.subsettable``, ``state`` / ``load_state`` / ``restrict``: see ``base``).
 This module builds them from the config (``method_names``, ``check_choice``), writes a method's output store
 (``write_store``) and restores the chosen method from ``choice.json`` / ``state.json`` (``restore``), which the
-ensemble stage (``segkit.stages.ensemble``) writes.
+ensemble stage (``segkit.stages.ensemble``) writes and ``chosen`` reads.
 """
 
 from __future__ import annotations

@@ -20,7 +20,6 @@ it was made from, redone when a model's stores were rewritten.
 
 from __future__ import annotations
 
-import json
 import time
 
 import numpy as np
@@ -42,6 +41,7 @@ from segkit.ensemble import (
     picked,
     write_store,
 )
+from segkit.ensemble import chosen as chosen_files
 from segkit.ensemble.base import FitSample, Setup, sample_stride
 from segkit.ensemble.sources import TestSource, read_all
 from segkit.errors import ConfigError, DataError
@@ -162,10 +162,6 @@ def choose(cfg: Config, table: pd.DataFrame, names: list[str], higher_is_better:
     return str(ranked.iloc[0]["method"])
 
 
-def _kept(choice: dict) -> str:
-    return f"method {choice['method']}, CV {choice['cv']:.5f}"
-
-
 def run(cfg: Config) -> int:
     if not cfg.models:
         raise ConfigError("models: no models to ensemble")
@@ -180,7 +176,7 @@ def run(cfg: Config) -> int:
     test = [TestSource(cfg.layout, m, test_ids, classes) for m in models]
     paths = cfg.layout.ensemble
     unit = ensemble_unit(cfg, models, names, oof + test)
-    if unit.skip(lambda: _kept(json.loads(paths.choice.read_text()))):
+    if unit.skip(lambda: chosen_files.read(paths.choice).summary()):
         return 0
     atomic.clean_tmp(paths.dir)
 
@@ -206,12 +202,11 @@ def run(cfg: Config) -> int:
         write_store(paths.oof, classes, list(folds["id"]), fold_of, oof, method)
         write_store(paths.test, classes, test_ids, None, test, method)
         atomic.write_csv(paths.cv, table)
-        atomic.write_json(paths.state, {"method": chosen, "models": models, "state": method.state()})
         cv = float(table.loc[table["method"] == chosen, "cv"].iloc[0])
-        atomic.write_json(paths.choice, {
+        chosen_files.write(paths.choice, paths.state, {
             "method": chosen, "cv": cv, "metric": cfg.metric, "threshold": 0.5, "models": models,
             "chosen_by": "ensemble.choose" if cfg.ensemble.choose else "best CV", "params": method.params(),
-        })
+        }, method.state())
     print(f"ensemble: chose {chosen} (CV {cv:.5f}); wrote {paths.oof}, {paths.test}, {paths.cv.name}, "
           f"{paths.choice.name}")
     return 0

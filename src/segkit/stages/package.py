@@ -47,6 +47,7 @@ from segkit.bundle.files import (
 from segkit.config import Config
 from segkit.data import Competition
 from segkit.data.folds import fold_numbers, load_folds
+from segkit.ensemble import chosen
 from segkit.errors import ConfigError, DataError
 from segkit.inference.runtimes import SUFFIX, meta_path
 from segkit.models.checkpoint import fold_checkpoints
@@ -130,14 +131,8 @@ def check_experiment(cfg: Config) -> None:
 
 def ensemble_files(cfg: Config) -> tuple[dict, dict]:
     paths = cfg.layout.final_ensemble
-    for path in (paths.choice, paths.state):
-        if not path.exists():
-            raise DataError(f"{path}: missing; run `segkit ensemble` (again: older runs did not write state.json)")
-    choice, state = json.loads(paths.choice.read_text()), json.loads(paths.state.read_text())
-    if state.get("method") != choice["method"]:
-        raise DataError(f"{paths.state}: holds method {state.get('method')!r}, choice.json chose "
-                        f"{choice['method']!r}; run `segkit ensemble` again")
-    return choice, state
+    files = chosen.read(paths.choice, paths.state)
+    return files.choice, files.state
 
 
 def ranked(choice: dict, cv: Optional[Path]) -> list[tuple[str, float]]:

@@ -19,7 +19,6 @@ It is a unit of work (``segkit.artifacts.freshness``): rewritten only when somet
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 from pathlib import Path
@@ -36,6 +35,7 @@ from segkit.config import Config
 from segkit.data import Competition
 from segkit.data.folds import fold_of, load_folds
 from segkit.data.instances import contour
+from segkit.ensemble import chosen
 from segkit.errors import SegkitError
 from segkit.metrics import get_metric
 from segkit.oof import score_frame
@@ -180,14 +180,13 @@ def ensemble_section(cfg: Config) -> list[str]:
             lines.append(f"_{cv_path} is unreadable._")
     else:
         lines.append(f"_No ensemble CV table (`{cv_path}`)._")
-    choice_path = ensemble.choice
-    if choice_path.exists():
+    if ensemble.choice.exists():
         try:
-            choice = json.loads(choice_path.read_text())
+            choice = chosen.read(ensemble.choice).choice
             shown = ", ".join(f"{k}: {_fmt(v)}" for k, v in choice.items() if not isinstance(v, (dict, list)))
             lines.append(f"Chosen: {shown}")
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-            lines.append(f"_{choice_path} is unreadable._")
+        except SegkitError as err:
+            lines.append(f"_{err}._")
     return lines + [""]
 
 
