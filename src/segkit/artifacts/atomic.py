@@ -3,6 +3,7 @@
 A crash (or SIGKILL) mid-write leaves at most a ``*.tmp`` file, never a half-written file under the final name, so
 every stage can decide "done" by the mere existence of its outputs. ``os.replace`` is atomic on POSIX when source
 and target are on the same filesystem, which holds because the temporary file sits in the target's folder.
+``read_json`` reads a JSON artifact back with the one-line errors every reader gives.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from segkit.errors import SegkitError
+from segkit.errors import DataError, SegkitError
 
 TMP_SUFFIX = ".tmp"
 _UMASK = os.umask(0)
@@ -77,6 +78,21 @@ def dumps(obj: Any) -> str:
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, dumps(obj) + "\n")
+
+
+def read_json(path: str | os.PathLike, remedy: str) -> dict:
+    """A JSON object written by ``write_json``: a missing file says ``remedy``; one that is not a JSON object is a
+    DataError naming it."""
+    path = Path(path)
+    if not path.exists():
+        raise SegkitError(f"{path}: missing; {remedy}")
+    try:
+        record = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(record, dict):
+        raise DataError(f"{path}: not a JSON object")
+    return record
 
 
 def write_csv(path: str | os.PathLike, frame) -> None:

@@ -11,13 +11,12 @@ read them (``read``), which checks that the two files belong together.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from segkit.artifacts import atomic
-from segkit.errors import DataError, SegkitError
+from segkit.errors import DataError
 
 
 @dataclass
@@ -46,28 +45,16 @@ def write(choice_path: Path, state_path: Path, choice: dict, state: Any) -> None
     atomic.write_json(choice_path, choice)
 
 
-def _json(path: Path, remedy: str) -> dict:
-    if not path.exists():
-        raise SegkitError(f"{path}: missing; {remedy}")
-    try:
-        record = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise DataError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(record, dict):
-        raise DataError(f"{path}: not a JSON object")
-    return record
-
-
 def read(choice_path: Path, state_path: Optional[Path] = None, remedy: str = "run `segkit ensemble`") -> Chosen:
     """``choice.json`` (and ``state.json``, checked to hold the same method), or an error naming the file."""
-    choice = _json(Path(choice_path), remedy)
+    choice = atomic.read_json(choice_path, remedy)
     # what the method is, always; what it was fitted on, where it is to be restored
     missing = [k for k in ("method", "models")[:1 if state_path is None else 2] if k not in choice]
     if missing:
         raise DataError(f"{choice_path}: no {missing[0]!r}; {remedy} again")
     if state_path is None:
         return Chosen(choice)
-    state = _json(Path(state_path), f"{remedy} (again: older runs did not write state.json)")
+    state = atomic.read_json(state_path, f"{remedy} (again: older runs did not write state.json)")
     if state.get("method") != choice["method"] or "state" not in state:
         raise DataError(f"{state_path}: holds method {state.get('method')!r}, {Path(choice_path).name} chose "
                         f"{choice['method']!r}; {remedy} again")

@@ -31,7 +31,7 @@ import numpy as np
 from segkit.artifacts import atomic
 from segkit.artifacts.freshness import fingerprint
 from segkit.data.volume_readers import cut
-from segkit.errors import DataError, SegkitError
+from segkit.errors import DataError
 from segkit.postprocess.instances import DecodeParams
 from segkit.postprocess.masks import ClassParams, params_list, postprocess
 from segkit.postprocess.volumes import VolumeParams, case_masks, clean_volume, volume_params
@@ -79,14 +79,7 @@ class Tuned:
     @classmethod
     def read(cls, path: Path, classes: Sequence[str], remedy: str = "run `segkit tune` first") -> "Tuned":
         """tune.json, checked: a missing file says ``remedy``; a malformed one names the file and the key."""
-        path = Path(path)
-        if not path.exists():
-            raise SegkitError(f"{path}: missing; {remedy}")
-        try:
-            record = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise DataError(f"{path}: not valid JSON ({err})") from None
-        return cls.parse(path, record, classes)
+        return cls.parse(Path(path), atomic.read_json(path, remedy), classes)
 
     @classmethod
     def read_if_any(cls, path: Path, classes: Sequence[str]) -> Optional["Tuned"]:
