@@ -211,3 +211,8 @@ def test_the_bundle_installs_offline_in_a_fresh_venv_and_writes_the_same_submiss
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     where, training = done.stdout.strip().splitlines()[-2:]
     assert str(venv) in where and training == "[]"
+    # segkit's wheel asks for what inference imports only: `pip install segkit` from the bundle's wheels resolves
+    resolve = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--dry-run", "--ignore-installed",
+                              "--no-index", "--find-links", str(bundle / "wheels"), "segkit"],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert resolve.returncode == 0 and "segkit" in resolve.stdout, resolve.stdout[-2000:] + resolve.stderr[-2000:]
