@@ -46,26 +46,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _import_config_modules(argv: list[str]) -> None:
-    """A config's ``imports`` may add commands (a stage of its own): import them before the parser is built. The
-    config is read again, and any error in it reported, when the command runs."""
+def _read_config_early(argv: list[str]):
+    """A config's ``imports`` may add commands (a stage of its own): the config is read, and its modules imported,
+    before the parser is built. Returns (path, overrides, config), or None where there is no config or it does not
+    read (the command reads it again and reports the error)."""
     for i, arg in enumerate(argv):
         path = argv[i + 1] if arg == "--config" and i + 1 < len(argv) else \
             arg.split("=", 1)[1] if arg.startswith("--config=") else None
         if path:
+            overrides = [a for a in argv if "=" in a and not a.startswith("-")]
             try:
-                _module("segkit.config").load_config(path, [a for a in argv if "=" in a and not a.startswith("-")])
+                return path, overrides, _module("segkit.config").load_config(path, overrides)
             except (SegkitError, OSError):
-                pass
-            return
+                return None
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        _import_config_modules(argv)
+        early = _read_config_early(argv)
         args = build_parser().parse_args(argv)
-        return _dispatch(BY_NAME[args.command], args, argv) or 0
+        return _dispatch(BY_NAME[args.command], args, argv, early) or 0
     except SegkitError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -79,10 +81,13 @@ def _module(name: str):
     return importlib.import_module(name)
 
 
-def _dispatch(command: Command, args: argparse.Namespace, argv: list[str]) -> int | None:
+def _dispatch(command: Command, args: argparse.Namespace, argv: list[str], early=None) -> int | None:
     if not command.config:
         return load(command)(args)
-    cfg = _module("segkit.config").load_config(args.config, args.overrides)
+    if early is not None and early[:2] == (args.config, args.overrides):
+        cfg = early[2]  # read once
+    else:
+        cfg = _module("segkit.config").load_config(args.config, args.overrides)
     if command.name not in ("run", "ablate"):  # those check the config themselves, through segkit.pipeline
         _module("segkit.catalog").check(cfg)
     options = {o.dest: getattr(args, o.dest) for o in command.options}

@@ -126,11 +126,15 @@ class Competition:
         return np.concatenate([self._read_one(i, split) for i in self.stacks(split).neighbours(image_id)], axis=2)
 
     @cached_property
+    def _kind(self) -> type[MaskSource] | None:
+        """The source's class: its facts are known without building it (a test-only competition, as an offline
+        bundle reads it, never builds a source it does not need)."""
+        return source_class(self.cfg)
+
+    @property
     def _source_images(self) -> bool:
-        """Whether the images come from the mask source's files (volumes) rather than the image folders (known
-        from the source's class: a test-only competition never builds a source it does not need)."""
-        kind = source_class(self.cfg)
-        return kind is not None and kind.has_images
+        """Whether the images come from the mask source's files (volumes) rather than the image folders."""
+        return self._kind is not None and self._kind.has_images
 
     def _read_one(self, image_id: str, split: str) -> np.ndarray:
         if self._source_images:
@@ -213,11 +217,10 @@ class Competition:
     def test_folder(self) -> ImageFolder:
         return ImageFolder(self.cfg.path("test_images"), "data.test_images")
 
-    @cached_property
+    @property
     def _objects(self) -> bool:
         """Whether a submission has one row per object (the source's masks are made of instances)."""
-        kind = source_class(self.cfg)
-        return kind is not None and kind.objects
+        return self._kind is not None and self._kind.objects
 
     @cached_property
     def sample_rows(self) -> list[SampleRow]:

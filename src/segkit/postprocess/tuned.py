@@ -12,11 +12,11 @@ what is applied to probabilities, read here strictly and typed:
 - ``instances``: an instance competition's decoder (``segkit.postprocess.instances``), chosen on every fold and
   nested.
 
-``Tuned.choice(fold)`` gives an image's parameters (its fold's nested choice, or the full one), ``Tuned.masks`` an
-image's masks with the full choice, and ``FinalMasks`` the masks of a store's images as the submission writes them
-(whole volumes cleaned in 3D where the volume step chose anything). Submit, evaluate, report, the ablation, the offline
-bundle and package all read the file through ``Tuned.read``; ``write`` is the tune stage's. The file carries
-``version``: a file of another version is refused with the remedy (tune again), never half-read.
+``Tuned.choice(fold)`` gives an image's parameters (its fold's nested choice, or the full one), and ``FinalMasks`` the
+masks of a store's images as the submission writes them (whole volumes cleaned in 3D where the volume step chose
+anything). Submit, evaluate, report, the ablation, the offline bundle and package all read the file through
+``Tuned.read``; ``write`` is the tune stage's. The file carries ``version``: a file of another version is refused with
+the remedy (tune again), never half-read.
 """
 
 from __future__ import annotations
@@ -55,8 +55,9 @@ def write(path: Path, record: Mapping[str, Any], classes: Sequence[str]) -> "Tun
     """Write ``record`` as tune.json (atomically), with this module's version; it is parsed first, so a file this
     module would refuse is never written. Returns it as read."""
     record = {"version": VERSION, **{k: v for k, v in record.items() if k != "version"}}
-    tuned = Tuned.parse(Path(path), json.loads(atomic.dumps(record)), classes)
-    atomic.write_json(path, record)
+    text = atomic.dumps(record)
+    tuned = Tuned.parse(Path(path), json.loads(text), classes)
+    atomic.write_text(path, text + "\n")  # as atomic.write_json writes it
     return tuned
 
 
@@ -154,10 +155,6 @@ class Tuned:
             raise DataError(f"{self.path}: its nested choices were made on another fold file than {folds_file}; "
                             f"run `segkit tune` again")
         return Choice(self, fold)
-
-    def masks(self, probs: np.ndarray, exclusive: bool) -> np.ndarray:
-        """One image's final slice-wise masks with the full choice (what the report draws)."""
-        return postprocess(np.asarray(probs), self.params, exclusive=exclusive)
 
 
 class Choice:

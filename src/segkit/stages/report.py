@@ -460,9 +460,7 @@ def _plot_examples(cfg: Config, tuned: Tuned | None, store, picks, out: ReportPa
     for row, (label, image_id, score) in enumerate(picks):
         probs = np.asarray(store[image_id])
         truth = comp.read_mask(image_id).astype(bool).any(0)
-        exclusive = cfg.data.mode == "multiclass"
-        pred = (tuned.masks(probs, exclusive) if tuned else postprocess(probs, params, exclusive=exclusive))
-        pred = pred.astype(bool).any(0)
+        pred = postprocess(probs, params, exclusive=cfg.data.mode == "multiclass").astype(bool).any(0)
         image = _picture(cfg, comp.read_image(image_id))
         overlay = np.dstack([image] * 3) if image.ndim == 2 else image.copy()
         overlay[_outline(truth)] = (0.1, 0.9, 0.1)

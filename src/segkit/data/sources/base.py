@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
+from segkit.data import instances
 from segkit.errors import ConfigError, DataError
 from segkit.registry import Registry
 
@@ -77,8 +78,6 @@ class ObjectSource(MaskSource):
     objects = True
 
     def read_mask(self, image_id: str) -> np.ndarray:
-        from segkit.data import instances  # here: segkit.data imports the sources
-
         return instances.targets(self.instance_map(image_id), self.cfg.instances)
 
 
