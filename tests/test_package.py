@@ -79,13 +79,16 @@ def test_exports_match_pytorch_and_an_export_that_fails_names_the_network(experi
 
 def test_the_bundle_writes_segkit_submits_file_byte_for_byte(experiment, tmp_path, capsys):
     bundle = tmp_path / "bundle"
-    assert main(["package", *experiment["args"], "--out", str(bundle), "--no-wheels"]) == 0
+    assert main(["package", *experiment["args"], "--out", str(bundle), "--no-wheels", "--weights", "fp32"]) == 0
     manifest = json.loads((bundle / "bundle.json").read_text())
     assert [m["name"] for m in manifest["models"]] and manifest["runtime"] == "eager"
-    for name in ("config.yaml", "tune.json", "ensemble/choice.json", "ensemble/state.json", "infer.py",
-                 "notebook.ipynb", "requirements.txt"):
+    for name in ("config.yaml", "tune.json", "ensemble/choice.json", "ensemble/state.json", "infer.py", "install.py",
+                 "notebook.ipynb", "packages.json"):
         assert (bundle / name).is_file(), name
-    assert "torch==" in (bundle / "requirements.txt").read_text()
+    packages = {p["name"]: p for p in json.loads((bundle / "packages.json").read_text())["packages"]}
+    assert packages["torch"]["carried"] is False and packages["segmentation-models-pytorch"]["supported"]
+    assert sorted(manifest["files"]) == sorted(f for m in manifest["models"] for fs in m["folds"].values() for f in fs)
+    assert all(f.endswith(".safetensors") for f in manifest["files"])
     out = tmp_path / "submission.csv"
     assert infer(bundle, experiment, out) == 0
     assert out.read_bytes() == experiment["submission"].read_bytes()
@@ -95,6 +98,38 @@ def test_the_bundle_writes_segkit_submits_file_byte_for_byte(experiment, tmp_pat
     assert infer(bundle, experiment, again, "--time-budget", "2h") == 0
     assert "4 of 4 TTA views" in capsys.readouterr().out
     assert again.read_bytes() == out.read_bytes()
+    # two devices, one process each, each writing its share of the images: the same file
+    split = tmp_path / "split.csv"
+    assert infer(bundle, experiment, split, "--devices", "cpu,cpu") == 0
+    assert "on cpu, cpu" in capsys.readouterr().out and split.read_bytes() == out.read_bytes()
+
+
+def test_fp16_weights_are_half_the_size_checked_at_packaging_and_a_changed_file_is_refused(experiment, tmp_path,
+                                                                                          capsys):
+    bundle = tmp_path / "bundle"
+    assert main(["package", *experiment["args"], "--out", str(bundle), "--no-wheels"]) == 0
+    assert "float16 weights within" in capsys.readouterr().out
+    manifest = json.loads((bundle / "bundle.json").read_text())
+    assert manifest["info"]["weights"] == "fp16" and set(manifest["info"]["weights_check"]) == {"tiny", "tiny2"}
+    assert all(0 <= c["max_abs_diff"] <= 0.02 for c in manifest["info"]["weights_check"].values())
+    run = experiment["tmp"] / "runs" / "demo"
+    for rel in manifest["files"]:
+        model, fold, name = rel.split("/")[1:]
+        checkpoint = run / model / fold / name.replace(".safetensors", ".pt")
+        assert (bundle / rel).stat().st_size <= 0.55 * checkpoint.stat().st_size, rel
+    out = tmp_path / "submission.csv"
+    assert infer(bundle, experiment, out) == 0
+    want, got = experiment["submission"].read_text().splitlines(), out.read_text().splitlines()
+    assert len(got) == len(want) and sum(a == b for a, b in zip(got, want)) >= 0.9 * len(want)
+    # a model file that is not the one packaged: refused before any prediction
+    first = bundle / sorted(manifest["files"])[0]
+    data = bytearray(first.read_bytes())
+    data[-1] ^= 0xFF
+    first.write_bytes(bytes(data))
+    out.unlink()
+    assert infer(bundle, experiment, out) == 2
+    err = capsys.readouterr().err
+    assert str(first) in err and "sha256" in err and not out.exists()
 
 
 @pytest.mark.parametrize("runtime", ["onnx", "torchscript"])

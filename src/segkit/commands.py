@@ -191,10 +191,16 @@ OTHERS: list[Command] = [
             options=(option("--out", required=True, help="the bundle's folder (must not exist, or be an earlier "
                             "bundle)"),
                      option("--models", default="eager", choices=["eager", "torchscript", "onnx"],
-                            help="which files the bundle carries: the checkpoints (eager, the default: the "
-                            "submission equals `segkit submit`'s byte for byte) or the exports of `segkit export`"),
+                            help="which networks the bundle carries: the checkpoints' weights (eager, the default) or "
+                            "the exports of `segkit export`"),
+                     option("--weights", default="fp16", choices=["fp16", "fp32"],
+                            help="eager weights in float16 (half the size; checked against the checkpoints on test "
+                            "images) or float32 (the submission equals `segkit submit`'s byte for byte)"),
+                     option("--target", default="kaggle-gpu", choices=["kaggle-gpu", "kaggle-cpu", "any"],
+                            help="the notebook it runs in: the wheels carry what that one lacks (any: all but "
+                            "torch and torchvision)"),
                      option("--no-wheels", dest="wheels", action="store_false",
-                            help="leave out the wheels (the target has the packages)"),
+                            help="leave out the wheels (the notebook has every package)"),
                      option("--python-version", help="wheels for this Python (e.g. 3.12) instead of the running "
                             "one's"))),
     Command("score", "segkit.tools.score:main", "score an RLE csv against a truth csv as the competition would",

@@ -7,15 +7,19 @@
       config.yaml          the experiment's config, frozen: every key, the budget applied
       tune.json            the tuned post-processing
       ensemble/            choice.json and state.json of the final ensemble (method, exact test-time state)
-      models/<model>/fold<k>/<file>   the checkpoints (eager) or the exports of `segkit export` (+ their .json)
+      models/<model>/fold<k>/<file>   the checkpoints' weights (<name>.safetensors, eager) or the exports of
+                           `segkit export` (+ their .json)
       extra.csv            data.extra_csv, when the experiment has one (per-image columns a stacker may read)
-      requirements.txt     what inference imports, pinned to the versions the experiment ran with
-      wheels/              those packages and segkit itself, for `pip install --no-index --find-links wheels`
+      packages.json        what inference needs (the packages it imports and theirs), with the range of versions
+                           of each that serves and the wheel that carries it where the target notebook lacks it
+      wheels/              those wheels and segkit's own
+      install.py           installs what the notebook lacks beside its own packages (segkit.bundle.install)
       infer.py             the entry point: python infer.py --test DIR --sample CSV --out CSV [--time-budget 8h]
-      notebook.ipynb       a notebook that installs the wheels and calls infer.py
+      notebook.ipynb       a notebook that calls install.py and infer.py
 
 The manifest lists, per model in the order a time budget keeps them (heaviest OOF weight first), its weight and
-the files of each fold. This module owns the bundle's inner layout (as ``segkit.artifacts.probs`` owns a store's), the
+the files of each fold, and the sha256 of every model file (checked before any prediction).
+This module owns the bundle's inner layout (as ``segkit.artifacts.probs`` owns a store's), the
 offline work folder inference fills, and which files of the source tree segkit's own wheel is built from.
 Loading a bundle reads only JSON, YAML (``safe_load``) and the model files (checkpoints as ``weights_only``
 payloads, ONNX graphs; a TorchScript file is a program, so a bundle of those is only as safe as its maker).
@@ -23,22 +27,22 @@ payloads, ONNX graphs; a TorchScript file is a program, so a bundle of those is 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from segkit.bundle.install import MANIFEST, PACKAGES, WHEELS
 from segkit.errors import DataError
 
 FORMAT = "segkit-bundle"
-VERSION = 1
-MANIFEST = "bundle.json"
+VERSION = 2  # 2: weights as safetensors, the files' hashes, packages.json and install.py
 CONFIG = "config.yaml"
 TUNE = "tune.json"
 CHOICE = "ensemble/choice.json"
 STATE = "ensemble/state.json"
 EXTRA = "extra.csv"
-REQUIREMENTS = "requirements.txt"
-WHEELS = "wheels"
+INSTALL = "install.py"
 INFER = "infer.py"
 NOTEBOOK = "notebook.ipynb"
 
@@ -85,7 +89,8 @@ class Bundle:
     experiment: str
     runtime: str  # eager | torchscript | onnx: what the model files are
     models: list[BundleModel]
-    info: dict  # when, by which segkit and python, sizes
+    info: dict  # when, by which segkit and python, for which notebook, the weights' precision and check, sizes
+    hashes: dict[str, str]  # model file (relative) -> sha256
 
     def path(self, relative: str) -> Path:
         return self.root / relative
@@ -101,19 +106,30 @@ class Bundle:
             raise DataError(f"{path}: not a {FORMAT} v{VERSION} manifest")
         models = [BundleModel(m["name"], float(m["weight"]), {int(k): v for k, v in m["folds"].items()})
                   for m in data["models"]]
-        bundle = cls(root, data["experiment"], data["runtime"], models, data.get("info", {}))
+        bundle = cls(root, data["experiment"], data["runtime"], models, data.get("info", {}), data["files"])
         for m in models:
             for files in m.folds.values():
                 for f in files:
                     if not bundle.path(f).exists():
                         raise DataError(f"{bundle.path(f)}: missing from the bundle (model {m.name!r})")
+                    if file_hash(bundle.path(f)) != bundle.hashes.get(f):
+                        raise DataError(f"{bundle.path(f)}: its sha256 is not the one {path} records (model "
+                                        f"{m.name!r}): the file was changed or damaged; package the bundle again")
         return bundle
 
     def manifest(self) -> dict:
         return {"format": FORMAT, "version": VERSION, "experiment": self.experiment, "runtime": self.runtime,
                 "models": [{"name": m.name, "weight": m.weight, "folds": {str(k): v for k, v in m.folds.items()}}
-                           for m in self.models], "info": self.info}
+                           for m in self.models], "files": self.hashes, "info": self.info}
 
 
-__all__ = ["Bundle", "BundleModel", "CHOICE", "CONFIG", "EXTRA", "INFER", "MANIFEST", "NOTEBOOK", "REQUIREMENTS",
-           "STATE", "TUNE", "WHEELS", "model_file", "stage_source", "work_dir", "work_paths"]
+def file_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+__all__ = ["Bundle", "BundleModel", "CHOICE", "CONFIG", "EXTRA", "INFER", "INSTALL", "MANIFEST", "NOTEBOOK",
+           "PACKAGES", "STATE", "TUNE", "WHEELS", "file_hash", "model_file", "stage_source", "work_dir", "work_paths"]

@@ -16,8 +16,14 @@ Steps, each the pipeline's own code on the bundle's files:
 5. the submission as ``segkit submit`` writes it (tuned post-processing, rows of the sample), checked before it
    replaces ``--out``.
 
-With the eager runtime and the full TTA the file is byte for byte ``segkit submit``'s for the same images. Work
-goes to ``--work`` (default: beside ``--out``); a killed run started again with the same ``--work`` resumes.
+On a GPU the networks run under autocast (``--amp``, default ``auto``: bf16 where the GPU has it, fp16 on a T4);
+on a CPU, in the config's ``predict.amp``. With several devices (``--devices cuda:0,cuda:1``; by default every GPU
+there is) the test images are split between one process per device, each writing its own images' files of the
+store, and the main process completes it: the same store, and so the same submission, as one device writes.
+
+With the eager runtime, float32 weights and the full TTA on the CPU, the file is byte for byte ``segkit submit``'s
+for the same images. Work goes to ``--work`` (default: beside ``--out``); a killed run started again with the same
+``--work`` resumes.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from segkit.artifacts.freshness import Unit, fingerprints
 from segkit.artifacts.probs import ProbStore, ProbWriter, manifest
 from segkit.bundle.files import CHOICE, CONFIG, EXTRA, STATE, TUNE, Bundle, work_dir, work_paths
 from segkit.compute.device import resolve_device
+from segkit.compute.distributed import World
 from segkit.config import Config
 from segkit.data import Competition
 from segkit.ensemble import chosen, is_subsettable, restore, write_store
@@ -126,10 +133,11 @@ class Offline:
         self.work = Path(args.work) if args.work else work_dir(Path(args.out))
         self.chosen = chosen.read(bundle.path(CHOICE), bundle.path(STATE), "package the bundle again")
         self.choice = self.chosen.choice
+        self.devices = devices(args.devices, args.device)
+        self.device = self.devices[0]
         self.cfg = self._config()
         self.comp = Competition(self.cfg.data, seed=self.cfg.seed)
         self.ids = self.comp.test_ids
-        self.device = resolve_device(self.cfg.device)
         self.loader = loader(self.runtime)
         self.full = len(views_for(self.cfg.predict.tta))
 
@@ -145,7 +153,9 @@ class Offline:
         data.update(root=str(test), test_images=".", sample_submission=str(sample), holdout_fraction=0.0,
                     extra_csv=str(self.bundle.path(EXTRA)) if data.get("extra_csv") else None)
         tree["paths"] = work_paths(self.work)
-        tree["device"] = self.args.device or "auto"  # where it runs now, not where it trained
+        tree["device"] = str(self.device)  # where it runs now, not where it trained
+        if self.args.amp or self.device.type == "cuda":  # a GPU's own precision; a CPU's is the experiment's
+            tree["predict"]["amp"] = self.args.amp or "auto"
         try:
             return Config.model_validate(tree)
         except Exception as err:  # noqa: BLE001 - pydantic's error, said as a bundle error
@@ -194,11 +204,25 @@ class Offline:
             return
         prepare_store(unit, folder, is_main=True)
         writer = ProbWriter(folder, list(self.cfg.data.classes))
-        predictor = Predictor(self.cfg, groups, self.device, self.loader, max_views=views)
-        predictor.predict(self.comp, self.ids, "test", Outputs(writer, [None] * len(groups)),
-                          desc=f"{name} ({views} TTA views, {self.runtime})")
+        label = f"{name} ({views} TTA views, {self.runtime})"
+        if len(self.devices) == 1:
+            self.predict_share(name, views, World())
+        else:  # one process per device, each predicting its share of the ids into the store
+            import torch.multiprocessing as mp  # here: only several devices need processes
+
+            print(f"infer: {label} on {', '.join(map(str, self.devices))}", flush=True)
+            names = [str(d) for d in self.devices]
+            mp.start_processes(_share, args=(str(self.bundle.root), vars(self.args), names, name, views),
+                               nprocs=len(names), start_method="spawn")
         unit.done()
         writer.finish(self.ids)
+
+    def predict_share(self, name: str, views: int, world: World) -> None:
+        """This process's share of the test ids (all of them in a world of one) into model ``name``'s store."""
+        writer = ProbWriter(self.cfg.layout.model(name).test, list(self.cfg.data.classes))
+        predictor = Predictor(self.cfg, self.groups(name), self.device, self.loader, max_views=views)
+        predictor.predict(self.comp, self.ids, "test", Outputs(writer, [None] * len(predictor.groups)), world=world,
+                          desc=f"{name} ({views} TTA views, {self.runtime}, {self.device})")
 
     def ensemble(self, kept: list[str]) -> ProbStore:
         cfg = self.cfg
@@ -262,6 +286,26 @@ class Offline:
         return 0
 
 
+def devices(listed: Optional[str], device: Optional[str]) -> list:
+    """The devices predictions run on: ``--devices`` as given, else every GPU there is where ``--device`` is auto
+    or cuda, else the one device ``--device`` names."""
+    import torch  # here: the device list needs it
+
+    if listed:
+        return [resolve_device(d.strip(), key="--devices") for d in listed.split(",") if d.strip()]
+    name = (device or "auto").lower()
+    if name in ("auto", "cuda") and torch.cuda.is_available() and torch.cuda.device_count() > 1:
+        return [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
+    return [resolve_device(name, key="--device")]
+
+
+def _share(rank: int, root: str, args: dict, names: list[str], model: str, views: int) -> None:
+    """Device ``names[rank]``'s process: its share of model ``model``'s test images."""
+    mine = argparse.Namespace(**{**args, "devices": None, "device": names[rank]})
+    world = World(rank=rank, size=len(names), local_rank=rank)
+    Offline(Bundle.read(Path(root)), mine).predict_share(model, views, world)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="infer.py", description="a segkit bundle's submission, offline")
     p.add_argument("--test", required=True, help="folder of the test images, as the competition gives it")
@@ -270,7 +314,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-budget", default=None, help="e.g. 8h, 90m, 1h30m: TTA views and models are fitted to it")
     p.add_argument("--runtime", default=None, choices=["eager", "torchscript", "onnx"],
                    help="default: the bundle's (its model files)")
-    p.add_argument("--device", default=None, help="auto | cpu | cuda (default: the config's)")
+    p.add_argument("--device", default=None, help="auto | cpu | cuda (default: auto)")
+    p.add_argument("--devices", default=None,
+                   help="several devices, one process each, e.g. cuda:0,cuda:1 (default: every GPU there is)")
+    p.add_argument("--amp", default=None, choices=["auto", "none", "bf16", "fp16"],
+                   help="autocast precision (default: auto on a GPU: bf16 where it has it, else fp16; on a CPU the "
+                   "experiment's predict.amp)")
     p.add_argument("--work", default=None, help="folder for the probability stores (default: beside --out)")
     p.add_argument("--keep-work", action="store_true", help="keep --work after the submission is written")
     p.add_argument("--dry-run", action="store_true", help="measure, print the plan, write nothing")

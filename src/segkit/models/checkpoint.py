@@ -3,6 +3,10 @@
 - ``best.pt`` / ``snapshot<c>.pt``: the weights to predict with (the EMA weights when EMA is on) plus what is needed
   to rebuild the network without the config: the model section, mode, classes, channels, pad multiple.
   ``load_model(path)`` returns a ready model in eval mode — what the predict stage uses.
+- ``<name>.safetensors`` (an offline bundle's, ``save_weights``): the weights alone, float16 by default (the batch
+  norm statistics stay float32), with the rebuild facts as JSON in the file's metadata: no optimizer, schedule or RNG
+  state, and nothing that can run code. ``load_model`` reads it as it reads a ``.pt`` (weights cast back to the
+  network's float32).
 - ``last.pt``: the same, plus the full training state at the end of an epoch (raw weights, optimizer, LR schedule,
   grad scaler, EMA, sampler position, RNG states, metric history, best value so far), so a killed run resumes as if
   never interrupted. Written after everything else of its epoch: its existence marks the epoch as finished.
@@ -10,6 +14,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 from pathlib import Path
@@ -81,11 +86,44 @@ def load(path: Path) -> dict:
     return obj
 
 
+WEIGHTS_SUFFIX = ".safetensors"
+WEIGHT_DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
+# Kept float32 in any case: small, and a variance of 1e-6 is not an fp16 number.
+FLOAT32_ALWAYS = ("running_mean", "running_var")
+
+
+def save_weights(checkpoint: Path, path: Path, dtype: str = "fp16") -> None:
+    """The weights of ``checkpoint`` (and what rebuilds its network) as a safetensors file in ``dtype``."""
+    from safetensors.torch import save_file  # here: only packaging writes these
+
+    ckpt = load(checkpoint)
+    cast = WEIGHT_DTYPES[dtype]
+    tensors = {k: (v.to(cast) if v.is_floating_point() and not k.endswith(FLOAT32_ALWAYS) else v).contiguous()
+               for k, v in ckpt["model"].items()}
+    meta = {k: v for k, v in ckpt.items() if k not in ("model", "train_state")}
+    with atomic.atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"segkit": json.dumps({**meta, "weights": dtype})})
+
+
+def _load_weights(path: Path) -> dict:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get("segkit", "null"))
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as err:  # noqa: BLE001 - safetensors' own errors, said as a segkit one
+        raise SegkitError(f"{path}: unreadable weights ({str(err).splitlines()[0][:200]})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise SegkitError(f"{path}: not segkit weights (no segkit metadata)")
+    return {**meta, "model": tensors}
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    """Rebuild the network of a checkpoint (no pretrained download: every weight comes from the file) and load its
-    weights. Returns (model in eval mode on ``device``, the checkpoint's metadata without the weights)."""
+    """Rebuild the network of a checkpoint or weights file (no pretrained download: every weight comes from the
+    file) and load its weights. Returns (model in eval mode on ``device``, the file's metadata without the weights)."""
     path = Path(path)
-    ckpt = load(path)
+    ckpt = _load_weights(path) if path.suffix == WEIGHTS_SUFFIX else load(path)
     model_cfg = ModelConfig.model_validate(ckpt["model_cfg"])
     model = build_model(model_cfg, ckpt["channels"], ckpt["mode"], len(ckpt["classes"]), pretrained=False)
     model.load_state_dict(ckpt["model"])

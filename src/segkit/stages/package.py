@@ -1,10 +1,17 @@
 """``segkit package --out DIR``: an experiment as an offline bundle for a code competition (``segkit.bundle.files``).
 
-The bundle is a folder to upload as a Kaggle dataset. It holds the final ensemble's models (the fold checkpoints
-predict uses, or their exports from ``segkit export`` with ``--models torchscript|onnx``), the frozen config,
-tune.json, the ensemble's choice and exact test-time state, and wheels of segkit and of every package inference
-imports, pinned to the versions installed here, so that ``pip install --no-index --find-links wheels`` works
-with the network off. ``infer.py`` is its one entry point and ``notebook.ipynb`` calls it.
+The bundle is a folder to upload as a Kaggle dataset. It holds the final ensemble's networks (the weights of the fold
+checkpoints predict uses, as safetensors, float16 unless ``--weights fp32``; or their exports from ``segkit export``
+with ``--models torchscript|onnx``), the frozen config, tune.json, the ensemble's choice and exact test-time state,
+and the wheels of segkit and of what the target notebook lacks (``segkit.bundle.targets``), at the versions
+installed here. ``install.py`` installs those beside the notebook's packages (``segkit.bundle.install``);
+``infer.py`` is the entry point and ``notebook.ipynb`` calls both.
+
+Float16 weights are checked at packaging: each model's first fold predicts the first test images with the
+checkpoint and with its float16 weights (one TTA view), and a difference of probabilities past ``FP16_TOLERANCE``
+is an error that names the model (``--weights fp32`` keeps them exact). Fold models are not merged into one by
+averaging their weights: each fold trains from the same start on other images for many epochs, and weights that
+far apart do not average into a working network (weight averaging pays within one run: ``train.swa``, EMA).
 
 An incomplete experiment is refused before anything is written, naming what is missing (a fold's checkpoint,
 tune.json, the ensemble's state, an export). The bundle is built in a temporary folder beside ``--out`` and moved
@@ -17,6 +24,7 @@ from __future__ import annotations
 import importlib.metadata as metadata
 import json
 import platform
+import secrets
 import shutil
 import subprocess
 import sys
@@ -28,89 +36,74 @@ from typing import Optional
 import yaml
 
 from segkit.artifacts import atomic
+from segkit.bundle import install as installer
 from segkit.bundle.files import (
     CHOICE,
     CONFIG,
     EXTRA,
     INFER,
+    INSTALL,
     MANIFEST,
     NOTEBOOK,
-    REQUIREMENTS,
+    PACKAGES,
     STATE,
     TUNE,
     WHEELS,
     Bundle,
     BundleModel,
+    file_hash,
     model_file,
     stage_source,
 )
+from segkit.bundle.targets import Package, needs
 from segkit.config import Config
 from segkit.data import Competition
 from segkit.data.folds import fold_numbers, load_folds
 from segkit.ensemble import chosen
 from segkit.errors import ConfigError, DataError
 from segkit.inference.runtimes import SUFFIX, meta_path
-from segkit.models.checkpoint import fold_checkpoints
+from segkit.models.checkpoint import WEIGHTS_SUFFIX, fold_checkpoints, save_weights
 from segkit.postprocess.tuned import Tuned
 
-# What inference imports (segkit.bundle.infer and what it reaches), by distribution; pip adds their own dependencies.
-INFER_PACKAGES = ["torch", "torchvision", "timm", "segmentation-models-pytorch", "safetensors", "numpy", "scipy",
-                  "pandas", "opencv-python-headless", "albumentations", "scikit-image", "pillow", "pydantic",
-                  "PyYAML", "tqdm", "numba", "lightgbm", "nibabel"]
-RUNTIME_PACKAGES = {"eager": [], "torchscript": [], "onnx": ["onnxruntime"]}
+# The largest difference of probabilities (on [0, 1]) float16 weights may make against their checkpoint.
+FP16_TOLERANCE = 0.02
+CHECK_IMAGES = 8
 
 INFER_PY = '''"""Writes a submission from this segkit bundle, offline: python infer.py --test DIR --sample CSV --out CSV
-[--time-budget 8h] [--dry-run --images N]. Installs the bundle's wheels first where segkit is not installed."""
-import subprocess
+[--time-budget 8h] [--dry-run --images N]. Installs what the notebook lacks first (install.py), beside its own
+packages, never over them."""
+import runpy
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-
-
-def install():
-    wheels = HERE / "wheels"
-    if not wheels.is_dir():
-        sys.exit(f"error: segkit is not installed and {wheels} is missing (the bundle was made with --no-wheels)")
-    pip = [sys.executable, "-m", "pip", "install", "--no-index", "--find-links", str(wheels), "--quiet"]
-    subprocess.check_call(pip + ["-r", str(HERE / "requirements.txt")])
-    subprocess.check_call(pip + ["--no-deps", *map(str, sorted(wheels.glob("segkit-*.whl")))])
-
-
+args = sys.argv[1:]
+device = args[args.index("--device") + 1] if "--device" in args[:-1] else "auto"
+install = runpy.run_path(str(HERE / "install.py"))
 try:
-    import segkit.bundle.infer
-except ImportError:
-    install()
-    import segkit.bundle.infer
+    install["ensure"](HERE, device=device)
+except install["InstallError"] as err:
+    sys.exit(print(f"error: {err}", file=sys.stderr) or 2)
 
-sys.exit(segkit.bundle.infer.main(sys.argv[1:], bundle=HERE))
+import segkit.bundle.infer  # noqa: E402 - from the folder install.py put first on the path
+
+sys.exit(segkit.bundle.infer.main(args, bundle=HERE))
 '''
 
 
+def notebook_cells(root: str) -> list[str]:
+    """The notebook's two cells for a bundle at ``root`` (the README shows them, the suite runs them)."""
+    return [f"!python {root}/{INSTALL}",
+            f"!python {root}/{INFER} --test /kaggle/input/COMPETITION/test --sample "
+            f"/kaggle/input/COMPETITION/sample_submission.csv --out submission.csv --time-budget 8h"]
+
+
 def notebook(name: str) -> dict:
-    """A two-cell notebook: install the wheels offline, run infer.py on the competition's test folder."""
-    root = f"/kaggle/input/{name}"
-    cells = [
-        f"!pip install --no-index --find-links {root}/wheels -r {root}/requirements.txt\n"
-        f"!pip install --no-index --no-deps {root}/wheels/segkit-*.whl",
-        f"!python {root}/infer.py --test /kaggle/input/COMPETITION/test --sample "
-        f"/kaggle/input/COMPETITION/sample_submission.csv --out submission.csv --time-budget 8h",
-    ]
+    """A two-cell notebook: install what the notebook lacks, run infer.py on the competition's test folder."""
     return {"nbformat": 4, "nbformat_minor": 5, "metadata": {"language_info": {"name": "python"}},
             "cells": [{"cell_type": "code", "metadata": {}, "execution_count": None, "outputs": [],
-                       "id": f"cell{i}", "source": text} for i, text in enumerate(cells)]}
-
-
-def requirements(runtime: str) -> list[str]:
-    """The pinned requirement lines of inference: the versions installed here (what the experiment ran with)."""
-    names = INFER_PACKAGES + RUNTIME_PACKAGES[runtime]
-    lines = []
-    for name in names:
-        try:
-            lines.append(f"{name}=={metadata.version(name)}")
-        except metadata.PackageNotFoundError:
-            raise ConfigError(f"package: {name} is not installed here, and inference needs it") from None
-    return lines
+                       "id": f"cell{i}", "source": text}
+                      for i, text in enumerate(notebook_cells(f"/kaggle/input/{name}"))]}
 
 
 # --------------------------------------------------------------------------------------------------- checks
@@ -186,11 +179,15 @@ def pip(*args: str) -> None:
         raise DataError(f"package: `pip {' '.join(args[:2])} ...` failed:\n{tail}")
 
 
-def write_wheels(folder: Path, lines: list[str], python_version: Optional[str]) -> None:
+def write_wheels(folder: Path, packages: list[Package], python_version: Optional[str]) -> Package:
+    """Download the carried packages' wheels (no dependencies: ``packages`` is already their closure) and build
+    segkit's; fills each package's ``wheel`` and returns segkit's own entry."""
     folder.mkdir(parents=True, exist_ok=True)
-    requirements_file = folder.parent / REQUIREMENTS
-    target = ["--only-binary=:all:", "--python-version", python_version] if python_version else []
-    pip("download", "--dest", str(folder), "-r", str(requirements_file), *target)
+    carried = [p for p in packages if p.carried]
+    target = ["--python-version", python_version] if python_version else []
+    if carried:
+        pip("download", "--no-deps", "--only-binary=:all:", "--dest", str(folder), *target,
+            *(f"{p.name}=={p.version}" for p in carried))
     with tempfile.TemporaryDirectory() as build:
         # Built from a copy of the source tree segkit runs from (an editable install), so that the build's own
         # files (build/, *.egg-info) never land in the checkout.
@@ -201,6 +198,49 @@ def write_wheels(folder: Path, lines: list[str], python_version: Optional[str]) 
             raise ConfigError(f"package: segkit at {package_dir} is not installed from its source tree, so its "
                               f"wheel cannot be built here; install it with `pip install -e` from a checkout") from None
         pip("wheel", "--no-deps", "--no-build-isolation", "--wheel-dir", str(folder), str(src))
+    files = {installer.norm(w.name.split("-")[0]): w.name for w in folder.glob("*.whl")}
+    for p in carried:
+        if p.name not in files:
+            raise DataError(f"package: pip gave no wheel of {p.name}=={p.version} (only binary wheels travel)")
+        p.wheel = files[p.name]
+    version = metadata.version("segkit")
+    return Package("segkit", version, f"=={version}", True, ["segkit"], files["segkit"])
+
+
+# --------------------------------------------------------------------------------------------------- weights
+
+
+def write_weights(checkpoints: list[Path], into: Path, dtype: str) -> list[Path]:
+    """A fold's checkpoints as weights files in ``into`` (same names, safetensors)."""
+    into.mkdir(parents=True, exist_ok=True)
+    out = []
+    for c in checkpoints:
+        save_weights(c, into / f"{c.stem}{WEIGHTS_SUFFIX}", dtype)
+        out.append(into / f"{c.stem}{WEIGHTS_SUFFIX}")
+    return out
+
+
+def check_weights(cfg: Config, comp: Competition, name: str, checkpoints: list[Path], weights: list[Path]) -> dict:
+    """The largest difference of probabilities between a fold's checkpoints and its weights files, on the first
+    test images (one TTA view); an error past ``FP16_TOLERANCE``."""
+    import numpy as np  # here: only the check compares predictions
+
+    from segkit.compute.device import resolve_device
+    from segkit.inference.engine import Predictor
+    from segkit.inference.outputs import Collected
+
+    ids = comp.test_ids[:CHECK_IMAGES]
+    device = resolve_device("cpu")
+    outs = []
+    for files in (checkpoints, weights):
+        out = Collected()
+        Predictor(cfg, [files], device, max_views=1).predict(comp, ids, "test", out)
+        outs.append(out)
+    diff = max(float(np.abs(outs[0][i].astype(np.int16) - outs[1][i].astype(np.int16)).max()) for i in ids) / 255
+    if diff > FP16_TOLERANCE:
+        raise DataError(f"models[{name}]: float16 weights move its probabilities by up to {diff:.4f} on "
+                        f"{len(ids)} test images (more than {FP16_TOLERANCE}); package with --weights fp32")
+    return {"images": len(ids), "max_abs_diff": round(diff, 5)}
 
 
 # ------------------------------------------------------------------------------------------------------- run
@@ -210,8 +250,8 @@ def _size(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-def run(cfg: Config, out: str, models: str = "eager", wheels: bool = True,
-        python_version: Optional[str] = None) -> int:
+def run(cfg: Config, out: str, models: str = "eager", weights: str = "fp16", target: str = "kaggle-gpu",
+        wheels: bool = True, python_version: Optional[str] = None) -> int:
     out_dir = Path(out).resolve()
     if out_dir.exists() and not (out_dir / MANIFEST).exists():
         raise DataError(f"--out {out_dir}: exists and is not a segkit bundle; give a new folder")
@@ -226,22 +266,29 @@ def run(cfg: Config, out: str, models: str = "eager", wheels: bool = True,
     comp = Competition(cfg.data, seed=cfg.seed)
     sources = model_sources(cfg, comp, models)
     order = ranked(choice, layout.final_ensemble.cv)
+    packages = needs(models, target, python_version)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=atomic.TMP_SUFFIX, dir=out_dir.parent))
     try:
-        entries = []
+        entries, checks = [], {}
         for name, share in order:
             folds = {}
             for k, files in sources[name].items():
-                folds[k] = []
-                for f in files:
-                    rel = model_file(name, k, f.name)
-                    (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copy2(f, tmp / rel)
-                    if meta_path(f).exists():  # an export's record travels beside it (its runtime reads it)
-                        shutil.copy2(meta_path(f), meta_path(tmp / rel))
-                    folds[k].append(rel)
+                into = tmp / model_file(name, k, "")
+                if models == "eager":
+                    made = write_weights(files, into, weights)
+                    if weights == "fp16" and name not in checks:  # each model's first fold speaks for it
+                        checks[name] = check_weights(cfg, comp, name, files, made)
+                else:
+                    into.mkdir(parents=True, exist_ok=True)
+                    made = []
+                    # an export travels with its record (its runtime reads it)
+                    for f in files:
+                        shutil.copy2(f, into / f.name)
+                        shutil.copy2(meta_path(f), meta_path(into / f.name))
+                        made.append(into / f.name)
+                folds[k] = [model_file(name, k, f.name) for f in made]
             entries.append(BundleModel(name, share, folds))
         (tmp / CONFIG).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
         shutil.copy2(tuned_path, tmp / TUNE)
@@ -250,25 +297,37 @@ def run(cfg: Config, out: str, models: str = "eager", wheels: bool = True,
         shutil.copy2(layout.final_ensemble.state, tmp / STATE)
         if cfg.data.extra_csv:
             shutil.copy2(cfg.data.path("extra_csv"), tmp / EXTRA)
-        lines = requirements(models)
-        (tmp / REQUIREMENTS).write_text("\n".join(lines) + "\n")
+        shutil.copy2(installer.__file__, tmp / INSTALL)
         (tmp / INFER).write_text(INFER_PY)
         (tmp / NOTEBOOK).write_text(json.dumps(notebook(cfg.experiment.replace("_", "-")), indent=1) + "\n")
         without_wheels = _size(tmp)
         if wheels:
-            print(f"package: wheels of {len(lines)} packages and their dependencies (pip download) and of segkit")
-            write_wheels(tmp / WHEELS, lines, python_version)
+            carried = [p.name for p in packages if p.carried]
+            print(f"package: wheels for target {target}: segkit and {len(carried)} package(s) the target lacks"
+                  f"{': ' + ', '.join(carried) if carried else ''}")
+            packages.append(write_wheels(tmp / WHEELS, packages, python_version))
+        else:
+            for p in packages:
+                p.carried = False
+        python = python_version or ".".join(platform.python_version_tuple()[:2])
+        atomic.write_json(tmp / PACKAGES, {"bundle": secrets.token_hex(8), "target": target, "python": python,
+                                           "wheels": wheels, "packages": [p.spec() for p in packages]})
         info = {"made": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "segkit": metadata.version("segkit"), "python": python_version or platform.python_version(),
-                "bytes_without_wheels": without_wheels, "bytes": _size(tmp)}
-        bundle = Bundle(tmp, cfg.experiment, models, entries, info)
+                "segkit": metadata.version("segkit"), "python": python, "target": target,
+                "weights": weights if models == "eager" else "fp32", "weights_check": checks,
+                "bytes_without_wheels": without_wheels, "bytes_models": _size(tmp / "models"), "bytes": _size(tmp)}
+        hashes = {f: file_hash(tmp / f) for e in entries for files in e.folds.values() for f in files}
+        bundle = Bundle(tmp, cfg.experiment, models, entries, info, hashes)
         atomic.write_json(tmp / MANIFEST, bundle.manifest())
         _replace(tmp, out_dir)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    print(f"package: wrote {out_dir} ({info['bytes_without_wheels'] / 2**20:.1f} MiB without wheels, "
-          f"{info['bytes'] / 2**20:.1f} MiB in all; models {', '.join(e.name for e in entries)} as {models})")
+    checked = "".join(f"; {n}'s float16 weights within {c['max_abs_diff']:.4f} of its checkpoint on {c['images']} "
+                      f"test images" for n, c in checks.items())
+    print(f"package: wrote {out_dir} ({info['bytes_models'] / 2**20:.1f} MiB of networks, "
+          f"{info['bytes_without_wheels'] / 2**20:.1f} MiB without wheels, {info['bytes'] / 2**20:.1f} MiB in all; "
+          f"models {', '.join(e.name for e in entries)} as {models}{checked})")
     print(f"package: try it: python {out_dir / INFER} --test <test images> --sample <sample_submission.csv> "
           f"--out submission.csv --time-budget 8h")
     return 0
@@ -286,4 +345,4 @@ def _replace(new: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-__all__ = ["INFER_PACKAGES", "check_experiment", "requirements", "run"]
+__all__ = ["FP16_TOLERANCE", "check_experiment", "notebook_cells", "run"]
