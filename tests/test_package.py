@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -220,34 +221,103 @@ def test_package_refuses_an_incomplete_experiment_and_leaves_no_bundle(experimen
     assert "is not a segkit bundle" in capsys.readouterr().err
 
 
-@pytest.mark.slow
-def test_the_bundle_installs_offline_in_a_fresh_venv_and_writes_the_same_submission(experiment, tmp_path):
-    bundle = tmp_path / "bundle"
-    assert main(["package", *experiment["args"], "--out", str(bundle)]) == 0
-    wheels = sorted(p.name for p in (bundle / "wheels").glob("*.whl"))
-    assert any(w.startswith("segkit-") for w in wheels) and any(w.startswith("torch-") for w in wheels)
-    venv = tmp_path / "venv"
+CUDA_BUILDS = {"torch": "2.11.0+cu126", "torchvision": "0.26.0+cu126"}
+
+
+def notebook_python(tmp_path: Path) -> tuple[Path, Path]:
+    """A stand-in for a GPU notebook's Python: a fresh venv holding torch, torchvision and numpy (and what they
+    import), whose torch says it is another version, a CUDA build (its files are this machine's torch, linked).
+    Returns (its python, its site-packages)."""
+    import importlib.metadata as metadata
+
+    venv = tmp_path / "notebook"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    # No pip configuration (no index, no extra find-links) and no index at all: the bundle's wheels alone.
-    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "PIP_CONFIG_FILE": os.devnull, "PIP_NO_INDEX": "1",
-           "HF_HUB_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1"}
+    site = venv / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
+    held = ["torch", "torchvision", "numpy", "pillow", "filelock", "fsspec", "jinja2", "markupsafe", "mpmath",
+            "networkx", "sympy", "typing-extensions", "setuptools"]
+    for old in site.glob("setuptools*"):  # the venv's own, older than the one torch asks for: this machine's instead
+        shutil.rmtree(old)
+    for name in held:
+        dist = metadata.distribution(name)
+        root = Path(str(dist.locate_file("")))
+        for top in sorted({str(f).split("/")[0] for f in dist.files if not str(f).startswith("..")}):
+            if top.endswith(".dist-info"):
+                info = site / top
+                shutil.copytree(root / top, info)
+                if name in CUDA_BUILDS:  # the notebook's torch is another version, a CUDA build, and so its torchvision
+                    version = CUDA_BUILDS[name]
+                    text = (info / "METADATA").read_text().replace(f"Version: {dist.version}", f"Version: {version}")
+                    (info / "METADATA").write_text(re.sub(r"Requires-Dist: torch \(==[^)]*\)",
+                                                          "Requires-Dist: torch (==2.11.0)", text))
+                    info.rename(site / f"{name}-{version}.dist-info")
+            elif not (site / top).exists():
+                (site / top).symlink_to(root / top)
+    return venv / "bin" / "python", site
+
+
+def listing(folder: Path) -> dict[str, float]:
+    """Every entry under ``folder`` (links not followed) with its modification time."""
+    return {str(p.relative_to(folder)): p.lstat().st_mtime for p in folder.rglob("*")
+            if "__pycache__" not in p.parts}
+
+
+def readme_cells() -> list[str]:
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = text.split("<!-- notebook -->")[1].split("<!-- /notebook -->")[0]
+    return [line for line in block.strip().strip("`").removeprefix("bash").strip().splitlines() if line]
+
+
+@pytest.mark.slow
+def test_the_readme_notebook_cells_install_beside_another_torch_and_write_the_same_submission(experiment, tmp_path):
+    from segkit.stages.package import notebook_cells
+
+    bundle = tmp_path / "bundle"
+    assert main(["package", *experiment["args"], "--out", str(bundle), "--target", "any", "--weights", "fp32"]) == 0
+    cells = readme_cells()
+    assert cells == notebook_cells("/kaggle/input/BUNDLE")  # the README shows the cells the notebook holds
+    notebook = json.loads((bundle / "notebook.ipynb").read_text())
+    assert [c["source"] for c in notebook["cells"]] == notebook_cells("/kaggle/input/demo")
+    wheels = sorted(p.name for p in (bundle / "wheels").glob("*.whl"))
+    assert any(w.startswith("segkit-") for w in wheels) and any(w.startswith("timm-") for w in wheels)
+    assert not any(w.startswith(("torch-", "torchvision-")) for w in wheels)
+
+    python, site = notebook_python(tmp_path)
+    before = listing(site)
+    # No pip configuration and no index: the bundle's wheels alone; `python` is the notebook's.
+    env = {"PATH": f"{python.parent}{os.pathsep}{os.environ['PATH']}", "HOME": str(tmp_path), "TMPDIR": str(tmp_path),
+           "PIP_CONFIG_FILE": os.devnull, "PIP_NO_INDEX": "1", "HF_HUB_OFFLINE": "1",
+           "NO_ALBUMENTATIONS_UPDATE": "1"}
     out = tmp_path / "submission.csv"
-    done = subprocess.run([str(venv / "bin" / "python"), str(bundle / "infer.py"), "--test", str(experiment["test"]),
-                           "--sample", str(experiment["sample"]), "--out", str(out), "--device", "cpu"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
+    subs = {"/kaggle/input/BUNDLE": str(bundle), "/kaggle/input/COMPETITION/test": str(experiment["test"]),
+            "/kaggle/input/COMPETITION/sample_submission.csv": str(experiment["sample"]),
+            "--out submission.csv": f"--out {out}", "--time-budget 8h": "--time-budget 8h --device cpu"}
+    printed = []
+    for cell in cells:
+        for old, new in subs.items():
+            cell = cell.replace(old, new)
+        done = subprocess.run(cell.removeprefix("!"), shell=True, cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=900)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+        printed.append(done.stdout)
+    assert "package(s) into" in printed[0] and "torch 2.13.0" in printed[0]  # the guard's versions line
+    assert "package(s) into" not in printed[1]  # installed once: infer.py finds it done
     assert out.read_bytes() == experiment["submission"].read_bytes()
-    # the installed segkit is the wheel's, not this checkout's, and inference reaches no stage (training, tuning...)
-    probe = ("import sys, segkit, segkit.bundle.infer as o; o.main(sys.argv[2:], bundle=sys.argv[1]); "
-             "print(segkit.__file__); print([m for m in sys.modules if m.startswith(('segkit.stages', "
-             "'segkit.ablate', 'segkit.pipeline'))])")
-    done = subprocess.run([str(venv / "bin" / "python"), "-c", probe, str(bundle), "--test", str(experiment["test"]),
-                           "--sample", str(experiment["sample"]), "--out", str(out), "--device", "cpu", "--dry-run"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    # nothing of the notebook changed: its torch still says it is its own, not one file added, removed or touched
+    assert listing(site) == before
+    version = subprocess.run([str(python), "-c", "import importlib.metadata as m; print(m.version('torch'))"],
+                             env=env, capture_output=True, text=True)
+    assert version.stdout.strip() == "2.11.0+cu126"
+    # the segkit that ran is the bundle's wheel, beside the notebook; inference reaches no stage
+    probe = ("import sys, runpy; runpy.run_path(sys.argv[1] + '/install.py')['ensure'](sys.argv[1], device='cpu'); "
+             "import segkit, segkit.bundle.infer; print(segkit.__file__); print([m for m in sys.modules "
+             "if m.startswith(('segkit.stages', 'segkit.ablate', 'segkit.pipeline'))])")
+    done = subprocess.run([str(python), "-c", probe, str(bundle)], env=env, capture_output=True, text=True)
     where, training = done.stdout.strip().splitlines()[-2:]
-    assert str(venv) in where and training == "[]"
-    # segkit's wheel asks for what inference imports only: `pip install segkit` from the bundle's wheels resolves
-    resolve = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--dry-run", "--ignore-installed",
-                              "--no-index", "--find-links", str(bundle / "wheels"), "segkit"],
-                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert resolve.returncode == 0 and "segkit" in resolve.stdout, resolve.stdout[-2000:] + resolve.stderr[-2000:]
+    assert where.startswith(str(tmp_path / ".segkit-site-")) and training == "[]", done.stderr[-2000:]
+    # segkit's wheel asks for what inference imports only: `pip install segkit` resolves from the wheels alone
+    resolve = subprocess.run([str(python), "-m", "pip", "install", "--dry-run", "--no-index", "--find-links",
+                              str(bundle / "wheels"), "segkit"], cwd=tmp_path, env=env, capture_output=True,
+                             text=True, timeout=600)
+    would = [line for line in resolve.stdout.splitlines() if line.startswith("Would install")]
+    assert resolve.returncode == 0 and would and "segkit-" in would[0], resolve.stdout[-2000:] + resolve.stderr[-2000:]
+    assert " torch-" not in would[0] and " numpy-" not in would[0]  # the notebook's copies serve

@@ -179,6 +179,18 @@ def test_a_volume_competition_runs_end_to_end(volume_root, tmp_path, capsys, one
     sub = pd.read_csv(cfg.layout.submission, keep_default_na=False)
     assert len(sub) == 2 * SHAPE[2] * 2 and sub["id"].iloc[:2].tolist() == ["case_006_s000_anterior",
                                                                           "case_006_s000_posterior"]
+    # packaged, the NIfTI test cases in: the same rows and the same label volumes, 3D clean-up included
+    from segkit.bundle.infer import main as offline
+
+    bundle, offline_dir = tmp_path / "bundle", tmp_path / "offline"
+    assert main(["package", *args, "--out", str(bundle), "--no-wheels", "--weights", "fp32"]) == 0
+    assert offline(["--test", str(volume_root / "imagesTs"), "--out", str(offline_dir / "submission.csv"),
+                    "--volumes", str(offline_dir / "volumes"), "--device", "cpu"], bundle=bundle) == 0
+    assert (offline_dir / "submission.csv").read_bytes() == cfg.layout.submission.read_bytes()
+    for case in ("case_006", "case_007"):
+        made = nib.load(offline_dir / "volumes" / f"{case}.nii.gz")
+        want = nib.load(cfg.layout.submission_volumes / f"{case}.nii.gz")
+        assert np.array_equal(np.asarray(made.dataobj), np.asarray(want.dataobj)) and np.allclose(made.affine, AFFINE)
 
 
 def test_3d_cleanup_keeps_the_largest_body_or_drops_small_ones():

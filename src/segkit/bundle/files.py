@@ -21,8 +21,8 @@ The manifest lists, per model in the order a time budget keeps them (heaviest OO
 the files of each fold, and the sha256 of every model file (checked before any prediction).
 This module owns the bundle's inner layout (as ``segkit.artifacts.probs`` owns a store's), the
 offline work folder inference fills, and which files of the source tree segkit's own wheel is built from.
-Loading a bundle reads only JSON, YAML (``safe_load``) and the model files (checkpoints as ``weights_only``
-payloads, ONNX graphs; a TorchScript file is a program, so a bundle of those is only as safe as its maker).
+Loading a bundle reads only JSON, YAML (``safe_load``) and the model files (safetensors, ONNX graphs; a TorchScript
+file is a program, so a bundle of those is only as safe as its maker).
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@ offline, inside a time budget. A bundle's ``infer.py`` calls ``main``.
 
 Steps, each the pipeline's own code on the bundle's files:
 
-1. the frozen config, pointed at ``--test`` (the images) and ``--sample`` (the sample submission); every sample
-   id must have an image there, of the channel count the networks were trained on;
+1. the frozen config, pointed at ``--test`` (the images; a volume competition's NIfTI test cases) and ``--sample``
+   (the sample submission; a volume competition may have none: rows per slice); every sample id must have an image
+   there, of the channel count the networks were trained on;
 2. **the plan**: each model's speed measured on the first test images (one TTA view, every fold), then, for the
    number of test images, as many views per model as fit ``--time-budget``: the least weighted model loses views
    first, down to one, and where the ensemble stays defined without it (the averages) it is dropped next; the
@@ -14,7 +15,7 @@ Steps, each the pipeline's own code on the bundle's files:
 3. each model's test store as ``segkit predict`` makes it (folds averaged, quantised), with the bundle's runtime;
 4. the ensemble's test store, from the method and exact state the ensemble stage chose (``segkit.ensemble.restore``);
 5. the submission as ``segkit submit`` writes it (tuned post-processing, rows of the sample), checked before it
-   replaces ``--out``.
+   replaces ``--out``; for volumes, with ``--volumes DIR``, each test case's label volume (3D clean-up applied).
 
 On a GPU the networks run under autocast (``--amp``, default ``auto``: bf16 where the GPU has it, fp16 on a T4);
 on a CPU, in the config's ``predict.amp``. With several devices (``--devices cuda:0,cuda:1``; by default every GPU
@@ -56,7 +57,7 @@ from segkit.inference.runtimes import loader
 from segkit.inference.tta import views_for
 from segkit.metrics import get_metric
 from segkit.postprocess.tuned import Tuned
-from segkit.submission.build import Submission
+from segkit.submission.build import Submission, final_masks, volume_files, write_volumes
 
 # The share of the budget the plan spends on networks: the rest is for reading, ensembling, post-processing and
 # writing, and for the error of a speed measured on a few images.
@@ -143,15 +144,22 @@ class Offline:
 
     def _config(self) -> Config:
         tree = yaml.safe_load(self.bundle.path(CONFIG).read_text())
-        test, sample = Path(self.args.test).resolve(), Path(self.args.sample).resolve()
+        data = tree["data"]
+        test = Path(self.args.test).resolve()
         if not test.is_dir():
             raise DataError(f"--test: not a folder: {test}")
-        if not sample.is_file():
+        sample = Path(self.args.sample).resolve() if self.args.sample else None
+        if sample is None and (data.get("sample_submission") or not data.get("volumes")):
+            raise DataError("--sample: this competition's submission follows its sample submission; give the file")
+        if sample is not None and not sample.is_file():
             raise DataError(f"--sample: no such file: {sample}")
-        data = tree["data"]
         # The competition's folder is --test; train data is absent, and no image is held out of it.
-        data.update(root=str(test), test_images=".", sample_submission=str(sample), holdout_fraction=0.0,
+        data.update(root=str(test), sample_submission=str(sample) if sample else None, holdout_fraction=0.0,
                     extra_csv=str(self.bundle.path(EXTRA)) if data.get("extra_csv") else None)
+        if data.get("volumes"):  # the test cases' NIfTI files; rows per slice of them, or the sample's
+            data["volumes"]["test_images"] = "."
+        else:
+            data["test_images"] = "."
         tree["paths"] = work_paths(self.work)
         tree["device"] = str(self.device)  # where it runs now, not where it trained
         if self.args.amp or self.device.type == "cuda":  # a GPU's own precision; a CPU's is the experiment's
@@ -164,7 +172,9 @@ class Offline:
     # -------------------------------------------------------------------------------------------- checks
     def check_test(self) -> None:
         """Every sample id has an image of the channel count the networks take (the first one read to see)."""
-        for image_id in self.ids:
+        if not self.ids:
+            raise DataError(f"--test: no test images in {self.args.test}")
+        for image_id in self.ids if self.cfg.data.volumes is None else ():  # a volume's slices: its file was read
             self.comp.image_path(image_id, "test")
         first = self.ids[0]
         image = self.comp.read_image(first, "test")
@@ -279,6 +289,10 @@ class Offline:
         target.parent.mkdir(parents=True, exist_ok=True)
         with atomic.atomic_path(target) as tmp:
             built.write(tmp, target)
+        if self.cfg.data.volumes is not None and args.volumes:  # the label volumes, as `segkit submit` writes them
+            files = {case: Path(args.volumes) / path.name for case, path in volume_files(self.cfg, self.comp).items()}
+            write_volumes(final_masks(self.cfg, self.comp, store, tuned), files)
+            print(f"infer: wrote {len(files)} label volumes (NIfTI, the source's affine) -> {args.volumes}")
         if not args.keep_work:
             shutil.rmtree(self.work, ignore_errors=True)
         print(f"infer: wrote {target} ({len(built.frame)} rows, {len(self.ids)} images) in "
@@ -309,7 +323,9 @@ def _share(rank: int, root: str, args: dict, names: list[str], model: str, views
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="infer.py", description="a segkit bundle's submission, offline")
     p.add_argument("--test", required=True, help="folder of the test images, as the competition gives it")
-    p.add_argument("--sample", required=True, help="the competition's sample_submission.csv")
+    p.add_argument("--sample", default=None, help="the competition's sample_submission.csv (a volume competition "
+                   "without one: rows per slice of the test cases)")
+    p.add_argument("--volumes", default=None, help="a volume competition: write each test case's label volume here")
     p.add_argument("--out", default="submission.csv")
     p.add_argument("--time-budget", default=None, help="e.g. 8h, 90m, 1h30m: TTA views and models are fitted to it")
     p.add_argument("--runtime", default=None, choices=["eager", "torchscript", "onnx"],

@@ -164,6 +164,8 @@ def choose(spec: dict, env: dict, bundle: Path) -> tuple[list[dict], list[dict]]
                 kept.append(p)
                 continue
             if p["name"] in NEVER and not p.get("wheel"):
+                if not p.get("modules"):  # required by a package's metadata, imported by nothing inference runs
+                    continue
                 raise InstallError(f"{p['name']} is not installed here, and a bundle never carries it (it belongs to "
                                    f"the notebook): run this in a Python that has {p['name']}")
         if not p.get("wheel"):
@@ -242,10 +244,10 @@ def guard(site: Path, record: dict, device: str) -> str:
     if Path(torch.__file__).resolve().is_relative_to(Path(site).resolve()):
         raise InstallError(f"torch was imported from {site}, not from the notebook's environment")
     versions = {"python": sys.version.split()[0], "torch": torch.__version__}
-    for name in ("torchvision", "numpy", "timm", "segmentation_models_pytorch", "segkit"):
-        try:
-            versions[name] = getattr(__import__(name), "__version__", "?")
-        except ImportError:
+    for name in ("torchvision", "numpy", "timm", "segmentation-models-pytorch", "segkit"):
+        try:  # read, not imported: a package nothing imports at inference may not import at all
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
             versions[name] = "missing"
     line = ", ".join(f"{k} {v}" for k, v in versions.items())
     print(f"install: {line}", flush=True)

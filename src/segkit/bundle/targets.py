@@ -28,8 +28,9 @@ from segkit.errors import ConfigError
 FOLDER = Path(__file__).with_name("targets")
 TARGETS = ("kaggle-gpu", "kaggle-cpu", "any")
 
-# What inference imports (segkit.bundle.infer and what it reaches), by distribution.
-INFER_PACKAGES = ["torch", "torchvision", "timm", "segmentation-models-pytorch", "safetensors", "numpy", "scipy",
+# What inference imports (segkit.bundle.infer and what it reaches), by distribution. Not torchvision: timm and smp
+# ask for it in their metadata but import it only for what segkit does not use.
+INFER_PACKAGES = ["torch", "timm", "segmentation-models-pytorch", "safetensors", "numpy", "scipy",
                   "pandas", "opencv-python-headless", "albumentations", "scikit-image", "pillow", "pydantic",
                   "PyYAML", "tqdm", "numba", "lightgbm", "nibabel"]
 RUNTIME_PACKAGES = {"eager": [], "torchscript": [], "onnx": ["onnxruntime"]}

@@ -114,9 +114,6 @@ def check_experiment(cfg: Config) -> None:
     if cfg.imports:
         raise ConfigError(f"imports: {cfg.imports}: a bundle carries segkit's own components only (its wheel); put "
                           f"the experiment's components into segkit itself to package it")
-    if cfg.data.volumes is not None:
-        raise ConfigError("data.volumes: volume competitions cannot be packaged yet (their test cases are NIfTI "
-                          "files that infer.py does not cut)")
     if cfg.pseudo.rounds > cfg.pseudo.round:
         raise ConfigError(f"pseudo.rounds: the experiment goes to round {cfg.pseudo.rounds}; package that round's "
                           f"models with pseudo.round={cfg.pseudo.rounds}")
