@@ -123,3 +123,19 @@ def test_targets_carry_what_the_notebook_lacks_never_torch():
     everything = {p.name for p in needs("eager", "any", "3.12") if p.carried}
     assert {"timm", "numpy", "albumentations", "albucore", "scipy", "pydantic-core"} <= everything
     assert "onnxruntime" in {p.name for p in needs("onnx", "kaggle-gpu", "3.12") if p.carried}
+
+
+def test_the_guard_stops_on_a_changed_package_and_on_a_gpu_that_is_not_there(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the guard puts the site first on it
+    real = install.environment
+    monkeypatch.setattr(install, "environment", lambda exclude=None: {"timm": ("1.0.20", "/nb")})
+    with pytest.raises(InstallError, match=r"packages changed since install.py chose.*timm 1.0.31 -> 1.0.20"):
+        install.guard(tmp_path, {"kept": {"timm": "1.0.31"}}, "cpu")
+    monkeypatch.setattr(install, "environment", real)
+    line = install.guard(tmp_path, {"kept": {}}, "cpu")
+    assert line.startswith("python ") and "torch " in line and line in capsys.readouterr().out
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(InstallError, match=r"CUDA is expected \(--device cuda\) but torch .* sees no GPU"):
+            install.guard(tmp_path, {"kept": {}}, "cuda")

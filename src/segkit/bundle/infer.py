@@ -267,7 +267,8 @@ class Offline:
         self.check_test()
         order = [m.name for m in self.bundle.models]
         measure = budget is not None or args.dry_run  # without a budget no plan needs the speeds
-        seconds = {m: self.measure(m) if measure else 0.0 for m in order}
+        # Measured on the device it will run on; several devices share the images, and so the time.
+        seconds = {m: self.measure(m) / len(self.devices) if measure else 0.0 for m in order}
         n = args.images if args.dry_run and args.images else len(self.ids)
         left = None if budget is None else budget - (time.perf_counter() - began)
         views = plan_views(order, seconds, n, None if left is None else left * SAFETY, self.full, self.droppable)

@@ -230,13 +230,21 @@ def arch_supported(capability: tuple[int, int], archs: list[str]) -> bool:
     return False
 
 
-def guard(site: Path, record: dict, device: str) -> str:
-    """Check the environment after installing (see the module's text); returns the versions line it printed."""
+def changes(before: dict[str, str], site: Path) -> list[str]:
+    """What of ``before`` (name -> version) the environment outside ``site`` no longer holds as it was."""
     env = environment(exclude=site)
-    changed = [f"{name} {was} -> {env[name][0] if name in env else 'gone'}"
-               for name, was in record["before"].items() if name not in env or env[name][0] != was]
+    return [f"{name} {was} -> {env[name][0] if name in env else 'gone'}"
+            for name, was in before.items() if name not in env or env[name][0] != was]
+
+
+def guard(site: Path, record: dict, device: str) -> str:
+    """Check the environment after installing (see the module's text); returns the versions line it printed. The
+    packages the bundle chose by must be as they were when it chose (the notebook's other packages are its own
+    business after the install: a later cell may add some)."""
+    changed = changes(record["kept"], site)
     if changed:
-        raise InstallError(f"the notebook's packages changed: {', '.join(changed)}")
+        raise InstallError(f"the notebook's packages changed since install.py chose what to install: "
+                           f"{', '.join(changed)}; delete {site} and run install.py again")
     if str(site) not in sys.path:
         sys.path.insert(0, str(site))
     import torch  # the notebook's: never one from the site
@@ -296,9 +304,16 @@ def ensure(bundle: Path, site: Optional[Path] = None, device: str = "auto") -> P
             print(f"install: {len(install)} package(s) into {site}: "
                   f"{', '.join(p['name'] + ' ' + p['version'] for p in install)}", flush=True)
             pip_install([bundle / WHEELS / p["wheel"] for p in install], partial)
+        # pip wrote into the folder alone: every package of the notebook is as it was (the constraints it kept)
+        changed = changes({name: version for name, (version, _) in env.items()}, partial)
+        if changed:
+            raise InstallError(f"installing changed the notebook's packages: {', '.join(changed)}")
+        kept_as = {}
+        for p in kept:  # by the name the notebook holds it under (opencv-python for opencv-python-headless)
+            name = next(norm(n) for n in (p["name"], *PROVIDES.get(p["name"], ())) if norm(n) in env)
+            kept_as[name] = env[name][0]
         record = {"bundle": spec.get("bundle"), "installed": {p["name"]: p["version"] for p in install},
-                  "kept": {p["name"]: held(env, p["name"])[0] for p in kept},
-                  "before": {name: version for name, (version, _) in sorted(env.items())}}
+                  "kept": kept_as}
         (partial / RECORD).write_text(json.dumps(record, indent=1) + "\n")
         shutil.rmtree(site, ignore_errors=True)
         partial.rename(site)

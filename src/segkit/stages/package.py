@@ -82,8 +82,9 @@ device = args[args.index("--device") + 1] if "--device" in args[:-1] else "auto"
 install = runpy.run_path(str(HERE / "install.py"))
 try:
     install["ensure"](HERE, device=device)
-except install["InstallError"] as err:
-    sys.exit(print(f"error: {err}", file=sys.stderr) or 2)
+except install["InstallError"] as err:  # before any prediction, and no submission written
+    print(f"error: {err}", file=sys.stderr)
+    sys.exit(2)
 
 import segkit.bundle.infer  # noqa: E402 - from the folder install.py put first on the path
 
