@@ -19,7 +19,7 @@ PACKAGE = REPO / "src" / "segkit"
 # the demo, which writes a competition's files, not a run's; torch hub's cache folder; an offline bundle's own inner
 # layout (and the source files its segkit wheel is built from).
 OWN_PATHS = {"artifacts/layout.py", "config/schema.py", "artifacts/probs.py", "data/demo.py", "models/weights.py",
-             "bundle/files.py"}
+             "bundle/files.py", "bundle/install.py", "bundle/targets.py"}
 
 
 def _modules():

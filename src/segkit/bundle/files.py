@@ -34,6 +34,7 @@ from pathlib import Path
 
 from segkit.bundle.install import MANIFEST, PACKAGES, WHEELS
 from segkit.errors import DataError
+from segkit.models.checkpoint import WEIGHTS_SUFFIX
 
 FORMAT = "segkit-bundle"
 VERSION = 2  # 2: weights as safetensors, the files' hashes, packages.json and install.py
@@ -47,9 +48,17 @@ INFER = "infer.py"
 NOTEBOOK = "notebook.ipynb"
 
 
+MODELS = "models"
+
+
 def model_file(model: str, k: int, name: str) -> str:
     """A fold's model file inside the bundle (relative)."""
-    return f"models/{model}/fold{k}/{name}"
+    return f"{MODELS}/{model}/fold{k}/{name}"
+
+
+def weights_name(checkpoint: Path) -> str:
+    """The name of a checkpoint's weights file in the bundle (``best.pt`` -> ``best.safetensors``)."""
+    return Path(checkpoint).stem + WEIGHTS_SUFFIX
 
 
 def work_dir(out: Path) -> Path:
@@ -131,5 +140,6 @@ def file_hash(path: Path) -> str:
     return digest.hexdigest()
 
 
-__all__ = ["Bundle", "BundleModel", "CHOICE", "CONFIG", "EXTRA", "INFER", "INSTALL", "MANIFEST", "NOTEBOOK",
-           "PACKAGES", "STATE", "TUNE", "WHEELS", "file_hash", "model_file", "stage_source", "work_dir", "work_paths"]
+__all__ = ["Bundle", "BundleModel", "CHOICE", "CONFIG", "EXTRA", "INFER", "INSTALL", "MANIFEST", "MODELS", "NOTEBOOK",
+           "PACKAGES", "STATE", "TUNE", "WHEELS", "file_hash", "model_file", "stage_source", "weights_name", "work_dir",
+           "work_paths"]

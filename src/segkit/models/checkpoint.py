@@ -106,7 +106,7 @@ def save_weights(checkpoint: Path, path: Path, dtype: str = "fp16") -> None:
 
 
 def _load_weights(path: Path) -> dict:
-    from safetensors import safe_open
+    from safetensors import safe_open  # here: only a bundle's weights are safetensors
 
     try:
         with safe_open(str(path), framework="pt") as f:

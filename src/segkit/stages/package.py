@@ -44,6 +44,7 @@ from segkit.bundle.files import (
     INFER,
     INSTALL,
     MANIFEST,
+    MODELS,
     NOTEBOOK,
     PACKAGES,
     STATE,
@@ -54,6 +55,7 @@ from segkit.bundle.files import (
     file_hash,
     model_file,
     stage_source,
+    weights_name,
 )
 from segkit.bundle.targets import Package, needs
 from segkit.config import Config
@@ -62,7 +64,7 @@ from segkit.data.folds import fold_numbers, load_folds
 from segkit.ensemble import chosen
 from segkit.errors import ConfigError, DataError
 from segkit.inference.runtimes import SUFFIX, meta_path
-from segkit.models.checkpoint import WEIGHTS_SUFFIX, fold_checkpoints, save_weights
+from segkit.models.checkpoint import fold_checkpoints, save_weights
 from segkit.postprocess.tuned import Tuned
 
 # The largest difference of probabilities (on [0, 1]) float16 weights may make against their checkpoint.
@@ -213,8 +215,8 @@ def write_weights(checkpoints: list[Path], into: Path, dtype: str) -> list[Path]
     into.mkdir(parents=True, exist_ok=True)
     out = []
     for c in checkpoints:
-        save_weights(c, into / f"{c.stem}{WEIGHTS_SUFFIX}", dtype)
-        out.append(into / f"{c.stem}{WEIGHTS_SUFFIX}")
+        save_weights(c, into / weights_name(c), dtype)
+        out.append(into / weights_name(c))
     return out
 
 
@@ -223,9 +225,9 @@ def check_weights(cfg: Config, comp: Competition, name: str, checkpoints: list[P
     test images (one TTA view); an error past ``FP16_TOLERANCE``."""
     import numpy as np  # here: only the check compares predictions
 
-    from segkit.compute.device import resolve_device
-    from segkit.inference.engine import Predictor
-    from segkit.inference.outputs import Collected
+    from segkit.compute.device import resolve_device  # here: packaging without the check needs no engine
+    from segkit.inference.engine import Predictor  # (idem)
+    from segkit.inference.outputs import Collected  # (idem)
 
     ids = comp.test_ids[:CHECK_IMAGES]
     device = resolve_device("cpu")
@@ -313,7 +315,7 @@ def run(cfg: Config, out: str, models: str = "eager", weights: str = "fp16", tar
         info = {"made": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "segkit": metadata.version("segkit"), "python": python, "target": target,
                 "weights": weights if models == "eager" else "fp32", "weights_check": checks,
-                "bytes_without_wheels": without_wheels, "bytes_models": _size(tmp / "models"), "bytes": _size(tmp)}
+                "bytes_without_wheels": without_wheels, "bytes_models": _size(tmp / MODELS), "bytes": _size(tmp)}
         hashes = {f: file_hash(tmp / f) for e in entries for files in e.folds.values() for f in files}
         bundle = Bundle(tmp, cfg.experiment, models, entries, info, hashes)
         atomic.write_json(tmp / MANIFEST, bundle.manifest())
