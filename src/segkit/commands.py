@@ -34,7 +34,7 @@ Scope = Literal["data", "fold", "all"]
 # files are the config's (data.*).
 ARTIFACTS: dict[str, Callable[[Layout], tuple[str, ...]]] = {
     "competition": lambda L: ("competition files",),
-    "data_check": lambda L: (f"{L.data_check}",),
+    "data_check": lambda L: (f"{L.data_check}", f"{L.fingerprint}"),
     "folds": lambda L: (f"{L.folds_file}",),
     "fold": lambda L: (f"{L.fold('<model>', '<k>').dir}/",),
     "model_test": lambda L: (f"{L.model('<model>').test}/",),

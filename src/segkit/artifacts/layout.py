@@ -5,6 +5,7 @@
 
     runs/<experiment>/
       data_check.json            check: what the data check saw
+      fingerprint.json           check: the data's facts a recipe is planned from (segkit.data.fingerprint)
       <model>/fold<k>/           train: last.pt, best.pt, snapshot<c>.pt, metrics.csv, summary.json, oof/, stamp.json
       <model>/test/              predict: the model's test probabilities (every fold, TTA), stamp.json
       <model>/oof_tta/           predict (predict.repredict_oof): each fold's validation images re-predicted by that
@@ -333,6 +334,10 @@ class Layout:
     @property
     def data_check(self) -> Path:
         return self.run_dir / "data_check.json"
+
+    @property
+    def fingerprint(self) -> Path:
+        return self.run_dir / "fingerprint.json"
 
     def stamp(self, unit: str) -> Path:
         """The stamp of a unit whose outputs have no folder of their own (``check``, ``submit``)."""
