@@ -153,6 +153,8 @@ class Offline:
             raise DataError("--sample: this competition's submission follows its sample submission; give the file")
         if sample is not None and not sample.is_file():
             raise DataError(f"--sample: no such file: {sample}")
+        if self.args.volumes and not data.get("volumes"):
+            raise DataError("--volumes: this competition's images are not volumes (the bundle's data.volumes is unset)")
         # The competition's folder is --test; train data is absent, and no image is held out of it.
         data.update(root=str(test), sample_submission=str(sample) if sample else None, holdout_fraction=0.0,
                     extra_csv=str(self.bundle.path(EXTRA)) if data.get("extra_csv") else None)

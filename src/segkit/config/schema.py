@@ -133,6 +133,23 @@ class VolumeSpec(Section):
         return list(self.predict_axes or [self.axis])
 
 
+class ResizeSpec(Section):
+    """The working resolution (segkit.data.resize): one of a fixed size, a scale factor or a longest side."""
+
+    size: Optional[tuple[int, int]] = None  # [H, W]
+    scale: Optional[float] = Field(None, gt=0)  # above 1 enlarges
+    longest: Optional[int] = Field(None, ge=8)  # the longest side, aspect kept
+
+    @model_validator(mode="after")
+    def _one(self) -> "ResizeSpec":
+        given = [k for k in ("size", "scale", "longest") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give one of size, scale or longest (given: {', '.join(given) or 'none'})")
+        if self.size is not None and min(self.size) < 8:
+            raise ValueError(f"size: {list(self.size)} is too small to segment")
+        return self
+
+
 class DataConfig(Section):
     root: Path = Path("data/demo")
     train_images: str = "train/images"
@@ -172,6 +189,9 @@ class DataConfig(Section):
     group_column: Optional[str] = None  # column of extra_csv / train csv: no group spans two folds
     # Labelled images held out of training and scored like a hidden test set (public data has no test labels).
     holdout_fraction: float = Field(0.0, ge=0.0, lt=1.0)
+    # The working resolution: images are resized on read for training and prediction, and every probability is
+    # resized back to its image's native size (segkit.data.resize). Unset: native size.
+    resize: Optional[ResizeSpec] = None
 
     def path(self, key: str) -> Path:
         """Absolute-or-cwd-relative path of a data key, checked to exist."""
@@ -206,6 +226,9 @@ class DataConfig(Section):
             raise ValueError("context: needs data.slices (which volume and index each image is) or data.volumes")
         if self.instances is not None and (self.train_masks or self.train_csv or self.volumes is not None):
             raise ValueError("instances: its objects are the masks; leave train_masks, train_csv and volumes unset")
+        if self.resize is not None and self.volumes is not None:
+            raise ValueError("resize: volumes keep their voxel grid (their label volumes are written on it); leave "
+                             "data.resize unset")
         if self.volumes is not None and self.slices is not None:
             raise ValueError("slices: a volume competition's slices are the volumes'; leave data.slices unset")
         if self.channel_suffixes and self.channels != len(self.channel_suffixes):

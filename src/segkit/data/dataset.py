@@ -1,7 +1,10 @@
 """Torch Dataset over a competition: reads one image (and mask) per item from disk, never the whole set.
 
 Items are dicts: ``image`` float32 (C, H, W) normalised; ``mask`` float32 (K, H, W) when masks exist; ``has_mask``
-(1 if any foreground: the target of the auxiliary classification head); ``id``; ``size`` (H, W) before padding.
+(1 if any foreground: the target of the auxiliary classification head); ``id``; ``size`` (H, W) before padding;
+``native`` the image's (H, W) as read. Under ``data.resize`` the image and mask are at the working size
+(``segkit.data.resize``), and a validation item (``native_mask=True``) also holds ``native_mask``, the mask as read,
+which scores are taken against.
 Inputs are padded bottom/right to a multiple of the network stride by reflection (what TGS winners did for 101 px
 tiles); ``unpad`` crops predictions back to ``size``.
 """
@@ -18,6 +21,7 @@ from torch.utils.data import Dataset
 from segkit.data.augment import build_augment
 from segkit.data.competition import Competition
 from segkit.data.normalize import Normalizer
+from segkit.data.resize import resize_image, resize_mask, working_size
 
 
 def pad_to_multiple(arr: np.ndarray, multiple: int) -> np.ndarray:
@@ -52,6 +56,7 @@ class SegDataset(Dataset):
         with_mask: bool | None = None,
         mask_reader: Callable[[str], np.ndarray] | None = None,
         normalize: bool = True,
+        native_mask: bool = False,
     ):
         """``split`` picks the image folder (train / test). Masks come from the competition unless ``mask_reader``
         (e.g. pseudo labels for test images) is given; ``with_mask`` defaults to "train split or a reader". With
@@ -66,6 +71,8 @@ class SegDataset(Dataset):
         self.mask_reader = mask_reader or (comp.read_mask if split == "train" else None)
         self.with_mask = (self.mask_reader is not None) if with_mask is None else with_mask
         self.normalize = Normalizer(comp.cfg) if normalize else _as_read
+        self.resize = comp.cfg.resize
+        self.native_mask = native_mask and self.resize is not None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -79,6 +86,13 @@ class SegDataset(Dataset):
             if mask.shape[1:] != image.shape[:2]:
                 raise ValueError(f"id {image_id!r}: mask {mask.shape[1:]} vs image {image.shape[:2]}")
             mask = np.ascontiguousarray(mask.transpose(1, 2, 0))
+        native = image.shape[:2]
+        if self.resize is not None:
+            work = working_size(*native, self.resize)
+            image = resize_image(image, work)
+            if mask is not None:
+                native_mask = mask
+                mask = resize_mask(mask, work)
         if self.transform is not None:
             out = self.transform(image=image, mask=mask) if mask is not None else self.transform(image=image)
             image, mask = out["image"], out.get("mask")
@@ -90,7 +104,10 @@ class SegDataset(Dataset):
             "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
             "id": image_id,
             "size": torch.tensor(size),
+            "native": torch.tensor(native),
         }
+        if mask is not None and self.native_mask:
+            item["native_mask"] = torch.from_numpy(np.ascontiguousarray(native_mask.transpose(2, 0, 1))).float()
         if mask is not None:
             if mask.ndim == 2:
                 mask = mask[:, :, None]
@@ -132,12 +149,12 @@ def by_size(comp, ids: list[str], split: str = "train") -> list[str]:
 def pad_collate(batch: list[dict]) -> dict:
     """Stack items, zero-padding images and masks to the largest size in the batch (validation and test batches
     may mix image sizes; training crops or fixed-size sets never need it)."""
-    h = max(b["image"].shape[1] for b in batch)
-    w = max(b["image"].shape[2] for b in batch)
-    out: dict = {"id": [b["id"] for b in batch], "size": torch.stack([b["size"] for b in batch])}
-    for key in ("image", "mask"):
+    out: dict = {"id": [b["id"] for b in batch], "size": torch.stack([b["size"] for b in batch]),
+                 "native": torch.stack([b.get("native", b["size"]) for b in batch])}
+    for key in ("image", "mask", "native_mask"):
         if key in batch[0]:
             tensors = [b[key] for b in batch]
+            h, w = max(t.shape[1] for t in tensors), max(t.shape[2] for t in tensors)
             if any(t.shape[1:] != (h, w) for t in tensors):
                 tensors = [torch.nn.functional.pad(t, (0, w - t.shape[2], 0, h - t.shape[1])) for t in tensors]
             out[key] = torch.stack(tensors)

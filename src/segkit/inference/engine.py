@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 from segkit.compute.sizing import loader_workers, prediction_batch
 from segkit.config import Config
 from segkit.data import SegDataset, by_size, pad_collate, same_size_batches, unpad
+from segkit.data.resize import to_native, working_size
 from segkit.errors import ConfigError
 from segkit.inference.outputs import to_uint8
 from segkit.inference.tiling import predict_tiled, stack_groups
@@ -123,9 +124,10 @@ class Predictor:
         return done
 
     def _largest_input(self, comp, ids: list[str], split: str) -> tuple[int, int, int]:
-        """(C, H, W) of the largest network input among ``ids``: the largest image padded to the stride, or a tile
-        where images larger than ``predict.tile_size`` are cut into tiles."""
-        h, w = max((comp.image_size(i, split) for i in ids), key=lambda s: s[0] * s[1])
+        """(C, H, W) of the largest network input among ``ids``: the largest image (at the working resolution)
+        padded to the stride, or a tile where images larger than ``predict.tile_size`` are cut into tiles."""
+        sizes = (working_size(*comp.image_size(i, split), self.cfg.data.resize) for i in ids)
+        h, w = max(sizes, key=lambda s: s[0] * s[1])
         tile = self.cfg.predict.tile_size
         if tile is not None and (h > tile or w > tile):
             h = w = tile
@@ -139,20 +141,26 @@ class Predictor:
             bar(loader, f"predict: {desc}" if desc else "predict", unit="batch")  # one bar, not one per rank
         for batch in batches:
             sizes = [tuple(s) for s in batch["size"].tolist()]
+            natives = [tuple(s) for s in batch["native"].tolist()]
             images = batch["image"]
             big = [i for i, (h, w) in enumerate(sizes) if tile is not None and (h > tile or w > tile)]
             small = [i for i in range(len(sizes)) if i not in big]
             if small:
                 x = images[small].to(device, non_blocking=True)
-                q = to_uint8(self(x))  # one copy back per batch
-                for j, i in enumerate(small):
-                    out.write(batch["id"][i], unpad(q[j], sizes[i]))
+                if all(sizes[i] == natives[i] for i in small):
+                    q = to_uint8(self(x))  # one copy back per batch
+                    for j, i in enumerate(small):
+                        out.write(batch["id"][i], unpad(q[j], sizes[i]))
+                else:  # a working resolution: each image's probabilities back to its native size, on the device
+                    probs = self(x)
+                    for j, i in enumerate(small):
+                        out.write(batch["id"][i], to_uint8(to_native(unpad(probs[j], sizes[i]), natives[i])))
             for size in dict.fromkeys(sizes[i] for i in big):
                 same = [i for i in big if sizes[i] == size]
                 for group in stack_groups(same, size, tile, p.tile_overlap, batch_size):
-                    q = to_uint8(self._tiled(images[group], size, batch_size))
+                    probs = self._tiled(images[group], size, batch_size)
                     for j, i in enumerate(group):
-                        out.write(batch["id"][i], q[j])
+                        out.write(batch["id"][i], to_uint8(to_native(probs[j], natives[i])))
             done += len(sizes)
         return done
 

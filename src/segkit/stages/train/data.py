@@ -161,7 +161,8 @@ class TrainData:
 def val_loader(comp: Competition, cfg: TrainConfig, ids: list[str], world: World) -> DataLoader:
     """This rank's share of the validation images, in a fixed order (by size, then as given)."""
     ids = by_size(comp, ids)  # mixed sizes: batch like with like
-    ds = SegDataset(comp, ids[world.rank::world.size], "train", augment=None, crop_size=None, pad_to=cfg.pad_to)
+    ds = SegDataset(comp, ids[world.rank::world.size], "train", augment=None, crop_size=None, pad_to=cfg.pad_to,
+                    native_mask=True)
     return DataLoader(ds, batch_size=cfg.val_batch_size or cfg.batch_size, shuffle=False, num_workers=cfg.workers,
                       pin_memory=cfg.pin_memory, collate_fn=pad_collate,
                       generator=torch.Generator().manual_seed(0))

@@ -1,5 +1,6 @@
 """Validation: loss, Dice, IoU and the competition metric on a fold's held-out images, each image scored at its
-original size (padding cropped away), optionally writing the probabilities as the fold's OOF store.
+original size (padding cropped away; under ``data.resize`` its probabilities resized back to the native size and
+scored against the mask as read), optionally writing the probabilities as the fold's OOF store.
 
 Dice and IoU are per image and class, 1 when both prediction and truth are empty (the Kaggle convention), averaged
 over classes and then images. The competition metric is the one object every stage scores with
@@ -20,6 +21,7 @@ from segkit.artifacts.probs import ProbWriter
 from segkit.compute.device import autocast, to_device
 from segkit.compute.distributed import World, gather
 from segkit.data import unpad
+from segkit.data.resize import to_native
 from segkit.losses import SegLoss
 from segkit.metrics import CompetitionMetric
 from segkit.metrics.overlap import overlap_scores
@@ -60,13 +62,14 @@ def evaluate(
             n_loss += len(batch["id"])
         probs = probabilities(logits, mode)
         for i, image_id in enumerate(batch["id"]):
-            size = batch["size"][i].tolist()
-            p = unpad(probs[i], size).cpu().numpy()
+            size, native = batch["size"][i].tolist(), batch["native"][i].tolist()
+            p = to_native(unpad(probs[i], size), native).cpu().numpy()
             if writer is not None:
                 writer.write(image_id, p)
             if "mask" in batch:
                 pred = binarize(p, threshold).view(bool)
-                truth = (unpad(batch["mask"][i], size) > 0.5).cpu().numpy()
+                truth = batch["native_mask"][i] if "native_mask" in batch else batch["mask"][i]
+                truth = (unpad(truth, native) > 0.5).cpu().numpy()
                 overlap = overlap_scores(pred[None], truth[None], ["dice", "iou"], reduction="mean")
                 sums["dice"] += float(overlap["dice"])
                 sums["iou"] += float(overlap["iou"])
