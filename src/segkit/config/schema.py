@@ -290,6 +290,9 @@ class LossStage(Section):
 
 class TrainConfig(Section):
     epochs: int = Field(10, ge=1)
+    # Instead of epochs: the minutes a fold may train here; epochs derived from a measured step (segkit.stages.train
+    # .budget), recorded in last.pt so that a resume keeps them.
+    minutes: Optional[float] = Field(None, gt=0)
     batch_size: int = Field(8, ge=1)
     val_batch_size: Optional[int] = Field(None, ge=1)  # default: batch_size
     optimizer: str = "adamw"  # registry: adamw, sgd, radam

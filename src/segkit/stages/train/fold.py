@@ -35,6 +35,7 @@ from segkit.metrics import get_metric
 from segkit.models import build_model, check_output_size, checkpoint
 from segkit.models.weights import looks_like_path
 from segkit.optim import build_optimizer, build_schedule, cycle_end_epochs, group_lrs
+from segkit.stages.train import budget
 from segkit.stages.train.data import ExtraTrainData, TrainData, pseudo_train_data, val_loader
 from segkit.stages.train.ema import build_ema
 from segkit.stages.train.loop import Stepper, train_epoch
@@ -173,6 +174,9 @@ def train_fold(
     model = distributed.sync_batchnorm(model, world, tcfg.sync_bn, device)
     data = TrainData(comp, tcfg, comp.training_slices(train_ids), base_seed, world, extra)
     vloader = val_loader(comp, tcfg, val_ids, world)
+    if tcfg.minutes is not None:  # the epochs that fit the minutes here (or those a resumed fold recorded)
+        tcfg = tcfg.model_copy(update={"epochs": _epochs_in_minutes(model, data, vloader, tcfg, mode, classes,
+                                                                    model_cfg, device, world, saved, where)})
     metric = get_metric(cfg.metric, key="metric")
     monitor, monitor_mode = monitor_of(cfg, tcfg, metric)
     optimizer = build_optimizer(model, tcfg)
@@ -263,7 +267,7 @@ def train_fold(
                 "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
                 "scaler": scaler.state_dict(), "ema": ema.state_dict() if ema is not None else None,
                 "sampler": data.plan.state_dict(), "rng": rng_state(), "history": history,
-                "best_value": best_value, "identity": identity,
+                "best_value": best_value, "identity": identity, "epochs": tcfg.epochs,
             }
             checkpoint.save(paths.last, last)  # last: its presence marks the epoch as complete
             own = f" {cfg.metric} {_fmt(row['score'])}" if cfg.metric not in ("dice", "iou") else ""
@@ -275,6 +279,25 @@ def train_fold(
 
     return _write_oof(cfg, model_cfg, fold, paths, unit, model, vloader, losses.for_epoch(tcfg.epochs), metric,
                       device, tcfg, world, train_ids, val_ids, history, monitor, final_row)
+
+
+def _epochs_in_minutes(model, data: TrainData, vloader, tcfg: TrainConfig, mode: str, classes: list[str],
+                       model_cfg: ModelConfig, device, world, saved: Optional[dict], where: str) -> int:
+    """``train.minutes`` as epochs: measured on this machine before a fold's first epoch (rank 0's measure for
+    every rank), or the number a resumed fold's ``last.pt`` recorded."""
+    if saved is not None and saved["train_state"].get("epochs"):
+        return int(saved["train_state"]["epochs"])
+    epochs = None
+    if world.is_main:
+        aux_weight = model_cfg.aux_weight if model_cfg.aux_head else 0.0
+        loss_fn = LossSchedule(tcfg, mode, len(classes), aux_weight).to(device).for_epoch(1)
+        step = budget.time_steps(model, data.loader(1), loss_fn, device, tcfg)
+        val = budget.time_validation(model, vloader, device, tcfg) * world.size  # rank 0 times its share
+        cycles = tcfg.schedule.cycles if tcfg.schedule.name in ("cosine_restarts", "cyclic") else 1
+        plan = budget.epochs_for(tcfg.minutes, step, len(data), val, tcfg.val_every, cycles)
+        print(f"{where}: {plan.text}", flush=True)
+        epochs = plan.epochs
+    return int(distributed.broadcast(world, epochs))
 
 
 def _write_oof(cfg, model_cfg, fold, paths: FoldPaths, unit: Unit, model, vloader, loss_fn, metric, device, tcfg,

@@ -1,0 +1,112 @@
+"""``train.minutes``: a fold's epochs derived from the time it may take on the machine it runs on.
+
+A recipe written in epochs means 25 minutes on one CPU and 72 on another; one written in minutes means the same
+on both, and on a GPU. Before a fold's first epoch, a few training steps (forward, loss and backward, under the
+run's precision and memory format) run on a throwaway copy of the network and a few validation batches are timed;
+the epochs are then as many as fit the minutes, validation included, rounded down to whole LR cycles. The schedule
+is laid out over those epochs, and the number is recorded in ``last.pt`` so that a resumed fold (perhaps on another
+machine) keeps it: the resume stays exact. The probe's own time is not taken from the budget (a few seconds).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+
+from segkit.compute.device import autocast, to_device
+from segkit.config.schema import TrainConfig
+from segkit.errors import ConfigError
+from segkit.losses import SegLoss
+from segkit.models import split_output
+
+PROBE_STEPS = 5  # timed training steps, after one untimed warm-up step
+PROBE_VAL_BATCHES = 2
+
+
+@dataclass
+class Plan:
+    epochs: int
+    step_seconds: float  # one optimizer step's batch, forward and backward
+    epoch_seconds: float  # an epoch's training and its share of validation
+    text: str
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_steps(model, loader, loss_fn: SegLoss, device: torch.device, tcfg: TrainConfig, steps: int = PROBE_STEPS
+               ) -> float:
+    """Median seconds of a training batch (forward, loss, backward) on ``loader``'s first batches, on a copy of
+    ``model`` (its weights and the optimizer's state stay as they are; the optimizer's own step, a small share, is
+    not timed)."""
+    probe = copy.deepcopy(model).train()
+    times = []
+    batches = iter(loader)
+    for i in range(steps + 1):
+        try:
+            batch = next(batches)
+        except StopIteration:
+            batches = iter(loader)
+            batch = next(batches)
+        began = time.perf_counter()
+        batch = to_device(batch, device, tcfg.channels_last)
+        with autocast(device, tcfg.amp):
+            out = probe(batch["image"])
+        logits, aux = split_output(out)
+        loss, _ = loss_fn(logits, batch["mask"], aux, batch.get("has_mask"))
+        loss.backward()
+        probe.zero_grad(set_to_none=True)
+        _sync(device)
+        if i:  # the first step pays for allocation and kernel choice
+            times.append(time.perf_counter() - began)
+    return statistics.median(times)
+
+
+@torch.inference_mode()
+def time_validation(model, loader, device: torch.device, tcfg: TrainConfig, batches: int = PROBE_VAL_BATCHES
+                    ) -> float:
+    """Seconds of one pass over ``loader`` (validation), from its first batches."""
+    model.eval()
+    taken, seen = 0.0, 0
+    for i, batch in enumerate(loader):
+        if i > batches:
+            break
+        began = time.perf_counter()
+        batch = to_device(batch, device, tcfg.channels_last)
+        with autocast(device, tcfg.amp):
+            model(batch["image"])
+        _sync(device)
+        if i:  # the first batch warms up
+            taken += time.perf_counter() - began
+            seen += 1
+    model.train()
+    return taken / max(seen, 1) * len(loader)
+
+
+def epochs_for(minutes: float, step_seconds: float, steps_per_epoch: int, val_seconds: float, val_every: int,
+               cycles: int) -> Plan:
+    """As many epochs as fit ``minutes`` (whole LR cycles), validation every ``val_every`` epochs and at the end."""
+    train = step_seconds * steps_per_epoch
+    epoch = train + val_seconds / val_every
+    budget = minutes * 60
+    epochs = int((budget - val_seconds) // epoch) if budget > val_seconds else 0
+    epochs -= epochs % cycles
+    least = (cycles * epoch + val_seconds) / 60
+    if epochs < cycles:
+        what = "epoch" if cycles == 1 else f"{cycles} epochs (one per LR cycle)"
+        raise ConfigError(f"train.minutes: {minutes:g} minutes hold no {what} here (an epoch takes about "
+                          f"{epoch:.0f} s: {steps_per_epoch} steps of {step_seconds:.3f} s and validation); give at "
+                          f"least {math.ceil(least * 10) / 10:g}")
+    text = (f"train.minutes {minutes:g}: {epochs} epochs of about {epoch:.0f} s ({steps_per_epoch} steps of "
+            f"{step_seconds:.3f} s, validation {val_seconds:.0f} s every {val_every})")
+    return Plan(epochs, step_seconds, epoch, text)
+
+
+__all__ = ["Plan", "epochs_for", "time_steps", "time_validation"]
