@@ -146,6 +146,7 @@ STAGES: list[Stage] = [
 RUN_HELP = "every stage in order, skipping what is complete and up to date"
 ABLATE_HELP = "what each trick of a recipe is worth: a baseline, the recipe, one trick added at a time"
 EXPORT_HELP = "every checkpoint the ensemble predicts with as TorchScript / ONNX, checked against PyTorch"
+PLAN_HELP = "a recipe planned from the data, the machine and a time budget"
 PACKAGE_HELP = "an offline bundle for a code competition: models, config, tuning, ensemble, wheels, infer.py"
 
 
@@ -203,6 +204,14 @@ OTHERS: list[Command] = [
                             help="leave out the wheels (the notebook has every package)"),
                      option("--python-version", help="wheels for this Python (e.g. 3.12) instead of the running "
                             "one's"))),
+    Command("plan", "segkit.plan:run", PLAN_HELP, locks=False,
+            description=f"{PLAN_HELP}: the data's fingerprint, the networks' speed measured here, and rules; every "
+                        f"planned key says why",
+            usage="segkit plan --config DATA.yaml --budget 45m --out configs/NAME.yaml",
+            options=(option("--budget", required=True, help="the time the whole run may take, e.g. 45m, 2h"),
+                     option("--out", required=True, help="the config to write (its base: --config)"),
+                     option("--device", default="auto", help="where the run will train: auto, cpu, cuda"),
+                     option("--force", action="store_true", help="replace --out if it exists"))),
     Command("score", "segkit.tools.score:main", "score an RLE csv against a truth csv as the competition would",
             config=False, locks=False, usage="segkit score SUBMISSION --truth CSV --metric NAME",
             options=(option("submission"), option("--truth", required=True),

@@ -1,0 +1,118 @@
+"""``segkit plan --config DATA.yaml --budget 45m --out configs/NAME.yaml``: a recipe planned from the data, the
+machine and a time budget.
+
+Three steps: the data's fingerprint (``segkit.data.fingerprint``: the experiment's ``fingerprint.json`` when the
+check wrote one, else read now), the machine probe (``segkit.plan.machine``: each candidate network's training and
+prediction speed here, at the planned crop size), and the rules (``segkit.plan.rules``). The output is a config
+whose ``base`` is the given one and whose every planned key carries a comment saying why; its budget is in
+``train.minutes`` (epochs are derived from the speed measured when each fold starts), and the printed table of
+minutes per stage sums to the budget.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from datetime import date
+from pathlib import Path
+
+import yaml
+
+from segkit.artifacts import atomic
+from segkit.bundle.infer import parse_budget
+from segkit.compute.device import cpu_has_native_bf16, resolve_device
+from segkit.config import Config
+from segkit.data import Competition, fingerprint
+from segkit.errors import ConfigError, DataError
+from segkit.plan import rules
+from segkit.plan.machine import LADDER, probe
+from segkit.stages.check import check_competition
+
+
+def facts_of(cfg: Config, comp: Competition) -> dict:
+    """The fingerprint the check wrote for this experiment, else one read now."""
+    if cfg.layout.fingerprint.exists():
+        return fingerprint.read(cfg.layout.fingerprint)
+    return check_competition(comp, progress=False, seed=cfg.seed)[1]
+
+
+def machine_name(kind: str) -> str:
+    if kind == "cuda":
+        import torch  # here: only a GPU plan names its GPU
+
+        return f"GPU {torch.cuda.get_device_name(0)}"
+    return f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, " \
+           f"{'with' if cpu_has_native_bf16() else 'without'} native bf16"
+
+
+def render(plan: rules.Plan, base: str, experiment: str, command: str, where: str) -> str:
+    """The planned config: its base, then each planned key with the reason beside it."""
+    lines = [f"# Planned by `{command}` on {where}, {date.today().isoformat()}.",
+             "# Minutes per stage: " + ", ".join(f"{k} {v:.1f}" for k, v in plan.minutes.items())
+             + f" (sum {sum(plan.minutes.values()):.1f}).",
+             f"base: {base}",
+             "budget: null  # the base's budgets do not apply: this plan is the budget",
+             f"experiment: {experiment}"]
+    sections: dict[str, list[rules.Decision]] = {}
+    for d in plan.decisions:
+        sections.setdefault(d.key.split(".")[0], []).append(d)
+    for section, decisions in sections.items():
+        if section == "models":
+            d = decisions[0]
+            lines.append(f"models:  # {d.why}")
+            lines += [f"  - {_flow(m)}" for m in d.value]
+            continue
+        lines.append(f"{section}:")
+        for d in decisions:
+            lines.append(f"  {d.key.split('.', 1)[1]}: {_flow(d.value)}  # {d.why}")
+    return "\n".join(lines) + "\n"
+
+
+def _flow(value) -> str:
+    return yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=10_000).strip().removesuffix("...") \
+        .strip()
+
+
+def run(cfg: Config, budget: str, out: str, device: str = "auto", force: bool = False) -> int:
+    began = time.perf_counter()
+    seconds = parse_budget(budget)
+    if not seconds:
+        raise ConfigError("--budget: give the time the run may take, e.g. 45m or 2h")
+    target = Path(out)
+    if target.exists() and not force:
+        raise DataError(f"--out {target}: exists; give a new file, or --force to replace it")
+    comp = Competition(cfg.data, seed=cfg.seed)
+    facts = facts_of(cfg, comp)
+    dev = resolve_device(device, key="--device")
+    kind = "cuda" if dev.type == "cuda" else "cpu"
+    ladder = LADDER[kind]
+    _, side, _ = rules.working_resolution(facts, kind)
+    crop = rules.crop_size(facts, side, kind)
+    print(f"plan: probing {len(ladder)} networks at {crop} px on {dev}", flush=True)
+    speeds = probe(ladder, cfg.data.input_channels, len(cfg.data.classes), crop, rules.BATCH[kind], dev)
+    for name, s in speeds.items():
+        print(f"plan:   {name}: {s.train * 1000:.1f} ms per training image, {s.predict * 1000:.1f} ms per "
+              f"prediction ({s.precision})", flush=True)
+    spent = time.perf_counter() - began
+    planned = rules.plan(facts, speeds, ladder, seconds, kind, len(comp.test_ids), cfg.metric, cfg.data.mode, spent)
+    source = Path(cfg.source).resolve() if cfg.source else None
+    if source is None:
+        raise ConfigError("plan: --config must be a file (the planned config names it as its base)")
+    base = os.path.relpath(source, target.resolve().parent)
+    command = f"segkit plan --config {cfg.source} --budget {budget}"
+    text = render(planned, base, f"{cfg.experiment}_plan", command, machine_name(kind))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic.atomic_path(target) as tmp:
+        tmp.write_text(text)
+    width = max(len(k) for k in planned.minutes)
+    print("plan: minutes per stage")
+    for k, v in planned.minutes.items():
+        print(f"  {k:<{width}}  {v:7.1f}")
+    print(f"  {'total':<{width}}  {sum(planned.minutes.values()):7.1f}  (budget {seconds / 60:.1f})")
+    print(f"plan: wrote {target}: {planned.model}, about {planned.epochs} epochs a fold; run it with "
+          f"`segkit run --config {target}`")
+    return 0
+
+
+__all__ = ["render", "run"]

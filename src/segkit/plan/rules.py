@@ -1,0 +1,183 @@
+"""The rules of ``segkit plan``: from the data's fingerprint, the machine's measured speeds and a time budget to a
+recipe, each decision with the fact or figure behind it.
+
+The budget is spent in this order: what the planning itself took, prediction of the test images (the most TTA
+views that fit ``PREDICT_SHARE`` of the budget: every fold predicts every test image), the stages after it
+(``OTHER_SHARE``, at least a minute), and the rest for training, split evenly over the folds as ``train.minutes``.
+The network is the largest of the ladder that trains ``GOOD_EPOCHS`` epochs in a fold's minutes; failing that, the
+smallest that trains ``LEAST_EPOCHS``, with three folds if five leave too little; failing that, an error saying
+the least budget that works.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from segkit.errors import ConfigError
+from segkit.plan.machine import Candidate, Speed
+
+MIN_OBJECT_PX = 6  # an object narrower than this at the working size is at risk from a stride-32 encoder
+LONG_SIDE = {"cpu": 256, "cuda": 512}  # the working long side a machine affords for large images
+CROP = {"cpu": 256, "cuda": 384}  # the largest training crop
+BATCH = {"cpu": 16, "cuda": 32}
+PREDICT_SHARE = 0.15
+OTHER_SHARE = 0.05
+GOOD_EPOCHS = 12
+LEAST_EPOCHS = 3
+TTA_VIEWS = [("d4", 8), ("flips", 4), ("hflip", 2), ("none", 1)]
+IOU_METRICS = ("tgs", "iou", "object_ap", "map_iou")  # rewarded per image by IoU: Lovasz optimises it directly
+
+
+@dataclass
+class Decision:
+    key: str  # dotted config key
+    value: Any
+    why: str
+
+
+@dataclass
+class Plan:
+    decisions: list[Decision]
+    minutes: dict[str, float]  # stage -> minutes, summing to the budget
+    model: str
+    epochs: int  # the estimate for one fold (the run derives its own from train.minutes)
+
+
+def _median(facts: dict, key: str) -> float:
+    return float(facts[key]["median"])
+
+
+def smallest_object(facts: dict) -> Optional[tuple[str, float, float]]:
+    """(class, median diameter px, 5th percentile of area px) of the class with the smallest objects."""
+    found = [(name, c["object_diameter"]["median"], c["object_pixels"]["p5"]) for name, c in facts["classes"].items()
+             if c["object_pixels"].get("n")]
+    return min(found, key=lambda x: x[1]) if found else None
+
+
+def working_resolution(facts: dict, kind: str) -> tuple[Optional[dict], float, str]:
+    """(data.resize or None, the working long side, why)."""
+    long = max(_median(facts, "height"), _median(facts, "width"))
+    small = smallest_object(facts)
+    cap = LONG_SIDE[kind]
+    if long > cap:
+        side = cap
+        why = f"images' median long side {long:.0f} px, more than this machine trains well ({cap})"
+        if small and small[1] * side / long < MIN_OBJECT_PX:
+            side = min(long, math.ceil(MIN_OBJECT_PX * long / small[1] / 32) * 32)
+            why += f"; raised so that {small[0]}'s median object ({small[1]:.0f} px across) keeps {MIN_OBJECT_PX} px"
+        if side < long:
+            return {"longest": int(side)}, side, why
+        return None, long, why + ": kept native, the objects need it"
+    if small and small[1] < MIN_OBJECT_PX and long <= 128:
+        return ({"scale": 2.0}, long * 2,
+                f"{small[0]}'s median object is {small[1]:.1f} px across in {long:.0f} px images: enlarged 2x")
+    return None, long, f"images' median long side {long:.0f} px: native"
+
+
+def short_side(facts: dict, side: float) -> float:
+    """The working short side of an image whose long side is ``side`` (the median aspect)."""
+    aspect = _median(facts, "aspect")
+    return side / max(aspect, 1 / aspect)
+
+
+def crop_size(facts: dict, side: float, kind: str) -> int:
+    """The training crop: the largest multiple of 32 within the working image's short side and ``CROP``."""
+    crop = int(min(short_side(facts, side), CROP[kind]) // 32 * 32)
+    if crop < 32:
+        raise ConfigError(f"plan: images of {side:.0f} px at the working size are too small to crop; set "
+                          f"data.resize to enlarge them")
+    return crop
+
+
+def plan(facts: dict, speeds: dict[str, Speed], ladder: list[Candidate], budget: float, kind: str, n_test: int,
+         metric: str, mode: str, spent: float = 0.0) -> Plan:
+    """The recipe for ``budget`` seconds (``spent`` of them already gone to planning)."""
+    decisions: list[Decision] = []
+    resize, side, why = working_resolution(facts, kind)
+    if resize is not None:
+        decisions.append(Decision("data.resize", resize, why))
+    short = short_side(facts, side)
+    crop = crop_size(facts, side, kind)
+    whole = crop >= short and crop >= side
+    decisions.append(Decision("train.crop_size", crop, f"the largest multiple of 32 within the working image "
+                                                       f"({short:.0f} px short side) and {CROP[kind]} px"))
+    decisions.append(Decision("train.batch_size", BATCH[kind], f"{kind} batch at crops of {crop} px"))
+    area = side * short / (crop * crop)  # a working image in crops: what predicting one costs
+    if not whole and side <= 1.5 * crop:
+        decisions.append(Decision("predict.tile_size", crop, f"images only a little larger ({side:.0f} px) than the "
+                                                             f"{crop} px crops: predicted as blended tiles of it"))
+        decisions.append(Decision("predict.tile_blend", "linear", "tiles blended linearly"))
+    n = int(facts["images"])
+    other = max(60.0, OTHER_SHARE * budget)
+
+    def fits(folds: int, candidate: Candidate, views: int) -> tuple[float, float, float]:
+        """(predict seconds, train seconds per fold, epochs) for a recipe."""
+        s = speeds[candidate.name]
+        predict = n_test * views * folds * s.predict * area
+        per_fold = (budget - spent - predict - other) / folds
+        train_images = n * (folds - 1) / folds
+        epoch = train_images * s.train + (n / folds) * s.predict * area
+        return predict, per_fold, per_fold / epoch if per_fold > 0 else 0.0
+
+    reached = [c for c in ladder if c.name in speeds]
+    chosen = None
+    for folds in (5, 3):
+        smallest = reached[0]
+        views = next((v for name, v in TTA_VIEWS
+                      if fits(folds, smallest, v)[0] <= PREDICT_SHARE * budget), 1)
+        tta = next(name for name, v in TTA_VIEWS if v == views)
+        good = [c for c in reached if fits(folds, c, views)[2] >= GOOD_EPOCHS]
+        pick = good[-1] if good else (smallest if fits(folds, smallest, views)[2] >= LEAST_EPOCHS else None)
+        if pick is not None:
+            chosen = (folds, pick, views, tta)
+            break
+    if chosen is None:
+        s = speeds[reached[0].name]
+        need = spent + other + n_test * 3 * s.predict * area + LEAST_EPOCHS * (
+            n * 2 / 3 * s.train + n / 3 * s.predict * area) * 3
+        raise ConfigError(f"--budget: {budget / 60:.1f} minutes cannot train {LEAST_EPOCHS} epochs of the smallest "
+                          f"network ({reached[0].name}) on 3 folds here; the least budget that works is about "
+                          f"{math.ceil(need / 60)} minutes")
+    folds, pick, views, tta = chosen
+    predict, per_fold, epochs = fits(folds, pick, views)
+    speed = speeds[pick.name]
+    decisions.append(Decision("folds.n_splits", folds, f"{folds} folds leave {epochs:.0f} epochs of {pick.name} "
+                                                       f"per fold"))
+    decisions.append(Decision("models", [pick.model()],
+                              f"the largest of the ladder that trains {GOOD_EPOCHS}+ epochs per fold here "
+                              f"({speed.train * 1000:.1f} ms per training image at {crop} px, {speed.precision})"
+                              if epochs >= GOOD_EPOCHS else f"the smallest of the ladder: the budget holds "
+                              f"{epochs:.0f} epochs of it"))
+    decisions.append(Decision("train.minutes", round(per_fold / 60, 2),
+                              f"each of {folds} folds: the budget left after prediction and the later stages"))
+    decisions.append(Decision("train.val_every", max(1, int(epochs) // 3), "about three validations a fold"))
+    empty = facts["empty_share"]
+    augment = "medium" if n < 1000 else "light"
+    decisions.append(Decision("train.augment", augment, f"{n} labelled images"))
+    if mode == "multiclass":
+        decisions.append(Decision("train.loss", {"ce": 1, "dice": 1}, "multiclass: cross-entropy with Dice"))
+    elif metric in IOU_METRICS and epochs >= 2 * LEAST_EPOCHS:
+        half = max(1, int(epochs) // 2)
+        decisions.append(Decision("train.loss_stages", [{"until_epoch": half, "terms": {"bce": 1, "dice": 1}},
+                                                        {"terms": {"lovasz": 1}}],
+                                  f"metric {metric} rewards IoU per image: Lovasz after {half} epochs of BCE + Dice"))
+    else:
+        decisions.append(Decision("train.loss", {"bce": 1, "dice": 1},
+                                  f"BCE + Dice{f' ({empty:.0%} of images empty)' if empty else ''}"))
+    decisions.append(Decision("predict.tta", tta, f"{views} view(s) of {n_test} test images on {folds} folds take "
+                                                  f"about {predict / 60:.1f} min, within {PREDICT_SHARE:.0%} of the "
+                                                  f"budget"))
+    small = smallest_object(facts)
+    if small:
+        p5 = small[2]
+        areas = sorted({0, *(int(round(p5 * f)) for f in (0.25, 0.5, 1.0, 2.0))})
+        decisions.append(Decision("tune.min_areas", areas, f"around the 5th percentile of {small[0]}'s object "
+                                                           f"areas ({p5:.0f} px)"))
+    minutes = {"planning (fingerprint, probe)": spent / 60, f"train ({folds} folds)": per_fold * folds / 60,
+               f"predict ({tta})": predict / 60, "ensemble, tune, submit": other / 60}
+    return Plan(decisions, minutes, pick.name, int(epochs))
+
+
+__all__ = ["Decision", "Plan", "crop_size", "plan", "short_side", "smallest_object", "working_resolution"]
