@@ -93,7 +93,7 @@ def run(cfg: Config, budget: str, out: str, device: str = "auto", force: bool = 
     speeds = probe(ladder, cfg.data.input_channels, len(cfg.data.classes), crop, rules.BATCH[kind], dev)
     for name, s in speeds.items():
         print(f"plan:   {name}: {s.train * 1000:.1f} ms per training image, {s.predict * 1000:.1f} ms per "
-              f"prediction ({s.precision})", flush=True)
+              f"prediction ({'float32' if s.precision == 'none' else s.precision})", flush=True)
     spent = time.perf_counter() - began
     planned = rules.plan(facts, speeds, ladder, seconds, kind, len(comp.test_ids), cfg.metric, cfg.data.mode, spent)
     source = Path(cfg.source).resolve() if cfg.source else None

@@ -143,11 +143,12 @@ def plan(facts: dict, speeds: dict[str, Speed], ladder: list[Candidate], budget:
     folds, pick, views, tta = chosen
     predict, per_fold, epochs = fits(folds, pick, views)
     speed = speeds[pick.name]
-    decisions.append(Decision("folds.n_splits", folds, f"{folds} folds leave {epochs:.0f} epochs of {pick.name} "
-                                                       f"per fold"))
+    decisions.append(Decision("folds.n_splits", folds, f"{folds} folds leave about {int(epochs)} epochs of "
+                                                       f"{pick.name} per fold"))
     decisions.append(Decision("models", [pick.model()],
                               f"the largest of the ladder that trains {GOOD_EPOCHS}+ epochs per fold here "
-                              f"({speed.train * 1000:.1f} ms per training image at {crop} px, {speed.precision})"
+                              f"({speed.train * 1000:.1f} ms per training image at {crop} px, "
+                              f"{'float32' if speed.precision == 'none' else speed.precision})"
                               if epochs >= GOOD_EPOCHS else f"the smallest of the ladder: the budget holds "
                               f"{epochs:.0f} epochs of it"))
     decisions.append(Decision("train.minutes", round(per_fold / 60, 2),
