@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{sum(a != b for a, b in zip(out.read_text().splitlines(), submitted.read_text().splitlines()))} " \
                 f"rows differ"
             print(f"| {weights} | {scores[weights]:.4f} | {took:.0f} | {same} |")
-        print(f"\nfp16 - fp32: {scores['fp16'] - scores['fp32']:+.4f}")
+        print(f"\nfp16 - fp32: {scores['fp16'] - scores['fp32']:+.6f}")
     print(f"\n(work folder: {work})")
     return 0
 
