@@ -217,7 +217,7 @@ def test_an_instance_competition_runs_end_to_end(instance_root, tmp_path, capsys
     # row per object): the same file, byte for byte.
     from segkit.bundle.infer import main as offline
 
-    assert main(["package", *args, "--out", str(tmp_path / "bundle"), "--no-wheels"]) == 0
+    assert main(["package", *args, "--out", str(tmp_path / "bundle"), "--no-wheels", "--weights", "fp32"]) == 0
     again = tmp_path / "bundle.csv"
     assert offline(["--test", str(instance_root / "images"), "--sample", str(cfg.layout.submission), "--out",
                     str(again), "--device", "cpu"], bundle=tmp_path / "bundle") == 0

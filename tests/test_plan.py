@@ -80,3 +80,14 @@ def test_the_command_writes_a_config_that_loads_with_its_reasons(demo_root, tmp_
     assert cfg.train.minutes and cfg.experiment == "demo_plan" and cfg.models[0].name in SPEEDS
     assert main(args) == 2 and "exists" in capsys.readouterr().err  # not replaced without --force
     assert main([*args, "--force"]) == 0
+
+
+def test_a_gpu_plan_from_a_fake_device_profile():
+    gpu = {"unet_lite0": Speed(0.0004, 0.0001, "bf16"), "unet_lite2": Speed(0.0009, 0.0002, "bf16"),
+           "fpn_lite2": Speed(0.0008, 0.0002, "bf16")}
+    plan = rules.plan(facts(side=1024, diameter=60, n=12000), gpu, LADDER["cuda"], 20 * 60, "cuda", 3000, "dice",
+                      "binary")
+    keys = decided(plan)
+    assert keys["data.resize"] == {"longest": 512} and keys["train.crop_size"] == 384
+    assert keys["train.batch_size"] == 32 and keys["train.loss"] == {"bce": 1, "dice": 1}
+    assert keys["models"][0]["name"] in gpu and abs(sum(plan.minutes.values()) - 20) < 1e-6
