@@ -42,6 +42,10 @@ def test_a_tgs_like_competition_on_a_cpu():
     assert keys["train.loss_stages"][-1] == {"terms": {"lovasz": 1}}  # the metric is IoU per image
     assert keys["tune.min_areas"] == [0, 8, 15, 30, 60]
     assert all(d.why for d in plan.decisions)
+    # a competition whose folds file exists keeps its folds
+    kept = rules.plan(facts(), SPEEDS, LADDER["cpu"], 45 * 60, "cpu", 18000, "tgs", "binary", folds_file=3)
+    assert decided(kept)["folds.n_splits"] == 3
+    assert any(d.why.startswith("the folds file has 3 folds") for d in kept.decisions)
     # a bigger budget buys a bigger network
     more = decided(rules.plan(facts(), SPEEDS, LADDER["cpu"], 8 * 3600, "cpu", 18000, "tgs", "binary"))
     assert more["models"][0]["name"] == "unet_lite2" and more["predict.tta"] == "d4"
@@ -68,7 +72,8 @@ def test_the_command_writes_a_config_that_loads_with_its_reasons(demo_root, tmp_
     monkeypatch.setattr(segkit.plan, "probe", lambda ladder, *a, **k: {c.name: SPEEDS[c.name] for c in ladder})
     out = tmp_path / "configs" / "planned.yaml"
     args = ["plan", "--config", str(CONFIGS / "demo.yaml"), f"data.root={demo_root}",
-            f"paths.runs={tmp_path / 'runs'}", "--budget", "20m", "--out", str(out), "--device", "cpu"]
+            f"paths.runs={tmp_path / 'runs'}", f"paths.folds={tmp_path / 'folds'}", "--budget", "20m", "--out",
+            str(out), "--device", "cpu"]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "plan: minutes per stage" in printed and "(budget 20.0)" in printed

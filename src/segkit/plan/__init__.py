@@ -24,6 +24,7 @@ from segkit.bundle.infer import parse_budget
 from segkit.compute.device import cpu_has_native_bf16, resolve_device
 from segkit.config import Config
 from segkit.data import Competition, fingerprint
+from segkit.data.folds import fold_numbers, load_folds
 from segkit.errors import ConfigError, DataError
 from segkit.plan import rules
 from segkit.plan.machine import LADDER, probe
@@ -95,7 +96,10 @@ def run(cfg: Config, budget: str, out: str, device: str = "auto", force: bool = 
         print(f"plan:   {name}: {s.train * 1000:.1f} ms per training image, {s.predict * 1000:.1f} ms per "
               f"prediction ({'float32' if s.precision == 'none' else s.precision})", flush=True)
     spent = time.perf_counter() - began
-    planned = rules.plan(facts, speeds, ladder, seconds, kind, len(comp.test_ids), cfg.metric, cfg.data.mode, spent)
+    folds = cfg.layout.folds_file
+    existing = len(fold_numbers(load_folds(cfg, comp))) if folds.exists() else None  # kept: it is shared, committed
+    planned = rules.plan(facts, speeds, ladder, seconds, kind, len(comp.test_ids), cfg.metric, cfg.data.mode, spent,
+                         folds_file=existing)
     source = Path(cfg.source).resolve() if cfg.source else None
     if source is None:
         raise ConfigError("plan: --config must be a file (the planned config names it as its base)")

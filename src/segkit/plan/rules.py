@@ -92,8 +92,9 @@ def crop_size(facts: dict, side: float, kind: str) -> int:
 
 
 def plan(facts: dict, speeds: dict[str, Speed], ladder: list[Candidate], budget: float, kind: str, n_test: int,
-         metric: str, mode: str, spent: float = 0.0) -> Plan:
-    """The recipe for ``budget`` seconds (``spent`` of them already gone to planning)."""
+         metric: str, mode: str, spent: float = 0.0, folds_file: Optional[int] = None) -> Plan:
+    """The recipe for ``budget`` seconds (``spent`` of them already gone to planning). ``folds_file``: the number
+    of folds of the competition's existing folds file, which the plan keeps (it is committed, and shared)."""
     decisions: list[Decision] = []
     resize, side, why = working_resolution(facts, kind)
     if resize is not None:
@@ -123,7 +124,7 @@ def plan(facts: dict, speeds: dict[str, Speed], ladder: list[Candidate], budget:
 
     reached = [c for c in ladder if c.name in speeds]
     chosen = None
-    for folds in (5, 3):
+    for folds in (folds_file,) if folds_file else (5, 3):
         smallest = reached[0]
         views = next((v for name, v in TTA_VIEWS
                       if fits(folds, smallest, v)[0] <= PREDICT_SHARE * budget), 1)
@@ -138,13 +139,13 @@ def plan(facts: dict, speeds: dict[str, Speed], ladder: list[Candidate], budget:
         need = spent + other + n_test * 3 * s.predict * area + LEAST_EPOCHS * (
             n * 2 / 3 * s.train + n / 3 * s.predict * area) * 3
         raise ConfigError(f"--budget: {budget / 60:.1f} minutes cannot train {LEAST_EPOCHS} epochs of the smallest "
-                          f"network ({reached[0].name}) on 3 folds here; the least budget that works is about "
-                          f"{math.ceil(need / 60)} minutes")
+                          f"network ({reached[0].name}) on {folds_file or 3} folds here; the least budget that works "
+                          f"is about {math.ceil(need * (folds_file or 3) / 3 / 60)} minutes")
     folds, pick, views, tta = chosen
     predict, per_fold, epochs = fits(folds, pick, views)
     speed = speeds[pick.name]
-    decisions.append(Decision("folds.n_splits", folds, f"{folds} folds leave about {int(epochs)} epochs of "
-                                                       f"{pick.name} per fold"))
+    decisions.append(Decision("folds.n_splits", folds, f"{'the folds file has ' if folds_file else ''}{folds} "
+                                                       f"folds: about {int(epochs)} epochs of {pick.name} per fold"))
     decisions.append(Decision("models", [pick.model()],
                               f"the largest of the ladder that trains {GOOD_EPOCHS}+ epochs per fold here "
                               f"({speed.train * 1000:.1f} ms per training image at {crop} px, "
