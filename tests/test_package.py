@@ -221,20 +221,27 @@ def test_package_refuses_an_incomplete_experiment_and_leaves_no_bundle(experimen
     assert "is not a segkit bundle" in capsys.readouterr().err
 
 
-CUDA_BUILDS = {"torch": "2.11.0+cu126", "torchvision": "0.26.0+cu126"}
+# The stand-in notebook's own versions where they are not this machine's: a CUDA torch and torchvision of another
+# release, and a timm older than segkit supports (the bundle's goes beside it).
+OTHER_VERSIONS = {"torch": "2.11.0+cu126", "torchvision": "0.26.0+cu126", "timm": "0.9.16"}
+# What it lacks, as a notebook lacks smp: installed from the bundle's wheels.
+LACKS = {"segmentation-models-pytorch", "albumentations", "albucore", "stringzilla", "simsimd"}
 
 
 def notebook_python(tmp_path: Path) -> tuple[Path, Path]:
-    """A stand-in for a GPU notebook's Python: a fresh venv holding torch, torchvision and numpy (and what they
-    import), whose torch says it is another version, a CUDA build (its files are this machine's torch, linked).
-    Returns (its python, its site-packages)."""
+    """A stand-in for a GPU notebook's Python: a fresh venv holding what inference needs but ``LACKS`` (this
+    machine's files, linked), some at ``OTHER_VERSIONS`` as their metadata says. Returns (its python, its
+    site-packages)."""
     import importlib.metadata as metadata
+
+    from segkit.bundle.targets import needs
 
     venv = tmp_path / "notebook"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     site = venv / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
     held = ["torch", "torchvision", "numpy", "pillow", "filelock", "fsspec", "jinja2", "markupsafe", "mpmath",
             "networkx", "sympy", "typing-extensions", "setuptools"]
+    held += [p.name for p in needs("eager", "any") if p.name not in LACKS and p.name not in held]
     for old in site.glob("setuptools*"):  # the venv's own, older than the one torch asks for: this machine's instead
         shutil.rmtree(old)
     for name in held:
@@ -244,8 +251,8 @@ def notebook_python(tmp_path: Path) -> tuple[Path, Path]:
             if top.endswith(".dist-info"):
                 info = site / top
                 shutil.copytree(root / top, info)
-                if name in CUDA_BUILDS:  # the notebook's torch is another version, a CUDA build, and so its torchvision
-                    version = CUDA_BUILDS[name]
+                if name in OTHER_VERSIONS:
+                    version = OTHER_VERSIONS[name]
                     text = (info / "METADATA").read_text().replace(f"Version: {dist.version}", f"Version: {version}")
                     (info / "METADATA").write_text(re.sub(r"Requires-Dist: torch \(==[^)]*\)",
                                                           "Requires-Dist: torch (==2.11.0)", text))
@@ -300,6 +307,9 @@ def test_the_readme_notebook_cells_install_beside_another_torch_and_write_the_sa
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
         printed.append(done.stdout)
     assert "package(s) into" in printed[0] and "torch 2.13.0" in printed[0]  # the guard's versions line
+    installed = printed[0].split("package(s) into", 1)[1].splitlines()[0]
+    assert "segmentation-models-pytorch" in installed and "albumentations" in installed  # what it lacks
+    assert "timm 1.0.31" in installed and "scipy" not in installed  # beside its old timm; its own scipy serves
     assert "package(s) into" not in printed[1]  # installed once: infer.py finds it done
     assert out.read_bytes() == experiment["submission"].read_bytes()
     # nothing of the notebook changed: its torch still says it is its own, not one file added, removed or touched
