@@ -67,7 +67,7 @@ def test_items_are_at_the_working_size_with_their_native_size_and_mask(demo_root
     assert np.array_equal(item["native_mask"][0].numpy(), comp.read_mask(image_id)[0].astype(np.float32))
 
 
-@pytest.mark.parametrize("resize", ["{scale: 2}", "{longest: 24}"])
+@pytest.mark.parametrize("resize", ["{longest: 48}"])
 def test_a_run_at_a_working_resolution_stores_and_submits_at_the_native_size(demo_root, tmp_path, resize,
                                                                              one_torch_thread, capsys):
     from segkit.artifacts.probs import ProbStore

@@ -29,13 +29,13 @@ def test_a_fold_trains_the_epochs_it_derived_and_records_them(demo_root, tmp_pat
     from segkit.models import checkpoint
 
     args = ["--config", str(CONFIGS / "demo.yaml"), f"data.root={demo_root}", f"paths.runs={tmp_path / 'runs'}",
-            f"paths.folds={tmp_path / 'folds'}", TINY, "device=cpu", "folds.n_splits=2", "train.minutes=0.1",
+            f"paths.folds={tmp_path / 'folds'}", TINY, "device=cpu", "folds.n_splits=2", "train.minutes=0.05",
             "train.batch_size=4", "train.pad_to=8", "train.progress=false", "train.keep=[best, last]",
             "train.val_every=4"]
     assert main(["folds", *args]) == 0
     assert main(["train", *args]) == 0
     out = capsys.readouterr().out
-    assert "train.minutes 0.1: " in out
+    assert "train.minutes 0.05: " in out
     cfg = load_config(args[1], args[2:])
     paths = cfg.layout.fold("tiny", 0)
     saved = checkpoint.load(paths.last)

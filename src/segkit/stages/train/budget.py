@@ -24,7 +24,7 @@ from segkit.errors import ConfigError
 from segkit.losses import SegLoss
 from segkit.models import split_output
 
-PROBE_STEPS = 5  # timed training steps, after one untimed warm-up step
+PROBE_STEPS = 8  # timed training steps, after one untimed warm-up step
 PROBE_VAL_BATCHES = 2
 
 
@@ -43,19 +43,19 @@ def _sync(device: torch.device) -> None:
 
 def time_steps(model, loader, loss_fn: SegLoss, device: torch.device, tcfg: TrainConfig, steps: int = PROBE_STEPS
                ) -> float:
-    """Median seconds of a training batch (forward, loss, backward) on ``loader``'s first batches, on a copy of
+    """Median seconds of a training batch (read, forward, loss, backward) on ``loader``'s first batches, on a copy of
     ``model`` (its weights and the optimizer's state stay as they are; the optimizer's own step, a small share, is
     not timed)."""
     probe = copy.deepcopy(model).train()
     times = []
     batches = iter(loader)
     for i in range(steps + 1):
+        began = time.perf_counter()  # reading and augmenting the batch count: an epoch waits for them too
         try:
             batch = next(batches)
         except StopIteration:
             batches = iter(loader)
             batch = next(batches)
-        began = time.perf_counter()
         batch = to_device(batch, device, tcfg.channels_last)
         with autocast(device, tcfg.amp):
             out = probe(batch["image"])
