@@ -37,10 +37,9 @@ def mib(n: int) -> str:
 def old_wheels(into: Path) -> int:
     """The wheels a bundle carried before: the pinned inference packages with torch and torchvision, and every
     dependency pip resolves for them."""
-    names = ["torch", "torchvision", "timm", "segmentation-models-pytorch", "safetensors", "numpy", "scipy", "pandas",
-             "opencv-python-headless", "albumentations", "scikit-image", "pillow", "pydantic", "PyYAML", "tqdm",
-             "numba", "lightgbm", "nibabel"]
-    pins = [f"{n}=={metadata.version(n)}" for n in names]
+    from segkit.bundle.targets import INFER_PACKAGES
+
+    pins = [f"{n}=={metadata.version(n)}" for n in INFER_PACKAGES + ["torchvision"]]
     subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--dest", str(into), *pins], check=True)
     return size(into)
 

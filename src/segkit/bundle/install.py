@@ -42,7 +42,8 @@ PACKAGES = "packages.json"  # in the bundle: what inference needs, and which whe
 MANIFEST = "bundle.json"
 WHEELS = "wheels"
 RECORD = "segkit-install.json"  # in the site: what was installed, and the environment before
-NEVER = ("torch", "torchvision", "numpy")  # the notebook's own: never installed over a copy that is there
+NOT_CARRIED = ("torch", "torchvision")  # a bundle never carries them: a notebook's CUDA build is not replaceable
+NEVER = (*NOT_CARRIED, "numpy")  # the notebook's own: never installed over a copy that is there
 # Distributions that provide the same modules as a package's name (a notebook's opencv may be any of these).
 PROVIDES = {"opencv-python-headless": ("opencv-python", "opencv-contrib-python", "opencv-contrib-python-headless")}
 
@@ -98,14 +99,18 @@ def environment(exclude: Optional[Path] = None) -> dict[str, tuple[str, str]]:
     return found
 
 
+def held_as(env: dict, name: str) -> Optional[str]:
+    """The name under which ``env`` holds package ``name`` (itself, or a distribution providing its modules)."""
+    return next((norm(c) for c in (name, *PROVIDES.get(name, ())) if norm(c) in env), None)
+
+
 def held(env: dict, name: str) -> Optional[tuple[str, str]]:
-    for candidate in (name, *PROVIDES.get(name, ())):
-        if norm(candidate) in env:
-            return env[norm(candidate)]
-    return None
+    """(version, where) of package ``name`` in ``env``, None where it is missing."""
+    found = held_as(env, name)
+    return env[found] if found else None
 
 
-def failed_imports(modules: list[str], path: Optional[Path] = None) -> dict[str, str]:
+def failed_imports(modules: list[str]) -> dict[str, str]:
     """module -> the last line of its error, for the modules that do not import in a fresh interpreter."""
     probe = "\n".join([
         "import importlib, json, sys",
@@ -116,10 +121,7 @@ def failed_imports(modules: list[str], path: Optional[Path] = None) -> dict[str,
         "    except Exception as err:",
         "        bad[m] = (type(err).__name__ + ': ' + str(err)).splitlines()[0][:300]",
         "print(json.dumps(bad))"])
-    env = dict(os.environ)
-    if path is not None:
-        env["PYTHONPATH"] = os.pathsep.join([str(path), *filter(None, [env.get("PYTHONPATH")])])
-    done = subprocess.run([sys.executable, "-c", probe, *modules], capture_output=True, text=True, env=env)
+    done = subprocess.run([sys.executable, "-c", probe, *modules], capture_output=True, text=True)
     if done.returncode:
         return {m: done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "crashed" for m in modules}
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -308,10 +310,8 @@ def ensure(bundle: Path, site: Optional[Path] = None, device: str = "auto") -> P
         changed = changes({name: version for name, (version, _) in env.items()}, partial)
         if changed:
             raise InstallError(f"installing changed the notebook's packages: {', '.join(changed)}")
-        kept_as = {}
-        for p in kept:  # by the name the notebook holds it under (opencv-python for opencv-python-headless)
-            name = next(norm(n) for n in (p["name"], *PROVIDES.get(p["name"], ())) if norm(n) in env)
-            kept_as[name] = env[name][0]
+        # by the name the notebook holds each under (opencv-python for opencv-python-headless)
+        kept_as = {name: env[name][0] for name in (held_as(env, p["name"]) for p in kept)}
         record = {"bundle": spec.get("bundle"), "installed": {p["name"]: p["version"] for p in install},
                   "kept": kept_as}
         (partial / RECORD).write_text(json.dumps(record, indent=1) + "\n")

@@ -22,7 +22,7 @@ from urllib.parse import unquote
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
 
-from segkit.bundle.install import NEVER, in_range, norm
+from segkit.bundle.install import NOT_CARRIED, in_range, norm
 from segkit.errors import ConfigError
 
 FOLDER = Path(__file__).with_name("targets")
@@ -113,7 +113,7 @@ def needs(runtime: str, target: str, python_version: Optional[str] = None) -> li
             raise ConfigError(f"package: {name} is not installed here, and inference needs it") from None
         supported = SUPPORTED.get(name)
         serves = name in holds and (not holds[name] or in_range(holds[name], supported))
-        carried = name not in NEVER[:2] and not serves  # torch and torchvision: never; numpy where it is missing
+        carried = name not in NOT_CARRIED and not serves  # numpy too, where the target lacks it
         out[name] = Package(name, dist.version, supported, carried, modules_of(dist) if name in roots else [])
         if carried:
             for line in dist.requires or []:

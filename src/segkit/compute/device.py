@@ -144,6 +144,12 @@ def grad_scaler(device: torch.device, amp: str) -> torch.amp.GradScaler:
     return torch.amp.GradScaler(device.type, enabled=resolve_amp(amp, device) == "fp16")
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for a GPU's queued work (what a timing must see end); nothing on other devices."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def to_device(batch: dict, device: torch.device, channels_last: bool = False, non_blocking: bool = False) -> dict:
     """Move the tensors of a collated batch; images optionally to channels_last memory format."""
     out = {}

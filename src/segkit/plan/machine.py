@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from segkit.compute.device import autocast, resolve_amp
+from segkit.compute.device import autocast, resolve_amp, synchronize
 from segkit.config.schema import ModelConfig
 from segkit.models import build_model, split_output
 
@@ -73,7 +73,7 @@ def probe(candidates: list[Candidate], channels: int, classes: int, crop: int, b
                 logits, _ = split_output(net(x))
             F.binary_cross_entropy_with_logits(logits.float(), y).backward()
             net.zero_grad(set_to_none=True)
-            _sync(device)
+            synchronize(device)
             if i:
                 times.append(time.perf_counter() - t)
         net.eval()
@@ -82,17 +82,13 @@ def probe(candidates: list[Candidate], channels: int, classes: int, crop: int, b
             for _ in range(2):
                 with autocast(device, amp):
                     net(x)
-            _sync(device)
+            synchronize(device)
             predict = (time.perf_counter() - t) / (2 * batch)
         out[c.name] = Speed(statistics.median(times) / batch, predict, amp)
         if time.perf_counter() - began > limit:
             break
     return out
 
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 __all__ = ["Candidate", "LADDER", "Speed", "probe"]

@@ -28,11 +28,11 @@ def check_competition(comp: Competition, progress: bool = True, seed: int = 0) -
     quiet = None if progress else True  # None: tqdm shows bars on a terminal only, not in logs
     fingerprint = Fingerprint(comp.classes, seed)
     sizes: Counter = Counter()
-    empty = 0
     coverage = 0.0
     sums = squares = None  # per input channel, over the train images: data.mean / data.std for normalize: dataset
     pixels = 0
-    for image_id in tqdm(comp.train_ids + comp.holdout_ids, desc="check train", disable=quiet, leave=False):
+    labelled = comp.train_ids + comp.holdout_ids
+    for image_id in tqdm(labelled, desc="check train", disable=quiet, leave=False):
         image = comp.read_image(image_id)
         flat = image.reshape(-1, image.shape[2]).astype(np.float64)
         sums = flat.sum(0) + (0 if sums is None else sums)
@@ -43,14 +43,12 @@ def check_competition(comp: Competition, progress: bool = True, seed: int = 0) -
             raise DataError(f"id {image_id!r}: mask {mask.shape[1:]} and image {image.shape[:2]} differ in size")
         fingerprint.add(image, mask)
         sizes[f"{image.shape[0]}x{image.shape[1]}"] += 1
-        empty += int(not mask.any())
         coverage += float(mask.mean())
-    n = len(comp.train_ids) + len(comp.holdout_ids)
+    n = len(labelled)
     test_sizes: Counter = Counter()
     for image_id in tqdm(comp.test_ids, desc="check test", disable=quiet, leave=False):
         image = comp.read_image(image_id, "test")
         test_sizes[f"{image.shape[0]}x{image.shape[1]}"] += 1
-    labelled = comp.train_ids + comp.holdout_ids
     facts = fingerprint.result(groups=comp.groups(labelled),
                                volumes=comp.volume_set("train") if comp.cfg.volumes is not None else None)
     return {
@@ -62,7 +60,7 @@ def check_competition(comp: Competition, progress: bool = True, seed: int = 0) -
         "test_sizes": dict(test_sizes.most_common(10)),
         "channel_mean": [round(float(v), 4) for v in sums / pixels],
         "channel_std": [round(float(v), 4) for v in np.sqrt(np.maximum(squares / pixels - (sums / pixels) ** 2, 0))],
-        "empty_share": round(empty / max(n, 1), 4),
+        "empty_share": facts["empty_share"],
         "mean_coverage": round(coverage / max(n, 1), 6),
         "classes": comp.classes,
         "mode": comp.mode,

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from segkit.compute.device import autocast, to_device
+from segkit.compute.device import autocast, synchronize, to_device
 from segkit.config.schema import TrainConfig
 from segkit.errors import ConfigError
 from segkit.losses import SegLoss
@@ -35,10 +35,6 @@ class Plan:
     epoch_seconds: float  # an epoch's training and its share of validation
     text: str
 
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def time_steps(model, loader, loss_fn: SegLoss, device: torch.device, tcfg: TrainConfig, steps: int = PROBE_STEPS
@@ -63,7 +59,7 @@ def time_steps(model, loader, loss_fn: SegLoss, device: torch.device, tcfg: Trai
         loss, _ = loss_fn(logits, batch["mask"], aux, batch.get("has_mask"))
         loss.backward()
         probe.zero_grad(set_to_none=True)
-        _sync(device)
+        synchronize(device)
         if i:  # the first step pays for allocation and kernel choice
             times.append(time.perf_counter() - began)
     return statistics.median(times)
@@ -82,7 +78,7 @@ def time_validation(model, loader, device: torch.device, tcfg: TrainConfig, batc
         batch = to_device(batch, device, tcfg.channels_last)
         with autocast(device, tcfg.amp):
             model(batch["image"])
-        _sync(device)
+        synchronize(device)
         if i:  # the first batch warms up
             taken += time.perf_counter() - began
             seen += 1

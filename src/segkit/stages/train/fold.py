@@ -174,17 +174,17 @@ def train_fold(
     model = distributed.sync_batchnorm(model, world, tcfg.sync_bn, device)
     data = TrainData(comp, tcfg, comp.training_slices(train_ids), base_seed, world, extra)
     vloader = val_loader(comp, tcfg, val_ids, world)
+    aux_weight = model_cfg.aux_weight if model_cfg.aux_head else 0.0
+    losses = LossSchedule(tcfg, mode, len(classes), aux_weight).to(device)  # by epoch, whatever their number
     if tcfg.minutes is not None:  # the epochs that fit the minutes here (or those a resumed fold recorded)
-        tcfg = tcfg.model_copy(update={"epochs": _epochs_in_minutes(model, data, vloader, tcfg, mode, classes,
-                                                                    model_cfg, device, world, saved, where)})
+        tcfg = tcfg.model_copy(update={"epochs": _epochs_in_minutes(model, data, vloader, tcfg, losses, device,
+                                                                    world, saved, where)})
     metric = get_metric(cfg.metric, key="metric")
     monitor, monitor_mode = monitor_of(cfg, tcfg, metric)
     optimizer = build_optimizer(model, tcfg)
     schedule = build_schedule(optimizer, tcfg, math.ceil(len(data) / tcfg.accumulate), monitor_mode)
     scaler = grad_scaler(device, tcfg.amp)
     ema = build_ema(model, tcfg.ema)
-    aux_weight = model_cfg.aux_weight if model_cfg.aux_head else 0.0
-    losses = LossSchedule(tcfg, mode, len(classes), aux_weight).to(device)
     snapshots = cycle_end_epochs(tcfg) if "snapshots" in tcfg.keep else []
 
     history: list[dict] = []
@@ -281,17 +281,15 @@ def train_fold(
                       device, tcfg, world, train_ids, val_ids, history, monitor, final_row)
 
 
-def _epochs_in_minutes(model, data: TrainData, vloader, tcfg: TrainConfig, mode: str, classes: list[str],
-                       model_cfg: ModelConfig, device, world, saved: Optional[dict], where: str) -> int:
+def _epochs_in_minutes(model, data: TrainData, vloader, tcfg: TrainConfig, losses: LossSchedule, device, world,
+                       saved: Optional[dict], where: str) -> int:
     """``train.minutes`` as epochs: measured on this machine before a fold's first epoch (rank 0's measure for
     every rank), or the number a resumed fold's ``last.pt`` recorded."""
     if saved is not None and saved["train_state"].get("epochs"):
         return int(saved["train_state"]["epochs"])
     epochs = None
     if world.is_main:
-        aux_weight = model_cfg.aux_weight if model_cfg.aux_head else 0.0
-        loss_fn = LossSchedule(tcfg, mode, len(classes), aux_weight).to(device).for_epoch(1)
-        step = budget.time_steps(model, data.loader(1), loss_fn, device, tcfg)
+        step = budget.time_steps(model, data.loader(1), losses.for_epoch(1), device, tcfg)
         val = budget.time_validation(model, vloader, device, tcfg) * world.size  # rank 0 times its share
         cycles = tcfg.schedule.cycles if tcfg.schedule.name in ("cosine_restarts", "cyclic") else 1
         plan = budget.epochs_for(tcfg.minutes, step, len(data), val, tcfg.val_every, cycles)
