@@ -16,9 +16,12 @@ TINY = ("models=[{name: tiny, arch: Unet, encoder: tu-resnet10t, params: {encode
 
 def test_epochs_that_fit_the_minutes_validation_and_whole_cycles_included():
     # 100 steps of 0.5 s and 20 s of validation every 2 epochs: 60 s an epoch, the last validation on top
-    plan = epochs_for(10, 0.5, 100, 20.0, 2, 1)
-    assert plan.epochs == 9 and plan.epoch_seconds == 60.0 and "9 epochs" in plan.text
-    assert epochs_for(10, 0.5, 100, 20.0, 2, 4).epochs == 8  # whole cycles of a cyclic schedule
+    plan = epochs_for(10, 0.5, 100, 20.0, 2, 1)  # 9.67 epochs fit: 10 (+3 %) is nearer than 9 (-7 %)
+    assert plan.epochs == 10 and plan.epoch_seconds == 60.0 and "10 epochs" in plan.text
+    assert epochs_for(9.5, 0.5, 100, 20.0, 2, 1).epochs == 9  # 9.17 fit
+    assert epochs_for(10, 0.5, 100, 20.0, 2, 4).epochs == 8  # whole cycles of a cyclic schedule: 2.4 of 4 epochs
+    with pytest.raises(ConfigError, match="give at least 1.4"):  # 0.87 of an epoch fits: not rounded up to one
+        epochs_for(1.2, 0.5, 100, 20.0, 2, 1)
     with pytest.raises(ConfigError, match=r"train.minutes: 0.5 minutes hold no epoch here .* give at least 1.4"):
         epochs_for(0.5, 0.5, 100, 20.0, 2, 1)
 
