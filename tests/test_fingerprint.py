@@ -10,7 +10,7 @@ import pytest
 from conftest import CONFIGS
 
 from segkit.data import fingerprint
-from segkit.data.fingerprint import Fingerprint
+from segkit.data.fingerprint import Fingerprint, stroke_width
 from segkit.errors import DataError
 
 
@@ -41,6 +41,19 @@ def test_known_objects_sizes_and_shares():
     assert a["object_diameter"]["max"] == pytest.approx(np.sqrt(4 * 25 / np.pi), abs=0.05)
     assert facts["channels"] == 3 and facts["intensity"]["channel0"]["p50"] == 0.5
     assert facts["coverage_when_not_empty"]["n"] == 3
+
+
+def test_a_line_is_as_thin_as_it_looks():
+    line = np.zeros((40, 40), bool)
+    line[10:13, 2:38] = True  # 3 px wide, 36 long: the disc of its area is 11.7 px across
+    assert stroke_width(line) == 3.0
+    square = np.zeros((20, 20), bool)
+    square[5:10, 5:10] = True
+    assert stroke_width(square) == 5.0
+    fp = Fingerprint(["m"], seed=0)
+    fp.add(np.zeros((40, 40, 1), np.float32), line[None].astype(np.uint8))
+    m = fp.result()["classes"]["m"]
+    assert m["stroke_width"]["median"] == 3.0 and m["object_diameter"]["median"] > 11
 
 
 def test_touching_squares_are_one_object_and_a_diagonal_touch_too():

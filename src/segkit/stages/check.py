@@ -70,7 +70,8 @@ def check_competition(comp: Competition, progress: bool = True, seed: int = 0) -
 def check_unit(cfg: Config) -> Unit:
     layout = cfg.layout
     return Unit(f"check: {layout.data_check}", layout.stamp("check"), [layout.data_check, layout.fingerprint],
-                {"data": cfg.data.model_dump(mode="json"), "seed": cfg.seed})
+                {"data": cfg.data.model_dump(mode="json"), "seed": cfg.seed,
+                 "fingerprint": fingerprint.VERSION})  # a newer fingerprint is made again, not refused
 
 
 def run(cfg: Config) -> int:
