@@ -17,10 +17,11 @@ def spread(median: float, **more) -> dict:
     return {"n": 100, "median": median, "p5": median, **more}
 
 
-def facts(side: int = 101, n: int = 4000, diameter: float = 40.0, p5: float = 30.0, empty: float = 0.38) -> dict:
+def facts(side: int = 101, n: int = 4000, diameter: float = 40.0, p5: float = 30.0, empty: float = 0.38,
+          stroke: float = 0.0) -> dict:
     return {"images": n, "height": spread(side), "width": spread(side), "aspect": spread(1.0), "empty_share": empty,
             "classes": {"salt": {"object_pixels": {"n": 100, "median": 900.0, "p5": p5},
-                                 "object_diameter": spread(diameter)}}}
+                                 "object_diameter": spread(diameter), "stroke_width": spread(stroke or diameter)}}}
 
 
 SPEEDS = {"unet_lite0": Speed(0.005, 0.0015, "none"), "unet_lite0_full": Speed(0.008, 0.002, "none"),
@@ -58,6 +59,9 @@ def test_working_resolutions_follow_image_and_object_sizes():
     resize, side, why = rules.working_resolution(facts(side=1000, diameter=10), "cpu")
     assert resize == {"longest": 608} and "keeps 6 px" in why  # small objects: less shrinking
     assert rules.working_resolution(facts(side=64, diameter=3), "cpu")[0] == {"scale": 2.0}
+    # a membrane network: one large object, 4 px thin; halving would leave 2 px: native
+    resize, side, why = rules.working_resolution(facts(side=512, diameter=300, stroke=4), "cpu")
+    assert resize is None and side == 512 and "kept native" in why
 
 
 def test_a_budget_too_small_says_the_least_that_works():
@@ -83,6 +87,9 @@ def test_the_command_writes_a_config_that_loads_with_its_reasons(demo_root, tmp_
     assert planned and all("  # " in line for line in planned)  # every planned key says why
     cfg = load_config(str(out), [f"data.root={demo_root}"])
     assert cfg.train.minutes and cfg.experiment == "demo_plan" and cfg.models[0].name in SPEEDS
+    # the run's share of the budget, for `segkit run` to hold its stages against
+    assert 19 < cfg.plan.minutes <= 20 and set(cfg.plan.stages) == {"train", "predict"}
+    assert cfg.plan.stages["train"] == pytest.approx(cfg.train.minutes * cfg.folds.n_splits, abs=0.05)
     assert main(args) == 2 and "exists" in capsys.readouterr().err  # not replaced without --force
     assert main([*args, "--force"]) == 0
 
@@ -96,3 +103,77 @@ def test_a_gpu_plan_from_a_fake_device_profile():
     assert keys["data.resize"] == {"longest": 512} and keys["train.crop_size"] == 384
     assert keys["train.batch_size"] == 32 and keys["train.loss"] == {"bce": 1, "dice": 1}
     assert keys["models"][0]["name"] in gpu and abs(sum(plan.minutes.values()) - 20) < 1e-6
+
+
+def test_volumes_keep_their_grid_and_take_context_from_their_spacing():
+    def volumes(spacing):
+        return {**facts(side=50, n=8000, diameter=12, p5=20),
+                "height": spread(36), "aspect": spread(50 / 36),
+                "volumes": {"spacing": {f"axis{a}": spread(s) for a, s in enumerate(spacing)}}}
+
+    near = decided(rules.plan(volumes([1.0, 1.0, 1.0]), SPEEDS, LADDER["cpu"], 45 * 60, "cpu", 900, "dice",
+                              "multiclass", axis=2))
+    assert near["data.context"] == 1 and "data.resize" not in near
+    assert near["train.crop_size"] == 64  # a 32 px crop would see 57 % of a 36 x 50 slice: the whole slice, padded
+    assert near["train.loss"] == {"ce": 1, "dice": 1}
+    far = rules.context(volumes([0.004, 0.004, 0.05]), axis=2)  # ISBI's 4 x 4 x 50 nm sections
+    assert far.value == 0 and "12.5x" in far.why
+
+
+def test_min_areas_start_from_real_objects_not_specks():
+    polyps = facts(side=600, diameter=200, p5=1, n=900)
+    polyps["classes"]["salt"]["object_pixels"]["median"] = 90000.0
+    keys = decided(rules.plan(polyps, SPEEDS, LADDER["cpu"], 45 * 60, "cpu", 100, "dice", "binary"))
+    assert keys["tune.min_areas"] == [0, 225, 450, 900, 1800]  # a hundredth of the 90000 px median: not 1 px
+
+
+def test_a_run_holds_its_stages_against_the_planned_budget(capsys):
+    from segkit.config import Config
+    from segkit.pipeline import StageClock
+
+    cfg = Config.model_validate({"plan": {"minutes": 10, "stages": {"train": 7, "predict": 1}}})
+    clock = StageClock(cfg)
+    assert clock.stage("train", 9 * 60) == " (planned 7.0 min: +29%)" and clock.stage("tune", 5) == ""
+    clock.began -= 11 * 60  # training ended at 11 minutes: with predict's 1 and the rest's 2, about 14 of 10
+    clock.forecast(["predict", "ensemble", "tune"])
+    said = capsys.readouterr().out
+    assert "training ended at 11.0 min of the planned 10.0" in said and "near 14.0 min (+40%)" in said
+    clock.summary()
+    assert "took 11.0 min of the planned 10.0 (+10.0%)\n" in capsys.readouterr().out  # within the planner's 15 %
+    clock.began -= 2 * 60
+    clock.summary()
+    assert "(+30.0%, outside the planner's +-15%)" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="plan.stages.trian: not a stage"):
+        StageClock(Config.model_validate({"plan": {"minutes": 10, "stages": {"trian": 7}}}))
+
+
+def test_an_unreadable_image_is_named_and_nothing_is_written(demo_root, tmp_path, capsys):
+    import shutil
+
+    from segkit.cli import main
+
+    root = tmp_path / "data"
+    shutil.copytree(demo_root, root)
+    broken = sorted((root / "train" / "images").iterdir())[3]
+    broken.write_bytes(b"not an image")
+    out = tmp_path / "planned.yaml"
+    code = main(["plan", "--config", str(CONFIGS / "demo.yaml"), f"data.root={root}", f"paths.runs={tmp_path / 'r'}",
+                 f"paths.folds={tmp_path / 'folds'}", "--budget", "20m", "--out", str(out), "--device", "cpu"])
+    assert code == 2 and broken.name in capsys.readouterr().err and not out.exists()
+
+
+def test_the_probe_offers_no_network_the_device_cannot_hold(monkeypatch, capsys):
+    import torch
+
+    from segkit.plan import machine
+
+    def fake(c, *args):
+        if c.name != "unet_lite0":
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return SPEEDS[c.name]
+
+    monkeypatch.setattr(machine, "_time", fake)
+    speeds = machine.probe(LADDER["cpu"], 3, 1, 256, 32, torch.device("cpu"))
+    assert list(speeds) == ["unet_lite0"] and "unet_lite0_full: a batch of 32" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="not even unet_lite0_full trains a batch of 32"):
+        machine.probe(LADDER["cpu"][1:], 3, 1, 256, 32, torch.device("cpu"))

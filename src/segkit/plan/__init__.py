@@ -67,6 +67,9 @@ def render(plan: rules.Plan, base: str, experiment: str, command: str, where: st
         lines.append(f"{section}:")
         for d in decisions:
             lines.append(f"  {d.key.split('.', 1)[1]}: {_flow(d.value)}  # {d.why}")
+    lines += ["plan:  # `segkit run` prints each stage's time against these minutes, and warns when it heads past them",
+              f"  minutes: {plan.run:.1f}  # the budget less the planning",
+              f"  stages: {_flow(plan.stages)}  # the later stages share the rest"]
     return "\n".join(lines) + "\n"
 
 
@@ -88,10 +91,13 @@ def run(cfg: Config, budget: str, out: str, device: str = "auto", force: bool = 
     dev = resolve_device(device, key="--device")
     kind = "cuda" if dev.type == "cuda" else "cpu"
     ladder = LADDER[kind]
-    _, side, _ = rules.working_resolution(facts, kind)
-    crop = rules.crop_size(facts, side, kind)
+    axis = cfg.data.volumes.axis if cfg.data.volumes is not None else None
+    # the probe's network sees what the plan will give it: the planned crop, and a volume's planned context
+    channels = cfg.data.input_channels if axis is None else \
+        cfg.data.channels * (2 * rules.context(facts, axis).value + 1)
+    crop = rules.crop_size(facts, rules.working_side(facts, kind, axis), kind)
     print(f"plan: probing {len(ladder)} networks at {crop} px on {dev}", flush=True)
-    speeds = probe(ladder, cfg.data.input_channels, len(cfg.data.classes), crop, rules.BATCH[kind], dev)
+    speeds = probe(ladder, channels, len(cfg.data.classes), crop, rules.BATCH[kind], dev)
     for name, s in speeds.items():
         print(f"plan:   {name}: {s.train * 1000:.1f} ms per training image, {s.predict * 1000:.1f} ms per "
               f"prediction ({'float32' if s.precision == 'none' else s.precision})", flush=True)
@@ -99,7 +105,7 @@ def run(cfg: Config, budget: str, out: str, device: str = "auto", force: bool = 
     folds = cfg.layout.folds_file
     existing = len(fold_numbers(load_folds(cfg, comp))) if folds.exists() else None  # kept: it is shared, committed
     planned = rules.plan(facts, speeds, ladder, seconds, kind, len(comp.test_ids), cfg.metric, cfg.data.mode, spent,
-                         folds_file=existing)
+                         folds_file=existing, axis=axis)
     source = Path(cfg.source).resolve() if cfg.source else None
     if source is None:
         raise ConfigError("plan: --config must be a file (the planned config names it as its base)")

@@ -4,7 +4,8 @@ Each candidate of the ladder (smallest first) trains a few steps (forward, BCE, 
 shares) and predicts a few batches at the planned crop size, on the device the run will use and in the precision
 ``amp: auto`` picks there (bf16 on a CPU that computes it, float32 on one that does not, bf16 or fp16 on a GPU).
 Random weights: speed does not depend on them. The probe stops climbing the ladder when a candidate alone has
-taken ``limit`` seconds, so it ends in about two minutes on a slow CPU.
+taken ``limit`` seconds, so it ends in about two minutes on a slow CPU, and at the first candidate whose batch does not
+fit the device's memory: a plan never offers a network the machine cannot hold.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 
 from segkit.compute.device import autocast, resolve_amp, synchronize
 from segkit.config.schema import ModelConfig
+from segkit.errors import ConfigError
 from segkit.models import build_model, split_output
 
 
@@ -62,32 +64,47 @@ def probe(candidates: list[Candidate], channels: int, classes: int, crop: int, b
     out: dict[str, Speed] = {}
     for c in candidates:
         began = time.perf_counter()
-        net = build_model(ModelConfig.model_validate(c.model()), channels, "binary" if classes == 1 else "multilabel",
-                          classes, pretrained=False).to(device)
-        x = torch.rand(batch, channels, crop, crop, device=device)
-        y = (torch.rand(batch, classes, crop, crop, device=device) > 0.5).float()
-        times = []
-        for i in range(steps + 1):
-            t = time.perf_counter()
-            with autocast(device, amp):
-                logits, _ = split_output(net(x))
-            F.binary_cross_entropy_with_logits(logits.float(), y).backward()
-            net.zero_grad(set_to_none=True)
-            synchronize(device)
-            if i:
-                times.append(time.perf_counter() - t)
-        net.eval()
-        with torch.inference_mode():
-            t = time.perf_counter()
-            for _ in range(2):
-                with autocast(device, amp):
-                    net(x)
-            synchronize(device)
-            predict = (time.perf_counter() - t) / (2 * batch)
-        out[c.name] = Speed(statistics.median(times) / batch, predict, amp)
+        try:
+            out[c.name] = _time(c, channels, classes, crop, batch, device, amp, steps)
+        except torch.OutOfMemoryError:
+            # a batch of this network does not fit the device: neither do the larger ones after it
+            print(f"plan:   {c.name}: a batch of {batch} at {crop} px does not fit on {device}; not offered",
+                  flush=True)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            break
         if time.perf_counter() - began > limit:
             break
+    if not out:
+        raise ConfigError(f"plan: not even {candidates[0].name} trains a batch of {batch} at {crop} px on {device}")
     return out
+
+
+def _time(c: Candidate, channels: int, classes: int, crop: int, batch: int, device: torch.device, amp: str,
+          steps: int) -> Speed:
+    net = build_model(ModelConfig.model_validate(c.model()), channels, "binary" if classes == 1 else "multilabel",
+                      classes, pretrained=False).to(device)
+    x = torch.rand(batch, channels, crop, crop, device=device)
+    y = (torch.rand(batch, classes, crop, crop, device=device) > 0.5).float()
+    times = []
+    for i in range(steps + 1):
+        t = time.perf_counter()
+        with autocast(device, amp):
+            logits, _ = split_output(net(x))
+        F.binary_cross_entropy_with_logits(logits.float(), y).backward()
+        net.zero_grad(set_to_none=True)
+        synchronize(device)
+        if i:
+            times.append(time.perf_counter() - t)
+    net.eval()
+    with torch.inference_mode():
+        t = time.perf_counter()
+        for _ in range(2):
+            with autocast(device, amp):
+                net(x)
+        synchronize(device)
+        predict = (time.perf_counter() - t) / (2 * batch)
+    return Speed(statistics.median(times) / batch, predict, amp)
 
 
 

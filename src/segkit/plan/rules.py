@@ -12,12 +12,14 @@ the least budget that works.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from segkit.errors import ConfigError
 from segkit.plan.machine import Candidate, Speed
 
+MAX_CONTEXT_RATIO = 4.0  # slice spacing over in-plane spacing up to which neighbouring slices join as channels
+MIN_CROP_AREA = 0.6  # a crop that sees less of a small image loses most of its context: the whole image, padded
 MIN_OBJECT_PX = 6  # an object narrower than this at the working size is at risk from a stride-32 encoder
 LONG_SIDE = {"cpu": 256, "cuda": 512}  # the working long side a machine affords for large images
 CROP = {"cpu": 256, "cuda": 384}  # the largest training crop
@@ -43,16 +45,20 @@ class Plan:
     minutes: dict[str, float]  # stage -> minutes, summing to the budget
     model: str
     epochs: int  # the estimate for one fold (the run derives its own from train.minutes)
+    run: float = 0.0  # minutes of the budget left to `segkit run` (the budget less the planning)
+    stages: dict[str, float] = field(default_factory=dict)  # stage -> planned minutes (config key plan.stages)
 
 
 def _median(facts: dict, key: str) -> float:
     return float(facts[key]["median"])
 
 
-def smallest_object(facts: dict) -> Optional[tuple[str, float, float]]:
-    """(class, median diameter px, 5th percentile of area px) of the class with the smallest objects."""
-    found = [(name, c["object_diameter"]["median"], c["object_pixels"]["p5"]) for name, c in facts["classes"].items()
-             if c["object_pixels"].get("n")]
+def smallest_object(facts: dict) -> Optional[tuple[str, float, float, float]]:
+    """(class, median size px, 5th percentile and median of area px) of the class with the smallest objects. The
+    size is the smaller of the median object's diameter and the class's median stroke width: a membrane network's
+    equal-area disc is large, the membrane thin."""
+    found = [(name, min(c["object_diameter"]["median"], c["stroke_width"]["median"]), c["object_pixels"]["p5"],
+              c["object_pixels"]["median"]) for name, c in facts["classes"].items() if c["object_pixels"].get("n")]
     return min(found, key=lambda x: x[1]) if found else None
 
 
@@ -66,14 +72,35 @@ def working_resolution(facts: dict, kind: str) -> tuple[Optional[dict], float, s
         why = f"images' median long side {long:.0f} px, more than this machine trains well ({cap})"
         if small and small[1] * side / long < MIN_OBJECT_PX:
             side = min(long, math.ceil(MIN_OBJECT_PX * long / small[1] / 32) * 32)
-            why += f"; raised so that {small[0]}'s median object ({small[1]:.0f} px across) keeps {MIN_OBJECT_PX} px"
+            why += f"; raised so that {small[0]} ({small[1]:.0f} px across: median object or stroke) keeps " \
+                   f"{MIN_OBJECT_PX} px"
         if side < long:
             return {"longest": int(side)}, side, why
-        return None, long, why + ": kept native, the objects need it"
+        return None, long, why + ": kept native, the shapes need it"
     if small and small[1] < MIN_OBJECT_PX and long <= 128:
         return ({"scale": 2.0}, long * 2,
-                f"{small[0]}'s median object is {small[1]:.1f} px across in {long:.0f} px images: enlarged 2x")
+                f"{small[0]} is {small[1]:.1f} px across (median object or stroke) in {long:.0f} px images: "
+                f"enlarged 2x")
     return None, long, f"images' median long side {long:.0f} px: native"
+
+
+def working_side(facts: dict, kind: str, axis: Optional[int] = None) -> float:
+    """The working long side: a volume's slices keep their voxel grid, images follow ``working_resolution``."""
+    if axis is not None:
+        return max(_median(facts, "height"), _median(facts, "width"))
+    return working_resolution(facts, kind)[1]
+
+
+def context(facts: dict, axis: int) -> Decision:
+    """``data.context`` of a volume competition cut into slices along ``axis``: neighbouring slices as channels
+    when they lie about as close as the pixels (they show the same structures), single slices when far apart."""
+    spacing = [facts["volumes"]["spacing"][f"axis{a}"]["median"] for a in range(3)]
+    ratio = spacing[axis] / min(s for a, s in enumerate(spacing) if a != axis)
+    if ratio <= MAX_CONTEXT_RATIO:
+        return Decision("data.context", 1, f"slices {spacing[axis]:.2f} apart, {ratio:.1f}x the in-plane spacing: "
+                                           f"a slice and its two neighbours as channels (2.5D)")
+    return Decision("data.context", 0, f"slices {ratio:.1f}x farther apart than the in-plane pixels: single slices "
+                                       f"(far-apart sections need not show the same structures)")
 
 
 def short_side(facts: dict, side: float) -> float:
@@ -83,8 +110,13 @@ def short_side(facts: dict, side: float) -> float:
 
 
 def crop_size(facts: dict, side: float, kind: str) -> int:
-    """The training crop: the largest multiple of 32 within the working image's short side and ``CROP``."""
-    crop = int(min(short_side(facts, side), CROP[kind]) // 32 * 32)
+    """The training crop: the largest multiple of 32 within the working image's short side and ``CROP``; or, for
+    an image so small that such a crop would see less than ``MIN_CROP_AREA`` of it, the smallest multiple of 32
+    that holds the whole image (padded by reflection)."""
+    short = short_side(facts, side)
+    crop = int(min(short, CROP[kind]) // 32 * 32)
+    if side <= CROP[kind] and crop * crop < MIN_CROP_AREA * side * short:
+        return int(math.ceil(side / 32) * 32)
     if crop < 32:
         raise ConfigError(f"plan: images of {side:.0f} px at the working size are too small to crop; set "
                           f"data.resize to enlarge them")
@@ -92,18 +124,26 @@ def crop_size(facts: dict, side: float, kind: str) -> int:
 
 
 def plan(facts: dict, speeds: dict[str, Speed], ladder: list[Candidate], budget: float, kind: str, n_test: int,
-         metric: str, mode: str, spent: float = 0.0, folds_file: Optional[int] = None) -> Plan:
+         metric: str, mode: str, spent: float = 0.0, folds_file: Optional[int] = None,
+         axis: Optional[int] = None) -> Plan:
     """The recipe for ``budget`` seconds (``spent`` of them already gone to planning). ``folds_file``: the number
-    of folds of the competition's existing folds file, which the plan keeps (it is committed, and shared)."""
+    of folds of the competition's existing folds file, which the plan keeps (it is committed, and shared);
+    ``axis``: the axis a volume competition's slices are cut along (volumes keep their voxel grid: no resize)."""
     decisions: list[Decision] = []
-    resize, side, why = working_resolution(facts, kind)
-    if resize is not None:
-        decisions.append(Decision("data.resize", resize, why))
+    if axis is not None:
+        decisions.append(context(facts, axis))
+    else:
+        resize, _, why = working_resolution(facts, kind)
+        if resize is not None:
+            decisions.append(Decision("data.resize", resize, why))
+    side = working_side(facts, kind, axis)
     short = short_side(facts, side)
     crop = crop_size(facts, side, kind)
     whole = crop >= short and crop >= side
-    decisions.append(Decision("train.crop_size", crop, f"the largest multiple of 32 within the working image "
-                                                       f"({short:.0f} px short side) and {CROP[kind]} px"))
+    decisions.append(Decision("train.crop_size", crop, f"the whole working image ({side:.0f} x {short:.0f} px) "
+                                                       f"padded to a multiple of 32" if crop >= side else
+                              f"the largest multiple of 32 within the working image ({short:.0f} px short side) "
+                              f"and {CROP[kind]} px"))
     decisions.append(Decision("train.batch_size", BATCH[kind], f"{kind} batch at crops of {crop} px"))
     area = side * short / (crop * crop)  # a working image in crops: what predicting one costs
     if not whole and side <= 1.5 * crop:
@@ -142,26 +182,27 @@ def plan(facts: dict, speeds: dict[str, Speed], ladder: list[Candidate], budget:
                           f"network ({reached[0].name}) on {folds_file or 3} folds here; the least budget that works "
                           f"is about {math.ceil(need * (folds_file or 3) / 3 / 60)} minutes")
     folds, pick, views, tta = chosen
-    predict, per_fold, epochs = fits(folds, pick, views)
+    predict, per_fold, fit = fits(folds, pick, views)
+    epochs = max(1, round(fit))  # what train.minutes will derive: the nearest whole number
     speed = speeds[pick.name]
     decisions.append(Decision("folds.n_splits", folds, f"{'the folds file has ' if folds_file else ''}{folds} "
-                                                       f"folds: about {int(epochs)} epochs of {pick.name} per fold"))
+                                                       f"folds: about {epochs} epochs of {pick.name} per fold"))
     decisions.append(Decision("models", [pick.model()],
                               f"the largest of the ladder that trains {GOOD_EPOCHS}+ epochs per fold here "
                               f"({speed.train * 1000:.1f} ms per training image at {crop} px, "
                               f"{'float32' if speed.precision == 'none' else speed.precision})"
-                              if epochs >= GOOD_EPOCHS else f"the smallest of the ladder: the budget holds "
-                              f"{epochs:.0f} epochs of it"))
+                              if fit >= GOOD_EPOCHS else f"the smallest of the ladder: the budget holds "
+                              f"{epochs} epochs of it"))
     decisions.append(Decision("train.minutes", round(per_fold / 60, 2),
                               f"each of {folds} folds: the budget left after prediction and the later stages"))
-    decisions.append(Decision("train.val_every", max(1, int(epochs) // 3), "about three validations a fold"))
+    decisions.append(Decision("train.val_every", max(1, epochs // 3), "about three validations a fold"))
     empty = facts["empty_share"]
     augment = "medium" if n < 1000 else "light"
     decisions.append(Decision("train.augment", augment, f"{n} labelled images"))
     if mode == "multiclass":
         decisions.append(Decision("train.loss", {"ce": 1, "dice": 1}, "multiclass: cross-entropy with Dice"))
     elif metric in IOU_METRICS and epochs >= 2 * LEAST_EPOCHS:
-        half = max(1, int(epochs) // 2)
+        half = max(1, epochs // 2)
         decisions.append(Decision("train.loss_stages", [{"until_epoch": half, "terms": {"bce": 1, "dice": 1}},
                                                         {"terms": {"lovasz": 1}}],
                                   f"metric {metric} rewards IoU per image: Lovasz after {half} epochs of BCE + Dice"))
@@ -173,13 +214,20 @@ def plan(facts: dict, speeds: dict[str, Speed], ladder: list[Candidate], budget:
                                                   f"budget"))
     small = smallest_object(facts)
     if small:
-        p5 = small[2]
-        areas = sorted({0, *(int(round(p5 * f)) for f in (0.25, 0.5, 1.0, 2.0))})
-        decisions.append(Decision("tune.min_areas", areas, f"around the 5th percentile of {small[0]}'s object "
-                                                           f"areas ({p5:.0f} px)"))
+        name, _, p5, median = small
+        # A 5th percentile far below the median is annotation specks (Kvasir's masks: 1 px), not the smallest
+        # real objects: the grid then starts from a hundredth of the median area
+        base = max(p5, median / 100)
+        areas = sorted({0, *(int(round(base * f)) for f in (0.25, 0.5, 1.0, 2.0))})
+        why = f"around the 5th percentile of {name}'s object areas ({p5:.0f} px)" if base == p5 else \
+            f"around a hundredth of {name}'s median object area ({median:.0f} px): its 5th percentile " \
+            f"({p5:.0f} px) is specks"
+        decisions.append(Decision("tune.min_areas", areas, why))
     minutes = {"planning (fingerprint, probe)": spent / 60, f"train ({folds} folds)": per_fold * folds / 60,
                f"predict ({tta})": predict / 60, "ensemble, tune, submit": other / 60}
-    return Plan(decisions, minutes, pick.name, int(epochs))
+    return Plan(decisions, minutes, pick.name, epochs, (budget - spent) / 60,
+                {"train": round(per_fold * folds / 60, 2), "predict": round(predict / 60, 2)})
 
 
-__all__ = ["Decision", "Plan", "crop_size", "plan", "short_side", "smallest_object", "working_resolution"]
+__all__ = ["Decision", "Plan", "context", "crop_size", "plan", "short_side", "smallest_object", "working_resolution",
+           "working_side"]
