@@ -23,6 +23,7 @@ from segkit.commands import BY_NAME, STAGES, load
 from segkit.config import Config
 from segkit.data import Competition
 from segkit.data.folds import check_fold, fold_numbers, ids_of, load_folds
+from segkit.errors import ConfigError
 from segkit.inference.repredict import oof_part_unit
 from segkit.metrics import get_metric
 from segkit.oof import PartStore, score_frame
@@ -40,6 +41,7 @@ def run(cfg: Config, model: Optional[str] = None, fold: Optional[int] = None) ->
     narrowed = model is not None or fold is not None
     # pseudo-labelling is a stage of `segkit run` only when the config asks for rounds
     stages = [s for s in STAGES if s.name != "pseudo" or cfg.pseudo.rounds > 0]
+    clock = StageClock(cfg) if cfg.plan.minutes and not narrowed else None
     for i, stage in enumerate(stages):
         if narrowed and stage.scope == "all":
             slice_scores(cfg, model, fold)
@@ -52,9 +54,55 @@ def run(cfg: Config, model: Optional[str] = None, fold: Optional[int] = None) ->
         code = functions[stage.name](cfg, **{k: v for k, v in options.items() if v is not None})
         if code:
             return code
-        print(f"== {stage.name}: done in {time.perf_counter() - start:.1f} s")
+        took = time.perf_counter() - start
+        print(f"== {stage.name}: done in {took:.1f} s{clock.stage(stage.name, took) if clock else ''}")
+        if clock and stage.name == "train":
+            clock.forecast([s.name for s in stages[i + 1:]])
     _summary(cfg)
+    if clock:
+        clock.summary()
     return 0
+
+
+class StageClock:
+    """This invocation's time against the budget the recipe was planned for (``plan:``, written by ``segkit
+    plan``). It changes nothing in the run: a recipe that overruns says so as soon as its training is over (the
+    stage whose speed the planner measured and extrapolated), and by how much at the end. A resumed run counts only
+    its own invocation."""
+
+    TOLERANCE = 0.15  # the planner aims within +-15 % of its budget
+
+    def __init__(self, cfg: Config):
+        unknown = sorted(set(cfg.plan.stages) - {s.name for s in STAGES})
+        if unknown:
+            raise ConfigError(f"plan.stages.{unknown[0]}: not a stage; the stages are "
+                              f"{', '.join(s.name for s in STAGES)} ({cfg.origin('plan.stages')})")
+        self.minutes = float(cfg.plan.minutes)
+        self.stages = dict(cfg.plan.stages)
+        self.began = time.perf_counter()
+
+    def _elapsed(self) -> float:
+        return (time.perf_counter() - self.began) / 60
+
+    def stage(self, name: str, seconds: float) -> str:
+        planned = self.stages.get(name)
+        return f" (planned {planned:.1f} min: {seconds / 60 / planned - 1:+.0%})" if planned else ""
+
+    def forecast(self, later: list[str]) -> None:
+        """After training: the time spent plus what the later stages were planned to take, against the budget."""
+        ahead = self._elapsed() + sum(self.stages.get(s, 0.0) for s in later)
+        unplanned = self.minutes - sum(self.stages.values())  # the planner's share for the stages it did not name
+        ahead += max(unplanned, 0.0)
+        if ahead > self.minutes * (1 + self.TOLERANCE):
+            print(f"budget: training ended at {self._elapsed():.1f} min of the planned {self.minutes:.1f}; with the "
+                  f"later stages as planned the run will end near {ahead:.1f} min ({ahead / self.minutes - 1:+.0%}). "
+                  f"A shorter train.minutes or predict.tta keeps the next run within its budget")
+
+    def summary(self) -> None:
+        spent = self._elapsed()
+        over = spent / self.minutes - 1
+        note = "" if abs(over) <= self.TOLERANCE else f", outside the planner's +-{self.TOLERANCE:.0%}"
+        print(f"budget: this run took {spent:.1f} min of the planned {self.minutes:.1f} ({over:+.1%}{note})")
 
 
 def pseudo_rounds(cfg: Config) -> int:

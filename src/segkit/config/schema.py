@@ -472,6 +472,22 @@ class TuneConfig(Section):
 # ---------------------------------------------------------------------------------------------------------- root
 
 
+class PlanConfig(Section):
+    """The budget a recipe was planned for (``segkit plan`` writes it): ``segkit run`` prints each stage's time
+    against its planned minutes and says, as soon as the train stage ends, when the run is heading past the budget."""
+
+    minutes: Optional[float] = Field(None, gt=0)  # the whole run
+    stages: dict[str, float] = Field(default_factory=dict)  # a stage's name -> its planned minutes
+
+    @field_validator("stages")
+    @classmethod
+    def _positive(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = [k for k, m in v.items() if m <= 0]
+        if bad:
+            raise ValueError(f"{bad[0]}: planned minutes must be > 0")
+        return v
+
+
 class PathsConfig(Section):
     runs: Path = Path("runs")
     folds: Path = Path("folds")
@@ -497,6 +513,7 @@ class Config(Section):
     ensemble: EnsembleConfig = Field(default_factory=EnsembleConfig)
     pseudo: PseudoConfig = Field(default_factory=PseudoConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
+    plan: PlanConfig = Field(default_factory=PlanConfig)
 
     _source: str = PrivateAttr(default="")
     _origins: dict = PrivateAttr(default_factory=dict)
