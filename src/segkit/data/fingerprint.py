@@ -123,8 +123,8 @@ class Fingerprint:
 def stroke_width(mask: np.ndarray) -> float:
     """How thick a mask's shapes typically are, in pixels: the median, along their ridges (the pixels farthest from
     the background in their neighbourhood), of twice the distance to the background, less one. A disc gives its
-    diameter and a line its width (within a pixel: an even width reads one less), whatever its length: membranes and vessels, whose equal-area disc would be
-    large, are as thin as they look."""
+    diameter and a line its width (within a pixel: an even width reads one less), whatever its length: membranes and
+    vessels, whose equal-area disc would be large, are as thin as they look."""
     distance = ndimage.distance_transform_edt(mask)
     ridge = mask & (distance == ndimage.maximum_filter(distance, size=3))
     return float(2 * np.median(distance[ridge]) - 1)
