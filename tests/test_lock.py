@@ -154,7 +154,7 @@ def test_reading_commands_take_no_lock(demo_root, tmp_path, lock_path):
 
     assert [n for n in ("report", "package", "score", "validate-submission", "demo-data") if BY_NAME[n].locks] == []
     assert all(BY_NAME[n].locks for n in ("check", "folds", "train", "predict", "ensemble", "pseudo", "tune",
-                                          "submit", "evaluate", "run", "ablate", "export"))
+                                          "submit", "evaluate", "run", "ablate", "export", "plan"))
     lock_path.parent.mkdir(parents=True)
     lock_path.write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname(), "started": "now",
                                      "command": "segkit run"}))

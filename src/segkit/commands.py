@@ -204,7 +204,7 @@ OTHERS: list[Command] = [
                             help="leave out the wheels (the notebook has every package)"),
                      option("--python-version", help="wheels for this Python (e.g. 3.12) instead of the running "
                             "one's"))),
-    Command("plan", "segkit.plan:run", PLAN_HELP, locks=False,
+    Command("plan", "segkit.plan:run", PLAN_HELP,
             description=f"{PLAN_HELP}: the data's fingerprint, the networks' speed measured here, and rules; every "
                         f"planned key says why",
             usage="segkit plan --config DATA.yaml --budget 45m --out configs/NAME.yaml",

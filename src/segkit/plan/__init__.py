@@ -1,12 +1,12 @@
 """``segkit plan --config DATA.yaml --budget 45m --out configs/NAME.yaml``: a recipe planned from the data, the
 machine and a time budget.
 
-Three steps: the data's fingerprint (``segkit.data.fingerprint``: the experiment's ``fingerprint.json`` when the
-check wrote one, else read now), the machine probe (``segkit.plan.machine``: each candidate network's training and
-prediction speed here, at the planned crop size), and the rules (``segkit.plan.rules``). The output is a config
-whose ``base`` is the given one and whose every planned key carries a comment saying why; its budget is in
-``train.minutes`` (epochs are derived from the speed measured when each fold starts), and the printed table of
-minutes per stage sums to the budget.
+Three steps: the data's fingerprint (``segkit.data.fingerprint``: the experiment's ``fingerprint.json``, which the
+check stage makes here when it is missing or stale), the machine probe (``segkit.plan.machine``: each candidate
+network's training and prediction speed here, at the planned crop size), and the rules (``segkit.plan.rules``). The
+output is a config whose ``base`` is the given one and whose every planned key carries a comment saying why; its
+budget is in ``train.minutes`` (epochs are derived from the speed measured when each fold starts), and the printed
+table of minutes per stage sums to the budget.
 """
 
 from __future__ import annotations
@@ -28,14 +28,14 @@ from segkit.data.folds import fold_numbers, load_folds
 from segkit.errors import ConfigError, DataError
 from segkit.plan import rules
 from segkit.plan.machine import LADDER, probe
-from segkit.stages.check import check_competition
+from segkit.stages import check
 
 
-def facts_of(cfg: Config, comp: Competition) -> dict:
-    """The fingerprint the check wrote for this experiment, else one read now."""
-    if cfg.layout.fingerprint.exists():
-        return fingerprint.read(cfg.layout.fingerprint)
-    return check_competition(comp, progress=False, seed=cfg.seed)[1]
+def facts_of(cfg: Config) -> dict:
+    """The experiment's fingerprint, made by its check stage unless it is already there and up to date: planning
+    again at another budget reads the file instead of every image."""
+    check.run(cfg)
+    return fingerprint.read(cfg.layout.fingerprint)
 
 
 def machine_name(kind: str) -> str:
@@ -87,7 +87,7 @@ def run(cfg: Config, budget: str, out: str, device: str = "auto", force: bool = 
     if target.exists() and not force:
         raise DataError(f"--out {target}: exists; give a new file, or --force to replace it")
     comp = Competition(cfg.data, seed=cfg.seed)
-    facts = facts_of(cfg, comp)
+    facts = facts_of(cfg)
     dev = resolve_device(device, key="--device")
     kind = "cuda" if dev.type == "cuda" else "cpu"
     ladder = LADDER[kind]
