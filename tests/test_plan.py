@@ -177,3 +177,26 @@ def test_the_probe_offers_no_network_the_device_cannot_hold(monkeypatch, capsys)
     assert list(speeds) == ["unet_lite0"] and "unet_lite0_full: a batch of 32" in capsys.readouterr().out
     with pytest.raises(ConfigError, match="not even unet_lite0_full trains a batch of 32"):
         machine.probe(LADDER["cpu"][1:], 3, 1, 256, 32, torch.device("cpu"))
+
+
+def test_the_data_symmetries_a_config_sets_itself_are_kept(demo_root, tmp_path):
+    from segkit.plan import given_by
+
+    own = tmp_path / "seismic.yaml"
+    own.write_text(f"base: {CONFIGS / 'demo.yaml'}\ntrain: {{augment: hflip}}\nbudget: cpu\n"
+                   f"budgets: {{cpu: {{predict: {{tta: flips}}}}}}\n")
+    cfg = load_config(str(own), [f"data.root={demo_root}"])
+    assert given_by(cfg) == {"train.augment": "hflip"}  # the budget's TTA is not the file's own: replaced
+    assert given_by(load_config(str(own), [f"data.root={demo_root}", "predict.tta=none"]))["predict.tta"] == "none"
+    plan = rules.plan(facts(), SPEEDS, LADDER["cpu"], 45 * 60, "cpu", 18000, "tgs", "binary",
+                      given={"train.augment": "hflip", "predict.tta": "hflip"})
+    keys = decided(plan)
+    assert keys["train.augment"] == "hflip" and keys["predict.tta"] == "hflip"
+    assert sum(d.why.startswith(rules.KEPT) for d in plan.decisions) == 2
+    # the two views are what the predict minutes were planned for
+    two, eight = (rules.plan(facts(), SPEEDS, LADDER["cpu"], 45 * 60, "cpu", 1000, "tgs", "binary",
+                             given={"predict.tta": tta}) for tta in ("hflip", "d4"))
+    assert eight.stages["predict"] == pytest.approx(4 * two.stages["predict"], rel=0.05)
+    # a single planned loss clears whatever loss stages the base config had
+    dice = decided(rules.plan(facts(), SPEEDS, LADDER["cpu"], 45 * 60, "cpu", 18000, "dice", "binary"))
+    assert dice["train.loss"] == {"bce": 1, "dice": 1} and dice["train.loss_stages"] == []

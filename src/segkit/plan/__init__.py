@@ -23,6 +23,7 @@ from segkit.artifacts import atomic
 from segkit.bundle.infer import parse_budget
 from segkit.compute.device import cpu_has_native_bf16, resolve_device
 from segkit.config import Config
+from segkit.config.loader import COMMAND_LINE
 from segkit.data import Competition, fingerprint
 from segkit.data.folds import fold_numbers, load_folds
 from segkit.errors import ConfigError, DataError
@@ -36,6 +37,19 @@ def facts_of(cfg: Config) -> dict:
     again at another budget reads the file instead of every image."""
     check.run(cfg)
     return fingerprint.read(cfg.layout.fingerprint)
+
+
+def given_by(cfg: Config) -> dict:
+    """The keys of ``rules.GIVEN`` that the config file itself or the command line sets (not its base, not one of
+    its budgets, which the planned config replaces)."""
+    own = {COMMAND_LINE, str(Path(cfg.source).resolve()) if cfg.source else COMMAND_LINE}
+    out = {}
+    for key in rules.GIVEN:
+        origin = cfg.origins.get(key)
+        if origin and (origin if origin == COMMAND_LINE else str(Path(origin).resolve())) in own:
+            section, name = key.split(".")
+            out[key] = getattr(getattr(cfg, section), name)
+    return out
 
 
 def machine_name(kind: str) -> str:
@@ -105,7 +119,7 @@ def run(cfg: Config, budget: str, out: str, device: str = "auto", force: bool = 
     folds = cfg.layout.folds_file
     existing = len(fold_numbers(load_folds(cfg, comp))) if folds.exists() else None  # kept: it is shared, committed
     planned = rules.plan(facts, speeds, ladder, seconds, kind, len(comp.test_ids), cfg.metric, cfg.data.mode, spent,
-                         folds_file=existing, axis=axis)
+                         folds_file=existing, axis=axis, given=given_by(cfg))
     source = Path(cfg.source).resolve() if cfg.source else None
     if source is None:
         raise ConfigError("plan: --config must be a file (the planned config names it as its base)")

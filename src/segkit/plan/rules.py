@@ -29,6 +29,10 @@ OTHER_SHARE = 0.05
 GOOD_EPOCHS = 12
 LEAST_EPOCHS = 3
 TTA_VIEWS = [("d4", 8), ("flips", 4), ("hflip", 2), ("none", 1)]
+# The data's symmetries are the user's call, not the fingerprint's (a seismic section has an up; a fundus image has
+# no preferred rotation): where the base config sets these itself, the plan keeps them
+GIVEN = ("train.augment", "predict.tta")
+KEPT = "the base config's own choice, kept (the data's symmetries are the user's call)"
 IOU_METRICS = ("tgs", "iou", "object_ap", "map_iou")  # rewarded per image by IoU: Lovasz optimises it directly
 
 
@@ -125,10 +129,12 @@ def crop_size(facts: dict, side: float, kind: str) -> int:
 
 def plan(facts: dict, speeds: dict[str, Speed], ladder: list[Candidate], budget: float, kind: str, n_test: int,
          metric: str, mode: str, spent: float = 0.0, folds_file: Optional[int] = None,
-         axis: Optional[int] = None) -> Plan:
+         axis: Optional[int] = None, given: Optional[dict[str, Any]] = None) -> Plan:
     """The recipe for ``budget`` seconds (``spent`` of them already gone to planning). ``folds_file``: the number
     of folds of the competition's existing folds file, which the plan keeps (it is committed, and shared);
-    ``axis``: the axis a volume competition's slices are cut along (volumes keep their voxel grid: no resize)."""
+    ``axis``: the axis a volume competition's slices are cut along (volumes keep their voxel grid: no resize);
+    ``given``: the ``GIVEN`` keys the base config itself sets, kept as they are."""
+    given = given or {}
     decisions: list[Decision] = []
     if axis is not None:
         decisions.append(context(facts, axis))
@@ -166,9 +172,13 @@ def plan(facts: dict, speeds: dict[str, Speed], ladder: list[Candidate], budget:
     chosen = None
     for folds in (folds_file,) if folds_file else (5, 3):
         smallest = reached[0]
-        views = next((v for name, v in TTA_VIEWS
-                      if fits(folds, smallest, v)[0] <= PREDICT_SHARE * budget), 1)
-        tta = next(name for name, v in TTA_VIEWS if v == views)
+        if "predict.tta" in given:
+            tta = given["predict.tta"]
+            views = dict(TTA_VIEWS).get(tta, 8)
+        else:
+            views = next((v for name, v in TTA_VIEWS
+                          if fits(folds, smallest, v)[0] <= PREDICT_SHARE * budget), 1)
+            tta = next(name for name, v in TTA_VIEWS if v == views)
         good = [c for c in reached if fits(folds, c, views)[2] >= GOOD_EPOCHS]
         pick = good[-1] if good else (smallest if fits(folds, smallest, views)[2] >= LEAST_EPOCHS else None)
         if pick is not None:
@@ -197,8 +207,10 @@ def plan(facts: dict, speeds: dict[str, Speed], ladder: list[Candidate], budget:
                               f"each of {folds} folds: the budget left after prediction and the later stages"))
     decisions.append(Decision("train.val_every", max(1, epochs // 3), "about three validations a fold"))
     empty = facts["empty_share"]
-    augment = "medium" if n < 1000 else "light"
-    decisions.append(Decision("train.augment", augment, f"{n} labelled images"))
+    if "train.augment" in given:
+        decisions.append(Decision("train.augment", given["train.augment"], KEPT))
+    else:
+        decisions.append(Decision("train.augment", "medium" if n < 1000 else "light", f"{n} labelled images"))
     if mode == "multiclass":
         decisions.append(Decision("train.loss", {"ce": 1, "dice": 1}, "multiclass: cross-entropy with Dice"))
     elif metric in IOU_METRICS and epochs >= 2 * LEAST_EPOCHS:
@@ -209,9 +221,12 @@ def plan(facts: dict, speeds: dict[str, Speed], ladder: list[Candidate], budget:
     else:
         decisions.append(Decision("train.loss", {"bce": 1, "dice": 1},
                                   f"BCE + Dice{f' ({empty:.0%} of images empty)' if empty else ''}"))
-    decisions.append(Decision("predict.tta", tta, f"{views} view(s) of {n_test} test images on {folds} folds take "
-                                                  f"about {predict / 60:.1f} min, within {PREDICT_SHARE:.0%} of the "
-                                                  f"budget"))
+    if not any(d.key == "train.loss_stages" for d in decisions):
+        decisions.append(Decision("train.loss_stages", [], "one loss for the whole fold, whatever the base staged"))
+    decisions.append(Decision("predict.tta", tta, f"{KEPT}; {views} view(s) of {n_test} test images on {folds} folds "
+                                                  f"take about {predict / 60:.1f} min" if "predict.tta" in given else
+                              f"{views} view(s) of {n_test} test images on {folds} folds take about "
+                              f"{predict / 60:.1f} min, within {PREDICT_SHARE:.0%} of the budget"))
     small = smallest_object(facts)
     if small:
         name, _, p5, median = small
@@ -229,5 +244,5 @@ def plan(facts: dict, speeds: dict[str, Speed], ladder: list[Candidate], budget:
                 {"train": round(per_fold * folds / 60, 2), "predict": round(predict / 60, 2)})
 
 
-__all__ = ["Decision", "Plan", "context", "crop_size", "plan", "short_side", "smallest_object", "working_resolution",
-           "working_side"]
+__all__ = ["GIVEN", "Decision", "Plan", "context", "crop_size", "plan", "short_side", "smallest_object",
+           "working_resolution", "working_side"]
