@@ -15,7 +15,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from segkit.config.schema import PredictConfig
 from segkit.errors import ConfigError
+from segkit.inference.tiling import tiles_per_image
 from segkit.plan.machine import Candidate, Speed
 
 MAX_CONTEXT_RATIO = 4.0  # slice spacing over in-plane spacing up to which neighbouring slices join as channels
@@ -153,6 +155,8 @@ def plan(facts: dict, speeds: dict[str, Speed], ladder: list[Candidate], budget:
     decisions.append(Decision("train.batch_size", BATCH[kind], f"{kind} batch at crops of {crop} px"))
     area = side * short / (crop * crop)  # a working image in crops: what predicting one costs
     if not whole and side <= 1.5 * crop:
+        # overlapping tiles cost a forward each: Kvasir's 256 x 222 px at 192 px is 4 tiles, not 1.5 crops of area
+        area = tiles_per_image(round(short), round(side), crop, PredictConfig().tile_overlap)
         decisions.append(Decision("predict.tile_size", crop, f"images only a little larger ({side:.0f} px) than the "
                                                              f"{crop} px crops: predicted as blended tiles of it"))
         decisions.append(Decision("predict.tile_blend", "linear", "tiles blended linearly"))
@@ -168,21 +172,23 @@ def plan(facts: dict, speeds: dict[str, Speed], ladder: list[Candidate], budget:
         epoch = train_images * s.train + (n / folds) * s.predict * area
         return predict, per_fold, per_fold / epoch if per_fold > 0 else 0.0
 
+    def tta_for(folds: int, candidate: Candidate) -> tuple[str, int]:
+        """The given TTA, else the most views of ``candidate`` that fit the predict share (one at the least)."""
+        if "predict.tta" in given:
+            return given["predict.tta"], dict(TTA_VIEWS).get(given["predict.tta"], 8)
+        return next(((name, v) for name, v in TTA_VIEWS
+                     if fits(folds, candidate, v)[0] <= PREDICT_SHARE * budget), TTA_VIEWS[-1])
+
     reached = [c for c in ladder if c.name in speeds]
     chosen = None
     for folds in (folds_file,) if folds_file else (5, 3):
-        smallest = reached[0]
-        if "predict.tta" in given:
-            tta = given["predict.tta"]
-            views = dict(TTA_VIEWS).get(tta, 8)
-        else:
-            views = next((v for name, v in TTA_VIEWS
-                          if fits(folds, smallest, v)[0] <= PREDICT_SHARE * budget), 1)
-            tta = next(name for name, v in TTA_VIEWS if v == views)
-        good = [c for c in reached if fits(folds, c, views)[2] >= GOOD_EPOCHS]
-        pick = good[-1] if good else (smallest if fits(folds, smallest, views)[2] >= LEAST_EPOCHS else None)
+        # each network with the TTA it can afford: a larger one predicts slower, so may take fewer views
+        options = [(c, *tta_for(folds, c)) for c in reached]
+        good = [o for o in options if fits(folds, o[0], o[2])[2] >= GOOD_EPOCHS]
+        smallest = options[0]
+        pick = good[-1] if good else (smallest if fits(folds, smallest[0], smallest[2])[2] >= LEAST_EPOCHS else None)
         if pick is not None:
-            chosen = (folds, pick, views, tta)
+            chosen = (folds, pick[0], pick[2], pick[1])
             break
     if chosen is None:
         s = speeds[reached[0].name]
