@@ -14,7 +14,7 @@ from segkit.plan.machine import LADDER, Speed
 
 
 def spread(median: float, **more) -> dict:
-    return {"n": 100, "median": median, "p5": median, **more}
+    return {"n": 100, "median": median, "p5": median, "p95": 2 * median, **more}
 
 
 def facts(side: int = 101, n: int = 4000, diameter: float = 40.0, p5: float = 30.0, empty: float = 0.38,
@@ -69,9 +69,24 @@ def test_working_resolutions_follow_image_and_object_sizes():
     assert resize is None and side == 512 and "kept native" in why
 
 
-def test_a_budget_too_small_says_the_least_that_works():
-    with pytest.raises(ConfigError, match=r"--budget: 1.0 minutes cannot train 3 epochs .* about \d+ minutes"):
-        rules.plan(facts(), SPEEDS, LADDER["cpu"], 60, "cpu", 18000, "tgs", "binary")
+def test_small_objects_take_smaller_crops():
+    nuclei = facts(side=256, diameter=20, n=600)  # DSB: 95th percentile 40 px across: 3x is 120, so 128 px crops
+    plan = rules.plan(nuclei, SPEEDS, LADDER["cpu"], 45 * 60, "cpu", 66, "dice", "binary")
+    crop = next(d for d in plan.decisions if d.key == "train.crop_size")
+    assert crop.value == 128 and "3x the largest typical object (40 px" in crop.why
+    assert rules.crop_size(facts(side=256, diameter=200), 256, "cpu") == 256  # large objects: the image's own limit
+
+
+@pytest.mark.parametrize("folds_file", [None, 5])
+def test_a_budget_too_small_says_the_least_that_works(folds_file):
+    with pytest.raises(ConfigError, match=r"--budget: 1.0 minutes cannot train 3 epochs .* about \d+ minutes") as e:
+        rules.plan(facts(), SPEEDS, LADDER["cpu"], 60, "cpu", 18000, "tgs", "binary", folds_file=folds_file)
+    least = int(str(e.value).split("about ")[1].split()[0])
+    plan = rules.plan(facts(), SPEEDS, LADDER["cpu"], least * 60, "cpu", 18000, "tgs", "binary", folds_file=folds_file)
+    assert plan.epochs >= 3  # the budget it names is enough
+    with pytest.raises(ConfigError):  # and not by much
+        rules.plan(facts(), SPEEDS, LADDER["cpu"], (least - 2) * 60, "cpu", 18000, "tgs", "binary",
+                   folds_file=folds_file)
 
 
 def test_the_command_writes_a_config_that_loads_with_its_reasons(demo_root, tmp_path, monkeypatch, capsys):
@@ -102,7 +117,7 @@ def test_the_command_writes_a_config_that_loads_with_its_reasons(demo_root, tmp_
 def test_a_gpu_plan_from_a_fake_device_profile():
     gpu = {"unet_lite0": Speed(0.0004, 0.0001, "bf16"), "unet_lite2": Speed(0.0009, 0.0002, "bf16"),
            "fpn_lite2": Speed(0.0008, 0.0002, "bf16")}
-    plan = rules.plan(facts(side=1024, diameter=60, n=12000), gpu, LADDER["cuda"], 20 * 60, "cuda", 3000, "dice",
+    plan = rules.plan(facts(side=1024, diameter=300, n=12000), gpu, LADDER["cuda"], 20 * 60, "cuda", 3000, "dice",
                       "binary")
     keys = decided(plan)
     assert keys["data.resize"] == {"longest": 512} and keys["train.crop_size"] == 384

@@ -21,6 +21,8 @@ from segkit.inference.tiling import tiles_per_image
 from segkit.plan.machine import Candidate, Speed
 
 MAX_CONTEXT_RATIO = 4.0  # slice spacing over in-plane spacing up to which neighbouring slices join as channels
+OBJECT_CONTEXT = 3.0  # a crop holds the largest typical object (95th percentile) three times across
+MIN_CROP = 64
 MIN_CROP_AREA = 0.6  # a crop that sees less of a small image loses most of its context: the whole image, padded
 MIN_OBJECT_PX = 6  # an object narrower than this at the working size is at risk from a stride-32 encoder
 LONG_SIDE = {"cpu": 256, "cuda": 512}  # the working long side a machine affords for large images
@@ -115,10 +117,18 @@ def short_side(facts: dict, side: float) -> float:
     return side / max(aspect, 1 / aspect)
 
 
+def largest_object(facts: dict, side: float) -> float:
+    """The 95th percentile of object diameters (the largest class's), in working pixels (0 when no objects)."""
+    native = max(_median(facts, "height"), _median(facts, "width"))
+    found = [c["object_diameter"]["p95"] for c in facts["classes"].values() if c["object_diameter"].get("n")]
+    return max(found, default=0.0) * side / native
+
+
 def crop_size(facts: dict, side: float, kind: str) -> int:
-    """The training crop: the largest multiple of 32 within the working image's short side and ``CROP``; or, for
-    an image so small that such a crop would see less than ``MIN_CROP_AREA`` of it, the smallest multiple of 32
-    that holds the whole image (padded by reflection)."""
+    """The training crop: the largest multiple of 32 within the working image's short side and ``CROP``, and no
+    larger than ``OBJECT_CONTEXT`` times the largest typical object (small objects need no large crops, and a
+    smaller crop trains more of them a second); or, for an image so small that such a crop would see less than
+    ``MIN_CROP_AREA`` of it, the smallest multiple of 32 that holds the whole image (padded by reflection)."""
     short = short_side(facts, side)
     crop = int(min(short, CROP[kind]) // 32 * 32)
     if side <= CROP[kind] and crop * crop < MIN_CROP_AREA * side * short:
@@ -126,6 +136,9 @@ def crop_size(facts: dict, side: float, kind: str) -> int:
     if crop < 32:
         raise ConfigError(f"plan: images of {side:.0f} px at the working size are too small to crop; set "
                           f"data.resize to enlarge them")
+    objects = largest_object(facts, side)
+    if objects:
+        crop = min(crop, max(MIN_CROP, math.ceil(OBJECT_CONTEXT * objects / 32) * 32))
     return crop
 
 
@@ -148,8 +161,11 @@ def plan(facts: dict, speeds: dict[str, Speed], ladder: list[Candidate], budget:
     short = short_side(facts, side)
     crop = crop_size(facts, side, kind)
     whole = crop >= short and crop >= side
+    objects = largest_object(facts, side)
     decisions.append(Decision("train.crop_size", crop, f"the whole working image ({side:.0f} x {short:.0f} px) "
                                                        f"padded to a multiple of 32" if crop >= side else
+                              f"{OBJECT_CONTEXT:g}x the largest typical object ({objects:.0f} px across, 95th "
+                              f"percentile)" if crop < min(short, CROP[kind]) // 32 * 32 else
                               f"the largest multiple of 32 within the working image ({short:.0f} px short side) "
                               f"and {CROP[kind]} px"))
     decisions.append(Decision("train.batch_size", BATCH[kind], f"{kind} batch at crops of {crop} px"))
@@ -191,12 +207,15 @@ def plan(facts: dict, speeds: dict[str, Speed], ladder: list[Candidate], budget:
             chosen = (folds, pick[0], pick[2], pick[1])
             break
     if chosen is None:
-        s = speeds[reached[0].name]
-        need = spent + other + n_test * 3 * s.predict * area + LEAST_EPOCHS * (
-            n * 2 / 3 * s.train + n / 3 * s.predict * area) * 3
+        folds, s = folds_file or 3, speeds[reached[0].name]
+        # fits() run backwards for one view: planning, prediction, LEAST_EPOCHS epochs a fold, and the later stages'
+        # share of the budget itself (OTHER_SHARE of it, at least a minute)
+        fixed = spent + n_test * folds * s.predict * area + folds * LEAST_EPOCHS * (
+            n * (folds - 1) / folds * s.train + n / folds * s.predict * area)
+        need = max(fixed + 60.0, fixed / (1 - OTHER_SHARE))
         raise ConfigError(f"--budget: {budget / 60:.1f} minutes cannot train {LEAST_EPOCHS} epochs of the smallest "
-                          f"network ({reached[0].name}) on {folds_file or 3} folds here; the least budget that works "
-                          f"is about {math.ceil(need * (folds_file or 3) / 3 / 60)} minutes")
+                          f"network ({reached[0].name}) on {folds} folds here; the least budget that works is about "
+                          f"{math.ceil(need / 60)} minutes")
     folds, pick, views, tta = chosen
     predict, per_fold, fit = fits(folds, pick, views)
     epochs = max(1, round(fit))  # what train.minutes will derive: the nearest whole number
@@ -250,5 +269,5 @@ def plan(facts: dict, speeds: dict[str, Speed], ladder: list[Candidate], budget:
                 {"train": round(per_fold * folds / 60, 2), "predict": round(predict / 60, 2)})
 
 
-__all__ = ["GIVEN", "Decision", "Plan", "context", "crop_size", "plan", "short_side", "smallest_object",
-           "working_resolution", "working_side"]
+__all__ = ["GIVEN", "Decision", "Plan", "context", "crop_size", "largest_object", "plan", "short_side",
+           "smallest_object", "working_resolution", "working_side"]
