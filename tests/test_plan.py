@@ -208,6 +208,9 @@ def test_the_data_symmetries_a_config_sets_itself_are_kept(demo_root, tmp_path):
     cfg = load_config(str(own), [f"data.root={demo_root}"])
     assert given_by(cfg) == {"train.augment": "hflip"}  # the budget's TTA is not the file's own: replaced
     assert given_by(load_config(str(own), [f"data.root={demo_root}", "predict.tta=none"]))["predict.tta"] == "none"
+    # the file's own value under a budget that overrides it: the planned config drops the budget, so the file's
+    own.write_text(own.read_text().replace("{augment: hflip}", "{augment: hflip}\npredict: {tta: hflip}"))
+    assert given_by(load_config(str(own), [f"data.root={demo_root}"]))["predict.tta"] == "hflip"
     plan = rules.plan(facts(), SPEEDS, LADDER["cpu"], 45 * 60, "cpu", 18000, "tgs", "binary",
                       given={"train.augment": "hflip", "predict.tta": "hflip"})
     keys = decided(plan)

@@ -39,16 +39,22 @@ def facts_of(cfg: Config) -> dict:
     return fingerprint.read(cfg.layout.fingerprint)
 
 
+def own_tree(cfg: Config) -> dict:
+    """The config file's own keys as written (no base, no budget merged)."""
+    return (yaml.safe_load(Path(cfg.source).read_text()) or {}) if cfg.source else {}
+
+
 def given_by(cfg: Config) -> dict:
-    """The keys of ``rules.GIVEN`` that the config file itself or the command line sets (not its base, not one of
-    its budgets, which the planned config replaces)."""
-    own = {COMMAND_LINE, str(Path(cfg.source).resolve()) if cfg.source else COMMAND_LINE}
+    """The keys of ``rules.GIVEN`` that the command line or the config file itself sets, outside its budgets: the
+    planned config replaces the budgets (``budget: null``), so a budget's value gives way to the file's own."""
+    tree = own_tree(cfg)
     out = {}
     for key in rules.GIVEN:
-        origin = cfg.origins.get(key)
-        if origin and (origin if origin == COMMAND_LINE else str(Path(origin).resolve())) in own:
-            section, name = key.split(".")
+        section, name = key.split(".")
+        if cfg.origins.get(key) == COMMAND_LINE:
             out[key] = getattr(getattr(cfg, section), name)
+        elif name in (tree.get(section) or {}):
+            out[key] = tree[section][name]
     return out
 
 
@@ -125,7 +131,7 @@ def run(cfg: Config, budget: str, out: str, device: str = "auto", force: bool = 
         raise ConfigError("plan: --config must be a file (the planned config names it as its base)")
     base = os.path.relpath(source, target.resolve().parent)
     command = f"segkit plan --config {cfg.source} --budget {budget}"
-    text = render(planned, base, f"{cfg.experiment}_plan", command, machine_name(kind))
+    text = render(planned, base, f"{own_tree(cfg).get('experiment', cfg.experiment)}_plan", command, machine_name(kind))
     target.parent.mkdir(parents=True, exist_ok=True)
     with atomic.atomic_path(target) as tmp:
         tmp.write_text(text)
