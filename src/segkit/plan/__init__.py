@@ -106,6 +106,8 @@ def run(cfg: Config, budget: str, out: str, device: str = "auto", force: bool = 
     target = Path(out)
     if target.exists() and not force:
         raise DataError(f"--out {target}: exists; give a new file, or --force to replace it")
+    if not cfg.source:
+        raise ConfigError("plan: --config must be a file (the planned config names it as its base)")
     comp = Competition(cfg.data, seed=cfg.seed)
     facts = facts_of(cfg)
     dev = resolve_device(device, key="--device")
@@ -126,10 +128,7 @@ def run(cfg: Config, budget: str, out: str, device: str = "auto", force: bool = 
     existing = len(fold_numbers(load_folds(cfg, comp))) if folds.exists() else None  # kept: it is shared, committed
     planned = rules.plan(facts, speeds, ladder, seconds, kind, len(comp.test_ids), cfg.metric, cfg.data.mode, spent,
                          folds_file=existing, axis=axis, given=given_by(cfg))
-    source = Path(cfg.source).resolve() if cfg.source else None
-    if source is None:
-        raise ConfigError("plan: --config must be a file (the planned config names it as its base)")
-    base = os.path.relpath(source, target.resolve().parent)
+    base = os.path.relpath(Path(cfg.source).resolve(), target.resolve().parent)
     command = f"segkit plan --config {cfg.source} --budget {budget}"
     text = render(planned, base, f"{own_tree(cfg).get('experiment', cfg.experiment)}_plan", command, machine_name(kind))
     target.parent.mkdir(parents=True, exist_ok=True)
