@@ -82,6 +82,8 @@ def probe(candidates: list[Candidate], channels: int, classes: int, crop: int, b
 
 def _time(c: Candidate, channels: int, classes: int, crop: int, batch: int, device: torch.device, amp: str,
           steps: int) -> Speed:
+    """One candidate's seconds per image: the median of ``steps`` training steps after a warm-up, and two
+    predicted batches."""
     net = build_model(ModelConfig.model_validate(c.model()), channels, "binary" if classes == 1 else "multilabel",
                       classes, pretrained=False).to(device)
     x = torch.rand(batch, channels, crop, crop, device=device)
@@ -105,7 +107,6 @@ def _time(c: Candidate, channels: int, classes: int, crop: int, batch: int, devi
         synchronize(device)
         predict = (time.perf_counter() - t) / (2 * batch)
     return Speed(statistics.median(times) / batch, predict, amp)
-
 
 
 __all__ = ["Candidate", "LADDER", "Speed", "probe"]
