@@ -38,7 +38,6 @@ class Plan:
     text: str
 
 
-
 def time_steps(model, loader, loss_fn: SegLoss, device: torch.device, tcfg: TrainConfig, steps: int = PROBE_STEPS
                ) -> float:
     """Median seconds of a training batch (read, forward, loss, backward, the optimizer's step and the EMA update)
