@@ -91,6 +91,11 @@ def test_a_loss_mapping_replaces_the_bases_loss(tmp_path):
     (tmp_path / "c.yaml").write_text(f"base: {CONFIGS / 'base.yaml'}\ntrain: {{loss: {{focal: 1}}}}\n")
     cfg = load_config(tmp_path / "c.yaml", ["models=[{name: m, train: {loss: {lovasz: 1}}}]"])
     assert cfg.train.loss == {"focal": 1} and cfg.train_for(cfg.models[0]).loss == {"lovasz": 1}
+    # the options go with the loss: a file's own loss_params replace the base's whole, `{}` drops them
+    (tmp_path / "b.yaml").write_text(f"base: {CONFIGS / 'base.yaml'}\n"
+                                     "train: {loss: {lovasz: 1}, loss_params: {lovasz: {per_image: true}}}\n")
+    (tmp_path / "d.yaml").write_text("base: b.yaml\ntrain: {loss: {dice: 1}, loss_params: {}}\n")
+    assert load_config(tmp_path / "d.yaml").train.loss_params == {}
 
 
 def test_duplicate_model_names_rejected(tmp_path):
@@ -105,13 +110,17 @@ def test_missing_data_path_names_key(demo_cfg):
         cfg.data.path("train_csv")
 
 
-def test_every_shipped_config_loads_in_every_budget():
+def test_every_shipped_config_loads_and_passes_the_check_in_every_budget():
     import yaml
 
+    from segkit import catalog
+
     for path in sorted(CONFIGS.glob("*.yaml")):
-        load_config(path)
+        catalog.check(load_config(path))  # every name it picks too: a planned config's losses over its base's
         for budget in (yaml.safe_load(path.read_text()) or {}).get("budgets", {}):
-            assert load_config(path, [f"budget={budget}"]).budget == budget
+            cfg = load_config(path, [f"budget={budget}"])
+            assert cfg.budget == budget
+            catalog.check(cfg)
 
 
 BUDGETS = """base: {base}

@@ -223,3 +223,11 @@ def test_the_data_symmetries_a_config_sets_itself_are_kept(demo_root, tmp_path):
     # a single planned loss clears whatever loss stages the base config had
     dice = decided(rules.plan(facts(), SPEEDS, LADDER["cpu"], 45 * 60, "cpu", 18000, "dice", "binary"))
     assert dice["train.loss"] == {"bce": 1, "dice": 1} and dice["train.loss_stages"] == []
+    # ... and the base's options of the terms it no longer uses (a loss schedule refuses options of unused terms)
+    lovasz = {"lovasz": {"per_image": True}}
+    dropped = decided(rules.plan(facts(), SPEEDS, LADDER["cpu"], 45 * 60, "cpu", 18000, "dice", "binary",
+                                 loss_params=lovasz))
+    assert dropped["train.loss_params"] == {}
+    staged = decided(rules.plan(facts(), SPEEDS, LADDER["cpu"], 45 * 60, "cpu", 18000, "tgs", "binary",
+                                loss_params=lovasz))
+    assert "train.loss_params" not in staged  # Lovasz is still staged: its options stay the base's

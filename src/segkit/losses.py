@@ -370,7 +370,8 @@ class LossSchedule:
                                                  train_cfg.loss_params, aux_weight)))
         unused = sorted(set(train_cfg.loss_params) - {u.lower() for u in used})
         if unused:
-            raise ConfigError(f"train.loss_params.{unused[0]}: not a loss term in use")
+            raise ConfigError(f"train.loss_params.{unused[0]}: not a loss term in use (a file that changes a base's "
+                              f"loss states the parameters it keeps: `loss_params: {{}}` for none)")
 
     def for_epoch(self, epoch: int) -> SegLoss:
         for until, loss in self.stages:

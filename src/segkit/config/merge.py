@@ -4,8 +4,8 @@ section. Dicts merge key by key; anything else (and the mappings in ATOMIC_KEYS)
 from __future__ import annotations
 
 # Mappings that are one value, replaced whole: a file saying `loss: {focal: 1}` means focal alone, not focal
-# added to the base's bce + dice.
-ATOMIC_KEYS = {"loss"}
+# added to the base's bce + dice; and `loss_params: {}` drops the parameters of a base's terms it no longer uses.
+ATOMIC_KEYS = {"loss", "loss_params"}
 
 
 def merge(base: dict, top: dict) -> dict:

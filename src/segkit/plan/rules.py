@@ -142,13 +142,31 @@ def crop_size(facts: dict, side: float, kind: str) -> int:
     return crop
 
 
+def _loss_params_kept(decisions: list[Decision], base: dict[str, dict]) -> Optional[Decision]:
+    """The base's loss parameters narrowed to the planned terms (a base's Lovasz options would otherwise outlive
+    its Lovasz), or None when all of them are still in use."""
+    used: set[str] = set()
+    for d in decisions:
+        if d.key == "train.loss":
+            used |= set(d.value)
+        elif d.key == "train.loss_stages":
+            used |= {term for stage in d.value for term in stage["terms"]}
+    kept = {name: opts for name, opts in base.items() if name.lower() in used}
+    if len(kept) == len(base):
+        return None
+    return Decision("train.loss_params", kept, f"the base's options of {', '.join(sorted(kept))} kept" if kept
+                    else "the base's options were for terms the plan does not use")
+
+
 def plan(facts: dict, speeds: dict[str, Speed], ladder: list[Candidate], budget: float, kind: str, n_test: int,
          metric: str, mode: str, spent: float = 0.0, folds_file: Optional[int] = None,
-         axis: Optional[int] = None, given: Optional[dict[str, Any]] = None) -> Plan:
+         axis: Optional[int] = None, given: Optional[dict[str, Any]] = None,
+         loss_params: Optional[dict[str, dict]] = None) -> Plan:
     """The recipe for ``budget`` seconds (``spent`` of them already gone to planning). ``folds_file``: the number
     of folds of the competition's existing folds file, which the plan keeps (it is committed, and shared);
     ``axis``: the axis a volume competition's slices are cut along (volumes keep their voxel grid: no resize);
-    ``given``: the ``GIVEN`` keys the base config itself sets, kept as they are."""
+    ``given``: the ``GIVEN`` keys the base config itself sets, kept as they are; ``loss_params``: the base's
+    parameters of its loss terms, kept for the terms the plan still uses."""
     given = given or {}
     decisions: list[Decision] = []
     if axis is not None:
@@ -248,6 +266,9 @@ def plan(facts: dict, speeds: dict[str, Speed], ladder: list[Candidate], budget:
                                   f"BCE + Dice{f' ({empty:.0%} of images empty)' if empty else ''}"))
     if not any(d.key == "train.loss_stages" for d in decisions):
         decisions.append(Decision("train.loss_stages", [], "one loss for the whole fold, whatever the base staged"))
+    params = _loss_params_kept(decisions, loss_params or {})
+    if params is not None:
+        decisions.append(params)
     decisions.append(Decision("predict.tta", tta, f"{KEPT}; {views} view(s) of {n_test} test images on {folds} folds "
                                                   f"take about {predict / 60:.1f} min" if "predict.tta" in given else
                               f"{views} view(s) of {n_test} test images on {folds} folds take about "
