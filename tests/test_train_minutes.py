@@ -26,6 +26,42 @@ def test_epochs_that_fit_the_minutes_validation_and_whole_cycles_included():
         epochs_for(0.5, 0.5, 100, 20.0, 2, 1)
 
 
+class Sized:
+    """A validation set of mixed sizes, smallest first (as a mixed-size validation loader orders it)."""
+
+    def __init__(self, sides: list[int]):
+        self.sides = sides
+
+    def __len__(self) -> int:
+        return len(self.sides)
+
+    def __getitem__(self, i: int) -> int:
+        return self.sides[i]
+
+    def working_size(self, i: int) -> tuple[int, int]:
+        return self.sides[i], self.sides[i]
+
+
+def test_validation_is_timed_across_its_sizes_not_on_its_smallest_batches(monkeypatch):
+    """Nine small images and three large ones, a pass costing its pixels: the estimate sees the large ones."""
+    from torch.utils.data import DataLoader
+
+    from segkit.stages.train import budget
+
+    sides = [100] * 9 + [400] * 3
+    loader = DataLoader(Sized(sides), batch_size=3, collate_fn=list)
+    clock = {"now": 0.0}
+    monkeypatch.setattr(budget.time, "perf_counter", lambda: clock["now"])
+
+    def validate(batches):  # a second per 10 000 pixels it is shown
+        clock["now"] += sum(max(batch) ** 2 * len(batch) for batch in batches) / 1e4
+
+    whole = sum(s * s for s in sides) / 1e4  # 57 s
+    assert budget.time_validation(validate, loader) == pytest.approx(whole)
+    # scaled by pixels, not by batches: the first batch alone (3 s) times four batches would say 12 s
+    assert budget.time_validation(validate, loader, batches=1) == pytest.approx(whole)
+
+
 def test_a_fold_trains_the_epochs_it_derived_and_records_them(demo_root, tmp_path, one_torch_thread, capsys):
     from segkit.cli import main
     from segkit.config import load_config
@@ -49,4 +85,4 @@ def test_a_fold_trains_the_epochs_it_derived_and_records_them(demo_root, tmp_pat
     from segkit.stages.train.fold import _epochs_in_minutes
 
     saved["train_state"]["epochs"] = 7
-    assert _epochs_in_minutes(None, None, None, cfg.train, None, "cpu", None, saved, "x") == 7
+    assert _epochs_in_minutes(None, None, None, cfg.train, None, "binary", None, "cpu", None, saved, "x") == 7

@@ -77,6 +77,10 @@ class SegDataset(Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
+    def working_size(self, index: int) -> tuple[int, int]:
+        """(H, W) item ``index``'s image is seen at, from its file's header (nothing decoded)."""
+        return working_size(*self.comp.image_size(self.ids[index], self.split), self.resize)
+
     def __getitem__(self, index: int) -> dict:
         image_id = self.ids[index]
         image = self.comp.read_image(image_id, self.split)

@@ -15,8 +15,10 @@ import math
 import statistics
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
+from torch.utils.data import DataLoader
 
 from segkit.compute.device import autocast, synchronize, to_device
 from segkit.config.schema import TrainConfig
@@ -27,7 +29,7 @@ from segkit.optim import build_optimizer
 from segkit.stages.train.ema import build_ema
 
 PROBE_STEPS = 8  # timed training steps, after one untimed warm-up step
-PROBE_VAL_BATCHES = 2
+PROBE_VAL_BATCHES = 3  # the first, the middle and the last
 
 
 @dataclass
@@ -72,25 +74,31 @@ def time_steps(model, loader, loss_fn: SegLoss, device: torch.device, tcfg: Trai
     return statistics.median(times)
 
 
-@torch.inference_mode()
-def time_validation(model, loader, device: torch.device, tcfg: TrainConfig, batches: int = PROBE_VAL_BATCHES
+def time_validation(validate: Callable[[DataLoader], object], loader: DataLoader, batches: int = PROBE_VAL_BATCHES
                     ) -> float:
-    """Seconds of one pass over ``loader`` (validation), from its first batches."""
-    model.eval()
-    taken, seen = 0.0, 0
-    for i, batch in enumerate(loader):
-        if i > batches:
-            break
-        began = time.perf_counter()
-        batch = to_device(batch, device, tcfg.channels_last)
-        with autocast(device, tcfg.amp):
-            model(batch["image"])
-        synchronize(device)
-        if i:  # the first batch warms up
-            taken += time.perf_counter() - began
-            seen += 1
-    model.train()
-    return taken / max(seen, 1) * len(loader)
+    """Seconds of one pass over ``loader``: ``validate`` (the fold's own evaluation: forward, loss and the scores at
+    native size) timed on a few of its batches spread from the first to the last, scaled by pixels to all of them.
+    A loader of mixed sizes holds its smallest images first: its first batches alone had read DSB's validation at
+    5 s where it took 30."""
+    order = list(loader.batch_sampler)
+    if not order:
+        return 0.0
+    pixels = [_pixels(loader.dataset, batch) for batch in order]
+    picks = sorted({round(k * (len(order) - 1) / max(batches - 1, 1)) for k in range(batches)})
+
+    def some(which: list[int]) -> DataLoader:
+        return DataLoader(loader.dataset, batch_sampler=[order[k] for k in which], collate_fn=loader.collate_fn)
+
+    validate(some([0]))  # the first pass warms up
+    began = time.perf_counter()
+    validate(some(picks))
+    return (time.perf_counter() - began) * sum(pixels) / sum(pixels[k] for k in picks)
+
+
+def _pixels(dataset, batch: list[int]) -> int:
+    """The pixels a batch is padded to (its largest height by its largest width, times its images)."""
+    sizes = [dataset.working_size(i) for i in batch]
+    return len(batch) * max(h for h, _ in sizes) * max(w for _, w in sizes)
 
 
 def epochs_for(minutes: float, step_seconds: float, steps_per_epoch: int, val_seconds: float, val_every: int,
