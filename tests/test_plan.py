@@ -8,6 +8,7 @@ import pytest
 from conftest import CONFIGS
 
 from segkit.config import load_config
+from segkit.config.schema import TrainConfig
 from segkit.errors import ConfigError
 from segkit.plan import rules
 from segkit.plan.machine import LADDER, Speed
@@ -74,7 +75,8 @@ def test_small_objects_take_smaller_crops():
     plan = rules.plan(nuclei, SPEEDS, LADDER["cpu"], 45 * 60, "cpu", 66, "dice", "binary")
     crop = next(d for d in plan.decisions if d.key == "train.crop_size")
     assert crop.value == 128 and "3x the largest typical object (40 px" in crop.why
-    assert rules.crop_size(facts(side=256, diameter=200), 256, "cpu") == 256  # large objects: the image's own limit
+    large = rules.crop_size(facts(side=256, diameter=200), 256, "cpu")
+    assert large.value == 256 and "within the working image" in large.why  # large objects: the image's own limit
 
 
 @pytest.mark.parametrize("folds_file", [None, 5])
@@ -182,6 +184,27 @@ def test_an_unreadable_image_is_named_and_nothing_is_written(demo_root, tmp_path
     assert code == 2 and broken.name in capsys.readouterr().err and not out.exists()
 
 
+def test_the_probe_times_the_step_the_run_will_take(monkeypatch):
+    """The plan's probe times a candidate with the run's own step timer, in the run's memory format and batch."""
+    import torch
+
+    from segkit.plan import machine
+
+    seen = {}
+
+    def spy(net, batches, loss, device, tcfg, steps):
+        conv = next(p for p in net.parameters() if p.dim() == 4)
+        seen.update(batch=tcfg.batch_size, channels_last=conv.is_contiguous(memory_format=torch.channels_last))
+        return real(net, batches, loss, device, tcfg, 1)
+
+    real = machine.time_steps
+    monkeypatch.setattr(machine, "time_steps", spy)
+    tcfg = TrainConfig(batch_size=2, channels_last=True, amp="none")
+    speeds = machine.probe(LADDER["cpu"][:1], 3, 1, 32, tcfg, torch.device("cpu"), predict_channels_last=True)
+    assert seen == {"batch": 2, "channels_last": True}
+    assert speeds["unet_lite0"].train > 0 and speeds["unet_lite0"].predict > 0
+
+
 def test_the_probe_offers_no_network_the_device_cannot_hold(monkeypatch, capsys):
     import torch
 
@@ -193,10 +216,11 @@ def test_the_probe_offers_no_network_the_device_cannot_hold(monkeypatch, capsys)
         return SPEEDS[c.name]
 
     monkeypatch.setattr(machine, "_time", fake)
-    speeds = machine.probe(LADDER["cpu"], 3, 1, 256, 32, torch.device("cpu"))
+    tcfg = TrainConfig(batch_size=32)
+    speeds = machine.probe(LADDER["cpu"], 3, 1, 256, tcfg, torch.device("cpu"))
     assert list(speeds) == ["unet_lite0"] and "unet_lite0_full: a batch of 32" in capsys.readouterr().out
     with pytest.raises(ConfigError, match="not even unet_lite0_full trains a batch of 32"):
-        machine.probe(LADDER["cpu"][1:], 3, 1, 256, 32, torch.device("cpu"))
+        machine.probe(LADDER["cpu"][1:], 3, 1, 256, tcfg, torch.device("cpu"))
 
 
 def test_the_data_symmetries_a_config_sets_itself_are_kept(demo_root, tmp_path):

@@ -139,6 +139,16 @@ def depthwise_float32_when_training(model: nn.Module) -> int:
     return n
 
 
+def training_layout(model: nn.Module, channels_last: bool, amp: str, device: torch.device) -> nn.Module:
+    """``model`` laid out as a fold trains it (and as a speed probe must time it): channels_last memory when asked,
+    and on a CPU under bf16 its depthwise convolutions in float32 (``depthwise_float32_when_training``)."""
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if device.type == "cpu" and amp_dtype(amp) == torch.bfloat16:
+        depthwise_float32_when_training(model)
+    return model
+
+
 def grad_scaler(device: torch.device, amp: str) -> torch.amp.GradScaler:
     """A loss scaler that is active only for fp16 (bf16 has fp32's exponent range and needs none)."""
     return torch.amp.GradScaler(device.type, enabled=resolve_amp(amp, device) == "fp16")

@@ -21,7 +21,7 @@ import yaml
 
 from segkit.artifacts import atomic
 from segkit.bundle.infer import parse_budget
-from segkit.compute.device import cpu_has_native_bf16, resolve_device
+from segkit.compute.device import cpu_has_native_bf16, resolve_amp, resolve_device
 from segkit.config import Config
 from segkit.config.loader import COMMAND_LINE
 from segkit.data import Competition, fingerprint
@@ -117,9 +117,11 @@ def run(cfg: Config, budget: str, out: str, device: str = "auto", force: bool = 
     # the probe's network sees what the plan will give it: the planned crop, and a volume's planned context
     channels = cfg.data.input_channels if axis is None else \
         cfg.data.channels * (2 * rules.context(facts, axis).value + 1)
-    crop = rules.crop_size(facts, rules.working_side(facts, kind, axis), kind)
+    crop = rules.crop_size(facts, rules.working_side(facts, kind, axis), kind).value
     print(f"plan: probing {len(ladder)} networks at {crop} px on {dev}", flush=True)
-    speeds = probe(ladder, channels, len(cfg.data.classes), crop, rules.BATCH[kind], dev)
+    # trained as the run will train it: the base's precision, memory format, optimizer and EMA at the planned batch
+    tcfg = cfg.train.model_copy(update={"batch_size": rules.BATCH[kind], "amp": resolve_amp(cfg.train.amp, dev)})
+    speeds = probe(ladder, channels, len(cfg.data.classes), crop, tcfg, dev, cfg.predict.channels_last)
     for name, s in speeds.items():
         print(f"plan:   {name}: {s.train * 1000:.1f} ms per training image, {s.predict * 1000:.1f} ms per "
               f"prediction ({'float32' if s.precision == 'none' else s.precision})", flush=True)

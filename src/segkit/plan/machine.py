@@ -1,26 +1,29 @@
 """The machine probe of ``segkit plan``: how fast each candidate network trains and predicts here.
 
-Each candidate of the ladder (smallest first) trains a few steps (forward, BCE, backward: the cost every segkit loss
-shares) and predicts a few batches at the planned crop size, on the device the run will use and in the precision
-``amp: auto`` picks there (bf16 on a CPU that computes it, float32 on one that does not, bf16 or fp16 on a GPU).
-Random weights: speed does not depend on them. The probe stops climbing the ladder when a candidate alone has
-taken ``limit`` seconds, so it ends in about two minutes on a slow CPU, and at the first candidate whose batch does not
-fit the device's memory: a plan never offers a network the machine cannot hold.
+Each candidate of the ladder (smallest first) trains a few steps and predicts a few batches at the planned crop size, on
+the device the run will use, in the precision and memory format the run will train in (``amp: auto`` is bf16 on a CPU
+that computes it, float32 on one that does not, bf16 or fp16 on a GPU). The steps are timed by the very function
+``train.minutes`` times a fold's steps with (forward, BCE, backward, the optimizer's step and the EMA update): a probe
+of its own (no channels_last, no optimizer) had read TGS at 34-37 ms a training image where its runs took 19-24. Random
+weights and a random batch: speed depends on neither; reading the data is the run's own probe's to time. The probe stops
+climbing the ladder when a candidate alone has taken ``limit`` seconds, so it ends in about two minutes on a slow CPU,
+and at the first candidate whose batch does not fit the device's memory: a plan never offers a network the machine
+cannot hold.
 """
 
 from __future__ import annotations
 
-import statistics
 import time
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
-from segkit.compute.device import autocast, resolve_amp, synchronize
-from segkit.config.schema import ModelConfig
+from segkit.compute.device import autocast, synchronize, training_layout
+from segkit.config.schema import ModelConfig, TrainConfig
 from segkit.errors import ConfigError
-from segkit.models import build_model, split_output
+from segkit.losses import build_loss
+from segkit.models import build_model
+from segkit.stages.train.budget import time_steps
 
 
 @dataclass(frozen=True)
@@ -57,56 +60,54 @@ class Speed:
     precision: str
 
 
-def probe(candidates: list[Candidate], channels: int, classes: int, crop: int, batch: int, device: torch.device,
-          limit: float = 40.0, steps: int = 3) -> dict[str, Speed]:
-    """Seconds per image of each candidate here (the ones reached within the time limit)."""
-    amp = resolve_amp("auto", device, key="plan")
+def probe(candidates: list[Candidate], channels: int, classes: int, crop: int, tcfg: TrainConfig,
+          device: torch.device, predict_channels_last: bool = False, limit: float = 40.0, steps: int = 4
+          ) -> dict[str, Speed]:
+    """Seconds per image of each candidate here (the ones reached within the time limit), trained as ``tcfg`` says
+    (its batch size, resolved precision, memory format, optimizer and EMA)."""
     out: dict[str, Speed] = {}
     for c in candidates:
         began = time.perf_counter()
         try:
-            out[c.name] = _time(c, channels, classes, crop, batch, device, amp, steps)
+            out[c.name] = _time(c, channels, classes, crop, tcfg, device, predict_channels_last, steps)
         except torch.OutOfMemoryError:
             # a batch of this network does not fit the device: neither do the larger ones after it
-            print(f"plan:   {c.name}: a batch of {batch} at {crop} px does not fit on {device}; not offered",
-                  flush=True)
+            print(f"plan:   {c.name}: a batch of {tcfg.batch_size} at {crop} px does not fit on {device}; "
+                  "not offered", flush=True)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
             break
         if time.perf_counter() - began > limit:
             break
     if not out:
-        raise ConfigError(f"plan: not even {candidates[0].name} trains a batch of {batch} at {crop} px on {device}")
+        raise ConfigError(f"plan: not even {candidates[0].name} trains a batch of {tcfg.batch_size} at {crop} px "
+                          f"on {device}")
     return out
 
 
-def _time(c: Candidate, channels: int, classes: int, crop: int, batch: int, device: torch.device, amp: str,
-          steps: int) -> Speed:
+def _time(c: Candidate, channels: int, classes: int, crop: int, tcfg: TrainConfig, device: torch.device,
+          predict_channels_last: bool, steps: int) -> Speed:
     """One candidate's seconds per image: the median of ``steps`` training steps after a warm-up, and two
     predicted batches."""
-    net = build_model(ModelConfig.model_validate(c.model()), channels, "binary" if classes == 1 else "multilabel",
-                      classes, pretrained=False).to(device)
-    x = torch.rand(batch, channels, crop, crop, device=device)
-    y = (torch.rand(batch, classes, crop, crop, device=device) > 0.5).float()
-    times = []
-    for i in range(steps + 1):
-        t = time.perf_counter()
-        with autocast(device, amp):
-            logits, _ = split_output(net(x))
-        F.binary_cross_entropy_with_logits(logits.float(), y).backward()
-        net.zero_grad(set_to_none=True)
-        synchronize(device)
-        if i:
-            times.append(time.perf_counter() - t)
+    mode = "binary" if classes == 1 else "multilabel"
+    net = build_model(ModelConfig.model_validate(c.model()), channels, mode, classes, pretrained=False).to(device)
+    net = training_layout(net, tcfg.channels_last, tcfg.amp, device)
+    x = torch.rand(tcfg.batch_size, channels, crop, crop, device=device)
+    y = (torch.rand(tcfg.batch_size, classes, crop, crop, device=device) > 0.5).float()
+    loss = build_loss({"bce": 1.0}, mode, classes).to(device)
+    step = time_steps(net, [{"image": x, "mask": y}], loss, device, tcfg, steps)
     net.eval()
+    if predict_channels_last:
+        net = net.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         t = time.perf_counter()
         for _ in range(2):
-            with autocast(device, amp):
+            with autocast(device, tcfg.amp):
                 net(x)
         synchronize(device)
-        predict = (time.perf_counter() - t) / (2 * batch)
-    return Speed(statistics.median(times) / batch, predict, amp)
+        predict = (time.perf_counter() - t) / (2 * tcfg.batch_size)
+    return Speed(step / tcfg.batch_size, predict, tcfg.amp)
 
 
 __all__ = ["Candidate", "LADDER", "Speed", "probe"]

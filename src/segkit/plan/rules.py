@@ -124,22 +124,25 @@ def largest_object(facts: dict, side: float) -> float:
     return max(found, default=0.0) * side / native
 
 
-def crop_size(facts: dict, side: float, kind: str) -> int:
-    """The training crop: the largest multiple of 32 within the working image's short side and ``CROP``, and no
+def crop_size(facts: dict, side: float, kind: str) -> Decision:
+    """``train.crop_size``: the largest multiple of 32 within the working image's short side and ``CROP``, and no
     larger than ``OBJECT_CONTEXT`` times the largest typical object (small objects need no large crops, and a
     smaller crop trains more of them a second); or, for an image so small that such a crop would see less than
     ``MIN_CROP_AREA`` of it, the smallest multiple of 32 that holds the whole image (padded by reflection)."""
     short = short_side(facts, side)
     crop = int(min(short, CROP[kind]) // 32 * 32)
     if side <= CROP[kind] and crop * crop < MIN_CROP_AREA * side * short:
-        return int(math.ceil(side / 32) * 32)
+        return Decision("train.crop_size", int(math.ceil(side / 32) * 32),
+                        f"the whole working image ({side:.0f} x {short:.0f} px) padded to a multiple of 32")
     if crop < 32:
         raise ConfigError(f"plan: images of {side:.0f} px at the working size are too small to crop; set "
                           f"data.resize to enlarge them")
     objects = largest_object(facts, side)
-    if objects:
-        crop = min(crop, max(MIN_CROP, math.ceil(OBJECT_CONTEXT * objects / 32) * 32))
-    return crop
+    if objects and max(MIN_CROP, math.ceil(OBJECT_CONTEXT * objects / 32) * 32) < crop:
+        return Decision("train.crop_size", max(MIN_CROP, math.ceil(OBJECT_CONTEXT * objects / 32) * 32),
+                        f"{OBJECT_CONTEXT:g}x the largest typical object ({objects:.0f} px across, 95th percentile)")
+    return Decision("train.crop_size", crop, f"the largest multiple of 32 within the working image ({short:.0f} px "
+                                             f"short side) and {CROP[kind]} px")
 
 
 def _loss_params_kept(decisions: list[Decision], base: dict[str, dict]) -> Optional[Decision]:
@@ -177,15 +180,9 @@ def plan(facts: dict, speeds: dict[str, Speed], ladder: list[Candidate], budget:
             decisions.append(Decision("data.resize", resize, why))
     side = working_side(facts, kind, axis)
     short = short_side(facts, side)
-    crop = crop_size(facts, side, kind)
+    decisions.append(crop_size(facts, side, kind))
+    crop = decisions[-1].value
     whole = crop >= short and crop >= side
-    objects = largest_object(facts, side)
-    decisions.append(Decision("train.crop_size", crop, f"the whole working image ({side:.0f} x {short:.0f} px) "
-                                                       f"padded to a multiple of 32" if crop >= side else
-                              f"{OBJECT_CONTEXT:g}x the largest typical object ({objects:.0f} px across, 95th "
-                              f"percentile)" if crop < min(short, CROP[kind]) // 32 * 32 else
-                              f"the largest multiple of 32 within the working image ({short:.0f} px short side) "
-                              f"and {CROP[kind]} px"))
     decisions.append(Decision("train.batch_size", BATCH[kind], f"{kind} batch at crops of {crop} px"))
     area = side * short / (crop * crop)  # a working image in crops: what predicting one costs
     if not whole and side <= 1.5 * crop:

@@ -24,7 +24,7 @@ from segkit.artifacts.freshness import FRESH, STALE, UNSTAMPED, Unit, difference
 from segkit.artifacts.layout import FoldPaths
 from segkit.artifacts.probs import ProbWriter, manifest
 from segkit.compute import distributed
-from segkit.compute.device import amp_dtype, depthwise_float32_when_training, grad_scaler, resolve_amp, resolve_device
+from segkit.compute.device import grad_scaler, resolve_amp, resolve_device, training_layout
 from segkit.compute.sizing import loader_workers
 from segkit.config.schema import Config, ModelConfig, TrainConfig
 from segkit.data import Competition
@@ -167,19 +167,16 @@ def train_fold(
     saved = checkpoint.load(paths.last) if paths.last.exists() else None
     model = build_model(model_cfg, cfg.data.input_channels, mode, len(classes), pretrained=saved is None).to(device)
     check_output_size(model, cfg.data.input_channels, tcfg.pad_to, f"models[{model_cfg.name}]")
-    if tcfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if device.type == "cpu" and amp_dtype(tcfg.amp) == torch.bfloat16:
-        depthwise_float32_when_training(model)
+    model = training_layout(model, tcfg.channels_last, tcfg.amp, device)
     model = distributed.sync_batchnorm(model, world, tcfg.sync_bn, device)
     data = TrainData(comp, tcfg, comp.training_slices(train_ids), base_seed, world, extra)
     vloader = val_loader(comp, tcfg, val_ids, world)
     aux_weight = model_cfg.aux_weight if model_cfg.aux_head else 0.0
     losses = LossSchedule(tcfg, mode, len(classes), aux_weight).to(device)  # by epoch, whatever their number
-    if tcfg.minutes is not None:  # the epochs that fit the minutes here (or those a resumed fold recorded)
-        tcfg = tcfg.model_copy(update={"epochs": _epochs_in_minutes(model, data, vloader, tcfg, losses, device,
-                                                                    world, saved, where)})
     metric = get_metric(cfg.metric, key="metric")
+    if tcfg.minutes is not None:  # the epochs that fit the minutes here (or those a resumed fold recorded)
+        tcfg = tcfg.model_copy(update={"epochs": _epochs_in_minutes(model, data, vloader, tcfg, losses, mode, metric,
+                                                                    device, world, saved, where)})
     monitor, monitor_mode = monitor_of(cfg, tcfg, metric)
     optimizer = build_optimizer(model, tcfg)
     schedule = build_schedule(optimizer, tcfg, math.ceil(len(data) / tcfg.accumulate), monitor_mode)
@@ -281,16 +278,22 @@ def train_fold(
                       device, tcfg, world, train_ids, val_ids, history, monitor, final_row)
 
 
-def _epochs_in_minutes(model, data: TrainData, vloader, tcfg: TrainConfig, losses: LossSchedule, device, world,
-                       saved: Optional[dict], where: str) -> int:
+def _epochs_in_minutes(model, data: TrainData, vloader, tcfg: TrainConfig, losses: LossSchedule, mode: str, metric,
+                       device, world, saved: Optional[dict], where: str) -> int:
     """``train.minutes`` as epochs: measured on this machine before a fold's first epoch (rank 0's measure for
     every rank), or the number a resumed fold's ``last.pt`` recorded."""
     if saved is not None and saved["train_state"].get("epochs"):
         return int(saved["train_state"]["epochs"])
     epochs = None
     if world.is_main:
-        step = budget.time_steps(model, data.loader(1), losses.for_epoch(1), device, tcfg)
-        val = budget.time_validation(model, vloader, device, tcfg) * world.size  # rank 0 times its share
+        loss_fn = losses.for_epoch(1)
+        step = budget.time_steps(model, data.loader(1), loss_fn, device, tcfg)
+
+        def validate(batches):
+            return evaluate(model, batches, loss_fn, mode, metric, device, tcfg.amp, tcfg.channels_last,
+                            tcfg.threshold)
+
+        val = budget.time_validation(validate, vloader) * world.size  # rank 0 times its share
         cycles = tcfg.schedule.cycles if tcfg.schedule.name in ("cosine_restarts", "cyclic") else 1
         plan = budget.epochs_for(tcfg.minutes, step, len(data), val, tcfg.val_every, cycles)
         print(f"{where}: {plan.text}", flush=True)
