@@ -34,6 +34,7 @@ def test_known_objects_sizes_and_shares():
     a, b = facts["classes"]["a"], facts["classes"]["b"]
     assert facts["images"] == 4 and facts["empty_share"] == 0.25 and facts["groups"] == 3 and facts["sizes"] == 2
     assert facts["height"]["min"] == 10 and facts["height"]["max"] == 20 and facts["width"]["median"] == 30
+    assert facts["area"]["mean"] == (3 * 600 + 300) / 4 and facts["area"]["median"] == 600
     assert a["objects_per_image"]["mean"] == 1.0 and a["objects_per_image_with_any"]["median"] == 1.0
     assert a["object_pixels"]["n"] == 4 and a["object_pixels"]["median"] == 12.5 and a["object_pixels"]["max"] == 25
     assert a["image_share"] == 0.75 and b["image_share"] == 0.0 and b["object_pixels"] == {"n": 0}

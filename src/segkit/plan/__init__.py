@@ -130,7 +130,7 @@ def run(cfg: Config, budget: str, out: str, device: str = "auto", force: bool = 
     existing = len(fold_numbers(load_folds(cfg, comp))) if folds.exists() else None  # kept: it is shared, committed
     planned = rules.plan(facts, speeds, ladder, seconds, kind, len(comp.test_ids), cfg.metric, cfg.data.mode, spent,
                          folds_file=existing, axis=axis, given=given_by(cfg),
-                         loss_params=cfg.train.loss_params)
+                         loss_params=cfg.train.loss_params, repredict_oof=cfg.predict.repredict_oof)
     base = os.path.relpath(Path(cfg.source).resolve(), target.resolve().parent)
     command = f"segkit plan --config {cfg.source} --budget {budget}"
     text = render(planned, base, f"{own_tree(cfg).get('experiment', cfg.experiment)}_plan", command, machine_name(kind))

@@ -2,7 +2,8 @@
 recipe, each decision with the fact or figure behind it.
 
 The budget is spent in this order: what the planning itself took, prediction of the test images (the most TTA
-views that fit ``PREDICT_SHARE`` of the budget: every fold predicts every test image), the stages after it
+views that fit ``PREDICT_SHARE`` of the budget: every fold predicts every test image, and with
+``predict.repredict_oof`` each fold its validation images again), the stages after it
 (``OTHER_SHARE``, at least a minute), and the rest for training, split evenly over the folds as ``train.minutes``.
 The network is the largest of the ladder that trains ``GOOD_EPOCHS`` epochs in a fold's minutes; failing that, the
 smallest that trains ``LEAST_EPOCHS``, with three folds if five leave too little; failing that, an error saying
@@ -32,6 +33,7 @@ PREDICT_SHARE = 0.15
 OTHER_SHARE = 0.05
 GOOD_EPOCHS = 12
 LEAST_EPOCHS = 3
+VALIDATIONS = 2  # a fold's validation passes, half-way and at the end: a pass over DSB's native images costs an epoch
 TTA_VIEWS = [("d4", 8), ("flips", 4), ("hflip", 2), ("none", 1)]
 # The data's symmetries are the user's call, not the fingerprint's (a seismic section has an up; a fundus image has
 # no preferred rotation): where the base config sets these itself, the plan keeps them
@@ -164,14 +166,16 @@ def _loss_params_kept(decisions: list[Decision], base: dict[str, dict]) -> Optio
 def plan(facts: dict, speeds: dict[str, Speed], ladder: list[Candidate], budget: float, kind: str, n_test: int,
          metric: str, mode: str, spent: float = 0.0, folds_file: Optional[int] = None,
          axis: Optional[int] = None, given: Optional[dict[str, Any]] = None,
-         loss_params: Optional[dict[str, dict]] = None) -> Plan:
+         loss_params: Optional[dict[str, dict]] = None, repredict_oof: bool = False) -> Plan:
     """The recipe for ``budget`` seconds (``spent`` of them already gone to planning). ``folds_file``: the number
     of folds of the competition's existing folds file, which the plan keeps (it is committed, and shared);
     ``axis``: the axis a volume competition's slices are cut along (volumes keep their voxel grid: no resize);
     ``given``: the ``GIVEN`` keys the base config itself sets, kept as they are; ``loss_params``: the base's
-    parameters of its loss terms, kept for the terms the plan still uses."""
+    parameters of its loss terms, kept for the terms the plan still uses; ``repredict_oof``: the base's
+    ``predict.repredict_oof`` (the labelled images predicted again with the TTA, once each)."""
     given = given or {}
     decisions: list[Decision] = []
+    resize = None  # volumes keep their voxel grid
     if axis is not None:
         decisions.append(context(facts, axis))
     else:
@@ -184,7 +188,10 @@ def plan(facts: dict, speeds: dict[str, Speed], ladder: list[Candidate], budget:
     crop = decisions[-1].value
     whole = crop >= short and crop >= side
     decisions.append(Decision("train.batch_size", BATCH[kind], f"{kind} batch at crops of {crop} px"))
-    area = side * short / (crop * crop)  # a working image in crops: what predicting one costs
+    # a working image in crops: what predicting one costs. Native sizes cost their mean area, which a few large
+    # images lift far above the median's (DSB: 2.4x); a resized set is about its working side by its short side
+    native = facts.get("area", {}).get("mean") if resize is None else None
+    area = (native or side * short) / (crop * crop)
     if not whole and side <= 1.5 * crop:
         # overlapping tiles cost a forward each: Kvasir's 256 x 222 px at 192 px is 4 tiles, not 1.5 crops of area
         area = tiles_per_image(round(short), round(side), crop, PredictConfig().tile_overlap)
@@ -194,14 +201,23 @@ def plan(facts: dict, speeds: dict[str, Speed], ladder: list[Candidate], budget:
     n = int(facts["images"])
     other = max(60.0, OTHER_SHARE * budget)
 
+    def predicted(folds: int) -> int:
+        """Images a recipe of ``folds`` folds predicts: every test image on every fold, the OOF ones once (DSB's
+        598 re-predicted took longer than its 66 test images on 5 folds)."""
+        return n_test * folds + (n if repredict_oof else 0)
+
     def fits(folds: int, candidate: Candidate, views: int) -> tuple[float, float, float]:
         """(predict seconds, train seconds per fold, epochs) for a recipe."""
         s = speeds[candidate.name]
-        predict = n_test * views * folds * s.predict * area
+        predict = predicted(folds) * views * s.predict * area
         per_fold = (budget - spent - predict - other) / folds
-        train_images = n * (folds - 1) / folds
-        epoch = train_images * s.train + (n / folds) * s.predict * area
-        return predict, per_fold, per_fold / epoch if per_fold > 0 else 0.0
+        epoch = n * (folds - 1) / folds * s.train
+        val = n / folds * s.predict * area
+        # VALIDATIONS passes a fold (train.val_every below), or every epoch when fewer fit
+        epochs = (per_fold - VALIDATIONS * val) / epoch
+        if epochs < VALIDATIONS:
+            epochs = per_fold / (epoch + val)
+        return predict, per_fold, max(epochs, 0.0)
 
     def tta_for(folds: int, candidate: Candidate) -> tuple[str, int]:
         """The given TTA, else the most views of ``candidate`` that fit the predict share (one at the least)."""
@@ -223,10 +239,10 @@ def plan(facts: dict, speeds: dict[str, Speed], ladder: list[Candidate], budget:
             break
     if chosen is None:
         folds, s = folds_file or 3, speeds[reached[0].name]
-        # fits() run backwards for one view: planning, prediction, LEAST_EPOCHS epochs a fold, and the later stages'
-        # share of the budget itself (OTHER_SHARE of it, at least a minute)
-        fixed = spent + n_test * folds * s.predict * area + folds * LEAST_EPOCHS * (
-            n * (folds - 1) / folds * s.train + n / folds * s.predict * area)
+        # fits() run backwards for one view: planning, prediction, LEAST_EPOCHS epochs and VALIDATIONS passes a
+        # fold, and the later stages' share of the budget itself (OTHER_SHARE of it, at least a minute)
+        fixed = spent + predicted(folds) * s.predict * area + folds * (
+            LEAST_EPOCHS * n * (folds - 1) / folds * s.train + VALIDATIONS * n / folds * s.predict * area)
         need = max(fixed + 60.0, fixed / (1 - OTHER_SHARE))
         raise ConfigError(f"--budget: {budget / 60:.1f} minutes cannot train {LEAST_EPOCHS} epochs of the smallest "
                           f"network ({reached[0].name}) on {folds} folds here; the least budget that works is about "
@@ -245,7 +261,9 @@ def plan(facts: dict, speeds: dict[str, Speed], ladder: list[Candidate], budget:
                               f"{epochs} epochs of it"))
     decisions.append(Decision("train.minutes", round(per_fold / 60, 2),
                               f"each of {folds} folds: the budget left after prediction and the later stages"))
-    decisions.append(Decision("train.val_every", max(1, epochs // 3), "about three validations a fold"))
+    decisions.append(Decision("train.val_every", math.ceil(epochs / VALIDATIONS),
+                              "two validations a fold, half-way and at the end (a pass over native-size images "
+                              "can cost an epoch)"))
     empty = facts["empty_share"]
     if "train.augment" in given:
         decisions.append(Decision("train.augment", given["train.augment"], KEPT))
@@ -266,10 +284,11 @@ def plan(facts: dict, speeds: dict[str, Speed], ladder: list[Candidate], budget:
     params = _loss_params_kept(decisions, loss_params or {})
     if params is not None:
         decisions.append(params)
-    decisions.append(Decision("predict.tta", tta, f"{KEPT}; {views} view(s) of {n_test} test images on {folds} folds "
-                                                  f"take about {predict / 60:.1f} min" if "predict.tta" in given else
-                              f"{views} view(s) of {n_test} test images on {folds} folds take about "
-                              f"{predict / 60:.1f} min, within {PREDICT_SHARE:.0%} of the budget"))
+    what = f"{views} view(s) of {n_test} test images on {folds} folds" + (f" and {n} OOF images once"
+                                                                          if repredict_oof else "")
+    decisions.append(Decision("predict.tta", tta, f"{KEPT}; {what} take about {predict / 60:.1f} min"
+                              if "predict.tta" in given else
+                              f"{what} take about {predict / 60:.1f} min, within {PREDICT_SHARE:.0%} of the budget"))
     small = smallest_object(facts)
     if small:
         name, _, p5, median = small
