@@ -34,9 +34,11 @@ OTHER_SHARE = 0.05
 GOOD_EPOCHS = 12
 LEAST_EPOCHS = 3
 VALIDATIONS = 2  # a fold's validation passes, half-way and at the end: a pass over DSB's native images costs an epoch
-TTA_VIEWS = [("d4", 8), ("flips", 4), ("hflip", 2), ("none", 1)]
+TTA_VIEWS = [("d4", 8), ("flips", 4), ("hflip", 2), ("none", 1)]  # each view set holds the ones after it
 # The data's symmetries are the user's call, not the fingerprint's (a seismic section has an up; a fundus image has
-# no preferred rotation): where the base config sets these itself, the plan keeps them
+# no preferred rotation): where the base config sets these itself, the plan keeps its augmentation, and takes no
+# TTA view outside its TTA (the views that fit the budget among them: DSB's D4 over its native images would take a
+# quarter of a 46-minute budget)
 GIVEN = ("train.augment", "predict.tta")
 KEPT = "the base config's own choice, kept (the data's symmetries are the user's call)"
 IOU_METRICS = ("tgs", "iou", "object_ap", "map_iou")  # rewarded per image by IoU: Lovasz optimises it directly
@@ -219,12 +221,16 @@ def plan(facts: dict, speeds: dict[str, Speed], ladder: list[Candidate], budget:
             epochs = per_fold / (epoch + val)
         return predict, per_fold, max(epochs, 0.0)
 
+    names = [name for name, _ in TTA_VIEWS]
+    allowed = TTA_VIEWS[names.index(given["predict.tta"]):] if given.get("predict.tta") in names else TTA_VIEWS
+
     def tta_for(folds: int, candidate: Candidate) -> tuple[str, int]:
-        """The given TTA, else the most views of ``candidate`` that fit the predict share (one at the least)."""
-        if "predict.tta" in given:
-            return given["predict.tta"], dict(TTA_VIEWS).get(given["predict.tta"], 8)
-        return next(((name, v) for name, v in TTA_VIEWS
-                     if fits(folds, candidate, v)[0] <= PREDICT_SHARE * budget), TTA_VIEWS[-1])
+        """The most views of ``candidate`` that fit the predict share among those allowed (one at the least); a
+        given TTA outside the chain of ``TTA_VIEWS`` as it is."""
+        if "predict.tta" in given and given["predict.tta"] not in names:
+            return given["predict.tta"], 8
+        return next(((name, v) for name, v in allowed
+                     if fits(folds, candidate, v)[0] <= PREDICT_SHARE * budget), allowed[-1])
 
     reached = [c for c in ladder if c.name in speeds]
     chosen = None
@@ -286,9 +292,11 @@ def plan(facts: dict, speeds: dict[str, Speed], ladder: list[Candidate], budget:
         decisions.append(params)
     what = f"{views} view(s) of {n_test} test images on {folds} folds" + (f" and {n} OOF images once"
                                                                           if repredict_oof else "")
-    decisions.append(Decision("predict.tta", tta, f"{KEPT}; {what} take about {predict / 60:.1f} min"
-                              if "predict.tta" in given else
-                              f"{what} take about {predict / 60:.1f} min, within {PREDICT_SHARE:.0%} of the budget"))
+    why = f"{what} take about {predict / 60:.1f} min" + (
+        f", within {PREDICT_SHARE:.0%} of the budget" if predict <= PREDICT_SHARE * budget else "")
+    if "predict.tta" in given:
+        why = f"the base config allows {given['predict.tta']} (the data's symmetries are the user's call); {why}"
+    decisions.append(Decision("predict.tta", tta, why))
     small = smallest_object(facts)
     if small:
         name, _, p5, median = small
