@@ -79,6 +79,32 @@ def test_native_sizes_cost_their_mean_area():
                        repredict_oof=True)
     assert again.stages["predict"] == pytest.approx(by_mean.stages["predict"] * (66 * 5 + 600) / (66 * 5), abs=0.02)
     assert "and 600 OOF images once" in decided_why(again, "predict.tta")
+    # the folds share the labelled images less the held-out ones, which the fingerprint counts too
+    held = rules.plan(nuclei, SPEEDS, LADDER["cpu"], 30 * 60, "cpu", 66, "dice", "binary", given=kept,
+                      repredict_oof=True, train_images=540)
+    assert "and 540 OOF images once" in decided_why(held, "predict.tta")
+
+
+def test_reading_the_data_is_costed_beside_the_networks(demo_root):
+    """A random batch times the network alone: reading and augmenting a crop, and reading a whole image to predict
+    or validate it, cost on top (DSB's run stepped at 98 ms an image where its network took 62)."""
+    from segkit.data import Competition
+    from segkit.plan.machine import Reading, reading
+
+    nuclei = facts(side=256, diameter=20, n=600)
+    nuclei["area"] = spread(256 * 256, mean=150000)
+    kept = {"predict.tta": "none"}
+    free = rules.plan(nuclei, SPEEDS, LADDER["cpu"], 45 * 60, "cpu", 66, "dice", "binary", given=kept)
+    read = Reading(train=0.004, pixel=2e-8)
+    costed = rules.plan(nuclei, SPEEDS, LADDER["cpu"], 45 * 60, "cpu", 66, "dice", "binary", given=kept, reading=read)
+    # every predicted image is read once, at its native mean area
+    assert costed.stages["predict"] - free.stages["predict"] == pytest.approx(66 * 5 * 2e-8 * 150000 / 60, abs=0.01)
+    assert costed.epochs < free.epochs
+    assert "and 4.0 reading it" in decided_why(costed, "models")
+    cfg = load_config(str(CONFIGS / "demo.yaml"), [f"data.root={demo_root}"])
+    comp = Competition(cfg.data)
+    measured = reading(comp, comp.train_ids, 32, "light", samples=4)
+    assert measured.train > 0 and 0 < measured.pixel < 1e-3
 
 
 def test_working_resolutions_follow_image_and_object_sizes():
@@ -170,6 +196,52 @@ def test_min_areas_start_from_real_objects_not_specks():
     polyps["classes"]["salt"]["object_pixels"]["median"] = 90000.0
     keys = decided(rules.plan(polyps, SPEEDS, LADDER["cpu"], 45 * 60, "cpu", 100, "dice", "binary"))
     assert keys["tune.min_areas"] == [0, 225, 450, 900, 1800]  # a hundredth of the 90000 px median: not 1 px
+
+
+def test_the_loss_a_recipe_sets_is_kept_its_stages_moved_to_the_planned_epochs():
+    """The loss is the recipe's call: a plan keeps its terms (DSB's Lovasz stage) and moves its switches from the
+    epochs they were written for to the planned ones."""
+    staged = [{"until_epoch": 4, "terms": {"bce": 1, "dice": 1}}, {"terms": {"lovasz": 1, "bce": 0.5}}]
+    lovasz = {"lovasz": {"per_image": True}}
+    plan = rules.plan(facts(), SPEEDS, LADDER["cpu"], 45 * 60, "cpu", 3000, "dice", "binary",
+                      given={"train.loss_stages": staged, "train.epochs": 10}, loss_params=lovasz)
+    keys = decided(plan)
+    assert plan.epochs != 10 and keys["train.loss_stages"] == [{"until_epoch": round(4 * plan.epochs / 10),
+                                                                "terms": {"bce": 1, "dice": 1}}, staged[1]]
+    assert f"moved from its 10 epochs to the plan's {plan.epochs}" in decided_why(plan, "train.loss_stages")
+    assert "train.loss" not in keys and "train.loss_params" not in keys  # Lovasz is still used: its options stay
+    # however few epochs fit, the switches stay in order and the last stage still runs
+    three = [{"until_epoch": 4, "terms": {"bce": 1}}, {"until_epoch": 6, "terms": {"dice": 1}},
+             {"terms": {"lovasz": 1}}]
+    assert [s.get("until_epoch") for s in rules.stages_moved(three, 10, 3).value] == [1, 2, None]
+    # a single loss the recipe sets is kept as it is, over the metric's rule (TGS would stage Lovasz)
+    own = decided(rules.plan(facts(), SPEEDS, LADDER["cpu"], 45 * 60, "cpu", 3000, "tgs", "binary",
+                             given={"train.loss": {"focal": 1}}))
+    assert own["train.loss"] == {"focal": 1} and own["train.loss_stages"] == []
+
+
+def test_what_the_base_budget_sets_is_kept_but_what_the_plan_sizes():
+    cpu = {"experiment": "x_cpu", "models": [{"name": "unet_r18"}], "pseudo": {"rounds": 1},
+           "train": {"epochs": 10, "lr": 0.002, "crop_size": 96, "schedule": {"name": "cosine", "warmup_epochs": 0.5}},
+           "predict": {"tta": "hflip", "snapshots": False}}
+    kept = rules.budget_kept("cpu", cpu, {"train.crop_size"})
+    assert {d.key: d.value for d in kept} == {"train.lr": 0.002, "predict.snapshots": False,
+                                              "train.schedule": {"name": "cosine", "warmup_epochs": 0.5}}
+    assert all(d.why == "the base's cpu budget's, kept" for d in kept)
+    assert rules.budget_kept(None, {}, set()) == []
+
+
+def test_the_loss_given_comes_from_the_file_or_its_budget_not_a_base(demo_root, tmp_path):
+    from segkit.plan import given_by
+
+    own = tmp_path / "staged.yaml"
+    own.write_text(f"base: {CONFIGS / 'demo.yaml'}\nbudget: cpu\nbudgets: {{cpu: {{train: {{epochs: 10, loss_stages: "
+                   f"[{{until_epoch: 4, terms: {{bce: 1}}}}, {{terms: {{lovasz: 1}}}}]}}}}}}\n")
+    given = given_by(load_config(str(own), [f"data.root={demo_root}"]))
+    assert given["train.loss_stages"] == [{"until_epoch": 4, "terms": {"bce": 1.0}}, {"terms": {"lovasz": 1.0}}]
+    assert given["train.epochs"] == 10 and "train.loss" not in given  # base.yaml's default loss is not the file's
+    assert given_by(load_config(str(CONFIGS / "demo.yaml"), [f"data.root={demo_root}", "train.loss={dice: 1}"])
+                    )["train.loss"] == {"dice": 1}
 
 
 def test_a_run_holds_its_stages_against_the_planned_budget(capsys):

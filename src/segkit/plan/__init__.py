@@ -3,10 +3,10 @@ machine and a time budget.
 
 Three steps: the data's fingerprint (``segkit.data.fingerprint``: the experiment's ``fingerprint.json``, which the
 check stage makes here when it is missing or stale), the machine probe (``segkit.plan.machine``: each candidate
-network's training and prediction speed here, at the planned crop size), and the rules (``segkit.plan.rules``). The
-output is a config whose ``base`` is the given one and whose every planned key carries a comment saying why; its
-budget is in ``train.minutes`` (epochs are derived from the speed measured when each fold starts), and the printed
-table of minutes per stage sums to the budget.
+network's training and prediction speed here, at the planned crop size, and what reading the data costs), and the
+rules (``segkit.plan.rules``). The output is a config whose ``base`` is the given one and whose every planned key
+carries a comment saying why; its budget is in ``train.minutes`` (epochs are derived from the speed measured when
+each fold starts), and the printed table of minutes per stage sums to the budget.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from segkit.data import Competition, fingerprint
 from segkit.data.folds import fold_numbers, load_folds
 from segkit.errors import ConfigError, DataError
 from segkit.plan import rules
-from segkit.plan.machine import LADDER, probe
+from segkit.plan.machine import LADDER, probe, reading
 from segkit.stages import check
 
 
@@ -45,8 +45,10 @@ def own_tree(cfg: Config) -> dict:
 
 
 def given_by(cfg: Config) -> dict:
-    """The keys of ``rules.GIVEN`` that the command line or the config file itself sets, outside its budgets: the
-    planned config replaces the budgets (``budget: null``), so a budget's value gives way to the file's own."""
+    """The keys of ``rules.GIVEN`` that the command line or the config file itself sets, outside its budgets (the
+    planned config replaces the budgets, ``budget: null``, so a budget's TTA gives way to the file's own), and the
+    keys of ``rules.RECIPE`` that the file, its budget or the command line sets (with ``train.epochs``, which loss
+    stages were written for)."""
     tree = own_tree(cfg)
     out = {}
     for key in rules.GIVEN:
@@ -55,7 +57,20 @@ def given_by(cfg: Config) -> dict:
             out[key] = getattr(getattr(cfg, section), name)
         elif name in (tree.get(section) or {}):
             out[key] = tree[section][name]
+    for key in rules.RECIPE:
+        if any(_own(cfg, where) for k, where in cfg.origins.items() if k == key or k.startswith(f"{key}.")):
+            value = getattr(cfg.train, key.split(".")[1])
+            out[key] = [s.model_dump(exclude_none=True) for s in value] if key == "train.loss_stages" else value
+    if out.get("train.loss_stages"):
+        out["train.epochs"] = cfg.train.epochs
     return out
+
+
+def _own(cfg: Config, where: str) -> bool:
+    """Whether a key's origin is the config file itself (its budgets included) or the command line, not a base."""
+    if where == COMMAND_LINE:
+        return True
+    return Path(where.split(" (budget ")[0]).resolve() == Path(cfg.source).resolve()
 
 
 def machine_name(kind: str) -> str:
@@ -73,7 +88,7 @@ def render(plan: rules.Plan, base: str, experiment: str, command: str, where: st
              "# Minutes per stage: " + ", ".join(f"{k} {v:.1f}" for k, v in plan.minutes.items())
              + f" (sum {sum(plan.minutes.values()):.1f}).",
              f"base: {base}",
-             "budget: null  # the base's budgets do not apply: this plan is the budget",
+             "budget: null  # this plan is the budget: what the base's budget set and the plan keeps is copied in",
              f"experiment: {experiment}"]
     sections: dict[str, list[rules.Decision]] = {}
     for d in plan.decisions:
@@ -125,12 +140,19 @@ def run(cfg: Config, budget: str, out: str, device: str = "auto", force: bool = 
     for name, s in speeds.items():
         print(f"plan:   {name}: {s.train * 1000:.1f} ms per training image, {s.predict * 1000:.1f} ms per "
               f"prediction ({'float32' if s.precision == 'none' else s.precision})", flush=True)
+    given = given_by(cfg)
+    read = reading(comp, comp.train_ids, crop, rules.augment(facts, given).value)
+    print(f"plan:   reading the data: {read.train * 1000:.1f} ms per training crop, "
+          f"{read.pixel * 1e9:.0f} ms per native megapixel", flush=True)
     spent = time.perf_counter() - began
     folds = cfg.layout.folds_file
     existing = len(fold_numbers(load_folds(cfg, comp))) if folds.exists() else None  # kept: it is shared, committed
     planned = rules.plan(facts, speeds, ladder, seconds, kind, len(comp.test_ids), cfg.metric, cfg.data.mode, spent,
-                         folds_file=existing, axis=axis, given=given_by(cfg),
-                         loss_params=cfg.train.loss_params, repredict_oof=cfg.predict.repredict_oof)
+                         folds_file=existing, axis=axis, given=given,
+                         loss_params=cfg.train.loss_params, repredict_oof=cfg.predict.repredict_oof, reading=read,
+                         train_images=len(comp.train_ids))
+    budgets = own_tree(cfg).get("budgets") or {}
+    planned.decisions += rules.budget_kept(cfg.budget, budgets.get(cfg.budget), {d.key for d in planned.decisions})
     base = os.path.relpath(Path(cfg.source).resolve(), target.resolve().parent)
     command = f"segkit plan --config {cfg.source} --budget {budget}"
     text = render(planned, base, f"{own_tree(cfg).get('experiment', cfg.experiment)}_plan", command, machine_name(kind))

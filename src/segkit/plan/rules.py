@@ -19,7 +19,7 @@ from typing import Any, Optional
 from segkit.config.schema import PredictConfig
 from segkit.errors import ConfigError
 from segkit.inference.tiling import tiles_per_image
-from segkit.plan.machine import Candidate, Speed
+from segkit.plan.machine import Candidate, Reading, Speed
 
 MAX_CONTEXT_RATIO = 4.0  # slice spacing over in-plane spacing up to which neighbouring slices join as channels
 OBJECT_CONTEXT = 3.0  # a crop holds the largest typical object (95th percentile) three times across
@@ -41,6 +41,13 @@ TTA_VIEWS = [("d4", 8), ("flips", 4), ("hflip", 2), ("none", 1)]  # each view se
 # quarter of a 46-minute budget)
 GIVEN = ("train.augment", "predict.tta")
 KEPT = "the base config's own choice, kept (the data's symmetries are the user's call)"
+# The loss is the recipe's too, whether its file or its budget sets it (DSB's hand recipe gains 0.019 Dice on fold 0
+# from its Lovasz stage, which a plan that chose BCE + Dice by rule threw away); ``train.epochs`` comes with loss
+# stages as the epochs their switches were written for
+RECIPE = ("train.loss", "train.loss_stages")
+# What a base's budget sets is kept in the plan, which replaces the budget (``budget: null``), except what the plan
+# sizes itself or does not cost: a pseudo-label round trains every fold again
+NOT_KEPT = ("experiment", "models", "pseudo", "train.epochs", "predict.tta")
 IOU_METRICS = ("tgs", "iou", "object_ap", "map_iou")  # rewarded per image by IoU: Lovasz optimises it directly
 
 
@@ -165,16 +172,58 @@ def _loss_params_kept(decisions: list[Decision], base: dict[str, dict]) -> Optio
                     else "the base's options were for terms the plan does not use")
 
 
+def augment(facts: dict, given: dict[str, Any]) -> Decision:
+    """``train.augment``: the base config's own, or by the data's size (fewer images, stronger augmentation)."""
+    if "train.augment" in given:
+        return Decision("train.augment", given["train.augment"], KEPT)
+    n = int(facts["images"])
+    return Decision("train.augment", "medium" if n < 1000 else "light", f"{n} labelled images")
+
+
+def stages_moved(stages: list[dict], written: int, epochs: int) -> Decision:
+    """The base's loss stages with their switches moved from the ``written`` epochs to the plan's ``epochs`` (DSB's
+    BCE + Dice to epoch 4 of 10 is to epoch 5 of 13), each at least an epoch after the one before and, where the plan
+    trains two or more, before the last."""
+    moved, last = [], 0
+    for stage in stages:
+        if stage.get("until_epoch") is None:
+            moved.append(stage)
+            continue
+        until = max(last + 1, min(round(stage["until_epoch"] * epochs / written), epochs - 1))
+        moved.append({**stage, "until_epoch": until})
+        last = until
+    why = "the base config's loss stages, kept" + (
+        f", their switches moved from its {written} epochs to the plan's {epochs}" if written != epochs else "")
+    return Decision("train.loss_stages", moved, why)
+
+
+def budget_kept(name: Optional[str], overrides: dict, decided: set[str]) -> list[Decision]:
+    """What the base's budget ``name`` sets (``overrides``, as its file writes them) that the plan neither decides
+    nor leaves out (``NOT_KEPT``), one decision per key under a section: the planned config sets ``budget: null``,
+    and DSB's cpu budget held its learning rate (2e-3, twice base.yaml's) and its threads."""
+    out = []
+    for section, keys in (overrides or {}).items():
+        if section in NOT_KEPT or not isinstance(keys, dict):
+            continue
+        out += [Decision(f"{section}.{key}", value, f"the base's {name} budget's, kept")
+                for key, value in keys.items() if f"{section}.{key}" not in (*NOT_KEPT, *decided)]
+    return out
+
+
 def plan(facts: dict, speeds: dict[str, Speed], ladder: list[Candidate], budget: float, kind: str, n_test: int,
          metric: str, mode: str, spent: float = 0.0, folds_file: Optional[int] = None,
          axis: Optional[int] = None, given: Optional[dict[str, Any]] = None,
-         loss_params: Optional[dict[str, dict]] = None, repredict_oof: bool = False) -> Plan:
+         loss_params: Optional[dict[str, dict]] = None, repredict_oof: bool = False,
+         reading: Optional[Reading] = None, train_images: Optional[int] = None) -> Plan:
     """The recipe for ``budget`` seconds (``spent`` of them already gone to planning). ``folds_file``: the number
     of folds of the competition's existing folds file, which the plan keeps (it is committed, and shared);
     ``axis``: the axis a volume competition's slices are cut along (volumes keep their voxel grid: no resize);
-    ``given``: the ``GIVEN`` keys the base config itself sets, kept as they are; ``loss_params``: the base's
+    ``given``: the ``GIVEN`` keys the base config itself sets and the ``RECIPE`` keys its file or budget sets, kept
+    as they are (a given loss's stages moved to the planned epochs); ``loss_params``: the base's
     parameters of its loss terms, kept for the terms the plan still uses; ``repredict_oof``: the base's
-    ``predict.repredict_oof`` (the labelled images predicted again with the TTA, once each)."""
+    ``predict.repredict_oof`` (the labelled images predicted again with the TTA, once each); ``reading``: what
+    reading the data costs here, on top of the networks' ``speeds`` (none when not given); ``train_images``: the
+    labelled images the folds share (default: the fingerprint's, which counts a held-out share too)."""
     given = given or {}
     decisions: list[Decision] = []
     resize = None  # volumes keep their voxel grid
@@ -200,8 +249,16 @@ def plan(facts: dict, speeds: dict[str, Speed], ladder: list[Candidate], budget:
         decisions.append(Decision("predict.tile_size", crop, f"images only a little larger ({side:.0f} px) than the "
                                                              f"{crop} px crops: predicted as blended tiles of it"))
         decisions.append(Decision("predict.tile_blend", "linear", "tiles blended linearly"))
-    n = int(facts["images"])
+    n = train_images or int(facts["images"])
     other = max(60.0, OTHER_SHARE * budget)
+    read = reading or Reading(0.0, 0.0)
+    # an image is read once at its native size, whatever its working size and however many TTA views it gets
+    read_image = read.pixel * facts.get("area", {}).get("mean", _median(facts, "height") * _median(facts, "width"))
+
+    def train_image(s: Speed) -> float:
+        """Seconds a training image costs: a CPU reads and augments it on the cores that train, a GPU's loader
+        workers read while it trains."""
+        return s.train + read.train if kind == "cpu" else max(s.train, read.train)
 
     def predicted(folds: int) -> int:
         """Images a recipe of ``folds`` folds predicts: every test image on every fold, the OOF ones once (DSB's
@@ -211,10 +268,10 @@ def plan(facts: dict, speeds: dict[str, Speed], ladder: list[Candidate], budget:
     def fits(folds: int, candidate: Candidate, views: int) -> tuple[float, float, float]:
         """(predict seconds, train seconds per fold, epochs) for a recipe."""
         s = speeds[candidate.name]
-        predict = predicted(folds) * views * s.predict * area
+        predict = predicted(folds) * (views * s.predict * area + read_image)
         per_fold = (budget - spent - predict - other) / folds
-        epoch = n * (folds - 1) / folds * s.train
-        val = n / folds * s.predict * area
+        epoch = n * (folds - 1) / folds * train_image(s)
+        val = n / folds * (s.predict * area + read_image)
         # VALIDATIONS passes a fold (train.val_every below), or every epoch when fewer fit
         epochs = (per_fold - VALIDATIONS * val) / epoch
         if epochs < VALIDATIONS:
@@ -247,8 +304,9 @@ def plan(facts: dict, speeds: dict[str, Speed], ladder: list[Candidate], budget:
         folds, s = folds_file or 3, speeds[reached[0].name]
         # fits() run backwards for one view: planning, prediction, LEAST_EPOCHS epochs and VALIDATIONS passes a
         # fold, and the later stages' share of the budget itself (OTHER_SHARE of it, at least a minute)
-        fixed = spent + predicted(folds) * s.predict * area + folds * (
-            LEAST_EPOCHS * n * (folds - 1) / folds * s.train + VALIDATIONS * n / folds * s.predict * area)
+        image = s.predict * area + read_image
+        fixed = spent + predicted(folds) * image + folds * (
+            LEAST_EPOCHS * n * (folds - 1) / folds * train_image(s) + VALIDATIONS * n / folds * image)
         need = max(fixed + 60.0, fixed / (1 - OTHER_SHARE))
         raise ConfigError(f"--budget: {budget / 60:.1f} minutes cannot train {LEAST_EPOCHS} epochs of the smallest "
                           f"network ({reached[0].name}) on {folds} folds here; the least budget that works is about "
@@ -261,7 +319,8 @@ def plan(facts: dict, speeds: dict[str, Speed], ladder: list[Candidate], budget:
                                                        f"folds: about {epochs} epochs of {pick.name} per fold"))
     decisions.append(Decision("models", [pick.model()],
                               f"the largest of the ladder that trains {GOOD_EPOCHS}+ epochs per fold here "
-                              f"({speed.train * 1000:.1f} ms per training image at {crop} px, "
+                              f"({speed.train * 1000:.1f} ms per training image at {crop} px"
+                              f"{f' and {read.train * 1000:.1f} reading it' if read.train else ''}, "
                               f"{'float32' if speed.precision == 'none' else speed.precision})"
                               if fit >= GOOD_EPOCHS else f"the smallest of the ladder: the budget holds "
                               f"{epochs} epochs of it"))
@@ -271,11 +330,12 @@ def plan(facts: dict, speeds: dict[str, Speed], ladder: list[Candidate], budget:
                               "two validations a fold, half-way and at the end (a pass over native-size images "
                               "can cost an epoch)"))
     empty = facts["empty_share"]
-    if "train.augment" in given:
-        decisions.append(Decision("train.augment", given["train.augment"], KEPT))
-    else:
-        decisions.append(Decision("train.augment", "medium" if n < 1000 else "light", f"{n} labelled images"))
-    if mode == "multiclass":
+    decisions.append(augment(facts, given))
+    if given.get("train.loss_stages"):
+        decisions.append(stages_moved(given["train.loss_stages"], given.get("train.epochs") or epochs, epochs))
+    elif "train.loss" in given:
+        decisions.append(Decision("train.loss", given["train.loss"], "the base config's own loss, kept"))
+    elif mode == "multiclass":
         decisions.append(Decision("train.loss", {"ce": 1, "dice": 1}, "multiclass: cross-entropy with Dice"))
     elif metric in IOU_METRICS and epochs >= 2 * LEAST_EPOCHS:
         half = max(1, epochs // 2)
@@ -314,5 +374,5 @@ def plan(facts: dict, speeds: dict[str, Speed], ladder: list[Candidate], budget:
                 {"train": round(per_fold * folds / 60, 2), "predict": round(predict / 60, 2)})
 
 
-__all__ = ["GIVEN", "Decision", "Plan", "context", "crop_size", "largest_object", "plan", "short_side",
-           "smallest_object", "working_resolution", "working_side"]
+__all__ = ["GIVEN", "RECIPE", "Decision", "Plan", "augment", "budget_kept", "context", "crop_size", "largest_object",
+           "plan", "short_side", "smallest_object", "stages_moved", "working_resolution", "working_side"]
