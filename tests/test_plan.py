@@ -107,6 +107,17 @@ def test_reading_the_data_is_costed_beside_the_networks(demo_root):
     assert measured.train > 0 and 0 < measured.pixel < 1e-3
 
 
+def test_a_small_fold_takes_smaller_batches():
+    """An epoch takes whole batches: ISBI's 24 sections a fold at batch 16 made one step of 16 an epoch."""
+    assert rules.batch_size("cpu", 478, 160).value == 16
+    small = rules.batch_size("cpu", 24, 256)
+    assert small.value == 8 and "3 steps an epoch" in small.why
+    assert rules.batch_size("cpu", 3, 256).value == 2
+    sections = facts(side=512, diameter=300, stroke=5, n=30)
+    assert decided(rules.plan(sections, SPEEDS, LADDER["cpu"], 20 * 60, "cpu", 30, "dice", "binary",
+                              folds_file=5))["train.batch_size"] == 8
+
+
 def test_working_resolutions_follow_image_and_object_sizes():
     assert rules.working_resolution(facts(side=101), "cpu")[0] is None
     resize, side, why = rules.working_resolution(facts(side=1000, diameter=100), "cpu")

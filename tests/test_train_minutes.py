@@ -24,6 +24,11 @@ def test_epochs_that_fit_the_minutes_validation_and_whole_cycles_included():
         epochs_for(1.2, 0.5, 100, 20.0, 2, 1)
     with pytest.raises(ConfigError, match=r"train.minutes: 0.5 minutes hold no epoch here .* give at least 1.4"):
         epochs_for(0.5, 0.5, 100, 20.0, 2, 1)
+    # the probe's own seconds come out of the fold's minutes (ISBI's: 30 s of 146)
+    probed = epochs_for(10, 0.5, 100, 20.0, 2, 1, spent=45.0)  # 8.92 fit
+    assert probed.epochs == 9 and "after 45 s of probing" in probed.text
+    with pytest.raises(ConfigError, match="give at least 2.1"):
+        epochs_for(1.2, 0.5, 100, 20.0, 2, 1, spent=45.0)
 
 
 class Sized:

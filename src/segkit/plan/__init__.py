@@ -133,9 +133,13 @@ def run(cfg: Config, budget: str, out: str, device: str = "auto", force: bool = 
     channels = cfg.data.input_channels if axis is None else \
         cfg.data.channels * (2 * rules.context(facts, axis).value + 1)
     crop = rules.crop_size(facts, rules.working_side(facts, kind, axis), kind).value
-    print(f"plan: probing {len(ladder)} networks at {crop} px on {dev}", flush=True)
+    folds = cfg.layout.folds_file
+    existing = len(fold_numbers(load_folds(cfg, comp))) if folds.exists() else None  # kept: it is shared, committed
+    k = existing or 5
+    batch = rules.batch_size(kind, len(comp.train_ids) * (k - 1) // k, crop).value
+    print(f"plan: probing {len(ladder)} networks at {crop} px, batch {batch}, on {dev}", flush=True)
     # trained as the run will train it: the base's precision, memory format, optimizer and EMA at the planned batch
-    tcfg = cfg.train.model_copy(update={"batch_size": rules.BATCH[kind], "amp": resolve_amp(cfg.train.amp, dev)})
+    tcfg = cfg.train.model_copy(update={"batch_size": batch, "amp": resolve_amp(cfg.train.amp, dev)})
     speeds = probe(ladder, channels, len(cfg.data.classes), crop, tcfg, dev, cfg.predict.channels_last)
     for name, s in speeds.items():
         print(f"plan:   {name}: {s.train * 1000:.1f} ms per training image, {s.predict * 1000:.1f} ms per "
@@ -145,8 +149,6 @@ def run(cfg: Config, budget: str, out: str, device: str = "auto", force: bool = 
     print(f"plan:   reading the data: {read.train * 1000:.1f} ms per training crop, "
           f"{read.pixel * 1e9:.0f} ms per native megapixel", flush=True)
     spent = time.perf_counter() - began
-    folds = cfg.layout.folds_file
-    existing = len(fold_numbers(load_folds(cfg, comp))) if folds.exists() else None  # kept: it is shared, committed
     planned = rules.plan(facts, speeds, ladder, seconds, kind, len(comp.test_ids), cfg.metric, cfg.data.mode, spent,
                          folds_file=existing, axis=axis, given=given,
                          loss_params=cfg.train.loss_params, repredict_oof=cfg.predict.repredict_oof, reading=read,

@@ -29,6 +29,7 @@ MIN_OBJECT_PX = 6  # an object narrower than this at the working size is at risk
 LONG_SIDE = {"cpu": 256, "cuda": 512}  # the working long side a machine affords for large images
 CROP = {"cpu": 256, "cuda": 384}  # the largest training crop
 BATCH = {"cpu": 16, "cuda": 32}
+MIN_STEPS = 3  # steps an epoch at the least: ISBI's 24 sections a fold at batch 16 made one step of 16 an epoch
 PREDICT_SHARE = 0.15
 OTHER_SHARE = 0.05
 GOOD_EPOCHS = 12
@@ -172,6 +173,16 @@ def _loss_params_kept(decisions: list[Decision], base: dict[str, dict]) -> Optio
                     else "the base's options were for terms the plan does not use")
 
 
+def batch_size(kind: str, images: int, crop: int) -> Decision:
+    """``train.batch_size``: the machine's (``BATCH``), or smaller where a fold's ``images`` would make fewer than
+    ``MIN_STEPS`` steps an epoch (an epoch takes whole batches: the rest of the images wait for the next)."""
+    if images // BATCH[kind] >= MIN_STEPS:
+        return Decision("train.batch_size", BATCH[kind], f"{kind} batch at crops of {crop} px")
+    batch = max(2, images // MIN_STEPS)
+    return Decision("train.batch_size", batch, f"{images} training images a fold: {images // batch} steps an epoch "
+                                               f"at the least")
+
+
 def augment(facts: dict, given: dict[str, Any]) -> Decision:
     """``train.augment``: the base config's own, or by the data's size (fewer images, stronger augmentation)."""
     if "train.augment" in given:
@@ -238,7 +249,8 @@ def plan(facts: dict, speeds: dict[str, Speed], ladder: list[Candidate], budget:
     decisions.append(crop_size(facts, side, kind))
     crop = decisions[-1].value
     whole = crop >= short and crop >= side
-    decisions.append(Decision("train.batch_size", BATCH[kind], f"{kind} batch at crops of {crop} px"))
+    n = train_images or int(facts["images"])
+    decisions.append(batch_size(kind, n * ((folds_file or 5) - 1) // (folds_file or 5), crop))
     # a working image in crops: what predicting one costs. Native sizes cost their mean area, which a few large
     # images lift far above the median's (DSB: 2.4x); a resized set is about its working side by its short side
     native = facts.get("area", {}).get("mean") if resize is None else None
@@ -249,7 +261,6 @@ def plan(facts: dict, speeds: dict[str, Speed], ladder: list[Candidate], budget:
         decisions.append(Decision("predict.tile_size", crop, f"images only a little larger ({side:.0f} px) than the "
                                                              f"{crop} px crops: predicted as blended tiles of it"))
         decisions.append(Decision("predict.tile_blend", "linear", "tiles blended linearly"))
-    n = train_images or int(facts["images"])
     other = max(60.0, OTHER_SHARE * budget)
     read = reading or Reading(0.0, 0.0)
     # an image is read once at its native size, whatever its working size and however many TTA views it gets
@@ -374,5 +385,5 @@ def plan(facts: dict, speeds: dict[str, Speed], ladder: list[Candidate], budget:
                 {"train": round(per_fold * folds / 60, 2), "predict": round(predict / 60, 2)})
 
 
-__all__ = ["GIVEN", "RECIPE", "Decision", "Plan", "augment", "budget_kept", "context", "crop_size", "largest_object",
+__all__ = ["GIVEN", "RECIPE", "Decision", "Plan", "augment", "batch_size", "budget_kept", "context", "crop_size", "largest_object",
            "plan", "short_side", "smallest_object", "stages_moved", "working_resolution", "working_side"]

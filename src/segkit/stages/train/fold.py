@@ -286,6 +286,7 @@ def _epochs_in_minutes(model, data: TrainData, vloader, tcfg: TrainConfig, losse
         return int(saved["train_state"]["epochs"])
     epochs = None
     if world.is_main:
+        began = time.perf_counter()
         loss_fn = losses.for_epoch(1)
         step = budget.time_steps(model, data.loader(1), loss_fn, device, tcfg)
 
@@ -295,7 +296,8 @@ def _epochs_in_minutes(model, data: TrainData, vloader, tcfg: TrainConfig, losse
 
         val = budget.time_validation(validate, vloader) * world.size  # rank 0 times its share
         cycles = tcfg.schedule.cycles if tcfg.schedule.name in ("cosine_restarts", "cyclic") else 1
-        plan = budget.epochs_for(tcfg.minutes, step, len(data), val, tcfg.val_every, cycles)
+        plan = budget.epochs_for(tcfg.minutes, step, len(data), val, tcfg.val_every, cycles,
+                                 spent=time.perf_counter() - began)
         print(f"{where}: {plan.text}", flush=True)
         epochs = plan.epochs
     return int(distributed.broadcast(world, epochs))
