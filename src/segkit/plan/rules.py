@@ -385,5 +385,6 @@ def plan(facts: dict, speeds: dict[str, Speed], ladder: list[Candidate], budget:
                 {"train": round(per_fold * folds / 60, 2), "predict": round(predict / 60, 2)})
 
 
-__all__ = ["GIVEN", "RECIPE", "Decision", "Plan", "augment", "batch_size", "budget_kept", "context", "crop_size", "largest_object",
-           "plan", "short_side", "smallest_object", "stages_moved", "working_resolution", "working_side"]
+__all__ = ["GIVEN", "RECIPE", "Decision", "Plan", "augment", "batch_size", "budget_kept", "context", "crop_size",
+           "largest_object", "plan", "short_side", "smallest_object", "stages_moved", "working_resolution",
+           "working_side"]
