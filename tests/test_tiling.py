@@ -167,3 +167,42 @@ def test_bad_predictor_output_and_arguments():
         predict_tiled(pointwise, torch.randn(3, 20, 20), tile=8, blend="cosine")
     with pytest.raises(ConfigError, match="batch_size"):
         predict_tiled(pointwise, torch.randn(3, 20, 20), tile=8, batch_size=0)
+
+
+def test_a_3d_window_slides_over_a_volume_like_a_tile_over_an_image():
+    """A 3D tile is a sliding window: a constant network gives a constant map, a pointwise one is exact (no seams),
+    and windows batched together give what one window at a time gives."""
+    torch.manual_seed(0)
+    volume = torch.rand(2, 13, 21, 18)  # (C, D, H, W), no side a multiple of the window's
+    w = tile_weights((8, 12, 10))
+    assert w.shape == (8, 12, 10) and (w > 0).all() and w.max() == pytest.approx(1.0)
+    assert all(torch.equal(w, torch.flip(w, [axis])) for axis in range(3))
+
+    def constant(batch):
+        return torch.full((batch.shape[0], 1, *batch.shape[2:]), 0.3)
+
+    out = predict_tiled(constant, volume, (8, 12, 10), overlap=0.5)
+    assert out.shape == (1, 13, 21, 18) and torch.allclose(out, torch.full_like(out, 0.3))
+
+    def voxelwise(batch):
+        return torch.sigmoid(batch[:, :1] * 3 - batch[:, 1:])
+
+    exact = voxelwise(volume[None])[0]
+    calls = []
+
+    def counted(batch):
+        calls.append(batch.shape[0])
+        return voxelwise(batch)
+
+    one = predict_tiled(counted, volume, (8, 12, 10), overlap=0.5, batch_size=1)
+    windows = len(calls)
+    assert windows == 3 * 3 * 3 and set(calls) == {1}
+    calls.clear()
+    batched = predict_tiled(counted, volume, (8, 12, 10), overlap=0.5, batch_size=8)
+    assert max(calls) == 8 and len(calls) == -(-windows // 8)
+    assert torch.allclose(one, exact, atol=1e-6) and torch.allclose(batched, one, atol=1e-6)
+    # a volume smaller than the window is padded to it and cropped back
+    small = volume[:, :5, :7, :6]
+    assert torch.allclose(predict_tiled(voxelwise, small, (8, 12, 10)), voxelwise(small[None])[0], atol=1e-6)
+    with pytest.raises(ValueError, match="3D tile expects one"):
+        predict_tiled(voxelwise, volume[0, 0], (8, 12, 10))

@@ -40,8 +40,8 @@ class Asym(nn.Module):
 
 
 def test_registry_names_and_sizes():
-    assert TTA.names() == ["d4", "flips", "hflip", "none"]
-    assert [len(views_for(n)) for n in ("none", "hflip", "flips", "d4")] == [1, 2, 4, 8]
+    assert TTA.names() == ["d4", "flips", "hflip", "mirror3d", "none"]
+    assert [len(views_for(n)) for n in ("none", "hflip", "flips", "d4", "mirror3d")] == [1, 2, 4, 8, 8]
     with pytest.raises(ConfigError, match="predict.tta.*d4"):
         views_for("d8")
 
@@ -261,3 +261,23 @@ def test_a_network_that_activates_itself_merges_like_its_logits():
         got = TTAPredictor(lambda t: torch.softmax(net(t), dim=1), tta="d4", merge=merge, activation="softmax",
                            activated=True)(x)
         assert torch.allclose(want, got, atol=1e-6), merge
+
+
+def test_mirror3d_flips_the_three_axes_of_a_volume():
+    """nnU-Net's mirroring: the 8 flips of (D, H, W), each undone exactly; a voxelwise network is unchanged by it, an
+    oriented one gets the mean of its 8 mirrored outputs; an image batch is refused (its D axis is the channels)."""
+    views = views_for("mirror3d")
+    x = torch.rand(2, 1, 5, 6, 7)
+    assert len({tuple(v.forward(x).flatten().tolist()) for v in views}) == 8
+    assert all(torch.equal(v.inverse(v.forward(x)), x) for v in views)
+    voxelwise = nn.Conv3d(1, 2, 1)
+    assert torch.allclose(TTAPredictor(voxelwise, tta="mirror3d")(x), torch.sigmoid(voxelwise(x)), atol=1e-6)
+
+    class Oriented(nn.Module):
+        def forward(self, v):
+            return v + torch.linspace(-1, 1, v.shape[-3])[:, None, None]  # a ramp along D
+
+    merged = TTAPredictor(Oriented(), tta="mirror3d", activation=None)(x)
+    assert torch.allclose(merged, x, atol=1e-6)  # the ramp and its mirror cancel: only the input is left
+    with pytest.raises(ConfigError, match="needs \\(N, C, D, H, W\\) batches"):
+        TTAPredictor(nn.Conv2d(3, 1, 1), tta="mirror3d")(torch.rand(1, 3, 8, 8))

@@ -8,6 +8,7 @@ View sets are registered by name (``TTA.get("d4")``):
 - ``hflip``: identity, horizontal flip.
 - ``flips``: the D2 group: identity, hflip, vflip, both (both = rotation by 180 degrees).
 - ``d4``:    the 8 dihedral views: rot90 by k = 0..3, each with and without a horizontal flip.
+- ``mirror3d``: for volumes (N, C, D, H, W): the 8 flips of the three spatial axes (nnU-Net's mirroring).
 
 Non-square inputs: a rotation by 90 or 270 degrees swaps H and W, so those views could not share a forward batch
 with the others; for H != W only the views that keep the shape are used (d4 then falls back to its 4 flip views,
@@ -51,15 +52,17 @@ GMEAN_EPS = 1e-6
 
 @dataclass(frozen=True)
 class View:
-    """Flip (horizontal = last axis, vertical = H axis) first, then rotate by ``k`` quarter turns in the H-W plane."""
+    """Flip (horizontal = last axis, vertical = H axis, depth = a volume's D axis) first, then rotate by ``k``
+    quarter turns in the H-W plane."""
 
     hflip: bool = False
     vflip: bool = False
     k: int = 0
+    dflip: bool = False  # (N, C, D, H, W) batches only: on an image batch the axis would be its channels
 
     @property
     def name(self) -> str:
-        parts = [p for p, on in (("hflip", self.hflip), ("vflip", self.vflip)) if on]
+        parts = [p for p, on in (("hflip", self.hflip), ("vflip", self.vflip), ("dflip", self.dflip)) if on]
         if self.k:
             parts.append(f"rot{90 * self.k}")
         return "+".join(parts) or "identity"
@@ -69,7 +72,7 @@ class View:
         return self.k % 2 == 0
 
     def _flip_dims(self) -> list[int]:
-        return [d for d, on in ((-1, self.hflip), (-2, self.vflip)) if on]
+        return [d for d, on in ((-1, self.hflip), (-2, self.vflip), (-3, self.dflip)) if on]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dims = self._flip_dims()
@@ -108,6 +111,11 @@ def _d4() -> tuple[View, ...]:
     return tuple(View(hflip=f, k=k) for k in range(4) for f in (False, True))
 
 
+@TTA.register("mirror3d")
+def _mirror3d() -> tuple[View, ...]:
+    return tuple(View(hflip=h, vflip=v, dflip=d) for d in (False, True) for v in (False, True) for h in (False, True))
+
+
 def views_for(name: str, shape: Optional[Sequence[int]] = None, key: str = "predict.tta") -> tuple[View, ...]:
     """The views of TTA ``name``; given ``shape`` (…, H, W) with H != W, only the views that keep the shape.
 
@@ -121,7 +129,8 @@ def views_for(name: str, shape: Optional[Sequence[int]] = None, key: str = "pred
 
 
 class TTAPredictor:
-    """``TTAPredictor(model, tta="d4")(x)`` -> merged probabilities (N, C', H, W) float32 for a batch x (N, C, H, W).
+    """``TTAPredictor(model, tta="d4")(x)`` -> merged probabilities (N, C', H, W) float32 for a batch x (N, C, H, W);
+    (N, C', D, H, W) for a batch of volumes (``mirror3d``, or any set without rotations).
 
     - ``merge``: ``mean`` (arithmetic), ``gmean`` (geometric: mean of log(clamp(p, GMEAN_EPS)) then exp; for
       softmax the result is renormalised over classes, since a geometric mean of distributions is one only up to
@@ -203,9 +212,13 @@ class TTAPredictor:
 
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4:
-            raise ValueError(f"TTAPredictor expects an (N, C, H, W) batch, got shape {tuple(x.shape)}")
+        if x.ndim not in (4, 5):
+            raise ValueError(f"TTAPredictor expects an (N, C, H, W) or (N, C, D, H, W) batch, got shape "
+                             f"{tuple(x.shape)}")
         views = self.views(x)
+        if x.ndim == 4 and any(v.dflip for v in views):
+            raise ConfigError(f"predict.tta: {self.tta} flips a volume's depth axis: it needs (N, C, D, H, W) "
+                              f"batches, got an image batch {tuple(x.shape)}")
         step = self.chunk_for(x.device, len(views))
         n = x.shape[0]
         acc: Optional[torch.Tensor] = None
