@@ -370,7 +370,7 @@ class ModelConfig(Section):
 
 
 class PredictConfig(Section):
-    tta: str = "d4"  # none | hflip | flips | d4
+    tta: str = "d4"  # none | hflip | flips | d4 (images); mirror3d (volumes through a 3D network)
     tta_merge: Literal["mean", "gmean", "max"] = "mean"
     batch_size: Union[PositiveInt, Literal["auto"]] = 8  # auto: what fits the GPU's free memory (segkit.compute.sizing)
     tta_chunk: Optional[int] = None  # views per forward batch; default by device
