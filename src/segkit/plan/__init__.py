@@ -135,8 +135,7 @@ def run(cfg: Config, budget: str, out: str, device: str = "auto", force: bool = 
     crop = rules.crop_size(facts, rules.working_side(facts, kind, axis), kind).value
     folds = cfg.layout.folds_file
     existing = len(fold_numbers(load_folds(cfg, comp))) if folds.exists() else None  # kept: it is shared, committed
-    k = existing or 5
-    batch = rules.batch_size(kind, len(comp.train_ids) * (k - 1) // k, crop).value
+    batch = rules.batch_size(kind, rules.fold_images(len(comp.train_ids), existing), crop).value
     print(f"plan: probing {len(ladder)} networks at {crop} px, batch {batch}, on {dev}", flush=True)
     # trained as the run will train it: the base's precision, memory format, optimizer and EMA at the planned batch
     tcfg = cfg.train.model_copy(update={"batch_size": batch, "amp": resolve_amp(cfg.train.amp, dev)})
@@ -153,11 +152,12 @@ def run(cfg: Config, budget: str, out: str, device: str = "auto", force: bool = 
                          folds_file=existing, axis=axis, given=given,
                          loss_params=cfg.train.loss_params, repredict_oof=cfg.predict.repredict_oof, reading=read,
                          train_images=len(comp.train_ids))
-    budgets = own_tree(cfg).get("budgets") or {}
+    tree = own_tree(cfg)
+    budgets = tree.get("budgets") or {}
     planned.decisions += rules.budget_kept(cfg.budget, budgets.get(cfg.budget), {d.key for d in planned.decisions})
     base = os.path.relpath(Path(cfg.source).resolve(), target.resolve().parent)
     command = f"segkit plan --config {cfg.source} --budget {budget}"
-    text = render(planned, base, f"{own_tree(cfg).get('experiment', cfg.experiment)}_plan", command, machine_name(kind))
+    text = render(planned, base, f"{tree.get('experiment', cfg.experiment)}_plan", command, machine_name(kind))
     target.parent.mkdir(parents=True, exist_ok=True)
     with atomic.atomic_path(target) as tmp:
         tmp.write_text(text)

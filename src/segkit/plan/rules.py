@@ -173,6 +173,13 @@ def _loss_params_kept(decisions: list[Decision], base: dict[str, dict]) -> Optio
                     else "the base's options were for terms the plan does not use")
 
 
+def fold_images(train_images: int, folds_file: Optional[int] = None) -> int:
+    """The images a fold trains on: the folds file's folds, or the five the plan tries first (the batch is chosen
+    before the folds; three folds train on fewer images a fold, never more)."""
+    folds = folds_file or 5
+    return train_images * (folds - 1) // folds
+
+
 def batch_size(kind: str, images: int, crop: int) -> Decision:
     """``train.batch_size``: the machine's (``BATCH``), or smaller where a fold's ``images`` would make fewer than
     ``MIN_STEPS`` steps an epoch (an epoch takes whole batches: the rest of the images wait for the next)."""
@@ -250,7 +257,7 @@ def plan(facts: dict, speeds: dict[str, Speed], ladder: list[Candidate], budget:
     crop = decisions[-1].value
     whole = crop >= short and crop >= side
     n = train_images or int(facts["images"])
-    decisions.append(batch_size(kind, n * ((folds_file or 5) - 1) // (folds_file or 5), crop))
+    decisions.append(batch_size(kind, fold_images(n, folds_file), crop))
     # a working image in crops: what predicting one costs. Native sizes cost their mean area, which a few large
     # images lift far above the median's (DSB: 2.4x); a resized set is about its working side by its short side
     native = facts.get("area", {}).get("mean") if resize is None else None
@@ -386,5 +393,5 @@ def plan(facts: dict, speeds: dict[str, Speed], ladder: list[Candidate], budget:
 
 
 __all__ = ["GIVEN", "RECIPE", "Decision", "Plan", "augment", "batch_size", "budget_kept", "context", "crop_size",
-           "largest_object", "plan", "short_side", "smallest_object", "stages_moved", "working_resolution",
-           "working_side"]
+           "fold_images", "largest_object", "plan", "short_side", "smallest_object", "stages_moved",
+           "working_resolution", "working_side"]
