@@ -23,6 +23,7 @@ import torch
 from segkit.compute.device import resolve_device
 from segkit.config import Config
 from segkit.data.augment import check_channels
+from segkit.data.augment3d import Augment3D
 from segkit.data.sources import SOURCES
 from segkit.ensemble import check_choice, method_names
 from segkit.errors import ConfigError
@@ -33,6 +34,7 @@ from segkit.models import ARCHS, RESERVED_PARAMS, TIMM_PREFIX, build_model, enco
 from segkit.optim import OPTIMIZERS, SCHEDULES
 from segkit.postprocess.masks import MASK_STEPS
 from segkit.stages.train.fold import MONITORS
+from segkit.stages.train.volumetric import checked_patch
 
 
 def _at(cfg: Config, key: str, check: Callable[[], object]) -> None:
@@ -52,6 +54,9 @@ def check_models(cfg: Config) -> None:
     for i, m in enumerate(cfg.models):
         key = f"models[{m.name}]"
         _at(cfg, f"models.{i}.arch", lambda: ARCHS.get(m.arch, key=f"{key}.arch"))
+        if ARCHS.get(m.arch).dims == 3:
+            check_volumetric(cfg, m, i)
+            continue
         if not is_encoder(m.encoder):
             raise ConfigError(f"{cfg.origin(f'models.{i}.encoder')}: {key}.encoder: unknown encoder {m.encoder!r}; "
                               f"use one of smp's ({', '.join(encoder_names()[:12])}, ...) or tu-<timm model>")
@@ -83,8 +88,30 @@ def check_models(cfg: Config) -> None:
                               f"(= {cfg.metric}), dice, iou or loss")
 
 
+def check_volumetric(cfg: Config, m, i: int) -> None:
+    """A 3D network: a volume competition normalised per case, a patch of the network's stride, the 3D
+    augmentation's name, the losses; built on the meta device like the others (its params checked by MONAI)."""
+    key = f"models[{m.name}]"
+    tcfg = cfg.train_for(m)
+    where = f"models.{i}.train" if m.train else "train"
+    if cfg.data.volumes is None or cfg.data.normalize != "none":
+        why = "a volume competition (data.volumes)" if cfg.data.volumes is None else \
+            f"data.normalize: none (each case is normalised on its own; it is {cfg.data.normalize!r})"
+        raise ConfigError(f"{cfg.origin(f'models.{i}.arch')}: {key}.arch: {m.arch} is a 3D network; it needs {why}")
+    with torch.device("meta"):
+        _at(cfg, f"models.{i}", lambda: build_model(m, cfg.data.channels, cfg.data.mode, len(cfg.data.classes),
+                                                    pretrained=False))
+    _at(cfg, f"{where}.patch_size", lambda: checked_patch(m, tcfg, key))
+    _at(cfg, f"{where}.augment", lambda: Augment3D(tcfg.augment, tcfg.patch_size, key=f"{key} train.augment"))
+    _at(cfg, f"{where}.optimizer", lambda: OPTIMIZERS.get(tcfg.optimizer, key=f"{key} train.optimizer"))
+    _at(cfg, f"{where}.schedule.name", lambda: SCHEDULES.get(tcfg.schedule.name, key=f"{key} train.schedule.name"))
+    _at(cfg, f"{where}.loss", lambda: LossSchedule(tcfg, cfg.data.mode, len(cfg.data.classes)))
+
+
 def check_predict(cfg: Config) -> None:
     _at(cfg, "predict.tta", lambda: TTA.get(cfg.predict.tta, key="predict.tta"))
+    if any(ARCHS.get(m.arch).dims == 3 for m in cfg.models):
+        _at(cfg, "predict.tta_3d", lambda: TTA.get(cfg.predict.tta_3d, key="predict.tta_3d"))
 
 
 def check_ensemble(cfg: Config) -> None:

@@ -312,10 +312,16 @@ class SegLoss(nn.Module):
         target = Target.of(mask, self.mode)
         total = logits.new_zeros(())
         parts: dict[str, float] = {}
-        for name, term in self.terms.items():
-            value = term(logits, target)
-            parts[name] = float(value.detach())
-            total = total + self.weights[name] * value
+        # Deep supervision (a 3D network's extra heads, stacked on axis 1, each at the output's size): head i
+        # weighs 1 / 2^i, the weights summing to 1, as nnU-Net weighs them; the logged parts are the main head's.
+        heads = logits.unbind(1) if logits.ndim == mask.ndim + 1 else (logits,)
+        weights = [0.5 ** i for i in range(len(heads))]
+        for i, head in enumerate(heads):
+            for name, term in self.terms.items():
+                value = term(head, target)
+                if i == 0:
+                    parts[name] = float(value.detach())
+                total = total + self.weights[name] * value * (weights[i] / sum(weights))
         if aux_logits is not None and self.aux_weight > 0:
             aux = F.binary_cross_entropy_with_logits(aux_logits.float(), has_mask.float())
             parts["aux"] = float(aux.detach())

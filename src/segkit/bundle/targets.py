@@ -34,6 +34,7 @@ INFER_PACKAGES = ["torch", "timm", "segmentation-models-pytorch", "safetensors",
                   "pandas", "opencv-python-headless", "albumentations", "scikit-image", "pillow", "pydantic",
                   "PyYAML", "tqdm", "numba", "lightgbm", "nibabel"]
 RUNTIME_PACKAGES = {"eager": [], "torchscript": [], "onnx": ["onnxruntime"]}
+VOLUMETRIC_PACKAGES = ["monai"]  # what a bundle with 3D networks imports besides (segkit.models.volumetric)
 
 # The versions of the packages inference imports that segkit works with: a notebook's copy outside its range is
 # shadowed by the bundle's. Floors: the release lines whose APIs segkit calls (albumentations 2's transforms,
@@ -45,6 +46,7 @@ SUPPORTED = {
     "pandas": ">=2.1,<4", "opencv-python-headless": ">=4.9,<6", "albumentations": ">=2.0,<3",
     "scikit-image": ">=0.22,<1", "pillow": ">=10", "pydantic": ">=2.5,<3", "pyyaml": ">=6,<7", "tqdm": ">=4.60,<5",
     "numba": ">=0.59,<1", "lightgbm": ">=4.0,<5", "nibabel": ">=5,<6", "onnxruntime": ">=1.17,<2",
+    "monai": ">=1.3,<2",
 }
 
 
@@ -93,14 +95,15 @@ def modules_of(dist: metadata.Distribution) -> list[str]:
     return sorted({n for n in names if n and not n.startswith("_") and ".dist-info" not in n})
 
 
-def needs(runtime: str, target: str, python_version: Optional[str] = None) -> list[Package]:
+def needs(runtime: str, target: str, python_version: Optional[str] = None, volumetric: bool = False) -> list[Package]:
     """Every distribution inference needs, the roots first, each marked carried where the target lacks it or holds
-    it outside ``SUPPORTED``; the requirements of a package the target serves are the target's business."""
+    it outside ``SUPPORTED``; the requirements of a package the target serves are the target's business.
+    ``volumetric``: the bundle holds 3D networks (MONAI's)."""
     holds = read_target(target)
     marker_env = default_environment()
     if python_version:
         marker_env.update(python_version=python_version, python_full_version=f"{python_version}.0")
-    roots = [norm(n) for n in INFER_PACKAGES + RUNTIME_PACKAGES[runtime]]
+    roots = [norm(n) for n in INFER_PACKAGES + RUNTIME_PACKAGES[runtime] + (VOLUMETRIC_PACKAGES if volumetric else [])]
     out: dict[str, Package] = {}
     todo = list(roots)
     while todo:
@@ -140,4 +143,5 @@ if __name__ == "__main__":
     print(refresh(sys.argv[1], Path(sys.argv[2])))
 
 
-__all__ = ["INFER_PACKAGES", "Package", "RUNTIME_PACKAGES", "SUPPORTED", "TARGETS", "needs", "read_target", "refresh"]
+__all__ = ["INFER_PACKAGES", "Package", "RUNTIME_PACKAGES", "SUPPORTED", "TARGETS", "VOLUMETRIC_PACKAGES", "needs",
+           "read_target", "refresh"]

@@ -139,11 +139,17 @@ def depthwise_float32_when_training(model: nn.Module) -> int:
     return n
 
 
-def training_layout(model: nn.Module, channels_last: bool, amp: str, device: torch.device) -> nn.Module:
+def memory_format(dims: int) -> torch.memory_format:
+    """The channels-last layout of a ``dims``-D network's tensors (channels_last_3d for volumes)."""
+    return torch.channels_last_3d if dims == 3 else torch.channels_last
+
+
+def training_layout(model: nn.Module, channels_last: bool, amp: str, device: torch.device, dims: int = 2
+                    ) -> nn.Module:
     """``model`` laid out as a fold trains it (and as a speed probe must time it): channels_last memory when asked,
     and on a CPU under bf16 its depthwise convolutions in float32 (``depthwise_float32_when_training``)."""
     if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        model = model.to(memory_format=memory_format(dims))
     if device.type == "cpu" and amp_dtype(amp) == torch.bfloat16:
         depthwise_float32_when_training(model)
     return model
@@ -166,7 +172,7 @@ def to_device(batch: dict, device: torch.device, channels_last: bool = False, no
     for k, v in batch.items():
         if isinstance(v, torch.Tensor):
             v = v.to(device, non_blocking=non_blocking)
-            if channels_last and k == "image" and v.ndim == 4:
-                v = v.contiguous(memory_format=torch.channels_last)
+            if channels_last and k == "image" and v.ndim in (4, 5):
+                v = v.contiguous(memory_format=memory_format(v.ndim - 2))
         out[k] = v
     return out

@@ -98,6 +98,9 @@ class VolumeSpec(Section):
     # A case whose decoded float32 image is larger is read slice by slice from its file, never held whole
     # (segkit.data.volume_readers); plain .nii files then, since a .nii.gz is decompressed up to every slice read.
     stream_above_mb: float = Field(256.0, ge=0)
+    # 3D networks see every case resampled to this voxel spacing (mm along voxel axes 0, 1, 2) and predict back on
+    # each case's own grid; null: the cases' median, a thick axis its 10th percentile (segkit.data.spacing)
+    spacing: Optional[list[float]] = Field(None, min_length=3, max_length=3)
 
     @field_validator("slice_id")
     @classmethod
@@ -308,6 +311,9 @@ class TrainConfig(Section):
     loss_params: dict[str, dict[str, Any]] = Field(default_factory=dict)  # e.g. {focal: {gamma: 2}}
     augment: str = "light"
     crop_size: Optional[int] = None  # random crops of this size for training (big images)
+    # 3D networks: the training patch along voxel axes 0, 1, 2 (at the working spacing, data.volumes.spacing), each
+    # side a multiple of the network's stride; also the sliding window's size at prediction
+    patch_size: Optional[list[int]] = Field(None, min_length=3, max_length=3)
     pad_to: int = 32  # pad inputs to a multiple of the network stride, un-pad predictions
     amp: Literal["none", "bf16", "fp16", "auto"] = "none"  # auto: see segkit.compute.device.resolve_amp
     channels_last: bool = False
@@ -370,7 +376,8 @@ class ModelConfig(Section):
 
 
 class PredictConfig(Section):
-    tta: str = "d4"  # none | hflip | flips | d4 (images); mirror3d (volumes through a 3D network)
+    tta: str = "d4"  # none | hflip | flips | d4: the views of image (and 2.5D slice) models
+    tta_3d: str = "mirror3d"  # the views of 3D models' windows: mirror3d (8 flips of three axes), flips, none, ...
     tta_merge: Literal["mean", "gmean", "max"] = "mean"
     batch_size: Union[PositiveInt, Literal["auto"]] = 8  # auto: what fits the GPU's free memory (segkit.compute.sizing)
     tta_chunk: Optional[int] = None  # views per forward batch; default by device

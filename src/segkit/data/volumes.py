@@ -107,8 +107,12 @@ class VolumeSet:
         out = {}
         for name, case in self.cases.items():
             image = nib.load(case.images[0])
-            out[name] = (tuple(int(s) for s in image.shape[:3]), tuple(float(z) for z in image.header.get_zooms()[:3]),
-                         image.affine)
+            zooms = tuple(float(z) for z in image.header.get_zooms()[:3])
+            if len(zooms) < 3 or not all(np.isfinite(z) and z > 0 for z in zooms):
+                # every distance in mm and every resampling to the working spacing would be wrong or infinite
+                raise DataError(f"{case.images[0]}: case {name!r}: the header's voxel spacing (pixdim) is {zooms}; "
+                                f"every axis needs a size above 0 mm")
+            out[name] = (tuple(int(s) for s in image.shape[:3]), zooms, image.affine)
         return out
 
     @cached_property
@@ -196,6 +200,17 @@ class VolumeSet:
         while len(self._decoded) > CACHED_VOLUMES:
             self._decoded.popitem(last=False)
         return self._decoded[name]
+
+    def volume(self, name: str) -> tuple[np.ndarray, np.ndarray | None]:
+        """A whole case, for 3D networks: float32 (modalities, X, Y, Z) normalised and its uint8 (X, Y, Z) labels
+        (None without a label volume). A streamed case is assembled from its slices along the last axis."""
+        reader = self.reader(name)
+        if isinstance(reader, DecodedCase):
+            return np.ascontiguousarray(reader.image.transpose(3, 0, 1, 2)), reader.label
+        depth = self.shape(name)[2]
+        image = np.stack([reader.image_slice(2, z) for z in range(depth)], axis=-1)  # (X, Y, C, Z)
+        label = None if reader.label is None else np.stack([reader.label_slice(2, z) for z in range(depth)], axis=-1)
+        return np.ascontiguousarray(image.transpose(2, 0, 1, 3)), label
 
     def image(self, slice_id: str) -> np.ndarray:
         """float32 (H, W, modalities) of one slice."""

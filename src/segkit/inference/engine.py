@@ -4,8 +4,10 @@
 wrapped in TTA (``segkit.inference.tta``); calling it on a batch gives every group's mean side by side, and
 ``predict`` runs it over image ids: batched by size, tiled where an image is larger than ``predict.tile_size``
 (``segkit.inference.tiling``), along orthogonal views for volumes (``segkit.inference.views``), written to stores
-or memory (``segkit.inference.outputs``). The predict stage, the offline bundle and the ablation all predict
-through it; another predictor (3D patches in a sliding window) would sit beside it with the same ``predict``.
+or memory (``segkit.inference.outputs``). A 3D model's checkpoints (``dims`` 3 in their metadata) predict whole
+cases instead, in a sliding window of their training patch (``segkit.inference.sliding``), with the views of
+``predict.tta_3d``, and write the same per-slice stores. The predict stage, the offline bundle and the ablation all
+predict through it.
 
 ``loader`` (path, device) -> (network, meta) replaces the checkpoint's PyTorch model by another runtime's
 (``segkit.inference.runtimes``): an exported network that takes images as read and gives probabilities, so it runs
@@ -28,6 +30,7 @@ from segkit.data import SegDataset, by_size, pad_collate, same_size_batches, unp
 from segkit.data.resize import to_native, working_size
 from segkit.errors import ConfigError
 from segkit.inference.outputs import to_uint8
+from segkit.inference.sliding import predict_case, slice_of
 from segkit.inference.tiling import predict_tiled, stack_groups
 from segkit.inference.tta import TTAPredictor, average_predictions
 from segkit.inference.views import cases_share, predict_views, view_ids
@@ -51,10 +54,12 @@ class Predictor:
                 model, meta = load_model(path, device) if loader is None else loader(path, device)
                 self._check(cfg, path, meta)
                 self.meta = meta
+                volumetric = meta.get("dims", 2) == 3
                 predictors.append(TTAPredictor(
-                    model, tta=cfg.predict.tta, merge=cfg.predict.tta_merge, chunk=cfg.predict.tta_chunk,
-                    activation="softmax" if meta["mode"] == "multiclass" else "sigmoid",
-                    amp=None if loader else cfg.predict.amp, channels_last=cfg.predict.channels_last and loader is None,
+                    model, tta=cfg.predict.tta_3d if volumetric else cfg.predict.tta, merge=cfg.predict.tta_merge,
+                    chunk=cfg.predict.tta_chunk, activation="softmax" if meta["mode"] == "multiclass" else "sigmoid",
+                    amp=None if loader else cfg.predict.amp,
+                    channels_last=cfg.predict.channels_last and loader is None and not volumetric,
                     max_views=max_views, activated=loader is not None,
                 ))
             self.groups.append(predictors)
@@ -65,6 +70,13 @@ class Predictor:
         if list(meta["classes"]) != list(cfg.data.classes) or meta["mode"] != cfg.data.mode:
             raise ConfigError(f"{path}: trained for {meta['mode']} {meta['classes']}, the config has "
                               f"data.mode {cfg.data.mode} with classes {cfg.data.classes}")
+        if meta.get("dims", 2) == 3:
+            if cfg.data.volumes is None:
+                raise ConfigError(f"{path}: a 3D network predicts volumes; the config has no data.volumes")
+            if meta["channels"] != cfg.data.channels:
+                raise ConfigError(f"{path}: trained on {meta['channels']}-modality volumes, the config's have "
+                                  f"{cfg.data.channels} (data.channels)")
+            return
         if meta["channels"] != cfg.data.input_channels:
             raise ConfigError(f"{path}: trained on {meta['channels']}-channel inputs, the config's are "
                               f"{cfg.data.input_channels} (data.channels, data.context)")
@@ -72,6 +84,10 @@ class Predictor:
     @property
     def pad_to(self) -> int:
         return int(self.meta.get("pad_to", 32))
+
+    @property
+    def volumetric(self) -> bool:
+        return self.meta.get("dims", 2) == 3
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """(N, G * K, H, W) float32: group g's mean foreground probabilities in channels [g K, (g + 1) K)."""
@@ -87,6 +103,8 @@ class Predictor:
         DDP each rank takes its share of all ``ids`` first and then skips what is on disk, so the shares never depend on
         how far another rank has got."""
         cfg = self.cfg
+        if self.volumetric:
+            return self._predict_cases(comp, ids, split, out, world, desc)
         views = cfg.data.volumes is not None and cfg.data.volumes.prediction_axes != [cfg.data.volumes.axis]
         todo = by_size(comp, ids, split)
         if world is not None and world.size > 1:
@@ -121,6 +139,40 @@ class Predictor:
         if desc:
             rate = done / max(time.perf_counter() - began, 1e-9)
             print(f"predict: {desc}: {done} images ({rate:.1f} images/s)", flush=True)
+        return done
+
+    def _predict_cases(self, comp, ids: list[str], split: str, out, world=None, desc: str = "") -> int:
+        """A 3D model: every case with a slice among ``ids`` not yet in ``out``, predicted whole and written slice
+        by slice (all of the case's slices among ``ids``). Under DDP each rank takes every world-size-th case."""
+        volumes = comp.volume_set(split)
+        cases: dict[str, list[str]] = {}
+        for slice_id in ids:
+            cases.setdefault(volumes.case_of(slice_id), []).append(slice_id)
+        names = list(cases)
+        if world is not None and world.size > 1:
+            names = names[world.rank::world.size]
+        names = [c for c in names if not all(out.has(i) for i in cases[c])]
+        if not names:
+            return 0
+        p, meta = self.cfg.predict, self.meta
+        batch = p.batch_size if isinstance(p.batch_size, int) else (4 if self.device.type == "cuda" else 1)
+        axis = volumes.axis
+        began, done = time.perf_counter(), 0
+        shown = names if world is not None and not world.is_main else \
+            bar(names, f"predict: {desc}" if desc else "predict", unit="case")
+        for name in shown:
+            image, _ = volumes.volume(name)
+            with torch.inference_mode():
+                probs = predict_case(self, image, volumes.spacing(name), meta["spacing"], meta["patch_size"],
+                                     overlap=p.tile_overlap, blend=p.tile_blend, batch_size=batch, device=self.device)
+            wanted = set(cases[name])
+            for index, slice_id in enumerate(volumes.slices_of(name)):
+                if slice_id in wanted:
+                    out.write(slice_id, to_uint8(slice_of(probs, axis, index)))
+                    done += 1
+        if desc:
+            took = max(time.perf_counter() - began, 1e-9)
+            print(f"predict: {desc}: {len(names)} cases, {done} slices ({len(names) / took:.2f} cases/s)", flush=True)
         return done
 
     def _largest_input(self, comp, ids: list[str], split: str) -> tuple[int, int, int]:

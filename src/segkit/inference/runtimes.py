@@ -82,7 +82,9 @@ def export_onnx(graph: nn.Module, example: torch.Tensor, path: Path) -> dict:
     """ONNX with a dynamic batch, height and width; where the architecture does not allow that, the example's
     size alone (``dynamic: false``, said in the returned record and by ``segkit export``)."""
     names = {"input_names": ["images"], "output_names": ["probabilities"]}
-    axes = {0: "batch", 2: "height", 3: "width"}
+    axes = {0: "batch", **{d: name for d, name in zip(range(2, example.ndim),
+                                                      ("height", "width") if example.ndim == 4 else
+                                                      ("depth", "height", "width"))}}
     try:
         # The TorchScript-based exporter: dynamic axes in a second, where torch.export's symbolic shapes take
         # minutes on an EfficientNet (bench/export.py).
@@ -106,7 +108,8 @@ def meta_path(export: Path) -> Path:
 def write_meta(export: Path, meta: dict, record: dict) -> None:
     """``export``'s record beside it: what a runtime needs of the network besides the file (the checkpoint's meta,
     less its scores) and how it was exported and checked."""
-    kept = {k: meta[k] for k in ("model_cfg", "mode", "classes", "channels", "pad_to", "epoch") if k in meta}
+    kept = {k: meta[k] for k in ("model_cfg", "mode", "classes", "channels", "pad_to", "epoch", "dims", "patch_size",
+                                 "spacing") if k in meta}
     atomic.write_json(meta_path(export), {**kept, "export": record})
 
 
@@ -150,8 +153,9 @@ class OnnxNetwork:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.shape is not None and list(x.shape[1:]) != self.shape[1:]:
-            raise ConfigError(f"runtime onnx: this export takes {self.shape[2]}x{self.shape[3]} inputs only, got "
-                              f"{x.shape[2]}x{x.shape[3]} (its architecture did not export with dynamic sizes)")
+            raise ConfigError(f"runtime onnx: this export takes {'x'.join(map(str, self.shape[2:]))} inputs only, "
+                              f"got {'x'.join(map(str, x.shape[2:]))} (its architecture did not export with dynamic "
+                              f"sizes)")
         out = self.session.run(None, {self.input: np.ascontiguousarray(x.detach().cpu().numpy(), np.float32)})[0]
         return torch.from_numpy(out).to(x.device)
 

@@ -1,4 +1,5 @@
-"""Segmentation networks by name: every smp decoder (``ARCHS``) on any smp or timm (``tu-...``) encoder.
+"""Segmentation networks by name: every smp decoder (``ARCHS``) on any smp or timm (``tu-...``) encoder, and
+MONAI's 3D networks (``segkit.models.volumetric``: DynUNet, SegResNet, UNet3D, SwinUNETR) for patch-trained models.
 
 ``build_model(model_cfg, channels, mode, num_classes)`` returns an smp model whose forward gives mask logits
 (N, C, H, W) — C = K foreground channels for binary / multilabel, K + 1 (background first) for multiclass — or a
@@ -12,7 +13,7 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -20,17 +21,20 @@ from torch import nn
 
 from segkit.config.schema import ModelConfig
 from segkit.errors import ConfigError
-from segkit.models import weights
+from segkit.models import volumetric, weights
 from segkit.registry import Registry
 
 
 @dataclass(frozen=True)
 class Arch:
-    """An smp decoder and what it accepts."""
+    """An smp decoder, or a 3D network, and what it accepts."""
 
     name: str
-    cls: type  # the smp model class
+    cls: Optional[type]  # the smp model class (None for a 3D network: ``build`` makes it)
     attention: bool = False  # takes decoder_attention_type (scSE)
+    dims: int = 2  # 3: a volumetric network, trained on patches (train.patch_size), predicted in a sliding window
+    build: Optional[Callable[[dict, int, int], nn.Module]] = None  # (params, in channels, outputs) for 3D
+    stride: Optional[Callable[[dict], int]] = None  # params -> the multiple every input side must be of (3D)
 
 
 def _smp_architectures(registry: Registry[Arch]) -> None:
@@ -41,6 +45,8 @@ def _smp_architectures(registry: Registry[Arch]) -> None:
     for cls in smp.MODEL_ARCHITECTURES_MAPPING.values():
         attention = "decoder_attention_type" in inspect.signature(cls.__init__).parameters
         registry.register(cls.__name__)(Arch(cls.__name__, cls, attention))
+    for name, (build, stride) in volumetric.NETWORKS.items():
+        registry.register(name)(Arch(name, None, dims=3, build=build, stride=stride))
 
 
 ARCHS: Registry[Arch] = Registry("architecture", fill=_smp_architectures)
@@ -84,6 +90,8 @@ def build_model(
     every weight anyway, e.g. when the predict stage rebuilds a trained model)."""
     key = f"models[{model_cfg.name}]"
     arch = ARCHS.get(model_cfg.arch, key=f"{key}.arch")
+    if arch.dims == 3:
+        return _build_volumetric(arch, model_cfg, channels, num_outputs(mode, num_classes), key)
     kwargs: dict[str, Any] = dict(model_cfg.params)
     clash = sorted(set(RESERVED_PARAMS) & set(kwargs))
     if clash:
@@ -120,6 +128,34 @@ def build_model(
     if model_cfg.input_scale > 1:
         scale_inputs(model, model_cfg.input_scale)
     return model
+
+
+def dims_of(model_cfg: ModelConfig) -> int:
+    """2 for an image network, 3 for a volumetric one (patches, sliding window)."""
+    return ARCHS.get(model_cfg.arch, key=f"models[{model_cfg.name}].arch").dims
+
+
+def input_multiple(model_cfg: ModelConfig, pad_to: int) -> int:
+    """The multiple every input side must be of: a 3D network's own total stride, ``train.pad_to`` for a 2D one."""
+    arch = ARCHS.get(model_cfg.arch, key=f"models[{model_cfg.name}].arch")
+    return arch.stride(model_cfg.params) if arch.dims == 3 else pad_to
+
+
+def _build_volumetric(arch: Arch, model_cfg: ModelConfig, channels: int, outputs: int, key: str) -> nn.Module:
+    clash = sorted(set(volumetric.RESERVED_3D) & set(model_cfg.params))
+    if clash:
+        raise ConfigError(f"{key}.params: {clash} are set by segkit (from data.channels and data.classes)")
+    unused = [k for k in ("encoder_weights", "decoder_attention") if getattr(model_cfg, k)]
+    unused += ["aux_head"] if model_cfg.aux_head else []
+    unused += ["input_scale"] if model_cfg.input_scale > 1 else []
+    if unused:
+        raise ConfigError(f"{key}.{unused[0]}: not for {arch.name}, a 3D network (no smp encoder or heads)")
+    try:
+        return arch.build(dict(model_cfg.params), channels, outputs)
+    except ConfigError as err:
+        raise ConfigError(f"{key}.{err}") from None
+    except Exception as err:  # MONAI raises ValueError, TypeError, AssertionError on bad params
+        raise ConfigError(f"{key}: cannot build {arch.name}: {_first_line(err)}") from None
 
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -167,19 +203,22 @@ def _first_line(err: Exception) -> str:
 
 
 @torch.no_grad()
-def check_output_size(model: nn.Module, channels: int, multiple: int, key: str) -> None:
+def check_output_size(model: nn.Module, channels: int, multiple: int, key: str, dims: int = 2) -> None:
     """One dry forward: the mask logits must come out at the input's size. Some decoder settings silently change
-    the output stride (e.g. FPN's fixed upsampling with a shallower encoder_depth); better to say so before a run."""
-    size = max(128, multiple) + (-max(128, multiple)) % multiple
+    the output stride (e.g. FPN's fixed upsampling with a shallower encoder_depth); better to say so before a run.
+    A 3D network is tried on a small cube (two strides a side)."""
+    size = max(128, multiple) + (-max(128, multiple)) % multiple if dims == 2 else 2 * multiple
     was_training = model.training
     model.eval()
     try:
-        logits, _ = split_output(model(torch.zeros(1, channels, size, size, device=next(model.parameters()).device)))
+        x = torch.zeros(1, channels, *[size] * dims, device=next(model.parameters()).device)
+        logits, _ = split_output(model(x))
     finally:
         model.train(was_training)
-    if tuple(logits.shape[-2:]) != (size, size):
-        raise ConfigError(f"{key}.params: the network maps a {size}x{size} input to {logits.shape[-2]}x"
-                          f"{logits.shape[-1]} masks; adjust encoder_depth / upsampling / decoder settings")
+    if tuple(logits.shape[2:]) != (size,) * dims:
+        shape = "x".join(map(str, logits.shape[2:]))
+        raise ConfigError(f"{key}.params: the network maps a {'x'.join([str(size)] * dims)} input to {shape} "
+                          f"masks; adjust encoder_depth / upsampling / decoder settings")
 
 
 def split_output(out: Any) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -203,5 +242,5 @@ def encoder_parameters(model: nn.Module) -> set[int]:
     return {id(p) for p in encoder.parameters()} if encoder is not None else set()
 
 
-__all__ = ["ARCHS", "Arch", "RESERVED_PARAMS", "build_model", "check_output_size", "encoder_names",
-           "encoder_parameters", "is_encoder", "num_outputs", "probabilities", "split_output"]
+__all__ = ["ARCHS", "Arch", "RESERVED_PARAMS", "build_model", "check_output_size", "dims_of", "encoder_names",
+           "encoder_parameters", "input_multiple", "is_encoder", "num_outputs", "probabilities", "split_output"]

@@ -41,7 +41,10 @@ def weights_payload(
     pad_to: int,
     epoch: int,
     scores: Optional[dict[str, float]] = None,
+    volumetric: Optional[dict[str, Any]] = None,
 ) -> dict[str, Any]:
+    """``volumetric``: a 3D network's facts for prediction: ``dims`` 3, ``patch_size`` (its sliding window) and the
+    working ``spacing`` it was trained at."""
     return {
         "format": FORMAT,
         "version": VERSION,
@@ -53,6 +56,7 @@ def weights_payload(
         "pad_to": pad_to,
         "epoch": epoch,
         "scores": dict(scores or {}),
+        **(volumetric or {}),
     }
 
 

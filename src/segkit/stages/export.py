@@ -47,16 +47,31 @@ def formats_of(name: str) -> list[str]:
     return [name]
 
 
-def check_batches(cfg: Config, comp: Competition, pad_to: int, n: int = CHECK_IMAGES) -> list[torch.Tensor]:
+def check_batches(cfg: Config, comp: Competition, meta: dict, n: int = CHECK_IMAGES) -> list[torch.Tensor]:
     """Real test images as prediction feeds them (as read, reflection-padded to the stride): the first ``n`` of
     one size in a batch, and the first of them padded one stride step further in each direction (another size
-    and batch size, which a dynamic export must take too)."""
+    and batch size, which a dynamic export must take too). A 3D network's: a window of the first test case."""
+    pad_to = int(meta.get("pad_to", 32))
+    if meta.get("dims", 2) == 3:
+        return window_batches(comp, meta["patch_size"], pad_to)
     ids = comp.test_ids[:n]
     images = [pad_to_multiple(comp.read_image(i, "test"), pad_to) for i in ids]
     same = [im for im in images if im.shape == images[0].shape]
     batch = torch.from_numpy(np.ascontiguousarray(np.stack(same).transpose(0, 3, 1, 2)))
     larger = torch.nn.functional.pad(batch[:1], (0, 2 * pad_to, 0, pad_to), mode="replicate")
     return [batch, larger]
+
+
+def window_batches(comp: Competition, patch: list[int], pad_to: int) -> list[torch.Tensor]:
+    """A 3D network's sliding window as prediction feeds it: the first test case's first window (zero-padded where
+    the case is smaller), and that window one stride step larger along every axis with a batch of two."""
+    volumes = comp.volume_set("test")
+    image, _ = volumes.volume(next(iter(volumes.cases)))
+    window = torch.from_numpy(image)[(slice(None), *(slice(0, p) for p in patch))]
+    short = [p - n for p, n in zip(patch, window.shape[1:])]
+    window = torch.nn.functional.pad(window, tuple(x for n in reversed(short) for x in (0, n)))[None]
+    larger = torch.nn.functional.pad(window, (0, pad_to) * 3, mode="replicate")
+    return [window.contiguous(), torch.cat([larger, larger.flip(-1)])]
 
 
 def export_one(graph: ProbabilityGraph, batches: list[torch.Tensor], fmt: str, path: Path, what: str) -> dict:
@@ -71,7 +86,7 @@ def export_one(graph: ProbabilityGraph, batches: list[torch.Tensor], fmt: str, p
                           f"{(str(err).splitlines() or [''])[0]}") from err
     record["seconds"] = round(time.perf_counter() - began, 2)
     if not record["dynamic"]:
-        print(f"export: {what}: {fmt} takes {record['shape'][2]}x{record['shape'][3]} batches of "
+        print(f"export: {what}: {fmt} takes {'x'.join(map(str, record['shape'][2:]))} batches of "
               f"{record['shape'][0]} only (no dynamic sizes: {record['why']})")
     return record
 
@@ -120,26 +135,28 @@ def run(cfg: Config, format: str = "both", tolerance: float = TOLERANCE) -> int:
     with unit.writing():
         device = torch.device("cpu")  # exports are traced on the CPU: the files run anywhere
         listing: dict = {"formats": formats, "tolerance": tolerance, "models": {}}
-        batches = None
+        batches: dict = {}  # per kind of input (2D or 3D, stride, window)
         for (model, k), files in checkpoints.items():
             for checkpoint in files:
                 what = f"models[{model}] fold {k} ({checkpoint.name})"
                 net, meta = load_model(checkpoint, device)
                 graph = ProbabilityGraph(net, cfg.data, meta["mode"]).eval()
-                if batches is None:
-                    batches = check_batches(cfg, comp, int(meta.get("pad_to", 32)))
+                kind = (meta.get("dims", 2), meta.get("pad_to", 32), tuple(meta.get("patch_size") or ()))
+                if kind not in batches:
+                    batches[kind] = check_batches(cfg, comp, meta)
+                inputs = batches[kind]
                 entry = {"checkpoint": checkpoint.name, "files": {}}
                 for fmt in formats:
                     path = paths.file(model, k, checkpoint, SUFFIX[fmt])
-                    record = export_one(graph, batches, fmt, path, what)
+                    record = export_one(graph, inputs, fmt, path, what)
                     write_meta(path, meta, record)  # the loader reads it
                     network, _ = loader(fmt)(path, device)
-                    record["max_abs_diff"] = check_one(graph, network, batches, record, what, fmt, tolerance)
-                    record["checked_on"] = [list(x.shape) for x in batches]
+                    record["max_abs_diff"] = check_one(graph, network, inputs, record, what, fmt, tolerance)
+                    record["checked_on"] = [list(x.shape) for x in inputs]
                     write_meta(path, meta, record)
                     entry["files"][fmt] = str(path.relative_to(paths.dir))
                     print(f"export: {what} -> {path} ({path.stat().st_size / 2**20:.1f} MiB, max |dp| "
-                          f"{record['max_abs_diff']:.1e} on {sum(len(x) for x in batches)} images)")
+                          f"{record['max_abs_diff']:.1e} on {sum(len(x) for x in inputs)} inputs)")
                 listing["models"].setdefault(model, {}).setdefault(str(k), []).append(entry)
         atomic.write_json(paths.json, listing)
     print(f"export: {sum(len(v) for v in checkpoints.values())} checkpoint(s) x {', '.join(formats)} -> {paths.dir}")

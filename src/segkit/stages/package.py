@@ -64,6 +64,7 @@ from segkit.data.folds import fold_numbers, load_folds
 from segkit.ensemble import chosen
 from segkit.errors import ConfigError, DataError
 from segkit.inference.runtimes import SUFFIX, meta_path
+from segkit.models import dims_of
 from segkit.models.checkpoint import fold_checkpoints, save_weights
 from segkit.postprocess.tuned import Tuned
 
@@ -266,7 +267,7 @@ def run(cfg: Config, out: str, models: str = "eager", weights: str = "fp16", tar
     comp = Competition(cfg.data, seed=cfg.seed)
     sources = model_sources(cfg, comp, models)
     order = ranked(choice, layout.final_ensemble.cv)
-    packages = needs(models, target, python_version)
+    packages = needs(models, target, python_version, volumetric=any(dims_of(m) == 3 for m in cfg.models))
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=atomic.TMP_SUFFIX, dir=out_dir.parent))

@@ -95,10 +95,10 @@ def predict_test(cfg: Config, comp: Competition, model_cfg: ModelConfig, fold_li
     ids = comp.test_ids
     n_left = sum(not out.has(i) for i in ids)
     what = ", ".join(str(folder) for (_, folder), wanted in zip(units, todo) if wanted)
-    print(f"predict: models[{model_cfg.name}]: {sum(map(len, per_fold.values()))} checkpoint(s) over "
-          f"{len(per_fold)} fold(s), TTA {cfg.predict.tta}; {n_left} of {len(ids)} test images to do -> {what}",
-          flush=True)
     predictor = Predictor(cfg, list(per_fold.values()), device)
+    tta = cfg.predict.tta_3d if predictor.volumetric else cfg.predict.tta
+    print(f"predict: models[{model_cfg.name}]: {sum(map(len, per_fold.values()))} checkpoint(s) over "
+          f"{len(per_fold)} fold(s), TTA {tta}; {n_left} of {len(ids)} test images to do -> {what}", flush=True)
     predictor.predict(comp, ids, "test", out, world, desc=f"{model_cfg.name} test")
     del predictor
     barrier_if_many(world)

@@ -32,7 +32,7 @@ from segkit.data.folds import fold_ids, load_folds
 from segkit.errors import ConfigError, SegkitError
 from segkit.losses import LossSchedule
 from segkit.metrics import get_metric
-from segkit.models import build_model, check_output_size, checkpoint
+from segkit.models import build_model, check_output_size, checkpoint, dims_of, input_multiple
 from segkit.models.weights import looks_like_path
 from segkit.optim import build_optimizer, build_schedule, cycle_end_epochs, group_lrs
 from segkit.stages.train import budget
@@ -40,7 +40,8 @@ from segkit.stages.train.data import ExtraTrainData, TrainData, pseudo_train_dat
 from segkit.stages.train.ema import build_ema
 from segkit.stages.train.loop import Stepper, train_epoch
 from segkit.stages.train.seeding import derive_seed, rng_state, seed_everything, set_deterministic, set_rng_state
-from segkit.stages.train.validate import evaluate
+from segkit.stages.train.validate import ImageValidation, Scores
+from segkit.stages.train.volumetric import fold_volumes
 
 HISTORY_COLUMNS = ["epoch", "lr", "encoder_lr", "train_loss", "val_loss", "dice", "iou", "score", "loss_terms",
                    "steps", "skipped", "seconds"]
@@ -165,18 +166,31 @@ def train_fold(
     seed_everything(base_seed)  # the same initial weights for every run of this fold
 
     saved = checkpoint.load(paths.last) if paths.last.exists() else None
-    model = build_model(model_cfg, cfg.data.input_channels, mode, len(classes), pretrained=saved is None).to(device)
-    check_output_size(model, cfg.data.input_channels, tcfg.pad_to, f"models[{model_cfg.name}]")
-    model = training_layout(model, tcfg.channels_last, tcfg.amp, device)
+    dims = dims_of(model_cfg)
+    # a 3D network's channels are the modalities; a 2.5D one's also hold the neighbouring slices (data.context)
+    channels = cfg.data.channels if dims == 3 else cfg.data.input_channels
+    multiple = input_multiple(model_cfg, tcfg.pad_to)
+    model = build_model(model_cfg, channels, mode, len(classes), pretrained=saved is None).to(device)
+    check_output_size(model, channels, multiple, f"models[{model_cfg.name}]", dims)
+    model = training_layout(model, tcfg.channels_last, tcfg.amp, device, dims)
     model = distributed.sync_batchnorm(model, world, tcfg.sync_bn, device)
-    data = TrainData(comp, tcfg, comp.training_slices(train_ids), base_seed, world, extra)
-    vloader = val_loader(comp, tcfg, val_ids, world)
+    metric = get_metric(cfg.metric, key="metric")
+    scoring = Scores(metric, tcfg.threshold)
+    volumetric_meta = None
+    if dims == 3:
+        if extra is not None:
+            raise ConfigError(f"{where}: pseudo labels (pseudo.round) train 2D and 2.5D models only")
+        data, validation, volumetric_meta = fold_volumes(cfg, comp, model_cfg, tcfg, train_ids, val_ids, base_seed,
+                                                         world, scoring, where)
+    else:
+        data = TrainData(comp, tcfg, comp.training_slices(train_ids), base_seed, world, extra)
+        validation = ImageValidation(val_loader(comp, tcfg, val_ids, world), mode, scoring, tcfg.channels_last,
+                                     world)
     aux_weight = model_cfg.aux_weight if model_cfg.aux_head else 0.0
     losses = LossSchedule(tcfg, mode, len(classes), aux_weight).to(device)  # by epoch, whatever their number
-    metric = get_metric(cfg.metric, key="metric")
     if tcfg.minutes is not None:  # the epochs that fit the minutes here (or those a resumed fold recorded)
-        tcfg = tcfg.model_copy(update={"epochs": _epochs_in_minutes(model, data, vloader, tcfg, losses, mode, metric,
-                                                                    device, world, saved, where)})
+        tcfg = tcfg.model_copy(update={"epochs": _epochs_in_minutes(model, data, validation, tcfg, losses, device,
+                                                                    world, saved, where)})
     monitor, monitor_mode = monitor_of(cfg, tcfg, metric)
     optimizer = build_optimizer(model, tcfg)
     schedule = build_schedule(optimizer, tcfg, math.ceil(len(data) / tcfg.accumulate), monitor_mode)
@@ -218,8 +232,8 @@ def train_fold(
     eval_model = ema.module if ema is not None else model
 
     def payload(epoch: int, scores: dict) -> dict:
-        return checkpoint.weights_payload(eval_model.state_dict(), identity["model"], mode, classes,
-                                          cfg.data.input_channels, tcfg.pad_to, epoch, scores)
+        return checkpoint.weights_payload(eval_model.state_dict(), identity["model"], mode, classes, channels,
+                                          multiple, epoch, scores, volumetric_meta)
 
     final_row: Optional[dict] = None  # the last epoch's validation row, when this process ran it
     for epoch in range(start, tcfg.epochs + 1):
@@ -239,9 +253,8 @@ def train_fold(
             # is also the best (the usual case at the end of a decaying schedule), _write_oof keeps them instead
             # of predicting every validation image a second time.
             writer = ProbWriter(paths.oof, classes) if epoch == tcfg.epochs else None
-            row.update(evaluate(eval_model, vloader, loss_fn, mode, metric, device, tcfg.amp, tcfg.channels_last,
-                                tcfg.threshold, writer=writer, world=world,
-                                progress=tcfg.progress and world.is_main))
+            row.update(validation.evaluate(eval_model, loss_fn, device, tcfg.amp, writer=writer,
+                                           progress=tcfg.progress and world.is_main))
             if writer is not None:
                 final_row = row
             schedule.observe(row[monitor])
@@ -274,12 +287,12 @@ def train_fold(
                   f"{row['seconds']:.1f}s" + (f"  ({stats.skipped} skipped)" if stats.skipped else ""), flush=True)
         distributed.barrier(world)
 
-    return _write_oof(cfg, model_cfg, fold, paths, unit, model, vloader, losses.for_epoch(tcfg.epochs), metric,
+    return _write_oof(cfg, model_cfg, fold, paths, unit, model, validation, losses.for_epoch(tcfg.epochs),
                       device, tcfg, world, train_ids, val_ids, history, monitor, final_row)
 
 
-def _epochs_in_minutes(model, data: TrainData, vloader, tcfg: TrainConfig, losses: LossSchedule, mode: str, metric,
-                       device, world, saved: Optional[dict], where: str) -> int:
+def _epochs_in_minutes(model, data, validation, tcfg: TrainConfig, losses: LossSchedule, device, world,
+                       saved: Optional[dict], where: str) -> int:
     """``train.minutes`` as epochs: measured on this machine before a fold's first epoch (rank 0's measure for
     every rank), or the number a resumed fold's ``last.pt`` recorded."""
     if saved is not None and saved["train_state"].get("epochs"):
@@ -289,12 +302,7 @@ def _epochs_in_minutes(model, data: TrainData, vloader, tcfg: TrainConfig, losse
         began = time.perf_counter()
         loss_fn = losses.for_epoch(1)
         step = budget.time_steps(model, data.loader(1), loss_fn, device, tcfg)
-
-        def validate(batches):
-            return evaluate(model, batches, loss_fn, mode, metric, device, tcfg.amp, tcfg.channels_last,
-                            tcfg.threshold)
-
-        val = budget.time_validation(validate, vloader) * world.size  # rank 0 times its share
+        val = validation.seconds(model, loss_fn, device, tcfg.amp) * world.size  # rank 0 times its share
         cycles = tcfg.schedule.cycles if tcfg.schedule.name in ("cosine_restarts", "cyclic") else 1
         plan = budget.epochs_for(tcfg.minutes, step, len(data), val, tcfg.val_every, cycles,
                                  spent=time.perf_counter() - began)
@@ -303,7 +311,7 @@ def _epochs_in_minutes(model, data: TrainData, vloader, tcfg: TrainConfig, losse
     return int(distributed.broadcast(world, epochs))
 
 
-def _write_oof(cfg, model_cfg, fold, paths: FoldPaths, unit: Unit, model, vloader, loss_fn, metric, device, tcfg,
+def _write_oof(cfg, model_cfg, fold, paths: FoldPaths, unit: Unit, model, validation, loss_fn, device, tcfg,
                world, train_ids, val_ids, history, monitor, final_row: Optional[dict]) -> dict:
     """Predict the fold's validation images with best.pt into the OOF store (unless ``final_row``, the last
     epoch's validation, already wrote them with the very weights of best.pt); then tidy up the checkpoints."""
@@ -314,8 +322,7 @@ def _write_oof(cfg, model_cfg, fold, paths: FoldPaths, unit: Unit, model, vloade
         scores = final_row
     else:
         model.load_state_dict(best["model"])
-        scores = evaluate(model, vloader, loss_fn, best["mode"], metric, device, tcfg.amp, tcfg.channels_last,
-                          tcfg.threshold, writer=writer, world=world)
+        scores = validation.evaluate(model, loss_fn, device, tcfg.amp, writer=writer)
     distributed.barrier(world)
     summary = {
         "model": model_cfg.name, "fold": fold, "metric": cfg.metric, "monitor": monitor,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from typing import Optional
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
@@ -26,7 +27,41 @@ from segkit.losses import SegLoss
 from segkit.metrics import CompetitionMetric
 from segkit.metrics.overlap import overlap_scores
 from segkit.models import probabilities, split_output
+from segkit.stages.train.budget import time_validation
 from segkit.threshold import binarize
+
+
+class Scores:
+    """The running sums of a validation: Dice, IoU and the competition metric of each image (or slice) at
+    ``threshold``; ``means`` of sums gathered from every rank."""
+
+    def __init__(self, metric: CompetitionMetric, threshold: float = 0.5):
+        self.metric, self.threshold = metric, threshold
+
+    @staticmethod
+    def empty() -> dict[str, float]:
+        return {"loss": 0.0, "dice": 0.0, "iou": 0.0, "score": 0.0, "images": 0, "losses": 0}
+
+    def add(self, sums: dict, probs: np.ndarray, truth: np.ndarray) -> None:
+        """One image's float (K, H, W) probabilities against its boolean (K, H, W) truth."""
+        pred = binarize(probs, self.threshold).view(bool)
+        overlap = overlap_scores(pred[None], truth[None], ["dice", "iou"], reduction="mean")
+        sums["dice"] += float(overlap["dice"])
+        sums["iou"] += float(overlap["iou"])
+        sums["score"] += float(self.metric(pred, truth))
+        sums["images"] += 1
+
+    @staticmethod
+    def means(parts: list[dict]) -> dict[str, float]:
+        total = {k: sum(p[k] for p in parts) for k in parts[0]}
+        n, n_loss = total["images"], total["losses"]
+        nan = math.nan
+        return {
+            "val_loss": total["loss"] / n_loss if n_loss else nan,
+            "dice": total["dice"] / n if n else nan,
+            "iou": total["iou"] / n if n else nan,
+            "score": total["score"] / n if n else nan,
+        }
 
 
 @torch.inference_mode()
@@ -48,8 +83,8 @@ def evaluate(
     """Mean val loss / dice / iou / score over the loader's images (gathered over DDP ranks)."""
     was_training = model.training
     model.eval()
-    sums = {"loss": 0.0, "dice": 0.0, "iou": 0.0, "score": 0.0}
-    n_images = n_loss = 0
+    scores = Scores(metric, threshold)
+    sums = scores.empty()
     bar = tqdm(loader, desc=desc, leave=False, disable=True if not progress else None, dynamic_ncols=True)
     for batch in bar:
         batch = to_device(batch, device, channels_last)
@@ -59,7 +94,7 @@ def evaluate(
         if loss_fn is not None and "mask" in batch:
             loss, _ = loss_fn(logits, batch["mask"], aux, batch.get("has_mask"))
             sums["loss"] += float(loss) * len(batch["id"])
-            n_loss += len(batch["id"])
+            sums["losses"] += len(batch["id"])
         probs = probabilities(logits, mode)
         for i, image_id in enumerate(batch["id"]):
             size, native = batch["size"][i].tolist(), batch["native"][i].tolist()
@@ -67,23 +102,25 @@ def evaluate(
             if writer is not None:
                 writer.write(image_id, p)
             if "mask" in batch:
-                pred = binarize(p, threshold).view(bool)
                 truth = batch["native_mask"][i] if "native_mask" in batch else batch["mask"][i]
-                truth = (unpad(truth, native) > 0.5).cpu().numpy()
-                overlap = overlap_scores(pred[None], truth[None], ["dice", "iou"], reduction="mean")
-                sums["dice"] += float(overlap["dice"])
-                sums["iou"] += float(overlap["iou"])
-                sums["score"] += float(metric(pred, truth))
-                n_images += 1
+                scores.add(sums, p, (unpad(truth, native) > 0.5).cpu().numpy())
     model.train(was_training)
-    parts = gather(world, (sums, n_images, n_loss))
-    total = {k: sum(p[0][k] for p in parts) for k in sums}
-    n_images = sum(p[1] for p in parts)
-    n_loss = sum(p[2] for p in parts)
-    nan = math.nan
-    return {
-        "val_loss": total["loss"] / n_loss if n_loss else nan,
-        "dice": total["dice"] / n_images if n_images else nan,
-        "iou": total["iou"] / n_images if n_images else nan,
-        "score": total["score"] / n_images if n_images else nan,
-    }
+    return scores.means(gather(world, sums))
+
+
+class ImageValidation:
+    """A 2D (or 2.5D) model's validation: ``evaluate`` over the fold's validation loader; ``seconds`` of a pass,
+    from a few of its batches (``segkit.stages.train.budget.time_validation``)."""
+
+    def __init__(self, loader, mode: str, scores: Scores, channels_last: bool, world: World):
+        self.loader, self.mode, self.scores, self.channels_last, self.world = loader, mode, scores, channels_last, world
+
+    def evaluate(self, model, loss_fn=None, device=torch.device("cpu"), amp: str = "none", writer=None,
+                 progress: bool = False, loader=None) -> dict[str, float]:
+        return evaluate(model, loader if loader is not None else self.loader, loss_fn, self.mode, self.scores.metric,
+                        device, amp, self.channels_last, self.scores.threshold, writer=writer,
+                        world=self.world if loader is None else World(), progress=progress)
+
+    def seconds(self, model, loss_fn, device, amp: str) -> float:
+        return time_validation(lambda batches: self.evaluate(model, loss_fn, device, amp, loader=batches),
+                               self.loader)

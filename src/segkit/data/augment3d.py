@@ -1,0 +1,87 @@
+"""Augmentation of 3D training patches, from MONAI's dictionary transforms (image and labels moved together).
+
+The presets share ``train.augment``'s names with the 2D ones, so a recipe's ``augment: light`` means the like
+amount for its 3D model:
+
+- ``none``;
+- ``flips``: mirror along each voxel axis (p 0.5 each): the 8 mirrorings nnU-Net trains and predicts with;
+- ``light``: flips, 90-degree turns in the slice plane (where the patch's two in-plane sides are equal), and
+  intensity: scale and shift (p 0.3), gamma (p 0.3), Gaussian noise (p 0.15);
+- ``medium``: light, plus a small affine (p 0.2: up to 15 degrees about each axis, 0.85-1.25 scale), nnU-Net's
+  spatial augmentation in its usual range;
+- ``heavy``: medium, plus elastic deformation (p 0.1).
+
+MONAI rather than TorchIO: the same pipeline is faster on a patch here (bench/augment3d.py, BENCHMARKS.md), MONAI
+is already the 3D networks' library, and it works on torch tensors with no metadata tracked (``set_track_meta``).
+Randomness comes from the patch's own seed (``apply(image, labels, seed)``), so a batch is the same whatever the
+number of loader workers.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+
+from segkit.errors import ConfigError
+
+PRESETS = ("none", "flips", "light", "medium", "heavy")
+
+
+class Augment3D:
+    """A preset for patches of ``patch`` voxels; ``plane`` the two voxel axes of the slice plane (turns)."""
+
+    def __init__(self, name: str, patch: Sequence[int], plane: tuple[int, int] = (0, 1), key: str = "train.augment"):
+        if name not in PRESETS:
+            raise ConfigError(f"{key}: {name!r} is no 3D augmentation; known: {', '.join(PRESETS)}")
+        self.name = name
+        self.transform = None if name == "none" else _compose(name, tuple(patch), plane)
+
+    def apply(self, image: torch.Tensor, labels: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(C, D, H, W) float image and (1, D, H, W) labels, augmented alike."""
+        if self.transform is None:
+            return image, labels
+        self.transform.set_random_state(seed=seed % 2**32)
+        out = self.transform({"image": image, "label": labels})
+        return _plain(out["image"]), _plain(out["label"])
+
+
+def _plain(x) -> torch.Tensor:
+    return x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
+
+
+def _compose(name: str, patch: tuple[int, ...], plane: tuple[int, int]):
+    from monai import transforms as T  # here: only 3D training needs MONAI's transforms
+    from monai.data import set_track_meta  # here, with them
+
+    set_track_meta(False)  # plain tensors: MONAI's metadata costs time per transform and nothing here reads it
+    both = ("image", "label")
+    steps = [T.RandFlipd(both, prob=0.5, spatial_axis=axis) for axis in range(3)]
+    if name == "flips":
+        return T.Compose(steps)
+    if patch[plane[0]] == patch[plane[1]]:  # a turn of a non-square plane would change the patch's shape
+        steps.append(T.RandRotate90d(both, prob=0.5, max_k=3, spatial_axes=plane))
+    if name in ("medium", "heavy"):
+        angle = math.radians(15)
+        steps.append(T.RandAffined(both, prob=0.2, rotate_range=(angle,) * 3, scale_range=(0.15,) * 3,
+                                   mode=("bilinear", "nearest"), padding_mode="zeros", spatial_size=patch))
+    if name == "heavy":
+        steps.append(T.Rand3DElasticd(both, sigma_range=(5, 8), magnitude_range=(50, 150), prob=0.1,
+                                      mode=("bilinear", "nearest"), padding_mode="zeros", spatial_size=patch))
+    steps += [
+        T.RandScaleIntensityd("image", factors=0.1, prob=0.3),
+        T.RandShiftIntensityd("image", offsets=0.1, prob=0.3),
+        T.RandAdjustContrastd("image", gamma=(0.7, 1.5), prob=0.3),
+        T.RandGaussianNoised("image", std=0.1, prob=0.15),
+    ]
+    return T.Compose(steps)
+
+
+def slice_plane(axis: Optional[int]) -> tuple[int, int]:
+    """The two voxel axes of the plane slices are cut in (``data.volumes.axis`` the third)."""
+    axes = [a for a in range(3) if a != (2 if axis is None else axis)]
+    return axes[0], axes[1]
+
+
+__all__ = ["Augment3D", "PRESETS", "slice_plane"]
