@@ -150,13 +150,17 @@ def test_a_bundle_of_exports_writes_a_valid_submission_close_to_segkit_submits(e
 
 def test_time_budget_plans_drop_tta_views_first_then_the_lighter_models():
     seconds = {"heavy": 0.1, "light": 0.1}
-    assert plan_views(["heavy", "light"], seconds, 100, None, 8, True) == {"heavy": 8, "light": 8}
-    assert plan_views(["heavy", "light"], seconds, 100, 160, 8, True) == {"heavy": 8, "light": 8}
-    assert plan_views(["heavy", "light"], seconds, 100, 100, 8, True) == {"heavy": 8, "light": 2}
-    assert plan_views(["heavy", "light"], seconds, 100, 50, 8, True) == {"heavy": 4, "light": 1}
-    assert plan_views(["heavy", "light"], seconds, 100, 15, 8, True) == {"heavy": 1, "light": 0}
+    full = {"heavy": 8, "light": 8}
+    assert plan_views(["heavy", "light"], seconds, 100, None, full, True) == {"heavy": 8, "light": 8}
+    assert plan_views(["heavy", "light"], seconds, 100, 160, full, True) == {"heavy": 8, "light": 8}
+    assert plan_views(["heavy", "light"], seconds, 100, 100, full, True) == {"heavy": 8, "light": 2}
+    assert plan_views(["heavy", "light"], seconds, 100, 50, full, True) == {"heavy": 4, "light": 1}
+    assert plan_views(["heavy", "light"], seconds, 100, 15, full, True) == {"heavy": 1, "light": 0}
     with pytest.raises(BudgetError, match="cannot hold one TTA view of heavy, light"):
-        plan_views(["heavy", "light"], seconds, 100, 15, 8, False)  # a stack needs both models
+        plan_views(["heavy", "light"], seconds, 100, 15, full, False)  # a stack needs both models
+    # a model with fewer views (a 3D network's flips beside a 2D one's d4) starts from its own
+    assert plan_views(["heavy", "light"], seconds, 100, None, {"heavy": 8, "light": 4}, True) == {"heavy": 8,
+                                                                                                 "light": 4}
     assert parse_budget("1h30m") == 5400 and parse_budget("90m") == 5400 and parse_budget("45s") == 45
     with pytest.raises(ConfigError, match="--time-budget"):
         parse_budget("soon")
@@ -170,10 +174,10 @@ def test_past_the_budget_the_rest_runs_at_the_least_that_still_submits():
     seconds = {"a": 0.1, "b": 0.1, "c": 0.1}
     for droppable, want in ((True, {"b": 0, "c": 0}), (False, {"b": 1, "c": 1})):
         views = {"a": 8, "b": 8, "c": 8}
-        Offline.replan(SimpleNamespace(droppable=droppable, full=8), ["b", "c"], views, seconds, 100, left=-5.0)
+        Offline.replan(SimpleNamespace(droppable=droppable, full={"b": 8, "c": 8}), ["b", "c"], views, seconds, 100, left=-5.0)
         assert views == {"a": 8, **want}
     views = {"a": 8, "b": 8, "c": 8}
-    Offline.replan(SimpleNamespace(droppable=True, full=8), ["b", "c"], views, seconds, 100, left=100.0)
+    Offline.replan(SimpleNamespace(droppable=True, full={"b": 8, "c": 8}), ["b", "c"], views, seconds, 100, left=100.0)
     assert views == {"a": 8, "b": 7, "c": 1}  # 85 s for b and c: c loses its views first, then b one
 
 

@@ -56,6 +56,7 @@ from segkit.inference.outputs import Collected, Outputs, prepare_store
 from segkit.inference.runtimes import loader
 from segkit.inference.tta import views_for
 from segkit.metrics import get_metric
+from segkit.models import dims_of
 from segkit.postprocess.tuned import Tuned
 from segkit.submission.build import Submission, final_masks, volume_files, write_volumes
 
@@ -83,11 +84,11 @@ def parse_budget(text: Optional[str]) -> Optional[float]:
 # --------------------------------------------------------------------------------------------------------- plan
 
 
-def plan_views(order: list[str], seconds: dict[str, float], n_images: int, budget: Optional[float], full: int,
-               droppable: bool) -> dict[str, int]:
+def plan_views(order: list[str], seconds: dict[str, float], n_images: int, budget: Optional[float],
+               full: dict[str, int], droppable: bool) -> dict[str, int]:
     """TTA views per model (0: dropped) that fit ``budget`` seconds for ``n_images``; ``seconds[m]`` is model m's
-    time per image and view, ``order`` the models heaviest first."""
-    views = {m: full for m in order}
+    time per image and view, ``full[m]`` its TTA's views, ``order`` the models heaviest first."""
+    views = {m: full[m] for m in order}
     if budget is None:
         return views
 
@@ -111,11 +112,11 @@ def plan_views(order: list[str], seconds: dict[str, float], n_images: int, budge
     return views
 
 
-def describe(views: dict[str, int], seconds: dict[str, float], n_images: int, full: int) -> str:
+def describe(views: dict[str, int], seconds: dict[str, float], n_images: int, full: dict[str, int]) -> str:
     rows = []
     for m, v in views.items():
         took = f"~{n_images * seconds[m] * v:.0f} s" if v else "dropped"
-        rows.append(f"  {m}: {v} of {full} TTA views, {seconds[m]:.3f} s per image and view, {took}")
+        rows.append(f"  {m}: {v} of {full[m]} TTA views, {seconds[m]:.3f} s per image and view, {took}")
     total = n_images * sum(seconds[m] * v for m, v in views.items())
     return "\n".join(rows + [f"  networks in all: ~{total:.0f} s for {n_images} images"])
 
@@ -140,7 +141,9 @@ class Offline:
         self.comp = Competition(self.cfg.data, seed=self.cfg.seed)
         self.ids = self.comp.test_ids
         self.loader = loader(self.runtime)
-        self.full = len(views_for(self.cfg.predict.tta))
+        # every model's TTA views: predict.tta's, or predict.tta_3d's for a 3D network
+        self.full = {m.name: len(views_for(self.cfg.predict.tta_3d if dims_of(m) == 3 else self.cfg.predict.tta))
+                     for m in self.cfg.models}
 
     def _config(self) -> Config:
         tree = yaml.safe_load(self.bundle.path(CONFIG).read_text())
@@ -157,7 +160,7 @@ class Offline:
             raise DataError("--volumes: this competition's images are not volumes (the bundle's data.volumes is unset)")
         # The competition's folder is --test; train data is absent, and no image is held out of it.
         data.update(root=str(test), sample_submission=str(sample) if sample else None, holdout_fraction=0.0,
-                    extra_csv=str(self.bundle.path(EXTRA)) if data.get("extra_csv") else None)
+                    holdout_list=None, extra_csv=str(self.bundle.path(EXTRA)) if data.get("extra_csv") else None)
         if data.get("volumes"):  # the test cases' NIfTI files; rows per slice of them, or the sample's
             data["volumes"]["test_images"] = "."
         else:
@@ -194,6 +197,9 @@ class Offline:
         """Seconds per image and TTA view of model ``name`` (every fold), on the first test images."""
         predictor = Predictor(self.cfg, self.groups(name), self.device, self.loader, max_views=1)
         ids = self.ids[:MEASURE_IMAGES]
+        if predictor.volumetric:  # a 3D network predicts whole cases: the first case's slices, each a share of it
+            volumes = self.comp.volume_set("test")
+            ids = [i for i in volumes.slices_of(volumes.case_of(ids[0])) if i in set(self.ids)]
         # The probabilities are kept in memory and thrown away.
         predictor.predict(self.comp, ids[:1], "test", Collected())  # warm-up
         began = time.perf_counter()

@@ -34,7 +34,8 @@ INFER_PACKAGES = ["torch", "timm", "segmentation-models-pytorch", "safetensors",
                   "pandas", "opencv-python-headless", "albumentations", "scikit-image", "pillow", "pydantic",
                   "PyYAML", "tqdm", "numba", "lightgbm", "nibabel"]
 RUNTIME_PACKAGES = {"eager": [], "torchscript": [], "onnx": ["onnxruntime"]}
-VOLUMETRIC_PACKAGES = ["monai"]  # what a bundle with 3D networks imports besides (segkit.models.volumetric)
+# what a bundle with 3D networks imports besides (segkit.models.volumetric; einops: SwinUNETR)
+VOLUMETRIC_PACKAGES = ["monai", "einops"]
 
 # The versions of the packages inference imports that segkit works with: a notebook's copy outside its range is
 # shadowed by the bundle's. Floors: the release lines whose APIs segkit calls (albumentations 2's transforms,
@@ -46,7 +47,7 @@ SUPPORTED = {
     "pandas": ">=2.1,<4", "opencv-python-headless": ">=4.9,<6", "albumentations": ">=2.0,<3",
     "scikit-image": ">=0.22,<1", "pillow": ">=10", "pydantic": ">=2.5,<3", "pyyaml": ">=6,<7", "tqdm": ">=4.60,<5",
     "numba": ">=0.59,<1", "lightgbm": ">=4.0,<5", "nibabel": ">=5,<6", "onnxruntime": ">=1.17,<2",
-    "monai": ">=1.3,<2",
+    "monai": ">=1.3,<2", "einops": ">=0.6,<1",
 }
 
 

@@ -192,6 +192,9 @@ class DataConfig(Section):
     group_column: Optional[str] = None  # column of extra_csv / train csv: no group spans two folds
     # Labelled images held out of training and scored like a hidden test set (public data has no test labels).
     holdout_fraction: float = Field(0.0, ge=0.0, lt=1.0)
+    # Or a given set (a published split's test list): a text file under root, one id a line (a volume competition:
+    # one case a line, its every slice held out)
+    holdout_list: Optional[str] = None
     # The working resolution: images are resized on read for training and prediction, and every probability is
     # resized back to its image's native size (segkit.data.resize). Unset: native size.
     resize: Optional[ResizeSpec] = None

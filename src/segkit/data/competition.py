@@ -97,6 +97,8 @@ class Competition:
 
     @cached_property
     def holdout_ids(self) -> list[str]:
+        if self.cfg.holdout_list is not None:
+            return self._listed_holdout()
         frac = self.cfg.holdout_fraction
         if frac <= 0:
             return []
@@ -113,6 +115,22 @@ class Competition:
         n = max(1, int(round(frac * len(ids))))
         chosen = set(rng.choice(len(ids), size=n, replace=False).tolist())
         return [i for k, i in enumerate(ids) if k in chosen]
+
+    def _listed_holdout(self) -> list[str]:
+        """The ids ``data.holdout_list`` names: its lines are image ids, or volumes where images are slices."""
+        if self.cfg.holdout_fraction > 0:
+            raise ConfigError("data.holdout_list: set, and data.holdout_fraction too; hold out one or the other")
+        path = self.cfg.path("holdout_list")
+        names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        ids = self.labelled_ids
+        where = self.stacks("train").where_of if self.stacked else None
+        known = {where[i].volume for i in ids} if where is not None else set(ids)
+        for n, name in enumerate(names, start=1):
+            if name not in known:
+                what = "volume" if where is not None else "labelled image"
+                raise DataError(f"{path}: line {n}: {name!r} is no {what} of this competition")
+        chosen = set(names)
+        return [i for i in ids if (where[i].volume if where is not None else i) in chosen]
 
     @cached_property
     def train_ids(self) -> list[str]:

@@ -107,7 +107,7 @@ class VolumeSet:
         out = {}
         for name, case in self.cases.items():
             image = nib.load(case.images[0])
-            zooms = tuple(float(z) for z in image.header.get_zooms()[:3])
+            zooms = tuple(float(z) for z in stored_spacing(case.images[0], image)[:3])
             if len(zooms) < 3 or not all(np.isfinite(z) and z > 0 for z in zooms):
                 # every distance in mm and every resampling to the working spacing would be wrong or infinite
                 raise DataError(f"{case.images[0]}: case {name!r}: the header's voxel spacing (pixdim) is {zooms}; "
@@ -224,6 +224,17 @@ class VolumeSet:
         if label is None:
             raise DataError(f"case {cut.case!r}: no label volume")
         return label
+
+
+def stored_spacing(path: Path, image) -> tuple[float, ...]:
+    """The voxel sizes the file's header holds. nibabel's loader replaces a zero size by 1 mm with no more than a
+    log line, which would put every distance in mm and every resampling silently wrong: read the header again as
+    stored."""
+    from nibabel.openers import ImageOpener  # here, with nibabel
+
+    with ImageOpener(path) as f:
+        header = type(image.header).from_fileobj(f, check=False)
+    return tuple(float(z) for z in header.get_zooms())
 
 
 def assemble(slices: list[np.ndarray], axis: int) -> np.ndarray:

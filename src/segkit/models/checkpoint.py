@@ -102,8 +102,13 @@ def save_weights(checkpoint: Path, path: Path, dtype: str = "fp16") -> None:
 
     ckpt = load(checkpoint)
     cast = WEIGHT_DTYPES[dtype]
-    tensors = {k: (v.to(cast) if v.is_floating_point() and not k.endswith(FLOAT32_ALWAYS) else v).contiguous()
-               for k, v in ckpt["model"].items()}
+    tensors, seen = {}, set()
+    for k, v in ckpt["model"].items():
+        v = (v.to(cast) if v.is_floating_point() and not k.endswith(FLOAT32_ALWAYS) else v).contiguous()
+        # safetensors refuses two names of one storage (MONAI's DynUNet lists a layer under two names): each
+        # name gets its own copy, and loading fills the one layer from either
+        tensors[k] = v.clone() if v.data_ptr() in seen else v
+        seen.add(v.data_ptr())
     meta = {k: v for k, v in ckpt.items() if k not in ("model", "train_state")}
     with atomic.atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"segkit": json.dumps({**meta, "weights": dtype})})

@@ -268,8 +268,8 @@ def evaluate_unit(cfg: Config, holdout: bool) -> Unit:
     inputs = {"tune": fingerprint(layout.tune.json), "oof": fingerprint(manifest(layout.final_ensemble.oof)),
               "test": fingerprint(manifest(layout.final_ensemble.test)) if holdout else None,
               "mode": cfg.data.mode, "classes": cfg.data.classes, "root": str(cfg.data.root),
-              # which images are held out depends on the fraction and the seed
-              "holdout": [cfg.data.holdout_fraction, cfg.seed] if holdout else None,
+              # which images are held out depends on the fraction and the seed, or on the list
+              "holdout": [cfg.data.holdout_fraction, cfg.seed, cfg.data.holdout_list] if holdout else None,
               # the OOF images are scored with their fold's nested choice
               "folds": fingerprint(layout.folds_file),
               "table": list(TABLE), "metric": cfg.metric}

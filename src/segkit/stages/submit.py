@@ -38,7 +38,8 @@ def submit_unit(cfg: Config, holdout: bool, volumes: dict[str, Path] | None = No
     sample = cfg.data.path("sample_submission") if cfg.data.sample_submission else None
     inputs = {"tune": fingerprint(layout.tune.json), "test": fingerprint(manifest(layout.final_ensemble.test)),
               "sample": fingerprint(sample) if sample else None, "rle": cfg.data.rle.model_dump(),
-              "mode": cfg.data.mode, "classes": cfg.data.classes, "holdout": cfg.data.holdout_fraction,
+              "mode": cfg.data.mode, "classes": cfg.data.classes,
+              "holdout": [cfg.data.holdout_fraction, cfg.data.holdout_list],
               "metric": cfg.metric if holdout else None}
     outputs = ([layout.holdout_truth] if holdout else []) + [layout.submission] + list((volumes or {}).values())
     return Unit(f"submit: {layout.submission}", layout.stamp("submit"), outputs, inputs)

@@ -27,7 +27,8 @@ class Volumes(MaskSource):
         if name not in self._sets:
             if test:
                 if not spec.test_images:
-                    raise ConfigError("data.volumes.test_images: not set, and data.holdout_fraction is 0: no test set")
+                    raise ConfigError("data.volumes.test_images: not set, and nothing is held out "
+                                      "(data.holdout_fraction, data.holdout_list): no test set")
                 images, labels, key = self.cfg.root / spec.test_images, None, "data.volumes.test_images"
             else:
                 labels = self.cfg.root / spec.labels if spec.labels else None

@@ -11,6 +11,7 @@ the same whatever the number of loader workers, and a resumed fold deals the sam
 from __future__ import annotations
 
 import time
+import zlib
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional, Sequence
 
@@ -92,10 +93,12 @@ class CaseCache:
             image, labels = torch.nn.functional.pad(image, pad), torch.nn.functional.pad(labels, pad)
             if not self._padded:
                 print(f"{self.where}: case {name!r} is {tuple(shape)} voxels at the working spacing, smaller than "
-                      f"train.patch_size {list(self.patch)}: padded with zeros to the patch (said once; cases so "
-                      f"padded are counted at the end of the first epoch)", flush=True)
+                      f"train.patch_size {list(self.patch)}: padded with zeros to the patch (said once for all such "
+                      f"cases)", flush=True)
             self._padded.append(name)
-        sampler = PatchSampler(image.shape[1:], self.patch, foreground_voxels(labels.numpy(), seed=len(self._cases)))
+        # the case's own seed, not its place in the loading order: a resumed fold loads its cases in another order
+        voxels = foreground_voxels(labels.numpy(), seed=zlib.crc32(name.encode()))
+        sampler = PatchSampler(image.shape[1:], self.patch, voxels)
         return WorkingCase(image.contiguous(), labels.contiguous(), sampler)
 
 
