@@ -174,7 +174,8 @@ def test_past_the_budget_the_rest_runs_at_the_least_that_still_submits():
     seconds = {"a": 0.1, "b": 0.1, "c": 0.1}
     for droppable, want in ((True, {"b": 0, "c": 0}), (False, {"b": 1, "c": 1})):
         views = {"a": 8, "b": 8, "c": 8}
-        Offline.replan(SimpleNamespace(droppable=droppable, full={"b": 8, "c": 8}), ["b", "c"], views, seconds, 100, left=-5.0)
+        Offline.replan(SimpleNamespace(droppable=droppable, full={"b": 8, "c": 8}), ["b", "c"], views, seconds, 100,
+                       left=-5.0)
         assert views == {"a": 8, **want}
     views = {"a": 8, "b": 8, "c": 8}
     Offline.replan(SimpleNamespace(droppable=True, full={"b": 8, "c": 8}), ["b", "c"], views, seconds, 100, left=100.0)

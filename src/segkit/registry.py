@@ -81,7 +81,8 @@ loss | segkit.losses:LOSSES | train.loss
     `@LOSSES.register(name)` on `build(mode, num_classes, class_weights=None, **params)` returning a module
     `(logits, Target) -> loss`
 architecture (decoder) | segkit.models:ARCHS | models[].arch
-    every smp decoder is there; `ARCHS.register(name)(Arch(name, cls))` for another
+    every smp decoder and MONAI's 3D networks are there; `ARCHS.register(name)(Arch(name, cls))` for another, a 3D
+    one `Arch(name, None, dims=3, build=fn, stride=fn)` (segkit.models.volumetric)
 encoder | timm.models:register_model | models[].encoder
     a timm model registered with `@register_model` is `tu-<name>`; smp's own encoders by name
 optimizer | segkit.optim:OPTIMIZERS | train.optimizer
@@ -90,6 +91,8 @@ learning-rate schedule | segkit.optim:SCHEDULES | train.schedule.name
     `@SCHEDULES.register(name)` on `(step, total, schedule_cfg, floor) -> lr factor`
 augmentation | segkit.data.augment:AUGMENTS | train.augment
     `@AUGMENTS.register(name)` on a function returning albumentations transforms
+3D augmentation | segkit.data.augment3d:AUGMENTS_3D | train.augment (of a 3D model)
+    `@AUGMENTS_3D.register(name)` on `(patch, slice plane) -> MONAI dictionary transforms` of "image" and "label"
 mask source | segkit.data.sources.base:SOURCES | data.mask_source (data.mask_options)
     a `MaskSource` subclass with `@SOURCES.register(name)`
 test-time augmentation | segkit.inference.tta:TTA | predict.tta

@@ -1,7 +1,7 @@
 """Augmentation of 3D training patches, from MONAI's dictionary transforms (image and labels moved together).
 
-The presets share ``train.augment``'s names with the 2D ones, so a recipe's ``augment: light`` means the like
-amount for its 3D model:
+The presets (``AUGMENTS_3D``) share ``train.augment``'s names with the 2D ones, so a recipe's ``augment: light``
+means the like amount for its 3D model:
 
 - ``none``;
 - ``flips``: mirror along each voxel axis (p 0.5 each): the 8 mirrorings nnU-Net trains and predicts with;
@@ -20,23 +20,84 @@ number of loader workers.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
 from segkit.errors import ConfigError
+from segkit.registry import Registry
 
-PRESETS = ("none", "flips", "light", "medium", "heavy")
+
+def _transforms():
+    from monai import transforms as T  # here: only 3D training needs MONAI's transforms
+    from monai.data import set_track_meta  # here, with them
+
+    set_track_meta(False)  # plain tensors: MONAI's metadata costs time per transform and nothing here reads it
+    return T
+
+
+BOTH = ("image", "label")
+# A preset: (patch, slice plane) -> MONAI dictionary transforms on "image" (C, D, H, W) and "label" (1, D, H, W).
+AUGMENTS_3D: Registry[Callable[[tuple, tuple], list]] = Registry("3D augmentation")
+
+
+@AUGMENTS_3D.register("none")
+def _none(patch: tuple, plane: tuple) -> list:
+    return []
+
+
+@AUGMENTS_3D.register("flips")
+def _flips(patch: tuple, plane: tuple) -> list:
+    T = _transforms()
+    return [T.RandFlipd(BOTH, prob=0.5, spatial_axis=axis) for axis in range(3)]
+
+
+def _intensity() -> list:
+    T = _transforms()
+    return [T.RandScaleIntensityd("image", factors=0.1, prob=0.3),
+            T.RandShiftIntensityd("image", offsets=0.1, prob=0.3),
+            T.RandAdjustContrastd("image", gamma=(0.7, 1.5), prob=0.3),
+            T.RandGaussianNoised("image", std=0.1, prob=0.15)]
+
+
+def _turns(patch: tuple, plane: tuple) -> list:
+    if patch[plane[0]] != patch[plane[1]]:  # a turn of a non-square plane would change the patch's shape
+        return []
+    return [_transforms().RandRotate90d(BOTH, prob=0.5, max_k=3, spatial_axes=plane)]
+
+
+def _affine(patch: tuple) -> list:
+    angle = math.radians(15)
+    return [_transforms().RandAffined(BOTH, prob=0.2, rotate_range=(angle,) * 3, scale_range=(0.15,) * 3,
+                                      mode=("bilinear", "nearest"), padding_mode="zeros", spatial_size=patch)]
+
+
+@AUGMENTS_3D.register("light")
+def _light(patch: tuple, plane: tuple) -> list:
+    return _flips(patch, plane) + _turns(patch, plane) + _intensity()
+
+
+@AUGMENTS_3D.register("medium")
+def _medium(patch: tuple, plane: tuple) -> list:
+    return _flips(patch, plane) + _turns(patch, plane) + _affine(patch) + _intensity()
+
+
+@AUGMENTS_3D.register("heavy")
+def _heavy(patch: tuple, plane: tuple) -> list:
+    elastic = _transforms().Rand3DElasticd(BOTH, sigma_range=(5, 8), magnitude_range=(50, 150), prob=0.1,
+                                           mode=("bilinear", "nearest"), padding_mode="zeros", spatial_size=patch)
+    return _flips(patch, plane) + _turns(patch, plane) + _affine(patch) + [elastic] + _intensity()
 
 
 class Augment3D:
     """A preset for patches of ``patch`` voxels; ``plane`` the two voxel axes of the slice plane (turns)."""
 
     def __init__(self, name: str, patch: Sequence[int], plane: tuple[int, int] = (0, 1), key: str = "train.augment"):
-        if name not in PRESETS:
-            raise ConfigError(f"{key}: {name!r} is no 3D augmentation; known: {', '.join(PRESETS)}")
+        if name not in AUGMENTS_3D:
+            raise ConfigError(f"{key}: {name!r} is no 3D augmentation; known: {', '.join(AUGMENTS_3D.names())}")
         self.name = name
-        self.transform = None if name == "none" else _compose(name, tuple(patch), plane)
+        steps = AUGMENTS_3D.get(name)(tuple(patch), tuple(plane))
+        self.transform = _transforms().Compose(steps) if steps else None
 
     def apply(self, image: torch.Tensor, labels: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(C, D, H, W) float image and (1, D, H, W) labels, augmented alike."""
@@ -51,37 +112,10 @@ def _plain(x) -> torch.Tensor:
     return x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
 
 
-def _compose(name: str, patch: tuple[int, ...], plane: tuple[int, int]):
-    from monai import transforms as T  # here: only 3D training needs MONAI's transforms
-    from monai.data import set_track_meta  # here, with them
-
-    set_track_meta(False)  # plain tensors: MONAI's metadata costs time per transform and nothing here reads it
-    both = ("image", "label")
-    steps = [T.RandFlipd(both, prob=0.5, spatial_axis=axis) for axis in range(3)]
-    if name == "flips":
-        return T.Compose(steps)
-    if patch[plane[0]] == patch[plane[1]]:  # a turn of a non-square plane would change the patch's shape
-        steps.append(T.RandRotate90d(both, prob=0.5, max_k=3, spatial_axes=plane))
-    if name in ("medium", "heavy"):
-        angle = math.radians(15)
-        steps.append(T.RandAffined(both, prob=0.2, rotate_range=(angle,) * 3, scale_range=(0.15,) * 3,
-                                   mode=("bilinear", "nearest"), padding_mode="zeros", spatial_size=patch))
-    if name == "heavy":
-        steps.append(T.Rand3DElasticd(both, sigma_range=(5, 8), magnitude_range=(50, 150), prob=0.1,
-                                      mode=("bilinear", "nearest"), padding_mode="zeros", spatial_size=patch))
-    steps += [
-        T.RandScaleIntensityd("image", factors=0.1, prob=0.3),
-        T.RandShiftIntensityd("image", offsets=0.1, prob=0.3),
-        T.RandAdjustContrastd("image", gamma=(0.7, 1.5), prob=0.3),
-        T.RandGaussianNoised("image", std=0.1, prob=0.15),
-    ]
-    return T.Compose(steps)
-
-
 def slice_plane(axis: Optional[int]) -> tuple[int, int]:
     """The two voxel axes of the plane slices are cut in (``data.volumes.axis`` the third)."""
     axes = [a for a in range(3) if a != (2 if axis is None else axis)]
     return axes[0], axes[1]
 
 
-__all__ = ["Augment3D", "PRESETS", "slice_plane"]
+__all__ = ["AUGMENTS_3D", "Augment3D", "slice_plane"]
