@@ -2,11 +2,11 @@
 nnU-Net predicts), on the same network and volume, in one process, alternating so that both meet the same machine.
 
     .venv/bin/python bench/windows3d.py [--shape 88 160 208] [--patch 64 96 96] [--batch 1 2 4] [--repeats 3]
-        [--amp auto|none]
+        [--amp auto|none] [--network plain|dynunet]
 
-The network is a small 3D U-Net of plain convolutions (random weights: speed depends on none; 3D networks from a
-library come later), bf16 autocast where the CPU computes bf16 natively (``--amp auto``), float32 elsewhere or with
-``--amp none``. The
+The network is a small 3D U-Net of plain convolutions (``plain``), or segkit's ``DynUNet`` (MONAI's, four levels,
+widths 16-32-64-128, as configs/msd_hippocampus.yaml trains it); random weights: speed depends on none. bf16
+autocast where the CPU computes bf16 natively (``--amp auto``), float32 elsewhere or with ``--amp none``. The
 volume's default shape is an LA 2018 left-atrium MRI's (88 slices of about 160 x 208 voxels, cropped), the patch
 nnU-Net's 3d_fullres would give it on a CPU-sized budget. Prints the seconds of each batch size (median of the
 repeats), the ratio to one window a call, and the largest difference from the one-window map.
@@ -54,6 +54,14 @@ class UNet3d(nn.Module):
         return self.head(a)
 
 
+def dynunet() -> nn.Module:
+    from segkit.config.schema import ModelConfig
+    from segkit.models import build_model
+
+    return build_model(ModelConfig(name="bench", arch="DynUNet", params={"levels": 4, "filters": [16, 32, 64, 128]}),
+                       1, "binary", 1)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", type=int, nargs=3, default=[88, 160, 208], metavar=("D", "H", "W"))
@@ -63,11 +71,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--amp", default="auto", help="auto (bf16 where the CPU computes it natively) or none")
+    parser.add_argument("--network", choices=["plain", "dynunet"], default="plain")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    net = UNet3d().eval()
+    net = (UNet3d() if args.network == "plain" else dynunet()).eval()
     device = torch.device("cpu")
     dtype = amp_dtype(resolve_amp(args.amp, device))
     volume = torch.rand(1, *args.shape)
@@ -78,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
             return torch.sigmoid(net(batch).float())
 
     print(f"CPU {platform.processor() or platform.machine()}, {'with' if cpu_has_native_bf16() else 'without'} "
-          f"native bf16 ({'bf16' if dtype is not None else 'float32'}), {args.threads} threads; volume "
+          f"native bf16 ({'bf16' if dtype is not None else 'float32'}), {args.threads} threads; {args.network} "
+          f"network; volume "
           f"{tuple(args.shape)}, patch {tuple(args.patch)}, overlap {args.overlap}: {windows} windows")
     with torch.inference_mode():
         network(volume[None, :, :args.patch[0], :args.patch[1], :args.patch[2]])  # warm-up

@@ -140,6 +140,17 @@ def test_patches_come_from_cases_cached_at_the_working_spacing(volume_root, tmp_
     assert cache["case_000"] is cache["case_000"]  # decoded and resampled once a fold
     again = ds[(1, False, 5)]
     assert torch.equal(again["image"], ds[(1, False, 5)]["image"])  # the patch's seed decides it
+    # the fold's loader decodes every case before its first batch (the speed probe then times steady steps)
+    from segkit.compute.distributed import World
+    from segkit.stages.train.volumetric import PatchTrainData
+
+    cache = CaseCache(volumes, (1.5, 1.0, 2.0), (16, 16, 8), "models[dyn] fold 0")
+    data = PatchTrainData(cache, ["case_002", "case_003", "case_004"], 2, TrainConfig(batch_size=2),
+                          Augment3D("flips", (16, 16, 8)), 0, World())
+    loader = data.loader(1)
+    assert set(cache._cases) == {"case_002", "case_003", "case_004"} and len(data) == 1
+    batch = next(iter(loader))
+    assert batch["image"].shape == (2, 1, 16, 16, 8) and batch["mask"].shape == (2, 2, 16, 16, 8)
 
 
 def test_3d_augmentation_keeps_shapes_and_labels_and_follows_its_seed():
@@ -191,6 +202,14 @@ def test_a_3d_model_beside_a_2d_one_runs_exports_and_packages(volume_root, tmp_p
     for case in ("case_006", "case_007"):
         written = nib.load(cfg.layout.submission_volumes / f"{case}.nii.gz")
         assert written.shape == SHAPE and np.allclose(written.affine, AFFINE)
+    # the ablation's rows of each kind alone, on the same images, beside the ensemble of both
+    from segkit.ablate import Scorer, kind_rows
+    from segkit.data import Competition
+
+    comp = Competition(cfg.data)
+    rows = list(kind_rows(cfg, Scorer(cfg, [], comp), comp.train_ids))
+    assert [r.name for r in rows] == ["2.5D alone", "3D alone"] and [r.what for r in rows] == ["tiny", "dyn"]
+    assert all(0 <= r.scores["dice"] <= 1 for r in rows)
     # exported with a dynamic depth, height and width, checked against PyTorch on two window sizes
     assert main(["export", *args, "--format", "onnx"]) == 0
     listing = json.loads(cfg.layout.export.json.read_text())

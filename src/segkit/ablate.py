@@ -15,6 +15,7 @@ recipe's first model, on the same folds, epochs and augmentation, isolate the tr
                     orthogonal views (``data.volumes.predict_axes``), along ``data.volumes.axis`` alone
                     (quality/one_axis)
     + views         (orthogonal views) the same averaged over every axis of ``predict_axes``: the recipe's OOF
+    2.5D / 3D alone (a recipe with both kinds of network) each kind's models' TTA OOF alone, averaged
     + ensemble      the mean of every recipe model's TTA OOF (when the recipe has more than one)
     + threshold     tuned threshold, minimum area and empty-mask rule (segkit.stages.tune, morphology off)
     + morphology    the whole tune search (hole filling, opening, closing, keep-largest, ...)
@@ -65,6 +66,7 @@ from segkit.errors import ConfigError, SegkitError
 from segkit.inference.repredict import predict_oof
 from segkit.metrics import get_metric
 from segkit.metrics.competition import object_ap_labels
+from segkit.models import dims_of
 from segkit.oof import MeanStore, StoreUnion, fold_oof, tta_oof
 from segkit.postprocess.instances import DecodeParams, decode
 from segkit.postprocess.masks import ClassParams
@@ -315,6 +317,7 @@ def rows(cfg: Config, runs: dict[str, Config], folds: Sequence[int], ids: Sequen
                   f"(trained along {v.training_axes})", scorer.raw(tta))
     else:
         yield Row("+ TTA", what, scorer.raw(tta))
+    yield from kind_rows(cfg, scorer, ids)
     if len(base_models) > 1:
         store = MeanStore([_tta_store(cfg, m, ids) for m in base_models])
         yield Row("+ ensemble", f"mean of {len(base_models)} models: {', '.join(base_models)}", scorer.raw(store))
@@ -342,6 +345,22 @@ def rows(cfg: Config, runs: dict[str, Config], folds: Sequence[int], ids: Sequen
     if full is not None:
         yield Row("segkit run", "the pipeline's own choice: ensemble method + tuned post-processing", full[0],
                   in_sample=full[1])
+
+
+def kind_rows(cfg: Config, scorer: "Scorer", ids: Sequence[str]) -> Iterator[Row]:
+    """A recipe with 2D (or 2.5D) and 3D networks: each kind's models alone (their TTA OOF, averaged), so that the
+    ensemble row below reads against the better of the two on the same folds."""
+    kinds: dict[int, list[str]] = {}
+    for m in cfg.models:
+        kinds.setdefault(dims_of(m), []).append(m.name)
+    if len(kinds) < 2:
+        return
+    flat = "2.5D" if cfg.data.context else "2D"
+    for dims, label in ((2, flat), (3, "3D")):
+        names = kinds[dims]
+        store = MeanStore([_tta_store(cfg, m, ids) for m in names]) if len(names) > 1 else \
+            _tta_store(cfg, names[0], ids)
+        yield Row(f"{label} alone", f"mean of {', '.join(names)}" if len(names) > 1 else names[0], scorer.raw(store))
 
 
 def _describe_loss(cfg: Config) -> str:
