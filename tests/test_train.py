@@ -94,12 +94,12 @@ def test_oof_holds_best_pt_predictions_with_one_pass_less_when_the_last_epoch_is
     from segkit.artifacts.probs import ProbWriter
     from segkit.compute.distributed import World
     from segkit.data import Competition
-    from segkit.stages.train import fold as fold_module
+    from segkit.stages.train import validate as validate_module
     from segkit.stages.train.data import val_loader
     from segkit.stages.train.validate import evaluate
 
     calls = []
-    monkeypatch.setattr(fold_module, "evaluate", lambda *a, **k: calls.append(1) or evaluate(*a, **k))
+    monkeypatch.setattr(validate_module, "evaluate", lambda *a, **k: calls.append(1) or evaluate(*a, **k))
     cfg = make_cfg(f"train.monitor={monitor}", "train.epochs=3", "train.lr=0.05")
     summary = train_fold(cfg, cfg.models[0], 0)
     assert len(calls) == 3 + (summary["best_epoch"] != 3)

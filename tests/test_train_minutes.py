@@ -90,4 +90,4 @@ def test_a_fold_trains_the_epochs_it_derived_and_records_them(demo_root, tmp_pat
     from segkit.stages.train.fold import _epochs_in_minutes
 
     saved["train_state"]["epochs"] = 7
-    assert _epochs_in_minutes(None, None, None, cfg.train, None, "binary", None, "cpu", None, saved, "x") == 7
+    assert _epochs_in_minutes(None, None, None, cfg.train, None, "cpu", None, saved, "x") == 7

@@ -11,8 +11,10 @@ means the like amount for its 3D model:
   spatial augmentation in its usual range;
 - ``heavy``: medium, plus elastic deformation (p 0.1).
 
-MONAI rather than TorchIO: the same pipeline is faster on a patch here (bench/augment3d.py, BENCHMARKS.md), MONAI
-is already the 3D networks' library, and it works on torch tensors with no metadata tracked (``set_track_meta``).
+MONAI rather than TorchIO, though not for speed: on the same pipeline TorchIO is 17-30 % faster a patch here, MONAI
+faster or even with the affine always on (bench/augment3d.py, BENCHMARKS.md), and either costs 3-20 ms a patch
+against a 500-1000 ms training step. MONAI is already the 3D networks' library; TorchIO would add SimpleITK and four
+other packages to every install and bundle. Transforms run on torch tensors with no metadata tracked.
 Randomness comes from the patch's own seed (``apply(image, labels, seed)``), so a batch is the same whatever the
 number of loader workers.
 """
