@@ -38,15 +38,19 @@ def write_case(folder: Path, name: str, rng, labels_folder: Path | None = None, 
         nib.save(nib.Nifti1Image(label, AFFINE), str(labels_folder / f"{name}.nii.gz"))
 
 
-@pytest.fixture(scope="module")
-def volume_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("volumes")
+def write_competition(root: Path) -> Path:
+    """Six labelled cases in imagesTr/ + labelsTr/ and two test cases in imagesTs/."""
     rng = np.random.default_rng(0)
     for i in range(6):
         write_case(root / "imagesTr", f"case_{i:03d}", rng, root / "labelsTr")
     for i in range(6, 8):
         write_case(root / "imagesTs", f"case_{i:03d}", rng)
     return root
+
+
+@pytest.fixture(scope="module")
+def volume_root(tmp_path_factory) -> Path:
+    return write_competition(tmp_path_factory.mktemp("volumes"))
 
 
 def _args(root: Path, tmp_path: Path, *extra: str) -> list[str]:

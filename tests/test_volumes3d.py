@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import CONFIGS
-from test_volumes import AFFINE, SHAPE, write_case
+from test_volumes import AFFINE, SHAPE, write_case, write_competition
+from test_volumes import _args as volume_args
 
 from segkit.config import load_config
 from segkit.config.schema import ModelConfig, TrainConfig
@@ -29,22 +29,12 @@ TINY_2D = "{name: tiny, arch: Unet, encoder: tu-resnet10t, params: {encoder_dept
 
 @pytest.fixture(scope="module")
 def volume_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("volumes3d")
-    rng = np.random.default_rng(0)
-    for i in range(6):
-        write_case(root / "imagesTr", f"case_{i:03d}", rng, root / "labelsTr")
-    for i in range(6, 8):
-        write_case(root / "imagesTs", f"case_{i:03d}", rng)
-    return root
+    return write_competition(tmp_path_factory.mktemp("volumes3d"))
 
 
 def _args(root: Path, tmp_path: Path, *extra: str) -> list[str]:
-    return ["--config", str(CONFIGS / "demo.yaml"), f"data.root={root}", f"paths.runs={tmp_path / 'runs'}",
-            f"paths.folds={tmp_path / 'folds'}", f"paths.submissions={tmp_path / 'subs'}",
-            "data.volumes={images: imagesTr, labels: labelsTr, test_images: imagesTs}", "data.mode=multiclass",
-            "data.classes=[anterior, posterior]", "data.normalize=none", "data.train_csv=null",
-            "data.test_images=null", "data.sample_submission=null", "device=cpu", "folds.n_splits=2",
-            "train.epochs=2", "train.progress=false", "train.keep=[best]", *extra]
+    return volume_args(root, tmp_path, "device=cpu", "folds.n_splits=2", "train.epochs=2", "train.progress=false",
+                       "train.keep=[best]", *extra)
 
 
 def _cfg(root, tmp_path, *extra):

@@ -34,7 +34,36 @@ def split_counts(shares: Sequence[float], batch_size: int) -> list[int]:
     return counts
 
 
-class BatchPlan(Sampler[list[int]]):
+class DealtPlan(Sampler):
+    """Batches dealt from a plan of all ranks' batches (``plan``, a pure function of (seed, epoch)): every rank
+    takes every world-size-th one, as many batches per rank as ``items`` fill (at least one, at most
+    ``max_batches``)."""
+
+    def __init__(self, items: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
+                 max_batches: Optional[int] = None):
+        self.batch_size, self.seed = batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        per_rank = max(items // batch_size // world_size, 1)
+        self.batches_per_rank = min(per_rank, max_batches) if max_batches else per_rank
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.batches_per_rank
+
+    def plan(self) -> list[list]:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[list]:
+        return iter(self.plan()[self.rank::self.world_size])
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch}
+
+
+class BatchPlan(DealtPlan):
     def __init__(
         self,
         pools: Sequence[Sequence[int]],
@@ -49,9 +78,7 @@ class BatchPlan(Sampler[list[int]]):
         n_total = sum(len(p) for p in self.pools)
         if n_total == 0:
             raise ValueError("no training images")
-        self.batch_size = min(batch_size, n_total)
-        self.seed = seed
-        self.rank, self.world_size = rank, world_size
+        super().__init__(n_total, min(batch_size, n_total), seed, rank, world_size, max_batches)
         if shares is not None:
             # A share of an empty pool cannot be served: it goes to the other pools.
             shares = [s if self.pools[i] else 0.0 for i, s in enumerate(shares)]
@@ -60,15 +87,6 @@ class BatchPlan(Sampler[list[int]]):
             self.counts: Optional[list[int]] = split_counts(shares, self.batch_size)
         else:
             self.counts = None
-        per_rank = max(n_total // self.batch_size // world_size, 1)
-        self.batches_per_rank = min(per_rank, max_batches) if max_batches else per_rank
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.batches_per_rank
 
     def plan(self) -> list[list[int]]:
         """All ranks' batches of this epoch, in order."""
@@ -87,12 +105,6 @@ class BatchPlan(Sampler[list[int]]):
             batch = [i for s, c in zip(streams, self.counts) for i in s.take(c)]
             batches.append(rng.permutation(batch).tolist())
         return batches
-
-    def __iter__(self) -> Iterator[list[int]]:
-        return iter(self.plan()[self.rank::self.world_size])
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch}
 
 
 class _Cycle:

@@ -14,11 +14,11 @@ from __future__ import annotations
 import time
 import zlib
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
+from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm import tqdm
 
 from segkit.compute.device import autocast
@@ -32,6 +32,7 @@ from segkit.data.volumes import VolumeSet
 from segkit.errors import ConfigError
 from segkit.inference.sliding import predict_case, slice_of
 from segkit.models import input_multiple, probabilities, split_output
+from segkit.stages.train.sampler import DealtPlan
 from segkit.stages.train.seeding import derive_seed, worker_init
 from segkit.stages.train.validate import Scores
 
@@ -127,7 +128,7 @@ class PatchDataset(Dataset):
                 "id": self.cases[index]}
 
 
-class PatchPlan(Sampler[list[tuple[int, bool, int]]]):
+class PatchPlan(DealtPlan):
     """Every training case once an epoch in batches of ``batch_size`` patches, the last ``share`` of each batch
     forced onto foreground (at least one in a batch of two or more); a pure function of (seed, epoch)."""
 
@@ -135,17 +136,8 @@ class PatchPlan(Sampler[list[tuple[int, bool, int]]]):
                  world_size: int = 1, max_batches: Optional[int] = None):
         if cases < 1:
             raise ValueError("no training cases")
-        self.cases, self.batch_size, self.seed, self.share = cases, batch_size, seed, share
-        self.rank, self.world_size = rank, world_size
-        per_rank = max(cases // batch_size // world_size, 1)
-        self.batches_per_rank = min(per_rank, max_batches) if max_batches else per_rank
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.batches_per_rank
+        super().__init__(cases, batch_size, seed, rank, world_size, max_batches)
+        self.cases, self.share = cases, share
 
     def plan(self) -> list[list[tuple[int, bool, int]]]:
         rng = np.random.default_rng(derive_seed(self.seed, self.epoch))
@@ -159,12 +151,6 @@ class PatchPlan(Sampler[list[tuple[int, bool, int]]]):
         seeds = rng.integers(0, 2**31, size=need)
         return [[(int(order[b * n + i]), i >= n - forced, int(seeds[b * n + i])) for i in range(n)]
                 for b in range(need // n)]
-
-    def __iter__(self) -> Iterator[list[tuple[int, bool, int]]]:
-        return iter(self.plan()[self.rank::self.world_size])
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch}
 
 
 class PatchTrainData:
