@@ -34,7 +34,7 @@ from segkit.models import ARCHS, RESERVED_PARAMS, TIMM_PREFIX, build_model, enco
 from segkit.optim import OPTIMIZERS, SCHEDULES
 from segkit.postprocess.masks import MASK_STEPS
 from segkit.stages.train.fold import MONITORS
-from segkit.stages.train.volumetric import checked_patch
+from segkit.stages.train.volumetric import check_volume_data, checked_patch
 
 
 def _at(cfg: Config, key: str, check: Callable[[], object]) -> None:
@@ -77,35 +77,38 @@ def check_models(cfg: Config) -> None:
                                                         len(cfg.data.classes), pretrained=False))
         tcfg = cfg.train_for(m)
         where = f"models.{i}.train" if m.train else "train"
-        _at(cfg, f"{where}.optimizer", lambda: OPTIMIZERS.get(tcfg.optimizer, key=f"{key} train.optimizer"))
-        _at(cfg, f"{where}.schedule.name", lambda: SCHEDULES.get(tcfg.schedule.name, key=f"{key} train.schedule.name"))
         _at(cfg, f"{where}.augment", lambda: check_channels(tcfg.augment, cfg.data.input_channels,
                                                              len(cfg.data.classes), key=f"{key} train.augment"))
-        _at(cfg, f"{where}.loss", lambda: LossSchedule(tcfg, cfg.data.mode, len(cfg.data.classes)))
-        monitors = {"loss", cfg.metric, *MONITORS}
-        if tcfg.monitor is not None and tcfg.monitor not in monitors:
-            raise ConfigError(f"{cfg.origin(f'{where}.monitor')}: {key} train.monitor: {tcfg.monitor!r}; use score "
-                              f"(= {cfg.metric}), dice, iou or loss")
+        check_train(cfg, m, i)
 
 
 def check_volumetric(cfg: Config, m, i: int) -> None:
     """A 3D network: a volume competition normalised per case, a patch of the network's stride, the 3D
-    augmentation's name, the losses; built on the meta device like the others (its params checked by MONAI)."""
+    augmentation's name; built on the meta device like the others (its params checked by MONAI)."""
     key = f"models[{m.name}]"
     tcfg = cfg.train_for(m)
     where = f"models.{i}.train" if m.train else "train"
-    if cfg.data.volumes is None or cfg.data.normalize != "none":
-        why = "a volume competition (data.volumes)" if cfg.data.volumes is None else \
-            f"data.normalize: none (each case is normalised on its own; it is {cfg.data.normalize!r})"
-        raise ConfigError(f"{cfg.origin(f'models.{i}.arch')}: {key}.arch: {m.arch} is a 3D network; it needs {why}")
+    _at(cfg, f"models.{i}.arch", lambda: check_volume_data(cfg, m))
     with torch.device("meta"):
         _at(cfg, f"models.{i}", lambda: build_model(m, cfg.data.channels, cfg.data.mode, len(cfg.data.classes),
                                                     pretrained=False))
     _at(cfg, f"{where}.patch_size", lambda: checked_patch(m, tcfg, key))
     _at(cfg, f"{where}.augment", lambda: Augment3D(tcfg.augment, tcfg.patch_size, key=f"{key} train.augment"))
+    check_train(cfg, m, i)
+
+
+def check_train(cfg: Config, m, i: int) -> None:
+    """A model's train section, whatever its network: optimizer, schedule, losses and monitor."""
+    key = f"models[{m.name}]"
+    tcfg = cfg.train_for(m)
+    where = f"models.{i}.train" if m.train else "train"
     _at(cfg, f"{where}.optimizer", lambda: OPTIMIZERS.get(tcfg.optimizer, key=f"{key} train.optimizer"))
     _at(cfg, f"{where}.schedule.name", lambda: SCHEDULES.get(tcfg.schedule.name, key=f"{key} train.schedule.name"))
     _at(cfg, f"{where}.loss", lambda: LossSchedule(tcfg, cfg.data.mode, len(cfg.data.classes)))
+    monitors = {"loss", cfg.metric, *MONITORS}
+    if tcfg.monitor is not None and tcfg.monitor not in monitors:
+        raise ConfigError(f"{cfg.origin(f'{where}.monitor')}: {key} train.monitor: {tcfg.monitor!r}; use score "
+                          f"(= {cfg.metric}), dice, iou or loss")
 
 
 def check_predict(cfg: Config) -> None:

@@ -142,8 +142,7 @@ class Offline:
         self.ids = self.comp.test_ids
         self.loader = loader(self.runtime)
         # every model's TTA views: predict.tta's, or predict.tta_3d's for a 3D network
-        self.full = {m.name: len(views_for(self.cfg.predict.tta_3d if dims_of(m) == 3 else self.cfg.predict.tta))
-                     for m in self.cfg.models}
+        self.full = {m.name: len(views_for(self.cfg.predict.tta_of(dims_of(m)))) for m in self.cfg.models}
 
     def _config(self) -> Config:
         tree = yaml.safe_load(self.bundle.path(CONFIG).read_text())
@@ -198,8 +197,8 @@ class Offline:
         predictor = Predictor(self.cfg, self.groups(name), self.device, self.loader, max_views=1)
         ids = self.ids[:MEASURE_IMAGES]
         if predictor.volumetric:  # a 3D network predicts whole cases: the first case's slices, each a share of it
-            volumes = self.comp.volume_set("test")
-            ids = [i for i in volumes.slices_of(volumes.case_of(ids[0])) if i in set(self.ids)]
+            volumes, test = self.comp.volume_set("test"), set(self.ids)
+            ids = [i for i in volumes.slices_of(volumes.case_of(ids[0])) if i in test]
         # The probabilities are kept in memory and thrown away.
         predictor.predict(self.comp, ids[:1], "test", Collected())  # warm-up
         began = time.perf_counter()

@@ -394,6 +394,10 @@ class PredictConfig(Section):
     channels_last: bool = False
     workers: Workers = 0  # DataLoader workers reading test images (auto as train.workers)
 
+    def tta_of(self, dims: int) -> str:
+        """The views of a network with ``dims`` spatial axes: ``tta_3d`` for a 3D one, ``tta`` otherwise."""
+        return self.tta_3d if dims == 3 else self.tta
+
 
 class EnsembleConfig(Section):
     # registry names (segkit.ensemble.METHODS); "all" = every registered method

@@ -34,7 +34,7 @@ from segkit.inference.sliding import predict_case, slice_of
 from segkit.inference.tiling import predict_tiled, stack_groups
 from segkit.inference.tta import TTAPredictor, average_predictions
 from segkit.inference.views import cases_share, predict_views, view_ids
-from segkit.models.checkpoint import load_model
+from segkit.models.checkpoint import dims_in, load_model
 from segkit.progress import bar
 
 
@@ -54,12 +54,11 @@ class Predictor:
                 model, meta = load_model(path, device) if loader is None else loader(path, device)
                 self._check(cfg, path, meta)
                 self.meta = meta
-                volumetric = meta.get("dims", 2) == 3
                 predictors.append(TTAPredictor(
-                    model, tta=cfg.predict.tta_3d if volumetric else cfg.predict.tta, merge=cfg.predict.tta_merge,
+                    model, tta=cfg.predict.tta_of(dims_in(meta)), merge=cfg.predict.tta_merge,
                     chunk=cfg.predict.tta_chunk, activation="softmax" if meta["mode"] == "multiclass" else "sigmoid",
                     amp=None if loader else cfg.predict.amp,
-                    channels_last=cfg.predict.channels_last and loader is None and not volumetric,
+                    channels_last=cfg.predict.channels_last and loader is None and not self.volumetric,
                     max_views=max_views, activated=loader is not None,
                 ))
             self.groups.append(predictors)
@@ -70,7 +69,7 @@ class Predictor:
         if list(meta["classes"]) != list(cfg.data.classes) or meta["mode"] != cfg.data.mode:
             raise ConfigError(f"{path}: trained for {meta['mode']} {meta['classes']}, the config has "
                               f"data.mode {cfg.data.mode} with classes {cfg.data.classes}")
-        if meta.get("dims", 2) == 3:
+        if dims_in(meta) == 3:
             if cfg.data.volumes is None:
                 raise ConfigError(f"{path}: a 3D network predicts volumes; the config has no data.volumes")
             if meta["channels"] != cfg.data.channels:
@@ -87,7 +86,7 @@ class Predictor:
 
     @property
     def volumetric(self) -> bool:
-        return self.meta.get("dims", 2) == 3
+        return dims_in(self.meta) == 3
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """(N, G * K, H, W) float32: group g's mean foreground probabilities in channels [g K, (g + 1) K)."""

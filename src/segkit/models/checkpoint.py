@@ -60,6 +60,11 @@ def weights_payload(
     }
 
 
+def dims_in(meta: dict) -> int:
+    """The spatial axes of a checkpoint's network: 3 for a 3D one (its ``volumetric`` facts recorded), else 2."""
+    return int(meta.get("dims", 2))
+
+
 def save(path: Path, payload: dict) -> None:
     atomic.save_torch(path, payload)
 

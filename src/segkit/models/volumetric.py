@@ -42,10 +42,14 @@ def _monai_nets():
     return nets
 
 
+def _dynunet_strides(params: dict[str, Any]) -> list:
+    """Per-level strides: ``params.strides``, or 1 then 2 at each of ``params.levels`` (5) levels."""
+    return params.get("strides") or [1] + [2] * (int(params.get("levels", 5)) - 1)
+
+
 def _dynunet(params: dict[str, Any], channels: int, outputs: int) -> nn.Module:
-    params = dict(params)
-    levels = int(params.pop("levels", 5))
-    strides = params.pop("strides", [1] + [2] * (levels - 1))
+    strides = _dynunet_strides(params)
+    params = {k: v for k, v in params.items() if k not in ("levels", "strides")}
     kernels = params.pop("kernel_size", [3] * len(strides))
     if len(kernels) != len(strides):
         raise ConfigError(f"params.kernel_size: {len(kernels)} levels, params.strides has {len(strides)}")
@@ -77,7 +81,7 @@ def _axis_strides(strides) -> int:
 
 
 def dynunet_stride(params: dict[str, Any]) -> int:
-    return _axis_strides(params.get("strides") or [1] + [2] * (int(params.get("levels", 5)) - 1))
+    return _axis_strides(_dynunet_strides(params))
 
 
 def segresnet_stride(params: dict[str, Any]) -> int:

@@ -29,7 +29,7 @@ from segkit.data import Competition, pad_to_multiple
 from segkit.data.folds import fold_numbers, load_folds
 from segkit.errors import ConfigError, SegkitError
 from segkit.inference.runtimes import EXPORTERS, FORMATS, SUFFIX, ProbabilityGraph, loader, meta_path, write_meta
-from segkit.models.checkpoint import fold_checkpoints, load_model
+from segkit.models.checkpoint import dims_in, fold_checkpoints, load_model
 
 TOLERANCE = 1e-3
 CHECK_IMAGES = 4
@@ -52,7 +52,7 @@ def check_batches(cfg: Config, comp: Competition, meta: dict, n: int = CHECK_IMA
     one size in a batch, and the first of them padded one stride step further in each direction (another size
     and batch size, which a dynamic export must take too). A 3D network's: a window of the first test case."""
     pad_to = int(meta.get("pad_to", 32))
-    if meta.get("dims", 2) == 3:
+    if dims_in(meta) == 3:
         return window_batches(comp, meta["patch_size"], pad_to)
     ids = comp.test_ids[:n]
     images = [pad_to_multiple(comp.read_image(i, "test"), pad_to) for i in ids]
@@ -141,7 +141,7 @@ def run(cfg: Config, format: str = "both", tolerance: float = TOLERANCE) -> int:
                 what = f"models[{model}] fold {k} ({checkpoint.name})"
                 net, meta = load_model(checkpoint, device)
                 graph = ProbabilityGraph(net, cfg.data, meta["mode"]).eval()
-                kind = (meta.get("dims", 2), meta.get("pad_to", 32), tuple(meta.get("patch_size") or ()))
+                kind = (dims_in(meta), meta.get("pad_to", 32), tuple(meta.get("patch_size") or ()))
                 if kind not in batches:
                     batches[kind] = check_batches(cfg, comp, meta)
                 inputs = batches[kind]

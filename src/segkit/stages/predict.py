@@ -44,6 +44,7 @@ from segkit.errors import ConfigError
 from segkit.inference.engine import Predictor
 from segkit.inference.outputs import Outputs, prepare_store, store_inputs
 from segkit.inference.repredict import predict_oof
+from segkit.models import dims_of
 from segkit.models.checkpoint import fold_checkpoints
 
 
@@ -95,10 +96,10 @@ def predict_test(cfg: Config, comp: Competition, model_cfg: ModelConfig, fold_li
     ids = comp.test_ids
     n_left = sum(not out.has(i) for i in ids)
     what = ", ".join(str(folder) for (_, folder), wanted in zip(units, todo) if wanted)
-    predictor = Predictor(cfg, list(per_fold.values()), device)
-    tta = cfg.predict.tta_3d if predictor.volumetric else cfg.predict.tta
     print(f"predict: models[{model_cfg.name}]: {sum(map(len, per_fold.values()))} checkpoint(s) over "
-          f"{len(per_fold)} fold(s), TTA {tta}; {n_left} of {len(ids)} test images to do -> {what}", flush=True)
+          f"{len(per_fold)} fold(s), TTA {cfg.predict.tta_of(dims_of(model_cfg))}; {n_left} of {len(ids)} test "
+          f"images to do -> {what}", flush=True)
+    predictor = Predictor(cfg, list(per_fold.values()), device)
     predictor.predict(comp, ids, "test", out, world, desc=f"{model_cfg.name} test")
     del predictor
     barrier_if_many(world)

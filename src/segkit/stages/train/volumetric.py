@@ -48,6 +48,16 @@ def working_spacing(cfg: Config, volumes: VolumeSet) -> tuple[float, ...]:
     return target_spacing([volumes.spacing(c) for c in volumes.cases])
 
 
+def check_volume_data(cfg: Config, model_cfg: ModelConfig) -> None:
+    """What a 3D network needs of the data config: a volume competition, each case normalised on its own."""
+    key = f"models[{model_cfg.name}].arch: {model_cfg.arch} is a 3D network; it needs"
+    if cfg.data.volumes is None:
+        raise ConfigError(f"{key} a volume competition (data.volumes)")
+    if cfg.data.normalize != "none":
+        raise ConfigError(f"{key} data.normalize: none (each case is normalised on its own; it is "
+                          f"{cfg.data.normalize!r})")
+
+
 def checked_patch(model_cfg: ModelConfig, tcfg: TrainConfig, key: str) -> tuple[int, int, int]:
     """``train.patch_size``, each side a multiple of the network's stride."""
     if tcfg.patch_size is None:
@@ -243,12 +253,7 @@ def fold_volumes(cfg: Config, comp: Competition, model_cfg: ModelConfig, tcfg: T
     """A 3D model's training data and validation for one fold, and what its checkpoints record to predict alike
     (``dims``, ``patch_size``, the working ``spacing``)."""
     key = f"models[{model_cfg.name}]"
-    if cfg.data.volumes is None:
-        raise ConfigError(f"{key}.arch: {model_cfg.arch} is a 3D network; it needs a volume competition "
-                          f"(data.volumes)")
-    if cfg.data.normalize != "none":
-        raise ConfigError(f"{key}.arch: a 3D network sees each case normalised on its own (data.volumes.intensity); "
-                          f"set data.normalize: none (it is {cfg.data.normalize!r})")
+    check_volume_data(cfg, model_cfg)
     patch = checked_patch(model_cfg, tcfg, key)
     volumes = comp.volume_set("train")
     target = working_spacing(cfg, volumes)
@@ -262,5 +267,5 @@ def fold_volumes(cfg: Config, comp: Competition, model_cfg: ModelConfig, tcfg: T
     return data, validation, {"dims": 3, "patch_size": list(patch), "spacing": list(target)}
 
 
-__all__ = ["CaseCache", "PatchDataset", "PatchPlan", "PatchTrainData", "VolumeValidation", "checked_patch",
-           "fold_volumes", "working_spacing"]
+__all__ = ["CaseCache", "PatchDataset", "PatchPlan", "PatchTrainData", "VolumeValidation", "check_volume_data",
+           "checked_patch", "fold_volumes", "working_spacing"]
