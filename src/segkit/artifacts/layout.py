@@ -6,7 +6,9 @@
     runs/<experiment>/
       data_check.json            check: what the data check saw
       fingerprint.json           check: the data's facts a recipe is planned from (segkit.data.fingerprint)
-      <model>/fold<k>/           train: last.pt, best.pt, snapshot<c>.pt, metrics.csv, summary.json, oof/, stamp.json
+      <model>/fold<k>/           train: last.pt, best.pt, snapshot<c>.pt, metrics.csv, summary.json, oof/, stamp.json;
+                                 with train.average: ingredient<e>.pt while training, best_epoch.pt (best.pt is
+                                 then the average); predict.snapshot_merge weights: weights_mean.pt
       <model>/test/              predict: the model's test probabilities (every fold, TTA), stamp.json
       <model>/oof_tta/           predict (predict.repredict_oof): each fold's validation images re-predicted by that
                                  fold's checkpoints with TTA; fold<k>.stamp.json per fold
@@ -51,6 +53,7 @@ from segkit.errors import DataError
 STAMP = "stamp.json"
 ROUND_SUFFIX = "_pl"  # <model>_pl<r>, ensemble_pl<r>: the models and ensemble of pseudo round r
 _SNAPSHOT = re.compile(r"^snapshot(\d+)\.pt$")
+_INGREDIENT = re.compile(r"^ingredient(\d+)\.pt$")
 _FOLD = re.compile(r"^fold(\d+)$")
 
 
@@ -81,6 +84,26 @@ class FoldPaths:
             return []
         found = [(int(m.group(1)), p) for p in self.dir.iterdir() if (m := _SNAPSHOT.match(p.name))]
         return [p for _, p in sorted(found)]
+
+    def ingredient(self, epoch: int) -> Path:
+        """The weights at the end of ``epoch``, kept for the fold's weight average (train.average)."""
+        return self.dir / f"ingredient{epoch}.pt"
+
+    def ingredients(self) -> dict[int, Path]:
+        """The averaging ingredients on disk, by epoch."""
+        if not self.dir.is_dir():
+            return {}
+        return dict(sorted((int(m.group(1)), p) for p in self.dir.iterdir() if (m := _INGREDIENT.match(p.name))))
+
+    @property
+    def best_epoch(self) -> Path:
+        """With train.average, the best single epoch's weights (best.pt then holds the average)."""
+        return self.dir / "best_epoch.pt"
+
+    @property
+    def snapshot_average(self) -> Path:
+        """The mean of the weights the fold predicts with (predict.snapshot_merge: weights): one network."""
+        return self.dir / "weights_mean.pt"
 
     @property
     def oof(self) -> Path:

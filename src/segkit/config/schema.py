@@ -6,6 +6,7 @@ Sections map to pipeline stages (data, folds, train + models, predict, ensemble,
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
@@ -294,6 +295,21 @@ class LossStage(Section):
     terms: dict[str, float] = Field(min_length=1)
 
 
+class AverageConfig(Section):
+    """Weight averaging of a fold's last epochs (``segkit.stages.train.averaging``): the fold then predicts with the
+    average, its best single epoch kept beside it."""
+
+    method: Literal["swa", "soup"]  # swa: the mean of every ingredient; soup: greedy, kept when val does not drop
+    at: Literal["epochs", "cycles"] = "epochs"  # ingredients: the end of each epoch of the window, or of each LR cycle
+    window: float = Field(0.25, gt=0, le=1)  # at: epochs: the last share of the epochs (at least two epochs)
+
+    def ingredient_epochs(self, epochs: int, cycle_ends: list[int]) -> list[int]:
+        """The 1-based epochs whose weights go into the average."""
+        if self.at == "cycles":
+            return list(cycle_ends)
+        return list(range(epochs - max(2, math.ceil(self.window * epochs)) + 1, epochs + 1))
+
+
 class TrainConfig(Section):
     epochs: int = Field(10, ge=1)
     # Instead of epochs: the minutes a fold may train here; epochs derived from a measured step (segkit.stages.train
@@ -332,6 +348,7 @@ class TrainConfig(Section):
     sync_bn: bool = False  # DDP only
     monitor: Optional[str] = None  # picks best.pt: loss | dice | iou | score (default: score = cfg.metric)
     threshold: float = Field(0.5, gt=0, lt=1)  # binarises probabilities for the validation metrics
+    average: Optional[AverageConfig] = None  # SWA or a greedy soup of the last epochs / cycles
     keep: list[Literal["best", "last", "snapshots"]] = Field(default_factory=lambda: ["best", "last", "snapshots"])
     nan_policy: Literal["stop", "skip"] = "stop"
     val_every: int = Field(1, ge=1)  # the last epoch is always validated
@@ -348,8 +365,14 @@ class TrainConfig(Section):
         given = [e for e in ends if e is not None]
         if given != sorted(set(given)):
             raise ValueError("loss_stages: until_epoch must increase from stage to stage")
-        if self.schedule.name in ("cosine_restarts", "cyclic") and self.epochs % self.schedule.cycles:
+        cyclic = self.schedule.name in ("cosine_restarts", "cyclic")
+        if cyclic and self.epochs % self.schedule.cycles:
             raise ValueError(f"schedule.cycles ({self.schedule.cycles}) must divide epochs ({self.epochs})")
+        if self.average is not None and self.average.at == "cycles" and not (cyclic and self.schedule.cycles > 1):
+            raise ValueError("average.at: cycles averages the end of each LR cycle: it needs schedule.name "
+                             "cosine_restarts or cyclic with schedule.cycles >= 2 (or use at: epochs)")
+        if self.average is not None and self.average.at == "epochs" and self.epochs < 2 and self.minutes is None:
+            raise ValueError("average: averaging needs at least two epochs (train.epochs)")
         return self
 
 
@@ -382,6 +405,9 @@ class PredictConfig(Section):
     tta: str = "d4"  # none | hflip | flips | d4: the views of image (and 2.5D slice) models
     tta_3d: str = "mirror3d"  # the views of 3D models' windows: mirror3d (8 flips of three axes), flips, none, ...
     tta_merge: Literal["mean", "gmean", "max"] = "mean"
+    # multi-scale TTA: every view again at these sizes relative to the image (image and 2.5D models), merged at the
+    # native size; [1]: native only (segkit.inference.tta)
+    tta_scales: list[float] = Field(default_factory=lambda: [1.0], min_length=1)
     batch_size: Union[PositiveInt, Literal["auto"]] = 8  # auto: what fits the GPU's free memory (segkit.compute.sizing)
     tta_chunk: Optional[int] = None  # views per forward batch; default by device
     tile_size: Optional[int] = None  # tiled inference for images larger than this
@@ -390,9 +416,22 @@ class PredictConfig(Section):
     repredict_oof: bool = False  # also re-predict each fold's validation ids with TTA into <model>/oof_tta/
     amp: Literal["none", "bf16", "fp16", "auto"] = "none"  # auto: see segkit.compute.device.resolve_amp
     snapshots: bool = True  # average the cycle snapshots (snapshot<c>.pt) of each fold with its best.pt
+    # how: the mean of their probabilities (one network each), or of their weights (one network a fold:
+    # weights_mean.pt, k times faster to predict; what the bundle then carries)
+    snapshot_merge: Literal["probabilities", "weights"] = "probabilities"
     checkpoint: Literal["best", "last"] = "best"  # which end-of-training checkpoint of each fold to use
     channels_last: bool = False
     workers: Workers = 0  # DataLoader workers reading test images (auto as train.workers)
+
+    @field_validator("tta_scales")
+    @classmethod
+    def _scales(cls, v: list[float]) -> list[float]:
+        bad = [s for s in v if not s > 0]
+        if bad:
+            raise ValueError(f"{bad[0]} is no scale: every scale must be > 0, e.g. [0.75, 1, 1.25]")
+        if len(set(v)) != len(v):
+            raise ValueError(f"{v} names a scale twice")
+        return v
 
     def tta_of(self, dims: int) -> str:
         """The views of a network with ``dims`` spatial axes: ``tta_3d`` for a 3D one, ``tta`` otherwise."""

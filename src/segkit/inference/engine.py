@@ -60,6 +60,7 @@ class Predictor:
                     amp=None if loader else cfg.predict.amp,
                     channels_last=cfg.predict.channels_last and loader is None and not self.volumetric,
                     max_views=max_views, activated=loader is not None,
+                    scales=cfg.predict.tta_scales, multiple=int(meta.get("pad_to", 32)),
                 ))
             self.groups.append(predictors)
         self.multiclass = self.meta.get("mode") == "multiclass"

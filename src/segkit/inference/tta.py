@@ -10,6 +10,13 @@ View sets are registered by name (``TTA.get("d4")``):
 - ``d4``:    the 8 dihedral views: rot90 by k = 0..3, each with and without a horizontal flip.
 - ``mirror3d``: for volumes (N, C, D, H, W): the 8 flips of the three spatial axes (nnU-Net's mirroring).
 
+Scales (``predict.tta_scales``, e.g. [0.75, 1, 1.25]): every view set is run again on the batch resized by each
+scale (bilinear, each side rounded to a multiple of the network stride, so the network takes it as it takes the
+native batch), and the probabilities are resized back to the native size before they are merged with the others.
+Views of one scale share forward batches as above; scales cannot (their sizes differ). Upscaling gives small
+objects more pixels through the encoder's strides (the Contrails winners predicted at 2-4x); downscaling gives
+large ones more context. Image (and 2.5D slice) batches only: a 3D network's windows keep its training spacing.
+
 Non-square inputs: a rotation by 90 or 270 degrees swaps H and W, so those views could not share a forward batch
 with the others; for H != W only the views that keep the shape are used (d4 then falls back to its 4 flip views,
 the D2 group). Pad the batch to a square first to get all 8.
@@ -24,11 +31,13 @@ the cores the picture flips (every forward call then waits at its thread barrier
 
 from __future__ import annotations
 
+import math
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable, Iterable, Literal, Optional, Sequence, Union
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from segkit.compute.device import amp_dtype, is_auto, resolve_amp
@@ -116,6 +125,22 @@ def _mirror3d() -> tuple[View, ...]:
     return tuple(View(hflip=h, vflip=v, dflip=d) for d in (False, True) for v in (False, True) for h in (False, True))
 
 
+def scaled_size(size: Sequence[int], scale: float, multiple: int) -> tuple[int, ...]:
+    """``size`` times ``scale``, each side rounded to the nearest multiple of ``multiple`` (at least one)."""
+    return tuple(max(multiple, math.floor(s * scale / multiple + 0.5) * multiple) for s in size)
+
+
+def check_scales(scales: Sequence[float], key: str = "predict.tta_scales") -> tuple[float, ...]:
+    if not scales:
+        raise ConfigError(f"{key}: empty; [1] predicts at the native size alone")
+    bad = [s for s in scales if not s > 0]
+    if bad:
+        raise ConfigError(f"{key}: {bad[0]} is no scale; every scale must be > 0 (e.g. [0.75, 1, 1.25])")
+    if len(set(scales)) != len(scales):
+        raise ConfigError(f"{key}: {list(scales)} names a scale twice")
+    return tuple(float(s) for s in scales)
+
+
 def views_for(name: str, shape: Optional[Sequence[int]] = None, key: str = "predict.tta") -> tuple[View, ...]:
     """The views of TTA ``name``; given ``shape`` (…, H, W) with H != W, only the views that keep the shape.
 
@@ -142,6 +167,8 @@ class TTAPredictor:
     - ``amp``: autocast dtype (``"bf16"``, ``"fp16"``, a torch dtype, or None) for the forward pass.
     - ``channels_last``: converts the model (in place) and every forward batch to channels_last memory format.
     - ``max_views``: only the first views of the set (what a time budget leaves; None: all of them).
+    - ``scales``: sizes to run every view at, relative to the input (4-D batches), with ``multiple`` the network's
+      stride each scaled side is rounded to; merged at the input's size.
     - ``activated``: the model applies ``activation`` itself (an exported network): it is not applied again, and
       gmean still renormalises a softmax.
 
@@ -160,6 +187,8 @@ class TTAPredictor:
         channels_last: bool = False,
         max_views: Optional[int] = None,
         activated: bool = False,
+        scales: Sequence[float] = (1.0,),
+        multiple: int = 32,
     ):
         if merge not in _MERGES:
             raise ConfigError(f"predict.tta_merge: unknown merge {merge!r}; known: {', '.join(_MERGES)}")
@@ -181,6 +210,8 @@ class TTAPredictor:
             raise ConfigError(f"TTA: max_views must be >= 1, got {max_views}")
         self.max_views = max_views
         self.activated = activated
+        self.scales = check_scales(scales)
+        self.multiple = multiple
         if isinstance(model, nn.Module):
             model.eval()
             if channels_last:
@@ -219,16 +250,28 @@ class TTAPredictor:
         if x.ndim == 4 and any(v.dflip for v in views):
             raise ConfigError(f"predict.tta: {self.tta} flips a volume's depth axis: it needs (N, C, D, H, W) "
                               f"batches, got an image batch {tuple(x.shape)}")
-        step = self.chunk_for(x.device, len(views))
-        n = x.shape[0]
+        scales = self.scales if x.ndim == 4 else (1.0,)
+        n, size = x.shape[0], tuple(x.shape[2:])
         acc: Optional[torch.Tensor] = None
-        for start in range(0, len(views), step):
-            group = views[start:start + step]
-            batch = torch.cat([v.forward(x) for v in group]) if len(group) > 1 else group[0].forward(x)
-            out = self._forward(batch)
-            for i, view in enumerate(group):
-                acc = self._merge_into(acc, view.inverse(out[i * n:(i + 1) * n]))
-        return self._finish(acc, len(views))
+        merged = 0
+        for scale in scales:
+            xs = x
+            if scale != 1.0:
+                xs = F.interpolate(x, size=scaled_size(size, scale, self.multiple), mode="bilinear",
+                                   align_corners=False)
+            views = self.views(xs)  # a scaled batch's sides may be rounded apart (or together): its own views
+            step = self.chunk_for(x.device, len(views))
+            for start in range(0, len(views), step):
+                group = views[start:start + step]
+                batch = torch.cat([v.forward(xs) for v in group]) if len(group) > 1 else group[0].forward(xs)
+                out = self._forward(batch)
+                for i, view in enumerate(group):
+                    p = view.inverse(out[i * n:(i + 1) * n])
+                    if p.shape[2:] != size:
+                        p = F.interpolate(p, size=size, mode="bilinear", align_corners=False)
+                    acc = self._merge_into(acc, p)
+                merged += len(group)
+        return self._finish(acc, merged)
 
     def _merge_into(self, acc: Optional[torch.Tensor], p: torch.Tensor) -> torch.Tensor:
         if self.merge == "gmean":

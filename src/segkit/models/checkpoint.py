@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from segkit.artifacts import atomic
+from segkit.artifacts.freshness import fingerprints
 from segkit.artifacts.probs import ProbStore
 from segkit.config.schema import ModelConfig
 from segkit.errors import DataError, SegkitError
@@ -95,6 +96,31 @@ def load(path: Path) -> dict:
     return obj
 
 
+def average(payloads: list[dict], names: Optional[list[str]] = None) -> dict:
+    """The uniform mean of several checkpoints' weights as one payload (the first's facts, ``averaged`` listing
+    ``names``). Floating tensors (weights and BatchNorm statistics alike) are averaged in float32 and cast back;
+    integer buffers (BatchNorm's batch counters) are taken from the first. Every checkpoint must be of one
+    network: a mean of two architectures' weights is no network at all."""
+    names = names or [str(i) for i in range(len(payloads))]
+    if not payloads:
+        raise SegkitError("checkpoint average: no checkpoints to average")
+    first = payloads[0]
+    for name, p in zip(names[1:], payloads[1:]):
+        if p["model_cfg"] != first["model_cfg"] or p["model"].keys() != first["model"].keys():
+            raise SegkitError(f"checkpoint average: {name} is another network than {names[0]} "
+                              f"({p['model_cfg'].get('arch')} on {p['model_cfg'].get('encoder')} vs "
+                              f"{first['model_cfg'].get('arch')} on {first['model_cfg'].get('encoder')}); "
+                              f"only checkpoints of one architecture average")
+    mean = {}
+    for k, v in first["model"].items():
+        if v.is_floating_point():
+            total = sum(p["model"][k].float() for p in payloads)
+            mean[k] = (total / len(payloads)).to(v.dtype)
+        else:
+            mean[k] = v.clone()
+    return {**{k: v for k, v in first.items() if k != "train_state"}, "model": mean, "averaged": list(names)}
+
+
 WEIGHTS_SUFFIX = ".safetensors"
 WEIGHT_DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
 # Kept float32 in any case: small, and a variance of 1e-6 is not an fp16 number.
@@ -154,4 +180,19 @@ def fold_checkpoints(cfg, model: str, fold: int) -> list[Path]:
     main = paths.checkpoint(cfg.predict.checkpoint)
     if not main.exists():
         raise DataError(f"{main}: missing; set predict.checkpoint to a kept checkpoint (train.keep) or retrain")
-    return [main] + (paths.snapshots() if cfg.predict.snapshots else [])
+    found = [main] + (paths.snapshots() if cfg.predict.snapshots else [])
+    if cfg.predict.snapshot_merge == "weights" and len(found) > 1:
+        return [weights_mean(found, paths.snapshot_average)]
+    return found
+
+
+def weights_mean(sources: list[Path], path: Path) -> Path:
+    """``path``: the mean of the weights of ``sources`` (one network instead of several), made again whenever
+    the sources are not those it was made from. BatchNorm statistics are averaged too: there is no data here
+    to measure them again, and a fold's checkpoints share one training run."""
+    record = {"sources": [p.name for p in sources], "fingerprints": fingerprints(sources)}
+    if path.exists() and load(path).get("sources") == record:
+        return path
+    mean = average([load(p) for p in sources], [p.name for p in sources])
+    save(path, {**mean, "sources": record})
+    return path

@@ -36,6 +36,7 @@ from segkit.models import build_model, check_output_size, checkpoint, dims_of, i
 from segkit.models.weights import looks_like_path
 from segkit.optim import build_optimizer, build_schedule, cycle_end_epochs, group_lrs
 from segkit.stages.train import budget
+from segkit.stages.train.averaging import Averaging, average_fold, remove_ingredients
 from segkit.stages.train.data import ExtraTrainData, TrainData, pseudo_train_data, val_loader
 from segkit.stages.train.ema import build_ema
 from segkit.stages.train.loop import Stepper, train_epoch
@@ -197,6 +198,7 @@ def train_fold(
     scaler = grad_scaler(device, tcfg.amp)
     ema = build_ema(model, tcfg.ema)
     snapshots = cycle_end_epochs(tcfg) if "snapshots" in tcfg.keep else []
+    averaging = Averaging.of(tcfg)
 
     history: list[dict] = []
     best_value: Optional[float] = None
@@ -247,7 +249,8 @@ def train_fold(
                "loss_terms": "+".join(f"{w:g}*{n}" for n, w in loss_fn.weights.items()),
                "steps": stats.steps, "skipped": stats.skipped}
         improved = False
-        validated = epoch % tcfg.val_every == 0 or epoch == tcfg.epochs
+        validated = (epoch % tcfg.val_every == 0 or epoch == tcfg.epochs
+                     or (averaging is not None and averaging.validates(epoch)))
         if validated:
             # The last epoch's validation writes its probabilities as the OOF store as it goes: when that epoch
             # is also the best (the usual case at the end of a decaying schedule), _write_oof keeps them instead
@@ -269,6 +272,8 @@ def train_fold(
                 checkpoint.save(paths.best, payload(epoch, scores))
             if epoch in snapshots:
                 checkpoint.save(paths.snapshot(snapshots.index(epoch) + 1), payload(epoch, scores))
+            if averaging is not None and averaging.keeps(epoch):
+                checkpoint.save(paths.ingredient(epoch), payload(epoch, scores))
             atomic.write_csv(paths.metrics, pd.DataFrame(history, columns=HISTORY_COLUMNS))
             last = payload(epoch, scores)
             last["train_state"] = {
@@ -287,8 +292,17 @@ def train_fold(
                   f"{row['seconds']:.1f}s" + (f"  ({stats.skipped} skipped)" if stats.skipped else ""), flush=True)
         distributed.barrier(world)
 
+    average = None
+    if averaging is not None:
+        halves = None
+        if averaging.method == "soup" and dims == 2 and len(val_ids) >= 2:
+            halves = tuple(ImageValidation(val_loader(comp, tcfg, ids, world), mode, scoring, tcfg.channels_last,
+                                           world) for ids in (val_ids[0::2], val_ids[1::2]))
+        average = average_fold(averaging, paths, model, validation, losses.for_epoch(tcfg.epochs), data, tcfg,
+                               device, monitor, monitor_mode, world.is_main, where, halves)
+        distributed.barrier(world)
     return _write_oof(cfg, model_cfg, fold, paths, unit, model, validation, losses.for_epoch(tcfg.epochs),
-                      device, tcfg, world, train_ids, val_ids, history, monitor, final_row)
+                      device, tcfg, world, train_ids, val_ids, history, monitor, final_row, average)
 
 
 def _epochs_in_minutes(model, data, validation, tcfg: TrainConfig, losses: LossSchedule, device, world,
@@ -312,13 +326,15 @@ def _epochs_in_minutes(model, data, validation, tcfg: TrainConfig, losses: LossS
 
 
 def _write_oof(cfg, model_cfg, fold, paths: FoldPaths, unit: Unit, model, validation, loss_fn, device, tcfg,
-               world, train_ids, val_ids, history, monitor, final_row: Optional[dict]) -> dict:
+               world, train_ids, val_ids, history, monitor, final_row: Optional[dict],
+               average: Optional[dict] = None) -> dict:
     """Predict the fold's validation images with best.pt into the OOF store (unless ``final_row``, the last
-    epoch's validation, already wrote them with the very weights of best.pt); then tidy up the checkpoints."""
+    epoch's validation, already wrote them with the very weights of best.pt); then tidy up the checkpoints.
+    ``average``: what ``average_fold`` made of the run (best.pt is then the average)."""
     began = time.perf_counter()
     best = checkpoint.load(paths.best)
     writer = ProbWriter(paths.oof, best["classes"])
-    if final_row is not None and final_row["epoch"] == best["epoch"]:
+    if final_row is not None and final_row["epoch"] == best["epoch"] and "averaged" not in best:
         scores = final_row
     else:
         model.load_state_dict(best["model"])
@@ -326,9 +342,10 @@ def _write_oof(cfg, model_cfg, fold, paths: FoldPaths, unit: Unit, model, valida
     distributed.barrier(world)
     summary = {
         "model": model_cfg.name, "fold": fold, "metric": cfg.metric, "monitor": monitor,
-        "best_epoch": best["epoch"], "epochs": tcfg.epochs, "train_images": len(train_ids), "val_images": len(val_ids),
+        "best_epoch": average["best_epoch"] if average else best["epoch"], "epochs": tcfg.epochs, "train_images": len(train_ids), "val_images": len(val_ids),
         **{k: scores[k] for k in ("val_loss", "dice", "iou", "score")},
         "train_seconds": round(sum(r.get("seconds", 0.0) for r in history), 1),
+        **({"average": average} if average is not None else {}),
     }
     if world.is_main:
         atomic.write_json(paths.summary, summary)
@@ -336,7 +353,9 @@ def _write_oof(cfg, model_cfg, fold, paths: FoldPaths, unit: Unit, model, valida
         writer.finish(val_ids)  # the fold's completion marker
         if "last" not in tcfg.keep and paths.last.exists():
             paths.last.unlink()
-        print(f"models[{model_cfg.name}] fold {fold}: best epoch {best['epoch']}, {cfg.metric} "
+        remove_ingredients(paths)
+        chosen = f"{average['method']} of {len(average['ingredients'])}" if average else f"best epoch {best['epoch']}"
+        print(f"models[{model_cfg.name}] fold {fold}: {chosen}, {cfg.metric} "
               f"{_fmt(scores['score'])}; OOF of {len(val_ids)} images -> {paths.oof} "
               f"({time.perf_counter() - began:.1f}s)", flush=True)
     distributed.barrier(world)
