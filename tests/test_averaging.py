@@ -14,7 +14,8 @@ from segkit.errors import ConfigError, SegkitError
 from segkit.inference.tta import TTAPredictor, scaled_size
 from segkit.models import checkpoint
 from segkit.stages import folds as folds_stage
-from segkit.stages.train import averaging, fold as fold_module, train_fold
+from segkit.stages.train import averaging, train_fold
+from segkit.stages.train import fold as fold_module
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

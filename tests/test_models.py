@@ -32,8 +32,14 @@ SMALL = {
     # DPT reads the tokens of a vision transformer; a timm ViT takes any multiple of its patch with dynamic_img_size
     "dpt": {"encoder_depth": 4, "decoder_intermediate_channels": [16, 16, 16, 16], "decoder_fusion_channels": 16,
             "dynamic_img_size": True},
+    # the classic networks (segkit.models.classic)
+    "fcn": {"head_channels": 16},
+    "fcdensenet": {"encoder_depth": 2, "growth_rate": 4, "first_channels": 8},
+    "fastfcn": {"jpu_channels": 16, "head_channels": 16},
+    "gatedscnn": {"shape_channels": 8, "aspp_channels": 16},
 }
-ENCODER = {"dpt": "tu-vit_tiny_patch16_224"}
+ENCODER = {"dpt": "tu-vit_tiny_patch16_224", "segnet": "vgg11", "fcdensenet": "fcdensenet56"}
+CLASSIC = {"fcn", "segnet", "fcdensenet", "fastfcn", "gatedscnn"}
 SIZE = {"pan": 128}  # PAN's pyramid attention pools the stride-16 map down 8x more
 
 
@@ -51,7 +57,8 @@ def test_registry_covers_the_smp_architectures():
     assert want <= set(ARCHS.names())
     # built from smp's own table: a decoder smp adds is in the registry without a line of segkit changing
     flat = {a for a in ARCHS.names() if ARCHS.get(a).dims == 2}
-    assert {c.__name__.lower() for c in smp.MODEL_ARCHITECTURES_MAPPING.values()} == flat
+    assert {c.__name__.lower() for c in smp.MODEL_ARCHITECTURES_MAPPING.values()} == flat - CLASSIC
+    assert CLASSIC <= flat  # and the classic networks written here (tests/test_classic_networks.py)
     assert {a for a in ARCHS.names() if ARCHS.get(a).attention} == {"unet", "unetplusplus"}
     # and MONAI's 3D networks beside them (tests/test_volumes3d.py puts each through a forward and backward)
     assert set(ARCHS.names()) - flat == {"dynunet", "segresnet", "unet3d", "swinunetr"}
@@ -255,3 +262,35 @@ def test_input_scale_runs_the_network_at_that_scale_and_returns_input_sized_logi
     split_output(scaled(x))[0].sum().backward()  # and gradients flow through the resampling
     stem = next(scaled.encoder.parameters())
     assert stem.grad is not None and stem.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("arch", [a for a in ARCHS.names() if ARCHS.get(a).dims == 2])
+def test_every_architecture_exports_to_onnx_and_onnxruntime_gives_its_probabilities(arch, tmp_path):
+    """The export every registered network must survive (``segkit export``, the offline bundle): ONNX through
+    segkit's own exporter, run by ONNX Runtime at the export's size and, when the export is dynamic, at another."""
+    from segkit.inference.runtimes import OnnxNetwork, export_onnx
+
+    torch.manual_seed(0)
+    model = build_model(tiny(ARCHS.get(arch).name), channels=1, mode="binary", num_classes=1).eval()
+    graph = nn_sigmoid(model)
+    size = SIZE.get(arch, 64)
+    record = export_onnx(graph, torch.randn(1, 1, size, size), tmp_path / "m.onnx")
+    run = OnnxNetwork(tmp_path / "m.onnx", torch.device("cpu"), {"export": record})
+    sizes = [(1, size, size)] + ([(2, size, size + 32)] if record["dynamic"] else [])
+    for n, h, w in sizes:
+        x = torch.randn(n, 1, h, w)
+        with torch.no_grad():
+            want = graph(x)
+        assert torch.allclose(run(x), want, atol=1e-4), (arch, n, h, w)
+
+
+def nn_sigmoid(model):
+    class Probabilities(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = model
+
+        def forward(self, x):
+            return torch.sigmoid(split_output(self.net(x))[0])
+
+    return Probabilities().eval()

@@ -28,7 +28,7 @@ from segkit.data.sources import SOURCES
 from segkit.ensemble import check_choice, method_names
 from segkit.errors import ConfigError
 from segkit.inference.tta import TTA
-from segkit.losses import LossSchedule
+from segkit.losses import EDGE_TERMS, LossSchedule
 from segkit.metrics import get_metric
 from segkit.models import ARCHS, RESERVED_PARAMS, TIMM_PREFIX, build_model, encoder_names, is_encoder
 from segkit.optim import OPTIMIZERS, SCHEDULES
@@ -57,10 +57,14 @@ def check_models(cfg: Config) -> None:
         if ARCHS.get(m.arch).dims == 3:
             check_volumetric(cfg, m, i)
             continue
-        if not is_encoder(m.encoder):
+        arch = ARCHS.get(m.arch)
+        if arch.encoders is not None:  # a network that takes only some encoders (SegNet) or builds its own
+            if m.encoder not in arch.encoders:
+                raise ConfigError(f"{cfg.origin(f'models.{i}.encoder')}: {key}.encoder: {arch.name} takes "
+                                  f"{m.encoder!r} as no encoder; it takes {', '.join(arch.encoders)}")
+        elif not is_encoder(m.encoder):
             raise ConfigError(f"{cfg.origin(f'models.{i}.encoder')}: {key}.encoder: unknown encoder {m.encoder!r}; "
                               f"use one of smp's ({', '.join(encoder_names()[:12])}, ...) or tu-<timm model>")
-        arch = ARCHS.get(m.arch)
         accepted = [name for name, p in inspect.signature(arch.cls.__init__).parameters.items()
                     if name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
         # smp passes the names it does not take on to the encoder: timm refuses a wrong one when the model is built
@@ -105,6 +109,12 @@ def check_train(cfg: Config, m, i: int) -> None:
     _at(cfg, f"{where}.optimizer", lambda: OPTIMIZERS.get(tcfg.optimizer, key=f"{key} train.optimizer"))
     _at(cfg, f"{where}.schedule.name", lambda: SCHEDULES.get(tcfg.schedule.name, key=f"{key} train.schedule.name"))
     _at(cfg, f"{where}.loss", lambda: LossSchedule(tcfg, cfg.data.mode, len(cfg.data.classes)))
+    terms = {t.lower() for t in tcfg.loss} | {t.lower() for s in tcfg.loss_stages for t in s.terms}
+    edge_terms = sorted(terms & set(EDGE_TERMS))
+    if edge_terms and not ARCHS.get(m.arch).edges:
+        with_edges = [ARCHS.get(a).name for a in ARCHS.names() if ARCHS.get(a).edges]
+        raise ConfigError(f"{cfg.origin(f'{where}.loss')}: {key} train.loss: {edge_terms[0]} trains a network's "
+                          f"edge output; {m.arch} has none (networks with one: {', '.join(with_edges)})")
     monitors = {"loss", cfg.metric, *MONITORS}
     if tcfg.monitor is not None and tcfg.monitor not in monitors:
         raise ConfigError(f"{cfg.origin(f'{where}.monitor')}: {key} train.monitor: {tcfg.monitor!r}; use score "

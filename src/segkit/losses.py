@@ -19,6 +19,7 @@ multiclass terms give the background weight 1.
 | focal | smp focal (``gamma``, ``alpha``) | same, one-vs-rest per class |
 | lovasz | Lovasz hinge per channel (``per_image``, ``symmetric``, ``hinge``) | Lovasz-softmax (no class weights) |
 | boundary | mean of p * signed distance to the true boundary | same on the foreground softmax channels |
+| dual_task | Gated-SCNN's edge, boundary-attention and consistency losses (needs the network's edge logits) | same |
 """
 
 from __future__ import annotations
@@ -41,15 +42,17 @@ MODES = ("binary", "multilabel", "multiclass")
 class Target:
     mask: torch.Tensor  # (N, K, H, W) float 0/1
     labels: Optional[torch.Tensor] = None  # (N, H, W) long, multiclass only
+    # (N, 1, H, W): a network's own edge logits (GatedSCNN's shape stream, in training), for the dual_task term
+    edge_logits: Optional[torch.Tensor] = None
 
     @staticmethod
-    def of(mask: torch.Tensor, mode: str) -> "Target":
+    def of(mask: torch.Tensor, mode: str, edge_logits: Optional[torch.Tensor] = None) -> "Target":
         mask = mask.float()
         labels = None
         if mode == "multiclass":
             # One-hot foreground channels -> label map; pixels of no class are background (0).
             labels = torch.where(mask.amax(1) > 0, mask.argmax(1) + 1, torch.zeros_like(mask[:, 0], dtype=torch.long))
-        return Target(mask, labels)
+        return Target(mask, labels, None if edge_logits is None else edge_logits.float())
 
 
 Builder = Callable[..., nn.Module]
@@ -289,6 +292,69 @@ def _boundary(mode: str, num_classes: int, class_weights=None) -> nn.Module:
     return _Boundary(mode, num_classes, class_weights)
 
 
+def boundary_map(maps: torch.Tensor) -> torch.Tensor:
+    """(N, K, H, W) masks or probabilities -> (N, 1, H, W) in [0, 1]: the morphological gradient (3x3 dilation minus
+    erosion, by max pooling) of each channel, the largest over channels. On 0/1 masks it is the 0/1 boundary, two
+    pixels thick (the last pixel in an object, the first outside); max pooling pads with -inf, so the image's border
+    is no boundary. On probabilities it is a soft boundary with a gradient, the same operator on both sides."""
+    dilated = F.max_pool2d(maps, 3, stride=1, padding=1)
+    eroded = -F.max_pool2d(-maps, 3, stride=1, padding=1)
+    return (dilated - eroded).amax(dim=1, keepdim=True)
+
+
+class _DualTask(nn.Module):
+    """Gated-SCNN's losses beside the segmentation terms (Takikawa et al., 2019, "Gated-SCNN: Gated Shape CNNs for
+    Semantic Segmentation"), on the edge logits the network returns in training:
+
+    - edge: BCE of the edge logits against the masks' boundary, positives weighted by the share of negatives and
+      negatives by the share of positives (boundaries are a few percent of the pixels);
+    - attention: the pixel loss (BCE, CE for multiclass) again, on the pixels whose edge probability exceeds
+      ``attention_threshold`` only, so the masks are pushed hardest along the boundaries;
+    - consistency: the dual-task regularizer: the soft boundary of the predicted probabilities (``boundary_map``)
+      should be the true boundary: mean absolute difference over the pixels that are boundary in either.
+
+    In eval mode the network gives no edges (validation's loss, prediction): the term is then 0."""
+
+    def __init__(self, mode: str, edge: float = 1.0, attention: float = 1.0, consistency: float = 1.0,
+                 attention_threshold: float = 0.8):
+        super().__init__()
+        self.mode, self.weights, self.threshold = mode, (edge, attention, consistency), attention_threshold
+
+    def forward(self, logits: torch.Tensor, target: Target) -> torch.Tensor:
+        edges = target.edge_logits
+        if edges is None:
+            return logits.new_zeros(())
+        if edges.shape[2:] != logits.shape[2:]:
+            raise ValueError(f"dual_task: edge logits {tuple(edges.shape)} and masks {tuple(logits.shape)} differ in "
+                             f"size")
+        boundary = (boundary_map(target.mask) > 0).float()
+        positives = boundary.mean()
+        edge = F.binary_cross_entropy_with_logits(edges, boundary,
+                                                  weight=torch.where(boundary > 0, 1.0 - positives, positives))
+        if self.mode == "multiclass":
+            pixel = F.cross_entropy(logits, target.labels, reduction="none")
+            probs = logits.softmax(1)[:, 1:]
+        else:
+            pixel = F.binary_cross_entropy_with_logits(logits, target.mask, reduction="none").mean(1)
+            probs = logits.sigmoid()
+        # the edge stream only picks the pixels here; the edge term is what trains it
+        confident = (edges.detach().sigmoid()[:, 0] > self.threshold).float()
+        attention = (pixel * confident).sum() / confident.sum().clamp_min(1.0)
+        predicted = boundary_map(probs)
+        region = ((predicted.detach() > 0.5) | (boundary > 0)).float()
+        consistency = ((predicted - boundary).abs() * region).sum() / region.sum().clamp_min(1.0)
+        w_edge, w_attention, w_consistency = self.weights
+        return w_edge * edge + w_attention * attention + w_consistency * consistency
+
+
+@LOSSES.register("dual_task")
+def _dual_task(mode: str, num_classes: int, class_weights=None, **params) -> nn.Module:
+    return _DualTask(mode, **params)
+
+
+EDGE_TERMS = ("dual_task",)  # terms that need a network with an edge output (GatedSCNN)
+
+
 # ------------------------------------------------------------------------------------------------ weighted sums
 class SegLoss(nn.Module):
     """sum_i w_i * term_i(logits, target) [+ aux_weight * BCE(image logits, has-mask)]. ``forward`` returns the total
@@ -307,9 +373,10 @@ class SegLoss(nn.Module):
         mask: torch.Tensor,
         aux_logits: Optional[torch.Tensor] = None,
         has_mask: Optional[torch.Tensor] = None,
+        edge_logits: Optional[torch.Tensor] = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         logits = logits.float()
-        target = Target.of(mask, self.mode)
+        target = Target.of(mask, self.mode, edge_logits)
         total = logits.new_zeros(())
         parts: dict[str, float] = {}
         # Deep supervision (a 3D network's extra heads, stacked on axis 1, each at the output's size): head i

@@ -1,9 +1,12 @@
-"""Segmentation networks by name: every smp decoder (``ARCHS``) on any smp or timm (``tu-...``) encoder, and
-MONAI's 3D networks (``segkit.models.volumetric``: DynUNet, SegResNet, UNet3D, SwinUNETR) for patch-trained models.
+"""Segmentation networks by name: every smp decoder (``ARCHS``) on any smp or timm (``tu-...``) encoder, the
+classic networks written here (``segkit.models.classic``: FCN, SegNet, FCDenseNet, FastFCN, GatedSCNN, with smp's
+constructor signature), and MONAI's 3D networks (``segkit.models.volumetric``: DynUNet, SegResNet, UNet3D,
+SwinUNETR) for patch-trained models.
 
 ``build_model(model_cfg, channels, mode, num_classes)`` returns an smp model whose forward gives mask logits
 (N, C, H, W) — C = K foreground channels for binary / multilabel, K + 1 (background first) for multiclass — or a
-tuple (mask logits, image logits (N, K)) when the auxiliary "has mask" head is on. With ``input_scale`` the model
+tuple (mask logits, image logits (N, K)) when the auxiliary "has mask" head is on, or, in training, a dict with
+``masks`` and the network's side outputs (GatedSCNN's ``edges``: ``edge_output``). With ``input_scale`` the model
 works inside at that many times the input's size and still returns logits at the input's size. ``split_output`` and
 ``probabilities`` turn that into what the rest of the pipeline stores: (N, K, H, W) foreground probabilities.
 """
@@ -21,7 +24,7 @@ from torch import nn
 
 from segkit.config.schema import ModelConfig
 from segkit.errors import ConfigError
-from segkit.models import volumetric, weights
+from segkit.models import classic, volumetric, weights
 from segkit.registry import Registry
 
 
@@ -35,6 +38,10 @@ class Arch:
     dims: int = 2  # 3: a volumetric network, trained on patches (train.patch_size), predicted in a sliding window
     build: Optional[Callable[[dict, int, int], nn.Module]] = None  # (params, in channels, outputs) for 3D
     stride: Optional[Callable[[dict], int]] = None  # params -> the multiple every input side must be of (3D)
+    encoders: Optional[tuple[str, ...]] = None  # the encoder names it takes (None: any smp or tu- timm encoder)
+    aux: bool = True  # takes smp's aux_params (the image-level "has mask" head)
+    pretrained: bool = True  # its encoder can load weights (FCDenseNet's own dense encoder has none to load)
+    edges: bool = False  # returns edge logits in training (for the dual_task loss term)
 
 
 def _smp_architectures(registry: Registry[Arch]) -> None:
@@ -45,6 +52,10 @@ def _smp_architectures(registry: Registry[Arch]) -> None:
     for cls in smp.MODEL_ARCHITECTURES_MAPPING.values():
         attention = "decoder_attention_type" in inspect.signature(cls.__init__).parameters
         registry.register(cls.__name__)(Arch(cls.__name__, cls, attention))
+    for cls in (classic.FCN, classic.SegNet, classic.FCDenseNet, classic.FastFCN, classic.GatedSCNN):
+        registry.register(cls.__name__)(Arch(cls.__name__, cls, encoders=getattr(cls, "ENCODERS", None), aux=False,
+                                             pretrained=getattr(cls, "PRETRAINED", True),
+                                             edges=cls is classic.GatedSCNN))
     for name, (build, stride) in volumetric.NETWORKS.items():
         registry.register(name)(Arch(name, None, dims=3, build=build, stride=stride))
 
@@ -103,7 +114,17 @@ def build_model(
             raise ConfigError(f"{key}.decoder_attention: {arch.name} has no decoder attention "
                               f"(supported by {', '.join(with_attention)})")
         kwargs["decoder_attention_type"] = model_cfg.decoder_attention
+    if arch.encoders is not None and model_cfg.encoder not in arch.encoders:
+        raise ConfigError(f"{key}.encoder: {arch.name} takes {model_cfg.encoder!r} as no encoder; it takes "
+                          f"{', '.join(arch.encoders)}")
+    if model_cfg.encoder_weights and not arch.pretrained:
+        raise ConfigError(f"{key}.encoder_weights: {arch.name} builds its own encoder, and no pretrained weights exist "
+                          f"for it; leave encoder_weights unset (it trains from scratch)")
     if model_cfg.aux_head:
+        if not arch.aux:
+            with_aux = [a for a in ARCHS.names() if ARCHS.get(a).aux and ARCHS.get(a).dims == 2]
+            raise ConfigError(f"{key}.aux_head: {arch.name} has no image-level head (the smp decoders have one: "
+                              f"{', '.join(with_aux[:6])}, ...)")
         # One logit per foreground class: "does this image contain class k at all".
         kwargs["aux_params"] = {"classes": num_classes, "pooling": "avg", "dropout": 0.2, "activation": None}
 
@@ -223,9 +244,16 @@ def check_output_size(model: nn.Module, channels: int, multiple: int, key: str, 
 
 def split_output(out: Any) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """(mask logits, aux logits or None) from a model's forward output."""
+    if isinstance(out, dict):
+        return out["masks"], out.get("aux")
     if isinstance(out, (tuple, list)):
         return out[0], out[1]
     return out, None
+
+
+def edge_output(out: Any) -> Optional[torch.Tensor]:
+    """A network's edge logits (N, 1, H, W) when its forward gave them (GatedSCNN, in training), else None."""
+    return out.get("edges") if isinstance(out, dict) else None
 
 
 def probabilities(logits: torch.Tensor, mode: str) -> torch.Tensor:
@@ -242,5 +270,6 @@ def encoder_parameters(model: nn.Module) -> set[int]:
     return {id(p) for p in encoder.parameters()} if encoder is not None else set()
 
 
-__all__ = ["ARCHS", "Arch", "RESERVED_PARAMS", "build_model", "check_output_size", "dims_of", "encoder_names",
+__all__ = ["ARCHS", "Arch", "RESERVED_PARAMS", "build_model", "check_output_size", "dims_of", "edge_output",
+           "encoder_names",
            "encoder_parameters", "input_multiple", "is_encoder", "num_outputs", "probabilities", "split_output"]

@@ -25,9 +25,9 @@ from segkit.compute.device import autocast, synchronize, to_device
 from segkit.config.schema import TrainConfig
 from segkit.errors import ConfigError
 from segkit.losses import SegLoss
-from segkit.models import split_output
 from segkit.optim import build_optimizer
 from segkit.stages.train.ema import build_ema
+from segkit.stages.train.loop import batch_loss
 
 PROBE_STEPS = 8  # timed training steps, after one untimed warm-up step
 PROBE_VAL_BATCHES = 3  # the first, the middle and the last
@@ -62,8 +62,7 @@ def time_steps(model, loader, loss_fn: SegLoss, device: torch.device, tcfg: Trai
         batch = to_device(batch, device, tcfg.channels_last)
         with autocast(device, tcfg.amp):
             out = probe(batch["image"])
-        logits, aux = split_output(out)
-        loss, _ = loss_fn(logits, batch["mask"], aux, batch.get("has_mask"))
+        loss, _ = batch_loss(loss_fn, out, batch)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -342,7 +342,8 @@ def _write_oof(cfg, model_cfg, fold, paths: FoldPaths, unit: Unit, model, valida
     distributed.barrier(world)
     summary = {
         "model": model_cfg.name, "fold": fold, "metric": cfg.metric, "monitor": monitor,
-        "best_epoch": average["best_epoch"] if average else best["epoch"], "epochs": tcfg.epochs, "train_images": len(train_ids), "val_images": len(val_ids),
+        "best_epoch": average["best_epoch"] if average else best["epoch"], "epochs": tcfg.epochs,
+        "train_images": len(train_ids), "val_images": len(val_ids),
         **{k: scores[k] for k in ("val_loss", "dice", "iou", "score")},
         "train_seconds": round(sum(r.get("seconds", 0.0) for r in history), 1),
         **({"average": average} if average is not None else {}),

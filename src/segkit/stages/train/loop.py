@@ -17,7 +17,7 @@ from segkit.compute.distributed import World, gather
 from segkit.config.schema import TrainConfig
 from segkit.errors import SegkitError
 from segkit.losses import SegLoss
-from segkit.models import split_output
+from segkit.models import edge_output, split_output
 from segkit.optim import LRSchedule
 from segkit.stages.train.ema import EMA
 
@@ -46,6 +46,13 @@ class Stepper:
     where: str  # "models[x] fold k": prefix of error messages
 
 
+def batch_loss(loss_fn: SegLoss, out, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+    """The loss of a network's forward output on a batch: mask logits, and whatever else the network gave (smp's
+    image logits for the aux head, GatedSCNN's edge logits in training)."""
+    logits, aux = split_output(out)
+    return loss_fn(logits, batch["mask"], aux, batch.get("has_mask"), edge_output(out))
+
+
 def train_epoch(s: Stepper, loader, loss_fn: SegLoss, epoch: int, world: World = World(),
                 progress: bool = True) -> EpochStats:
     cfg = s.cfg
@@ -66,8 +73,7 @@ def train_epoch(s: Stepper, loader, loss_fn: SegLoss, epoch: int, world: World =
         with sync:
             with autocast(s.device, cfg.amp):
                 out = s.forward_model(batch["image"])
-            logits, aux = split_output(out)
-            loss, parts = loss_fn(logits, batch["mask"], aux, batch.get("has_mask"))
+            loss, parts = batch_loss(loss_fn, out, batch)
             if not torch.isfinite(loss):
                 if cfg.nan_policy == "stop":
                     raise SegkitError(
