@@ -89,10 +89,10 @@ def test_ablation_end_to_end_on_one_fold(demo_cfg, one_torch_thread):
         ablation.run(cfg, folds=[7], train_only=True)
     table = ablation.run(cfg, folds=[1], metrics=["iou"])
     names = [r.name for r in table]
-    assert names == ["baseline", "+ loss", "+ pretrained encoder", "+ tiles", "+ TTA", "+ ensemble",
-                     "+ threshold / min area", "+ morphology", "+ pseudo-labels", "segkit run"]
-    assert table[3].note.startswith("not in this recipe") and not table[3].scores
-    for r in table[:3] + table[4:-2]:
+    assert names == ["baseline", "+ loss", "+ pretrained encoder", "+ weight averaging", "+ tiles", "+ TTA",
+                     "+ ensemble", "+ threshold / min area", "+ morphology", "+ pseudo-labels", "segkit run"]
+    assert all(table[i].note.startswith("not in this recipe") and not table[i].scores for i in (3, 4))
+    for r in table[:3] + table[5:-2]:
         assert set(r.scores) == {"dice", "iou"} and all(0 <= v <= 1 for v in r.scores.values()), r
     assert table[-2].note.startswith("not in this recipe") and not table[-2].scores
     # Only fold 1 of the extra runs was trained, and every row is scored on fold 1's images.
@@ -103,8 +103,8 @@ def test_ablation_end_to_end_on_one_fold(demo_cfg, one_torch_thread):
     assert (cfg.run_dir / "quality" / "quality.md").read_text().count("\n") == len(table) + 2
     # The tuned rows are nested (each image scored with what the search chose on the other folds), with the
     # in-sample score beside them; the untuned rows have none.
-    assert all(r.in_sample is not None and 0 <= r.in_sample <= 1 for r in table[6:8] + table[-1:])
-    assert all(r.in_sample is None for r in table[:6])
+    assert all(r.in_sample is not None and 0 <= r.in_sample <= 1 for r in table[7:9] + table[-1:])
+    assert all(r.in_sample is None for r in table[:7])
     assert "dice in-sample" in (cfg.run_dir / "quality" / "quality.md").read_text()
     # Without the variants the recipe's own rows are scored again from the finished run, and agree.
     again = ablation.run(cfg, folds=[1], metrics=["iou"], with_variants=False)
@@ -125,6 +125,28 @@ def test_tiles_row_re_predicts_the_chosen_fold_in_tiles_without_tta(demo_cfg, on
     # tiles without TTA differ from the whole-image training OOF and from the TTA'd tiles
     tiles, plain = table["+ tiles"].scores["dice"], table["+ pretrained encoder"].scores["dice"]
     assert 0 <= tiles <= 1 and tiles != plain and tiles != table["+ TTA"].scores["dice"]
+
+
+def test_weight_averaging_and_multi_scale_rows_score_what_each_adds_on_the_same_checkpoints(demo_cfg,
+                                                                                             one_torch_thread):
+    from segkit.artifacts.probs import ProbStore
+
+    cfg = _cfg(demo_cfg, "train.epochs=2", "train.average={method: swa, window: 1.0}", "predict.tta_scales=[1, 1.5]",
+               "models=[" + TINY % ("unet", "Unet", "null") + "]")
+    table = {r.name: r for r in ablation.run(cfg, folds=[1], with_variants=False)}
+    names = list(table)
+    assert names.index("+ pretrained encoder") + 1 == names.index("+ weight averaging")
+    assert names.index("+ TTA") + 1 == names.index("+ multi-scale TTA")
+    assert table["+ weight averaging"].what == "train.average: swa of the last 1 of the epochs"
+    assert table["+ multi-scale TTA"].what == "predict.tta_scales: [1.0, 1.5]"
+    single = ProbStore(cfg.run_dir / "quality" / "single_epoch" / "unet")
+    one_scale = ProbStore(cfg.run_dir / "quality" / "one_scale" / "unet")
+    assert sorted(single.ids) == sorted(one_scale.ids) == sorted(ablation.fold_ids(cfg, [1])[0])
+    stamp = json.loads((single.folder / "fold1.stamp.json").read_text())["inputs"]
+    assert stamp["tta"] == "none" and "best_epoch.pt" in json.dumps(stamp)
+    # each row scores its own store: the best single epoch is not the average, one scale is not two
+    assert table["+ pretrained encoder"].scores != table["+ weight averaging"].scores
+    assert table["+ TTA"].scores != table["+ multi-scale TTA"].scores
 
 
 def test_pseudo_row_scores_the_round_models(demo_cfg, one_torch_thread):

@@ -6,14 +6,17 @@ recipe's first model, on the same folds, epochs and augmentation, isolate the tr
 
     baseline        random-init encoder, BCE alone, no TTA, p > 0.5, no clean-up        (quality/baseline)
     + loss          the recipe's loss (e.g. BCE + Dice, then Lovasz)                      (quality/loss)
-    + pretrained    the recipe's encoder weights: the recipe's own first model
+    + pretrained    the recipe's encoder weights: the recipe's own first model (its best single epoch's weights, when
+                    it trains with ``train.average``: quality/single_epoch)
+    + averaging     (``train.average``) the recipe's own first model: SWA or the greedy soup of its last epochs
     + 2.5D context  (2.5D recipes) the rows above see single slices (quality/slices: the recipe's first model
                     with data.context 0); this one is the recipe's model with its neighbouring slices as channels
     + tiles         its best checkpoints re-predicting the images in tiles of ``predict.tile_size``, no TTA
                     (quality/tiles)
     + TTA           its out-of-fold predictions re-made with the recipe's TTA (``predict.repredict_oof``); with
                     orthogonal views (``data.volumes.predict_axes``), along ``data.volumes.axis`` alone
-                    (quality/one_axis)
+                    (quality/one_axis); with ``predict.tta_scales``, at the native scale alone (quality/one_scale)
+    + multi-scale   (``predict.tta_scales``) the same views at every scale: the recipe's TTA OOF
     + views         (orthogonal views) the same averaged over every axis of ``predict_axes``: the recipe's OOF
     2.5D / 3D alone (a recipe with both kinds of network) each kind's models' TTA OOF alone, averaged
     + ensemble      the mean of every recipe model's TTA OOF (when the recipe has more than one)
@@ -139,6 +142,32 @@ def predict_tiles(cfg: Config, comp: Competition, folds: Sequence[int], table: p
     plain = cfg.model_copy(update={"predict": cfg.predict.model_copy(update={"tta": "none", "snapshots": False})})
     predict_oof(plain, comp, cfg.models[0], table[table["fold"].isin(list(folds))], resolve_device(cfg.device),
                 World(), folder=cfg.layout.quality.tiles(cfg.models[0].name))
+
+
+def averaged(cfg: Config) -> bool:
+    """Whether the recipe's first model trains with weight averaging (its best.pt is then an average)."""
+    return cfg.train_for(cfg.models[0]).average is not None
+
+
+def multi_scale(cfg: Config) -> bool:
+    return cfg.predict.tta_scales != [1.0]
+
+
+def predict_single_epoch(cfg: Config, comp: Competition, folds: Sequence[int], table: pd.DataFrame) -> None:
+    """The first model's folds predicted by their best single epoch (best_epoch.pt) without TTA, as the training
+    OOF would have been without ``train.average``: the row before the averaging row."""
+    single = cfg.model_copy(update={"predict": cfg.predict.model_copy(update={
+        "checkpoint": "best_epoch", "tta": "none", "snapshots": False, "tta_scales": [1.0]})})
+    predict_oof(single, comp, cfg.models[0], table[table["fold"].isin(list(folds))], resolve_device(cfg.device),
+                World(), folder=cfg.layout.quality.single_epoch(cfg.models[0].name))
+
+
+def predict_one_scale(cfg: Config, comp: Competition, folds: Sequence[int], table: pd.DataFrame) -> None:
+    """The first model's OOF re-predicted with the recipe's TTA at the native scale alone, so the multi-scale row
+    shows what the other scales add on the same checkpoints."""
+    one = cfg.model_copy(update={"predict": cfg.predict.model_copy(update={"tta_scales": [1.0]})})
+    predict_oof(one, comp, cfg.models[0], table[table["fold"].isin(list(folds))], resolve_device(cfg.device),
+                World(), folder=cfg.layout.quality.one_scale(cfg.models[0].name))
 
 
 def views(cfg: Config) -> bool:
@@ -299,8 +328,17 @@ def rows(cfg: Config, runs: dict[str, Config], folds: Sequence[int], ids: Sequen
             yield Row("+ pretrained encoder", "", note="not trained in this run (--no-variants)")
         yield Row("+ 2.5D context", f"data.context: {d.context} (stride {d.context_stride}, ends "
                   f"{d.context_ends}): {2 * d.context + 1} slices as channels", scorer.raw(own))
+    elif averaged(cfg):
+        yield Row("+ pretrained encoder", f"encoder_weights: {weights}; the best single epoch",
+                  scorer.raw(StoreUnion([cfg.layout.quality.single_epoch(first)], ids)))
     else:
         yield Row("+ pretrained encoder", f"encoder_weights: {weights}", scorer.raw(own))
+    average = cfg.train_for(cfg.models[0]).average
+    if average is None:
+        yield Row("+ weight averaging", "", note="not in this recipe: train.average is unset")
+    else:
+        yield Row("+ weight averaging", f"train.average: {average.method} of the last "
+                  + (f"{average.window:g} of the epochs" if average.at == "epochs" else "LR cycles"), scorer.raw(own))
     tile = cfg.predict.tile_size
     if tile is None:
         yield Row("+ tiles", "", note="not in this recipe: predict.tile_size is unset")
@@ -315,6 +353,10 @@ def rows(cfg: Config, runs: dict[str, Config], folds: Sequence[int], ids: Sequen
                   scorer.raw(StoreUnion([cfg.layout.quality.one_axis(first)], ids)))
         yield Row("+ orthogonal views", f"data.volumes.predict_axes: {v.prediction_axes} averaged per voxel "
                   f"(trained along {v.training_axes})", scorer.raw(tta))
+    elif multi_scale(cfg):
+        yield Row("+ TTA", f"{what} at the native scale", scorer.raw(StoreUnion([cfg.layout.quality.one_scale(first)],
+                                                                                ids)))
+        yield Row("+ multi-scale TTA", f"predict.tta_scales: {cfg.predict.tta_scales}", scorer.raw(tta))
     else:
         yield Row("+ TTA", what, scorer.raw(tta))
     yield from kind_rows(cfg, scorer, ids)
@@ -423,6 +465,14 @@ def run(cfg: Config, folds: Sequence[int] = (), metrics: Sequence[str] = (), tra
         began = time.perf_counter()
         predict_one_axis(cfg, comp, chosen, table)
         timings["one_axis"] = time.perf_counter() - began
+    elif multi_scale(cfg):
+        began = time.perf_counter()
+        predict_one_scale(cfg, comp, chosen, table)
+        timings["one_scale"] = time.perf_counter() - began
+    if averaged(cfg) and cfg.data.instances is None:
+        began = time.perf_counter()
+        predict_single_epoch(cfg, comp, chosen, table)
+        timings["single_epoch"] = time.perf_counter() - began
     if train_only:
         return []
     result = []

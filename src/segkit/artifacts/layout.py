@@ -29,7 +29,8 @@
       export/                    export: <model>/fold<k>/<checkpoint>.ts and .onnx, each with a .json (its meta
                                  and its check against PyTorch), export.json, stamp.json
       quality/                   ablate: baseline/, loss/ (and slices/) (experiments of their own), tiles/<model>/,
-                                 one_axis/<model>/, quality.json, quality.md
+                                 one_axis/<model>/, single_epoch/<model>/, one_scale/<model>/, quality.json,
+                                 quality.md
       stamps/                    the stamps of the units whose outputs have no folder of their own (check, submit)
       extensions/<name>/         what a stage added by a config's imports writes (README: Extending segkit)
       lock.json                  held while a command writes the experiment: its PID, host, start and command
@@ -72,7 +73,7 @@ class FoldPaths:
         return self.dir / "best.pt"
 
     def checkpoint(self, which: str) -> Path:
-        """``best`` or ``last`` (``predict.checkpoint``)."""
+        """``best``, ``last`` or ``best_epoch`` (``predict.checkpoint``)."""
         return self.dir / f"{which}.pt"
 
     def snapshot(self, cycle: int) -> Path:
@@ -314,6 +315,14 @@ class QualityPaths:
 
     def tiles(self, model: str) -> Path:
         return self.dir / "tiles" / model
+
+    def single_epoch(self, model: str) -> Path:
+        """The first model's folds predicted by their best single epoch (train.average made best.pt an average)."""
+        return self.dir / "single_epoch" / model
+
+    def one_scale(self, model: str) -> Path:
+        """The first model's OOF re-predicted with the recipe's TTA at the native scale alone."""
+        return self.dir / "one_scale" / model
 
     def one_axis(self, model: str) -> Path:
         """The OOF re-predicted with the recipe's TTA along data.volumes.axis alone (no orthogonal views)."""

@@ -419,7 +419,8 @@ class PredictConfig(Section):
     # how: the mean of their probabilities (one network each), or of their weights (one network a fold:
     # weights_mean.pt, k times faster to predict; what the bundle then carries)
     snapshot_merge: Literal["probabilities", "weights"] = "probabilities"
-    checkpoint: Literal["best", "last"] = "best"  # which end-of-training checkpoint of each fold to use
+    # which end-of-training checkpoint of each fold to use; best_epoch: with train.average, the best single epoch
+    checkpoint: Literal["best", "last", "best_epoch"] = "best"
     channels_last: bool = False
     workers: Workers = 0  # DataLoader workers reading test images (auto as train.workers)
 
