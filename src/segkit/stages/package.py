@@ -11,7 +11,7 @@ Float16 weights are checked at packaging: each model's first fold predicts the f
 checkpoint and with its float16 weights (one TTA view), and a difference of probabilities past ``FP16_TOLERANCE``
 is an error that names the model (``--weights fp32`` keeps them exact). Fold models are not merged into one by
 averaging their weights: each fold trains from the same start on other images for many epochs, and weights that
-far apart do not average into a working network (weight averaging pays within one run: ``train.swa``, EMA).
+far apart do not average into a working network (weight averaging pays within one run: ``train.average``, EMA).
 
 An incomplete experiment is refused before anything is written, naming what is missing (a fold's checkpoint,
 tune.json, the ensemble's state, an export). The bundle is built in a temporary folder beside ``--out`` and moved
