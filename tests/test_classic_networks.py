@@ -200,3 +200,13 @@ def test_gscnn_with_the_dual_task_loss_trains_a_step_through_the_training_loop_h
     assert with_edges > without  # the edge terms were added
     with_edges.backward()
     assert model.edge.weight.grad.abs().sum() > 0  # the shape stream's edge head is trained
+
+
+def test_gscnn_at_an_input_scale_returns_its_edges_at_the_input_size_too():
+    from segkit.config.schema import ModelConfig
+    from segkit.models import build_model
+
+    cfg = ModelConfig(name="g", arch="GatedSCNN", encoder=TINY, input_scale=2,
+                      params={"encoder_depth": 3, "shape_channels": 8, "aspp_channels": 16})
+    out = build_model(cfg, 1, "binary", 1).train()(torch.randn(2, 1, 64, 64))
+    assert out["masks"].shape == out["edges"].shape == (2, 1, 64, 64)

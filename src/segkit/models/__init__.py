@@ -211,6 +211,8 @@ def _upsample_input(module: nn.Module, args: tuple, scale: int) -> tuple:
 
 
 def _pool_logits(module: nn.Module, args: tuple, out: Any, scale: int) -> Any:
+    if isinstance(out, dict):  # masks and side outputs (edges): every map back to the input's size
+        return {k: F.avg_pool2d(v, scale) if v.ndim == 4 else v for k, v in out.items()}
     masks, aux = split_output(out)
     masks = F.avg_pool2d(masks, scale)
     return masks if aux is None else (masks, aux)
