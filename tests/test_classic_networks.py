@@ -210,3 +210,32 @@ def test_gscnn_at_an_input_scale_returns_its_edges_at_the_input_size_too():
                       params={"encoder_depth": 3, "shape_channels": 8, "aspp_channels": 16})
     out = build_model(cfg, 1, "binary", 1).train()(torch.randn(2, 1, 64, 64))
     assert out["masks"].shape == out["edges"].shape == (2, 1, 64, 64)
+
+
+def test_the_classic_networks_run_end_to_end_with_segkit_run(demo_root, tmp_path, one_torch_thread):
+    """``segkit run`` from a config: every classic network trains its folds (GatedSCNN with its dual_task loss),
+    predicts the test images with TTA, and the ensemble of all five is tuned and submitted."""
+    from conftest import CONFIGS
+
+    from segkit.cli import main
+
+    models = ("models=[{name: fcn, arch: FCN, encoder: tu-mobilenetv3_small_050, params: {encoder_depth: 3}},"
+              " {name: segnet, arch: SegNet, encoder: vgg11, params: {encoder_depth: 2}},"
+              " {name: tiramisu, arch: FCDenseNet, encoder: fcdensenet56,"
+              "  params: {encoder_depth: 2, growth_rate: 4, first_channels: 8}},"
+              " {name: fastfcn, arch: FastFCN, encoder: tu-mobilenetv3_small_050,"
+              "  params: {encoder_depth: 3, jpu_channels: 16, head_channels: 16}},"
+              " {name: gscnn, arch: GatedSCNN, encoder: tu-mobilenetv3_small_050,"
+              "  params: {encoder_depth: 3, shape_channels: 8, aspp_channels: 16},"
+              "  train: {loss: {bce: 1, dice: 1, dual_task: 1}}}]")
+    code = main(["run", "--config", str(CONFIGS / "demo.yaml"), f"data.root={demo_root}",
+                 f"paths.runs={tmp_path / 'runs'}", f"paths.folds={tmp_path / 'folds'}",
+                 f"paths.submissions={tmp_path / 'subs'}", models, "device=cpu", "folds.n_splits=2",
+                 "train.epochs=1", "train.batch_size=4", "train.max_steps_per_epoch=2", "train.progress=false",
+                 "train.keep=[best]", "predict.tta=hflip", "ensemble.methods=[mean]", "tune.morph_radii=[1]"])
+    assert code == 0
+    assert (tmp_path / "subs" / "demo.csv").exists()
+    for name in ("fcn", "segnet", "tiramisu", "fastfcn", "gscnn"):
+        assert (tmp_path / "runs" / "demo" / name / "test" / "manifest.json").exists(), name
+    losses = (tmp_path / "runs" / "demo" / "gscnn" / "fold0" / "metrics.csv").read_text()
+    assert "dual_task" in losses  # the edge loss took part in GatedSCNN's training
