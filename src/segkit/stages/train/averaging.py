@@ -160,8 +160,10 @@ def average_fold(averaging: Averaging, paths: FoldPaths, model: nn.Module, valid
                           f"delete the folder to train this fold afresh")
     ingredients = {f"epoch {e}": checkpoint.load(paths.ingredient(e)) for e in averaging.epochs}
 
-    def score(payload: dict) -> dict:
-        return validation.evaluate(_loaded(model, payload), loss_fn, device, tcfg.amp)
+    def evaluate(payload: dict, part: Optional[int] = None) -> dict:
+        """Scores of ``payload``'s weights on the fold's validation images, or on half ``part`` of them."""
+        on = validation if part is None else halves[part]
+        return on.evaluate(_loaded(model, payload), loss_fn, device, tcfg.amp)
 
     extra = {}
     if averaging.method == "swa":
@@ -170,13 +172,11 @@ def average_fold(averaging: Averaging, paths: FoldPaths, model: nn.Module, valid
         model.load_state_dict(mean["model"])
         if recompute_batchnorm(model, data.loader(tcfg.epochs + 1), device, tcfg.amp, tcfg.channels_last):
             mean["model"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        row = score(mean)
+        row = evaluate(mean)
     else:
         candidates = {f"best epoch {best['epoch']}": best, **{n: p for n, p in ingredients.items()
                                                                if p["epoch"] != best["epoch"]}}
-        soup = Soup(candidates, monitor, monitor_mode, lambda payload, part: (validation if part is None
-                                                                               else halves[part]).evaluate(
-            _loaded(model, payload), loss_fn, device, tcfg.amp))
+        soup = Soup(candidates, monitor, monitor_mode, evaluate)
         names, row = soup.greedy()
         mean = soup.mean(names)
         if halves is not None:
