@@ -51,7 +51,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -268,15 +268,24 @@ def instance_rows(cfg: Config, runs: dict[str, Config], folds: Sequence[int], id
             yield Row(row, "its mask channel's connected components, p > 0.5",
                       ap(fold_oof(runs[name].layout, first, folds, ids), components))
     own = fold_oof(cfg.layout, first, folds, ids)
+    # with train.average the rows before the averaging row see the best single epoch's predictions
+    single = StoreUnion([cfg.layout.quality.single_epoch(first)], ids) if averaged(cfg) else own
     yield Row("connected components", "the recipe's model, its mask channel's components at p > 0.5, no TTA",
-              ap(own, components))
+              ap(single, components))
     contour = "contour" in cfg.data.instances.targets
     if contour:
         yield Row("+ contour, watershed", f"seeds where P(mask) - P(contour) > 0.5 (contour band "
-                  f"{cfg.data.instances.contour_width} px), flooding P(mask) > 0.5", ap(own, watershed))
+                  f"{cfg.data.instances.contour_width} px), flooding P(mask) > 0.5", ap(single, watershed))
     decoder = watershed if contour else components
-    yield Row("+ TTA", f"predict.tta: {cfg.predict.tta} ({cfg.predict.tta_merge})",
-              ap(_tta_store(cfg, first, ids), decoder))
+    yield from averaging_rows(cfg, lambda: ap(own, decoder))
+    what = f"predict.tta: {cfg.predict.tta} ({cfg.predict.tta_merge})"
+    if multi_scale(cfg):
+        yield Row("+ TTA", f"{what} at the native scale",
+                  ap(StoreUnion([cfg.layout.quality.one_scale(first)], ids), decoder))
+        yield Row("+ multi-scale TTA", f"predict.tta_scales: {cfg.predict.tta_scales}",
+                  ap(_tta_store(cfg, first, ids), decoder))
+    else:
+        yield Row("+ TTA", what, ap(_tta_store(cfg, first, ids), decoder))
     every = list(table["id"])
     names = [m.name for m in cfg.models]
     if len(names) > 1:
@@ -333,12 +342,7 @@ def rows(cfg: Config, runs: dict[str, Config], folds: Sequence[int], ids: Sequen
                   scorer.raw(StoreUnion([cfg.layout.quality.single_epoch(first)], ids)))
     else:
         yield Row("+ pretrained encoder", f"encoder_weights: {weights}", scorer.raw(own))
-    average = cfg.train_for(cfg.models[0]).average
-    if average is None:
-        yield Row("+ weight averaging", "", note="not in this recipe: train.average is unset")
-    else:
-        yield Row("+ weight averaging", f"train.average: {average.method} of the last "
-                  + (f"{average.window:g} of the epochs" if average.at == "epochs" else "LR cycles"), scorer.raw(own))
+    yield from averaging_rows(cfg, lambda: scorer.raw(own))
     tile = cfg.predict.tile_size
     if tile is None:
         yield Row("+ tiles", "", note="not in this recipe: predict.tile_size is unset")
@@ -387,6 +391,16 @@ def rows(cfg: Config, runs: dict[str, Config], folds: Sequence[int], ids: Sequen
     if full is not None:
         yield Row("segkit run", "the pipeline's own choice: ensemble method + tuned post-processing", full[0],
                   in_sample=full[1])
+
+
+def averaging_rows(cfg: Config, score: Callable[[], dict[str, float]]) -> Iterator[Row]:
+    """The weight averaging row: ``score()`` scores the recipe's own first model, whose best.pt is the average."""
+    average = cfg.train_for(cfg.models[0]).average
+    if average is None:
+        yield Row("+ weight averaging", "", note="not in this recipe: train.average is unset")
+        return
+    window = f"{average.window:g} of the epochs" if average.at == "epochs" else "LR cycles"
+    yield Row("+ weight averaging", f"train.average: {average.method} of the last {window}", score())
 
 
 def kind_rows(cfg: Config, scorer: "Scorer", ids: Sequence[str]) -> Iterator[Row]:
@@ -469,7 +483,7 @@ def run(cfg: Config, folds: Sequence[int] = (), metrics: Sequence[str] = (), tra
         began = time.perf_counter()
         predict_one_scale(cfg, comp, chosen, table)
         timings["one_scale"] = time.perf_counter() - began
-    if averaged(cfg) and cfg.data.instances is None:
+    if averaged(cfg):
         began = time.perf_counter()
         predict_single_epoch(cfg, comp, chosen, table)
         timings["single_epoch"] = time.perf_counter() - began
