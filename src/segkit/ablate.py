@@ -30,8 +30,9 @@ train its extra baselines on one fold and still compare like with like. The last
 itself reports (its chosen ensemble method and tuned post-processing) on those same images.
 
 An instance recipe (``data.instances``) is scored in object AP instead, each row decoding the images into objects:
-connected components of the mask channel (no TTA) -> + the contour channel and the watershed (defaults) -> + TTA
--> + ensemble -> + the decoder tuned on every fold's OOF (nested), and segkit run's own choice.
+connected components of the mask channel (no TTA) -> + the contour channel and the watershed (defaults) -> + weight
+averaging -> + TTA -> + multi-scale TTA -> + ensemble -> + the decoder tuned on every fold's OOF (nested), and segkit
+run's own choice.
 
 The tuned rows (threshold, morphology, pseudo, segkit run) are nested: the search runs on every fold's OOF (the
 recipe's stores cover them all) and each scored image gets what the search chose on the other folds; the column
