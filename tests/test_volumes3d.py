@@ -269,3 +269,19 @@ def test_a_listed_holdout_holds_out_whole_cases_and_names_a_bad_line(volume_root
     comp = Competition(_cfg(volume_root, tmp_path, f"data.holdout_list={listing}").data)
     with pytest.raises(DataError, match=r"test.list: line 2: 'case_099' is no volume of this competition"):
         comp.holdout_ids
+
+
+def test_a_3d_fold_averages_its_last_epochs_too(volume_root, tmp_path, one_torch_thread):
+    """train.average on a 3D network: a soup of its last epochs, validated in the sliding window (instance norm:
+    no BatchNorm to measure again), best.pt the average."""
+    from segkit.models import checkpoint
+    from segkit.stages import folds as folds_stage
+    from segkit.stages.train import train_fold
+
+    cfg = _cfg(volume_root, tmp_path, f"models=[{DYN}]", "train.average={method: soup, window: 1.0}")
+    folds_stage.run(cfg)
+    summary = train_fold(cfg, cfg.models[0], 0)
+    paths = cfg.layout.fold("dyn", 0)
+    assert summary["average"]["method"] == "soup" and "cross_fit" not in summary["average"]  # 2D only
+    assert checkpoint.load(paths.best)["averaged"] == summary["average"]["ingredients"]
+    assert paths.best_epoch.exists() and not paths.ingredients()
