@@ -175,3 +175,15 @@ def test_a_greedy_soup_keeps_an_ingredient_only_when_the_mean_with_it_does_not_s
     names, row = soup.greedy()
     assert names == ["a", "c"] and row["score"] == pytest.approx(-(1.5 - 1.3) ** 2)  # b would pull the mean to 1.0
     assert float(soup.mean(names)["model"]["w"]) == pytest.approx(1.5)
+
+
+def test_an_export_of_snapshot_merged_weights_is_one_network_a_fold(make_cfg):
+    from segkit.stages import export
+    from segkit.stages.train import run as train_run
+
+    cfg = make_cfg("folds.n_splits=2", "train.epochs=2", "train.schedule={name: cosine_restarts, cycles: 2}",
+                   "predict.snapshot_merge=weights")
+    assert train_run(cfg) == 0
+    assert export.run(cfg, format="onnx") == 0
+    exported = sorted(str(p.relative_to(cfg.layout.export.dir)) for p in cfg.layout.export.dir.rglob("*.onnx"))
+    assert exported == ["tiny/fold0/weights_mean.onnx", "tiny/fold1/weights_mean.onnx"]  # a network a fold, not 3
