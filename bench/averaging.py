@@ -13,9 +13,9 @@ the config's metric:
   nothing but the window: an honest figure);
 - greedy soup, in-sample (chosen on these images) and cross-fitted (chosen on one half, scored on the other, both
   ways), beside the best single epoch cross-fitted the same way;
-- the best single epoch's weights and the soup predicted through ``segkit predict``'s engine (the config's TTA and
-  tiles) at each ``--scales`` set (``predict.tta_scales``): the multi-scale TTA rows; a scale set is the config's
-  choice, so these are honest too.
+- the best single epoch's, the SWA's and the soup's weights predicted through ``segkit predict``'s engine (the
+  config's TTA and tiles) at each ``--scales`` set (``predict.tta_scales``): the multi-scale TTA rows. The scales
+  are the config's choice; each row keeps its weights' figure (the best epoch and the soup chosen on these images).
 """
 
 from __future__ import annotations
@@ -108,13 +108,15 @@ def main(argv: list[str] | None = None) -> int:
         Predictor(variant, [[path]], device).predict(comp, val_ids, "train", out)
         return float(np.mean([metric(out[i] > 127, truth[i]) for i in val_ids]))
 
-    for label, path in (("best single epoch", paths.best_epoch), ("SWA", swa_path), ("soup", paths.best)):
+    # the scales are the config's; the weights keep the figure of their choice above
+    for label, path, kind in (("best single epoch", paths.best_epoch, "epoch chosen on these images"),
+                              ("SWA", swa_path, "honest"), ("soup", paths.best, "soup chosen on these images")):
         for text in args.scales.split(";"):
             scales = [float(s) for s in text.split(",")]
             t0 = time.perf_counter()
             value = predicted(path, scales)
             rows.append((f"{label}, {cfg.predict.tta} TTA at scales {scales} ({time.perf_counter() - t0:.0f} s)",
-                         value, "honest (scales fixed beforehand)"))
+                         value, kind))
             print(rows[-1], flush=True)
 
     print(f"\n{cfg.experiment} fold {args.fold}: {len(val_ids)} validation images, {tcfg.epochs} epochs "
