@@ -187,3 +187,13 @@ def test_an_export_of_snapshot_merged_weights_is_one_network_a_fold(make_cfg):
     assert export.run(cfg, format="onnx") == 0
     exported = sorted(str(p.relative_to(cfg.layout.export.dir)) for p in cfg.layout.export.dir.rglob("*.onnx"))
     assert exported == ["tiny/fold0/weights_mean.onnx", "tiny/fold1/weights_mean.onnx"]  # a network a fold, not 3
+
+
+def test_a_store_s_stamp_records_the_tta_scales_so_changing_them_predicts_again(make_cfg):
+    from segkit.inference.outputs import store_inputs
+
+    plain, multi = make_cfg(), make_cfg("predict.tta_scales=[1, 1.5]")
+    assert "tta_scales" not in store_inputs(plain, {}, "test")  # stores stamped before the key stay fresh
+    assert store_inputs(multi, {}, "test")["tta_scales"] == [1.0, 1.5]
+    merged = make_cfg("predict.snapshot_merge=weights")
+    assert store_inputs(merged, {}, "test")["snapshot_merge"] == "weights"

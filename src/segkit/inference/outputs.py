@@ -84,6 +84,11 @@ def store_inputs(cfg: Config, checkpoints: dict[int, list[Path]], kind: str) -> 
               "checkpoints": {str(k): fingerprints(v) for k, v in checkpoints.items()}}
     if cfg.data.volumes is not None and cfg.data.volumes.predict_axes is not None:
         inputs["volume_axes"] = cfg.data.volumes.prediction_axes
+    # recorded where they differ from their defaults, so that stores stamped before these keys existed stay fresh
+    defaults = type(p)()
+    for key in ("tta_scales", "tta_3d", "snapshot_merge"):
+        if getattr(p, key) != getattr(defaults, key):
+            inputs[key] = getattr(p, key)
     return inputs
 
 
