@@ -52,10 +52,11 @@ def _smp_architectures(registry: Registry[Arch]) -> None:
     for cls in smp.MODEL_ARCHITECTURES_MAPPING.values():
         attention = "decoder_attention_type" in inspect.signature(cls.__init__).parameters
         registry.register(cls.__name__)(Arch(cls.__name__, cls, attention))
+    # the classic networks state their own facts as class attributes (ENCODERS, PRETRAINED, EDGES)
     for cls in (classic.FCN, classic.SegNet, classic.FCDenseNet, classic.FastFCN, classic.GatedSCNN):
         registry.register(cls.__name__)(Arch(cls.__name__, cls, encoders=getattr(cls, "ENCODERS", None), aux=False,
                                              pretrained=getattr(cls, "PRETRAINED", True),
-                                             edges=cls is classic.GatedSCNN))
+                                             edges=getattr(cls, "EDGES", False)))
     for name, (build, stride) in volumetric.NETWORKS.items():
         registry.register(name)(Arch(name, None, dims=3, build=build, stride=stride))
 
@@ -273,5 +274,5 @@ def encoder_parameters(model: nn.Module) -> set[int]:
 
 
 __all__ = ["ARCHS", "Arch", "RESERVED_PARAMS", "build_model", "check_output_size", "dims_of", "edge_output",
-           "encoder_names",
-           "encoder_parameters", "input_multiple", "is_encoder", "num_outputs", "probabilities", "split_output"]
+           "encoder_names", "encoder_parameters", "input_multiple", "is_encoder", "num_outputs", "probabilities",
+           "split_output"]

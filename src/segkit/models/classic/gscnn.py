@@ -88,6 +88,8 @@ class GatedSCNN(nn.Module):
     ``shape_channels``: the shape stream's width (32). ``aspp_channels``: the ASPP's and decoder's width (256).
     """
 
+    EDGES = True  # returns edge logits in training: the dual_task loss term trains them
+
     def __init__(
         self,
         encoder_name: str,
