@@ -36,9 +36,10 @@ def test_every_loss_is_finite_with_a_gradient(name, mode, k, dtype):
     x = torch.randn(2, channels, 16, 16, requires_grad=True)
     weights = None if k == 1 else [1.0, 2.0, 0.5]
     loss = build_loss({name: 1.0}, mode, k, class_weights=weights)
+    edges = torch.randn(2, 1, 16, 16)  # a network's edge logits: the dual_task term needs them, the others ignore them
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
         logits = x.to(dtype)  # what a bf16 network hands the loss
-        total, parts = loss(logits, mask)
+        total, parts = loss(logits, mask, edge_logits=edges.to(dtype))
     assert total.dtype == torch.float32 and torch.isfinite(total)
     total.backward()
     assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0

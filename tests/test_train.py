@@ -185,8 +185,8 @@ def _nan_at(monkeypatch, call: int):
     real = SegLoss.forward
     count = {"n": 0}
 
-    def forward(self, logits, mask, aux=None, has=None):
-        total, parts = real(self, logits, mask, aux, has)
+    def forward(self, logits, mask, aux=None, has=None, edges=None):
+        total, parts = real(self, logits, mask, aux, has, edges)
         if torch.is_grad_enabled():
             count["n"] += 1
             if count["n"] == call:
