@@ -401,6 +401,18 @@ class ModelConfig(Section):
 # -------------------------------------------------------------------------------------------------------- predict
 
 
+def scales_problem(scales) -> Optional[str]:
+    """What is wrong with a list of TTA scales (``predict.tta_scales``), or None."""
+    if not scales:
+        return "empty; [1] predicts at the native size alone"
+    bad = [s for s in scales if not s > 0]
+    if bad:
+        return f"{bad[0]} is no scale: every scale must be > 0, e.g. [0.75, 1, 1.25]"
+    if len(set(scales)) != len(scales):
+        return f"{list(scales)} names a scale twice"
+    return None
+
+
 class PredictConfig(Section):
     tta: str = "d4"  # none | hflip | flips | d4: the views of image (and 2.5D slice) models
     tta_3d: str = "mirror3d"  # the views of 3D models' windows: mirror3d (8 flips of three axes), flips, none, ...
@@ -427,11 +439,9 @@ class PredictConfig(Section):
     @field_validator("tta_scales")
     @classmethod
     def _scales(cls, v: list[float]) -> list[float]:
-        bad = [s for s in v if not s > 0]
-        if bad:
-            raise ValueError(f"{bad[0]} is no scale: every scale must be > 0, e.g. [0.75, 1, 1.25]")
-        if len(set(v)) != len(v):
-            raise ValueError(f"{v} names a scale twice")
+        problem = scales_problem(v)
+        if problem:
+            raise ValueError(problem)
         return v
 
     def tta_of(self, dims: int) -> str:

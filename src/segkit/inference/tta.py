@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from segkit.compute.device import amp_dtype, is_auto, resolve_amp
+from segkit.config.schema import scales_problem
 from segkit.errors import ConfigError
 from segkit.models import split_output
 from segkit.registry import Registry
@@ -131,13 +132,10 @@ def scaled_size(size: Sequence[int], scale: float, multiple: int) -> tuple[int, 
 
 
 def check_scales(scales: Sequence[float], key: str = "predict.tta_scales") -> tuple[float, ...]:
-    if not scales:
-        raise ConfigError(f"{key}: empty; [1] predicts at the native size alone")
-    bad = [s for s in scales if not s > 0]
-    if bad:
-        raise ConfigError(f"{key}: {bad[0]} is no scale; every scale must be > 0 (e.g. [0.75, 1, 1.25])")
-    if len(set(scales)) != len(scales):
-        raise ConfigError(f"{key}: {list(scales)} names a scale twice")
+    """The scales as floats; the config's rule (``scales_problem``) for callers that pass them directly."""
+    problem = scales_problem(scales)
+    if problem:
+        raise ConfigError(f"{key}: {problem}")
     return tuple(float(s) for s in scales)
 
 
