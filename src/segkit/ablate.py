@@ -329,6 +329,9 @@ def rows(cfg: Config, runs: dict[str, Config], folds: Sequence[int], ids: Sequen
             yield Row(row, what, note="not trained in this run (--no-variants)")
     weights = cfg.models[0].encoder_weights
     own = fold_oof(cfg.layout, first, folds, ids)
+    # with train.average the rows before the averaging row see the best single epoch's predictions
+    single = StoreUnion([cfg.layout.quality.single_epoch(first)], ids) if averaged(cfg) else own
+    epoch = "; the best single epoch" if averaged(cfg) else ""
     d = cfg.data
     if d.context:
         if "slices" in runs:
@@ -337,12 +340,9 @@ def rows(cfg: Config, runs: dict[str, Config], folds: Sequence[int], ids: Sequen
         else:
             yield Row("+ pretrained encoder", "", note="not trained in this run (--no-variants)")
         yield Row("+ 2.5D context", f"data.context: {d.context} (stride {d.context_stride}, ends "
-                  f"{d.context_ends}): {2 * d.context + 1} slices as channels", scorer.raw(own))
-    elif averaged(cfg):
-        yield Row("+ pretrained encoder", f"encoder_weights: {weights}; the best single epoch",
-                  scorer.raw(StoreUnion([cfg.layout.quality.single_epoch(first)], ids)))
+                  f"{d.context_ends}): {2 * d.context + 1} slices as channels{epoch}", scorer.raw(single))
     else:
-        yield Row("+ pretrained encoder", f"encoder_weights: {weights}", scorer.raw(own))
+        yield Row("+ pretrained encoder", f"encoder_weights: {weights}{epoch}", scorer.raw(single))
     yield from averaging_rows(cfg, lambda: scorer.raw(own))
     tile = cfg.predict.tile_size
     if tile is None:
