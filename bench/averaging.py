@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     from segkit.models import checkpoint
     from segkit.stages.train import averaging, train_fold
     from segkit.stages.train import fold as fold_module
-    from segkit.stages.train.data import TrainData, val_loader
+    from segkit.stages.train.data import TrainData
     from segkit.stages.train.seeding import derive_seed
     from segkit.stages.train.validate import ImageValidation, Scores
 
@@ -77,8 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     device = resolve_device(cfg.device)
     tcfg = tcfg.model_copy(update={"amp": resolve_amp(tcfg.amp, device), "workers": 0})
     metric = get_metric(cfg.metric)
-    validation = ImageValidation(val_loader(comp, tcfg, val_ids, World()), comp.mode, Scores(metric, tcfg.threshold),
-                                 tcfg.channels_last, World())
+    validation = ImageValidation.of(comp, tcfg, val_ids, Scores(metric, tcfg.threshold), World())
 
     # SWA from the very ingredients the soup chose among
     ingredients = paths.ingredients()

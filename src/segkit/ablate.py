@@ -137,12 +137,19 @@ def fold_ids(cfg: Config, folds: Sequence[int], table: pd.DataFrame | None = Non
     return ids_of(table, chosen), chosen
 
 
+def _repredict_first(cfg: Config, variant: Config, comp: Competition, folds: Sequence[int], table: pd.DataFrame,
+                     folder: Path) -> None:
+    """The recipe's first model re-predicting the chosen folds' images under ``variant`` (the recipe with a few
+    prediction keys changed) into ``folder``: the store a row compares the recipe's own with."""
+    predict_oof(variant, comp, cfg.models[0], table[table["fold"].isin(list(folds))], resolve_device(cfg.device),
+                World(), folder=folder)
+
+
 def predict_tiles(cfg: Config, comp: Competition, folds: Sequence[int], table: pd.DataFrame) -> None:
     """The first model's best checkpoints re-predict their folds' images in tiles without TTA or snapshots, so the
     tiles row shows what tiling alone adds to the training OOF (made from whole padded images)."""
     plain = cfg.model_copy(update={"predict": cfg.predict.model_copy(update={"tta": "none", "snapshots": False})})
-    predict_oof(plain, comp, cfg.models[0], table[table["fold"].isin(list(folds))], resolve_device(cfg.device),
-                World(), folder=cfg.layout.quality.tiles(cfg.models[0].name))
+    _repredict_first(cfg, plain, comp, folds, table, cfg.layout.quality.tiles(cfg.models[0].name))
 
 
 def averaged(cfg: Config) -> bool:
@@ -159,16 +166,14 @@ def predict_single_epoch(cfg: Config, comp: Competition, folds: Sequence[int], t
     OOF would have been without ``train.average``: the row before the averaging row."""
     single = cfg.model_copy(update={"predict": cfg.predict.model_copy(update={
         "checkpoint": "best_epoch", "tta": "none", "snapshots": False, "tta_scales": [1.0]})})
-    predict_oof(single, comp, cfg.models[0], table[table["fold"].isin(list(folds))], resolve_device(cfg.device),
-                World(), folder=cfg.layout.quality.single_epoch(cfg.models[0].name))
+    _repredict_first(cfg, single, comp, folds, table, cfg.layout.quality.single_epoch(cfg.models[0].name))
 
 
 def predict_one_scale(cfg: Config, comp: Competition, folds: Sequence[int], table: pd.DataFrame) -> None:
     """The first model's OOF re-predicted with the recipe's TTA at the native scale alone, so the multi-scale row
     shows what the other scales add on the same checkpoints."""
     one = cfg.model_copy(update={"predict": cfg.predict.model_copy(update={"tta_scales": [1.0]})})
-    predict_oof(one, comp, cfg.models[0], table[table["fold"].isin(list(folds))], resolve_device(cfg.device),
-                World(), folder=cfg.layout.quality.one_scale(cfg.models[0].name))
+    _repredict_first(cfg, one, comp, folds, table, cfg.layout.quality.one_scale(cfg.models[0].name))
 
 
 def views(cfg: Config) -> bool:
@@ -182,8 +187,7 @@ def predict_one_axis(cfg: Config, comp: Competition, folds: Sequence[int], table
     row shows what the other axes add on the same checkpoints."""
     spec = cfg.data.volumes.model_copy(update={"predict_axes": None})
     one = cfg.model_copy(update={"data": cfg.data.model_copy(update={"volumes": spec})})
-    predict_oof(one, comp, cfg.models[0], table[table["fold"].isin(list(folds))], resolve_device(cfg.device),
-                World(), folder=cfg.layout.quality.one_axis(cfg.models[0].name))
+    _repredict_first(cfg, one, comp, folds, table, cfg.layout.quality.one_axis(cfg.models[0].name))
 
 
 def _tta_store(cfg: Config, model: str, ids: Sequence[str]) -> StoreUnion:
@@ -472,22 +476,16 @@ def run(cfg: Config, folds: Sequence[int] = (), metrics: Sequence[str] = (), tra
             print(f"== ablation: {name} fold {k}", flush=True)
             train(vcfg, model=cfg.models[0].name, fold=k)
         timings[name] = time.perf_counter() - began
-    if cfg.predict.tile_size is not None:
-        began = time.perf_counter()
-        predict_tiles(cfg, comp, chosen, table)
-        timings["tiles"] = time.perf_counter() - began
-    if views(cfg):
-        began = time.perf_counter()
-        predict_one_axis(cfg, comp, chosen, table)
-        timings["one_axis"] = time.perf_counter() - began
-    elif multi_scale(cfg):
-        began = time.perf_counter()
-        predict_one_scale(cfg, comp, chosen, table)
-        timings["one_scale"] = time.perf_counter() - began
-    if averaged(cfg):
-        began = time.perf_counter()
-        predict_single_epoch(cfg, comp, chosen, table)
-        timings["single_epoch"] = time.perf_counter() - began
+    # the first model's re-predictions the rows compare with, each made when the recipe has the trick
+    references = [("tiles", cfg.predict.tile_size is not None, predict_tiles),
+                  ("one_axis", views(cfg), predict_one_axis),
+                  ("one_scale", not views(cfg) and multi_scale(cfg), predict_one_scale),
+                  ("single_epoch", averaged(cfg), predict_single_epoch)]
+    for name, wanted, predict in references:
+        if wanted:
+            began = time.perf_counter()
+            predict(cfg, comp, chosen, table)
+            timings[name] = time.perf_counter() - began
     if train_only:
         return []
     result = []

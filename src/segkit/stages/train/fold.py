@@ -37,7 +37,7 @@ from segkit.models.weights import looks_like_path
 from segkit.optim import build_optimizer, build_schedule, cycle_end_epochs, group_lrs
 from segkit.stages.train import budget
 from segkit.stages.train.averaging import Averaging, average_fold, remove_ingredients
-from segkit.stages.train.data import ExtraTrainData, TrainData, pseudo_train_data, val_loader
+from segkit.stages.train.data import ExtraTrainData, TrainData, pseudo_train_data
 from segkit.stages.train.ema import build_ema
 from segkit.stages.train.loop import Stepper, train_epoch
 from segkit.stages.train.seeding import derive_seed, rng_state, seed_everything, set_deterministic, set_rng_state
@@ -185,8 +185,7 @@ def train_fold(
                                                          world, scoring, where)
     else:
         data = TrainData(comp, tcfg, comp.training_slices(train_ids), base_seed, world, extra)
-        validation = ImageValidation(val_loader(comp, tcfg, val_ids, world), mode, scoring, tcfg.channels_last,
-                                     world)
+        validation = ImageValidation.of(comp, tcfg, val_ids, scoring, world)
     aux_weight = model_cfg.aux_weight if model_cfg.aux_head else 0.0
     losses = LossSchedule(tcfg, mode, len(classes), aux_weight).to(device)  # by epoch, whatever their number
     if tcfg.minutes is not None:  # the epochs that fit the minutes here (or those a resumed fold recorded)
@@ -296,8 +295,8 @@ def train_fold(
     if averaging is not None:
         halves = None
         if averaging.method == "soup" and dims == 2 and len(val_ids) >= 2:
-            halves = tuple(ImageValidation(val_loader(comp, tcfg, ids, world), mode, scoring, tcfg.channels_last,
-                                           world) for ids in (val_ids[0::2], val_ids[1::2]))
+            halves = tuple(ImageValidation.of(comp, tcfg, ids, scoring, world)
+                           for ids in (val_ids[0::2], val_ids[1::2]))
         average = average_fold(averaging, paths, model, validation, losses.for_epoch(tcfg.epochs), data, tcfg,
                                device, monitor, monitor_mode, world.is_main, where, halves)
         distributed.barrier(world)

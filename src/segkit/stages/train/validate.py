@@ -28,6 +28,7 @@ from segkit.metrics import CompetitionMetric
 from segkit.metrics.overlap import overlap_scores
 from segkit.models import probabilities, split_output
 from segkit.stages.train.budget import time_validation
+from segkit.stages.train.data import val_loader
 from segkit.threshold import binarize
 
 
@@ -114,6 +115,11 @@ class ImageValidation:
 
     def __init__(self, loader, mode: str, scores: Scores, channels_last: bool, world: World):
         self.loader, self.mode, self.scores, self.channels_last, self.world = loader, mode, scores, channels_last, world
+
+    @classmethod
+    def of(cls, comp, tcfg, ids: list[str], scores: Scores, world: World) -> "ImageValidation":
+        """The validation of the images ``ids`` of ``comp``, batched as the fold's train section says."""
+        return cls(val_loader(comp, tcfg, ids, world), comp.mode, scores, tcfg.channels_last, world)
 
     def evaluate(self, model, loss_fn=None, device=torch.device("cpu"), amp: str = "none", writer=None,
                  progress: bool = False, loader=None) -> dict[str, float]:
