@@ -8,7 +8,8 @@
       fingerprint.json           check: the data's facts a recipe is planned from (segkit.data.fingerprint)
       <model>/fold<k>/           train: last.pt, best.pt, snapshot<c>.pt, metrics.csv, summary.json, oof/, stamp.json;
                                  with train.average: ingredient<e>.pt while training, best_epoch.pt (best.pt is
-                                 then the average); predict.snapshot_merge weights: weights_mean.pt
+                                 then the average); predict.snapshot_merge weights: weights_mean.pt and its
+                                 stamp
       <model>/test/              predict: the model's test probabilities (every fold, TTA), stamp.json
       <model>/oof_tta/           predict (predict.repredict_oof): each fold's validation images re-predicted by that
                                  fold's checkpoints with TTA; fold<k>.stamp.json per fold
@@ -105,6 +106,10 @@ class FoldPaths:
     def snapshot_average(self) -> Path:
         """The mean of the weights the fold predicts with (predict.snapshot_merge: weights): one network."""
         return self.dir / "weights_mean.pt"
+
+    @property
+    def snapshot_average_stamp(self) -> Path:
+        return self.dir / "weights_mean.stamp.json"
 
     @property
     def oof(self) -> Path:

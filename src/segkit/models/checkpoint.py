@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from segkit.artifacts import atomic
-from segkit.artifacts.freshness import fingerprints
+from segkit.artifacts.freshness import Unit, fingerprints
 from segkit.artifacts.probs import ProbStore
 from segkit.config.schema import ModelConfig
 from segkit.errors import DataError, SegkitError
@@ -182,17 +182,17 @@ def fold_checkpoints(cfg, model: str, fold: int) -> list[Path]:
         raise DataError(f"{main}: missing; set predict.checkpoint to a kept checkpoint (train.keep) or retrain")
     found = [main] + (paths.snapshots() if cfg.predict.snapshots else [])
     if cfg.predict.snapshot_merge == "weights" and len(found) > 1:
-        return [weights_mean(found, paths.snapshot_average)]
+        return [weights_mean(found, paths.snapshot_average, paths.snapshot_average_stamp)]
     return found
 
 
-def weights_mean(sources: list[Path], path: Path) -> Path:
-    """``path``: the mean of the weights of ``sources`` (one network instead of several), made again whenever
-    the sources are not those it was made from. BatchNorm statistics are averaged too: there is no data here
-    to measure them again, and a fold's checkpoints share one training run."""
-    record = {"sources": [p.name for p in sources], "fingerprints": fingerprints(sources)}
-    if path.exists() and load(path).get("sources") == record:
-        return path
-    mean = average([load(p) for p in sources], [p.name for p in sources])
-    save(path, {**mean, "sources": record})
+def weights_mean(sources: list[Path], path: Path, stamp: Path) -> Path:
+    """``path``: the mean of the weights of ``sources`` (one network instead of several), a unit of work of its own
+    (``stamp``): made again whenever the sources are not those it was made from. BatchNorm statistics are averaged
+    too: there is no data here to measure them again, and a fold's checkpoints share one training run."""
+    unit = Unit(f"{path.parent}: the mean of {len(sources)} checkpoints' weights", stamp, [path],
+                {"sources": fingerprints(sources)})
+    if not unit.fresh():
+        with unit.writing():
+            save(path, average([load(p) for p in sources], [p.name for p in sources]))
     return path
