@@ -37,9 +37,12 @@ SMALL = {
     "fcdensenet": {"encoder_depth": 2, "growth_rate": 4, "first_channels": 8},
     "fastfcn": {"jpu_channels": 16, "head_channels": 16},
     "gatedscnn": {"shape_channels": 8, "aspp_channels": 16},
+    # the detector (segkit.models.maskrcnn), its detections rendered as masks
+    "maskrcnn": {"fpn_channels": 16, "box_channels": 32, "proposals": 50, "rois_per_image": 32},
 }
 ENCODER = {"dpt": "tu-vit_tiny_patch16_224", "segnet": "vgg11", "fcdensenet": "fcdensenet56"}
 CLASSIC = {"fcn", "segnet", "fcdensenet", "fastfcn", "gatedscnn"}
+DETECTORS = {"maskrcnn"}
 SIZE = {"pan": 128}  # PAN's pyramid attention pools the stride-16 map down 8x more
 
 
@@ -57,8 +60,9 @@ def test_registry_covers_the_smp_architectures():
     assert want <= set(ARCHS.names())
     # built from smp's own table: a decoder smp adds is in the registry without a line of segkit changing
     flat = {a for a in ARCHS.names() if ARCHS.get(a).dims == 2}
-    assert {c.__name__.lower() for c in smp.MODEL_ARCHITECTURES_MAPPING.values()} == flat - CLASSIC
+    assert {c.__name__.lower() for c in smp.MODEL_ARCHITECTURES_MAPPING.values()} == flat - CLASSIC - DETECTORS
     assert CLASSIC <= flat  # and the classic networks written here (tests/test_classic_networks.py)
+    assert {a for a in flat if ARCHS.get(a).instances} == DETECTORS  # and Mask R-CNN (tests/test_maskrcnn.py)
     assert {a for a in ARCHS.names() if ARCHS.get(a).attention} == {"unet", "unetplusplus"}
     # and MONAI's 3D networks beside them (tests/test_volumes3d.py puts each through a forward and backward)
     assert set(ARCHS.names()) - flat == {"dynunet", "segresnet", "unet3d", "swinunetr"}
@@ -81,7 +85,7 @@ def test_every_architecture_at_an_odd_size_round_trips_a_checkpoint_and_takes_tt
     x = torch.stack([torch.from_numpy(pad_to_multiple(im, SIZE.get(arch, 32))) for im in images])[:, None]
     logits, _ = split_output(model(x))
     assert unpad(logits, (h, w)).shape == (2, 1, h, w)
-    unpad(logits, (h, w)).float().sigmoid().mean().backward()
+    training_loss(model, x).backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
     model.eval()
     payload = checkpoint.weights_payload(model.state_dict(), cfg.model_dump(mode="json"), "binary", ["fg"], 1, 32,
@@ -102,12 +106,26 @@ def test_every_architecture_trains_one_step(arch):
     model = build_model(tiny(ARCHS.get(arch).name), channels=1, mode="binary", num_classes=1)
     size = SIZE.get(arch, 64)
     x = torch.randn(2, 1, size, size)
-    logits, aux = split_output(model(x))
+    logits, aux = split_output(model.eval()(x) if ARCHS.get(arch).instances else model(x))
     assert logits.shape == (2, 1, size, size) and aux is None
-    logits.float().sigmoid().mean().backward()
+    training_loss(model.train(), x).backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
     assert any(g.abs().sum() > 0 for g in grads)
+
+
+def training_loss(model, x: torch.Tensor) -> torch.Tensor:
+    """What a training step differentiates: a function of the mask logits, or a detector's own losses on a box and
+    mask in the middle of each image (its rendered detections carry no gradient)."""
+    from segkit.stages.train.loop import batch_loss, network_inputs
+
+    batch = {"image": x}
+    if getattr(model, "INSTANCES", False):
+        masks = torch.zeros(1, *x.shape[-2:], dtype=torch.uint8)
+        masks[0, 8:24, 8:24] = 1
+        batch["objects"] = [{"boxes": torch.tensor([[8.0, 8.0, 24.0, 24.0]]), "masks": masks}] * len(x)
+        return batch_loss(None, model(*network_inputs(batch)), batch)[0]
+    return split_output(model(x))[0].float().sigmoid().mean()
 
 
 def test_multiclass_has_background_channel_and_softmax_probabilities():
@@ -264,7 +282,7 @@ def test_input_scale_runs_the_network_at_that_scale_and_returns_input_sized_logi
     assert stem.grad is not None and stem.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("arch", [a for a in ARCHS.names() if ARCHS.get(a).dims == 2])
+@pytest.mark.parametrize("arch", [a for a in ARCHS.names() if ARCHS.get(a).dims == 2 and ARCHS.get(a).exports])
 def test_every_architecture_exports_to_onnx_and_onnxruntime_gives_its_probabilities(arch, tmp_path):
     """The export every registered network must survive (``segkit export``, the offline bundle): ONNX through
     segkit's own exporter, run by ONNX Runtime at the export's size and, when the export is dynamic, at another."""

@@ -32,7 +32,9 @@ itself reports (its chosen ensemble method and tuned post-processing) on those s
 An instance recipe (``data.instances``) is scored in object AP instead, each row decoding the images into objects:
 connected components of the mask channel (no TTA) -> + the contour channel and the watershed (defaults) -> + weight
 averaging -> + TTA -> + multi-scale TTA -> + ensemble -> + the decoder tuned on every fold's OOF (nested), and segkit
-run's own choice.
+run's own choice. With several networks (a U-Net and Mask R-CNN), each one alone under its own tuned decoder comes
+before the tuned ensemble, which is their pixel-wise fusion. A detector first in the recipe has no loss row (it
+trains on its own losses).
 
 The tuned rows (threshold, morphology, pseudo, segkit run) are nested: the search runs on every fold's OOF (the
 recipe's stores cover them all) and each scored image gets what the search chose on the other folds; the column
@@ -70,7 +72,7 @@ from segkit.errors import ConfigError, SegkitError
 from segkit.inference.repredict import predict_oof
 from segkit.metrics import get_metric
 from segkit.metrics.competition import object_ap_labels
-from segkit.models import dims_of
+from segkit.models import dims_of, learns_objects
 from segkit.oof import MeanStore, StoreUnion, fold_oof, tta_oof
 from segkit.postprocess.instances import DecodeParams, decode
 from segkit.postprocess.masks import ClassParams
@@ -119,8 +121,11 @@ def variants(cfg: Config) -> dict[str, Config]:
     first = cfg.models[0]
     if first.arch.lower() != "unet":
         print(f"ablation: note: the recipe's first model is a {first.arch}, so the baseline is one too")
-    out = {"baseline": _variant(cfg, "baseline", weights=False, loss=False),
-           "loss": _variant(cfg, "loss", weights=False, loss=True)}
+    out = {"baseline": _variant(cfg, "baseline", weights=False, loss=False)}
+    if learns_objects(first):
+        print(f"ablation: note: {first.arch} trains on its own losses, so there is no loss row")
+    else:
+        out["loss"] = _variant(cfg, "loss", weights=False, loss=True)
     if cfg.data.context:  # the recipe's own first model on single slices: what the neighbours add is the next row
         out["slices"] = _variant(cfg, "slices", weights=True, loss=True)
     return out
@@ -296,16 +301,26 @@ def instance_rows(cfg: Config, runs: dict[str, Config], folds: Sequence[int], id
     if len(names) > 1:
         yield Row("+ ensemble", f"mean of {len(names)} models", ap(MeanStore([_tta_store(cfg, m, ids)
                                                                                for m in names]), decoder))
-    store = MeanStore([_tta_store(cfg, m, every) for m in names]) if len(names) > 1 else \
-        _tta_store(cfg, first, every)
     fold = fold_of(table)
-    cands = Candidates([np.asarray(store[i]) for i in every], [comp.instance_map(i) for i in every])
     keys = np.array([fold[i] for i in every])
     wanted = np.isin(np.array(every), list(ids))
-    per_fold, _ = nested(cands, keys, cfg.tune.instances, contour, scored=sorted(set(keys[wanted].tolist())))
-    pick, _ = search(cands, np.arange(len(every)), cfg.tune.instances, contour)
-    yield Row("+ tuned decoder", pick.describe() + " (chosen on all folds)",
-              {"object_ap": float(per_fold[wanted].mean())}, in_sample=float(cands.of(pick)[wanted].mean()))
+    truths_every = [comp.instance_map(i) for i in every]
+
+    def tuned(store, row: str, what: str) -> Row:
+        """The decoder searched on every fold's OOF of ``store``; each wanted image scored with the other folds'
+        choice (nested), and in-sample beside it."""
+        cands = Candidates([np.asarray(store[i]) for i in every], truths_every)
+        per_fold, _ = nested(cands, keys, cfg.tune.instances, contour, scored=sorted(set(keys[wanted].tolist())))
+        pick, _ = search(cands, np.arange(len(every)), cfg.tune.instances, contour)
+        return Row(row, f"{what}{pick.describe()} (chosen on all folds)", {"object_ap": float(per_fold[wanted].mean())},
+                   in_sample=float(cands.of(pick)[wanted].mean()))
+
+    if len(names) > 1:  # each network alone under its own tuned decoder: what the ensemble row is read against
+        for m in cfg.models:
+            yield tuned(_tta_store(cfg, m.name, every), f"{m.name} alone, tuned", f"{m.arch}: ")
+    store = MeanStore([_tta_store(cfg, m, every) for m in names]) if len(names) > 1 else \
+        _tta_store(cfg, first, every)
+    yield tuned(store, "+ tuned decoder", "")
     yield Row("+ distance channel", "", note="not built: the targets are mask and contour")
     saved = Tuned.read_if_any(cfg.layout.tune.json, cfg.data.classes)
     scored = saved.per_image_nested() if saved is not None else {}

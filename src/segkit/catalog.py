@@ -79,11 +79,32 @@ def check_models(cfg: Config) -> None:
         with torch.device("meta"):
             _at(cfg, f"models.{i}", lambda: build_model(m, cfg.data.input_channels, cfg.data.mode,
                                                         len(cfg.data.classes), pretrained=False))
+        if arch.instances:
+            check_detector(cfg, m, i)
         tcfg = cfg.train_for(m)
         where = f"models.{i}.train" if m.train else "train"
         _at(cfg, f"{where}.augment", lambda: check_channels(tcfg.augment, cfg.data.input_channels,
                                                              len(cfg.data.classes), key=f"{key} train.augment"))
         check_train(cfg, m, i)
+
+
+def check_detector(cfg: Config, m, i: int) -> None:
+    """A detector (Mask R-CNN) learns objects and renders them as the mask and contour channels a U-Net of the same
+    competition learns: it needs an instance competition with those targets, and its contour as wide as theirs."""
+    key = f"{cfg.origin(f'models.{i}.arch')}: models[{m.name}].arch: {m.arch}"
+    spec = cfg.data.instances
+    if spec is None:
+        raise ConfigError(f"{key} detects objects; it needs an instance competition (data.instances: the objects' "
+                          f"label maps or per-object rows). For semantic masks use a segmentation network (Unet, "
+                          f"FPN, ...)")
+    width = m.params.get("contour_width", 2)
+    if "contour" in spec.targets and width != spec.contour_width:
+        raise ConfigError(f"{cfg.origin(f'models.{i}.params')}: models[{m.name}].params.contour_width: {width} px, "
+                          f"but data.instances.contour_width is {spec.contour_width}: the rendered contour must be "
+                          f"the one the decoder is tuned for (set params.contour_width: {spec.contour_width})")
+    if cfg.pseudo.round or cfg.pseudo.rounds:
+        raise ConfigError(f"{cfg.origin('pseudo')}: pseudo: {m.arch} (models[{m.name}]) trains on objects; "
+                          f"pseudo labels are masks. Leave pseudo unset for a config with a detector")
 
 
 def check_volumetric(cfg: Config, m, i: int) -> None:

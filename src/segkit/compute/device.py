@@ -174,5 +174,7 @@ def to_device(batch: dict, device: torch.device, channels_last: bool = False, no
             v = v.to(device, non_blocking=non_blocking)
             if channels_last and k == "image" and v.ndim in (4, 5):
                 v = v.contiguous(memory_format=memory_format(v.ndim - 2))
+        elif k == "objects":  # a detector's targets: per image, a dict of tensors
+            v = [{name: t.to(device, non_blocking=non_blocking) for name, t in o.items()} for o in v]
         out[k] = v
     return out

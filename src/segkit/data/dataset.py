@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from segkit.data import instances
 from segkit.data.augment import build_augment
 from segkit.data.competition import Competition
 from segkit.data.normalize import Normalizer
@@ -57,17 +58,22 @@ class SegDataset(Dataset):
         mask_reader: Callable[[str], np.ndarray] | None = None,
         normalize: bool = True,
         native_mask: bool = False,
+        objects: bool = False,
     ):
         """``split`` picks the image folder (train / test). Masks come from the competition unless ``mask_reader``
         (e.g. pseudo labels for test images) is given; ``with_mask`` defaults to "train split or a reader". With
         ``normalize=False`` images stay as read (in [0, 1]): for exported networks, which normalise themselves
         (``segkit.inference.runtimes``). The reflection padding commutes with a per-channel normalisation, so the
-        network sees the same values either way."""
+        network sees the same values either way. With ``objects`` (a detector's training set) an item holds the
+        objects of the image's instance map, augmented with it (``segkit.data.instances.objects``), not a mask."""
         self.comp = comp
         self.ids = list(ids)
         self.split = split
         self.transform = build_augment(augment, crop_size)
         self.pad_to = pad_to
+        self.objects = objects
+        if objects:  # the label map rides through the augmentation as a one-channel mask (nearest-neighbour)
+            mask_reader = mask_reader or _label_map_reader(comp)
         self.mask_reader = mask_reader or (comp.read_mask if split == "train" else None)
         self.with_mask = (self.mask_reader is not None) if with_mask is None else with_mask
         self.normalize = Normalizer(comp.cfg) if normalize else _as_read
@@ -112,7 +118,12 @@ class SegDataset(Dataset):
         }
         if mask is not None and self.native_mask:
             item["native_mask"] = torch.from_numpy(np.ascontiguousarray(native_mask.transpose(2, 0, 1))).float()
-        if mask is not None:
+        if mask is not None and self.objects:
+            labels = mask.reshape(size)
+            labels = np.pad(labels, [(0, image.shape[0] - size[0]), (0, image.shape[1] - size[1])])  # padding: none
+            boxes, masks = instances.objects(labels)
+            item["objects"] = {"boxes": torch.from_numpy(boxes), "masks": torch.from_numpy(masks)}
+        elif mask is not None:
             if mask.ndim == 2:
                 mask = mask[:, :, None]
             item["has_mask"] = torch.from_numpy(mask.reshape(-1, mask.shape[2]).max(0) > 0).float()
@@ -123,6 +134,16 @@ class SegDataset(Dataset):
 
 def _as_read(image: np.ndarray) -> np.ndarray:
     return image
+
+
+def _label_map_reader(comp: Competition) -> Callable[[str], np.ndarray]:
+    """id -> (1, H, W) instance labels in a dtype the augmentations warp (OpenCV has no int32 warps)."""
+
+    def read(image_id: str) -> np.ndarray:
+        labels = comp.instance_map(image_id)
+        return labels.astype(np.uint16 if labels.max() < 2**16 else np.float32)[None]
+
+    return read
 
 
 def same_size_batches(comp, ids: list[str], batch_size: int, split: str = "train") -> list[list[int]]:
@@ -164,4 +185,6 @@ def pad_collate(batch: list[dict]) -> dict:
             out[key] = torch.stack(tensors)
     if "has_mask" in batch[0]:
         out["has_mask"] = torch.stack([b["has_mask"] for b in batch])
+    if "objects" in batch[0]:  # a detector's targets: a list, one entry per image (each its own count)
+        out["objects"] = [b["objects"] for b in batch]
     return out

@@ -86,4 +86,26 @@ def contour(labels: np.ndarray, width: int) -> np.ndarray:
     return (labels > 0) & ((high != labels) | (low != labels))
 
 
-__all__ = ["contour", "objects_from_rows", "read_label_map", "targets"]
+def objects(labels: np.ndarray, min_area: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """The objects of a label map as a detector's targets: float32 (N, 4) boxes (x0, y0, x1, y1, pixel edges) and
+    uint8 (N, H, W) masks. Each connected part of one label is an object of its own (8-neighbour): a warp that
+    reflects at the border copies objects with their labels, and those copies are other objects. Parts under
+    ``min_area`` px (slivers of objects a crop cut) are dropped."""
+    from skimage.measure import label as connected  # here: skimage is a slow import, only detectors need this
+
+    parts = connected(np.asarray(labels), background=0, connectivity=2)
+    boxes, masks = [], []
+    for n, where in enumerate(ndimage.find_objects(parts), start=1):
+        if where is None:
+            continue
+        mask = parts == n
+        if mask[where].sum() < min_area:
+            continue
+        boxes.append([where[1].start, where[0].start, where[1].stop, where[0].stop])
+        masks.append(mask)
+    if not boxes:
+        return np.zeros((0, 4), np.float32), np.zeros((0, *labels.shape), np.uint8)
+    return np.asarray(boxes, np.float32), np.stack(masks).astype(np.uint8)
+
+
+__all__ = ["contour", "objects", "objects_from_rows", "read_label_map", "targets"]

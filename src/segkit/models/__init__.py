@@ -1,12 +1,14 @@
-"""Segmentation networks by name: every smp decoder (``ARCHS``) on any smp or timm (``tu-...``) encoder, the
-classic networks written here (``segkit.models.classic``: FCN, SegNet, FCDenseNet, FastFCN, GatedSCNN, with smp's
-constructor signature), and MONAI's 3D networks (``segkit.models.volumetric``: DynUNet, SegResNet, UNet3D,
-SwinUNETR) for patch-trained models.
+"""Segmentation networks by name: every smp decoder (``ARCHS``) on any smp or timm (``tu-...``) encoder, the classic
+networks written here (``segkit.models.classic``: FCN, SegNet, FCDenseNet, FastFCN, GatedSCNN, with smp's
+constructor signature), Mask R-CNN over any encoder (``segkit.models.maskrcnn``: a detector whose detections are
+rendered as an instance competition's mask and contour channels), and MONAI's 3D networks
+(``segkit.models.volumetric``: DynUNet, SegResNet, UNet3D, SwinUNETR) for patch-trained models.
 
 ``build_model(model_cfg, channels, mode, num_classes)`` returns an smp model whose forward gives mask logits
 (N, C, H, W) — C = K foreground channels for binary / multilabel, K + 1 (background first) for multiclass — or a
 tuple (mask logits, image logits (N, K)) when the auxiliary "has mask" head is on, or, in training, a dict with
-``masks`` and the network's side outputs (GatedSCNN's ``edges``: ``edge_output``). With ``input_scale`` the model
+``masks`` and the network's side outputs (GatedSCNN's ``edges``: ``edge_output``), or a detector's own
+``{"losses": ...}`` when its training forward is given the batch's objects. With ``input_scale`` the model
 works inside at that many times the input's size and still returns logits at the input's size. ``split_output`` and
 ``probabilities`` turn that into what the rest of the pipeline stores: (N, K, H, W) foreground probabilities.
 """
@@ -25,6 +27,7 @@ from torch import nn
 from segkit.config.schema import ModelConfig
 from segkit.errors import ConfigError
 from segkit.models import classic, volumetric, weights
+from segkit.models.maskrcnn import MaskRCNN
 from segkit.registry import Registry
 
 
@@ -42,6 +45,8 @@ class Arch:
     aux: bool = True  # takes smp's aux_params (the image-level "has mask" head)
     pretrained: bool = True  # its encoder can load weights (FCDenseNet's own dense encoder has none to load)
     edges: bool = False  # returns edge logits in training (for the dual_task loss term)
+    instances: bool = False  # a detector: trains on an instance competition's objects (their boxes and masks)
+    exports: bool = True  # exports to ONNX (segkit export, the offline bundle)
 
 
 def _smp_architectures(registry: Registry[Arch]) -> None:
@@ -57,6 +62,8 @@ def _smp_architectures(registry: Registry[Arch]) -> None:
         registry.register(cls.__name__)(Arch(cls.__name__, cls, encoders=getattr(cls, "ENCODERS", None), aux=False,
                                              pretrained=getattr(cls, "PRETRAINED", True),
                                              edges=getattr(cls, "EDGES", False)))
+    # a detector: its losses are its own, and its detections are rendered per detection, which ONNX cannot trace
+    registry.register("MaskRCNN")(Arch("MaskRCNN", MaskRCNN, aux=False, instances=True, exports=False))
     for name, (build, stride) in volumetric.NETWORKS.items():
         registry.register(name)(Arch(name, None, dims=3, build=build, stride=stride))
 
@@ -155,6 +162,20 @@ def build_model(
 def dims_of(model_cfg: ModelConfig) -> int:
     """2 for an image network, 3 for a volumetric one (patches, sliding window)."""
     return ARCHS.get(model_cfg.arch, key=f"models[{model_cfg.name}].arch").dims
+
+
+def learns_objects(model_cfg: ModelConfig) -> bool:
+    """Whether the network is a detector, trained on each image's objects (``segkit.models.maskrcnn``)."""
+    return ARCHS.get(model_cfg.arch, key=f"models[{model_cfg.name}].arch").instances
+
+
+def check_exportable(model_cfg: ModelConfig, command: str) -> None:
+    """Refuse to export a network that has no export (Mask R-CNN), naming what works instead."""
+    arch = ARCHS.get(model_cfg.arch, key=f"models[{model_cfg.name}].arch")
+    if not arch.exports:
+        raise ConfigError(f"models[{model_cfg.name}].arch: {arch.name} has no ONNX or TorchScript export here (its "
+                          f"detections are rendered one by one, which a traced graph cannot hold); {command} it with "
+                          f"its PyTorch checkpoints instead (segkit package --models eager)")
 
 
 def input_multiple(model_cfg: ModelConfig, pad_to: int) -> int:
@@ -273,6 +294,6 @@ def encoder_parameters(model: nn.Module) -> set[int]:
     return {id(p) for p in encoder.parameters()} if encoder is not None else set()
 
 
-__all__ = ["ARCHS", "Arch", "RESERVED_PARAMS", "build_model", "check_output_size", "dims_of", "edge_output",
-           "encoder_names", "encoder_parameters", "input_multiple", "is_encoder", "num_outputs", "probabilities",
-           "split_output"]
+__all__ = ["ARCHS", "Arch", "RESERVED_PARAMS", "build_model", "check_exportable", "check_output_size", "dims_of",
+           "edge_output", "encoder_names", "encoder_parameters", "input_multiple", "is_encoder", "learns_objects",
+           "num_outputs", "probabilities", "split_output"]

@@ -29,6 +29,7 @@ from segkit.data import Competition, pad_to_multiple
 from segkit.data.folds import fold_numbers, load_folds
 from segkit.errors import ConfigError, SegkitError
 from segkit.inference.runtimes import EXPORTERS, FORMATS, SUFFIX, ProbabilityGraph, loader, meta_path, write_meta
+from segkit.models import check_exportable
 from segkit.models.checkpoint import dims_in, fold_checkpoints, load_model
 
 TOLERANCE = 1e-3
@@ -125,6 +126,8 @@ def run(cfg: Config, format: str = "both", tolerance: float = TOLERANCE) -> int:
     formats = formats_of(format)
     if not cfg.models:
         raise ConfigError("models: no model to export")
+    for m in cfg.models:
+        check_exportable(m, "package")
     comp = Competition(cfg.data, seed=cfg.seed)
     folds = fold_numbers(load_folds(cfg, comp))
     checkpoints = {(m.name, k): fold_checkpoints(cfg, m.name, k) for m in cfg.models for k in folds}

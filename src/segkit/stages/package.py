@@ -64,7 +64,7 @@ from segkit.data.folds import fold_numbers, load_folds
 from segkit.ensemble import chosen
 from segkit.errors import ConfigError, DataError
 from segkit.inference.runtimes import SUFFIX, meta_path
-from segkit.models import dims_of
+from segkit.models import check_exportable, dims_of
 from segkit.models.checkpoint import fold_checkpoints, save_weights
 from segkit.postprocess.tuned import Tuned
 
@@ -153,6 +153,8 @@ def model_sources(cfg: Config, comp: Competition, runtime: str) -> dict[str, dic
     folds = fold_numbers(load_folds(cfg, comp))
     out: dict[str, dict[int, list[Path]]] = {}
     for m in cfg.models:
+        if runtime != "eager":
+            check_exportable(m, "package")
         out[m.name] = {}
         for k in folds:
             checkpoints = fold_checkpoints(cfg, m.name, k)

@@ -27,7 +27,7 @@ from segkit.errors import ConfigError
 from segkit.losses import SegLoss
 from segkit.optim import build_optimizer
 from segkit.stages.train.ema import build_ema
-from segkit.stages.train.loop import batch_loss
+from segkit.stages.train.loop import batch_loss, network_inputs
 
 PROBE_STEPS = 8  # timed training steps, after one untimed warm-up step
 PROBE_VAL_BATCHES = 3  # the first, the middle and the last
@@ -61,7 +61,7 @@ def time_steps(model, loader, loss_fn: SegLoss, device: torch.device, tcfg: Trai
             batch = next(batches)
         batch = to_device(batch, device, tcfg.channels_last)
         with autocast(device, tcfg.amp):
-            out = probe(batch["image"])
+            out = probe(*network_inputs(batch))
         loss, _ = batch_loss(loss_fn, out, batch)
         loss.backward()
         optimizer.step()

@@ -117,9 +117,11 @@ class TrainData:
     """The training loader of a fold, re-seeded every epoch (batch plan, augmentations, worker seeds)."""
 
     def __init__(self, comp: Competition, cfg: TrainConfig, ids: list[str], seed: int, world: World,
-                 extra: Optional[ExtraTrainData] = None):
+                 extra: Optional[ExtraTrainData] = None, objects: bool = False):
+        """``objects``: batches hold each image's objects instead of its mask (a detector's training set)."""
         self.cfg, self.seed, self.world = cfg, seed, world
-        real = SegDataset(comp, ids, "train", augment=cfg.augment, crop_size=cfg.crop_size, pad_to=cfg.pad_to)
+        real = SegDataset(comp, ids, "train", augment=cfg.augment, crop_size=cfg.crop_size, pad_to=cfg.pad_to,
+                          objects=objects)
         pools: list[list[int]] = [list(range(len(ids)))]
         shares: Optional[list[float]] = None
         if cfg.positive_share is not None:

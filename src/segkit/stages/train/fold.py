@@ -32,7 +32,7 @@ from segkit.data.folds import fold_ids, load_folds
 from segkit.errors import ConfigError, SegkitError
 from segkit.losses import LossSchedule
 from segkit.metrics import get_metric
-from segkit.models import build_model, check_output_size, checkpoint, dims_of, input_multiple
+from segkit.models import build_model, check_output_size, checkpoint, dims_of, input_multiple, learns_objects
 from segkit.models.weights import looks_like_path
 from segkit.optim import build_optimizer, build_schedule, cycle_end_epochs, group_lrs
 from segkit.stages.train import budget
@@ -184,7 +184,8 @@ def train_fold(
         data, validation, volumetric_meta = fold_volumes(cfg, comp, model_cfg, tcfg, train_ids, val_ids, base_seed,
                                                          world, scoring, where)
     else:
-        data = TrainData(comp, tcfg, comp.training_slices(train_ids), base_seed, world, extra)
+        data = TrainData(comp, tcfg, comp.training_slices(train_ids), base_seed, world, extra,
+                         objects=learns_objects(model_cfg))
         validation = ImageValidation.of(comp, tcfg, val_ids, scoring, world)
     aux_weight = model_cfg.aux_weight if model_cfg.aux_head else 0.0
     losses = LossSchedule(tcfg, mode, len(classes), aux_weight).to(device)  # by epoch, whatever their number

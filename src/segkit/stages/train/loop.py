@@ -46,9 +46,19 @@ class Stepper:
     where: str  # "models[x] fold k": prefix of error messages
 
 
+def network_inputs(batch: dict) -> tuple:
+    """What a network's training forward takes from a batch: the images, and a detector's objects too (its
+    losses need them)."""
+    return (batch["image"], batch["objects"]) if "objects" in batch else (batch["image"],)
+
+
 def batch_loss(loss_fn: SegLoss, out, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
     """The loss of a network's forward output on a batch: mask logits, and whatever else the network gave (smp's
-    image logits for the aux head, GatedSCNN's edge logits in training)."""
+    image logits for the aux head, GatedSCNN's edge logits in training); or a detector's own losses (Mask R-CNN's
+    five), summed, which the configured loss terms do not apply to."""
+    if isinstance(out, dict) and "losses" in out:
+        parts = {k: v.float() for k, v in out["losses"].items()}
+        return sum(parts.values()), {k: float(v.detach()) for k, v in parts.items()}
     logits, aux = split_output(out)
     return loss_fn(logits, batch["mask"], aux, batch.get("has_mask"), edge_output(out))
 
@@ -72,7 +82,7 @@ def train_epoch(s: Stepper, loader, loss_fn: SegLoss, epoch: int, world: World =
             else s.forward_model.no_sync()
         with sync:
             with autocast(s.device, cfg.amp):
-                out = s.forward_model(batch["image"])
+                out = s.forward_model(*network_inputs(batch))
             loss, parts = batch_loss(loss_fn, out, batch)
             if not torch.isfinite(loss):
                 if cfg.nan_policy == "stop":
