@@ -10,10 +10,10 @@ and its OOF store (the fold's validation images, no TTA) is decoded into objects
   (every other image by id), scored on the other, both ways. Beside it, in-sample (chosen and scored on all).
 
 The fusion is the pixel-wise mean of the models' mask and contour probabilities (what ``ensemble.methods: [mean]``
-writes), decoded the same way. Also per model: parameters, seconds per training epoch (from the fold's
-metrics.csv: same machine, run one after the other) and seconds per validation image (timed here, one thread set as
-the config's). The figure ``segkit ablate`` gives over every fold (nested) is the one to quote for a recipe; this
-is its one-fold counterpart for a CPU session.
+writes), decoded the same way. Also per model: parameters and seconds per validation image (timed here, after the
+training, in the config's threads); ``bench/zoo.py`` times the training steps side by side. The figure ``segkit
+ablate`` gives over every fold (nested) is the one to quote for a recipe; this is its one-fold counterpart for a CPU
+session.
 """
 
 from __future__ import annotations
@@ -68,12 +68,11 @@ def main(argv: list[str] | None = None) -> int:
         summary = train_fold(cfg, m, args.fold)
         paths = cfg.layout.fold(m.name, args.fold)
         stores[m.name] = ProbStore(paths.oof)
-        metrics = pd.read_csv(paths.metrics)
         model, _ = checkpoint.load_model(paths.best)
         facts[m.name] = {"arch": m.arch, "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
-                         "epochs": int(summary["epochs"]), "s_per_epoch": float(metrics["seconds"].median()),
-                         "s_per_image": seconds_per_image(model, comp, val_ids[:8], cfg), "trained_here_s":
-                         round(time.perf_counter() - began, 1)}
+                         "epochs": int(summary["epochs"]), "best_epoch": int(summary["best_epoch"]),
+                         "s_per_image": seconds_per_image(model, comp, val_ids[:8], cfg),
+                         "trained_here_s": round(time.perf_counter() - began, 1)}
         del model
         torch.cuda.empty_cache() if torch.cuda.is_available() else None
 

@@ -5,7 +5,8 @@ trained) the fold scores from each fold's summary.json.
 
 Each model is built as ``segkit train`` builds it (random init: the weights do not change the time) and timed on
 random batches of the training shape (``train.batch_size`` x ``data.input_channels`` x ``train.crop_size``²) with
-the config's loss, AdamW and autocast (``train.amp`` resolved here): one untimed warm-up step, then the median of
+the config's loss (a detector: its own losses, on 20 discs an image made into its targets as a fold makes them),
+AdamW and autocast (``train.amp`` resolved here): one untimed warm-up step, then the median of
 ``--steps``, every model in this one process, one after the other, so they share the machine's state. Then, for
 each model with trained folds, the mean validation score (the config's metric, p > 0.5, no TTA) over its folds.
 """
@@ -45,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from segkit.compute.device import autocast, cpu_has_native_bf16, resolve_amp, resolve_device
     from segkit.losses import LossSchedule
-    from segkit.models import build_model
-    from segkit.stages.train.loop import batch_loss
+    from segkit.models import build_model, learns_objects
+    from segkit.stages.train.loop import batch_loss, network_inputs
 
     cfg = load_config(args.config, args.overrides)
     device = resolve_device(cfg.device)
@@ -71,12 +72,15 @@ def main(argv: list[str] | None = None) -> int:
         if tcfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         mask = (torch.rand(tcfg.batch_size, len(cfg.data.classes), size, size, device=device) > 0.7).float()
+        batch = {"image": x, "mask": mask}
+        if learns_objects(m):
+            batch["objects"] = [discs(size, 20, seed, device) for seed in range(tcfg.batch_size)]
         times = []
         for step in range(args.steps + 1):
             began = time.perf_counter()
             with autocast(device, amp):
-                out = model(x)
-            loss, _ = batch_loss(loss_fn, out, {"image": x, "mask": mask})
+                out = model(*network_inputs(batch))
+            loss, _ = batch_loss(loss_fn, out, batch)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -99,6 +103,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {m.name} | {m.arch} | {m.encoder}{weights} | {params / 1e6:.2f} | {step * 1000:.0f} | "
               f"{step / base:.2f}x | {score} |")
     return 0
+
+
+def discs(size: int, n: int, seed: int, device) -> dict:
+    """A detector's targets for one image: ``n`` discs 4-12 px in radius (nuclei-like), as boxes and masks."""
+    import numpy as np
+
+    from segkit.data.instances import objects
+
+    rng = np.random.default_rng(seed)
+    labels = np.zeros((size, size), np.int32)
+    yy, xx = np.mgrid[:size, :size]
+    for k in range(1, n + 1):
+        cy, cx, r = *rng.integers(0, size, 2), rng.integers(4, 13)
+        labels[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = k
+    boxes, masks = objects(labels)
+    return {"boxes": torch.from_numpy(boxes).to(device), "masks": torch.from_numpy(masks).to(device)}
 
 
 if __name__ == "__main__":

@@ -132,7 +132,9 @@ def test_a_detection_renders_as_its_mask_and_its_own_edge_band():
     assert inside[20, 14] and not inside[20, 35] and not inside[2, 14]  # in the square; beyond it
     assert p[0][20, 14] == pytest.approx(0.8, abs=1e-3)  # the score times the mask
     band = p[1] > 0.5
-    assert band[20, 4] and band[12, 14] and not band[20, 14]  # its edges, not its interior
+    # bin j of the mask is at x0 + (j + 0.5) * width / 28 (RoIAlign, aligned=False): here pixel i reads bin i - 0.5
+    # across, (i - 8) - 0.5 down, so the square's first pixels are x = 5 and y = 13
+    assert band[20, 5] and band[13, 14] and not band[20, 14] and not inside[20, 4] and not inside[12, 14]
     assert band.sum() < inside.sum() and not (band & ~inside).any()
     # an object the frame cuts has no contour along the frame (as segkit.data.instances.contour draws it)
     det = {"boxes": torch.tensor([[0.0, 0.0, 10.0, 10.0]]), "scores": torch.tensor([1.0]),

@@ -1,7 +1,8 @@
 """Torch Dataset over a competition: reads one image (and mask) per item from disk, never the whole set.
 
 Items are dicts: ``image`` float32 (C, H, W) normalised; ``mask`` float32 (K, H, W) when masks exist; ``has_mask``
-(1 if any foreground: the target of the auxiliary classification head); ``id``; ``size`` (H, W) before padding;
+(1 if any foreground: the target of the auxiliary classification head); or, for a detector, ``objects`` (the boxes
+and masks of the image's objects) in place of both; ``id``; ``size`` (H, W) before padding;
 ``native`` the image's (H, W) as read. Under ``data.resize`` the image and mask are at the working size
 (``segkit.data.resize``), and a validation item (``native_mask=True``) also holds ``native_mask``, the mask as read,
 which scores are taken against.
@@ -120,7 +121,8 @@ class SegDataset(Dataset):
             item["native_mask"] = torch.from_numpy(np.ascontiguousarray(native_mask.transpose(2, 0, 1))).float()
         if mask is not None and self.objects:
             labels = mask.reshape(size)
-            labels = np.pad(labels, [(0, image.shape[0] - size[0]), (0, image.shape[1] - size[1])])  # padding: none
+            # the stride's padding of the image reflects its content; the objects' masks take zeros there instead
+            labels = np.pad(labels, [(0, image.shape[0] - size[0]), (0, image.shape[1] - size[1])])
             boxes, masks = instances.objects(labels)
             item["objects"] = {"boxes": torch.from_numpy(boxes), "masks": torch.from_numpy(masks)}
         elif mask is not None:

@@ -28,6 +28,7 @@ their own contours, which the watershed splits along.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from typing import Optional, Sequence
 
@@ -237,11 +238,26 @@ class MaskRCNN(nn.Module):
         return torch.log(p) - torch.log1p(-p)
 
     def _paint(self, canvas: torch.Tensor, box: torch.Tensor, score: torch.Tensor, mask: torch.Tensor) -> None:
-        """One detection into the canvas: its 28x28 mask resized into its box (whole pixels), times its score."""
+        """One detection into the canvas: its 28x28 mask, times its score, sampled at every pixel its box reaches.
+        The mask's bins are where the RoIAlign of training put them (``aligned=False``: pixel i at coordinate i, bin
+        j at ``x0 + (j + 0.5) * width / 28``), so pixel i reads the mask at ``2 (i - x0) / width - 1`` in
+        ``grid_sample``'s terms, for the pixels of ``[x0, x0 + width]``, the edge bins' values out to the box's
+        edges (the first pixel of an object sits on its box's edge, half a bin before bin 0's centre). Resizing the
+        mask into the box rounded to whole pixels instead would stretch a 10 px nucleus by up to 20 %."""
         h, w = canvas.shape[-2:]
-        x0, y0 = int(box[0].floor().clamp(0, w - 1)), int(box[1].floor().clamp(0, h - 1))
-        x1, y1 = int(box[2].ceil().clamp(x0 + 1, w)), int(box[3].ceil().clamp(y0 + 1, h))
-        m = F.interpolate(mask[None, None], size=(y1 - y0, x1 - x0), mode="bilinear", align_corners=False)[0, 0]
+        bx0, by0, bx1, by1 = (float(v) for v in box)
+        bw, bh = max(bx1 - bx0, 1.0), max(by1 - by0, 1.0)  # RoIAlign's legacy rule: a box is at least a pixel
+        x0, y0 = max(int(math.ceil(bx0)), 0), max(int(math.ceil(by0)), 0)
+        x1, y1 = min(int(math.floor(bx0 + bw)) + 1, w), min(int(math.floor(by0 + bh)) + 1, h)
+        if x1 <= x0 or y1 <= y0:
+            return
+        xs = torch.arange(x0, x1, device=canvas.device, dtype=torch.float32)
+        ys = torch.arange(y0, y1, device=canvas.device, dtype=torch.float32)
+        gx = (2 * (xs - bx0) / bw - 1)[None, :].expand(len(ys), -1)
+        gy = (2 * (ys - by0) / bh - 1)[:, None].expand(-1, len(xs))
+        grid = torch.stack([gx, gy], dim=-1)[None]
+        m = F.grid_sample(mask[None, None].float(), grid, mode="bilinear", padding_mode="border",
+                          align_corners=False)[0, 0]
         region = canvas[:, y0:y1, x0:x1]
         region[0] = torch.maximum(region[0], score * m)
         if self.classes == 2:

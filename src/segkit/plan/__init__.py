@@ -27,6 +27,7 @@ from segkit.config.loader import COMMAND_LINE
 from segkit.data import Competition, fingerprint
 from segkit.data.folds import fold_numbers, load_folds
 from segkit.errors import ConfigError, DataError
+from segkit.models import dims_of, learns_objects
 from segkit.plan import rules
 from segkit.plan.machine import LADDER, probe, reading
 from segkit.stages import check
@@ -128,6 +129,10 @@ def run(cfg: Config, budget: str, out: str, device: str = "auto", force: bool = 
     dev = resolve_device(device, key="--device")
     kind = "cuda" if dev.type == "cuda" else "cpu"
     ladder = LADDER[kind]
+    others = [f"{m.name} ({m.arch})" for m in cfg.models if dims_of(m) == 3 or learns_objects(m)]
+    if others:  # the ladder is of 2D segmentation networks: the plan cannot cost these
+        print(f"plan: note: {', '.join(others)} not planned: the planned recipe trains the ladder's 2D segmentation "
+              f"networks instead (a detector's or a 3D network's time is not probed)", flush=True)
     axis = cfg.data.volumes.axis if cfg.data.volumes is not None else None
     # the probe's network sees what the plan will give it: the planned crop, and a volume's planned context
     channels = cfg.data.input_channels if axis is None else \
