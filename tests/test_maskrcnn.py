@@ -188,3 +188,26 @@ def test_a_mask_rcnn_instance_run_submits_objects_and_its_bundle_agrees(tmp_path
                     str(again), "--device", "cpu"], bundle=tmp_path / "bundle") == 0
     assert again.read_bytes() == cfg.layout.submission.read_bytes()
     assert SIZE == 48
+
+
+def test_the_ablation_of_a_unet_and_mask_rcnn_has_each_alone_and_their_fusion(tmp_path, one_torch_thread):
+    from segkit import ablate
+    from segkit.config import load_config
+
+    write_competition(tmp_path / "c", n=12)
+    both = ("models=[{name: unet, arch: Unet, encoder: tu-resnet10t, params: {encoder_depth: 3, decoder_channels: "
+            "[16, 8, 4]}}, {name: det, arch: MaskRCNN, encoder: tu-resnet10t, params: {encoder_depth: 3, "
+            "fpn_channels: 16, box_channels: 32, proposals: 50, rois_per_image: 32}}]")
+    args = _args(tmp_path / "c", tmp_path, both, "device=cpu", "folds.n_splits=2", "train.epochs=1",
+                 "train.batch_size=4", "train.pad_to=8", "train.progress=false", "train.keep=[best]",
+                 "train.crop_size=32", "predict.tta=hflip", "predict.repredict_oof=true", "ensemble.methods=[mean]",
+                 "data.holdout_fraction=0.25",
+                 "tune.morphology=false",
+                 "tune.instances={masks: [0.5], seeds: [0.5], min_seeds: [0], min_sizes: [0], dilations: [0]}")
+    cfg = load_config(args[1], args[2:])
+    table = {r.name: r for r in ablate.run(cfg, with_variants=False)}
+    assert ["unet alone, tuned", "det alone, tuned", "+ tuned decoder"] == \
+        [n for n in table if n.endswith("tuned") or n == "+ tuned decoder"]
+    assert "+ ensemble" in table and table["det alone, tuned"].what.startswith("MaskRCNN: ")
+    for name in ("unet alone, tuned", "det alone, tuned", "+ tuned decoder"):  # nested, and in-sample beside
+        assert 0 <= table[name].scores["object_ap"] <= 1 and table[name].in_sample is not None
