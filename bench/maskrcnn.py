@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from segkit.artifacts.probs import ProbStore
+    from segkit.compute.device import cpu_has_native_bf16
     from segkit.data import Competition
     from segkit.data.folds import fold_ids, load_folds
     from segkit.models import checkpoint
@@ -59,8 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     truths = [comp.instance_map(i) for i in val_ids]
     contour = "contour" in cfg.data.instances.targets
     grid = cfg.tune.instances
-    print(f"{cfg.experiment}: fold {args.fold}, {len(val_ids)} validation images; {platform.processor() or ''} "
-          f"{os.cpu_count()} cores, {lscpu_bf16()}", flush=True)
+    bf16 = "with" if cpu_has_native_bf16() else "without"
+    print(f"{cfg.experiment}: fold {args.fold}, {len(val_ids)} validation images; {platform.node()}, "
+          f"{os.cpu_count()} cores, {bf16} native bf16", flush=True)
 
     stores, facts = {}, {}
     for m in cfg.models:
@@ -117,11 +119,6 @@ def seconds_per_image(model, comp, ids, cfg) -> float:
             model(x)
             times.append(time.perf_counter() - began)
     return float(np.median(times))
-
-
-def lscpu_bf16() -> str:
-    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
-    return "with native bf16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "without native bf16"
 
 
 if __name__ == "__main__":

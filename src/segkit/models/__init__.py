@@ -57,13 +57,14 @@ def _smp_architectures(registry: Registry[Arch]) -> None:
     for cls in smp.MODEL_ARCHITECTURES_MAPPING.values():
         attention = "decoder_attention_type" in inspect.signature(cls.__init__).parameters
         registry.register(cls.__name__)(Arch(cls.__name__, cls, attention))
-    # the classic networks state their own facts as class attributes (ENCODERS, PRETRAINED, EDGES)
-    for cls in (classic.FCN, classic.SegNet, classic.FCDenseNet, classic.FastFCN, classic.GatedSCNN):
+    # the networks written here state their own facts as class attributes (ENCODERS, PRETRAINED, EDGES,
+    # INSTANCES, EXPORTS)
+    for cls in (classic.FCN, classic.SegNet, classic.FCDenseNet, classic.FastFCN, classic.GatedSCNN, MaskRCNN):
         registry.register(cls.__name__)(Arch(cls.__name__, cls, encoders=getattr(cls, "ENCODERS", None), aux=False,
                                              pretrained=getattr(cls, "PRETRAINED", True),
-                                             edges=getattr(cls, "EDGES", False)))
-    # a detector: its losses are its own, and its detections are rendered per detection, which ONNX cannot trace
-    registry.register("MaskRCNN")(Arch("MaskRCNN", MaskRCNN, aux=False, instances=True, exports=False))
+                                             edges=getattr(cls, "EDGES", False),
+                                             instances=getattr(cls, "INSTANCES", False),
+                                             exports=getattr(cls, "EXPORTS", True)))
     for name, (build, stride) in volumetric.NETWORKS.items():
         registry.register(name)(Arch(name, None, dims=3, build=build, stride=stride))
 

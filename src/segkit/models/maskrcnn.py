@@ -128,6 +128,7 @@ class MaskRCNN(nn.Module):
     """
 
     INSTANCES = True  # trains on the objects of an instance competition (segkit.models.Arch.instances)
+    EXPORTS = False  # its detections are rendered one by one, which a traced graph cannot hold
 
     def __init__(
         self,
