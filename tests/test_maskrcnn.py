@@ -211,3 +211,18 @@ def test_the_ablation_of_a_unet_and_mask_rcnn_has_each_alone_and_their_fusion(tm
     assert "+ ensemble" in table and table["det alone, tuned"].what.startswith("MaskRCNN: ")
     for name in ("unet alone, tuned", "det alone, tuned", "+ tuned decoder"):  # nested, and in-sample beside
         assert 0 <= table[name].scores["object_ap"] <= 1 and table[name].in_sample is not None
+
+
+def test_a_weaker_overlapping_detection_does_not_cut_the_stronger_ones_interior():
+    """Half a nucleus detected beside the whole one: its edge runs through the whole one's interior, where the
+    stronger detection owns the pixels, so the contour there stays the stronger one's (none: it is interior)."""
+    model = tiny()
+    whole = {"boxes": torch.tensor([[4.0, 4.0, 36.0, 36.0]]), "scores": torch.tensor([0.9]),
+             "masks": torch.ones(1, 1, 28, 28)}
+    half = {"boxes": torch.tensor([[4.0, 4.0, 20.0, 36.0]]), "scores": torch.tensor([0.6]),
+            "masks": torch.ones(1, 1, 28, 28)}
+    for first, second in ((whole, half), (half, whole)):  # whatever the order
+        both = {k: torch.cat([first[k], second[k]]) for k in whole}
+        p = torch.sigmoid(model._render([both], (40, 40)))[0]
+        assert p[1][20, 19] < 0.5 and p[1][20, 20] < 0.5  # the half's right edge, inside the whole one
+        assert p[1][20, 4] > 0.5 and p[0][20, 19] == pytest.approx(0.9, abs=1e-3)

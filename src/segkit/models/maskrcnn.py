@@ -17,7 +17,8 @@ boxes and masks ``segkit.data.instances.objects`` cut from the augmented label m
 channels a U-Net of an instance competition learns (``data.instances.targets: [mask, contour]``), as logits:
 
 - ``mask``: the highest ``score x mask probability`` of the detections covering the pixel;
-- ``contour``: the same, over each detection's band within ``contour_width`` px of its own edge.
+- ``contour``: the band within ``contour_width`` px of its own edge of the detection that owns the pixel (the
+  strongest there), times its score.
 
 So the detector goes through the same TTA, OOF store, ensemble (a pixel-wise mean with a U-Net: the fusion of the
 two), the same decoder tuned for object AP and the same submission. The decoder's mask threshold acts on
@@ -260,7 +261,9 @@ class MaskRCNN(nn.Module):
         m = F.grid_sample(mask[None, None].float(), grid, mode="bilinear", padding_mode="border",
                           align_corners=False)[0, 0]
         region = canvas[:, y0:y1, x0:x1]
-        region[0] = torch.maximum(region[0], score * m)
+        value = score * m
+        owns = value > region[0]  # the pixels where this detection is the strongest so far
+        region[0] = torch.where(owns, value, region[0])
         if self.classes == 2:
             # the band of the object's own pixels within contour_width of a pixel that is not its own (outside the
             # box counts as not its own), as segkit.data.instances.contour draws it from a label map
@@ -277,7 +280,9 @@ class MaskRCNN(nn.Module):
             if x1 == w:
                 outside[:, -r:] = outside[:, -r - 1:-r]
             near = F.max_pool2d(outside[None, None], 2 * r + 1, stride=1)[0, 0] > 0
-            region[1] = torch.maximum(region[1], score * (inside & near).float())
+            # a pixel's contour is its strongest detection's: the edge of a weaker, overlapping one (a duplicate, or
+            # a box over half a nucleus) would otherwise cut through the interior of the object that owns it
+            region[1] = torch.where(owns, score * (inside & near).float(), region[1])
 
 
 __all__ = ["MaskRCNN"]
