@@ -40,8 +40,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value")
     args = parser.parse_args(argv)
 
-    import torch
-
     from segkit.artifacts.probs import ProbStore
     from segkit.compute.device import cpu_has_native_bf16
     from segkit.data import Competition
@@ -76,7 +74,6 @@ def main(argv: list[str] | None = None) -> int:
                          "s_per_image": seconds_per_image(model, comp, val_ids[:8], cfg),
                          "trained_here_s": round(time.perf_counter() - began, 1)}
         del model
-        torch.cuda.empty_cache() if torch.cuda.is_available() else None
 
     rows = []
     sources = [(name, stores[name]) for name in stores]
@@ -87,11 +84,11 @@ def main(argv: list[str] | None = None) -> int:
         plain = {"components p>0.5": float(cands.of(DecodeParams("components")).mean())}
         if contour:
             plain["watershed (defaults)"] = float(cands.of(DecodeParams("watershed")).mean())
-        crossed, picks = nested(cands, halves, grid, contour)
+        crossed, _ = nested(cands, halves, grid, contour)
         pick, _ = search(cands, np.arange(len(val_ids)), grid, contour)
         rows.append({"source": name, **plain, "tuned, cross-fitted": float(crossed.mean()),
                      "tuned, in-sample": float(cands.of(pick).mean()), "decoder (chosen on all)": pick.describe(),
-                     **{k: v for k, v in facts.get(name, {}).items()}})
+                     **facts.get(name, {})})
         print(f"  {name}: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                                         for k, v in rows[-1].items() if k != "source"), flush=True)
     table = pd.DataFrame(rows)

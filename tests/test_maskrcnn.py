@@ -158,7 +158,7 @@ def test_mask_rcnn_is_refused_where_it_cannot_work(tmp_path):
     from segkit.models import check_exportable
 
     with pytest.raises(ConfigError, match="MaskRCNN has no ONNX or TorchScript export"):
-        check_exportable(_cfg(tmp_path / "c", tmp_path, TINY).models[0], "export")
+        check_exportable(_cfg(tmp_path / "c", tmp_path, TINY).models[0])
 
 
 def test_a_mask_rcnn_instance_run_submits_objects_and_its_bundle_agrees(tmp_path, capsys, one_torch_thread):

@@ -97,7 +97,8 @@ def check_detector(cfg: Config, m, i: int) -> None:
         raise ConfigError(f"{key} detects objects; it needs an instance competition (data.instances: the objects' "
                           f"label maps or per-object rows). For semantic masks use a segmentation network (Unet, "
                           f"FPN, ...)")
-    width = m.params.get("contour_width", 2)
+    arch = ARCHS.get(m.arch)
+    width = m.params.get("contour_width", inspect.signature(arch.cls.__init__).parameters["contour_width"].default)
     if "contour" in spec.targets and width != spec.contour_width:
         raise ConfigError(f"{cfg.origin(f'models.{i}.params')}: models[{m.name}].params.contour_width: {width} px, "
                           f"but data.instances.contour_width is {spec.contour_width}: the rendered contour must be "

@@ -170,12 +170,12 @@ def learns_objects(model_cfg: ModelConfig) -> bool:
     return ARCHS.get(model_cfg.arch, key=f"models[{model_cfg.name}].arch").instances
 
 
-def check_exportable(model_cfg: ModelConfig, command: str) -> None:
+def check_exportable(model_cfg: ModelConfig) -> None:
     """Refuse to export a network that has no export (Mask R-CNN), naming what works instead."""
     arch = ARCHS.get(model_cfg.arch, key=f"models[{model_cfg.name}].arch")
     if not arch.exports:
         raise ConfigError(f"models[{model_cfg.name}].arch: {arch.name} has no ONNX or TorchScript export here (its "
-                          f"detections are rendered one by one, which a traced graph cannot hold); {command} it with "
+                          f"detections are rendered one by one, which a traced graph cannot hold); package it with "
                           f"its PyTorch checkpoints instead (segkit package --models eager)")
 
 

@@ -104,15 +104,11 @@ def greedy_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) 
     its IoU with a kept box of higher score is above ``iou_threshold``."""
     if boxes.numel() == 0:
         return torch.empty(0, dtype=torch.int64, device=boxes.device)
-    order = torch.argsort(scores, descending=True, stable=True)
-    kept = _greedy(boxes[order].detach().float().cpu().numpy(), float(iou_threshold))
-    return order[torch.from_numpy(kept).to(boxes.device)]
-
-
-def _greedy(boxes, threshold: float):
     from segkit.models._nms import greedy  # numba: compiled once per machine (cached), only when a detector runs
 
-    return greedy(boxes, threshold)
+    order = torch.argsort(scores, descending=True, stable=True)
+    kept = greedy(boxes[order].detach().float().cpu().numpy(), float(iou_threshold))
+    return order[torch.from_numpy(kept).to(boxes.device)]
 
 
 class MaskRCNN(nn.Module):

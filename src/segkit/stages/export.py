@@ -127,7 +127,7 @@ def run(cfg: Config, format: str = "both", tolerance: float = TOLERANCE) -> int:
     if not cfg.models:
         raise ConfigError("models: no model to export")
     for m in cfg.models:
-        check_exportable(m, "package")
+        check_exportable(m)
     comp = Competition(cfg.data, seed=cfg.seed)
     folds = fold_numbers(load_folds(cfg, comp))
     checkpoints = {(m.name, k): fold_checkpoints(cfg, m.name, k) for m in cfg.models for k in folds}

@@ -154,7 +154,7 @@ def model_sources(cfg: Config, comp: Competition, runtime: str) -> dict[str, dic
     out: dict[str, dict[int, list[Path]]] = {}
     for m in cfg.models:
         if runtime != "eager":
-            check_exportable(m, "package")
+            check_exportable(m)
         out[m.name] = {}
         for k in folds:
             checkpoints = fold_checkpoints(cfg, m.name, k)
