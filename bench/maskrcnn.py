@@ -3,7 +3,8 @@
     .venv/bin/python bench/maskrcnn.py --config configs/dsb2018_maskrcnn.yaml [--fold 0] [budget=cpu_both ...]
 
 Every model of the config trains fold ``--fold`` (``segkit train``: a trained fold is reused, a killed one resumes),
-and its OOF store (the fold's validation images, no TTA) is decoded into objects:
+and its OOF store (the fold's validation images, no TTA; with ``--repredict``, the same images predicted again by
+its best.pt with the code as it is now) is decoded into objects:
 
 - connected components of the mask channel at p > 0.5, and the watershed at its defaults (chosen by nothing);
 - the decoder searched by ``segkit tune``'s instance search, cross-fitted: chosen on one half of the fold's images
@@ -37,17 +38,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True)
     parser.add_argument("--fold", type=int, default=0)
+    parser.add_argument("--repredict", action="store_true",
+                        help="re-predict the fold's validation images with each best.pt (as training writes its OOF) "
+                             "into <model>/fold<k>_bench/, e.g. after the network's rendering changed")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value")
     args = parser.parse_args(argv)
 
-    from segkit.artifacts.probs import ProbStore
+    from segkit.artifacts.probs import ProbStore, ProbWriter
     from segkit.compute.device import cpu_has_native_bf16
+    from segkit.compute.distributed import World
     from segkit.data import Competition
     from segkit.data.folds import fold_ids, load_folds
+    from segkit.metrics import get_metric
     from segkit.models import checkpoint
     from segkit.oof import MeanStore
     from segkit.postprocess.instances import DecodeParams
     from segkit.stages.train import train_fold
+    from segkit.stages.train.validate import ImageValidation, Scores
     from segkit.stages.tune.instances import Candidates, nested, search
 
     cfg = load_config(args.config, args.overrides)
@@ -67,8 +74,15 @@ def main(argv: list[str] | None = None) -> int:
         began = time.perf_counter()
         summary = train_fold(cfg, m, args.fold)
         paths = cfg.layout.fold(m.name, args.fold)
-        stores[m.name] = ProbStore(paths.oof)
-        model, _ = checkpoint.load_model(paths.best)
+        model, meta = checkpoint.load_model(paths.best)
+        store = paths.oof
+        if args.repredict:
+            store = paths.dir.parent / f"fold{args.fold}_bench"
+            writer = ProbWriter(store, meta["classes"])
+            validation = ImageValidation.of(comp, cfg.train_for(m), val_ids, Scores(get_metric(cfg.metric)), World())
+            validation.evaluate(model.eval(), writer=writer)
+            writer.finish(val_ids)
+        stores[m.name] = ProbStore(store)
         facts[m.name] = {"arch": m.arch, "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
                          "epochs": int(summary["epochs"]), "best_epoch": int(summary["best_epoch"]),
                          "s_per_image": seconds_per_image(model, comp, val_ids[:8], cfg),
