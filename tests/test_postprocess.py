@@ -162,3 +162,35 @@ def test_params_round_trip_and_errors():
                        ({"morphology": ["opening"]}, r"morphology\[0\]"), ({"keep_largest": "yes"}, "keep_largest")]:
         with pytest.raises(ConfigError, match=match):
             ClassParams.from_dict(bad, "tune.json.salt")
+
+
+def test_boxed_steps_equal_the_whole_image_operation():
+    """The built-in steps run on the foreground's box only; the result must be the whole image's, also for objects
+    at the image's edges and corners, for several objects far apart, and for an empty mask."""
+    import cv2
+
+    from segkit.postprocess.masks import MASK_STEPS, _kernel
+
+    ops = {"opening": cv2.MORPH_OPEN, "closing": cv2.MORPH_CLOSE, "dilation": cv2.MORPH_DILATE,
+           "erosion": cv2.MORPH_ERODE}
+    rng = np.random.default_rng(0)
+    masks = [np.zeros((40, 90), np.uint8)]
+    for _ in range(30):
+        m = np.zeros((40, 90), np.uint8)
+        for _ in range(int(rng.integers(1, 4))):
+            cy, cx = int(rng.integers(-3, 43)), int(rng.integers(-3, 93))  # some past the edges
+            cv2.ellipse(m, (cx, cy), (int(rng.integers(1, 9)), int(rng.integers(1, 9))), float(rng.uniform(0, 180)),
+                        0, 360, 1, -1)
+        y, x = int(rng.integers(0, 30)), int(rng.integers(0, 80))
+        part = m[y:y + 10, x:x + 10]
+        part[rng.random(part.shape) < 0.1] ^= 1  # specks and pinholes in a corner of the box
+        masks.append(m)
+    boxed = sum(0 < cv2.boundingRect(m)[2] * cv2.boundingRect(m)[3] < m.size / 2 for m in masks)
+    assert boxed > 10  # most masks' boxes are small: the boxed path is what is compared
+    for m in masks:
+        for name, op in ops.items():
+            for r in (1, 2, 3):
+                assert np.array_equal(morph(m, name, r), cv2.morphologyEx(m, op, _kernel(r))), (name, r)
+        assert np.array_equal(morph(m, "fill_holes"), fill_holes(m))
+        assert np.array_equal(morph(m, "fill_holes"), ndimage.binary_fill_holes(m).astype(np.uint8))
+    assert MASK_STEPS.get("closing").radius and not MASK_STEPS.get("fill_holes").radius

@@ -149,14 +149,45 @@ def morph(mask: np.ndarray, op: str, radius: int = 1) -> np.ndarray:
     return np.ascontiguousarray(step.apply(np.ascontiguousarray(mask, dtype=np.uint8), radius), dtype=np.uint8)
 
 
+def _support(mask: np.ndarray, margin: int) -> tuple[slice, slice] | None:
+    """The bounding box of the mask's foreground grown by ``margin`` (clipped to the image); None when empty."""
+    x, y, w, h = cv2.boundingRect(mask)
+    if w == 0:
+        return None
+    return (slice(max(y - margin, 0), min(y + h + margin, mask.shape[0])),
+            slice(max(x - margin, 0), min(x + w + margin, mask.shape[1])))
+
+
+def local(op: Callable[[np.ndarray, int], np.ndarray], margin: Callable[[int], int]):
+    """``op`` run on the box around the foreground only, with the same result as on the whole mask: most masks
+    of a big competition are empty or hold a few small objects, and a whole 256 x 1600 pass per step and
+    candidate was most of the tuner's time. Exact for an operation whose output is empty on an empty mask and is
+    decided within ``margin(radius)`` pixels of the foreground (past it the box holds only background, which is
+    what lies outside it too)."""
+    def apply(mask: np.ndarray, radius: int) -> np.ndarray:
+        box = _support(mask, margin(radius))
+        if box is None:
+            return np.zeros_like(mask)
+        if box[0].stop - box[0].start == mask.shape[0] and box[1].stop - box[1].start == mask.shape[1]:
+            return op(mask, radius)
+        out = np.zeros_like(mask)
+        out[box] = op(np.ascontiguousarray(mask[box]), radius)
+        return out
+
+    return apply
+
+
 def _opencv(op: int) -> Callable[[np.ndarray, int], np.ndarray]:
     """An OpenCV morphological operation with a disk of the radius. Pixels outside the image count as neither
     foreground nor background (OpenCV's default border), so an object touching the edge is not eroded from
-    outside."""
-    def apply(mask: np.ndarray, radius: int) -> np.ndarray:
-        return mask if radius <= 0 else cv2.morphologyEx(mask, op, _kernel(radius))
+    outside. Run on the foreground's box grown by 2 radius + 1: a closing dilates by the radius and then erodes,
+    reading another radius around that, and the box's own edge then lies in background that erosion never
+    changes (an edge that is the image's edge is treated alike in both)."""
+    def whole(mask: np.ndarray, radius: int) -> np.ndarray:
+        return cv2.morphologyEx(mask, op, _kernel(radius))
 
-    return apply
+    boxed = local(whole, lambda r: 2 * r + 1)
+    return lambda mask, radius: mask if radius <= 0 else boxed(mask, radius)
 
 
 for _name, _op in (("opening", cv2.MORPH_OPEN), ("closing", cv2.MORPH_CLOSE), ("dilation", cv2.MORPH_DILATE),
@@ -164,9 +195,9 @@ for _name, _op in (("opening", cv2.MORPH_OPEN), ("closing", cv2.MORPH_CLOSE), ("
     register_step(_name)(_opencv(_op))
 
 
-@register_step("fill_holes", radius=False)
-def _fill_holes_step(mask: np.ndarray, radius: int) -> np.ndarray:
-    return fill_holes(mask)
+# The box's one-pixel background ring joins the background outside it, which reaches the image's border: a hole
+# in the box is a hole in the image.
+register_step("fill_holes", radius=False)(local(lambda mask, _: fill_holes(mask), lambda _: 1))
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:
