@@ -10,7 +10,8 @@ common and large one, as in Severstal's train set (the image files are hard link
 headers are read after training); ``--test-share`` x N test images and a sample submission in Severstal's
 ``ImageId, ClassId, EncodedPixels`` layout. Then, for two models, probability stores as training and prediction
 would leave them (each fold's OOF, the test store): a blurred, shifted copy of the truth made at 1/8 of the size
-with smooth noise (faint patches) and false blobs, upsampled -- nothing is trained: the stages after training are measured.
+with smooth noise (faint patches) and false blobs, upsampled -- nothing is trained: the stages after training are
+measured.
 
 Each stage runs as ``segkit <stage>`` in a child process of its own, one after the other: ``folds``, then
 ``ensemble`` once per method of ``--methods`` (the last one stays: ``mean`` by default, what the tail is timed

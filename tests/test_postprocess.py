@@ -194,3 +194,21 @@ def test_boxed_steps_equal_the_whole_image_operation():
         assert np.array_equal(morph(m, "fill_holes"), fill_holes(m))
         assert np.array_equal(morph(m, "fill_holes"), ndimage.binary_fill_holes(m).astype(np.uint8))
     assert MASK_STEPS.get("closing").radius and not MASK_STEPS.get("fill_holes").radius
+
+
+def test_component_overlaps_on_the_box_equal_the_whole_labelling():
+    from segkit.components import component_overlaps, components_in
+
+    rng = np.random.default_rng(1)
+    for i in range(40):
+        mask = np.zeros((30, 70), np.uint8)
+        if i:  # the first stays empty
+            y, x = int(rng.integers(0, 25)), int(rng.integers(0, 60))
+            mask[y:y + int(rng.integers(1, 8)), x:x + int(rng.integers(1, 12))] = rng.random((1, 1)) < 2
+            mask[rng.random(mask.shape) < 0.005 * (i % 3)] = 1  # sometimes specks anywhere
+        truth = (rng.random(mask.shape) < 0.3).astype(bool)
+        _, _, areas, inters = components_in(mask, truth)
+        got_areas, got_inters = component_overlaps(mask, truth)
+        assert (got_areas[0], got_inters[0]) == (areas[0], inters[0])  # the background
+        # the same components, maybe numbered in another order
+        assert sorted(zip(got_areas[1:], got_inters[1:])) == sorted(zip(areas[1:], inters[1:]))

@@ -50,4 +50,23 @@ def components_in(mask: np.ndarray, truth: np.ndarray) -> tuple[int, np.ndarray,
     return n, labels, areas, inters
 
 
-__all__ = ["components", "components_in"]
+def component_overlaps(mask: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``components_in``'s areas and overlaps without its label image, labelled on the foreground's bounding box
+    only, at a fraction of the cost on a big image holding a few small objects. The same components and the same
+    background (the pixels outside the box are added to it), but OpenCV may number the components in another
+    order inside a box: for rules that do not depend on the order (a minimum area), not for a tie between two
+    largest components."""
+    x, y, w, h = cv2.boundingRect(np.ascontiguousarray(mask, dtype=np.uint8))
+    t = np.ascontiguousarray(truth).view(np.uint8)
+    if w == 0:
+        return np.array([mask.size], np.int64), np.array([np.count_nonzero(t)], np.int64)
+    box = (slice(y, y + h), slice(x, x + w))
+    n, labels = _labels(mask[box])
+    t_box = np.ascontiguousarray(t[box])
+    areas, inters = _label_overlaps(labels, t_box, n)
+    areas[0] += mask.size - w * h
+    inters[0] += np.count_nonzero(t) - np.count_nonzero(t_box)
+    return areas, inters
+
+
+__all__ = ["component_overlaps", "components", "components_in"]

@@ -21,6 +21,7 @@ import pandas as pd
 
 from segkit.artifacts.layout import Layout
 from segkit.artifacts.probs import ProbStore, load_image, manifest, mean_uint8
+from segkit.compute import pool
 from segkit.errors import DataError, SegkitError
 from segkit.metrics import CompetitionMetric
 from segkit.postprocess.masks import ClassParams, postprocess
@@ -118,16 +119,20 @@ class PartStore:
 
 
 def score_frame(view, read_truth: Callable[[str], np.ndarray], metric: CompetitionMetric,
-                params: Optional[list[ClassParams]] = None, exclusive: bool = False) -> pd.DataFrame:
+                params: Optional[list[ClassParams]] = None, exclusive: bool = False,
+                workers: int = 1) -> pd.DataFrame:
     """id, score, truth_px, pred_px of every image of ``view`` (post-processed with ``params``, default p > 0.5),
-    one image in memory at a time."""
-    rows = []
-    for image_id in view.ids:
-        probs = np.asarray(view[image_id])
+    one image in memory at a time (per worker process: ``segkit.compute.pool``)."""
+    ids = list(view.ids)
+
+    def one(i: int) -> tuple:
+        probs = np.asarray(view[ids[i]])
         masks = postprocess(probs, params or [ClassParams()] * probs.shape[0], exclusive=exclusive).view(bool)
-        truth = np.asarray(read_truth(image_id)).astype(bool)
-        rows.append((image_id, float(metric(masks, truth)), int(np.count_nonzero(truth)), int(np.count_nonzero(masks))))
-    return pd.DataFrame(rows, columns=["id", "score", "truth_px", "pred_px"])
+        truth = np.asarray(read_truth(ids[i])).astype(bool)
+        return ids[i], float(metric(masks, truth)), int(np.count_nonzero(truth)), int(np.count_nonzero(masks))
+
+    return pd.DataFrame(pool.map_indices(one, len(ids), workers, "scoring OOF"),
+                        columns=["id", "score", "truth_px", "pred_px"])
 
 
 __all__ = ["MeanStore", "ModelOOF", "PartStore", "StoreUnion", "fold_oof", "score_frame", "tta_oof"]

@@ -16,12 +16,12 @@ import numpy as np
 
 from segkit.artifacts import atomic
 from segkit.artifacts.probs import ProbWriter, quantize
+from segkit.compute import pool
 from segkit.config import Config
 from segkit.ensemble import averaging, stacking, voting  # noqa: F401  (register the methods)
 from segkit.ensemble.base import METHODS, MODEL_PREFIX, Method, Setup, build_method, is_subsettable
 from segkit.ensemble.sources import read_all
 from segkit.errors import ConfigError, DataError
-from segkit.progress import bar
 
 __all__ = ["METHODS", "MODEL_PREFIX", "Method", "Setup", "as_uint8", "build_method", "check_choice",
            "is_subsettable", "method_names", "picked", "restore", "write_store"]
@@ -75,11 +75,17 @@ def as_uint8(p: np.ndarray) -> np.ndarray:
     return p if p.dtype == np.uint8 else quantize(p)
 
 
-def write_store(folder: Path, classes: list[str], ids: list[str], folds: Optional[dict], sources, method) -> None:
-    """Write one output store into a temporary folder and move it into place when complete."""
+def write_store(folder: Path, classes: list[str], ids: list[str], folds: Optional[dict], sources, method,
+                workers: int = 1) -> None:
+    """Write one output store into a temporary folder and move it into place when complete; the images are
+    spread over ``workers`` processes (each writes its own files)."""
     with atomic.atomic_dir(folder) as tmp:
         writer = ProbWriter(tmp, classes)
-        for image_id in bar(ids, f"ensemble: {folder.parent.name}/{folder.name}"):
+
+        def one(i: int) -> None:
+            image_id = ids[i]
             fold = folds[image_id] if folds is not None else None
             writer.write(image_id, as_uint8(method.combine(read_all(sources, image_id), image_id, fold)))
+
+        pool.map_indices(one, len(ids), workers, f"ensemble: {folder.parent.name}/{folder.name}")
         writer.finish(ids)

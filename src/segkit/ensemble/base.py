@@ -97,6 +97,9 @@ class Method:
     # still defined on a subset of the models it was fitted on (what an offline time budget may drop): the
     # averages, whose only learnt state is per-model weights (``restrict`` maps the state onto the subset)
     subsettable = False
+    # combine may run in forked worker processes (segkit.compute.pool); not where it calls into a library whose
+    # thread pool does not survive a fork (LightGBM's OpenMP)
+    forks = True
 
     def __init__(self, setup: Setup):
         self.setup = setup

@@ -121,6 +121,8 @@ def train_booster(x: np.ndarray, y: np.ndarray, params: dict, rounds: int, names
 
 @METHODS.register("stack")
 class Stacker(Method):
+    forks = False  # LightGBM predicts with OpenMP threads, which a forked worker may wait on forever
+
     def __init__(self, setup):
         super().__init__(setup)
         opts = setup.options

@@ -42,21 +42,23 @@ from segkit.threshold import binarize, count_above
 @dataclass(frozen=True)
 class MaskStep:
     """A step of the morphology chain: ``apply(mask, radius)`` on one class's uint8 0/1 (H, W) mask. The tune
-    search offers it once per radius of ``tune.morph_radii`` (``radius=False``: once, with radius 0)."""
+    search offers it once per radius of ``tune.morph_radii`` (``radius=False``: once, with radius 0).
+    ``keeps_empty``: an empty mask stays empty (true of the built-in steps), so the tuner skips it there."""
 
     name: str
     apply: Callable[[np.ndarray, int], np.ndarray]
     radius: bool = True
+    keeps_empty: bool = False
 
 
 # The morphology steps by name: what ``ClassParams.morphology`` lists and ``tune.morph_steps`` searches.
 MASK_STEPS: Registry[MaskStep] = Registry("post-processing step")
 
 
-def register_step(name: str, radius: bool = True) -> Callable:
+def register_step(name: str, radius: bool = True, keeps_empty: bool = False) -> Callable:
     """``@register_step("name")`` on a function (mask, radius) -> mask adds it to the chain's steps."""
     def add(fn: Callable[[np.ndarray, int], np.ndarray]) -> Callable[[np.ndarray, int], np.ndarray]:
-        MASK_STEPS.register(name)(MaskStep(name, fn, radius))
+        MASK_STEPS.register(name)(MaskStep(name, fn, radius, keeps_empty))
         return fn
 
     return add
@@ -192,12 +194,12 @@ def _opencv(op: int) -> Callable[[np.ndarray, int], np.ndarray]:
 
 for _name, _op in (("opening", cv2.MORPH_OPEN), ("closing", cv2.MORPH_CLOSE), ("dilation", cv2.MORPH_DILATE),
                    ("erosion", cv2.MORPH_ERODE)):
-    register_step(_name)(_opencv(_op))
+    register_step(_name, keeps_empty=True)(_opencv(_op))
 
 
 # The box's one-pixel background ring joins the background outside it, which reaches the image's border: a hole
 # in the box is a hole in the image.
-register_step("fill_holes", radius=False)(local(lambda mask, _: fill_holes(mask), lambda _: 1))
+register_step("fill_holes", radius=False, keeps_empty=True)(local(lambda mask, _: fill_holes(mask), lambda _: 1))
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:

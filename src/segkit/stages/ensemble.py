@@ -28,6 +28,7 @@ import pandas as pd
 from segkit.artifacts import atomic
 from segkit.artifacts.freshness import Unit, fingerprint, fingerprints
 from segkit.artifacts.probs import manifest
+from segkit.compute import pool
 from segkit.config import Config
 from segkit.data import Competition
 from segkit.data.folds import fold_numbers, load_folds
@@ -110,31 +111,35 @@ SWEEP = np.round(np.arange(0.1, 0.91, 0.05), 2)
 
 
 def cross_validate(methods: list[Method], models: list[str], oof: list[ModelOOF], folds: pd.DataFrame, read_truth,
-                   metric: CompetitionMetric, seconds: dict[str, float]) -> pd.DataFrame:
+                   metric: CompetitionMetric, seconds: dict[str, float], workers: int = 1) -> pd.DataFrame:
     """Pass 2: per-image scores of every method's stored-as-uint8 OOF output (and of every single model) at 0.5,
-    reduced to the overall mean and one mean per fold.
+    reduced to the overall mean and one mean per fold; the images are spread over ``workers`` processes.
 
     When the metric has a fast threshold sweep, two informative columns follow: the CV at the single threshold that
     is best on the whole OOF (``best_t``, ``cv_best_t``). That threshold is picked on the data it scores, so it is
     optimistic; it shows which methods only lose at 0.5 through calibration. The choice uses ``cv``."""
     rows = [m.name for m in methods] + [MODEL_PREFIX + n for n in models]
-    scores = {r: [] for r in rows}
     sweep = metric.has_fast_sweep
-    swept = {r: [] for r in rows}
-    for image_id, fold in bar(zip(folds["id"], folds["fold"]), "ensemble: OOF CV", total=len(folds)):
-        fold = int(fold)
-        probs = read_all(oof, image_id)
-        truth = np.asarray(read_truth(image_id)).astype(bool)
-        outputs = []
+    ids, fold_of = list(folds["id"]), folds["fold"].to_numpy()
+
+    def one(i: int) -> tuple[list[float], list[np.ndarray], list[float]]:
+        probs = read_all(oof, ids[i])
+        truth = np.asarray(read_truth(ids[i])).astype(bool)
+        outputs, spent = [], []
         for m in methods:
             t0 = time.perf_counter()
-            outputs.append(as_uint8(m.combine(probs, image_id, fold)))
-            seconds[m.name] += time.perf_counter() - t0
+            outputs.append(as_uint8(m.combine(probs, ids[i], int(fold_of[i]))))
+            spent.append(time.perf_counter() - t0)
         outputs += [np.asarray(q) for q in probs]
-        for r, q in zip(rows, outputs):
-            scores[r].append(metric(binarize(q).view(bool), truth))
-            if sweep:
-                swept[r].append(metric.score_above([q], [truth], SWEEP)[:, 0])
+        scored = [metric(binarize(q).view(bool), truth) for q in outputs]
+        swept = [metric.score_above([q], [truth], SWEEP)[:, 0] for q in outputs] if sweep else []
+        return scored, swept, spent
+
+    per_image = pool.map_indices(one, len(ids), workers, "ensemble: OOF CV")
+    for m, spent in zip(methods, zip(*[p[2] for p in per_image])):
+        seconds[m.name] += sum(spent)
+    scores = {r: [p[0][j] for p in per_image] for j, r in enumerate(rows)}
+    swept = {r: [p[1][j] for p in per_image] for j, r in enumerate(rows)} if sweep else {}
     fold_ids = folds["fold"].to_numpy()
     uniq = sorted(set(int(f) for f in fold_ids))
     table = []
@@ -190,7 +195,8 @@ def run(cfg: Config) -> int:
     print(f"ensemble: {len(models)} model(s) ({', '.join(f'{s.model} [{s.kind}]' for s in oof)}), "
           f"methods {', '.join(names)}, {len(folds)} OOF images, {len(test_ids)} test images")
     seconds = fit_methods(methods, oof, folds, comp.read_mask, cfg.ensemble.fit_pixels, cfg.seed)
-    table = cross_validate(methods, models, oof, folds, comp.read_mask, metric, seconds)
+    workers = pool.workers(cfg.cpu_workers) if all(m.forks for m in methods) else 1
+    table = cross_validate(methods, models, oof, folds, comp.read_mask, metric, seconds, workers)
     chosen = choose(cfg, table, names, metric.higher_is_better)
     print(f"ensemble CV ({cfg.metric} at threshold 0.5):")
     with pd.option_context("display.float_format", "{:.5f}".format, "display.width", 200):
@@ -199,8 +205,9 @@ def run(cfg: Config) -> int:
     method = build_method(chosen, setup) if chosen.startswith(MODEL_PREFIX) else methods[names.index(chosen)]
     fold_of = {i: int(f) for i, f in zip(folds["id"], folds["fold"])}
     with unit.writing():
-        write_store(paths.oof, classes, list(folds["id"]), fold_of, oof, method)
-        write_store(paths.test, classes, test_ids, None, test, method)
+        workers = pool.workers(cfg.cpu_workers) if method.forks else 1
+        write_store(paths.oof, classes, list(folds["id"]), fold_of, oof, method, workers)
+        write_store(paths.test, classes, test_ids, None, test, method, workers)
         atomic.write_csv(paths.cv, table)
         cv = float(table.loc[table["method"] == chosen, "cv"].iloc[0])
         chosen_files.write(paths.choice, paths.state, {

@@ -46,6 +46,7 @@ from segkit.artifacts import atomic
 from segkit.artifacts.freshness import Unit, fingerprint
 from segkit.artifacts.probs import ProbStore, manifest
 from segkit.commands import final_ensemble_maker, final_store
+from segkit.compute import pool
 from segkit.config import Config
 from segkit.data import Competition
 from segkit.data.folds import fold_of, load_folds
@@ -110,26 +111,29 @@ def image_values(probs: np.ndarray, truth: np.ndarray, params, exclusive: bool) 
 
 
 def score_split(store: ProbStore, ids: list[str], read_mask, params_of: Callable[[str], list], classes: list[str],
-                exclusive: bool, split: str) -> pd.DataFrame:
+                exclusive: bool, split: str, workers: int = 1) -> pd.DataFrame:
     """One row per image and class: id, class, truth_px, pred_px and the TABLE metrics; ``params_of(id)``: the
-    post-processing parameters of that image."""
-    rows = []
-    for image_id in bar(ids, f"evaluate {split}", total=len(ids)):
-        params = params_of(image_id)
-        probs = np.asarray(store[image_id])
-        if probs.ndim != 3 or probs.shape[0] != len(classes):
-            raise DataError(f"{store.folder}: {image_id!r} has probabilities of shape {probs.shape}; expected "
-                            f"({len(classes)}, H, W)")
-        truth = read_mask(image_id)
-        if truth.shape != probs.shape:
-            raise DataError(f"{store.folder}: {image_id!r} has probabilities of shape {probs.shape} but its mask is "
-                            f"{truth.shape}")
-        values = image_values(probs, truth, params, exclusive)
-        for k, cls in enumerate(classes):
-            row = {"id": image_id, "class": cls}
-            row.update({name: values[name][k].item() for name in ("truth_px", "pred_px", *TABLE)})
-            rows.append(row)
-    return pd.DataFrame(rows, columns=["id", "class", "truth_px", "pred_px", *TABLE])
+    post-processing parameters of that image. The images are spread over ``workers`` processes."""
+    per_image = pool.map_indices(lambda i: image_rows(store, ids[i], read_mask, params_of(ids[i]), classes, exclusive),
+                                 len(ids), workers, f"evaluate {split}")
+    return pd.DataFrame([row for rows in per_image for row in rows],
+                        columns=["id", "class", "truth_px", "pred_px", *TABLE])
+
+
+def image_rows(store: ProbStore, image_id: str, read_mask, params: list, classes: list[str],
+               exclusive: bool) -> list[dict]:
+    """One image's rows of ``score_split``."""
+    probs = np.asarray(store[image_id])
+    if probs.ndim != 3 or probs.shape[0] != len(classes):
+        raise DataError(f"{store.folder}: {image_id!r} has probabilities of shape {probs.shape}; expected "
+                        f"({len(classes)}, H, W)")
+    truth = read_mask(image_id)
+    if truth.shape != probs.shape:
+        raise DataError(f"{store.folder}: {image_id!r} has probabilities of shape {probs.shape} but its mask is "
+                        f"{truth.shape}")
+    values = image_values(probs, truth, params, exclusive)
+    return [{"id": image_id, "class": cls, **{name: values[name][k].item() for name in ("truth_px", "pred_px", *TABLE)}}
+            for k, cls in enumerate(classes)]
 
 
 def score_volumes(comp: Competition, store: ProbStore, ids: list[str], params_of: Callable[[str], list],
@@ -300,7 +304,8 @@ def run(cfg: Config) -> int:
     # OOF images with their fold's nested choice (where tune made one), holdout images with the submission's
     choices = {"oof": tuned.choice(fold, layout.folds_file), "holdout": tuned.choice()}
     oof_choice = choices["oof"].text
-    frames = {split: score_split(store, ids, comp.read_mask, choices[split].params, classes, exclusive, split)
+    frames = {split: score_split(store, ids, comp.read_mask, choices[split].params, classes, exclusive, split,
+                                 pool.workers(cfg.cpu_workers))
               for split, (store, ids, _) in splits.items()}
     rows = [row for split, frame in frames.items() for row in summarize(frame, split, classes)]
     table = pd.DataFrame(rows, columns=["split", "class", "metric", "best", *STATS])

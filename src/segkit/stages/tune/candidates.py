@@ -8,9 +8,10 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from segkit.components import components_in
+from segkit.components import component_overlaps, components_in
 from segkit.metrics import CompetitionMetric, ObjectOverlaps
 from segkit.postprocess.masks import (
+    MASK_STEPS,
     ClassParams,
     component_filter,
     has_empty_rule,
@@ -33,6 +34,8 @@ class Staged:
         self.truth_px = int(np.count_nonzero(truth))
         self.masks: dict[tuple, np.ndarray] = {}
         self.parts: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self.overlaps: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+        self.empty: dict[tuple, bool] = {}
         self.pairs: dict[tuple, tuple] = {}
         self.objects_of = objects_of  # the metric's object scorer, for metrics that score components
         self.objects: ObjectOverlaps | None = None
@@ -48,11 +51,21 @@ class Staged:
         if mask is None:
             if p.morphology:
                 *head, (op, radius) = p.morphology
-                mask = morph(self.staged(p.replace(morphology=tuple(head))), op, radius)
+                before = p.replace(morphology=tuple(head))
+                mask = self.staged(before)
+                # most staged masks of a big competition are empty: a step that keeps them so is skipped
+                if not (MASK_STEPS.get(op, key="morphology").keeps_empty and self.is_empty(before)):
+                    mask = morph(mask, op, radius)
             else:
                 mask = stage_mask(self.prob, p)
             self.masks[key] = mask
         return mask
+
+    def is_empty(self, p: ClassParams) -> bool:
+        key = self._key(p)
+        if key not in self.empty:
+            self.empty[key] = not self.staged(p).any()
+        return self.empty[key]
 
     def _components(self, p: ClassParams):
         key = self._key(p)
@@ -60,15 +73,26 @@ class Staged:
             self.parts[key] = components_in(self.staged(p), self.truth)[1:]
         return self.parts[key]
 
+    def _overlaps(self, p: ClassParams) -> tuple[np.ndarray, np.ndarray]:
+        """(areas, truth overlaps) of the staged mask's components, in some order: what counting after a minimum
+        area needs, without a label image."""
+        key = self._key(p)
+        if key in self.parts:
+            return self.parts[key][1:]
+        if key not in self.overlaps:
+            self.overlaps[key] = component_overlaps(self.staged(p), self.truth)
+        return self.overlaps[key]
+
     def counts(self, p: ClassParams) -> tuple[int, int]:
         """(true positives, predicted pixels) of the final mask."""
         mask = self.staged(p)
-        if not mask.any():
+        if self.is_empty(p):
             return 0, 0
         if not (p.min_area > 1 or p.keep_largest):
             return (int(np.count_nonzero(mask.view(bool) & self.truth)) if self.truth_px else 0,
                     int(np.count_nonzero(mask)))
-        _, areas, inters = self._components(p)
+        # keep_largest breaks ties by label number: the whole image's labelling, as submission labels it
+        areas, inters = self._components(p)[1:] if p.keep_largest else self._overlaps(p)
         keep = component_filter(areas, p)
         return int(inters[keep].sum()), int(areas[keep].sum())
 
@@ -92,27 +116,33 @@ class Staged:
 
 def score_params(source: OOFStream, metric: CompetitionMetric,
                  candidates: list[list[ClassParams]]) -> np.ndarray:
-    """scores[i, k, c]: image i, class k under candidates[k][c] (the same number of candidates per class)."""
-    n_img, K, n_cand = len(source), len(candidates), len(candidates[0])
-    counts = np.zeros((4, n_img, K, n_cand), dtype=np.int64)  # tp, predicted, true, pixels
-    out = np.zeros((n_img, K, n_cand))
+    """scores[i, k, c]: image i, class k under candidates[k][c] (the same number of candidates per class); one
+    pass, spread over the stream's workers."""
+    K, n_cand = len(candidates), len(candidates[0])
     stats = metric.stats
-    for i, (_, probs, truth) in enumerate(source):
+
+    def one(_, probs: np.ndarray, truth: np.ndarray) -> np.ndarray:
         if source.exclusive:
             probs = restrict_to_argmax(probs)
+        counts = np.zeros((4, K, n_cand), dtype=np.int64)  # tp, predicted, true, pixels
+        out = np.zeros((K, n_cand))
         for k in range(K):
             image = Staged(probs[k], truth[k], metric.objects_of)
             for c, params in enumerate(candidates[k]):
                 if stats is not None:
-                    counts[:2, i, k, c] = image.counts(params)
-                    counts[2:, i, k, c] = image.truth_px, probs[k].size
+                    counts[:2, k, c] = image.counts(params)
+                    counts[2:, k, c] = image.truth_px, probs[k].size
                 elif metric.objects:
-                    out[i, k, c] = image.object_score(params)
+                    out[k, c] = image.object_score(params)
                 else:
-                    out[i, k, c] = metric.per_image(image.mask(params)[None], truth[k][None])
-    if stats is not None:
-        out = stats(*counts).astype(np.float64)
-    return out
+                    out[k, c] = metric.per_image(image.mask(params)[None], truth[k][None])
+        return counts if stats is not None else out
+
+    per_image = source.map(one, "tune: candidates")
+    if stats is None:
+        return np.stack(per_image) if per_image else np.zeros((0, K, n_cand))
+    counts = np.stack(per_image, axis=1) if per_image else np.zeros((4, 0, K, n_cand), np.int64)
+    return stats(*counts).astype(np.float64)
 
 
 __all__ = ["Staged", "score_params"]

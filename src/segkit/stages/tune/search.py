@@ -284,25 +284,24 @@ def final_scores(source: OOFStream, metric: CompetitionMetric, params: list[Clas
     pixel counts (what the report needs to pick telling examples). ``nested[i]``: the parameters image i is scored
     with for the nested estimate (chosen without its fold)."""
     base = [ClassParams() for _ in params]
-    out: dict[str, list] = {"score": [], "baseline": [], "per_class": [], "truth_px": [], "pred_px": [],
-                            "nested": []}
-    for i, (_, probs, truth) in enumerate(source):
+    own_of = dict(zip(source.ids, nested)) if nested is not None else {}
+
+    def one(image_id: str, probs: np.ndarray, truth: np.ndarray) -> dict:
         masks = postprocess(probs, params, exclusive=exclusive).view(bool)
-        out["score"].append(metric.per_image(masks, truth))
-        out["baseline"].append(metric.per_image(postprocess(probs, base, exclusive=exclusive).view(bool), truth))
+        row = {"score": metric.per_image(masks, truth),
+               "baseline": metric.per_image(postprocess(probs, base, exclusive=exclusive).view(bool), truth),
+               "truth_px": int(np.count_nonzero(truth)), "pred_px": int(np.count_nonzero(masks))}
         if nested is not None:
-            own = nested[i]
-            out["nested"].append(out["score"][-1] if own == params else
-                                 metric.per_image(postprocess(probs, own, exclusive=exclusive).view(bool), truth))
-        if len(params) == 1:
-            out["per_class"].append(out["score"][-1:])
-        else:
-            out["per_class"].append([metric.per_image(masks[k:k + 1], truth[k:k + 1]) for k in range(len(params))])
-        out["truth_px"].append(int(np.count_nonzero(truth)))
-        out["pred_px"].append(int(np.count_nonzero(masks)))
-    if nested is None:
-        del out["nested"]
-    result = {k: np.asarray(v, dtype=float) for k, v in out.items()}
+            own = own_of[image_id]
+            row["nested"] = row["score"] if own == params else metric.per_image(
+                postprocess(probs, own, exclusive=exclusive).view(bool), truth)
+        row["per_class"] = [row["score"]] if len(params) == 1 else [
+            metric.per_image(masks[k:k + 1], truth[k:k + 1]) for k in range(len(params))]
+        return row
+
+    rows = source.map(one, "tune: final scores")
+    keys = ["score", "baseline", "per_class", "truth_px", "pred_px"] + (["nested"] if nested is not None else [])
+    result = {k: np.asarray([r[k] for r in rows], dtype=float) for k in keys}
     result["ids"] = list(source.ids)
     return result
 

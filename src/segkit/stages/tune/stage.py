@@ -17,6 +17,7 @@ from segkit.artifacts import atomic
 from segkit.artifacts.freshness import Unit, fingerprint, fingerprints
 from segkit.artifacts.probs import ProbStore, manifest
 from segkit.commands import final_store
+from segkit.compute import pool
 from segkit.config import Config
 from segkit.data import Competition
 from segkit.data.folds import fold_numbers, fold_of, load_folds
@@ -42,7 +43,8 @@ def plain_score(cfg: Config, metric: CompetitionMetric, truth: Callable[[str], n
     if not all(ProbStore.is_complete(cfg.layout.fold(model, k).oof) for k in numbers):
         return None
     view = fold_oof(cfg.layout, model, numbers, list(folds["id"]))
-    scores = score_frame(view, truth, metric, exclusive=cfg.data.mode == "multiclass")["score"]
+    scores = score_frame(view, truth, metric, exclusive=cfg.data.mode == "multiclass",
+                         workers=pool.workers(cfg.cpu_workers))["score"]
     return (model, float(scores.mean())) if len(scores) else None
 
 
@@ -71,7 +73,8 @@ def run(cfg: Config) -> int:
         return 0
     metric = get_metric(cfg.metric, key="metric")
     exclusive = cfg.data.mode == "multiclass"
-    searched = tune(OOFStream(store, comp.read_mask, exclusive), list(cfg.data.classes), metric, cfg.tune,
+    source = OOFStream(store, comp.read_mask, exclusive, workers=pool.workers(cfg.cpu_workers))
+    searched = tune(source, list(cfg.data.classes), metric, cfg.tune,
                     folds=folds_of(store.ids, folds))
     result, per_image = searched.record, searched.per_image
     plain = plain_score(cfg, metric, comp.read_mask, folds) if folds is not None else None

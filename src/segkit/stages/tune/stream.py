@@ -4,11 +4,15 @@ passes skip the disk and the mask decoding."""
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
+from segkit.compute import pool
 from segkit.errors import DataError
+from segkit.progress import bar
+
+T = TypeVar("T")
 
 CACHE_BYTES = 512 * 2**20  # probabilities + truth kept in RAM across passes up to this size
 
@@ -21,12 +25,13 @@ class OOFStream:
     final scoring passes the raw ones to ``postprocess`` exactly as submission does."""
 
     def __init__(self, store, truth: Callable[[str], np.ndarray], exclusive: bool = False,
-                 ids: Sequence[str] | None = None, budget: int = CACHE_BYTES):
+                 ids: Sequence[str] | None = None, budget: int = CACHE_BYTES, workers: int = 1):
         self.store = store
         self.truth = truth
         self.exclusive = exclusive
         self.ids = list(ids if ids is not None else store.ids)
         self.budget = budget
+        self.workers = workers  # processes a pass is spread over (segkit.compute.pool)
         self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._used = 0
 
@@ -43,6 +48,20 @@ class OOFStream:
                     self._cache[image_id] = hit
                     self._used += size
             yield image_id, hit[0], hit[1]
+
+    def map(self, fn: Callable[[str, np.ndarray, np.ndarray], T], desc: str) -> list[T]:
+        """``fn(id, probs, truth)`` of every image, in order: a pass over the images, spread over the stream's
+        workers when it has several (each worker reads its images itself; what the cache holds is used, and the
+        cache grows only in a pass made here)."""
+        if self.workers <= 1 or len(self) < pool.MIN_ITEMS:
+            return [fn(*item) for item in bar(self, desc, total=len(self))]
+
+        def one(i: int) -> T:
+            image_id = self.ids[i]
+            hit = self._cache.get(image_id)
+            return fn(image_id, *(hit if hit is not None else self._load(image_id)))
+
+        return pool.map_indices(one, len(self), self.workers, desc)
 
     def _load(self, image_id: str) -> tuple[np.ndarray, np.ndarray]:
         probs = np.array(self.store[image_id])  # a RAM copy: a cached memmap would hold a file open

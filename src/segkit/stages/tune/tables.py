@@ -22,7 +22,6 @@ from segkit.components import components
 from segkit.errors import DataError
 from segkit.metrics import CompetitionMetric
 from segkit.postprocess.masks import restrict_to_argmax
-from segkit.progress import bar
 from segkit.stages.tune.stream import OOFStream
 from segkit.threshold import uint8_cut
 
@@ -62,37 +61,44 @@ def _threshold_sweep(q, truth, cuts_desc, mins):  # pragma: no cover - compiled
 
     One pass instead of one labelling per threshold: pixels join in order of decreasing q, a union-find grows the
     components (area and truth overlap kept at each root), and after each cut the live components are summed. The
-    masks p > cut are nested, so each threshold's components are the union-find state at that point.
+    masks p > cut are nested, so each threshold's components are the union-find state at that point. Only pixels
+    above the lowest cut are ever sorted or touched (most of a big image is background far below it): the per-pixel
+    arrays are left uninitialised except the one byte that says whether a pixel has joined.
     """
     h, w = q.shape
     n = h * w
     flat_q = q.ravel()
     flat_t = truth.ravel()
+    lowest = cuts_desc[cuts_desc.size - 1]
     count = np.zeros(256, np.int64)
     for i in range(n):
         count[flat_q[i]] += 1
-    slot = np.empty(256, np.int64)  # counting sort, brightest first
+    slot = np.zeros(256, np.int64)  # counting sort of the pixels above the lowest cut, brightest first
     acc = 0
-    for v in range(255, -1, -1):
+    for v in range(255, lowest, -1):
         slot[v] = acc
         acc += count[v]
-    order = np.empty(n, np.int64)
+    order = np.empty(acc, np.int32)
     for i in range(n):
-        order[slot[flat_q[i]]] = i
-        slot[flat_q[i]] += 1
-    parent = np.full(n, -1, np.int64)  # -1: not (yet) above the cut
-    area = np.zeros(n, np.int64)
-    inter = np.zeros(n, np.int64)
-    roots = np.empty(n, np.int64)  # live component roots, with each root's position in this list
-    where = np.empty(n, np.int64)
+        v = flat_q[i]
+        if v > lowest:
+            order[slot[v]] = i
+            slot[v] += 1
+    joined = np.zeros(n, np.uint8)
+    parent = np.empty(n, np.int32)
+    area = np.empty(n, np.int64)
+    inter = np.empty(n, np.int64)
+    where = np.empty(n, np.int32)
+    roots = np.empty(max(acc, 1), np.int32)  # live component roots, with each root's position in this list
     n_roots = 0
     pp = np.zeros((cuts_desc.size, mins.size), np.int64)
     tp = np.zeros((cuts_desc.size, mins.size), np.int64)
     k = 0
     for j in range(cuts_desc.size):
-        while k < n and flat_q[order[k]] > cuts_desc[j]:
+        while k < acc and flat_q[order[k]] > cuts_desc[j]:
             p = order[k]
             k += 1
+            joined[p] = 1
             parent[p] = p
             area[p] = 1
             inter[p] = flat_t[p]
@@ -110,7 +116,7 @@ def _threshold_sweep(q, truth, cuts_desc, mins):  # pragma: no cover - compiled
                     if cc < 0 or cc >= w:
                         continue
                     nb = rr * w + cc
-                    if parent[nb] < 0:
+                    if not joined[nb]:
                         continue
                     other = _find(parent, nb)
                     if other == own:
@@ -133,76 +139,86 @@ def _threshold_sweep(q, truth, cuts_desc, mins):  # pragma: no cover - compiled
     return pp, tp
 
 
-def summarize(source: OOFStream, metric: CompetitionMetric, thresholds: Sequence[float],
-              min_areas: Sequence[int]) -> Tables:
-    """One pass over the images: everything the threshold, min-area and empty-rule searches need."""
-    cuts = [uint8_cut(t) for t in thresholds]
-    mins = np.asarray(min_areas, dtype=np.int64)
-    J, M = len(cuts), len(mins)
-    n_img = len(source)
-    K = None
+def _image_tables(probs: np.ndarray, truth: np.ndarray, exclusive: bool, metric: CompetitionMetric,
+                  cuts: list[int], mins: np.ndarray) -> dict:
+    """One image's rows of the tables: per class, the pixels above every cut, the true pixels, and either the
+    (tp, predicted) counts or the scores at every cut and min area."""
+    if exclusive:
+        probs = restrict_to_argmax(probs)
+    K, J, M = probs.shape[0], len(cuts), len(mins)
     counting = metric.stats is not None
     needs_components = not counting or bool((mins > 1).any())
+    cuts_desc = np.asarray(cuts[::-1], dtype=np.int64)
+    out = {"classes": K, "pixels": probs[0].size, "above": np.zeros((K, J), np.int64),
+           "truth_px": np.zeros(K, np.int64)}
+    if counting:
+        out["tp"], out["pp"] = np.zeros((K, J, M), np.int64), np.zeros((K, J, M), np.int64)
+    else:
+        out["score"], out["empty"] = np.zeros((K, J, M)), np.zeros(K)
+    for k in range(K):
+        q, t = probs[k], truth[k]
+        above_cut = q.size - np.cumsum(np.bincount(q.ravel(), minlength=256))  # [c]: pixels with q > c
+        out["above"][k] = above_cut[cuts]
+        out["truth_px"][k] = np.count_nonzero(t)
+        if counting:
+            if not needs_components:  # no min area: counts at every threshold from two histograms
+                tp_cut = out["truth_px"][k] - np.cumsum(np.bincount(q[t], minlength=256))
+                out["pp"][k] = above_cut[cuts][:, None]
+                out["tp"][k] = tp_cut[cuts][:, None]
+            elif above_cut[cuts[0]] > 0:  # else nothing is predicted at any threshold: counts stay 0
+                pp, tp = _threshold_sweep(np.ascontiguousarray(q), np.ascontiguousarray(t).view(np.uint8),
+                                          cuts_desc, mins)
+                out["pp"][k], out["tp"][k] = pp[::-1], tp[::-1]
+            continue
+        # metrics without a counts path: score every candidate mask (object AP from component overlaps)
+        score = out["score"]
+        objects = metric.objects_of(t) if metric.objects else None
+        out["empty"][k] = metric.per_image(np.zeros_like(t)[None], t[None])
+        score[k] = out["empty"][k]
+        for j, cut in enumerate(cuts):
+            if above_cut[cut] == 0:
+                continue  # nothing predicted: scores stay the empty score
+            if j and above_cut[cut] == above_cut[cuts[j - 1]]:
+                score[k, j] = score[k, j - 1]  # nested masks with equal counts are equal masks
+                continue
+            n, labels, areas = components((q > cut).view(np.uint8))
+            pairs = objects.pairs(labels, n) if objects else None
+            for m in range(M):
+                keep = areas >= max(int(mins[m]), 1)
+                keep[0] = False
+                if objects:
+                    score[k, j, m] = objects.score(pairs, areas, keep)
+                else:
+                    score[k, j, m] = metric.per_image(keep[labels][None], t[None])
+    return out
+
+
+def summarize(source: OOFStream, metric: CompetitionMetric, thresholds: Sequence[float],
+              min_areas: Sequence[int]) -> Tables:
+    """One pass over the images (spread over the stream's workers): everything the threshold, min-area and
+    empty-rule searches need."""
+    cuts = [uint8_cut(t) for t in thresholds]
+    mins = np.asarray(min_areas, dtype=np.int64)
     if sorted(cuts) != cuts:
         raise ValueError("thresholds must be ascending")
-    cuts_desc = np.asarray(cuts[::-1], dtype=np.int64)
-    for i, (image_id, probs, truth) in enumerate(bar(source, "tune: summary tables", total=n_img)):
-        if source.exclusive:
-            probs = restrict_to_argmax(probs)
-        if K is None:
-            K = probs.shape[0]
-            above = np.zeros((n_img, K, J), dtype=np.int64)
-            truth_px = np.zeros((n_img, K), dtype=np.int64)
-            pixels = np.zeros(n_img, dtype=np.int64)
-            if counting:
-                tp_t = np.zeros((n_img, K, J, M), dtype=np.int64)
-                pp_t = np.zeros((n_img, K, J, M), dtype=np.int64)
-            else:
-                score = np.zeros((n_img, K, J, M), dtype=np.float64)
-                empty = np.zeros((n_img, K), dtype=np.float64)
-        elif probs.shape[0] != K:
-            raise DataError(f"{source.store.folder}: {image_id!r} has {probs.shape[0]} classes, others have {K}")
-        pixels[i] = probs[0].size
-        for k in range(K):
-            q, t = probs[k], truth[k]
-            above_cut = q.size - np.cumsum(np.bincount(q.ravel(), minlength=256))  # [c]: pixels with q > c
-            above[i, k] = above_cut[cuts]
-            truth_px[i, k] = np.count_nonzero(t)
-            if counting:
-                if not needs_components:  # no min area: counts at every threshold from two histograms
-                    tp_cut = truth_px[i, k] - np.cumsum(np.bincount(q[t], minlength=256))
-                    pp_t[i, k] = above_cut[cuts][:, None]
-                    tp_t[i, k] = tp_cut[cuts][:, None]
-                elif above_cut[cuts[0]] > 0:  # else nothing is predicted at any threshold: counts stay 0
-                    pp, tp = _threshold_sweep(np.ascontiguousarray(q), np.ascontiguousarray(t).view(np.uint8),
-                                              cuts_desc, mins)
-                    pp_t[i, k], tp_t[i, k] = pp[::-1], tp[::-1]
-                continue
-            # metrics without a counts path: score every candidate mask (object AP from component overlaps)
-            objects = metric.objects_of(t) if metric.objects else None
-            empty[i, k] = metric.per_image(np.zeros_like(t)[None], t[None])
-            score[i, k] = empty[i, k]
-            for j, cut in enumerate(cuts):
-                if above_cut[cut] == 0:
-                    continue  # nothing predicted: scores stay the empty score
-                if j and above_cut[cut] == above_cut[cuts[j - 1]]:
-                    score[i, k, j] = score[i, k, j - 1]  # nested masks with equal counts are equal masks
-                    continue
-                n, labels, areas = components((q > cut).view(np.uint8))
-                pairs = objects.pairs(labels, n) if objects else None
-                for m in range(M):
-                    keep = areas >= max(int(mins[m]), 1)
-                    keep[0] = False
-                    if objects:
-                        score[i, k, j, m] = objects.score(pairs, areas, keep)
-                    else:
-                        score[i, k, j, m] = metric.per_image(keep[labels][None], t[None])
-    if K is None:
+    rows = source.map(lambda _, probs, truth: _image_tables(probs, truth, source.exclusive, metric, cuts, mins),
+                      "tune: summary tables")
+    if not rows:
         raise DataError(f"{source.store.folder}: no images to tune on")
-    if counting:
+    K = rows[0]["classes"]
+    for image_id, row in zip(source.ids, rows):
+        if row["classes"] != K:
+            raise DataError(f"{source.store.folder}: {image_id!r} has {row['classes']} classes, others have {K}")
+    above = np.stack([r["above"] for r in rows])
+    truth_px = np.stack([r["truth_px"] for r in rows])
+    pixels = np.asarray([r["pixels"] for r in rows], np.int64)
+    if metric.stats is not None:
+        tp_t, pp_t = np.stack([r["tp"] for r in rows]), np.stack([r["pp"] for r in rows])
         score = metric.stats(tp_t, pp_t, truth_px[:, :, None, None], pixels[:, None, None, None]).astype(np.float64)
         zeros = np.zeros_like(truth_px)
         empty = metric.stats(zeros, zeros, truth_px, pixels[:, None]).astype(np.float64)
+    else:
+        score, empty = np.stack([r["score"] for r in rows]), np.stack([r["empty"] for r in rows])
     return Tables(list(thresholds), [int(m) for m in mins], score, empty, above)
 
 
