@@ -16,7 +16,8 @@ measured.
 Each stage runs as ``segkit <stage>`` in a child process of its own, one after the other: ``folds``, then
 ``ensemble`` once per method of ``--methods`` (the last one stays: ``mean`` by default, what the tail is timed
 with), ``tune`` (thresholds, min areas, the empty rule, morphology; nested over the folds), ``submit``,
-``evaluate`` and ``report``. Per stage and N the table shows seconds, the child's peak resident memory
+``evaluate`` and ``report`` (``--no-tail``: only the ensembles; ``--workers``: the stages' ``cpu_workers``,
+default ``auto``, every usable core). Per stage and N the table shows seconds, the child's peak resident memory
 (``ru_maxrss`` from ``wait4``), the bytes written (files under the work folder modified during the stage) and the
 growth exponent from the N before (log t2/t1 / log N2/N1: 1.0 is linear). ``tail`` sums ensemble mean, tune,
 submit, evaluate and report.
@@ -212,23 +213,28 @@ def measure(n: int, args, base: Path) -> list[dict]:
     segkit = [sys.executable, "-m", "segkit"]
     steps = [("folds", ["folds"])]
     steps += [(f"ensemble {m}", ["ensemble", f"ensemble.methods=[{m}]"]) for m in args.methods]
-    steps += [(s, [s]) for s in ("tune", "submit", "evaluate", "report")]
+    if not args.no_tail:
+        steps += [(s, [s]) for s in ("tune", "submit", "evaluate", "report")]
     rows = []
     for label, command in steps:
         if label == "ensemble " + args.methods[0]:
             write_stores(cfg, train, test, shape)
             print(f"  n={n}: data and stores made in {time.perf_counter() - t0:.0f} s", flush=True)
         stage, overrides = command[0], command[1:]
+        if stage == "ensemble":  # each method from scratch: two sets of ensemble stores would not fit the disk at 12k
+            shutil.rmtree(work / "runs" / "scale" / "ensemble", ignore_errors=True)
         start = time.time_ns()
+        overrides += [f"cpu_workers={args.workers}"] if args.workers else []
         seconds, rss = run_stage(segkit + [stage, "--config", str(cfg), *overrides],
                                  work / f"{label.replace(' ', '_')}.log", env, args.in_process)
         rows.append({"n": n, "stage": label, "seconds": seconds, "peak_rss_mb": rss,
                      "written_mb": written_since(work, start) / 2**20})
         print(f"  n={n} {label:<15} {seconds:8.1f} s {rss:8.0f} MB", flush=True)
     tail = [r for r in rows if r["stage"] in TAIL]
-    rows.append({"n": n, "stage": "tail", "seconds": sum(r["seconds"] for r in tail),
-                 "peak_rss_mb": max(r["peak_rss_mb"] for r in tail),
-                 "written_mb": sum(r["written_mb"] for r in tail)})
+    if len(tail) == len(TAIL):
+        rows.append({"n": n, "stage": "tail", "seconds": sum(r["seconds"] for r in tail),
+                     "peak_rss_mb": max(r["peak_rss_mb"] for r in tail),
+                     "written_mb": sum(r["written_mb"] for r in tail)})
     if not args.keep:
         shutil.rmtree(work)
     return rows
@@ -257,10 +263,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--json", type=Path, default=None, help="write the rows here too")
+    parser.add_argument("--no-tail", action="store_true", help="only folds and the ensemble methods")
+    parser.add_argument("--workers", default=None, help="cpu_workers for every stage (default: the config's, auto)")
     parser.add_argument("--in-process", action="store_true",
                         help="run the stages in this process (quick; peak RSS is then not per stage)")
     args = parser.parse_args(argv)
-    args.methods = [m for m in args.methods if m != "mean"] + ["mean"]  # the tail reads the mean's stores
+    if not args.no_tail:
+        args.methods = [m for m in args.methods if m != "mean"] + ["mean"]  # the tail reads the mean's stores
     from segkit.compute.device import cpu_has_native_bf16  # here: after argparse, so --help needs no torch
 
     bf16 = "with" if cpu_has_native_bf16() else "without"

@@ -33,6 +33,14 @@ def workers(setting: Union[int, str, None]) -> int:
     return max(1, int(setting))
 
 
+def _single_threaded() -> None:
+    """A worker's libraries run on one thread: the workers are the parallelism, and OpenCV's own threads on top of
+    them would only fight over the same cores."""
+    import cv2  # here: in the forked worker only
+
+    cv2.setNumThreads(1)
+
+
 def _run_chunk(bounds: tuple[int, int]) -> list:
     start, stop = bounds
     return [_TASK(i) for i in range(start, stop)]
@@ -49,7 +57,7 @@ def map_indices(fn: Callable[[int], T], n: int, n_workers: int, desc: str = "") 
     bounds = [(s, min(s + size, n)) for s in range(0, n, size)]
     _TASK = fn
     try:
-        with multiprocessing.get_context("fork").Pool(n_workers) as pool:
+        with multiprocessing.get_context("fork").Pool(n_workers, initializer=_single_threaded) as pool:
             out: list[T] = []
             for part in bar(pool.imap(_run_chunk, bounds), desc, total=len(bounds), unit="chunk"):
                 out.extend(part)
