@@ -363,3 +363,50 @@ def test_large_volumes_are_read_slice_by_slice_like_decoded_ones(volume_root, tm
     reader = streamed.reader("case_002")
     assert isinstance(reader, StreamedCase) and not hasattr(reader, "image")
     assert len(reader._recent) == reader.kept == 2  # no context: the slice and the next one
+
+
+def test_3d_cleanup_on_the_box_equals_the_whole_volume_labelling():
+    """The clean-up labels only the foreground's box: the same components, in the same order (a tie between two
+    largest bodies goes to the same one), as labelling the whole volume."""
+    from scipy import ndimage
+
+    from segkit.postprocess.volumes import FULL, VolumeParams, clean_class
+
+    def whole(mask, params):
+        labels, n = ndimage.label(mask, structure=FULL)
+        sizes = np.bincount(labels.ravel())[1:]
+        keep = np.zeros(n + 1, bool)
+        if params.largest:
+            keep[1 + int(np.argmax(sizes))] = True
+        else:
+            keep[1:] = sizes >= params.min_volume
+        return keep[labels].astype(np.uint8)
+
+    rng = np.random.default_rng(3)
+    for i in range(12):
+        mask = np.zeros((20, 24, 16), np.uint8)
+        for _ in range(int(rng.integers(1, 5))):
+            x, y, z = rng.integers(2, 14, 3)
+            size = int(rng.integers(1, 4)) if i % 3 else 2  # every third volume: equal bodies, a tie for largest
+            mask[x:x + size, y:y + size, z:z + size] = 1
+        for params in (VolumeParams(largest=True), VolumeParams(min_volume=8)):
+            got = clean_class(mask, params)
+            assert np.array_equal(got, whole(mask, params)), (i, params)
+            assert got is not mask and mask.any()  # a new array; the input is left as it was
+    empty = np.zeros((5, 5, 5), np.uint8)
+    assert not clean_class(empty, VolumeParams(largest=True)).any()
+
+
+def test_a_case_is_filled_slice_by_slice_as_assemble_stacks_it():
+    from types import SimpleNamespace
+
+    from segkit.data.volumes import assemble
+    from segkit.postprocess.volumes import fill_case
+
+    rng = np.random.default_rng(0)
+    slices = {f"s{i}": rng.integers(0, 2, (2, 6, 7)).astype(np.uint8) for i in range(5)}
+    for axis in (0, 1, 2):
+        volumes = SimpleNamespace(axis=axis, slices_of=lambda case: list(slices))
+        filled = fill_case(volumes, "case", slices.__getitem__)
+        assert np.array_equal(filled, assemble(list(slices.values()), axis))
+        assert filled.flags.c_contiguous

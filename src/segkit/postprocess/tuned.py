@@ -206,19 +206,17 @@ class FinalMasks:
         cleanup = tuned.cleanup
         self.cleanup = cleanup if any(p.changes for p in cleanup) else None
         self.volumes = volumes
-        self._case, self._slices = None, {}
+        self._case, self._masks = None, None  # the case last made whole, and its masks
 
     def __call__(self, image_id: str) -> np.ndarray:
         if self.volumes is None or self.cleanup is None:
             return postprocess(np.asarray(self.store[image_id]), self.params, exclusive=self.exclusive)
-        case = self.volumes.positions[image_id].volume
-        if case != self._case:
-            order = self.volumes.slices_of(case)
-            masks = self.volume(case)
-            self._case = case
-            self._slices = {i: np.ascontiguousarray(cut(masks, 1 + self.volumes.axis, j))
-                            for j, i in enumerate(order)}
-        return self._slices[image_id]
+        where = self.volumes.positions[image_id]
+        if where.volume != self._case:
+            self._case, self._masks = None, None  # the last case's volume goes before the next one is made
+            self._masks = self.volume(where.volume)
+            self._case = where.volume
+        return np.ascontiguousarray(cut(self._masks, 1 + self.volumes.axis, where.index))
 
     def volume(self, case: str) -> np.ndarray:
         """(K, X, Y, Z) masks of a case: its slices post-processed (at the volume step's thresholds, where it chose

@@ -16,7 +16,8 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import numpy as np
 from scipy import ndimage
 
-from segkit.data.volumes import VolumeSet, assemble
+from segkit.components import bounding_box
+from segkit.data.volumes import VolumeSet
 from segkit.postprocess.masks import ClassParams, params_list, postprocess
 
 FULL = np.ones((3, 3, 3), dtype=bool)
@@ -55,27 +56,39 @@ def volume_params(saved: Mapping[str, Any] | None, classes: Sequence[str]) -> li
     return [VolumeParams(**saved[c]) if c in saved else VolumeParams() for c in classes]
 
 
-def clean_class(mask: np.ndarray, params: VolumeParams) -> np.ndarray:
-    """One class's (X, Y, Z) 0/1 mask after its rule."""
-    if not params.active or not mask.any():
-        return mask
-    labels, n = ndimage.label(mask, structure=FULL)
+def clean_class(mask: np.ndarray, params: VolumeParams, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """One class's (X, Y, Z) 0/1 mask after its rule, into ``out`` when given. Labelled inside the foreground's
+    bounding box only: the components are the same (outside it is background) and numbered in the same order, and
+    a label volume of a whole 1024 x 1024 x 512 slab would be 2 GB of int32."""
+    out = mask.copy() if out is None else out
+    if out is not mask:
+        out[...] = mask
+    if not params.active:
+        return out
+    box = bounding_box(mask)
+    if box is None:
+        return out
+    labels, n = ndimage.label(mask[box], structure=FULL)
     if n <= 1 and not params.min_volume:
-        return mask
+        return out
     sizes = np.bincount(labels.ravel())[1:]
     if params.largest:
         keep = np.zeros(n + 1, dtype=bool)
         keep[1 + int(np.argmax(sizes))] = True
     else:
         keep = np.concatenate([[False], sizes >= params.min_volume])
-    return keep[labels].astype(mask.dtype)
+    out[box] = keep[labels]
+    return out
 
 
 def clean_volume(masks: np.ndarray, params: Sequence[VolumeParams]) -> np.ndarray:
-    """(K, X, Y, Z) 0/1 masks, each class after its rule."""
+    """(K, X, Y, Z) 0/1 masks, each class after its rule (a new array where any rule is active)."""
     if not any(p.active for p in params):
         return masks
-    return np.stack([clean_class(masks[k], params[k]) for k in range(masks.shape[0])])
+    out = np.empty_like(masks)
+    for k in range(masks.shape[0]):
+        clean_class(masks[k], params[k], out[k])
+    return out
 
 
 def with_thresholds(params: Sequence[ClassParams], volume: Sequence[VolumeParams]) -> list[ClassParams]:
@@ -90,10 +103,26 @@ def case_masks(volumes: VolumeSet, case: str, probs_of: Callable[[str], np.ndarr
     """(K, X, Y, Z) 0/1 masks of a case: each slice's probabilities post-processed with ``params_of(slice id)`` (its
     thresholds replaced by ``volume``'s, where set), as the submission makes them, and stacked back into the
     volume (not yet cleaned in 3D)."""
-    return assemble([postprocess(np.asarray(probs_of(i)), with_thresholds(params_list(params_of(i)), volume),
-                                 exclusive=exclusive) for i in volumes.slices_of(case)], volumes.axis)
+    return fill_case(volumes, case, lambda i: postprocess(
+        np.asarray(probs_of(i)), with_thresholds(params_list(params_of(i)), volume), exclusive=exclusive))
 
 
 def case_truth(volumes: VolumeSet, case: str, read_mask: Callable[[str], np.ndarray]) -> np.ndarray:
     """(K, X, Y, Z) 0/1 truth of a labelled case, from its slices' masks."""
-    return assemble([read_mask(i) for i in volumes.slices_of(case)], volumes.axis)
+    return fill_case(volumes, case, read_mask)
+
+
+def fill_case(volumes: VolumeSet, case: str, slice_of: Callable[[str], np.ndarray]) -> np.ndarray:
+    """A case's (K, X, Y, Z) uint8 volume from its slices' (K, H, W) arrays, written into place one slice at a
+    time: as ``segkit.data.volumes.assemble`` stacks them, without a list of every slice beside the volume."""
+    order = volumes.slices_of(case)
+    out = stacked = None
+    for index, slice_id in enumerate(order):
+        part = np.asarray(slice_of(slice_id))
+        if out is None:
+            dims = list(part.shape[1:])
+            dims.insert(volumes.axis, len(order))
+            out = np.empty((part.shape[0], *dims), np.uint8)
+            stacked = np.moveaxis(out, 1 + volumes.axis, 1)  # (K, slices, H, W): a view of out
+        stacked[:, index] = part
+    return out
