@@ -410,3 +410,22 @@ def test_a_case_is_filled_slice_by_slice_as_assemble_stacks_it():
         filled = fill_case(volumes, "case", slices.__getitem__)
         assert np.array_equal(filled, assemble(list(slices.values()), axis))
         assert filled.flags.c_contiguous
+
+
+def test_the_volume_step_scores_every_3d_rule_from_one_labelling():
+    from segkit.metrics.volume_scores import overlap
+    from segkit.postprocess.volumes import VolumeParams, clean_volume
+    from segkit.stages.tune.volumes import candidates, option_dice
+
+    rng = np.random.default_rng(5)
+    options = candidates([5, 20, 60])
+    for i in range(10):
+        pred = np.zeros((18, 20, 14), np.uint8)
+        for _ in range(int(rng.integers(0, 5))):  # the first volumes may hold nothing
+            x, y, z = rng.integers(0, 14, 3)
+            s = int(rng.integers(1, 5))
+            pred[x:x + s, y:y + s, z:z + s] = 1
+        truth = np.roll(pred, 1, axis=0) if i % 2 else (rng.random(pred.shape) < 0.02).astype(np.uint8)
+        expected = [overlap(clean_volume(pred[None], [o]), truth[None])[0][0] for o in options]
+        assert np.allclose(option_dice(pred, truth, options), expected, rtol=0, atol=1e-12), i
+    assert VolumeParams() in options  # the slice-wise choice alone is one of them

@@ -68,17 +68,29 @@ def clean_class(mask: np.ndarray, params: VolumeParams, out: Optional[np.ndarray
     box = bounding_box(mask)
     if box is None:
         return out
-    labels, n = ndimage.label(mask[box], structure=FULL)
+    labels, n = label_box(mask, box)
     if n <= 1 and not params.min_volume:
         return out
-    sizes = np.bincount(labels.ravel())[1:]
-    if params.largest:
-        keep = np.zeros(n + 1, dtype=bool)
-        keep[1 + int(np.argmax(sizes))] = True
-    else:
-        keep = np.concatenate([[False], sizes >= params.min_volume])
-    out[box] = keep[labels]
+    out[box] = kept_components(np.bincount(labels.ravel(), minlength=n + 1), params)[labels]
     return out
+
+
+def label_box(mask: np.ndarray, box: tuple[slice, ...]) -> tuple[np.ndarray, int]:
+    """The 26-connected components of the mask inside ``box`` (which holds all its foreground)."""
+    return ndimage.label(mask[box], structure=FULL)
+
+
+def kept_components(sizes: np.ndarray, params: VolumeParams) -> np.ndarray:
+    """Which labels survive the rule, from every label's voxel count (``sizes[0]``: the background): a bool per
+    label, False for the background."""
+    keep = np.zeros(len(sizes), dtype=bool)
+    if len(sizes) < 2:
+        return keep
+    if params.largest:
+        keep[1 + int(np.argmax(sizes[1:]))] = True
+    else:
+        keep[1:] = sizes[1:] >= params.min_volume
+    return keep
 
 
 def clean_volume(masks: np.ndarray, params: Sequence[VolumeParams]) -> np.ndarray:
