@@ -104,6 +104,12 @@ class Method:
     def __init__(self, setup: Setup):
         self.setup = setup
 
+    @classmethod
+    def learns(cls) -> bool:
+        """Whether the method learns from the OOF (samples it, observes it or fits): the stage's fitting pass over
+        the OOF is skipped when no method does."""
+        return cls.uses_sample or cls.observe is not Method.observe or cls.fit is not Method.fit
+
     def observe(self, image_id: str, fold: int, probs: list[np.ndarray], truth: np.ndarray) -> None:
         """Called once per OOF image before ``fit`` (streaming; nothing is kept unless the method samples it)."""
 

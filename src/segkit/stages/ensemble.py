@@ -4,11 +4,15 @@ Inputs per model: its OOF probabilities over every train id (``segkit.oof.ModelO
 
 1. fit: one streaming pass over the OOF (random order); each method observes every image, and a bounded sample of
    whole images (``ensemble.fit_pixels``) is kept in RAM for the methods that fit weights or thresholds; then each
-   method fits, fold-aware;
+   method fits, fold-aware (no pass when no method learns anything: ``mean`` alone);
 2. CV: a second pass scores every method's OOF output, as it would be stored (uint8), with the competition metric
    at threshold 0.5 (p > 0.5, the common yardstick; tuning comes later), per fold and overall, next to each single
    model;
-3. the chosen method (``ensemble.choose`` or the best CV) writes the ensemble's ``oof/`` and ``test/`` stores.
+3. the chosen method (``ensemble.choose`` or the best CV) writes the ensemble's ``oof/`` and ``test/`` stores; when
+   the choice is known before the CV (one method, or ``ensemble.choose``) the CV pass writes ``oof/`` itself.
+
+The stores are read from disk pass by pass (12 000 images of 256 x 1600 x 4 are 20 GB per model), so the passes
+saved are most of the stage's time on a big set; the CV and writing passes are spread over ``cpu_workers``.
 
 Outputs, in ``<run_dir>/ensemble/`` (``ensemble_pl<r>/`` for pseudo round r): ``oof/`` and ``test/`` (probability
 stores), ``cv.csv`` (one row per method and per single model), ``state.json`` (what the chosen method combines
@@ -21,13 +25,14 @@ it was made from, redone when a model's stores were rewritten.
 from __future__ import annotations
 
 import time
+from typing import Optional
 
 import numpy as np
 import pandas as pd
 
 from segkit.artifacts import atomic
 from segkit.artifacts.freshness import Unit, fingerprint, fingerprints
-from segkit.artifacts.probs import manifest
+from segkit.artifacts.probs import ProbWriter, manifest
 from segkit.compute import pool
 from segkit.config import Config
 from segkit.data import Competition
@@ -75,6 +80,8 @@ def fit_methods(methods: list[Method], oof: list[ModelOOF], folds: pd.DataFrame,
     """Pass 1: every method observes every OOF image; the sample keeps whole images (on a grid subsampled for big
     sets) up to ``budget`` pixel values per model; then each method fits. Returns seconds spent per method."""
     seconds = {m.name: 0.0 for m in methods}
+    if not any(m.learns() for m in methods):
+        return seconds  # nothing to learn: a pass over every model's OOF saved (on a big set, minutes of disk)
     order = np.random.default_rng(seed).permutation(len(folds))
     ids, fold_of = folds["id"].to_numpy(), folds["fold"].to_numpy()
     first = oof[0][ids[order[0]]].size if len(ids) else 1
@@ -111,9 +118,12 @@ SWEEP = np.round(np.arange(0.1, 0.91, 0.05), 2)
 
 
 def cross_validate(methods: list[Method], models: list[str], oof: list[ModelOOF], folds: pd.DataFrame, read_truth,
-                   metric: CompetitionMetric, seconds: dict[str, float], workers: int = 1) -> pd.DataFrame:
+                   metric: CompetitionMetric, seconds: dict[str, float], workers: int = 1,
+                   keep: Optional[tuple[ProbWriter, str]] = None) -> pd.DataFrame:
     """Pass 2: per-image scores of every method's stored-as-uint8 OOF output (and of every single model) at 0.5,
     reduced to the overall mean and one mean per fold; the images are spread over ``workers`` processes.
+    ``keep``: (writer, row) when the choice is known before the scores: that row's outputs are written on the way,
+    exactly as ``write_store`` writes them, which saves another pass over every model's OOF.
 
     When the metric has a fast threshold sweep, two informative columns follow: the CV at the single threshold that
     is best on the whole OOF (``best_t``, ``cv_best_t``). That threshold is picked on the data it scores, so it is
@@ -122,15 +132,20 @@ def cross_validate(methods: list[Method], models: list[str], oof: list[ModelOOF]
     sweep = metric.has_fast_sweep
     ids, fold_of = list(folds["id"]), folds["fold"].to_numpy()
 
+    kept = rows.index(keep[1]) if keep else None
+
     def one(i: int) -> tuple[list[float], list[np.ndarray], list[float]]:
         probs = read_all(oof, ids[i])
         truth = np.asarray(read_truth(ids[i])).astype(bool)
+        _check_truth(ids[i], probs[0], truth)
         outputs, spent = [], []
         for m in methods:
             t0 = time.perf_counter()
             outputs.append(as_uint8(m.combine(probs, ids[i], int(fold_of[i]))))
             spent.append(time.perf_counter() - t0)
         outputs += [np.asarray(q) for q in probs]
+        if keep:
+            keep[0].write(ids[i], outputs[kept])
         scored = [metric(binarize(q).view(bool), truth) for q in outputs]
         swept = [metric.score_above([q], [truth], SWEEP)[:, 0] for q in outputs] if sweep else []
         return scored, swept, spent
@@ -196,18 +211,30 @@ def run(cfg: Config) -> int:
           f"methods {', '.join(names)}, {len(folds)} OOF images, {len(test_ids)} test images")
     seconds = fit_methods(methods, oof, folds, comp.read_mask, cfg.ensemble.fit_pixels, cfg.seed)
     workers = pool.workers(cfg.cpu_workers) if all(m.forks for m in methods) else 1
-    table = cross_validate(methods, models, oof, folds, comp.read_mask, metric, seconds, workers)
-    chosen = choose(cfg, table, names, metric.higher_is_better)
-    print(f"ensemble CV ({cfg.metric} at threshold 0.5):")
-    with pd.option_context("display.float_format", "{:.5f}".format, "display.width", 200):
-        print(table.to_string(index=False))
+    ids = list(folds["id"])
+    known = picked(cfg) or (names[0] if len(names) == 1 else None)  # the choice, where no score decides it
 
-    method = build_method(chosen, setup) if chosen.startswith(MODEL_PREFIX) else methods[names.index(chosen)]
-    fold_of = {i: int(f) for i, f in zip(folds["id"], folds["fold"])}
+    def method_of(chosen: str) -> Method:
+        return build_method(chosen, setup) if chosen.startswith(MODEL_PREFIX) else methods[names.index(chosen)]
+
     with unit.writing():
-        workers = pool.workers(cfg.cpu_workers) if method.forks else 1
-        write_store(paths.oof, classes, list(folds["id"]), fold_of, oof, method, workers)
-        write_store(paths.test, classes, test_ids, None, test, method, workers)
+        if known is None:  # the best CV chooses: the OOF store is written once the scores are in
+            table = cross_validate(methods, models, oof, folds, comp.read_mask, metric, seconds, workers)
+            chosen = choose(cfg, table, names, metric.higher_is_better)
+            method = method_of(chosen)
+            fold_of = {i: int(f) for i, f in zip(folds["id"], folds["fold"])}
+            write_store(paths.oof, classes, ids, fold_of, oof, method, workers if method.forks else 1)
+        else:  # known beforehand: the scoring pass writes the OOF store on the way
+            chosen, method = known, method_of(known)
+            with atomic.atomic_dir(paths.oof) as tmp:
+                writer = ProbWriter(tmp, classes)
+                table = cross_validate(methods, models, oof, folds, comp.read_mask, metric, seconds, workers,
+                                       keep=(writer, chosen))
+                writer.finish(ids)
+        print(f"ensemble CV ({cfg.metric} at threshold 0.5):")
+        with pd.option_context("display.float_format", "{:.5f}".format, "display.width", 200):
+            print(table.to_string(index=False))
+        write_store(paths.test, classes, test_ids, None, test, method, workers if method.forks else 1)
         atomic.write_csv(paths.cv, table)
         cv = float(table.loc[table["method"] == chosen, "cv"].iloc[0])
         chosen_files.write(paths.choice, paths.state, {

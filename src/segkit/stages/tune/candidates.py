@@ -138,11 +138,15 @@ def score_params(source: OOFStream, metric: CompetitionMetric,
                     out[k, c] = metric.per_image(image.mask(params)[None], truth[k][None])
         return counts if stats is not None else out
 
-    per_image = source.map(one, "tune: candidates")
-    if stats is None:
-        return np.stack(per_image) if per_image else np.zeros((0, K, n_cand))
-    counts = np.stack(per_image, axis=1) if per_image else np.zeros((4, 0, K, n_cand), np.int64)
-    return stats(*counts).astype(np.float64)
+    n = len(source)
+    counts = np.zeros((4, n, K, n_cand), dtype=np.int64) if stats is not None else None
+    out = np.zeros((n, K, n_cand))
+    for i, scored in enumerate(source.map(one, "tune: candidates")):
+        if counts is not None:
+            counts[:, i] = scored
+        else:
+            out[i] = scored
+    return stats(*counts).astype(np.float64) if counts is not None else out
 
 
 __all__ = ["Staged", "score_params"]

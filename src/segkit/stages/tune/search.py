@@ -299,7 +299,7 @@ def final_scores(source: OOFStream, metric: CompetitionMetric, params: list[Clas
             metric.per_image(masks[k:k + 1], truth[k:k + 1]) for k in range(len(params))]
         return row
 
-    rows = source.map(one, "tune: final scores")
+    rows = list(source.map(one, "tune: final scores"))
     keys = ["score", "baseline", "per_class", "truth_px", "pred_px"] + (["nested"] if nested is not None else [])
     result = {k: np.asarray([r[k] for r in rows], dtype=float) for k in keys}
     result["ids"] = list(source.ids)

@@ -49,19 +49,20 @@ class OOFStream:
                     self._used += size
             yield image_id, hit[0], hit[1]
 
-    def map(self, fn: Callable[[str, np.ndarray, np.ndarray], T], desc: str) -> list[T]:
-        """``fn(id, probs, truth)`` of every image, in order: a pass over the images, spread over the stream's
-        workers when it has several (each worker reads its images itself; what the cache holds is used, and the
-        cache grows only in a pass made here)."""
+    def map(self, fn: Callable[[str, np.ndarray, np.ndarray], T], desc: str) -> Iterator[T]:
+        """``fn(id, probs, truth)`` of every image, yielded in order: a pass over the images, spread over the
+        stream's workers when it has several (each worker reads its images itself; what the cache holds is used,
+        and the cache grows only in a pass made here)."""
         if self.workers <= 1 or len(self) < pool.MIN_ITEMS:
-            return [fn(*item) for item in bar(self, desc, total=len(self))]
+            yield from (fn(*item) for item in bar(self, desc, total=len(self)))
+            return
 
         def one(i: int) -> T:
             image_id = self.ids[i]
             hit = self._cache.get(image_id)
             return fn(image_id, *(hit if hit is not None else self._load(image_id)))
 
-        return pool.map_indices(one, len(self), self.workers, desc)
+        yield from pool.imap_indices(one, len(self), self.workers, desc)
 
     def _load(self, image_id: str) -> tuple[np.ndarray, np.ndarray]:
         probs = np.array(self.store[image_id])  # a RAM copy: a cached memmap would hold a file open

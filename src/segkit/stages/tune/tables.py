@@ -201,24 +201,35 @@ def summarize(source: OOFStream, metric: CompetitionMetric, thresholds: Sequence
     mins = np.asarray(min_areas, dtype=np.int64)
     if sorted(cuts) != cuts:
         raise ValueError("thresholds must be ascending")
+    n, J, M = len(source), len(cuts), len(mins)
+    counting = metric.stats is not None
     rows = source.map(lambda _, probs, truth: _image_tables(probs, truth, source.exclusive, metric, cuts, mins),
                       "tune: summary tables")
-    if not rows:
-        raise DataError(f"{source.store.folder}: no images to tune on")
-    K = rows[0]["classes"]
-    for image_id, row in zip(source.ids, rows):
-        if row["classes"] != K:
+    K = None
+    for i, (image_id, row) in enumerate(zip(source.ids, rows)):  # folded into the tables as the rows come
+        if K is None:
+            K = row["classes"]
+            above, truth_px, pixels = np.zeros((n, K, J), np.int64), np.zeros((n, K), np.int64), np.zeros(n, np.int64)
+            parts = {"tp": np.zeros((n, K, J, M), np.int64), "pp": np.zeros((n, K, J, M), np.int64)} if counting \
+                else {"score": np.zeros((n, K, J, M)), "empty": np.zeros((n, K))}
+        elif row["classes"] != K:
             raise DataError(f"{source.store.folder}: {image_id!r} has {row['classes']} classes, others have {K}")
-    above = np.stack([r["above"] for r in rows])
-    truth_px = np.stack([r["truth_px"] for r in rows])
-    pixels = np.asarray([r["pixels"] for r in rows], np.int64)
-    if metric.stats is not None:
-        tp_t, pp_t = np.stack([r["tp"] for r in rows]), np.stack([r["pp"] for r in rows])
-        score = metric.stats(tp_t, pp_t, truth_px[:, :, None, None], pixels[:, None, None, None]).astype(np.float64)
+        above[i], truth_px[i], pixels[i] = row["above"], row["truth_px"], row["pixels"]
+        for key, table in parts.items():
+            table[i] = row[key]
+    if K is None:
+        raise DataError(f"{source.store.folder}: no images to tune on")
+    if counting:
+        score = np.empty((n, K, J, M))
+        for i in range(0, n, 1024):  # the metric's temporaries a block of images at a time
+            rows_i = slice(i, i + 1024)
+            score[rows_i] = metric.stats(parts["tp"][rows_i], parts["pp"][rows_i], truth_px[rows_i, :, None, None],
+                                         pixels[rows_i, None, None, None])
+        del parts
         zeros = np.zeros_like(truth_px)
         empty = metric.stats(zeros, zeros, truth_px, pixels[:, None]).astype(np.float64)
     else:
-        score, empty = np.stack([r["score"] for r in rows]), np.stack([r["empty"] for r in rows])
+        score, empty = parts["score"], parts["empty"]
     return Tables(list(thresholds), [int(m) for m in mins], score, empty, above)
 
 
