@@ -33,6 +33,12 @@ def _label_overlaps(labels, truth, n):  # pragma: no cover - compiled
     return areas, inters
 
 
+def label_counts(labels: np.ndarray, n: int) -> np.ndarray:
+    """Voxels (pixels) per label of an integer label array of any shape, labels 0..n-1: ``np.bincount`` without
+    its int64 copy of the labels (2 GB more for a 1024 x 1024 x 512 slab's int32 labels)."""
+    return _label_areas(np.ascontiguousarray(labels), n)
+
+
 def _labels(mask: np.ndarray) -> tuple[int, np.ndarray]:
     return cv2.connectedComponents(np.ascontiguousarray(mask, dtype=np.uint8), connectivity=8, ltype=cv2.CV_32S)
 
@@ -84,4 +90,4 @@ def component_overlaps(mask: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray,
     return areas, inters
 
 
-__all__ = ["bounding_box", "component_overlaps", "components", "components_in"]
+__all__ = ["bounding_box", "component_overlaps", "components", "components_in", "label_counts"]

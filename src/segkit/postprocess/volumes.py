@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import numpy as np
 from scipy import ndimage
 
-from segkit.components import bounding_box
+from segkit.components import bounding_box, label_counts
 from segkit.data.volumes import VolumeSet
 from segkit.postprocess.masks import ClassParams, params_list, postprocess
 
@@ -71,7 +71,7 @@ def clean_class(mask: np.ndarray, params: VolumeParams, out: Optional[np.ndarray
     labels, n = label_box(mask, box)
     if n <= 1 and not params.min_volume:
         return out
-    out[box] = kept_components(np.bincount(labels.ravel(), minlength=n + 1), params)[labels]
+    out[box] = kept_components(label_counts(labels, n + 1), params)[labels]
     return out
 
 

@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from segkit.components import bounding_box
+from segkit.components import bounding_box, label_counts
 from segkit.data.volumes import VolumeSet
 from segkit.metrics.volume_scores import overlap
 from segkit.postprocess.masks import ClassParams
@@ -76,8 +76,8 @@ def option_dice(pred: np.ndarray, truth: np.ndarray, options: list[VolumeParams]
     if box is None:  # nothing predicted: every rule keeps nothing
         return np.full(len(options), 1.0 if truth_voxels == 0 else 0.0)
     labels, n = label_box(pred, box)
-    sizes = np.bincount(labels.ravel(), minlength=n + 1)
-    inside = np.bincount(labels.ravel(), weights=np.asarray(truth[box], bool).ravel(), minlength=n + 1)
+    sizes = label_counts(labels, n + 1)
+    inside = label_counts(labels[np.asarray(truth[box]).view(bool)], n + 1)  # the true voxels' labels only
     out = np.empty(len(options))
     for c, option in enumerate(options):
         keep = kept_components(sizes, option) if option.active else np.arange(n + 1) > 0
