@@ -150,7 +150,8 @@ def measure(size: int, args, base: Path) -> list[dict]:
             print(f"  {size}: data and stores made in {time.perf_counter() - t0:.0f} s", flush=True)
         start = time.time_ns()
         overrides = [f"cpu_workers={args.workers}"] if args.workers else []
-        seconds, rss = scale.run_stage(segkit + [stage, "--config", str(cfg), *overrides], work / f"{stage}.log", env)
+        seconds, rss = scale.run_stage(segkit + [stage, "--config", str(cfg), *overrides], work / f"{stage}.log", env,
+                                       args.in_process)
         rows.append({"size": "x".join(map(str, shape)), "voxels": int(np.prod(shape)), "stage": stage,
                      "seconds": seconds, "peak_rss_mb": rss,
                      "written_mb": scale.written_since(work, start) / 2**20})
@@ -167,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--workers", default=None, help="cpu_workers for every stage (default: auto)")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--in-process", action="store_true",
+                        help="run the stages in this process (quick; peak RSS is then not per stage)")
     args = parser.parse_args(argv)
     print(f"{platform.processor() or platform.machine()}: {os.cpu_count()} cores; sizes {args.sizes}", flush=True)
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:

@@ -29,3 +29,17 @@ def test_the_smoke_size_fills_every_row_of_the_table(tmp_path, monkeypatch):
     written = {r["stage"]: r["written_mb"] for r in rows if r["n"] == 12}
     assert written["ensemble mean"] > 0 and written["tune"] > 0 and written["submit"] > 0
     assert not list(tmp_path.glob("*/n*")), "each size's folder is removed when its rows are done"
+
+
+def test_the_volume_bench_runs_the_3d_tail_at_its_smallest_size(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    monkeypatch.setenv("SEGKIT_PROGRESS", "0")
+    import scale_volumes
+
+    out = tmp_path / "rows.json"
+    assert scale_volumes.main(["--sizes", "64", "--in-process", "--work", str(tmp_path), "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert [r["stage"] for r in rows] == ["folds", "ensemble", "tune", "submit", "evaluate"]
+    assert all(r["size"] == "64x64x64" and r["seconds"] > 0 for r in rows)
+    written = {r["stage"]: r["written_mb"] for r in rows}
+    assert written["submit"] > 0  # the test case's label volume
