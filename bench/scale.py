@@ -118,22 +118,28 @@ def write_competition(root: Path, n: int, n_test: int, shape: tuple[int, int]) -
     return train, test
 
 
-def write_config(work: Path, data: Path) -> Path:
-    cfg = work / "scale.yaml"
+# The data section of the Severstal-shaped competition's config (under data.root)
+SEVERSTAL_DATA = f"""  train_csv: train.csv
+  mode: multilabel
+  classes: {CLASSES}
+  channels: 1
+  rle: {{id_column: ImageId, rle_column: EncodedPixels, class_column: ClassId}}"""
+
+
+def write_config(work: Path, data: Path, name: str = "scale", data_keys: str = SEVERSTAL_DATA,
+                 n_splits: int = 5) -> Path:
+    """The competition's config: its data section, two models' names (nothing trains them), runs under ``work``."""
+    cfg = work / f"{name}.yaml"
     models = "\n".join(f"  - {{name: {m}, arch: Unet, encoder: resnet18}}" for m in MODELS)
     cfg.write_text(f"""base: {ROOT / 'configs' / 'base.yaml'}
-competition: scale
-experiment: scale
+competition: {name}
+experiment: {name}
 metric: dice
 paths: {{runs: {work / 'runs'}, folds: {work / 'folds'}, submissions: {work / 'submissions'}}}
 data:
   root: {data}
-  train_csv: train.csv
-  mode: multilabel
-  classes: {CLASSES}
-  channels: 1
-  rle: {{id_column: ImageId, rle_column: EncodedPixels, class_column: ClassId}}
-folds: {{n_splits: 5}}
+{data_keys}
+folds: {{n_splits: {n_splits}}}
 models:
 {models}
 """)
@@ -240,17 +246,25 @@ def measure(n: int, args, base: Path) -> list[dict]:
     return rows
 
 
-def table(rows: list[dict]) -> pd.DataFrame:
+def table(rows: list[dict], size: str = "n") -> pd.DataFrame:
+    """The rows with each stage's growth exponent from the size before (in column ``size``)."""
     frame = pd.DataFrame(rows)
     frame["growth"] = np.nan
-    for stage, part in frame.groupby("stage", sort=False):
-        part = part.sort_values("n")
+    for _, part in frame.groupby("stage", sort=False):
         prev = None
-        for idx, rec in part.iterrows():
+        for idx, rec in part.sort_values(size).iterrows():
             if prev is not None and prev["seconds"] > 0 and rec["seconds"] > 0:
-                frame.loc[idx, "growth"] = math.log(rec["seconds"] / prev["seconds"]) / math.log(rec["n"] / prev["n"])
+                frame.loc[idx, "growth"] = math.log(rec["seconds"] / prev["seconds"]) / math.log(rec[size] / prev[size])
             prev = rec
     return frame
+
+
+def show(frame: pd.DataFrame, json_path: Path | None) -> None:
+    """The table printed, and written as JSON rows where asked."""
+    with pd.option_context("display.float_format", "{:.2f}".format, "display.width", 200):
+        print(frame.to_string(index=False))
+    if json_path:
+        json_path.write_text(json.dumps(frame.replace({np.nan: None}).to_dict("records"), indent=1))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -279,11 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for n in sorted(args.sizes):
             rows += measure(n, args, Path(tmp))
-    frame = table(rows)
-    with pd.option_context("display.float_format", "{:.2f}".format, "display.width", 200):
-        print(frame.to_string(index=False))
-    if args.json:
-        args.json.write_text(json.dumps(frame.replace({np.nan: None}).to_dict("records"), indent=1))
+    show(table(rows), args.json)
     return 0
 
 

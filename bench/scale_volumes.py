@@ -22,8 +22,6 @@ a large volume is ``bench/volume_memory.py``'s.
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import os
 import platform
 import shutil
@@ -78,28 +76,13 @@ def write_case(image: Path, label: Path | None, shape: tuple[int, int, int], see
         raw.unlink()
 
 
-def write_config(work: Path, data: Path) -> Path:
-    cfg = work / "vols.yaml"
-    models = "\n".join(f"  - {{name: {m}, arch: Unet, encoder: resnet18}}" for m in MODELS)
-    cfg.write_text(f"""base: {ROOT / 'configs' / 'base.yaml'}
-competition: vols
-experiment: vols
-metric: dice
-paths: {{runs: {work / 'runs'}, folds: {work / 'folds'}, submissions: {work / 'submissions'}}}
-data:
-  root: {data}
-  volumes: {{images: imagesTr, labels: labelsTr, test_images: imagesTs, axis: 2, intensity: none}}
+VOLUME_DATA = """  volumes: {images: imagesTr, labels: labelsTr, test_images: imagesTs, axis: 2, intensity: none}
   normalize: none
   classes: [organ]
   channels: 1
   train_csv: null
   test_images: null
-  sample_submission: null
-folds: {{n_splits: 2}}
-models:
-{models}
-""")
-    return cfg
+  sample_submission: null"""
 
 
 def write_stores(cfg_path: Path) -> None:
@@ -140,7 +123,7 @@ def measure(size: int, args, base: Path) -> list[dict]:
     for c in range(2):
         write_case(data / "imagesTr" / f"case{c}.nii", data / "labelsTr" / f"case{c}.nii", shape, c)
     write_case(data / "imagesTs" / "test0.nii", None, shape, 99)
-    cfg = write_config(work, data)
+    cfg = scale.write_config(work, data, "vols", VOLUME_DATA, n_splits=2)
     env = dict(os.environ, PYTHONUNBUFFERED="1", SEGKIT_PROGRESS="0")
     segkit = [sys.executable, "-m", "segkit"]
     rows = []
@@ -176,19 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for size in args.sizes:
             rows += measure(size, args, Path(tmp))
-    frame = pd.DataFrame(rows)
-    frame["growth"] = np.nan
-    for _, part in frame.groupby("stage", sort=False):
-        prev = None
-        for idx, rec in part.sort_values("voxels").iterrows():
-            if prev is not None:
-                frame.loc[idx, "growth"] = (math.log(rec["seconds"] / prev["seconds"])
-                                            / math.log(rec["voxels"] / prev["voxels"]))
-            prev = rec
-    with pd.option_context("display.float_format", "{:.2f}".format, "display.width", 200):
-        print(frame.to_string(index=False))
-    if args.json:
-        args.json.write_text(json.dumps(frame.replace({np.nan: None}).to_dict("records"), indent=1))
+    scale.show(scale.table(rows, "voxels"), args.json)
     return 0
 
 
