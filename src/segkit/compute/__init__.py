@@ -1,1 +1,1 @@
-"""The machine: devices, precision, distributed ranks and memory sizing."""
+"""The machine: devices, precision, distributed ranks, memory sizing, the process pool of the per-image passes."""
