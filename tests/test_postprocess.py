@@ -212,3 +212,22 @@ def test_component_overlaps_on_the_box_equal_the_whole_labelling():
         assert (got_areas[0], got_inters[0]) == (areas[0], inters[0])  # the background
         # the same components, maybe numbered in another order
         assert sorted(zip(got_areas[1:], got_inters[1:])) == sorted(zip(areas[1:], inters[1:]))
+
+
+def test_bounding_box_is_the_same_through_opencv_and_numpy():
+    from segkit.components import bounding_box
+
+    rng = np.random.default_rng(2)
+    for _ in range(20):
+        mask = np.zeros((12, 17), np.uint8)
+        y, x = rng.integers(0, 12), rng.integers(0, 17)
+        mask[y:y + int(rng.integers(1, 5)), x:x + int(rng.integers(1, 5))] = 1
+        for margin in (0, 2):
+            fast = bounding_box(mask, margin)  # 2-D uint8: OpenCV
+            assert fast == bounding_box(mask.astype(np.int32), margin)  # any other dtype: numpy
+            assert fast == bounding_box(mask.view(bool), margin)
+            assert bounding_box(mask[None], margin)[1:] == fast  # a 3-D array: numpy
+            ys, xs = np.nonzero(mask)
+            assert fast == (slice(max(ys.min() - margin, 0), min(ys.max() + 1 + margin, 12)),
+                            slice(max(xs.min() - margin, 0), min(xs.max() + 1 + margin, 17)))
+    assert bounding_box(np.zeros((4, 4), np.uint8)) is None and bounding_box(np.zeros((2, 4, 4), bool)) is None

@@ -56,19 +56,27 @@ def components_in(mask: np.ndarray, truth: np.ndarray) -> tuple[int, np.ndarray,
     return n, labels, areas, inters
 
 
-def bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
-    """The smallest box holding a mask's foreground (any number of dimensions), or None when it is empty."""
-    box = []
-    rest = np.asarray(mask)
-    while rest.ndim:
-        # Axis 0 first: reducing contiguous rows, then OR-ing whole slices together, each reads memory in order,
-        # several times faster than .any() over the other axes at once.
-        hit = np.flatnonzero(rest.reshape(rest.shape[0], -1).any(axis=1))
-        if hit.size == 0:
+def bounding_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...] | None:
+    """The smallest box holding a mask's foreground (any number of dimensions), grown by ``margin`` on every side
+    and clipped to the array; None when the mask is empty."""
+    mask = np.asarray(mask)
+    if mask.ndim == 2 and mask.dtype in (np.uint8, np.bool_):
+        x, y, w, h = cv2.boundingRect(np.ascontiguousarray(mask).view(np.uint8))  # one scan, in OpenCV
+        if w == 0:
             return None
-        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
-        rest = rest.any(axis=0)
-    return tuple(box)
+        ends = [(y, y + h), (x, x + w)]
+    else:
+        ends = []
+        rest = mask
+        while rest.ndim:
+            # Axis 0 first: reducing contiguous rows, then OR-ing whole slices together, each reads memory in
+            # order, several times faster than .any() over the other axes at once.
+            hit = np.flatnonzero(rest.reshape(rest.shape[0], -1).any(axis=1))
+            if hit.size == 0:
+                return None
+            ends.append((int(hit[0]), int(hit[-1]) + 1))
+            rest = rest.any(axis=0)
+    return tuple(slice(max(a - margin, 0), min(b + margin, size)) for (a, b), size in zip(ends, mask.shape))
 
 
 def component_overlaps(mask: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -77,15 +85,15 @@ def component_overlaps(mask: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray,
     background (the pixels outside the box are added to it), but OpenCV may number the components in another
     order inside a box: for rules that do not depend on the order (a minimum area), not for a tie between two
     largest components."""
-    x, y, w, h = cv2.boundingRect(np.ascontiguousarray(mask, dtype=np.uint8))
+    mask = np.ascontiguousarray(mask, dtype=np.uint8)
     t = np.ascontiguousarray(truth).view(np.uint8)
-    if w == 0:
+    box = bounding_box(mask)
+    if box is None:
         return np.array([mask.size], np.int64), np.array([np.count_nonzero(t)], np.int64)
-    box = (slice(y, y + h), slice(x, x + w))
     n, labels = _labels(mask[box])
     t_box = np.ascontiguousarray(t[box])
     areas, inters = _label_overlaps(labels, t_box, n)
-    areas[0] += mask.size - w * h
+    areas[0] += mask.size - labels.size
     inters[0] += np.count_nonzero(t) - np.count_nonzero(t_box)
     return areas, inters
 

@@ -568,8 +568,8 @@ class Config(Section):
     metric: str = "dice"  # the competition's own score (segkit.metrics registry)
     seed: int = 42
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    # Processes sharing the per-image passes of tune and evaluate (segkit.compute.pool): auto = the cores this
-    # process may use; 1 = this process alone
+    # Processes sharing the per-image passes of ensemble, tune and evaluate (segkit.compute.pool): auto = the cores
+    # this process may use; 1 = this process alone
     cpu_workers: Workers = "auto"
     paths: PathsConfig = Field(default_factory=PathsConfig)
     data: DataConfig = Field(default_factory=DataConfig)

@@ -33,7 +33,7 @@ from typing import Any, Callable, Mapping, Sequence
 import cv2
 import numpy as np
 
-from segkit.components import components
+from segkit.components import bounding_box, components
 from segkit.errors import ConfigError
 from segkit.registry import Registry
 from segkit.threshold import binarize, count_above
@@ -151,15 +151,6 @@ def morph(mask: np.ndarray, op: str, radius: int = 1) -> np.ndarray:
     return np.ascontiguousarray(step.apply(np.ascontiguousarray(mask, dtype=np.uint8), radius), dtype=np.uint8)
 
 
-def _support(mask: np.ndarray, margin: int) -> tuple[slice, slice] | None:
-    """The bounding box of the mask's foreground grown by ``margin`` (clipped to the image); None when empty."""
-    x, y, w, h = cv2.boundingRect(mask)
-    if w == 0:
-        return None
-    return (slice(max(y - margin, 0), min(y + h + margin, mask.shape[0])),
-            slice(max(x - margin, 0), min(x + w + margin, mask.shape[1])))
-
-
 def local(op: Callable[[np.ndarray, int], np.ndarray], margin: Callable[[int], int]):
     """``op`` run on the box around the foreground only, with the same result as on the whole mask: most masks
     of a big competition are empty or hold a few small objects, and a whole 256 x 1600 pass per step and
@@ -167,10 +158,10 @@ def local(op: Callable[[np.ndarray, int], np.ndarray], margin: Callable[[int], i
     decided within ``margin(radius)`` pixels of the foreground (past it the box holds only background, which is
     what lies outside it too)."""
     def apply(mask: np.ndarray, radius: int) -> np.ndarray:
-        box = _support(mask, margin(radius))
+        box = bounding_box(mask, margin(radius))
         if box is None:
             return np.zeros_like(mask)
-        if box[0].stop - box[0].start == mask.shape[0] and box[1].stop - box[1].start == mask.shape[1]:
+        if all(b.stop - b.start == size for b, size in zip(box, mask.shape)):
             return op(mask, radius)
         out = np.zeros_like(mask)
         out[box] = op(np.ascontiguousarray(mask[box]), radius)

@@ -60,8 +60,9 @@ def clean_class(mask: np.ndarray, params: VolumeParams, out: Optional[np.ndarray
     """One class's (X, Y, Z) 0/1 mask after its rule, into ``out`` when given. Labelled inside the foreground's
     bounding box only: the components are the same (outside it is background) and numbered in the same order, and
     a label volume of a whole 1024 x 1024 x 512 slab would be 2 GB of int32."""
-    out = mask.copy() if out is None else out
-    if out is not mask:
+    if out is None:
+        out = mask.copy()
+    else:
         out[...] = mask
     if not params.active:
         return out
